@@ -1,0 +1,254 @@
+import { readFileSync } from "node:fs";
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+import { MAX_EVENT_USD } from "../money.js";
+import { DEFAULT_LIMITS, type ValidationLimits } from "../produce/spend-event.js";
+
+/**
+ * The one place configuration is read, typed and validated. The seed's
+ * proxy_config.yaml works as written; everything this project adds lives in
+ * `spend_buffer_settings`. Strings of the form `os.environ/NAME` are replaced
+ * by that environment variable (LiteLLM's convention, so secrets stay out of
+ * the file), and REDIS_URL / DATABASE_URL override the file.
+ */
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+const positiveSeconds = z.number().positive().max(86_400);
+
+const cacheParamsSchema = z
+  .object({
+    type: z.literal("redis"),
+    host: z.string().min(1).optional(),
+    port: z.coerce.number().int().min(1).max(65_535).optional(),
+    password: z.string().optional(),
+    username: z.string().optional(),
+    db: z.coerce.number().int().min(0).max(15).optional(),
+    ssl: z.boolean().optional(),
+    url: z.string().optional(),
+    /** Accepted for LiteLLM compatibility: ioredis multiplexes one connection per client, see README. */
+    max_connections: z.number().int().positive().optional(),
+    /** LiteLLM's response-cache setting; irrelevant to the spend buffer. */
+    supported_call_types: z.array(z.string()).optional(),
+  })
+  .strict();
+
+const spendBufferSchema = z
+  .object({
+    key_prefix: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/).default("haimaker"),
+    flush_jitter_seconds: z.number().min(0).max(3_600).default(5),
+    max_buffered_rows: z.number().int().min(100).default(200_000),
+    max_rows_per_job: z.number().int().min(1).max(100_000).default(5_000),
+    worker_flush_every_seconds: positiveSeconds.default(5),
+    lock_lease_seconds: positiveSeconds.default(30),
+    max_jobs_per_flush: z.number().int().min(1).max(100_000).default(1_000),
+    max_flush_seconds: positiveSeconds.default(60),
+    applied_batch_retention_days: z.number().int().min(1).max(3_650).default(14),
+    transaction_timeout_seconds: positiveSeconds.default(120),
+    metrics_port: z.number().int().min(0).max(65_535).default(9464),
+    max_spend_usd_per_event: z.number().positive().max(MAX_EVENT_USD).default(DEFAULT_LIMITS.maxSpendUsd),
+    max_tokens_per_event: z.number().int().positive().max(1_000_000_000).default(DEFAULT_LIMITS.maxTokens),
+    max_event_age_hours: z.number().positive().max(24 * 366).default(DEFAULT_LIMITS.maxAgeMs / 3_600_000),
+  })
+  .strict();
+
+const fileSchema = z
+  .object({
+    general_settings: z
+      .object({
+        use_redis_transaction_buffer: z.boolean().default(false),
+        /** Seconds between a producer's writes of its aggregates (LiteLLM's name). */
+        proxy_batch_write_at: positiveSeconds.default(10),
+        database_url: z.string().optional(),
+      })
+      .strict()
+      .default({ use_redis_transaction_buffer: false, proxy_batch_write_at: 10 }),
+    litellm_settings: z
+      .object({
+        cache: z.boolean().default(false),
+        cache_params: cacheParamsSchema.optional(),
+      })
+      .strict()
+      .optional(),
+    // A LiteLLM config carries its model list; this project does not read it.
+    model_list: z.array(z.unknown()).optional(),
+    spend_buffer_settings: spendBufferSchema.default(spendBufferSchema.parse({})),
+  })
+  .strict();
+
+export interface RedisConfig {
+  host: string;
+  port: number;
+  username?: string;
+  password?: string;
+  db: number;
+  tls: boolean;
+}
+
+export interface AppConfig {
+  /** Buffer spend in Redis (true) or write each producer's aggregates straight to PostgreSQL. */
+  useRedisBuffer: boolean;
+  databaseUrl: string;
+  redis: RedisConfig;
+  keyPrefix: string;
+  producer: {
+    flushIntervalMs: number;
+    flushJitterMs: number;
+    maxBufferedRows: number;
+    maxRowsPerJob: number;
+  };
+  worker: {
+    flushEveryMs: number;
+    lockLeaseMs: number;
+    maxJobsPerFlush: number;
+    maxFlushMs: number;
+    appliedBatchRetentionDays: number;
+    transactionTimeoutMs: number;
+  };
+  limits: ValidationLimits;
+  metricsPort: number;
+}
+
+export const DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test";
+export const DEFAULT_REDIS_URL = "redis://127.0.0.1:6379";
+
+const ENV_REF = /^os\.environ\/([A-Za-z_][A-Za-z0-9_]*)$/;
+
+function resolveEnvRefs(value: unknown, env: NodeJS.ProcessEnv, path: string): unknown {
+  if (typeof value === "string") {
+    const m = ENV_REF.exec(value);
+    if (m === null) return value;
+    const name = m[1] ?? "";
+    const resolved = env[name];
+    if (resolved === undefined) throw new ConfigError(`${path}: environment variable ${name} is not set`);
+    return resolved;
+  }
+  if (Array.isArray(value)) return value.map((v, i) => resolveEnvRefs(v, env, `${path}[${i}]`));
+  if (typeof value === "object" && value !== null) {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = resolveEnvRefs(v, env, path === "" ? k : `${path}.${k}`);
+    return out;
+  }
+  return value;
+}
+
+function parseRedisUrl(url: string): RedisConfig {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new ConfigError(`REDIS_URL is not a URL: ${redact(url)}`);
+  }
+  if (u.protocol !== "redis:" && u.protocol !== "rediss:") {
+    throw new ConfigError(`REDIS_URL must start with redis:// or rediss://, got ${u.protocol}//`);
+  }
+  const db = u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0;
+  if (!Number.isInteger(db) || db < 0) throw new ConfigError(`REDIS_URL database index is not a number: ${u.pathname}`);
+  return {
+    host: u.hostname,
+    port: u.port === "" ? 6379 : Number(u.port),
+    ...(u.username !== "" ? { username: decodeURIComponent(u.username) } : {}),
+    ...(u.password !== "" ? { password: decodeURIComponent(u.password) } : {}),
+    db,
+    tls: u.protocol === "rediss:",
+  };
+}
+
+/** Hides credentials in a URL before it goes into an error or a log. */
+export function redact(url: string): string {
+  return url.replace(/\/\/([^@/]*)@/, "//***@");
+}
+
+function formatIssues(err: z.ZodError): string {
+  return err.issues
+    .map((i) => `${i.path.length > 0 ? i.path.join(".") : "(root)"}: ${i.message}`)
+    .join("; ");
+}
+
+/** Builds the configuration from a parsed YAML document (or nothing) and the environment. */
+export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env): AppConfig {
+  const parsed = fileSchema.safeParse(resolveEnvRefs(doc ?? {}, env, ""));
+  if (!parsed.success) throw new ConfigError(`invalid configuration: ${formatIssues(parsed.error)}`);
+  const f = parsed.data;
+  const g = f.general_settings;
+  const s = f.spend_buffer_settings;
+  const cp = f.litellm_settings?.cache_params;
+
+  let redis: RedisConfig;
+  if (env.REDIS_URL !== undefined && env.REDIS_URL !== "") redis = parseRedisUrl(env.REDIS_URL);
+  else if (cp?.url !== undefined) redis = parseRedisUrl(cp.url);
+  else {
+    redis = {
+      host: cp?.host ?? "127.0.0.1",
+      port: cp?.port ?? 6379,
+      ...(cp?.username !== undefined ? { username: cp.username } : {}),
+      ...(cp?.password !== undefined ? { password: cp.password } : {}),
+      db: cp?.db ?? 0,
+      tls: cp?.ssl ?? false,
+    };
+  }
+
+  // The reference once accepted the buffer switch with no Redis configured and
+  // then silently wrote nothing: a file that asks for the buffer must say where Redis is.
+  if (g.use_redis_transaction_buffer && doc !== undefined && cp === undefined && !env.REDIS_URL) {
+    throw new ConfigError(
+      "general_settings.use_redis_transaction_buffer is true but no Redis is configured: set litellm_settings.cache_params (type: redis) or REDIS_URL",
+    );
+  }
+
+  return {
+    useRedisBuffer: g.use_redis_transaction_buffer,
+    databaseUrl: env.DATABASE_URL || g.database_url || DEFAULT_DATABASE_URL,
+    redis,
+    keyPrefix: s.key_prefix,
+    producer: {
+      flushIntervalMs: g.proxy_batch_write_at * 1000,
+      flushJitterMs: s.flush_jitter_seconds * 1000,
+      maxBufferedRows: s.max_buffered_rows,
+      maxRowsPerJob: s.max_rows_per_job,
+    },
+    worker: {
+      flushEveryMs: s.worker_flush_every_seconds * 1000,
+      lockLeaseMs: s.lock_lease_seconds * 1000,
+      maxJobsPerFlush: s.max_jobs_per_flush,
+      maxFlushMs: s.max_flush_seconds * 1000,
+      appliedBatchRetentionDays: s.applied_batch_retention_days,
+      transactionTimeoutMs: s.transaction_timeout_seconds * 1000,
+    },
+    limits: {
+      ...DEFAULT_LIMITS,
+      maxSpendUsd: s.max_spend_usd_per_event,
+      maxTokens: s.max_tokens_per_event,
+      maxAgeMs: s.max_event_age_hours * 3_600_000,
+    },
+    metricsPort: s.metrics_port,
+  };
+}
+
+/**
+ * Loads `path` (YAML) or, with no path, a configuration that needs no file:
+ * the buffer on, local Redis and PostgreSQL on their standard ports.
+ */
+export function loadConfig(path?: string, env: NodeJS.ProcessEnv = process.env): AppConfig {
+  if (path === undefined) {
+    return buildConfig({ general_settings: { use_redis_transaction_buffer: true }, litellm_settings: { cache: true, cache_params: { type: "redis" } } }, env);
+  }
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    throw new ConfigError(`config file ${path} is not valid YAML: ${(err as Error).message}`);
+  }
+  return buildConfig(doc ?? {}, env);
+}

@@ -1,0 +1,178 @@
+import type { Job } from "bullmq";
+import { FlushLock, type Lease } from "../lock/flush-lock.js";
+import { LeaseKeeper, LeaseLostError } from "../lock/lease-keeper.js";
+import type { Logger } from "../observe/logger.js";
+import { silentLogger } from "../observe/logger.js";
+import type { SpendMetrics } from "../observe/metrics.js";
+import { applyBatches, FencedOffError, type ApplyResult, type BatchToApply } from "../persist/apply-batches.js";
+import type { Db } from "../persist/prisma.js";
+import { retryReason } from "../persist/retryable.js";
+import type { SpendDrain, TakenJob } from "./spend-drain.js";
+
+export interface FlusherOptions {
+  /** Most spend jobs one transaction applies. Default 1 000. */
+  maxJobsPerFlush?: number;
+  /** A flush keeps draining (transaction after transaction) for at most this long. Default 60 000 ms. */
+  maxFlushMs?: number;
+  transactionTimeoutMs?: number;
+  appliedBatchRetentionDays?: number;
+  /** Attempts per transaction for retryable failures (deadlock, connection). Default 3. */
+  maxAttempts?: number;
+  /** Fence partition in spend_flush_fence. */
+  fencePartition: string;
+  /**
+   * Test hook: called at named points of a flush (e.g. "before-commit"), so a
+   * fault test can pause or kill the process exactly there.
+   */
+  onStep?: (step: FlushStep) => Promise<void> | void;
+}
+
+export type FlushStep = "locked" | "drained" | "before-commit" | "committed" | "acked";
+
+export type FlushOutcome = "committed" | "empty" | "lock_busy" | "fenced_off" | "lease_lost" | "failed";
+
+export interface FlushReport {
+  outcome: FlushOutcome;
+  transactions: number;
+  batches: number;
+  duplicates: number;
+  entityRows: number;
+  dailyRows: number;
+  poisonJobs: number;
+  fence?: bigint;
+  error?: string;
+}
+
+/**
+ * One flush: take the lock, then drain → apply in one transaction → ack,
+ * repeated while a backlog remains and time allows, then release the lock.
+ * The flush never acks a job before its transaction commits, and never
+ * commits without its fencing token being the newest.
+ */
+export class Flusher {
+  private readonly maxJobs: number;
+  private readonly maxFlushMs: number;
+  private readonly txTimeoutMs: number;
+  private readonly maxAttempts: number;
+
+  constructor(
+    private readonly db: Db,
+    private readonly lock: FlushLock,
+    private readonly drain: SpendDrain,
+    private readonly metrics: SpendMetrics,
+    private readonly opts: FlusherOptions,
+    private readonly log: Logger = silentLogger,
+  ) {
+    this.maxJobs = opts.maxJobsPerFlush ?? 1_000;
+    this.maxFlushMs = opts.maxFlushMs ?? 60_000;
+    this.txTimeoutMs = opts.transactionTimeoutMs ?? 120_000;
+    this.maxAttempts = opts.maxAttempts ?? 3;
+  }
+
+  async flushOnce(): Promise<FlushReport> {
+    const report: FlushReport = { outcome: "empty", transactions: 0, batches: 0, duplicates: 0, entityRows: 0, dailyRows: 0, poisonJobs: 0 };
+    const lease = await this.lock.acquire();
+    if (lease === null) {
+      report.outcome = "lock_busy";
+      this.metrics.flushes.inc({ outcome: report.outcome });
+      return report;
+    }
+    report.fence = lease.fence;
+    this.metrics.setLockHeld(true);
+    let held: Job[] = [];
+    const keeper = new LeaseKeeper(this.lock, lease, () => this.drain.extend(held, lease.token, this.lock.leaseMs));
+    const started = Date.now();
+    try {
+      await this.opts.onStep?.("locked");
+      for (;;) {
+        keeper.assertHeld();
+        const taken = await this.drain.take(this.maxJobs, lease.token);
+        held = taken.jobs.map((t) => t.job);
+        for (const p of taken.poison) {
+          report.poisonJobs++;
+          this.metrics.poisonJobs.inc({ queue: p.queue });
+          this.log.error({ jobId: p.job.id, queue: p.queue, reason: p.reason }, "malformed spend job set aside as failed");
+          await this.drain.setAside(p.job, p.reason, lease.token);
+        }
+        if (taken.jobs.length === 0) break;
+        await this.opts.onStep?.("drained");
+
+        const result = await this.applyWithRetry(taken.jobs, lease, keeper);
+        report.transactions++;
+        await this.opts.onStep?.("committed");
+        await this.drain.complete(held, lease.token);
+        held = [];
+        await this.opts.onStep?.("acked");
+
+        report.outcome = "committed";
+        report.batches += result.applied.length;
+        report.duplicates += result.duplicates.length;
+        report.entityRows += result.entityRows;
+        report.dailyRows += result.dailyRows;
+        this.metrics.batchesCommitted.inc(result.applied.length);
+        this.metrics.duplicateBatches.inc(result.duplicates.length);
+        this.metrics.rowsCommitted.inc({ kind: "entity" }, result.entityRows);
+        this.metrics.rowsCommitted.inc({ kind: "daily" }, result.dailyRows);
+        this.metrics.lastSuccessfulFlush.set(Date.now() / 1000);
+
+        const more = taken.jobs.length + taken.poison.length >= this.maxJobs;
+        if (!more || Date.now() - started >= this.maxFlushMs) break;
+      }
+      if (report.outcome === "committed") this.metrics.flushDuration.observe((Date.now() - started) / 1000);
+    } catch (err) {
+      report.outcome = err instanceof FencedOffError ? "fenced_off" : err instanceof LeaseLostError ? "lease_lost" : "failed";
+      report.error = (err as Error).message;
+      if (err instanceof FencedOffError) {
+        this.metrics.fencingRejections.inc();
+        // If PostgreSQL has seen a newer token than Redis hands out, Redis lost
+        // its counter: raise it so the next holder can write again.
+        if (err.committed >= lease.fence) await this.lock.raiseFence(err.committed).catch(() => undefined);
+      }
+      this.log.warn({ outcome: report.outcome, err: report.error, fence: lease.fence.toString() }, "flush did not commit; its jobs return to the queue");
+      // Jobs go back to wait at once; if this fails (Redis away, lock lost),
+      // BullMQ's stalled check returns them when their locks expire.
+      await this.drain.giveBack(held, lease.token).catch(() => undefined);
+    } finally {
+      keeper.stop();
+      await this.lock.release(lease).catch(() => false);
+      this.metrics.setLockHeld(false);
+    }
+    this.metrics.flushes.inc({ outcome: report.outcome });
+    if (report.outcome === "committed") {
+      this.log.info(
+        { fence: lease.fence.toString(), ms: Date.now() - started, transactions: report.transactions, batches: report.batches, duplicates: report.duplicates, entityRows: report.entityRows, dailyRows: report.dailyRows, poisonJobs: report.poisonJobs },
+        "flush committed",
+      );
+    }
+    return report;
+  }
+
+  private async applyWithRetry(jobs: readonly TakenJob[], lease: Lease, keeper: LeaseKeeper): Promise<ApplyResult> {
+    const batches: BatchToApply[] = jobs.map((t) =>
+      t.kind === "entity" ? { batchId: t.data.batchId, entity: t.data.rows } : { batchId: t.data.batchId, daily: t.data.rows },
+    );
+    for (let attempt = 1; ; attempt++) {
+      keeper.assertHeld();
+      try {
+        return await this.db.$transaction(
+          async (tx) => {
+            const r = await applyBatches(tx, batches, {
+              fence: { partition: this.opts.fencePartition, token: lease.fence },
+              ...(this.opts.appliedBatchRetentionDays !== undefined ? { retentionDays: this.opts.appliedBatchRetentionDays } : {}),
+            });
+            await this.opts.onStep?.("before-commit");
+            // Last look before commit; a pause after this is what the fence is for.
+            keeper.assertHeld();
+            return r;
+          },
+          { timeout: this.txTimeoutMs, maxWait: this.txTimeoutMs },
+        );
+      } catch (err) {
+        const reason = retryReason(err);
+        if (reason === undefined || attempt >= this.maxAttempts || err instanceof FencedOffError) throw err;
+        this.log.warn({ attempt, reason, err: (err as Error).message }, "flush transaction failed; retrying");
+        await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
+      }
+    }
+  }
+}

@@ -1,0 +1,128 @@
+import { Worker, type Job } from "bullmq";
+import type { Redis } from "ioredis";
+import type { RedisKeys } from "../queue/keys.js";
+import { dailyJobSchema, entityJobSchema, type DailySpendJob, type EntitySpendJob } from "../queue/spend-batch.js";
+
+export type TakenJob =
+  | { kind: "entity"; job: Job; data: EntitySpendJob }
+  | { kind: "daily"; job: Job; data: DailySpendJob };
+
+export interface Taken {
+  jobs: TakenJob[];
+  /** Jobs whose payload is malformed: set aside as failed, never retried. */
+  poison: { queue: "entity" | "daily"; job: Job; reason: string }[];
+}
+
+/**
+ * Pulls spend jobs out of the BullMQ queues by hand (BullMQ's "manually
+ * fetching jobs" pattern): a job becomes active under the flush's token, and
+ * only after the transaction commits is it moved to completed. If the flush
+ * dies first, the job's lock expires and BullMQ's stalled check returns it to
+ * wait for the next flush: at-least-once, made exactly-once by the batch id.
+ */
+export class SpendDrain {
+  private readonly entity: Worker;
+  private readonly daily: Worker;
+
+  constructor(connection: Redis, keys: RedisKeys, jobLockMs: number) {
+    const opts = {
+      connection,
+      prefix: keys.bullPrefix,
+      autorun: false,
+      lockDuration: jobLockMs,
+      stalledInterval: jobLockMs,
+      // A stalled spend job is a flush that died: always give it back, never fail it.
+      maxStalledCount: Number.MAX_SAFE_INTEGER,
+    };
+    this.entity = new Worker(keys.spendQueue, null, opts);
+    this.daily = new Worker(keys.dailySpendQueue, null, opts);
+    this.entity.on("error", () => undefined);
+    this.daily.on("error", () => undefined);
+  }
+
+  /** Starts BullMQ's stalled-job check, which returns jobs of dead flushes to wait. */
+  async start(): Promise<void> {
+    await Promise.all([this.entity.startStalledCheckTimer(), this.daily.startStalledCheckTimer()]);
+  }
+
+  /** Takes up to `max` jobs (entity first, then daily) under `token`. */
+  async take(max: number, token: string): Promise<Taken> {
+    const taken: Taken = { jobs: [], poison: [] };
+    const half = Math.max(1, Math.ceil(max / 2));
+    const entityJobs = await takeFrom(this.entity, half, token);
+    const dailyJobs = await takeFrom(this.daily, max - entityJobs.length, token);
+    for (const job of entityJobs) {
+      const r = entityJobSchema.safeParse(job.data);
+      if (r.success) taken.jobs.push({ kind: "entity", job, data: r.data });
+      else taken.poison.push({ queue: "entity", job, reason: summarize(r.error.issues) });
+    }
+    for (const job of dailyJobs) {
+      const r = dailyJobSchema.safeParse(job.data);
+      if (r.success) taken.jobs.push({ kind: "daily", job, data: r.data });
+      else taken.poison.push({ queue: "daily", job, reason: summarize(r.error.issues) });
+    }
+    return taken;
+  }
+
+  async complete(jobs: readonly Job[], token: string): Promise<void> {
+    await inChunks(jobs, (j) => j.moveToCompleted("flushed", token, false));
+  }
+
+  /** Puts jobs back in wait after a flush that did not commit. */
+  async giveBack(jobs: readonly Job[], token: string): Promise<void> {
+    await inChunks(jobs, (j) => j.moveToWait(token));
+  }
+
+  async setAside(job: Job, reason: string, token: string): Promise<void> {
+    await job.moveToFailed(new Error(`malformed spend job: ${reason}`), token, false);
+  }
+
+  /** Keeps the jobs' BullMQ locks alive while the flush that holds them runs. */
+  async extend(jobs: readonly Job[], token: string, durationMs: number): Promise<void> {
+    const byQueue = new Map<Worker, string[]>();
+    for (const j of jobs) {
+      const w = j.queueName === this.entity.name ? this.entity : this.daily;
+      const ids = byQueue.get(w) ?? [];
+      if (j.id !== undefined) ids.push(j.id);
+      byQueue.set(w, ids);
+    }
+    await Promise.all(
+      [...byQueue].map(([w, ids]) => w.extendJobLocks(ids, ids.map(() => token), durationMs)),
+    );
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.entity.close(), this.daily.close()]);
+  }
+}
+
+// Each getNextJob is one round trip; a few dozen in flight keep it fast without flooding Redis.
+const PARALLEL = 32;
+
+async function takeFrom(worker: Worker, max: number, token: string): Promise<Job[]> {
+  const out: Job[] = [];
+  while (out.length < max) {
+    const n = Math.min(PARALLEL, max - out.length);
+    const got = await Promise.all(Array.from({ length: n }, () => worker.getNextJob(token, { block: false })));
+    let empty = false;
+    for (const j of got) {
+      if (j === undefined || j === null) empty = true;
+      else out.push(j);
+    }
+    if (empty) break;
+  }
+  return out;
+}
+
+async function inChunks<T>(items: readonly T[], fn: (item: T) => Promise<unknown>): Promise<void> {
+  for (let i = 0; i < items.length; i += PARALLEL) {
+    await Promise.all(items.slice(i, i + PARALLEL).map(fn));
+  }
+}
+
+function summarize(issues: readonly { path: readonly PropertyKey[]; message: string }[]): string {
+  return issues
+    .slice(0, 3)
+    .map((i) => `${i.path.map(String).join(".") || "(root)"}: ${i.message}`)
+    .join("; ");
+}

@@ -1,0 +1,148 @@
+import { mergeRows, type MergedRows } from "../flush/merge.js";
+import type { DailyRow, EntityRow } from "../queue/spend-batch.js";
+import type { Tx } from "./prisma.js";
+import {
+  DAILY_COUNTER_COLUMNS,
+  DAILY_DIMENSION_COLUMNS,
+  DAILY_TABLES,
+  ENTITY_TABLES,
+} from "./tables.js";
+
+export interface BatchToApply {
+  batchId: string;
+  entity?: readonly EntityRow[];
+  daily?: readonly DailyRow[];
+}
+
+export interface Fence {
+  partition: string;
+  token: bigint;
+}
+
+export interface ApplyResult {
+  /** Batches written by this call. */
+  applied: string[];
+  /** Batches skipped because an earlier transaction already applied them. */
+  duplicates: string[];
+  entityRows: number;
+  dailyRows: number;
+}
+
+/** The flush's fencing token is older than one that already committed. */
+export class FencedOffError extends Error {
+  readonly code = "FENCED_OFF";
+  constructor(
+    readonly token: bigint,
+    readonly committed: bigint,
+  ) {
+    super(`flush fenced off: token ${token} is older than committed token ${committed}`);
+    this.name = "FencedOffError";
+  }
+}
+
+/**
+ * Applies spend batches inside the caller's transaction, exactly once each:
+ *  1. the fencing token is checked and recorded (row lock: flushes serialize here);
+ *  2. batch ids are recorded, and any already recorded are skipped;
+ *  3. the remaining rows are merged and upserted, keys sorted, one statement per table.
+ * All of it commits or none of it does.
+ */
+export async function applyBatches(
+  tx: Tx,
+  batches: readonly BatchToApply[],
+  opts: { fence?: Fence; retentionDays?: number } = {},
+): Promise<ApplyResult> {
+  if (opts.fence !== undefined) await checkFence(tx, opts.fence);
+
+  const ids = batches.map((b) => b.batchId);
+  const fresh = new Set<string>();
+  if (ids.length > 0) {
+    const inserted = await tx.$queryRawUnsafe<{ batch_id: string }[]>(
+      `INSERT INTO spend_applied_batch (batch_id, fence)
+       SELECT id, $2::int8 FROM unnest($1::text[]) AS t(id)
+       ON CONFLICT (batch_id) DO NOTHING
+       RETURNING batch_id`,
+      ids,
+      opts.fence?.token.toString() ?? null,
+    );
+    for (const r of inserted) fresh.add(r.batch_id);
+  }
+  const applied = ids.filter((id) => fresh.has(id));
+  const duplicates = ids.filter((id) => !fresh.has(id));
+
+  const todo = batches.filter((b) => fresh.has(b.batchId));
+  const merged = mergeRows(
+    todo.map((b) => b.entity ?? []),
+    todo.map((b) => b.daily ?? []),
+  );
+  await upsertMerged(tx, merged);
+
+  if (opts.retentionDays !== undefined) {
+    // Dedupe only has to outlive redelivery (minutes); days of margin keep the table small.
+    await tx.$executeRawUnsafe(
+      `DELETE FROM spend_applied_batch WHERE applied_at < now() - make_interval(days => $1::int)`,
+      opts.retentionDays,
+    );
+  }
+  return { applied, duplicates, entityRows: merged.entityRowCount, dailyRows: merged.dailyRowCount };
+}
+
+async function checkFence(tx: Tx, fence: Fence): Promise<void> {
+  const rows = await tx.$queryRawUnsafe<{ token: string }[]>(
+    `INSERT INTO spend_flush_fence AS f (partition, token, updated_at)
+     VALUES ($1, $2::int8, now())
+     ON CONFLICT (partition) DO UPDATE SET token = EXCLUDED.token, updated_at = now()
+       WHERE f.token <= EXCLUDED.token
+     RETURNING token::text`,
+    fence.partition,
+    fence.token.toString(),
+  );
+  if (rows.length === 0) {
+    const current = await tx.$queryRawUnsafe<{ token: string }[]>(
+      `SELECT token::text FROM spend_flush_fence WHERE partition = $1`,
+      fence.partition,
+    );
+    throw new FencedOffError(fence.token, BigInt(current[0]?.token ?? "0"));
+  }
+}
+
+/** Writes merged rows: one INSERT ... SELECT FROM unnest(...) ON CONFLICT per table. */
+export async function upsertMerged(tx: Tx, merged: MergedRows): Promise<void> {
+  // Tables in a fixed order, keys sorted within each: the lock order every writer shares.
+  for (const [kind, cols] of merged.entity) {
+    const { table, keyColumns } = ENTITY_TABLES[kind];
+    const keyList = keyColumns.join(", ");
+    const params = keyColumns.map((_, i) => `$${i + 1}::text[]`).join(", ");
+    const spendParam = `$${keyColumns.length + 1}::numeric[]`;
+    await tx.$executeRawUnsafe(
+      `INSERT INTO "${table}" AS t (${keyList}, spend, updated_at)
+       SELECT ${keyList}, spend, now() FROM unnest(${params}, ${spendParam}) AS u(${keyList}, spend)
+       ON CONFLICT (${keyList}) DO UPDATE SET spend = t.spend + EXCLUDED.spend, updated_at = now()`,
+      ...cols.keys,
+      cols.spend,
+    );
+  }
+  const dims = DAILY_DIMENSION_COLUMNS.join(", ");
+  const counters = DAILY_COUNTER_COLUMNS.join(", ");
+  const counterUpdates = DAILY_COUNTER_COLUMNS.map((c) => `${c} = t.${c} + EXCLUDED.${c}`).join(", ");
+  for (const [kind, cols] of merged.daily) {
+    const { table, entityColumn } = DAILY_TABLES[kind];
+    const all = `${entityColumn}, ${dims}, ${counters}, spend`;
+    const params = [
+      "$1::text[]",
+      ...DAILY_DIMENSION_COLUMNS.map((_, i) => `$${i + 2}::text[]`),
+      ...DAILY_COUNTER_COLUMNS.map((_, i) => `$${i + 9}::int8[]`),
+      "$16::numeric[]",
+    ].join(", ");
+    await tx.$executeRawUnsafe(
+      `INSERT INTO "${table}" AS t (${all}, updated_at)
+       SELECT ${all}, now() FROM unnest(${params}) AS u(${all})
+       ON CONFLICT (${entityColumn}, ${dims}) DO UPDATE SET ${counterUpdates},
+         spend = t.spend + EXCLUDED.spend, updated_at = now()`,
+      cols.entityId,
+      ...cols.dims,
+      ...cols.counters,
+      cols.spend,
+    );
+  }
+}

@@ -1,0 +1,28 @@
+import type { SealedBatch, SpendSink } from "../produce/spend-sink.js";
+import { applyBatches } from "./apply-batches.js";
+import type { Db } from "./prisma.js";
+
+/**
+ * The buffer off: each producer writes its own aggregates to PostgreSQL, the
+ * mode the seed replaces. Kept for small deployments and as the benchmark's
+ * comparison. Still exactly-once per batch (spend_applied_batch), but with
+ * many instances the writers contend for the same rows.
+ */
+export class DirectSink implements SpendSink {
+  constructor(
+    private readonly db: Db,
+    private readonly opts: { transactionTimeoutMs: number },
+  ) {}
+
+  async write(b: SealedBatch): Promise<void> {
+    const batch = b.kind === "entity" ? { batchId: b.batchId, entity: b.rows } : { batchId: b.batchId, daily: b.rows };
+    await this.db.$transaction((tx) => applyBatches(tx, [batch]), {
+      timeout: this.opts.transactionTimeoutMs,
+      maxWait: this.opts.transactionTimeoutMs,
+    });
+  }
+
+  async close(): Promise<void> {
+    // The Db is shared and owned by whoever created it.
+  }
+}

@@ -1,0 +1,252 @@
+import { randomUUID } from "node:crypto";
+import type { Logger } from "../observe/logger.js";
+import { silentLogger } from "../observe/logger.js";
+import { SpendMetrics } from "../observe/metrics.js";
+import { Aggregator } from "./aggregator.js";
+import type { SealedBatch, SpendSink } from "./spend-sink.js";
+import { DEFAULT_LIMITS, SpendEventError, validateSpendEvent, type SpendEvent, type ValidationLimits } from "./spend-event.js";
+
+export interface ProducerOptions {
+  /** Where sealed batches go: QueueSink (Redis buffer) or DirectSink (PostgreSQL). */
+  sink: SpendSink;
+  /** Milliseconds between seals of the buffer (LiteLLM's proxy_batch_write_at). Default 10 000. */
+  flushIntervalMs?: number;
+  /** Up to this many extra milliseconds per interval, so instances do not flush in lockstep. Default 5 000. */
+  flushJitterMs?: number;
+  /**
+   * Most distinct rows (entity + daily, buffered + sealed but not yet sent)
+   * this process holds. At the bound, events that would add rows are refused
+   * (BufferFullError, metric) instead of growing the heap without limit.
+   * Default 200 000.
+   */
+  maxBufferedRows?: number;
+  /** Most rows in one job, so one job stays small in Redis. Default 5 000. */
+  maxRowsPerJob?: number;
+  /** Longest close() waits for a sink that keeps failing. Default 30 000 ms. */
+  closeTimeoutMs?: number;
+  limits?: ValidationLimits;
+  metrics?: SpendMetrics;
+  logger?: Logger;
+  /** Stable id for this process's batches. Default: a random UUID. */
+  producerId?: string;
+}
+
+export class BufferFullError extends Error {
+  readonly code = "BUFFER_FULL";
+  constructor(readonly maxBufferedRows: number) {
+    super(`spend buffer full (${maxBufferedRows} rows): the sink is not keeping up or is unreachable`);
+    this.name = "BufferFullError";
+  }
+}
+
+export class CloseTimeoutError extends Error {
+  readonly code = "CLOSE_TIMEOUT";
+  constructor(
+    readonly undeliveredBatches: number,
+    readonly undeliveredRows: number,
+  ) {
+    super(`close() gave up: ${undeliveredBatches} batches (${undeliveredRows} rows) could not be delivered`);
+    this.name = "CloseTimeoutError";
+  }
+}
+
+/**
+ * Runs inside each gateway process. record() validates one request's spend
+ * and adds it to an in-memory aggregate: O(1), no I/O. Every interval the
+ * aggregate is sealed into batches with unique ids and sent to the sink; a
+ * batch that fails to send is kept (same id) and retried, so delivery is
+ * at-least-once and the batch id makes it apply once.
+ */
+export class SpendProducer {
+  readonly producerId: string;
+  private readonly sink: SpendSink;
+  private readonly intervalMs: number;
+  private readonly jitterMs: number;
+  private readonly maxRows: number;
+  private readonly maxRowsPerJob: number;
+  private readonly closeTimeoutMs: number;
+  private readonly limits: ValidationLimits;
+  private readonly metrics: SpendMetrics;
+  private readonly log: Logger;
+  private readonly unwatch: () => void;
+
+  private agg = new Aggregator();
+  private pending: SealedBatch[] = [];
+  private pendingRows = 0;
+  private seq = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private sending: Promise<void> | undefined;
+  private closed = false;
+  private fullSince = 0;
+  private consecutiveFailures = 0;
+
+  constructor(opts: ProducerOptions) {
+    this.sink = opts.sink;
+    this.intervalMs = opts.flushIntervalMs ?? 10_000;
+    this.jitterMs = opts.flushJitterMs ?? 5_000;
+    this.maxRows = opts.maxBufferedRows ?? 200_000;
+    this.maxRowsPerJob = opts.maxRowsPerJob ?? 5_000;
+    this.closeTimeoutMs = opts.closeTimeoutMs ?? 30_000;
+    this.limits = opts.limits ?? DEFAULT_LIMITS;
+    this.metrics = opts.metrics ?? new SpendMetrics();
+    this.log = opts.logger ?? silentLogger;
+    this.producerId = opts.producerId ?? randomUUID();
+    this.unwatch = this.metrics.watchBuffer(() => ({
+      entityRows: this.agg.entityRowCount + this.pendingRowsOf("entity"),
+      dailyRows: this.agg.dailyRowCount + this.pendingRowsOf("daily"),
+    }));
+    this.schedule();
+  }
+
+  /**
+   * Records one request's spend. Throws SpendEventError (invalid event) or
+   * BufferFullError (bound reached); either way nothing else is affected.
+   */
+  record(event: SpendEvent): void {
+    if (this.closed) throw new Error("producer is closed");
+    let e;
+    try {
+      e = validateSpendEvent(event, this.limits);
+    } catch (err) {
+      if (err instanceof SpendEventError) this.metrics.eventsRejected.inc({ reason: err.reason });
+      throw err;
+    }
+    const rows = this.agg.entityRowCount + this.agg.dailyRowCount + this.pendingRows;
+    if (rows >= this.maxRows && this.agg.wouldGrow(e)) {
+      this.metrics.eventsRejected.inc({ reason: "buffer_full" });
+      if (this.fullSince === 0) {
+        this.fullSince = Date.now();
+        this.log.error({ maxBufferedRows: this.maxRows }, "spend buffer full: refusing events that add rows until the sink catches up");
+      }
+      throw new BufferFullError(this.maxRows);
+    }
+    this.agg.add(e);
+    // Half full: send now rather than wait for the timer, so bursts rarely meet the bound.
+    if (rows >= this.maxRows / 2 && this.sending === undefined) void this.flush().catch(() => undefined);
+  }
+
+  /** Distinct rows held in memory (buffered and sealed-but-unsent). */
+  get bufferedRows(): number {
+    return this.agg.entityRowCount + this.agg.dailyRowCount + this.pendingRows;
+  }
+
+  /** Sealed batches still waiting to be delivered. */
+  get undeliveredBatches(): number {
+    return this.pending.length;
+  }
+
+  /**
+   * Seals the buffer and sends every pending batch, in order. Rejects if a
+   * batch could not be sent (it stays pending and the timer retries it).
+   */
+  async flush(): Promise<void> {
+    this.seal();
+    // One sender at a time: batches leave in order and are never sent twice at once.
+    while (this.sending !== undefined) await this.sending.catch(() => undefined);
+    if (this.pending.length === 0) return;
+    this.sending = this.sendPending();
+    try {
+      await this.sending;
+    } finally {
+      this.sending = undefined;
+    }
+  }
+
+  /** Stops the timer and delivers everything buffered; rejects with CloseTimeoutError if it cannot. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    const deadline = Date.now() + this.closeTimeoutMs;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await this.flush();
+          break;
+        } catch (err) {
+          if (Date.now() >= deadline) {
+            this.log.error({ err, batches: this.pending.length, rows: this.pendingRows }, "close: spend not delivered");
+            throw new CloseTimeoutError(this.pending.length, this.pendingRows);
+          }
+          await sleep(Math.min(100 * 2 ** attempt, 2_000, Math.max(0, deadline - Date.now())));
+        }
+      }
+    } finally {
+      this.unwatch();
+      await this.sink.close();
+    }
+  }
+
+  private seal(): void {
+    if (this.agg.entityRowCount === 0 && this.agg.dailyRowCount === 0) return;
+    const { entity, daily } = this.agg.drain();
+    this.agg = new Aggregator();
+    const sealedAt = Date.now();
+    for (let i = 0; i < entity.length; i += this.maxRowsPerJob) {
+      const rows = entity.slice(i, i + this.maxRowsPerJob);
+      this.pending.push({ kind: "entity", batchId: this.nextBatchId(), producerId: this.producerId, sealedAt, rows });
+      this.pendingRows += rows.length;
+    }
+    for (let i = 0; i < daily.length; i += this.maxRowsPerJob) {
+      const rows = daily.slice(i, i + this.maxRowsPerJob);
+      this.pending.push({ kind: "daily", batchId: this.nextBatchId(), producerId: this.producerId, sealedAt, rows });
+      this.pendingRows += rows.length;
+    }
+  }
+
+  private async sendPending(): Promise<void> {
+    while (this.pending.length > 0) {
+      const batch = this.pending[0] as SealedBatch;
+      try {
+        await this.sink.write(batch);
+      } catch (err) {
+        this.metrics.enqueueFailures.inc();
+        this.consecutiveFailures++;
+        // One line per outage, not one per retry.
+        if (this.consecutiveFailures === 1) {
+          this.log.warn({ err: (err as Error).message, batchId: batch.batchId }, "spend batch not delivered; keeping it and retrying");
+        }
+        throw err;
+      }
+      this.pending.shift();
+      this.pendingRows -= batch.rows.length;
+      if (this.consecutiveFailures > 0) {
+        this.log.info({ failures: this.consecutiveFailures }, "spend delivery recovered");
+        this.consecutiveFailures = 0;
+      }
+    }
+    if (this.fullSince !== 0) {
+      this.log.info({ fullForMs: Date.now() - this.fullSince }, "spend buffer has room again");
+      this.fullSince = 0;
+    }
+  }
+
+  private schedule(): void {
+    if (this.closed) return;
+    // After failures, retry sooner than a full interval but back off.
+    const base = this.consecutiveFailures > 0 ? Math.min(this.intervalMs, 250 * 2 ** Math.min(this.consecutiveFailures, 6)) : this.intervalMs;
+    const delay = base + Math.floor(Math.random() * (this.consecutiveFailures > 0 ? 0 : this.jitterMs));
+    this.timer = setTimeout(() => {
+      void this.flush()
+        .catch(() => undefined)
+        .finally(() => this.schedule());
+    }, delay);
+    // A gateway's exit is decided by the gateway, not by our timer.
+    this.timer.unref();
+  }
+
+  private nextBatchId(): string {
+    // BullMQ job ids may not contain ":".
+    return `${this.producerId}.${++this.seq}`;
+  }
+
+  private pendingRowsOf(kind: SealedBatch["kind"]): number {
+    let n = 0;
+    for (const b of this.pending) if (b.kind === kind) n += b.rows.length;
+    return n;
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

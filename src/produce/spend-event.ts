@@ -1,0 +1,291 @@
+import { MoneyError, PICO_PER_USD, usdNumberToPico, usdStringToPico } from "../money.js";
+
+/**
+ * One LLM request's cost and usage, as a gateway reports it. Every id is
+ * optional, but at least one entity (key, user, team, organization, end user
+ * or tag) must be named: spend that belongs to nobody cannot be accounted.
+ */
+export interface SpendEvent {
+  /** Cost in USD: a number (rounded at 10^-12) or an exact decimal string. */
+  spend: number | string;
+  /** The hashed virtual key (LiteLLM_VerificationToken.token). */
+  apiKey?: string;
+  userId?: string;
+  teamId?: string;
+  organizationId?: string;
+  /** The caller's own end user (the OpenAI `user` field). */
+  endUserId?: string;
+  /** Every tag gets the request's full cost. */
+  tags?: readonly string[];
+  model?: string;
+  modelGroup?: string;
+  /** custom_llm_provider, e.g. "openai". */
+  provider?: string;
+  endpoint?: string;
+  mcpToolName?: string;
+  promptTokens?: number;
+  completionTokens?: number;
+  cacheReadInputTokens?: number;
+  cacheCreationInputTokens?: number;
+  /** Whether the request succeeded; failed requests still cost. Default true. */
+  success?: boolean;
+  /** Request start: decides the daily row's UTC date. Default: now. */
+  startTime?: Date | number | string;
+}
+
+/** A validated event, normalised: absent dimensions are "", money is picodollars. */
+export interface NormalizedEvent {
+  spendPico: number;
+  apiKey: string;
+  userId: string;
+  teamId: string;
+  organizationId: string;
+  endUserId: string;
+  tags: readonly string[];
+  model: string;
+  modelGroup: string;
+  provider: string;
+  endpoint: string;
+  mcpToolName: string;
+  promptTokens: number;
+  completionTokens: number;
+  cacheReadInputTokens: number;
+  cacheCreationInputTokens: number;
+  success: boolean;
+  startMs: number;
+}
+
+/** Why an event was rejected: bounded, so it can label a metric. */
+export type RejectReason =
+  | "not_object"
+  | "unknown_field"
+  | "invalid_spend"
+  | "invalid_tokens"
+  | "invalid_id"
+  | "invalid_tags"
+  | "invalid_success"
+  | "invalid_start_time"
+  | "start_time_out_of_range"
+  | "no_entity";
+
+export const REJECT_REASONS: readonly RejectReason[] = [
+  "not_object",
+  "unknown_field",
+  "invalid_spend",
+  "invalid_tokens",
+  "invalid_id",
+  "invalid_tags",
+  "invalid_success",
+  "invalid_start_time",
+  "start_time_out_of_range",
+  "no_entity",
+];
+
+export class SpendEventError extends Error {
+  constructor(
+    readonly reason: RejectReason,
+    readonly field: string,
+    detail: string,
+  ) {
+    super(`${field}: ${detail}`);
+    this.name = "SpendEventError";
+  }
+}
+
+export interface ValidationLimits {
+  /** Largest cost accepted for one request, in USD. */
+  maxSpendUsd: number;
+  /** Largest token count accepted in any one token field. */
+  maxTokens: number;
+  /** Longest id, tag or dimension, in UTF-16 code units. */
+  maxIdLength: number;
+  maxTags: number;
+  /** How old a request start may be: late events still land on their own day. */
+  maxAgeMs: number;
+  /** How far in the future a request start may be (clock skew between hosts). */
+  maxFutureMs: number;
+}
+
+export const DEFAULT_LIMITS: ValidationLimits = {
+  maxSpendUsd: 1_000,
+  maxTokens: 100_000_000,
+  maxIdLength: 256,
+  maxTags: 32,
+  maxAgeMs: 7 * 86_400_000,
+  maxFutureMs: 3_600_000,
+};
+
+const ALLOWED_FIELDS = new Set<string>([
+  "spend",
+  "apiKey",
+  "userId",
+  "teamId",
+  "organizationId",
+  "endUserId",
+  "tags",
+  "model",
+  "modelGroup",
+  "provider",
+  "endpoint",
+  "mcpToolName",
+  "promptTokens",
+  "completionTokens",
+  "cacheReadInputTokens",
+  "cacheCreationInputTokens",
+  "success",
+  "startTime",
+]);
+
+// Control characters are refused because row identities are joined with
+// \x1e/\x1f separators in memory: an id can never forge another row's key.
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f]/;
+// Ids that turn into prototype accessors if any consumer ever indexes a plain object by them.
+const RESERVED_IDS = new Set(["__proto__", "constructor", "prototype"]);
+
+function checkId(value: unknown, field: string, limits: ValidationLimits): string {
+  if (value === undefined || value === null) return "";
+  if (typeof value !== "string") throw new SpendEventError("invalid_id", field, `must be a string, got ${typeof value}`);
+  if (value.length > limits.maxIdLength) {
+    throw new SpendEventError("invalid_id", field, `longer than ${limits.maxIdLength} characters`);
+  }
+  if (CONTROL.test(value)) throw new SpendEventError("invalid_id", field, "contains control characters");
+  if (RESERVED_IDS.has(value)) throw new SpendEventError("invalid_id", field, `reserved id ${JSON.stringify(value)}`);
+  return value;
+}
+
+function checkTokens(value: unknown, field: string, limits: ValidationLimits): number {
+  if (value === undefined || value === null) return 0;
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 0 || value > limits.maxTokens) {
+    throw new SpendEventError(
+      "invalid_tokens",
+      field,
+      `must be an integer from 0 to ${limits.maxTokens}, got ${describe(value)}`,
+    );
+  }
+  return value;
+}
+
+function checkSpend(value: unknown, limits: ValidationLimits): number {
+  if (typeof value === "number") {
+    if (!Number.isFinite(value) || value < 0 || value > limits.maxSpendUsd) {
+      throw new SpendEventError(
+        "invalid_spend",
+        "spend",
+        `must be a finite USD amount from 0 to ${limits.maxSpendUsd}, got ${describe(value)}`,
+      );
+    }
+    return usdNumberToPico(value);
+  }
+  if (typeof value === "string") {
+    let pico: bigint;
+    try {
+      pico = usdStringToPico(value);
+    } catch (err) {
+      throw new SpendEventError("invalid_spend", "spend", (err as MoneyError).message);
+    }
+    if (pico > BigInt(Math.round(limits.maxSpendUsd * PICO_PER_USD))) {
+      throw new SpendEventError("invalid_spend", "spend", `more than ${limits.maxSpendUsd} USD`);
+    }
+    return Number(pico);
+  }
+  throw new SpendEventError("invalid_spend", "spend", `must be a number or a decimal string, got ${describe(value)}`);
+}
+
+function checkStartTime(value: unknown, nowMs: number, limits: ValidationLimits): number {
+  if (value === undefined || value === null) return nowMs;
+  let ms: number;
+  if (value instanceof Date) ms = value.getTime();
+  else if (typeof value === "number") ms = value;
+  else if (typeof value === "string") ms = Date.parse(value);
+  else throw new SpendEventError("invalid_start_time", "startTime", `must be a Date, epoch ms or ISO string, got ${describe(value)}`);
+  if (!Number.isFinite(ms)) throw new SpendEventError("invalid_start_time", "startTime", "is not a valid time");
+  if (ms < nowMs - limits.maxAgeMs || ms > nowMs + limits.maxFutureMs) {
+    throw new SpendEventError(
+      "start_time_out_of_range",
+      "startTime",
+      `${new Date(ms).toISOString()} is outside the accepted window (${limits.maxAgeMs / 3_600_000} h back, ${limits.maxFutureMs / 60_000} min ahead)`,
+    );
+  }
+  return ms;
+}
+
+function describe(value: unknown): string {
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  if (typeof value === "string") return JSON.stringify(value.slice(0, 40));
+  return value === null ? "null" : typeof value;
+}
+
+/**
+ * Validates and normalises one event. Hand-written rather than a schema
+ * library because it runs on every gateway request and must stay well under a
+ * microsecond; the same function guards the producer and the ingest API.
+ */
+export function validateSpendEvent(
+  input: unknown,
+  limits: ValidationLimits = DEFAULT_LIMITS,
+  nowMs: number = Date.now(),
+): NormalizedEvent {
+  if (typeof input !== "object" || input === null || Array.isArray(input)) {
+    throw new SpendEventError("not_object", "event", "must be an object");
+  }
+  const e = input as Record<string, unknown>;
+  for (const k in e) {
+    if (!ALLOWED_FIELDS.has(k)) throw new SpendEventError("unknown_field", k, "is not a known event field");
+  }
+  const spendPico = checkSpend(e.spend, limits);
+  const apiKey = checkId(e.apiKey, "apiKey", limits);
+  const userId = checkId(e.userId, "userId", limits);
+  const teamId = checkId(e.teamId, "teamId", limits);
+  const organizationId = checkId(e.organizationId, "organizationId", limits);
+  const endUserId = checkId(e.endUserId, "endUserId", limits);
+
+  let tags: readonly string[] = EMPTY_TAGS;
+  const rawTags = e.tags;
+  if (rawTags !== undefined && rawTags !== null) {
+    if (!Array.isArray(rawTags)) throw new SpendEventError("invalid_tags", "tags", "must be an array of strings");
+    if (rawTags.length > limits.maxTags) throw new SpendEventError("invalid_tags", "tags", `more than ${limits.maxTags} tags`);
+    if (rawTags.length > 0) {
+      const seen = new Set<string>();
+      for (let i = 0; i < rawTags.length; i++) {
+        const t = checkId(rawTags[i], `tags[${i}]`, limits);
+        if (t === "") throw new SpendEventError("invalid_tags", `tags[${i}]`, "must be a non-empty string");
+        seen.add(t);
+      }
+      // A tag named twice on one request is still one tag: it is charged once.
+      tags = seen.size === rawTags.length ? (rawTags as string[]) : [...seen];
+    }
+  }
+
+  if (apiKey === "" && userId === "" && teamId === "" && organizationId === "" && endUserId === "" && tags.length === 0) {
+    throw new SpendEventError("no_entity", "event", "names no key, user, team, organization, end user or tag");
+  }
+
+  const success = e.success;
+  if (success !== undefined && typeof success !== "boolean") {
+    throw new SpendEventError("invalid_success", "success", `must be a boolean, got ${describe(success)}`);
+  }
+
+  return {
+    spendPico,
+    apiKey,
+    userId,
+    teamId,
+    organizationId,
+    endUserId,
+    tags,
+    model: checkId(e.model, "model", limits),
+    modelGroup: checkId(e.modelGroup, "modelGroup", limits),
+    provider: checkId(e.provider, "provider", limits),
+    endpoint: checkId(e.endpoint, "endpoint", limits),
+    mcpToolName: checkId(e.mcpToolName, "mcpToolName", limits),
+    promptTokens: checkTokens(e.promptTokens, "promptTokens", limits),
+    completionTokens: checkTokens(e.completionTokens, "completionTokens", limits),
+    cacheReadInputTokens: checkTokens(e.cacheReadInputTokens, "cacheReadInputTokens", limits),
+    cacheCreationInputTokens: checkTokens(e.cacheCreationInputTokens, "cacheCreationInputTokens", limits),
+    success: success !== false,
+    startMs: checkStartTime(e.startTime, nowMs, limits),
+  };
+}
+
+const EMPTY_TAGS: readonly string[] = Object.freeze([]);

@@ -1,0 +1,37 @@
+import { Redis, type RedisOptions } from "ioredis";
+import type { RedisConfig } from "../config/config.js";
+
+/**
+ * ioredis connections for each role. Producers fail fast (no offline queue,
+ * one try per command): a gateway must never pile requests up in an
+ * unbounded client-side queue while Redis is away; the producer keeps its
+ * aggregates and retries instead. BullMQ workers need retries forever
+ * (maxRetriesPerRequest: null) for their blocking commands.
+ */
+export type RedisRole = "producer" | "worker";
+
+export function redisOptions(cfg: RedisConfig, role: RedisRole): RedisOptions {
+  return {
+    host: cfg.host,
+    port: cfg.port,
+    db: cfg.db,
+    ...(cfg.username !== undefined ? { username: cfg.username } : {}),
+    ...(cfg.password !== undefined ? { password: cfg.password } : {}),
+    ...(cfg.tls ? { tls: {} } : {}),
+    ...(role === "producer"
+      ? { enableOfflineQueue: false, maxRetriesPerRequest: 1 }
+      : { maxRetriesPerRequest: null }),
+    // Reconnect forever with a capped backoff: an outage ends, the process should not.
+    retryStrategy: (attempt: number) => Math.min(100 * 2 ** Math.min(attempt, 5), 3_000),
+    connectionName: `spend-buffer:${role}`,
+    lazyConnect: false,
+  };
+}
+
+export function createRedis(cfg: RedisConfig, role: RedisRole): Redis {
+  const redis = new Redis(redisOptions(cfg, role));
+  // Connection errors surface through the commands that fail; without a
+  // listener ioredis would print each one as an unhandled error event.
+  redis.on("error", () => undefined);
+  return redis;
+}

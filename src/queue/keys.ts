@@ -1,0 +1,44 @@
+/**
+ * Every Redis key and BullMQ queue name the project uses is built here, under
+ * the deployment's prefix, so two deployments sharing one Redis never mix
+ * their buffers (the reference's fixed global key names did).
+ *
+ * Names carry Redis Cluster hash tags: each BullMQ queue's keys share one
+ * slot ({queue}), and the lock's Lua scripts touch only keys tagged {flush}.
+ */
+export interface RedisKeys {
+  /** BullMQ `prefix` option: every queue's keys start with it. */
+  readonly bullPrefix: string;
+  /** Entity spend batches (key, user, team, member, org, end user, tag). */
+  readonly spendQueue: string;
+  /** Daily spend batches (per entity, date, key, model, provider, ...). */
+  readonly dailySpendQueue: string;
+  /** Holds the repeatable flush job fired by the job scheduler. */
+  readonly flushQueue: string;
+  /** The single-writer lock: its value is the holder's token. */
+  readonly flushLock: string;
+  /** Monotonic counter handing out fencing tokens with each acquisition. */
+  readonly flushFence: string;
+  /** Id of the job scheduler that fires flushes. */
+  readonly flushSchedulerId: string;
+  /** Fence partition name stored in PostgreSQL (spend_flush_fence.partition). */
+  readonly fencePartition: string;
+}
+
+const PREFIX = /^[A-Za-z0-9_.-]{1,64}$/;
+
+export function redisKeys(prefix: string): RedisKeys {
+  if (!PREFIX.test(prefix)) {
+    throw new Error(`key prefix must be 1-64 characters of A-Z a-z 0-9 _ . -, got ${JSON.stringify(prefix)}`);
+  }
+  return {
+    bullPrefix: `${prefix}:bull`,
+    spendQueue: "{spend-update}",
+    dailySpendQueue: "{daily-spend-update}",
+    flushQueue: "{spend-flush}",
+    flushLock: `${prefix}:{flush}:lock`,
+    flushFence: `${prefix}:{flush}:fence`,
+    flushSchedulerId: "spend-flush",
+    fencePartition: `${prefix}:0`,
+  };
+}

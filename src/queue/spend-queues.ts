@@ -1,0 +1,39 @@
+import { Queue, type JobsOptions } from "bullmq";
+import type { Redis } from "ioredis";
+import type { RedisKeys } from "./keys.js";
+import type { DailySpendJob, EntitySpendJob } from "./spend-batch.js";
+
+/** BullMQ job names inside the spend queues. */
+export const ENTITY_JOB = "spend";
+export const DAILY_JOB = "daily-spend";
+
+/**
+ * Completed jobs are kept a while so Bull Board shows what was flushed;
+ * failed ones (poison payloads) are kept until an operator looks at them.
+ */
+export const SPEND_JOB_OPTIONS: JobsOptions = {
+  removeOnComplete: { age: 3_600, count: 1_000 },
+  removeOnFail: false,
+};
+
+export interface SpendQueues {
+  entity: Queue<EntitySpendJob>;
+  daily: Queue<DailySpendJob>;
+  close(): Promise<void>;
+}
+
+export function openSpendQueues(connection: Redis, keys: RedisKeys): SpendQueues {
+  const opts = { connection, prefix: keys.bullPrefix, defaultJobOptions: SPEND_JOB_OPTIONS };
+  const entity = new Queue<EntitySpendJob>(keys.spendQueue, opts);
+  const daily = new Queue<DailySpendJob>(keys.dailySpendQueue, opts);
+  // Errors reach the caller through the add() that failed.
+  entity.on("error", () => undefined);
+  daily.on("error", () => undefined);
+  return {
+    entity,
+    daily,
+    async close() {
+      await Promise.all([entity.close(), daily.close()]);
+    },
+  };
+}
