@@ -20,7 +20,10 @@ async function main(): Promise<void> {
   const worker = await FlushWorker.start({ config, db, metrics, logger: log });
   const port = Number(process.env.METRICS_PORT ?? config.metricsPort);
   const server = await listen(createApp(metrics), port);
-  log.info({ port, prefix: config.keyPrefix, everyMs: config.worker.flushEveryMs }, "flush worker running");
+  log.info(
+    { port, prefix: config.keyPrefix, everyMs: config.worker.flushEveryMs },
+    "flush worker running",
+  );
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {

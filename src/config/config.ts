@@ -40,7 +40,10 @@ const cacheParamsSchema = z
 
 const spendBufferSchema = z
   .object({
-    key_prefix: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/).default("haimaker"),
+    key_prefix: z
+      .string()
+      .regex(/^[A-Za-z0-9_.-]{1,64}$/)
+      .default("haimaker"),
     flush_jitter_seconds: z.number().min(0).max(3_600).default(5),
     max_buffered_rows: z.number().int().min(100).default(200_000),
     max_rows_per_job: z.number().int().min(1).max(100_000).default(5_000),
@@ -51,9 +54,22 @@ const spendBufferSchema = z
     applied_batch_retention_days: z.number().int().min(1).max(3_650).default(14),
     transaction_timeout_seconds: positiveSeconds.default(120),
     metrics_port: z.number().int().min(0).max(65_535).default(9464),
-    max_spend_usd_per_event: z.number().positive().max(MAX_EVENT_USD).default(DEFAULT_LIMITS.maxSpendUsd),
-    max_tokens_per_event: z.number().int().positive().max(1_000_000_000).default(DEFAULT_LIMITS.maxTokens),
-    max_event_age_hours: z.number().positive().max(24 * 366).default(DEFAULT_LIMITS.maxAgeMs / 3_600_000),
+    max_spend_usd_per_event: z
+      .number()
+      .positive()
+      .max(MAX_EVENT_USD)
+      .default(DEFAULT_LIMITS.maxSpendUsd),
+    max_tokens_per_event: z
+      .number()
+      .int()
+      .positive()
+      .max(1_000_000_000)
+      .default(DEFAULT_LIMITS.maxTokens),
+    max_event_age_hours: z
+      .number()
+      .positive()
+      .max(24 * 366)
+      .default(DEFAULT_LIMITS.maxAgeMs / 3_600_000),
   })
   .strict();
 
@@ -125,13 +141,15 @@ function resolveEnvRefs(value: unknown, env: NodeJS.ProcessEnv, path: string): u
     if (m === null) return value;
     const name = m[1] ?? "";
     const resolved = env[name];
-    if (resolved === undefined) throw new ConfigError(`${path}: environment variable ${name} is not set`);
+    if (resolved === undefined)
+      throw new ConfigError(`${path}: environment variable ${name} is not set`);
     return resolved;
   }
   if (Array.isArray(value)) return value.map((v, i) => resolveEnvRefs(v, env, `${path}[${i}]`));
   if (typeof value === "object" && value !== null) {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = resolveEnvRefs(v, env, path === "" ? k : `${path}.${k}`);
+    for (const [k, v] of Object.entries(value))
+      out[k] = resolveEnvRefs(v, env, path === "" ? k : `${path}.${k}`);
     return out;
   }
   return value;
@@ -148,7 +166,8 @@ function parseRedisUrl(url: string): RedisConfig {
     throw new ConfigError(`REDIS_URL must start with redis:// or rediss://, got ${u.protocol}//`);
   }
   const db = u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0;
-  if (!Number.isInteger(db) || db < 0) throw new ConfigError(`REDIS_URL database index is not a number: ${u.pathname}`);
+  if (!Number.isInteger(db) || db < 0)
+    throw new ConfigError(`REDIS_URL database index is not a number: ${u.pathname}`);
   return {
     host: u.hostname,
     port: u.port === "" ? 6379 : Number(u.port),
@@ -173,7 +192,8 @@ function formatIssues(err: z.ZodError): string {
 /** Builds the configuration from a parsed YAML document (or nothing) and the environment. */
 export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env): AppConfig {
   const parsed = fileSchema.safeParse(resolveEnvRefs(doc ?? {}, env, ""));
-  if (!parsed.success) throw new ConfigError(`invalid configuration: ${formatIssues(parsed.error)}`);
+  if (!parsed.success)
+    throw new ConfigError(`invalid configuration: ${formatIssues(parsed.error)}`);
   const f = parsed.data;
   const g = f.general_settings;
   const s = f.spend_buffer_settings;
@@ -236,7 +256,13 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
  */
 export function loadConfig(path?: string, env: NodeJS.ProcessEnv = process.env): AppConfig {
   if (path === undefined) {
-    return buildConfig({ general_settings: { use_redis_transaction_buffer: true }, litellm_settings: { cache: true, cache_params: { type: "redis" } } }, env);
+    return buildConfig(
+      {
+        general_settings: { use_redis_transaction_buffer: true },
+        litellm_settings: { cache: true, cache_params: { type: "redis" } },
+      },
+      env,
+    );
   }
   let text: string;
   try {

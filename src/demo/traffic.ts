@@ -28,9 +28,27 @@ export const DEMO_SHAPE: TrafficShape = {
 
 const MODELS = [
   { model: "gpt-4o", group: "gpt-4o", provider: "openai", inUsd: 0.0000025, outUsd: 0.00001 },
-  { model: "gpt-4o-mini", group: "gpt-4o-mini", provider: "openai", inUsd: 0.00000015, outUsd: 0.0000006 },
-  { model: "claude-sonnet-4", group: "claude", provider: "anthropic", inUsd: 0.000003, outUsd: 0.000015 },
-  { model: "mistral-large", group: "mistral", provider: "mistral", inUsd: 0.000002, outUsd: 0.000006 },
+  {
+    model: "gpt-4o-mini",
+    group: "gpt-4o-mini",
+    provider: "openai",
+    inUsd: 0.00000015,
+    outUsd: 0.0000006,
+  },
+  {
+    model: "claude-sonnet-4",
+    group: "claude",
+    provider: "anthropic",
+    inUsd: 0.000003,
+    outUsd: 0.000015,
+  },
+  {
+    model: "mistral-large",
+    group: "mistral",
+    provider: "mistral",
+    inUsd: 0.000002,
+    outUsd: 0.000006,
+  },
 ] as const;
 
 /** mulberry32: tiny, fast, good enough for test traffic, and seedable. */
@@ -50,7 +68,11 @@ function skewed(r: () => number, n: number): number {
   return Math.min(n - 1, Math.floor(Math.exp(r() * Math.log(n + 1))) - 1);
 }
 
-export function trafficGenerator(seed: number, shape: TrafficShape = DEMO_SHAPE, now: () => number = Date.now): () => SpendEvent {
+export function trafficGenerator(
+  seed: number,
+  shape: TrafficShape = DEMO_SHAPE,
+  now: () => number = Date.now,
+): () => SpendEvent {
   const r = rng(seed);
   return () => {
     const k = skewed(r, shape.keys);

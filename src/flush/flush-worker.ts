@@ -60,7 +60,10 @@ export class FlushWorker {
       },
       logger,
     );
-    this.flushQueue = new Queue(this.keys.flushQueue, { connection: redis, prefix: this.keys.bullPrefix });
+    this.flushQueue = new Queue(this.keys.flushQueue, {
+      connection: redis,
+      prefix: this.keys.bullPrefix,
+    });
     this.flushQueue.on("error", () => undefined);
     this.queues = openSpendQueues(redis, this.keys);
     metrics.watchQueues(this.queues);

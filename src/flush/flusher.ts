@@ -4,7 +4,12 @@ import { LeaseKeeper, LeaseLostError } from "../lock/lease-keeper.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
-import { applyBatches, FencedOffError, type ApplyResult, type BatchToApply } from "../persist/apply-batches.js";
+import {
+  applyBatches,
+  FencedOffError,
+  type ApplyResult,
+  type BatchToApply,
+} from "../persist/apply-batches.js";
 import type { Db } from "../persist/prisma.js";
 import { retryReason } from "../persist/retryable.js";
 import type { SpendDrain, TakenJob } from "./spend-drain.js";
@@ -29,7 +34,8 @@ export interface FlusherOptions {
 
 export type FlushStep = "locked" | "drained" | "before-commit" | "committed" | "acked";
 
-export type FlushOutcome = "committed" | "empty" | "lock_busy" | "fenced_off" | "lease_lost" | "failed";
+export type FlushOutcome =
+  "committed" | "empty" | "lock_busy" | "fenced_off" | "lease_lost" | "failed";
 
 export interface FlushReport {
   outcome: FlushOutcome;
@@ -70,7 +76,15 @@ export class Flusher {
   }
 
   async flushOnce(): Promise<FlushReport> {
-    const report: FlushReport = { outcome: "empty", transactions: 0, batches: 0, duplicates: 0, entityRows: 0, dailyRows: 0, poisonJobs: 0 };
+    const report: FlushReport = {
+      outcome: "empty",
+      transactions: 0,
+      batches: 0,
+      duplicates: 0,
+      entityRows: 0,
+      dailyRows: 0,
+      poisonJobs: 0,
+    };
     const lease = await this.lock.acquire();
     if (lease === null) {
       report.outcome = "lock_busy";
@@ -80,7 +94,9 @@ export class Flusher {
     report.fence = lease.fence;
     this.metrics.setLockHeld(true);
     let held: Job[] = [];
-    const keeper = new LeaseKeeper(this.lock, lease, () => this.drain.extend(held, lease.token, this.lock.leaseMs));
+    const keeper = new LeaseKeeper(this.lock, lease, () =>
+      this.drain.extend(held, lease.token, this.lock.leaseMs),
+    );
     const started = Date.now();
     try {
       await this.opts.onStep?.("locked");
@@ -91,7 +107,10 @@ export class Flusher {
         for (const p of taken.poison) {
           report.poisonJobs++;
           this.metrics.poisonJobs.inc({ queue: p.queue });
-          this.log.error({ jobId: p.job.id, queue: p.queue, reason: p.reason }, "malformed spend job set aside as failed");
+          this.log.error(
+            { jobId: p.job.id, queue: p.queue, reason: p.reason },
+            "malformed spend job set aside as failed",
+          );
           await this.drain.setAside(p.job, p.reason, lease.token);
         }
         if (taken.jobs.length === 0) break;
@@ -118,17 +137,27 @@ export class Flusher {
         const more = taken.jobs.length + taken.poison.length >= this.maxJobs;
         if (!more || Date.now() - started >= this.maxFlushMs) break;
       }
-      if (report.outcome === "committed") this.metrics.flushDuration.observe((Date.now() - started) / 1000);
+      if (report.outcome === "committed")
+        this.metrics.flushDuration.observe((Date.now() - started) / 1000);
     } catch (err) {
-      report.outcome = err instanceof FencedOffError ? "fenced_off" : err instanceof LeaseLostError ? "lease_lost" : "failed";
+      report.outcome =
+        err instanceof FencedOffError
+          ? "fenced_off"
+          : err instanceof LeaseLostError
+            ? "lease_lost"
+            : "failed";
       report.error = (err as Error).message;
       if (err instanceof FencedOffError) {
         this.metrics.fencingRejections.inc();
         // If PostgreSQL has seen a newer token than Redis hands out, Redis lost
         // its counter: raise it so the next holder can write again.
-        if (err.committed >= lease.fence) await this.lock.raiseFence(err.committed).catch(() => undefined);
+        if (err.committed >= lease.fence)
+          await this.lock.raiseFence(err.committed).catch(() => undefined);
       }
-      this.log.warn({ outcome: report.outcome, err: report.error, fence: lease.fence.toString() }, "flush did not commit; its jobs return to the queue");
+      this.log.warn(
+        { outcome: report.outcome, err: report.error, fence: lease.fence.toString() },
+        "flush did not commit; its jobs return to the queue",
+      );
       // Jobs go back to wait at once; if this fails (Redis away, lock lost),
       // BullMQ's stalled check returns them when their locks expire.
       await this.drain.giveBack(held, lease.token).catch(() => undefined);
@@ -140,16 +169,31 @@ export class Flusher {
     this.metrics.flushes.inc({ outcome: report.outcome });
     if (report.outcome === "committed") {
       this.log.info(
-        { fence: lease.fence.toString(), ms: Date.now() - started, transactions: report.transactions, batches: report.batches, duplicates: report.duplicates, entityRows: report.entityRows, dailyRows: report.dailyRows, poisonJobs: report.poisonJobs },
+        {
+          fence: lease.fence.toString(),
+          ms: Date.now() - started,
+          transactions: report.transactions,
+          batches: report.batches,
+          duplicates: report.duplicates,
+          entityRows: report.entityRows,
+          dailyRows: report.dailyRows,
+          poisonJobs: report.poisonJobs,
+        },
         "flush committed",
       );
     }
     return report;
   }
 
-  private async applyWithRetry(jobs: readonly TakenJob[], lease: Lease, keeper: LeaseKeeper): Promise<ApplyResult> {
+  private async applyWithRetry(
+    jobs: readonly TakenJob[],
+    lease: Lease,
+    keeper: LeaseKeeper,
+  ): Promise<ApplyResult> {
     const batches: BatchToApply[] = jobs.map((t) =>
-      t.kind === "entity" ? { batchId: t.data.batchId, entity: t.data.rows } : { batchId: t.data.batchId, daily: t.data.rows },
+      t.kind === "entity"
+        ? { batchId: t.data.batchId, entity: t.data.rows }
+        : { batchId: t.data.batchId, daily: t.data.rows },
     );
     for (let attempt = 1; ; attempt++) {
       keeper.assertHeld();
@@ -157,8 +201,14 @@ export class Flusher {
         return await this.db.$transaction(
           async (tx) => {
             const r = await applyBatches(tx, batches, {
-              fence: { partition: this.opts.fencePartition, token: lease.fence },
-              ...(this.opts.appliedBatchRetentionDays !== undefined ? { retentionDays: this.opts.appliedBatchRetentionDays } : {}),
+              fence: {
+                partition: this.opts.fencePartition,
+                token: lease.fence,
+                holder: lease.token,
+              },
+              ...(this.opts.appliedBatchRetentionDays !== undefined
+                ? { retentionDays: this.opts.appliedBatchRetentionDays }
+                : {}),
             });
             await this.opts.onStep?.("before-commit");
             // Last look before commit; a pause after this is what the fence is for.
@@ -169,8 +219,12 @@ export class Flusher {
         );
       } catch (err) {
         const reason = retryReason(err);
-        if (reason === undefined || attempt >= this.maxAttempts || err instanceof FencedOffError) throw err;
-        this.log.warn({ attempt, reason, err: (err as Error).message }, "flush transaction failed; retrying");
+        if (reason === undefined || attempt >= this.maxAttempts || err instanceof FencedOffError)
+          throw err;
+        this.log.warn(
+          { attempt, reason, err: (err as Error).message },
+          "flush transaction failed; retrying",
+        );
         await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
       }
     }

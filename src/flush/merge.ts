@@ -39,9 +39,13 @@ export interface MergedRows {
 }
 
 const SEP = "\u001f";
-const compareKeys = (a: [string, unknown], b: [string, unknown]): number => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+const compareKeys = (a: [string, unknown], b: [string, unknown]): number =>
+  a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0;
 
-export function mergeRows(entityRows: Iterable<readonly EntityRow[]>, dailyRows: Iterable<readonly DailyRow[]>): MergedRows {
+export function mergeRows(
+  entityRows: Iterable<readonly EntityRow[]>,
+  dailyRows: Iterable<readonly DailyRow[]>,
+): MergedRows {
   const entityAcc = new Map<EntityKind, Map<string, { row: EntityRow; spend: bigint }>>();
   for (const k of ENTITY_KINDS) entityAcc.set(k, new Map());
   for (const rows of entityRows) {
@@ -66,12 +70,18 @@ export function mergeRows(entityRows: Iterable<readonly EntityRow[]>, dailyRows:
       if (acc === undefined) {
         m.set(key, { row, sums: row.slice(9, 17).map((v) => BigInt(v)) });
       } else {
-        for (let i = 0; i < 8; i++) acc.sums[i] = (acc.sums[i] ?? 0n) + BigInt(row[9 + i] as string | number);
+        for (let i = 0; i < 8; i++)
+          acc.sums[i] = (acc.sums[i] ?? 0n) + BigInt(row[9 + i] as string | number);
       }
     }
   }
 
-  const merged: MergedRows = { entity: new Map(), daily: new Map(), entityRowCount: 0, dailyRowCount: 0 };
+  const merged: MergedRows = {
+    entity: new Map(),
+    daily: new Map(),
+    entityRowCount: 0,
+    dailyRowCount: 0,
+  };
   for (const [kind, m] of entityAcc) {
     if (m.size === 0) continue;
     const sorted = [...m.entries()].sort(compareKeys);

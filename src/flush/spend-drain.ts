@@ -1,7 +1,12 @@
 import { Worker, type Job } from "bullmq";
 import type { Redis } from "ioredis";
 import type { RedisKeys } from "../queue/keys.js";
-import { dailyJobSchema, entityJobSchema, type DailySpendJob, type EntitySpendJob } from "../queue/spend-batch.js";
+import {
+  dailyJobSchema,
+  entityJobSchema,
+  type DailySpendJob,
+  type EntitySpendJob,
+} from "../queue/spend-batch.js";
 
 export type TakenJob =
   | { kind: "entity"; job: Job; data: EntitySpendJob }
@@ -87,7 +92,13 @@ export class SpendDrain {
       byQueue.set(w, ids);
     }
     await Promise.all(
-      [...byQueue].map(([w, ids]) => w.extendJobLocks(ids, ids.map(() => token), durationMs)),
+      [...byQueue].map(([w, ids]) =>
+        w.extendJobLocks(
+          ids,
+          ids.map(() => token),
+          durationMs,
+        ),
+      ),
     );
   }
 
@@ -103,7 +114,9 @@ async function takeFrom(worker: Worker, max: number, token: string): Promise<Job
   const out: Job[] = [];
   while (out.length < max) {
     const n = Math.min(PARALLEL, max - out.length);
-    const got = await Promise.all(Array.from({ length: n }, () => worker.getNextJob(token, { block: false })));
+    const got = await Promise.all(
+      Array.from({ length: n }, () => worker.getNextJob(token, { block: false })),
+    );
     let empty = false;
     for (const j of got) {
       if (j === undefined || j === null) empty = true;

@@ -29,13 +29,23 @@ export class FlushLock {
 
   async acquire(): Promise<Lease | null> {
     const token = `${this.holderId}:${randomUUID()}`;
-    const fence = await lockScripts.acquire.run(this.redis, [this.keys.flushLock, this.keys.flushFence], [token, this.leaseMs]);
+    const fence = await lockScripts.acquire.run(
+      this.redis,
+      [this.keys.flushLock, this.keys.flushFence],
+      [token, this.leaseMs],
+    );
     if (fence === 0 || fence === null) return null;
     return { token, fence: BigInt(fence as number | string), acquiredAt: Date.now() };
   }
 
   async extend(lease: Lease): Promise<boolean> {
-    return (await lockScripts.extend.run(this.redis, [this.keys.flushLock], [lease.token, this.leaseMs])) === 1;
+    return (
+      (await lockScripts.extend.run(
+        this.redis,
+        [this.keys.flushLock],
+        [lease.token, this.leaseMs],
+      )) === 1
+    );
   }
 
   async release(lease: Lease): Promise<boolean> {
@@ -44,16 +54,21 @@ export class FlushLock {
 
   /** See raise-fence-1.lua: repairs the counter after Redis lost it. */
   async raiseFence(floor: bigint): Promise<bigint> {
-    const v = await lockScripts.raiseFence.run(this.redis, [this.keys.flushFence], [floor.toString()]);
+    const v = await lockScripts.raiseFence.run(
+      this.redis,
+      [this.keys.flushFence],
+      [floor.toString()],
+    );
     return BigInt(v as number | string);
   }
 
   /** Who holds the lock now and for how much longer (null when free). */
   async holder(): Promise<{ token: string; ttlMs: number } | null> {
-    const [[, token], [, ttl]] = (await this.redis.multi().get(this.keys.flushLock).pttl(this.keys.flushLock).exec()) as [
-      [Error | null, string | null],
-      [Error | null, number],
-    ];
+    const [[, token], [, ttl]] = (await this.redis
+      .multi()
+      .get(this.keys.flushLock)
+      .pttl(this.keys.flushLock)
+      .exec()) as [[Error | null, string | null], [Error | null, number]];
     return token === null ? null : { token, ttlMs: ttl };
   }
 }

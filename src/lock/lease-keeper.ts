@@ -28,7 +28,8 @@ export class LeaseKeeper {
   /** Throws if the lease is lost or has (by this process's clock) expired. */
   assertHeld(): void {
     if (this.controller.signal.aborted) throw this.controller.signal.reason as Error;
-    if (Date.now() >= this.expiresAt) this.abort(new LeaseLostError("lease expired before renewal"));
+    if (Date.now() >= this.expiresAt)
+      this.abort(new LeaseLostError("lease expired before renewal"));
     if (this.controller.signal.aborted) throw this.controller.signal.reason as Error;
   }
 
@@ -48,7 +49,8 @@ export class LeaseKeeper {
       this.expiresAt = started + this.lock.leaseMs;
       await this.onRenew?.();
     } catch (err) {
-      if (Date.now() >= this.expiresAt) this.abort(new LeaseLostError(`renewal failed: ${(err as Error).message}`));
+      if (Date.now() >= this.expiresAt)
+        this.abort(new LeaseLostError(`renewal failed: ${(err as Error).message}`));
     }
   }
 

@@ -26,7 +26,11 @@ export class LuaScript {
     return new LuaScript(name, source);
   }
 
-  async run(redis: Redis, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+  async run(
+    redis: Redis,
+    keys: readonly string[],
+    args: readonly (string | number)[],
+  ): Promise<unknown> {
     if (keys.length !== this.numberOfKeys) {
       throw new Error(`${this.name} takes ${this.numberOfKeys} keys, got ${keys.length}`);
     }

@@ -6,12 +6,22 @@ export type { Logger };
  * Structured JSON logs. Anything that might carry a credential is redacted at
  * the logger, so a careless call site cannot leak it.
  */
-export function createLogger(name: string, level: string = process.env.LOG_LEVEL ?? "info"): Logger {
+export function createLogger(
+  name: string,
+  level: string = process.env.LOG_LEVEL ?? "info",
+): Logger {
   return pino({
     name,
     level,
     redact: {
-      paths: ["password", "*.password", "databaseUrl", "*.databaseUrl", "authorization", "*.authorization"],
+      paths: [
+        "password",
+        "*.password",
+        "databaseUrl",
+        "*.databaseUrl",
+        "authorization",
+        "*.authorization",
+      ],
       censor: "***",
     },
   });

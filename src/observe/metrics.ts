@@ -64,13 +64,14 @@ export class SpendMetrics {
       const c = await q.getJobCounts("wait", "active", "delayed", "prioritized");
       return Object.values(c).reduce((a, b) => a + b, 0);
     };
-    const self = this;
+    const entityQueue = () => this.queues?.entity;
+    const dailyQueue = () => this.queues?.daily;
     new Gauge({
       name: "litellm_redis_spend_update_queue_size",
       help: "Entity spend batches (BullMQ jobs) waiting in Redis to be flushed.",
       registers,
       async collect() {
-        this.set(await pending(self.queues?.entity));
+        this.set(await pending(entityQueue()));
       },
     });
     new Gauge({
@@ -78,7 +79,7 @@ export class SpendMetrics {
       help: "Daily spend batches (BullMQ jobs) waiting in Redis to be flushed.",
       registers,
       async collect() {
-        this.set(await pending(self.queues?.daily));
+        this.set(await pending(dailyQueue()));
       },
     });
 

@@ -17,6 +17,8 @@ export interface BatchToApply {
 export interface Fence {
   partition: string;
   token: bigint;
+  /** The lease's own token: an equal fence passes only for the same lease (Redis may have reset its counter). */
+  holder: string;
 }
 
 export interface ApplyResult {
@@ -84,18 +86,24 @@ export async function applyBatches(
       opts.retentionDays,
     );
   }
-  return { applied, duplicates, entityRows: merged.entityRowCount, dailyRows: merged.dailyRowCount };
+  return {
+    applied,
+    duplicates,
+    entityRows: merged.entityRowCount,
+    dailyRows: merged.dailyRowCount,
+  };
 }
 
 async function checkFence(tx: Tx, fence: Fence): Promise<void> {
   const rows = await tx.$queryRawUnsafe<{ token: string }[]>(
-    `INSERT INTO spend_flush_fence AS f (partition, token, updated_at)
-     VALUES ($1, $2::int8, now())
-     ON CONFLICT (partition) DO UPDATE SET token = EXCLUDED.token, updated_at = now()
-       WHERE f.token <= EXCLUDED.token
+    `INSERT INTO spend_flush_fence AS f (partition, token, holder, updated_at)
+     VALUES ($1, $2::int8, $3, now())
+     ON CONFLICT (partition) DO UPDATE SET token = EXCLUDED.token, holder = EXCLUDED.holder, updated_at = now()
+       WHERE f.token < EXCLUDED.token OR (f.token = EXCLUDED.token AND f.holder = EXCLUDED.holder)
      RETURNING token::text`,
     fence.partition,
     fence.token.toString(),
+    fence.holder,
   );
   if (rows.length === 0) {
     const current = await tx.$queryRawUnsafe<{ token: string }[]>(
@@ -124,7 +132,9 @@ export async function upsertMerged(tx: Tx, merged: MergedRows): Promise<void> {
   }
   const dims = DAILY_DIMENSION_COLUMNS.join(", ");
   const counters = DAILY_COUNTER_COLUMNS.join(", ");
-  const counterUpdates = DAILY_COUNTER_COLUMNS.map((c) => `${c} = t.${c} + EXCLUDED.${c}`).join(", ");
+  const counterUpdates = DAILY_COUNTER_COLUMNS.map((c) => `${c} = t.${c} + EXCLUDED.${c}`).join(
+    ", ",
+  );
   for (const [kind, cols] of merged.daily) {
     const { table, entityColumn } = DAILY_TABLES[kind];
     const all = `${entityColumn}, ${dims}, ${counters}, spend`;

@@ -15,7 +15,10 @@ export class DirectSink implements SpendSink {
   ) {}
 
   async write(b: SealedBatch): Promise<void> {
-    const batch = b.kind === "entity" ? { batchId: b.batchId, entity: b.rows } : { batchId: b.batchId, daily: b.rows };
+    const batch =
+      b.kind === "entity"
+        ? { batchId: b.batchId, entity: b.rows }
+        : { batchId: b.batchId, daily: b.rows };
     await this.db.$transaction((tx) => applyBatches(tx, [batch]), {
       timeout: this.opts.transactionTimeoutMs,
       maxWait: this.opts.transactionTimeoutMs,

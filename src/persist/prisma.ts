@@ -3,7 +3,10 @@ import { PrismaClient } from "../generated/prisma/client.js";
 
 export type Db = PrismaClient;
 /** The client handed to an interactive transaction's callback. */
-export type Tx = Omit<PrismaClient, "$connect" | "$disconnect" | "$on" | "$transaction" | "$extends">;
+export type Tx = Omit<
+  PrismaClient,
+  "$connect" | "$disconnect" | "$on" | "$transaction" | "$extends"
+>;
 
 /**
  * Prisma 7 with the `pg` driver adapter: no native query engine, so it runs on

@@ -23,7 +23,8 @@ const PRISMA_REASON: Record<string, RetryReason> = {
 };
 
 const NODE_CONNECTION = new Set(["ECONNRESET", "ECONNREFUSED", "EPIPE", "ETIMEDOUT", "ENOTCONN"]);
-const CONNECTION_TEXT = /Connection terminated|terminating connection|Client has encountered a connection error|connection is closed|Connection ended/i;
+const CONNECTION_TEXT =
+  /Connection terminated|terminating connection|Client has encountered a connection error|connection is closed|Connection ended/i;
 
 export function retryReason(err: unknown): RetryReason | undefined {
   const seen = new Set<unknown>();
@@ -34,7 +35,10 @@ export function retryReason(err: unknown): RetryReason | undefined {
     for (const field of ["code", "originalCode", "sqlState"]) {
       const code = rec[field];
       if (typeof code === "string") {
-        const r = SQLSTATE_REASON[code] ?? PRISMA_REASON[code] ?? (NODE_CONNECTION.has(code) ? "connection" : undefined);
+        const r =
+          SQLSTATE_REASON[code] ??
+          PRISMA_REASON[code] ??
+          (NODE_CONNECTION.has(code) ? "connection" : undefined);
         if (r !== undefined) return r;
         if (code.startsWith("08")) return "connection";
       }

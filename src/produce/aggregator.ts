@@ -1,5 +1,11 @@
 import { MAX_SAFE_PICO } from "../money.js";
-import { encodeCount, type DailyRow, type EntityRow, type DailyKind, type EntityKind } from "../queue/spend-batch.js";
+import {
+  encodeCount,
+  type DailyRow,
+  type EntityRow,
+  type DailyKind,
+  type EntityKind,
+} from "../queue/spend-batch.js";
 import type { NormalizedEvent } from "./spend-event.js";
 
 /**
@@ -128,7 +134,25 @@ export class Aggregator {
         let acc = daily.get(k);
         if (acc === undefined) {
           acc = {
-            row: [kind, id, c.date, d.apiKey, d.model, d.modelGroup, d.provider, d.mcpToolName, d.endpoint, 0, 0, 0, 0, 0, 0, 0, ""],
+            row: [
+              kind,
+              id,
+              c.date,
+              d.apiKey,
+              d.model,
+              d.modelGroup,
+              d.provider,
+              d.mcpToolName,
+              d.endpoint,
+              0,
+              0,
+              0,
+              0,
+              0,
+              0,
+              0,
+              "",
+            ],
             prompt: 0n,
             completion: 0n,
             cacheRead: 0n,
@@ -225,9 +249,29 @@ export class Aggregator {
 
   private cellKey(e: NormalizedEvent, date: string): string {
     return (
-      e.apiKey + SEP + e.userId + SEP + e.teamId + SEP + e.organizationId + SEP + e.endUserId + SEP +
-      (e.tags.length === 0 ? "" : e.tags.length === 1 ? (e.tags[0] ?? "") : e.tags.join(TAG_SEP)) + SEP +
-      e.model + SEP + e.modelGroup + SEP + e.provider + SEP + e.endpoint + SEP + e.mcpToolName + SEP + date
+      e.apiKey +
+      SEP +
+      e.userId +
+      SEP +
+      e.teamId +
+      SEP +
+      e.organizationId +
+      SEP +
+      e.endUserId +
+      SEP +
+      (e.tags.length === 0 ? "" : e.tags.length === 1 ? (e.tags[0] ?? "") : e.tags.join(TAG_SEP)) +
+      SEP +
+      e.model +
+      SEP +
+      e.modelGroup +
+      SEP +
+      e.provider +
+      SEP +
+      e.endpoint +
+      SEP +
+      e.mcpToolName +
+      SEP +
+      date
     );
   }
 
@@ -245,8 +289,23 @@ export class Aggregator {
 
 function dailyKey(kind: DailyKind, id: string, date: string, e: NormalizedEvent): string {
   return (
-    kind + SEP + id + SEP + date + SEP + e.apiKey + SEP + e.model + SEP + e.modelGroup + SEP +
-    e.provider + SEP + e.mcpToolName + SEP + e.endpoint
+    kind +
+    SEP +
+    id +
+    SEP +
+    date +
+    SEP +
+    e.apiKey +
+    SEP +
+    e.model +
+    SEP +
+    e.modelGroup +
+    SEP +
+    e.provider +
+    SEP +
+    e.mcpToolName +
+    SEP +
+    e.endpoint
   );
 }
 

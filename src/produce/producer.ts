@@ -4,7 +4,14 @@ import { silentLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
 import { Aggregator } from "./aggregator.js";
 import type { SealedBatch, SpendSink } from "./spend-sink.js";
-import { DEFAULT_LIMITS, SpendEventError, validateSpendEvent, type SpendEvent, type ValidationLimits } from "./spend-event.js";
+import {
+  DEFAULT_LIMITS,
+  SpendEventError,
+  validateSpendEvent,
+  type NormalizedEvent,
+  type SpendEvent,
+  type ValidationLimits,
+} from "./spend-event.js";
 
 export interface ProducerOptions {
   /** Where sealed batches go: QueueSink (Redis buffer) or DirectSink (PostgreSQL). */
@@ -24,6 +31,13 @@ export interface ProducerOptions {
   maxRowsPerJob?: number;
   /** Longest close() waits for a sink that keeps failing. Default 30 000 ms. */
   closeTimeoutMs?: number;
+  /**
+   * Longest one send may take before it counts as failed and is retried (same
+   * batch id, so a send that did land after all is not applied twice). A sink
+   * waiting for a connection that never comes must not stall the producer.
+   * Default 5 000 ms.
+   */
+  sendTimeoutMs?: number;
   limits?: ValidationLimits;
   metrics?: SpendMetrics;
   logger?: Logger;
@@ -34,7 +48,9 @@ export interface ProducerOptions {
 export class BufferFullError extends Error {
   readonly code = "BUFFER_FULL";
   constructor(readonly maxBufferedRows: number) {
-    super(`spend buffer full (${maxBufferedRows} rows): the sink is not keeping up or is unreachable`);
+    super(
+      `spend buffer full (${maxBufferedRows} rows): the sink is not keeping up or is unreachable`,
+    );
     this.name = "BufferFullError";
   }
 }
@@ -45,7 +61,9 @@ export class CloseTimeoutError extends Error {
     readonly undeliveredBatches: number,
     readonly undeliveredRows: number,
   ) {
-    super(`close() gave up: ${undeliveredBatches} batches (${undeliveredRows} rows) could not be delivered`);
+    super(
+      `close() gave up: ${undeliveredBatches} batches (${undeliveredRows} rows) could not be delivered`,
+    );
     this.name = "CloseTimeoutError";
   }
 }
@@ -65,6 +83,7 @@ export class SpendProducer {
   private readonly maxRows: number;
   private readonly maxRowsPerJob: number;
   private readonly closeTimeoutMs: number;
+  private readonly sendTimeoutMs: number;
   private readonly limits: ValidationLimits;
   private readonly metrics: SpendMetrics;
   private readonly log: Logger;
@@ -87,6 +106,7 @@ export class SpendProducer {
     this.maxRows = opts.maxBufferedRows ?? 200_000;
     this.maxRowsPerJob = opts.maxRowsPerJob ?? 5_000;
     this.closeTimeoutMs = opts.closeTimeoutMs ?? 30_000;
+    this.sendTimeoutMs = opts.sendTimeoutMs ?? 5_000;
     this.limits = opts.limits ?? DEFAULT_LIMITS;
     this.metrics = opts.metrics ?? new SpendMetrics();
     this.log = opts.logger ?? silentLogger;
@@ -104,25 +124,35 @@ export class SpendProducer {
    */
   record(event: SpendEvent): void {
     if (this.closed) throw new Error("producer is closed");
-    let e;
-    try {
-      e = validateSpendEvent(event, this.limits);
-    } catch (err) {
-      if (err instanceof SpendEventError) this.metrics.eventsRejected.inc({ reason: err.reason });
-      throw err;
-    }
+    const e = this.validate(event);
     const rows = this.agg.entityRowCount + this.agg.dailyRowCount + this.pendingRows;
     if (rows >= this.maxRows && this.agg.wouldGrow(e)) {
       this.metrics.eventsRejected.inc({ reason: "buffer_full" });
       if (this.fullSince === 0) {
         this.fullSince = Date.now();
-        this.log.error({ maxBufferedRows: this.maxRows }, "spend buffer full: refusing events that add rows until the sink catches up");
+        this.log.error(
+          { maxBufferedRows: this.maxRows },
+          "spend buffer full: refusing events that add rows until the sink catches up",
+        );
       }
       throw new BufferFullError(this.maxRows);
     }
     this.agg.add(e);
-    // Half full: send now rather than wait for the timer, so bursts rarely meet the bound.
-    if (rows >= this.maxRows / 2 && this.sending === undefined) void this.flush().catch(() => undefined);
+    // Half full: send now rather than wait for the timer, so bursts rarely meet
+    // the bound. Not while the sink is failing: the timer's backoff retries
+    // then, and sealing on every event would shred the buffer into tiny batches.
+    if (rows >= this.maxRows / 2 && this.sending === undefined && this.consecutiveFailures === 0) {
+      void this.flush().catch(() => undefined);
+    }
+  }
+
+  private validate(event: SpendEvent): NormalizedEvent {
+    try {
+      return validateSpendEvent(event, this.limits);
+    } catch (err) {
+      if (err instanceof SpendEventError) this.metrics.eventsRejected.inc({ reason: err.reason });
+      throw err;
+    }
   }
 
   /** Distinct rows held in memory (buffered and sealed-but-unsent). */
@@ -165,7 +195,10 @@ export class SpendProducer {
           break;
         } catch (err) {
           if (Date.now() >= deadline) {
-            this.log.error({ err, batches: this.pending.length, rows: this.pendingRows }, "close: spend not delivered");
+            this.log.error(
+              { err, batches: this.pending.length, rows: this.pendingRows },
+              "close: spend not delivered",
+            );
             throw new CloseTimeoutError(this.pending.length, this.pendingRows);
           }
           await sleep(Math.min(100 * 2 ** attempt, 2_000, Math.max(0, deadline - Date.now())));
@@ -184,12 +217,24 @@ export class SpendProducer {
     const sealedAt = Date.now();
     for (let i = 0; i < entity.length; i += this.maxRowsPerJob) {
       const rows = entity.slice(i, i + this.maxRowsPerJob);
-      this.pending.push({ kind: "entity", batchId: this.nextBatchId(), producerId: this.producerId, sealedAt, rows });
+      this.pending.push({
+        kind: "entity",
+        batchId: this.nextBatchId(),
+        producerId: this.producerId,
+        sealedAt,
+        rows,
+      });
       this.pendingRows += rows.length;
     }
     for (let i = 0; i < daily.length; i += this.maxRowsPerJob) {
       const rows = daily.slice(i, i + this.maxRowsPerJob);
-      this.pending.push({ kind: "daily", batchId: this.nextBatchId(), producerId: this.producerId, sealedAt, rows });
+      this.pending.push({
+        kind: "daily",
+        batchId: this.nextBatchId(),
+        producerId: this.producerId,
+        sealedAt,
+        rows,
+      });
       this.pendingRows += rows.length;
     }
   }
@@ -198,13 +243,16 @@ export class SpendProducer {
     while (this.pending.length > 0) {
       const batch = this.pending[0] as SealedBatch;
       try {
-        await this.sink.write(batch);
+        await withTimeout(this.sink.write(batch), this.sendTimeoutMs);
       } catch (err) {
         this.metrics.enqueueFailures.inc();
         this.consecutiveFailures++;
         // One line per outage, not one per retry.
         if (this.consecutiveFailures === 1) {
-          this.log.warn({ err: (err as Error).message, batchId: batch.batchId }, "spend batch not delivered; keeping it and retrying");
+          this.log.warn(
+            { err: (err as Error).message, batchId: batch.batchId },
+            "spend batch not delivered; keeping it and retrying",
+          );
         }
         throw err;
       }
@@ -224,8 +272,12 @@ export class SpendProducer {
   private schedule(): void {
     if (this.closed) return;
     // After failures, retry sooner than a full interval but back off.
-    const base = this.consecutiveFailures > 0 ? Math.min(this.intervalMs, 250 * 2 ** Math.min(this.consecutiveFailures, 6)) : this.intervalMs;
-    const delay = base + Math.floor(Math.random() * (this.consecutiveFailures > 0 ? 0 : this.jitterMs));
+    const base =
+      this.consecutiveFailures > 0
+        ? Math.min(this.intervalMs, 250 * 2 ** Math.min(this.consecutiveFailures, 6))
+        : this.intervalMs;
+    const delay =
+      base + Math.floor(Math.random() * (this.consecutiveFailures > 0 ? 0 : this.jitterMs));
     this.timer = setTimeout(() => {
       void this.flush()
         .catch(() => undefined)
@@ -245,6 +297,16 @@ export class SpendProducer {
     for (const b of this.pending) if (b.kind === kind) n += b.rows.length;
     return n;
   }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`send timed out after ${ms} ms`)), ms);
+  });
+  // The losing write may still settle later; its outcome no longer matters.
+  p.catch(() => undefined);
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
 function sleep(ms: number): Promise<void> {

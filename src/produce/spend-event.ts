@@ -145,18 +145,26 @@ const RESERVED_IDS = new Set(["__proto__", "constructor", "prototype"]);
 
 function checkId(value: unknown, field: string, limits: ValidationLimits): string {
   if (value === undefined || value === null) return "";
-  if (typeof value !== "string") throw new SpendEventError("invalid_id", field, `must be a string, got ${typeof value}`);
+  if (typeof value !== "string")
+    throw new SpendEventError("invalid_id", field, `must be a string, got ${typeof value}`);
   if (value.length > limits.maxIdLength) {
     throw new SpendEventError("invalid_id", field, `longer than ${limits.maxIdLength} characters`);
   }
-  if (CONTROL.test(value)) throw new SpendEventError("invalid_id", field, "contains control characters");
-  if (RESERVED_IDS.has(value)) throw new SpendEventError("invalid_id", field, `reserved id ${JSON.stringify(value)}`);
+  if (CONTROL.test(value))
+    throw new SpendEventError("invalid_id", field, "contains control characters");
+  if (RESERVED_IDS.has(value))
+    throw new SpendEventError("invalid_id", field, `reserved id ${JSON.stringify(value)}`);
   return value;
 }
 
 function checkTokens(value: unknown, field: string, limits: ValidationLimits): number {
   if (value === undefined || value === null) return 0;
-  if (typeof value !== "number" || !Number.isInteger(value) || value < 0 || value > limits.maxTokens) {
+  if (
+    typeof value !== "number" ||
+    !Number.isInteger(value) ||
+    value < 0 ||
+    value > limits.maxTokens
+  ) {
     throw new SpendEventError(
       "invalid_tokens",
       field,
@@ -189,7 +197,11 @@ function checkSpend(value: unknown, limits: ValidationLimits): number {
     }
     return Number(pico);
   }
-  throw new SpendEventError("invalid_spend", "spend", `must be a number or a decimal string, got ${describe(value)}`);
+  throw new SpendEventError(
+    "invalid_spend",
+    "spend",
+    `must be a number or a decimal string, got ${describe(value)}`,
+  );
 }
 
 function checkStartTime(value: unknown, nowMs: number, limits: ValidationLimits): number {
@@ -198,8 +210,14 @@ function checkStartTime(value: unknown, nowMs: number, limits: ValidationLimits)
   if (value instanceof Date) ms = value.getTime();
   else if (typeof value === "number") ms = value;
   else if (typeof value === "string") ms = Date.parse(value);
-  else throw new SpendEventError("invalid_start_time", "startTime", `must be a Date, epoch ms or ISO string, got ${describe(value)}`);
-  if (!Number.isFinite(ms)) throw new SpendEventError("invalid_start_time", "startTime", "is not a valid time");
+  else
+    throw new SpendEventError(
+      "invalid_start_time",
+      "startTime",
+      `must be a Date, epoch ms or ISO string, got ${describe(value)}`,
+    );
+  if (!Number.isFinite(ms))
+    throw new SpendEventError("invalid_start_time", "startTime", "is not a valid time");
   if (ms < nowMs - limits.maxAgeMs || ms > nowMs + limits.maxFutureMs) {
     throw new SpendEventError(
       "start_time_out_of_range",
@@ -231,7 +249,8 @@ export function validateSpendEvent(
   }
   const e = input as Record<string, unknown>;
   for (const k in e) {
-    if (!ALLOWED_FIELDS.has(k)) throw new SpendEventError("unknown_field", k, "is not a known event field");
+    if (!ALLOWED_FIELDS.has(k))
+      throw new SpendEventError("unknown_field", k, "is not a known event field");
   }
   const spendPico = checkSpend(e.spend, limits);
   const apiKey = checkId(e.apiKey, "apiKey", limits);
@@ -243,13 +262,16 @@ export function validateSpendEvent(
   let tags: readonly string[] = EMPTY_TAGS;
   const rawTags = e.tags;
   if (rawTags !== undefined && rawTags !== null) {
-    if (!Array.isArray(rawTags)) throw new SpendEventError("invalid_tags", "tags", "must be an array of strings");
-    if (rawTags.length > limits.maxTags) throw new SpendEventError("invalid_tags", "tags", `more than ${limits.maxTags} tags`);
+    if (!Array.isArray(rawTags))
+      throw new SpendEventError("invalid_tags", "tags", "must be an array of strings");
+    if (rawTags.length > limits.maxTags)
+      throw new SpendEventError("invalid_tags", "tags", `more than ${limits.maxTags} tags`);
     if (rawTags.length > 0) {
       const seen = new Set<string>();
       for (let i = 0; i < rawTags.length; i++) {
         const t = checkId(rawTags[i], `tags[${i}]`, limits);
-        if (t === "") throw new SpendEventError("invalid_tags", `tags[${i}]`, "must be a non-empty string");
+        if (t === "")
+          throw new SpendEventError("invalid_tags", `tags[${i}]`, "must be a non-empty string");
         seen.add(t);
       }
       // A tag named twice on one request is still one tag: it is charged once.
@@ -257,13 +279,28 @@ export function validateSpendEvent(
     }
   }
 
-  if (apiKey === "" && userId === "" && teamId === "" && organizationId === "" && endUserId === "" && tags.length === 0) {
-    throw new SpendEventError("no_entity", "event", "names no key, user, team, organization, end user or tag");
+  if (
+    apiKey === "" &&
+    userId === "" &&
+    teamId === "" &&
+    organizationId === "" &&
+    endUserId === "" &&
+    tags.length === 0
+  ) {
+    throw new SpendEventError(
+      "no_entity",
+      "event",
+      "names no key, user, team, organization, end user or tag",
+    );
   }
 
   const success = e.success;
   if (success !== undefined && typeof success !== "boolean") {
-    throw new SpendEventError("invalid_success", "success", `must be a boolean, got ${describe(success)}`);
+    throw new SpendEventError(
+      "invalid_success",
+      "success",
+      `must be a boolean, got ${describe(success)}`,
+    );
   }
 
   return {
@@ -282,7 +319,11 @@ export function validateSpendEvent(
     promptTokens: checkTokens(e.promptTokens, "promptTokens", limits),
     completionTokens: checkTokens(e.completionTokens, "completionTokens", limits),
     cacheReadInputTokens: checkTokens(e.cacheReadInputTokens, "cacheReadInputTokens", limits),
-    cacheCreationInputTokens: checkTokens(e.cacheCreationInputTokens, "cacheCreationInputTokens", limits),
+    cacheCreationInputTokens: checkTokens(
+      e.cacheCreationInputTokens,
+      "cacheCreationInputTokens",
+      limits,
+    ),
     success: success !== false,
     startMs: checkStartTime(e.startTime, nowMs, limits),
   };

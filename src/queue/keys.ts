@@ -29,7 +29,9 @@ const PREFIX = /^[A-Za-z0-9_.-]{1,64}$/;
 
 export function redisKeys(prefix: string): RedisKeys {
   if (!PREFIX.test(prefix)) {
-    throw new Error(`key prefix must be 1-64 characters of A-Z a-z 0-9 _ . -, got ${JSON.stringify(prefix)}`);
+    throw new Error(
+      `key prefix must be 1-64 characters of A-Z a-z 0-9 _ . -, got ${JSON.stringify(prefix)}`,
+    );
   }
   return {
     bullPrefix: `${prefix}:bull`,

@@ -14,7 +14,12 @@ export class QueueSink implements SpendSink {
   ) {}
 
   async write(b: SealedBatch): Promise<void> {
-    const header = { v: 1 as const, batchId: b.batchId, producerId: b.producerId, sealedAt: b.sealedAt };
+    const header = {
+      v: 1 as const,
+      batchId: b.batchId,
+      producerId: b.producerId,
+      sealedAt: b.sealedAt,
+    };
     if (b.kind === "entity") {
       await this.queues.entity.add(ENTITY_JOB, { ...header, rows: b.rows }, { jobId: b.batchId });
     } else {

@@ -6,7 +6,15 @@ import { z } from "zod";
  * Redis between flushes and the field names would dominate their size.
  */
 
-export const ENTITY_KINDS = ["key", "user", "team", "team_member", "org", "end_user", "tag"] as const;
+export const ENTITY_KINDS = [
+  "key",
+  "user",
+  "team",
+  "team_member",
+  "org",
+  "end_user",
+  "tag",
+] as const;
 export type EntityKind = (typeof ENTITY_KINDS)[number];
 
 export const DAILY_KINDS = ["user", "team", "org", "end_user", "tag"] as const;

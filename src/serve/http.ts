@@ -14,7 +14,10 @@ export function createApp(metrics: SpendMetrics): Express {
       res.set("Content-Type", metrics.registry.contentType);
       res.send(await metrics.registry.metrics());
     } catch (err) {
-      res.status(500).type("text/plain").send(`metrics collection failed: ${(err as Error).message}`);
+      res
+        .status(500)
+        .type("text/plain")
+        .send(`metrics collection failed: ${(err as Error).message}`);
     }
   });
   app.get("/health/liveliness", (_req, res) => {

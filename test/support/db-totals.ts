@@ -26,7 +26,18 @@ export async function readTotals(databaseUrl: string): Promise<Totals> {
            FROM "${table}"`,
       );
       for (const r of res.rows) {
-        const key = ["daily", kind, r.id, r.date, r.api_key, r.model, r.model_group, r.custom_llm_provider, r.mcp_namespaced_tool_name, r.endpoint].join("|");
+        const key = [
+          "daily",
+          kind,
+          r.id,
+          r.date,
+          r.api_key,
+          r.model,
+          r.model_group,
+          r.custom_llm_provider,
+          r.mcp_namespaced_tool_name,
+          r.endpoint,
+        ].join("|");
         totals.set(key, [
           BigInt(r.prompt_tokens ?? "0"),
           BigInt(r.completion_tokens ?? "0"),
@@ -50,7 +61,8 @@ export function diffTotals(expected: Totals, actual: Totals, max = 10): string[]
   const out: string[] = [];
   for (const [k, v] of expected) {
     const a = actual.get(k);
-    if (a === undefined || a.join(",") !== v.join(",")) out.push(`${k}: expected ${v.join(",")} got ${a?.join(",") ?? "nothing"}`);
+    if (a === undefined || a.join(",") !== v.join(","))
+      out.push(`${k}: expected ${v.join(",")} got ${a?.join(",") ?? "nothing"}`);
     if (out.length >= max) return out;
   }
   for (const k of actual.keys()) {

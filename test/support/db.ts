@@ -48,7 +48,10 @@ export async function createTestDatabase(label: string): Promise<TestDatabase> {
 /** Deadlocks PostgreSQL has counted in a database (pg_stat_database). */
 export async function deadlockCount(name: string): Promise<number> {
   return admin(async (c) => {
-    const r = await c.query<{ deadlocks: string }>(`SELECT deadlocks::text FROM pg_stat_database WHERE datname = $1`, [name]);
+    const r = await c.query<{ deadlocks: string }>(
+      `SELECT deadlocks::text FROM pg_stat_database WHERE datname = $1`,
+      [name],
+    );
     return Number(r.rows[0]?.deadlocks ?? 0);
   });
 }

@@ -40,7 +40,12 @@ export class Ledger {
     const tags = [...new Set(e.tags ?? [])];
     for (const tag of tags) ent("tag", tag);
 
-    const ms = e.startTime instanceof Date ? e.startTime.getTime() : typeof e.startTime === "string" ? Date.parse(e.startTime) : (e.startTime ?? Date.now());
+    const ms =
+      e.startTime instanceof Date
+        ? e.startTime.getTime()
+        : typeof e.startTime === "string"
+          ? Date.parse(e.startTime)
+          : (e.startTime ?? Date.now());
     const date = new Date(ms).toISOString().slice(0, 10);
     const ok = e.success !== false;
     const values = [
@@ -53,7 +58,15 @@ export class Ledger {
       ok ? 0n : 1n,
       spend,
     ];
-    const dims = [date, e.apiKey ?? "", e.model ?? "", e.modelGroup ?? "", e.provider ?? "", e.mcpToolName ?? "", e.endpoint ?? ""];
+    const dims = [
+      date,
+      e.apiKey ?? "",
+      e.model ?? "",
+      e.modelGroup ?? "",
+      e.provider ?? "",
+      e.mcpToolName ?? "",
+      e.endpoint ?? "",
+    ];
     const day = (kind: string, id: string | undefined): void => {
       if (id !== undefined && id !== "") add(t, ["daily", kind, id, ...dims].join(SEP), values);
     };
@@ -71,8 +84,11 @@ export class Ledger {
 
   merge(json: { events: number; totals: [string, string[]][] }): void {
     this.events += json.events;
-    for (const [k, v] of json.totals) add(this.totals, k, v.map((x) => BigInt(x)));
+    for (const [k, v] of json.totals)
+      add(
+        this.totals,
+        k,
+        v.map((x) => BigInt(x)),
+      );
   }
 }
-
-

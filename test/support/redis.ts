@@ -25,7 +25,11 @@ export async function cleanRedis(prefix: string): Promise<void> {
 }
 
 /** A configuration for tests: short intervals, the given prefix and database. */
-export function testConfig(prefix: string, databaseUrl: string, overrides: Record<string, unknown> = {}): AppConfig {
+export function testConfig(
+  prefix: string,
+  databaseUrl: string,
+  overrides: Record<string, unknown> = {},
+): AppConfig {
   return buildConfig(
     {
       general_settings: { use_redis_transaction_buffer: true, proxy_batch_write_at: 0.2 },

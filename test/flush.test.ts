@@ -1,0 +1,223 @@
+import assert from "node:assert/strict";
+import { after, before, beforeEach, describe, it } from "node:test";
+import { trafficGenerator } from "../src/demo/traffic.js";
+import { applyBatches, FencedOffError } from "../src/persist/apply-batches.js";
+import { ENTITY_JOB } from "../src/queue/spend-queues.js";
+import { readTotals, diffTotals } from "./support/db-totals.js";
+import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { Harness } from "./support/harness.js";
+import { Ledger } from "./support/ledger.js";
+import { cleanRedis, testConfig, uniquePrefix } from "./support/redis.js";
+
+let t: TestDatabase;
+let h: Harness;
+let prefix: string;
+
+async function truncateAll(): Promise<void> {
+  await t.db.$executeRawUnsafe(`DO $$ DECLARE r record; BEGIN
+    FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> '_prisma_migrations' LOOP
+      EXECUTE format('TRUNCATE %I', r.tablename);
+    END LOOP; END $$`);
+}
+
+async function assertTotals(ledger: Ledger): Promise<void> {
+  const diff = diffTotals(ledger.totals, await readTotals(t.url));
+  assert.deepEqual(diff, [], `PostgreSQL differs from what was recorded:\n${diff.join("\n")}`);
+}
+
+/** Records `n` generated events through a producer and closes it: everything is in Redis. */
+async function produce(n: number, seed: number, ledger: Ledger, opts = {}): Promise<void> {
+  const p = h.producer(opts);
+  const gen = trafficGenerator(seed);
+  for (let i = 0; i < n; i++) {
+    const e = gen();
+    p.record(e);
+    ledger.record(e);
+  }
+  await p.close();
+}
+
+describe("flush", () => {
+  before(async () => {
+    t = await createTestDatabase("flush");
+  });
+  beforeEach(async () => {
+    if (h !== undefined) await h.close();
+    if (prefix !== undefined) await cleanRedis(prefix);
+    prefix = uniquePrefix("flush");
+    h = new Harness(testConfig(prefix, t.url, { max_jobs_per_flush: 50 }), t.db);
+    await truncateAll();
+  });
+  after(async () => {
+    await h.close();
+    await cleanRedis(prefix);
+    await t.drop();
+  });
+
+  it("commits every recorded event's spend exactly", async () => {
+    const ledger = new Ledger();
+    await produce(3_000, 1, ledger);
+    const report = await h.flusher().flushOnce();
+    assert.equal(report.outcome, "committed");
+    assert.equal(await h.waitingJobs(), 0);
+    await assertTotals(ledger);
+  });
+
+  it("applies a batch delivered twice only once", async () => {
+    const ledger = new Ledger();
+    await produce(500, 2, ledger, { maxRowsPerJob: 100 });
+    const jobs = await h.queues.entity.getWaiting();
+    assert.ok(jobs.length > 0);
+    const first = jobs[0];
+    assert.ok(first !== undefined);
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+
+    // The producer's retry after an ambiguous timeout: the same batch id again,
+    // after the first copy was flushed and its job removed.
+    await h.queues.entity.remove(first.id ?? "");
+    await h.queues.entity.add(ENTITY_JOB, first.data, { jobId: first.id ?? "" });
+    const report = await h.flusher().flushOnce();
+    assert.equal(report.duplicates, 1);
+    assert.equal(report.batches, 0);
+    await assertTotals(ledger);
+  });
+
+  it("a flush that dies after commit but before ack is applied once on redelivery", async () => {
+    const ledger = new Ledger();
+    await produce(800, 3, ledger);
+    const crashing = h.flusher({
+      onStep: (step) => {
+        if (step === "committed") throw new Error("simulated crash after commit");
+      },
+    });
+    const r1 = await crashing.flushOnce();
+    assert.equal(r1.outcome, "failed");
+    assert.ok((await h.waitingJobs()) > 0, "unacknowledged jobs are back in the queue");
+
+    const r2 = await h.flusher().flushOnce();
+    assert.equal(r2.outcome, "committed");
+    assert.equal(r2.batches, 0);
+    assert.ok(r2.duplicates > 0);
+    await assertTotals(ledger);
+  });
+
+  it("a flush whose transaction fails leaves its jobs pending and a later flush applies them", async () => {
+    const ledger = new Ledger();
+    await produce(800, 4, ledger);
+    const waiting = await h.waitingJobs();
+    const failing = h.flusher({
+      onStep: (step) => {
+        if (step === "before-commit") throw new Error("simulated failure inside the transaction");
+      },
+    });
+    assert.equal((await failing.flushOnce()).outcome, "failed");
+    assert.equal(await h.waitingJobs(), waiting, "every job is pending again");
+    const rows = await t.db.$queryRawUnsafe<{ n: bigint }[]>(
+      `SELECT count(*) AS n FROM "LiteLLM_UserTable"`,
+    );
+    assert.equal(Number(rows[0]?.n), 0, "nothing was written");
+
+    const r = await h.flusher().flushOnce();
+    assert.equal(r.outcome, "committed");
+    assert.equal(r.batches, waiting);
+    await assertTotals(ledger);
+  });
+
+  it("drains a backlog larger than one transaction in one flush", async () => {
+    const ledger = new Ledger();
+    // Many small batches: 12 producers closing 12 times each.
+    for (let i = 0; i < 12; i++) await produce(40, 100 + i, ledger, { maxRowsPerJob: 7 });
+    const before = await h.waitingJobs();
+    assert.ok(before > 50 * 2, `backlog of ${before} jobs exceeds max_jobs_per_flush`);
+    const r = await h.flusher().flushOnce();
+    assert.equal(r.outcome, "committed");
+    assert.ok(r.transactions >= 3, `took ${r.transactions} transactions`);
+    assert.equal(await h.waitingJobs(), 0);
+    await assertTotals(ledger);
+  });
+
+  it("sets a malformed job aside as failed and flushes everything else", async () => {
+    const ledger = new Ledger();
+    await produce(300, 5, ledger);
+    await h.queues.entity.add(
+      ENTITY_JOB,
+      {
+        v: 1,
+        batchId: "poison",
+        producerId: "x",
+        sealedAt: 0,
+        rows: [["user", "u", "", "NaN"]],
+      } as never,
+      {
+        jobId: "poison",
+      },
+    );
+    const r = await h.flusher().flushOnce();
+    assert.equal(r.outcome, "committed");
+    assert.equal(r.poisonJobs, 1);
+    const failed = await h.queues.entity.getFailed();
+    assert.equal(failed.length, 1);
+    assert.match(failed[0]?.failedReason ?? "", /malformed spend job: rows\.0\.3/);
+    await assertTotals(ledger);
+    const metrics = await h.metrics.registry.getSingleMetricAsString("spend_poison_jobs_total");
+    assert.match(metrics, /spend_poison_jobs_total\{queue="entity"\} 1/);
+  });
+
+  it("rejects a write from a lock holder whose fencing token is stale", async () => {
+    const ledger = new Ledger();
+    await produce(200, 6, ledger);
+    const stale = await h.lock("stale", 200).acquire();
+    assert.ok(stale !== null);
+    await new Promise((r) => setTimeout(r, 300)); // its lease lapses
+    const r = await h.flusher().flushOnce(); // a newer holder flushes
+    assert.equal(r.outcome, "committed");
+    assert.ok((r.fence ?? 0n) > stale.fence);
+
+    await assert.rejects(
+      t.db.$transaction((tx) =>
+        applyBatches(tx, [{ batchId: "late", entity: [["user", "late-user", "", "1000"]] }], {
+          fence: { partition: h.keys.fencePartition, token: stale.fence, holder: stale.token },
+        }),
+      ),
+      (err: unknown) => err instanceof FencedOffError && err.committed === r.fence,
+    );
+    const late = await t.db.userTable.findUnique({ where: { userId: "late-user" } });
+    assert.equal(late, null, "the stale holder wrote nothing");
+    await assertTotals(ledger);
+  });
+
+  it("a holder that loses its lease mid-flush does not commit, and its jobs are applied once", async () => {
+    const ledger = new Ledger();
+    await produce(400, 7, ledger);
+    const slowLock = h.lock("slow", 300);
+    const slow = h.flusher(
+      {
+        onStep: async (step) => {
+          if (step === "before-commit") {
+            // Lose the lock while inside the transaction: someone deletes it, as an expiry would.
+            await h.redis.del(h.keys.flushLock);
+            await new Promise((r) => setTimeout(r, 250));
+          }
+        },
+      },
+      slowLock,
+    );
+    const r1 = await slow.flushOnce();
+    assert.equal(r1.outcome, "lease_lost");
+    const r2 = await h.flusher().flushOnce();
+    assert.equal(r2.outcome, "committed");
+    await assertTotals(ledger);
+  });
+
+  it("raises Redis's fence counter when PostgreSQL has seen a newer token (Redis lost its data)", async () => {
+    const ledger = new Ledger();
+    await produce(100, 8, ledger);
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    // Redis restarted without persistence: its counter starts again from zero.
+    await h.redis.del(h.keys.flushFence);
+    await produce(100, 9, ledger);
+    assert.equal((await h.flusher().flushOnce()).outcome, "fenced_off");
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    await assertTotals(ledger);
+  });
+});

@@ -1,0 +1,38 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { decimalToPico, picoToDecimal, usdNumberToPico, usdStringToPico } from "../src/money.js";
+
+describe("money", () => {
+  it("parses decimal strings exactly", () => {
+    assert.equal(usdStringToPico("0.1"), 100_000_000_000n);
+    assert.equal(usdStringToPico("1234.000000000001"), 1_234_000_000_000_001n);
+    assert.throws(() => usdStringToPico("0.1234567890123"), /at most 12 fractional digits/);
+    assert.throws(() => usdStringToPico("-1"), /non-negative/);
+  });
+
+  it("rounds a float cost once, at the 12th decimal, so float noise never accumulates", () => {
+    assert.equal(usdNumberToPico(0.1 + 0.2), 300_000_000_000);
+    let floatSum = 0;
+    let exact = 0n;
+    for (let i = 0; i < 10_000; i++) {
+      floatSum += 0.1;
+      exact += BigInt(usdNumberToPico(0.1));
+    }
+    assert.notEqual(floatSum, 1000, "floats drift");
+    assert.equal(picoToDecimal(exact), "1000.000000000000");
+  });
+
+  it("formats and parses NUMERIC text symmetrically", () => {
+    for (const v of [
+      0n,
+      1n,
+      999_999_999_999n,
+      1_000_000_000_000n,
+      123_456_789_012_345_678_901n,
+      -5n,
+    ]) {
+      assert.equal(decimalToPico(picoToDecimal(v)), v);
+    }
+    assert.equal(picoToDecimal(1n), "0.000000000001");
+  });
+});

@@ -1,0 +1,176 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { trafficGenerator } from "../src/demo/traffic.js";
+import { SpendMetrics } from "../src/observe/metrics.js";
+import { BufferFullError, CloseTimeoutError, SpendProducer } from "../src/produce/producer.js";
+import { SpendEventError } from "../src/produce/spend-event.js";
+import { createRedis } from "../src/queue/connection.js";
+import { redisKeys } from "../src/queue/keys.js";
+import { QueueSink } from "../src/queue/queue-sink.js";
+import { openSpendQueues } from "../src/queue/spend-queues.js";
+import { diffTotals, readTotals } from "./support/db-totals.js";
+import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { Harness } from "./support/harness.js";
+import { Ledger } from "./support/ledger.js";
+import { cleanRedis, testConfig, uniquePrefix } from "./support/redis.js";
+import { TestRedisServer, testPort } from "./support/redis-server.js";
+
+describe("producer", () => {
+  let t: TestDatabase;
+  let h: Harness;
+  const prefix = uniquePrefix("producer");
+  before(async () => {
+    t = await createTestDatabase("producer");
+    h = new Harness(testConfig(prefix, t.url), t.db);
+  });
+  after(async () => {
+    await h.close();
+    await cleanRedis(prefix);
+    await t.drop();
+  });
+
+  it("close() sends everything buffered before it returns, and nothing is lost", async () => {
+    const ledger = new Ledger();
+    const p = h.producer({ maxRowsPerJob: 250 });
+    const gen = trafficGenerator(11);
+    for (let i = 0; i < 4_000; i++) {
+      const e = gen();
+      p.record(e);
+      ledger.record(e);
+    }
+    assert.ok(p.bufferedRows > 0);
+    assert.equal(await h.waitingJobs(), 0, "nothing leaves before the interval or close()");
+    await p.close();
+    assert.equal(p.bufferedRows, 0);
+    assert.ok((await h.waitingJobs()) > 2, "rows were split into several jobs");
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+  });
+
+  it("sends on its own timer, with a fresh buffer each interval", async () => {
+    const p = h.producer({ flushIntervalMs: 100, flushJitterMs: 20 });
+    p.record({ spend: 1, userId: "timer-user" });
+    const deadline = Date.now() + 5_000;
+    while (p.bufferedRows > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(p.bufferedRows, 0);
+    assert.ok((await h.waitingJobs()) >= 1);
+    await p.close();
+    await h.flusher().flushOnce();
+  });
+
+  it("refuses invalid events with their reason and a metric, and keeps the valid ones", async () => {
+    const metrics = new SpendMetrics();
+    const p = h.producer({ metrics });
+    p.record({ spend: 0.5, userId: "valid-a" });
+    assert.throws(
+      () => p.record({ spend: Number.NaN, userId: "x" }),
+      (e: unknown) => e instanceof SpendEventError && e.reason === "invalid_spend",
+    );
+    assert.throws(
+      () => p.record({ spend: 1, userId: "__proto__" }),
+      (e: unknown) => e instanceof SpendEventError && e.reason === "invalid_id",
+    );
+    p.record({ spend: 0.25, userId: "valid-b" });
+    await p.close();
+    await h.flusher().flushOnce();
+    const a = await t.db.userTable.findUnique({ where: { userId: "valid-a" } });
+    const b = await t.db.userTable.findUnique({ where: { userId: "valid-b" } });
+    assert.equal(a?.spend.toString(), "0.5");
+    assert.equal(b?.spend.toString(), "0.25");
+    const text = await metrics.registry.getSingleMetricAsString("spend_events_rejected_total");
+    assert.match(text, /reason="invalid_spend"\} 1/);
+    assert.match(text, /reason="invalid_id"\} 1/);
+  });
+
+  it("is bounded: at the limit it refuses events that would add rows, and says so", async () => {
+    const metrics = new SpendMetrics();
+    // Point it at a Redis that does not answer, so nothing can leave.
+    const dead = createRedis({ host: "127.0.0.1", port: 1, db: 0, tls: false }, "producer");
+    const p = new SpendProducer({
+      sink: new QueueSink(openSpendQueues(dead, redisKeys(prefix))),
+      flushIntervalMs: 3_600_000,
+      maxBufferedRows: 100,
+      closeTimeoutMs: 300,
+      sendTimeoutMs: 100,
+      metrics,
+    });
+    let refused = 0;
+    let lastAccepted = -1;
+    for (let i = 0; i < 200; i++) {
+      try {
+        p.record({ spend: 0.01, userId: `bounded-${i}` });
+        lastAccepted = i;
+      } catch (err) {
+        assert.ok(err instanceof BufferFullError);
+        refused++;
+      }
+    }
+    assert.ok(refused > 0, "some events were refused");
+    assert.ok(p.bufferedRows <= 102, `buffer held ${p.bufferedRows} rows`);
+    // An event for a row already buffered still counts: no new memory needed.
+    p.record({ spend: 0.01, userId: `bounded-${lastAccepted}` });
+    assert.match(
+      await metrics.registry.getSingleMetricAsString("spend_events_rejected_total"),
+      /reason="buffer_full"\} \d+/,
+    );
+    await assert.rejects(p.close(), CloseTimeoutError);
+    assert.match(
+      await metrics.registry.getSingleMetricAsString("spend_producer_enqueue_failures_total"),
+      /total [1-9]/,
+    );
+    dead.disconnect();
+  });
+
+  it("keeps batches it could not send and delivers them, same ids, once Redis is back", async () => {
+    const server = new TestRedisServer(testPort(1));
+    await server.start();
+    const outageDb = await createTestDatabase("producer_outage");
+    const config = testConfig(prefix, outageDb.url);
+    const cfg = { ...config, redis: { ...config.redis, port: server.port } };
+    const metrics = new SpendMetrics();
+    const conn = createRedis(cfg.redis, "producer");
+    const p = new SpendProducer({
+      sink: new QueueSink(openSpendQueues(conn, redisKeys(prefix))),
+      flushIntervalMs: 3_600_000,
+      metrics,
+    });
+    const ledger = new Ledger();
+    const gen = trafficGenerator(12);
+    try {
+      for (let i = 0; i < 300; i++) {
+        const e = gen();
+        p.record(e);
+        ledger.record(e);
+      }
+      await server.stop("SIGKILL"); // Redis crashes before anything was sent
+      await assert.rejects(p.flush());
+      const undelivered = p.undeliveredBatches;
+      assert.ok(undelivered > 0);
+      // The gateway keeps serving meanwhile: new events still aggregate.
+      for (let i = 0; i < 100; i++) {
+        const e = gen();
+        p.record(e);
+        ledger.record(e);
+      }
+      await server.start();
+      await p.close();
+      assert.equal(p.undeliveredBatches, 0);
+
+      const h2 = new Harness(cfg, outageDb.db);
+      try {
+        assert.equal((await h2.flusher().flushOnce()).outcome, "committed");
+        assert.deepEqual(diffTotals(ledger.totals, await readTotals(outageDb.url)), []);
+      } finally {
+        await h2.close();
+      }
+      assert.match(
+        await metrics.registry.getSingleMetricAsString("spend_producer_enqueue_failures_total"),
+        /total [1-9]/,
+      );
+    } finally {
+      conn.disconnect();
+      await server.destroy();
+      await outageDb.drop();
+    }
+  });
+});

@@ -1,0 +1,87 @@
+import { Redis } from "ioredis";
+import type { AppConfig } from "../../src/config/config.js";
+import { Flusher, type FlusherOptions } from "../../src/flush/flusher.js";
+import { SpendDrain } from "../../src/flush/spend-drain.js";
+import { FlushLock } from "../../src/lock/flush-lock.js";
+import { silentLogger } from "../../src/observe/logger.js";
+import { SpendMetrics } from "../../src/observe/metrics.js";
+import { SpendProducer, type ProducerOptions } from "../../src/produce/producer.js";
+import type { Db } from "../../src/persist/prisma.js";
+import { createRedis } from "../../src/queue/connection.js";
+import { redisKeys, type RedisKeys } from "../../src/queue/keys.js";
+import { QueueSink } from "../../src/queue/queue-sink.js";
+import { openSpendQueues, type SpendQueues } from "../../src/queue/spend-queues.js";
+
+/**
+ * The pipeline's parts wired by hand, without the job scheduler, so a test
+ * decides exactly when each flush runs.
+ */
+export class Harness {
+  readonly keys: RedisKeys;
+  readonly redis: Redis;
+  readonly queues: SpendQueues;
+  readonly drain: SpendDrain;
+  readonly metrics = new SpendMetrics();
+  private readonly producers: SpendProducer[] = [];
+
+  constructor(
+    readonly config: AppConfig,
+    readonly db: Db,
+  ) {
+    this.keys = redisKeys(config.keyPrefix);
+    this.redis = createRedis(config.redis, "worker");
+    this.queues = openSpendQueues(this.redis, this.keys);
+    this.drain = new SpendDrain(this.redis, this.keys, config.worker.lockLeaseMs);
+    this.metrics.watchQueues(this.queues);
+  }
+
+  lock(holderId?: string, leaseMs = this.config.worker.lockLeaseMs): FlushLock {
+    return new FlushLock(this.redis, this.keys, leaseMs, holderId);
+  }
+
+  flusher(opts: Partial<FlusherOptions> = {}, lock = this.lock()): Flusher {
+    return new Flusher(this.db, lock, this.drain, this.metrics, {
+      fencePartition: this.keys.fencePartition,
+      maxJobsPerFlush: this.config.worker.maxJobsPerFlush,
+      ...opts,
+    });
+  }
+
+  /** A producer whose timer never fires on its own: tests call flush()/close(). */
+  producer(opts: Partial<ProducerOptions> = {}): SpendProducer {
+    const redis = createRedis(this.config.redis, "producer");
+    const p = new SpendProducer({
+      sink: new QueueSink(openSpendQueues(redis, this.keys)),
+      flushIntervalMs: 3_600_000,
+      flushJitterMs: 0,
+      metrics: this.metrics,
+      logger: silentLogger,
+      ...opts,
+    });
+    this.producers.push(p);
+    const close = p.close.bind(p);
+    p.close = async () => {
+      try {
+        await close();
+      } finally {
+        redis.disconnect();
+      }
+    };
+    return p;
+  }
+
+  async waitingJobs(): Promise<number> {
+    const [a, b] = await Promise.all([
+      this.queues.entity.getWaitingCount(),
+      this.queues.daily.getWaitingCount(),
+    ]);
+    return a + b;
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled(this.producers.map((p) => p.close()));
+    await this.drain.close();
+    await this.queues.close();
+    this.redis.disconnect();
+  }
+}

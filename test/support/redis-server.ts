@@ -1,0 +1,74 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Redis } from "ioredis";
+
+/**
+ * A Redis server owned by one test, on its own port and data directory, so
+ * the test can stop, kill and restart it without touching the shared one.
+ */
+export class TestRedisServer {
+  private proc: ChildProcess | undefined;
+  readonly dir = mkdtempSync(join(tmpdir(), "spend-redis-"));
+
+  constructor(
+    readonly port: number,
+    private readonly args: readonly string[] = ["--save", "", "--appendonly", "no"],
+  ) {}
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  async start(): Promise<void> {
+    this.proc = spawn(
+      "redis-server",
+      ["--port", String(this.port), "--bind", "127.0.0.1", "--dir", this.dir, ...this.args],
+      {
+        stdio: "ignore",
+      },
+    );
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const r = new Redis({
+        port: this.port,
+        lazyConnect: true,
+        maxRetriesPerRequest: 0,
+        retryStrategy: () => null,
+      });
+      r.on("error", () => undefined);
+      try {
+        await r.connect();
+        if ((await r.ping()) === "PONG") return;
+      } catch {
+        if (Date.now() > deadline)
+          throw new Error(`redis-server on port ${this.port} did not start`);
+      } finally {
+        r.disconnect();
+      }
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  }
+
+  /** Stops the server: SIGKILL for a crash, SIGTERM for a clean shutdown. */
+  async stop(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    const p = this.proc;
+    if (p === undefined || p.exitCode !== null) return;
+    await new Promise<void>((res) => {
+      p.once("exit", () => res());
+      p.kill(signal);
+    });
+    this.proc = undefined;
+  }
+
+  async destroy(): Promise<void> {
+    await this.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** A free-ish port per test file: derived from the pid, so parallel runs do not collide. */
+export function testPort(offset: number): number {
+  return 20_000 + ((process.pid * 7 + offset) % 20_000);
+}
