@@ -1,0 +1,107 @@
+/**
+ * A stand-in gateway process for the main job (`npm start`): records
+ * synthetic traffic at RATE events/s through a real producer, serves
+ * /metrics on METRICS_PORT, and on SIGTERM stops traffic and drains its
+ * buffer before exiting. Reports what it recorded to its parent over IPC so
+ * the parent can reconcile PostgreSQL against it.
+ */
+import { loadConfig } from "../config/config.js";
+import { createLogger } from "../observe/logger.js";
+import { SpendMetrics } from "../observe/metrics.js";
+import { usdNumberToPico, usdStringToPico } from "../money.js";
+import { SpendProducer } from "../produce/producer.js";
+import type { SpendSink } from "../produce/spend-sink.js";
+import { DirectSink } from "../persist/direct-sink.js";
+import { createDb } from "../persist/prisma.js";
+import { createRedis } from "../queue/connection.js";
+import { redisKeys } from "../queue/keys.js";
+import { QueueSink } from "../queue/queue-sink.js";
+import { openSpendQueues } from "../queue/spend-queues.js";
+import { createApp, listen } from "../serve/http.js";
+import { trafficGenerator } from "./traffic.js";
+
+export interface GatewayReport {
+  type: "recorded";
+  gateway: number;
+  events: number;
+  spendPico: string;
+  final: boolean;
+}
+
+const env = process.env;
+const index = Number(env.GATEWAY_INDEX ?? "0");
+const rate = Number(env.RATE ?? "200");
+const log = createLogger(`gateway-${index}`);
+const config = loadConfig(env.SPEND_CONFIG || undefined);
+const metrics = new SpendMetrics();
+
+const redis = config.useRedisBuffer ? createRedis(config.redis, "producer") : undefined;
+const db = config.useRedisBuffer ? undefined : createDb(config.databaseUrl, { max: 2 });
+const sink: SpendSink =
+  redis !== undefined
+    ? new QueueSink(openSpendQueues(redis, redisKeys(config.keyPrefix)))
+    : new DirectSink(db ?? createDb(config.databaseUrl), {
+        transactionTimeoutMs: config.worker.transactionTimeoutMs,
+      });
+const producer = new SpendProducer({
+  sink,
+  flushIntervalMs: config.producer.flushIntervalMs,
+  flushJitterMs: config.producer.flushJitterMs,
+  maxBufferedRows: config.producer.maxBufferedRows,
+  maxRowsPerJob: config.producer.maxRowsPerJob,
+  limits: config.limits,
+  metrics,
+  logger: log,
+});
+const server = await listen(createApp(metrics), Number(env.METRICS_PORT ?? "0"), "127.0.0.1");
+
+const gen = trafficGenerator(Number(env.SEED ?? String(index + 1)));
+let events = 0;
+let spendPico = 0n;
+const report = (final: boolean): void => {
+  const msg: GatewayReport = {
+    type: "recorded",
+    gateway: index,
+    events,
+    spendPico: spendPico.toString(),
+    final,
+  };
+  process.send?.(msg);
+};
+
+// Traffic in 100 ms ticks; a request's recording failure never stops the gateway.
+const tick = setInterval(() => {
+  for (let i = 0; i < rate / 10; i++) {
+    const e = gen();
+    try {
+      producer.record(e);
+      events++;
+      spendPico +=
+        typeof e.spend === "string" ? usdStringToPico(e.spend) : BigInt(usdNumberToPico(e.spend));
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, "event not recorded");
+    }
+  }
+}, 100);
+const reporter = setInterval(() => report(false), 1_000);
+
+let stopping = false;
+async function stop(): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  clearInterval(tick);
+  clearInterval(reporter);
+  try {
+    await producer.close(); // drains the buffer: nothing recorded is lost on shutdown
+  } catch (err) {
+    log.error({ err: (err as Error).message }, "buffer not fully drained");
+  }
+  report(true);
+  server.close();
+  redis?.disconnect();
+  await db?.$disconnect();
+  process.exit(0);
+}
+process.on("SIGTERM", () => void stop());
+process.on("SIGINT", () => void stop());
+process.on("disconnect", () => void stop());

@@ -1,0 +1,101 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { ConfigError, loadConfig } from "../src/config/config.js";
+
+function file(text: string): string {
+  const dir = mkdtempSync(join(tmpdir(), "spend-config-"));
+  const p = join(dir, "proxy_config.yaml");
+  writeFileSync(p, text);
+  return p;
+}
+
+// The seed's proxy_config.yaml, as written there.
+const SEED = `
+general_settings:
+  use_redis_transaction_buffer: true
+
+litellm_settings:
+  cache: True
+  cache_params:
+    type: redis
+    supported_call_types: [] # Optional: Set cache for proxy, but not on the actual llm api call
+    max_connections: 100
+`;
+
+describe("configuration", () => {
+  it("accepts the seed's proxy_config.yaml as written", () => {
+    const c = loadConfig(file(SEED), {});
+    assert.equal(c.useRedisBuffer, true);
+    assert.equal(c.redis.host, "127.0.0.1");
+    assert.equal(c.redis.port, 6379);
+    assert.equal(c.producer.flushIntervalMs, 10_000);
+  });
+
+  it("needs no file: buffer on, local Redis and PostgreSQL", () => {
+    const c = loadConfig(undefined, {});
+    assert.equal(c.useRedisBuffer, true);
+    assert.equal(c.databaseUrl, "postgresql://postgres@127.0.0.1:5432/test");
+    assert.equal(c.keyPrefix, "haimaker");
+  });
+
+  it("lets REDIS_URL and DATABASE_URL override the file, and resolves os.environ/ references", () => {
+    const p = file(`
+general_settings:
+  use_redis_transaction_buffer: true
+  proxy_batch_write_at: 2
+litellm_settings:
+  cache: true
+  cache_params: { type: redis, host: redis.internal, port: 6380, password: os.environ/REDIS_PASSWORD }
+`);
+    const fromFile = loadConfig(p, { REDIS_PASSWORD: "s3cret" });
+    assert.equal(fromFile.redis.host, "redis.internal");
+    assert.equal(fromFile.redis.password, "s3cret");
+    assert.equal(fromFile.producer.flushIntervalMs, 2_000);
+    const overridden = loadConfig(p, {
+      REDIS_PASSWORD: "x",
+      REDIS_URL: "rediss://:pw@cache:7000/2",
+      DATABASE_URL: "postgresql://db/spend",
+    });
+    assert.deepEqual(overridden.redis, {
+      host: "cache",
+      port: 7000,
+      password: "pw",
+      db: 2,
+      tls: true,
+    });
+    assert.equal(overridden.databaseUrl, "postgresql://db/spend");
+  });
+
+  it("fails fast and specifically on bad configuration", () => {
+    const cases: [string, RegExp][] = [
+      [
+        "general_settings:\n  use_redis_transaction_buffer: yes please\n",
+        /general_settings\.use_redis_transaction_buffer/,
+      ],
+      ["general_settings:\n  proxy_batch_write_at: -1\n", /proxy_batch_write_at/],
+      ["general_settings:\n  bogus_key: 1\n", /bogus_key/],
+      ["spend_buffer_settings:\n  key_prefix: 'has space'\n", /key_prefix/],
+      ["litellm_settings:\n  cache_params: { type: memcached }\n", /cache_params\.type/],
+      ["general_settings:\n  use_redis_transaction_buffer: true\n", /no Redis is configured/],
+      [
+        "litellm_settings:\n  cache_params: { type: redis, password: os.environ/MISSING_SECRET }\n",
+        /MISSING_SECRET is not set/,
+      ],
+      ["general_settings: [unclosed\n", /not valid YAML/],
+    ];
+    for (const [yaml, message] of cases) {
+      assert.throws(
+        () => loadConfig(file(yaml), {}),
+        (err: unknown) => err instanceof ConfigError && message.test(err.message),
+        yaml,
+      );
+    }
+    assert.throws(
+      () => loadConfig("/nonexistent/proxy_config.yaml", {}),
+      /cannot read config file/,
+    );
+  });
+});
