@@ -53,7 +53,11 @@ const producer = new SpendProducer({
   metrics,
   logger: log,
 });
-const server = await listen(createApp(metrics), Number(env.METRICS_PORT ?? "0"), "127.0.0.1");
+const server = await listen(
+  createApp(metrics),
+  Number(env.METRICS_PORT ?? "0"),
+  env.METRICS_HOST ?? "127.0.0.1",
+);
 
 const gen = trafficGenerator(Number(env.SEED ?? String(index + 1)));
 let events = 0;
