@@ -193,7 +193,7 @@ describe("flush", () => {
     const slow = h.flusher(
       {
         onStep: async (step) => {
-          if (step === "before-commit") {
+          if (step === "in-transaction") {
             // Lose the lock while inside the transaction: someone deletes it, as an expiry would.
             await h.redis.del(h.keys.flushLock);
             await new Promise((r) => setTimeout(r, 250));

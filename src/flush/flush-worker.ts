@@ -19,6 +19,8 @@ export interface FlushWorkerDeps {
   /** Identifies this replica in the lock's value. */
   holderId?: string;
   onStep?: (step: FlushStep) => Promise<void> | void;
+  /** See FlusherOptions.idleInTransactionTimeoutMs. */
+  idleInTransactionTimeoutMs?: number;
   /** Called after every flush, e.g. by tests waiting for the backlog to clear. */
   onFlush?: (report: FlushReport) => void;
 }
@@ -57,6 +59,9 @@ export class FlushWorker {
         appliedBatchRetentionDays: config.worker.appliedBatchRetentionDays,
         fencePartition: this.keys.fencePartition,
         ...(deps.onStep !== undefined ? { onStep: deps.onStep } : {}),
+        ...(deps.idleInTransactionTimeoutMs !== undefined
+          ? { idleInTransactionTimeoutMs: deps.idleInTransactionTimeoutMs }
+          : {}),
       },
       logger,
     );

@@ -26,13 +26,26 @@ export interface FlusherOptions {
   /** Fence partition in spend_flush_fence. */
   fencePartition: string;
   /**
+   * PostgreSQL ends this flush's session if it sits idle inside its
+   * transaction this long: a writer paused (GC, SIGSTOP, a stalled VM) while
+   * holding row locks must not block the next lock holder for longer than
+   * that. Default: twice the lock lease.
+   */
+  idleInTransactionTimeoutMs?: number;
+  /**
    * Test hook: called at named points of a flush (e.g. "before-commit"), so a
    * fault test can pause or kill the process exactly there.
    */
   onStep?: (step: FlushStep) => Promise<void> | void;
 }
 
-export type FlushStep = "locked" | "drained" | "before-commit" | "committed" | "acked";
+/**
+ * Points of a flush a test can stop at: "in-transaction" is just after BEGIN
+ * (before the fence check), "before-commit" after every write and the last
+ * lease check, "committed" after COMMIT and before the jobs are acked.
+ */
+export type FlushStep =
+  "locked" | "drained" | "in-transaction" | "before-commit" | "committed" | "acked";
 
 export type FlushOutcome =
   "committed" | "empty" | "lock_busy" | "fenced_off" | "lease_lost" | "failed";
@@ -60,6 +73,7 @@ export class Flusher {
   private readonly maxFlushMs: number;
   private readonly txTimeoutMs: number;
   private readonly maxAttempts: number;
+  private readonly idleTxTimeoutMs: number;
 
   constructor(
     private readonly db: Db,
@@ -73,6 +87,7 @@ export class Flusher {
     this.maxFlushMs = opts.maxFlushMs ?? 60_000;
     this.txTimeoutMs = opts.transactionTimeoutMs ?? 120_000;
     this.maxAttempts = opts.maxAttempts ?? 3;
+    this.idleTxTimeoutMs = opts.idleInTransactionTimeoutMs ?? 2 * lock.leaseMs;
   }
 
   async flushOnce(): Promise<FlushReport> {
@@ -200,6 +215,11 @@ export class Flusher {
       try {
         return await this.db.$transaction(
           async (tx) => {
+            await tx.$executeRawUnsafe(
+              `SELECT set_config('idle_in_transaction_session_timeout', $1, true)`,
+              `${this.idleTxTimeoutMs}ms`,
+            );
+            await this.opts.onStep?.("in-transaction");
             const r = await applyBatches(tx, batches, {
               fence: {
                 partition: this.opts.fencePartition,
@@ -210,9 +230,11 @@ export class Flusher {
                 ? { retentionDays: this.opts.appliedBatchRetentionDays }
                 : {}),
             });
-            await this.opts.onStep?.("before-commit");
-            // Last look before commit; a pause after this is what the fence is for.
+            // Last look before commit. A pause after this holds row locks only
+            // until PostgreSQL's idle timeout ends the session; a writer that
+            // resumes after another has committed is refused by the fence.
             keeper.assertHeld();
+            await this.opts.onStep?.("before-commit");
             return r;
           },
           { timeout: this.txTimeoutMs, maxWait: this.txTimeoutMs },

@@ -78,6 +78,19 @@ export class Harness {
     return a + b;
   }
 
+  /** True when no spend job is waiting or in flight and nobody holds the flush lock. */
+  async settled(): Promise<boolean> {
+    const states = ["wait", "active", "delayed", "prioritized"] as const;
+    const [a, b, lock] = await Promise.all([
+      this.queues.entity.getJobCounts(...states),
+      this.queues.daily.getJobCounts(...states),
+      this.redis.get(this.keys.flushLock),
+    ]);
+    const pending =
+      Object.values(a).reduce((x, y) => x + y, 0) + Object.values(b).reduce((x, y) => x + y, 0);
+    return pending === 0 && lock === null;
+  }
+
   async close(): Promise<void> {
     await Promise.allSettled(this.producers.map((p) => p.close()));
     await this.drain.close();

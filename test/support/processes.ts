@@ -2,28 +2,107 @@ import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import type { Ledger } from "./ledger.js";
 
-const TSX = fileURLToPath(new URL("../../node_modules/.bin/tsx", import.meta.url));
-
 export interface Spawned {
   pid: number;
-  done: Promise<{ code: number | null; stdout: string; stderr: string }>;
+  done: Promise<{
+    code: number | null;
+    signal: NodeJS.Signals | null;
+    stdout: string;
+    stderr: string;
+  }>;
   kill(signal: NodeJS.Signals): void;
+  /** Every JSON line printed so far. */
+  readonly events: Record<string, unknown>[];
+  /** Resolves with the first JSON line (past or future) that matches. */
+  waitForEvent(
+    match: (e: Record<string, unknown>) => boolean,
+    timeoutMs?: number,
+  ): Promise<Record<string, unknown>>;
 }
 
-/** Runs a TypeScript file as its own Node process. */
+/**
+ * Runs a TypeScript file as its own Node process: node itself with tsx as a
+ * loader (not the tsx CLI, which would put a wrapper process in between and
+ * take the signals a fault test sends).
+ */
 export function spawnTs(file: string, env: Record<string, string>): Spawned {
-  const child = spawn(TSX, [fileURLToPath(new URL(file, import.meta.url))], {
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child = spawn(
+    process.execPath,
+    ["--import", "tsx", fileURLToPath(new URL(file, import.meta.url))],
+    {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
   let stdout = "";
   let stderr = "";
-  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    child.on("exit", (code) => resolve({ code, stdout, stderr }));
+  let partial = "";
+  const events: Record<string, unknown>[] = [];
+  const waiters = new Set<() => void>();
+  child.stdout.on("data", (d: Buffer) => {
+    const text = d.toString();
+    stdout += text;
+    const lines = (partial + text).split("\n");
+    partial = lines.pop() ?? "";
+    for (const line of lines) {
+      if (!line.startsWith("{")) continue;
+      try {
+        events.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        continue;
+      }
+      for (const w of waiters) w();
+    }
   });
-  return { pid: child.pid ?? -1, done, kill: (s) => child.kill(s) };
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  let exited = false;
+  const done = new Promise<{
+    code: number | null;
+    signal: NodeJS.Signals | null;
+    stdout: string;
+    stderr: string;
+  }>((resolve) => {
+    child.on("exit", (code, signal) => {
+      exited = true;
+      for (const w of waiters) w();
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+  const waitForEvent = (
+    match: (e: Record<string, unknown>) => boolean,
+    timeoutMs = 30_000,
+  ): Promise<Record<string, unknown>> =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        const found = events.find(match);
+        if (found !== undefined) {
+          finish();
+          resolve(found);
+        } else if (exited) {
+          finish();
+          reject(
+            new Error(
+              `process ${child.pid} exited before the awaited event; stderr: ${stderr.slice(-1500)}`,
+            ),
+          );
+        }
+      };
+      const timer = setTimeout(() => {
+        finish();
+        reject(
+          new Error(
+            `timed out after ${timeoutMs} ms waiting for an event from process ${child.pid}; stderr: ${stderr.slice(-1500)}`,
+          ),
+        );
+      }, timeoutMs);
+      const finish = (): void => {
+        clearTimeout(timer);
+        waiters.delete(check);
+      };
+      waiters.add(check);
+      check();
+    });
+  return { pid: child.pid ?? -1, done, kill: (s) => child.kill(s), events, waitForEvent };
 }
 
 /** Runs producer processes to completion and merges what they recorded into `ledger`. */
