@@ -1,0 +1,123 @@
+import assert from "node:assert/strict";
+import { Writable } from "node:stream";
+import { after, before, describe, it } from "node:test";
+import { Redis } from "ioredis";
+import { pino } from "pino";
+import { FlushWorker } from "../src/flush/flush-worker.js";
+import { silentLogger } from "../src/observe/logger.js";
+import { LOG_REDACT_PATHS } from "../src/observe/logger.js";
+import { readTotals } from "./support/db-totals.js";
+import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { Harness } from "./support/harness.js";
+import { Ledger } from "./support/ledger.js";
+import { TestRedisServer, testPort } from "./support/redis-server.js";
+import { testConfig, uniquePrefix } from "./support/redis.js";
+import { waitFor } from "./support/wait.js";
+
+describe("security", () => {
+  let t: TestDatabase;
+  let server: TestRedisServer;
+  before(async () => {
+    t = await createTestDatabase("security");
+    // A Redis of this test's own, so every key in it can be accounted for.
+    server = new TestRedisServer(testPort(3));
+    await server.start();
+  });
+  after(async () => {
+    await server.destroy();
+    await t.drop();
+  });
+
+  it("stores ids that carry SQL as plain data, and every key it creates lives under the prefix", async () => {
+    const prefix = uniquePrefix("sec");
+    const base = testConfig(prefix, t.url);
+    const config = { ...base, redis: { ...base.redis, port: server.port } };
+    const hostile = [
+      `x'); DROP TABLE "LiteLLM_UserTable"; --`,
+      `$1::text); DELETE FROM spend_applied_batch; --`,
+      `"; TRUNCATE "LiteLLM_TagTable" CASCADE; --`,
+      "Robert'); SELECT pg_sleep(10); --",
+    ];
+    const h = new Harness(config, t.db);
+    const worker = await FlushWorker.start({
+      config,
+      db: t.db,
+      metrics: h.metrics,
+      logger: silentLogger,
+    });
+    const ledger = new Ledger();
+    try {
+      const p = h.producer();
+      for (const id of hostile) {
+        const e = {
+          spend: "0.5",
+          apiKey: id,
+          userId: id,
+          teamId: id,
+          organizationId: id,
+          endUserId: id,
+          tags: [id],
+          model: id,
+        };
+        p.record(e);
+        ledger.record(e);
+      }
+      await p.close();
+      await waitFor(
+        "the scheduled flush",
+        async () => (await readTotals(t.url)).size === ledger.totals.size,
+        20_000,
+      );
+      const actual = await readTotals(t.url);
+      for (const [k, v] of ledger.totals) assert.deepEqual(actual.get(k), v, k);
+
+      const redis = new Redis(server.url);
+      try {
+        const keys = await redis.keys("*");
+        assert.ok(keys.length > 0);
+        const outside = keys.filter((k) => !k.startsWith(`${prefix}:`));
+        assert.deepEqual(outside, [], "no key outside the configured prefix");
+      } finally {
+        redis.disconnect();
+      }
+    } finally {
+      await worker.close();
+      await h.close();
+    }
+  });
+
+  it("redacts credentials from logs", () => {
+    let out = "";
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        out += chunk.toString();
+        cb();
+      },
+    });
+    const log = pino({ redact: { paths: LOG_REDACT_PATHS, censor: "***" } }, sink);
+    log.info(
+      {
+        config: { redis: { password: "hunter2" }, databaseUrl: "postgresql://u:pw@db/x" },
+        authorization: "Bearer sk-secret",
+      },
+      "starting",
+    );
+    assert.doesNotMatch(out, /hunter2|pw@db|sk-secret/);
+    assert.match(out, /\*\*\*/);
+  });
+
+  it("puts no ids in metric labels", async () => {
+    const prefix = uniquePrefix("labels");
+    const h = new Harness(testConfig(prefix, t.url), t.db);
+    try {
+      const p = h.producer();
+      p.record({ spend: 1, userId: "user-that-must-not-leak", apiKey: "sk-hash-must-not-leak" });
+      assert.throws(() => p.record({ spend: -1, userId: "rejected-user-must-not-leak" }));
+      const text = await h.metrics.registry.metrics();
+      assert.doesNotMatch(text, /must-not-leak/);
+      await p.close();
+    } finally {
+      await h.close();
+    }
+  });
+});
