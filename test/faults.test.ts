@@ -170,7 +170,7 @@ describe("faults", () => {
         })
         .flushOnce();
       assert.ok(terminated > 0, "the flush's backend was terminated");
-      assert.equal(report.outcome, "committed", report.error);
+      assert.equal(report.outcome, "committed", report.error ?? "");
     } finally {
       await admin.end();
     }

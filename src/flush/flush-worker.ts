@@ -7,6 +7,7 @@ import type { SpendMetrics } from "../observe/metrics.js";
 import type { Db } from "../persist/prisma.js";
 import { createRedis } from "../queue/connection.js";
 import { redisKeys, type RedisKeys } from "../queue/keys.js";
+import { ensurePartitionCount } from "../queue/partitions.js";
 import { openSpendQueues, type SpendQueues } from "../queue/spend-queues.js";
 import { Flusher, type FlushReport, type FlushStep } from "./flusher.js";
 import { SpendDrain } from "./spend-drain.js";
@@ -23,87 +24,123 @@ export interface FlushWorkerDeps {
   idleInTransactionTimeoutMs?: number;
   /** Called after every flush, e.g. by tests waiting for the backlog to clear. */
   onFlush?: (report: FlushReport) => void;
+  /** Flush partitions (each with its own queues, lock and schedule). Default 1. */
+  partitions?: number;
+  /** Flushes this replica runs at once (of different partitions). Default 1. */
+  concurrency?: number;
+}
+
+/** One flush partition's own pieces: queues, lock, drain and flusher. */
+export interface FlushPartition {
+  readonly keys: RedisKeys;
+  readonly queues: SpendQueues;
+  readonly drain: SpendDrain;
+  readonly flusher: Flusher;
 }
 
 /**
  * The flush worker deployment: a BullMQ job scheduler fires the repeatable
- * flush job every interval; a concurrency-1 worker runs it; the Flusher inside
- * takes the explicit Redis lock. Any number of replicas may run: the
- * scheduler fires one job per interval, the lock admits one writer, and the
- * fencing token rejects a writer whose lease has lapsed.
+ * flush job every interval (one schedule per partition); a worker with
+ * concurrency 1 (by default) runs it; the Flusher inside takes the
+ * partition's explicit Redis lock. Any number of replicas may run: the
+ * scheduler fires one job per interval, the lock admits one writer per
+ * partition, and the fencing token rejects a writer whose lease has lapsed.
  */
 export class FlushWorker {
+  /** Partition 0's keys, queues and flusher: the whole pipeline when unpartitioned. */
   readonly keys: RedisKeys;
   readonly flusher: Flusher;
   readonly queues: SpendQueues;
-  private readonly flushQueue: Queue;
-  private worker: Worker | undefined;
+  readonly partitions: readonly FlushPartition[];
+  private readonly flushQueue: Queue<{ partition?: number }>;
+  private worker: Worker<{ partition?: number }> | undefined;
 
   private constructor(
     private readonly redis: Redis,
-    private readonly drain: SpendDrain,
     private readonly deps: FlushWorkerDeps,
   ) {
     const { config, db, metrics, logger } = deps;
-    this.keys = redisKeys(config.keyPrefix);
-    const lock = new FlushLock(redis, this.keys, config.worker.lockLeaseMs, deps.holderId);
-    this.flusher = new Flusher(
-      db,
-      lock,
-      drain,
-      metrics,
-      {
-        maxJobsPerFlush: config.worker.maxJobsPerFlush,
-        maxFlushMs: config.worker.maxFlushMs,
-        transactionTimeoutMs: config.worker.transactionTimeoutMs,
-        appliedBatchRetentionDays: config.worker.appliedBatchRetentionDays,
-        fencePartition: this.keys.fencePartition,
-        ...(deps.onStep !== undefined ? { onStep: deps.onStep } : {}),
-        ...(deps.idleInTransactionTimeoutMs !== undefined
-          ? { idleInTransactionTimeoutMs: deps.idleInTransactionTimeoutMs }
-          : {}),
-      },
-      logger,
-    );
+    const count = deps.partitions ?? 1;
+    this.partitions = Array.from({ length: count }, (_, p): FlushPartition => {
+      const keys = redisKeys(config.keyPrefix, p);
+      const drain = new SpendDrain(redis, keys, config.worker.lockLeaseMs);
+      const lock = new FlushLock(redis, keys, config.worker.lockLeaseMs, deps.holderId);
+      const flusher = new Flusher(
+        db,
+        lock,
+        drain,
+        metrics,
+        {
+          maxJobsPerFlush: config.worker.maxJobsPerFlush,
+          maxFlushMs: config.worker.maxFlushMs,
+          transactionTimeoutMs: config.worker.transactionTimeoutMs,
+          appliedBatchRetentionDays: config.worker.appliedBatchRetentionDays,
+          fencePartition: keys.fencePartition,
+          ...(deps.onStep !== undefined ? { onStep: deps.onStep } : {}),
+          ...(deps.idleInTransactionTimeoutMs !== undefined
+            ? { idleInTransactionTimeoutMs: deps.idleInTransactionTimeoutMs }
+            : {}),
+        },
+        logger.child({ partition: p }),
+      );
+      return { keys, queues: openSpendQueues(redis, keys), drain, flusher };
+    });
+    const first = this.partitions[0];
+    if (first === undefined) throw new Error("partitions must be at least 1");
+    this.keys = first.keys;
+    this.flusher = first.flusher;
+    this.queues = first.queues;
     this.flushQueue = new Queue(this.keys.flushQueue, {
       connection: redis,
       prefix: this.keys.bullPrefix,
     });
     this.flushQueue.on("error", () => undefined);
-    this.queues = openSpendQueues(redis, this.keys);
     metrics.watchQueues(this.queues);
   }
 
   static async start(deps: FlushWorkerDeps): Promise<FlushWorker> {
     const redis = createRedis(deps.config.redis, "worker");
-    const keys = redisKeys(deps.config.keyPrefix);
-    const drain = new SpendDrain(redis, keys, deps.config.worker.lockLeaseMs);
-    const fw = new FlushWorker(redis, drain, deps);
+    try {
+      await ensurePartitionCount(redis, deps.config.keyPrefix, deps.partitions ?? 1);
+    } catch (err) {
+      redis.disconnect();
+      throw err;
+    }
+    const fw = new FlushWorker(redis, deps);
     await fw.run();
     return fw;
   }
 
   private async run(): Promise<void> {
     const { config, logger } = this.deps;
-    await this.drain.start();
-    // Upsert, not add: every replica declares the same schedule, and
-    // re-declaring it with a new interval updates it in place.
-    await this.flushQueue.upsertJobScheduler(
-      this.keys.flushSchedulerId,
-      { every: config.worker.flushEveryMs },
-      { name: "flush", opts: { removeOnComplete: { count: 100 }, removeOnFail: { count: 100 } } },
-    );
-    this.worker = new Worker(
+    await Promise.all(this.partitions.map((p) => p.drain.start()));
+    // Upsert, not add: every replica declares the same schedules, and
+    // re-declaring one with a new interval updates it in place.
+    for (const p of this.partitions) {
+      await this.flushQueue.upsertJobScheduler(
+        p.keys.flushSchedulerId,
+        { every: config.worker.flushEveryMs },
+        {
+          name: "flush",
+          data: { partition: p.keys.partition },
+          opts: { removeOnComplete: { count: 100 }, removeOnFail: { count: 100 } },
+        },
+      );
+    }
+    this.worker = new Worker<{ partition?: number }>(
       this.keys.flushQueue,
-      async () => {
-        const report = await this.flusher.flushOnce();
+      async (job) => {
+        const p = this.partitions[job.data.partition ?? 0];
+        // A schedule left by a deployment with more partitions: nothing of ours to flush.
+        if (p === undefined) return { outcome: "unknown_partition" };
+        const report = await p.flusher.flushOnce();
         this.deps.onFlush?.(report);
         return { ...report, fence: report.fence?.toString() };
       },
       {
         connection: this.redis,
         prefix: this.keys.bullPrefix,
-        concurrency: 1,
+        concurrency: this.deps.concurrency ?? 1,
         // A flush job is cheap to lose (the next tick replaces it): never retry it.
         maxStalledCount: 0,
       },
@@ -112,17 +149,20 @@ export class FlushWorker {
     this.worker.on("failed", (_job, err) => logger.error({ err: err.message }, "flush job failed"));
   }
 
-  /** Runs one flush now, outside the schedule (CLI, tests, shutdown). */
-  flushNow(): Promise<FlushReport> {
-    return this.flusher.flushOnce();
+  /** Runs one flush of every partition now, outside the schedule (CLI, tests, shutdown). */
+  async flushNow(): Promise<FlushReport> {
+    const reports = await Promise.all(this.partitions.map((p) => p.flusher.flushOnce()));
+    return reports[0] as FlushReport;
   }
 
-  /** Lets the current flush finish, then stops. The schedule stays for other replicas. */
+  /** Lets the current flush finish, then stops. The schedules stay for other replicas. */
   async close(): Promise<void> {
     await this.worker?.close();
-    await this.drain.close();
+    for (const p of this.partitions) {
+      await p.drain.close();
+      await p.queues.close();
+    }
     await this.flushQueue.close();
-    await this.queues.close();
     this.redis.disconnect();
   }
 }

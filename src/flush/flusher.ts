@@ -88,6 +88,7 @@ export class Flusher {
     this.txTimeoutMs = opts.transactionTimeoutMs ?? 120_000;
     this.maxAttempts = opts.maxAttempts ?? 3;
     this.idleTxTimeoutMs = opts.idleInTransactionTimeoutMs ?? 2 * lock.leaseMs;
+    metrics.attachFlusher();
   }
 
   async flushOnce(): Promise<FlushReport> {
@@ -103,11 +104,13 @@ export class Flusher {
     const lease = await this.lock.acquire();
     if (lease === null) {
       report.outcome = "lock_busy";
-      this.metrics.flushes.inc({ outcome: report.outcome });
+      this.metrics.recordFlush(report.outcome);
+      this.log.debug({ outcome: report.outcome }, "flush skipped: another writer holds the lock");
       return report;
     }
     report.fence = lease.fence;
-    this.metrics.setLockHeld(true);
+    this.metrics.lockAcquisitions.inc();
+    this.metrics.setLockHeld(true, this.lock.holderId);
     let held: Job[] = [];
     const keeper = new LeaseKeeper(this.lock, lease, () =>
       this.drain.extend(held, lease.token, this.lock.leaseMs),
@@ -152,8 +155,12 @@ export class Flusher {
         const more = taken.jobs.length + taken.poison.length >= this.maxJobs;
         if (!more || Date.now() - started >= this.maxFlushMs) break;
       }
-      if (report.outcome === "committed")
+      if (report.outcome === "committed") {
         this.metrics.flushDuration.observe((Date.now() - started) / 1000);
+        this.metrics.flushRows.observe({ kind: "entity" }, report.entityRows);
+        this.metrics.flushRows.observe({ kind: "daily" }, report.dailyRows);
+        this.metrics.flushBatches.observe(report.batches);
+      }
     } catch (err) {
       report.outcome =
         err instanceof FencedOffError
@@ -169,34 +176,37 @@ export class Flusher {
         if (err.committed >= lease.fence)
           await this.lock.raiseFence(err.committed).catch(() => undefined);
       }
-      this.log.warn(
-        { outcome: report.outcome, err: report.error, fence: lease.fence.toString() },
-        "flush did not commit; its jobs return to the queue",
-      );
       // Jobs go back to wait at once; if this fails (Redis away, lock lost),
       // BullMQ's stalled check returns them when their locks expire.
       await this.drain.giveBack(held, lease.token).catch(() => undefined);
     } finally {
       keeper.stop();
-      await this.lock.release(lease).catch(() => false);
+      const released = await this.lock.release(lease).catch(() => undefined);
       this.metrics.setLockHeld(false);
+      // Lost: the keeper saw it, or the lock was no longer ours to release.
+      const lost = keeper.lossReason ?? (released === false ? "expired" : undefined);
+      if (lost !== undefined) this.metrics.lockLosses.inc({ reason: lost });
     }
-    this.metrics.flushes.inc({ outcome: report.outcome });
-    if (report.outcome === "committed") {
-      this.log.info(
-        {
-          fence: lease.fence.toString(),
-          ms: Date.now() - started,
-          transactions: report.transactions,
-          batches: report.batches,
-          duplicates: report.duplicates,
-          entityRows: report.entityRows,
-          dailyRows: report.dailyRows,
-          poisonJobs: report.poisonJobs,
-        },
-        "flush committed",
+    this.metrics.recordFlush(report.outcome);
+    // One line per flush that held the lock, with its figures, whatever the outcome.
+    const figures = {
+      outcome: report.outcome,
+      fence: lease.fence.toString(),
+      ms: Date.now() - started,
+      transactions: report.transactions,
+      batches: report.batches,
+      duplicates: report.duplicates,
+      entityRows: report.entityRows,
+      dailyRows: report.dailyRows,
+      poisonJobs: report.poisonJobs,
+    };
+    if (report.outcome === "committed") this.log.info(figures, "flush committed");
+    else if (report.outcome === "empty") this.log.debug(figures, "flush found nothing to do");
+    else
+      this.log.warn(
+        { ...figures, err: report.error },
+        "flush did not commit; its jobs return to the queue",
       );
-    }
     return report;
   }
 
@@ -243,6 +253,7 @@ export class Flusher {
         const reason = retryReason(err);
         if (reason === undefined || attempt >= this.maxAttempts || err instanceof FencedOffError)
           throw err;
+        this.metrics.transactionRetries.inc({ reason, path: "flush" });
         this.log.warn(
           { attempt, reason, err: (err as Error).message },
           "flush transaction failed; retrying",

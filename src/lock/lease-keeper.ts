@@ -33,6 +33,14 @@ export class LeaseKeeper {
     if (this.controller.signal.aborted) throw this.controller.signal.reason as Error;
   }
 
+  /** Why the lease was lost, for metrics (undefined while it is held). */
+  get lossReason(): "taken_over" | "expired" | "renewal_failed" | undefined {
+    const r: unknown = this.controller.signal.reason;
+    if (!this.controller.signal.aborted || !(r instanceof LeaseLostError)) return undefined;
+    if (r.message.includes("taken over")) return "taken_over";
+    return r.message.includes("renewal failed") ? "renewal_failed" : "expired";
+  }
+
   stop(): void {
     if (this.timer !== undefined) clearInterval(this.timer);
     this.timer = undefined;

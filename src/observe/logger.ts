@@ -2,22 +2,33 @@ import { pino, type Logger } from "pino";
 
 export type { Logger };
 
-/** Fields that may carry credentials, wherever they appear (two levels deep). */
+/**
+ * Fields that may carry credentials, wherever they appear (up to three
+ * levels deep: `{ config: { redis: { password } } }`). Every logger made by
+ * createLogger redacts them, so a careless call site cannot leak one.
+ */
 export const LOG_REDACT_PATHS = [
   "password",
   "*.password",
   "*.*.password",
   "databaseUrl",
   "*.databaseUrl",
+  "*.*.databaseUrl",
   "authorization",
   "*.authorization",
+  "*.*.authorization",
+  "cookie",
+  "*.cookie",
+  "*.*.cookie",
   "masterKey",
   "*.masterKey",
+  "*.*.masterKey",
 ];
 
 /**
- * Structured JSON logs. Anything that might carry a credential is redacted at
- * the logger, so a careless call site cannot leak it.
+ * Structured JSON logs (pino): one object per line with `level`, `time`,
+ * `name` and the call's fields. Anything that might carry a credential is
+ * redacted at the logger. LOG_LEVEL sets the level (default `info`).
  */
 export function createLogger(
   name: string,
@@ -26,17 +37,7 @@ export function createLogger(
   return pino({
     name,
     level,
-    redact: {
-      paths: [
-        "password",
-        "*.password",
-        "databaseUrl",
-        "*.databaseUrl",
-        "authorization",
-        "*.authorization",
-      ],
-      censor: "***",
-    },
+    redact: { paths: LOG_REDACT_PATHS, censor: "***" },
   });
 }
 

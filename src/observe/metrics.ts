@@ -3,31 +3,84 @@ import type { Queue } from "bullmq";
 
 /** What a producer exposes for the in-memory gauges. */
 export interface BufferStats {
+  /** Distinct entity rows held: aggregated plus sealed but not yet delivered. */
   entityRows: number;
+  /** Distinct daily rows held: aggregated plus sealed but not yet delivered. */
   dailyRows: number;
+  /** Rows sealed into batches that the sink has not accepted yet (a subset of the above). */
+  undeliveredRows?: number;
+  /** Sealed batches the sink has not accepted yet. */
+  undeliveredBatches?: number;
+  /** Events accepted by record() since the producer started (monotonic). */
+  recordedEvents?: number;
 }
+
+/** The spend queues one process reports on (one set per flush partition). */
+export interface WatchedQueues {
+  entity: Queue;
+  daily: Queue;
+  /** The flush worker's scheduling queue, if this process has it. */
+  flush?: Queue;
+}
+
+/** Why a flush lost its lock (bounded label values). */
+export type LockLossReason = "taken_over" | "expired" | "renewal_failed";
+
+/** Where a retryable database failure was retried (bounded label values). */
+export type RetryPath = "flush" | "direct";
+
+/** BullMQ job states reported by spend_queue_jobs, and the name BullMQ's getJobCounts uses. */
+const JOB_STATES = {
+  waiting: "wait",
+  active: "active",
+  delayed: "delayed",
+  prioritized: "prioritized",
+  failed: "failed",
+  completed: "completed",
+} as const;
+
+/** Flush durations: a few ms for a small batch, up to max_flush_seconds (60) and the tx timeout. */
+export const FLUSH_DURATION_BUCKETS = [
+  0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120,
+];
+/** Rows one flush commits: 1 to max_jobs_per_flush × max_rows_per_job and beyond. */
+export const FLUSH_ROWS_BUCKETS = [1, 10, 100, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000];
+/** Batches (jobs) one flush commits: up to max_jobs_per_flush per transaction, several transactions. */
+export const FLUSH_BATCHES_BUCKETS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000];
 
 /**
  * One registry per process. The five gauges carry the seed's names exactly;
  * the rest say what an operator needs to trust the numbers. Labels are
- * bounded: reasons and outcomes, never ids.
+ * bounded: reasons, outcomes, queue kinds and states, never ids. The one
+ * identity label is the lock holder's id (one value per process).
  */
 export class SpendMetrics {
   readonly registry = new Registry();
   private readonly buffers = new Set<() => BufferStats>();
-  private queues: { entity: Queue; daily: Queue } | undefined;
+  /** Events recorded by producers no longer watched, so the counter never goes back. */
+  private retiredEvents = 0;
+  private readonly queueSets = new Map<string, WatchedQueues>();
   private readonly lockHeld: Gauge;
+  private readonly lockHolder: Gauge<"holder">;
+  private readonly lockLastAcquired: Gauge<"holder">;
+  private flusherSince: number | undefined;
+  private lastFlushOk = 0;
 
   readonly eventsRejected: Counter<"reason">;
   readonly enqueueFailures: Counter;
   readonly flushes: Counter<"outcome">;
   readonly flushDuration: Histogram;
+  readonly flushRows: Histogram<"kind">;
+  readonly flushBatches: Histogram;
   readonly rowsCommitted: Counter<"kind">;
   readonly batchesCommitted: Counter;
   readonly duplicateBatches: Counter;
   readonly poisonJobs: Counter<"queue">;
   readonly fencingRejections: Counter;
   readonly lastSuccessfulFlush: Gauge;
+  readonly lockAcquisitions: Counter;
+  readonly lockLosses: Counter<"reason">;
+  readonly transactionRetries: Counter<"reason" | "path">;
 
   constructor() {
     const registers = [this.registry];
@@ -37,10 +90,22 @@ export class SpendMetrics {
       registers,
     });
     this.lockHeld.set(0);
+    this.lockHolder = new Gauge({
+      name: "spend_lock_holder_info",
+      help: "1, labelled with this process's lock holder id, while this process holds the flush lock; absent otherwise.",
+      labelNames: ["holder"],
+      registers,
+    });
+    this.lockLastAcquired = new Gauge({
+      name: "spend_lock_last_acquired_timestamp_seconds",
+      help: "Unix time this process last acquired the flush lock, labelled with its holder id (one series per process).",
+      labelNames: ["holder"],
+      registers,
+    });
 
-    const sum = (pick: (s: BufferStats) => number): number => {
+    const sum = (pick: (s: BufferStats) => number | undefined): number => {
       let total = 0;
-      for (const stats of this.buffers) total += pick(stats());
+      for (const stats of this.buffers) total += pick(stats()) ?? 0;
       return total;
     };
     new Gauge({
@@ -59,19 +124,47 @@ export class SpendMetrics {
         this.set(sum((s) => s.dailyRows));
       },
     });
-    const pending = async (q: Queue | undefined): Promise<number> => {
-      if (q === undefined) return 0;
-      const c = await q.getJobCounts("wait", "active", "delayed", "prioritized");
-      return Object.values(c).reduce((a, b) => a + b, 0);
+    const retired = (): number => this.retiredEvents;
+    new Counter({
+      name: "spend_events_recorded_total",
+      help: "Spend events accepted by this process's producers (read from a plain count on scrape: no cost per event).",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(retired() + sum((s) => s.recordedEvents));
+      },
+    });
+    new Gauge({
+      name: "spend_producer_undelivered_rows",
+      help: "Rows sealed into batches that the sink (Redis or PostgreSQL) has not accepted yet; they are retried.",
+      registers,
+      collect() {
+        this.set(sum((s) => s.undeliveredRows));
+      },
+    });
+    new Gauge({
+      name: "spend_producer_undelivered_batches",
+      help: "Sealed batches that the sink has not accepted yet; they are retried with the same batch id.",
+      registers,
+      collect() {
+        this.set(sum((s) => s.undeliveredBatches));
+      },
+    });
+
+    const pending = async (pick: (q: WatchedQueues) => Queue): Promise<number> => {
+      let total = 0;
+      for (const set of this.queueSets.values()) {
+        const c = await pick(set).getJobCounts("wait", "active", "delayed", "prioritized");
+        total += Object.values(c).reduce((a, b) => a + b, 0);
+      }
+      return total;
     };
-    const entityQueue = () => this.queues?.entity;
-    const dailyQueue = () => this.queues?.daily;
     new Gauge({
       name: "litellm_redis_spend_update_queue_size",
       help: "Entity spend batches (BullMQ jobs) waiting in Redis to be flushed.",
       registers,
       async collect() {
-        this.set(await pending(entityQueue()));
+        this.set(await pending((s) => s.entity));
       },
     });
     new Gauge({
@@ -79,7 +172,55 @@ export class SpendMetrics {
       help: "Daily spend batches (BullMQ jobs) waiting in Redis to be flushed.",
       registers,
       async collect() {
-        this.set(await pending(dailyQueue()));
+        this.set(await pending((s) => s.daily));
+      },
+    });
+
+    const queueSets = this.queueSets;
+    new Gauge({
+      name: "spend_queue_jobs",
+      help: "BullMQ jobs by queue (entity, daily, flush) and state, summed over flush partitions; read from Redis on scrape.",
+      labelNames: ["queue", "state"],
+      registers,
+      async collect() {
+        const totals = new Map<string, number>();
+        for (const set of queueSets.values()) {
+          const named: [string, Queue | undefined][] = [
+            ["entity", set.entity],
+            ["daily", set.daily],
+            ["flush", set.flush],
+          ];
+          for (const [name, q] of named) {
+            if (q === undefined) continue;
+            const c = await q.getJobCounts(...Object.values(JOB_STATES));
+            for (const [state, bull] of Object.entries(JOB_STATES)) {
+              const k = `${name}\u0000${state}`;
+              totals.set(k, (totals.get(k) ?? 0) + (c[bull] ?? 0));
+            }
+          }
+        }
+        this.reset();
+        for (const [k, v] of totals) {
+          const [queue = "", state = ""] = k.split("\u0000");
+          this.set({ queue, state }, v);
+        }
+      },
+    });
+    new Gauge({
+      name: "spend_backlog_age_seconds",
+      help: "Age of the oldest spend job waiting in Redis (0 when none), by queue (entity, daily); read from Redis on scrape.",
+      labelNames: ["queue"],
+      registers,
+      async collect() {
+        this.reset();
+        if (queueSets.size === 0) return;
+        const now = Date.now();
+        for (const name of ["entity", "daily"] as const) {
+          let oldest = now;
+          for (const set of queueSets.values())
+            oldest = Math.min(oldest, await oldestWaiting(set[name], now));
+          this.set({ queue: name }, Math.max(0, (now - oldest) / 1000));
+        }
       },
     });
 
@@ -103,7 +244,20 @@ export class SpendMetrics {
     this.flushDuration = new Histogram({
       name: "spend_flush_duration_seconds",
       help: "Time from lock acquisition to commit of a flush that wrote rows.",
-      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      buckets: FLUSH_DURATION_BUCKETS,
+      registers,
+    });
+    this.flushRows = new Histogram({
+      name: "spend_flush_rows",
+      help: "Distinct database rows one committed flush upserted, by kind (entity, daily).",
+      labelNames: ["kind"],
+      buckets: FLUSH_ROWS_BUCKETS,
+      registers,
+    });
+    this.flushBatches = new Histogram({
+      name: "spend_flush_batches",
+      help: "Spend batches (jobs) one committed flush applied.",
+      buckets: FLUSH_BATCHES_BUCKETS,
       registers,
     });
     this.rowsCommitted = new Counter({
@@ -138,21 +292,103 @@ export class SpendMetrics {
       help: "Unix time of the last flush that committed (0 if none yet).",
       registers,
     });
+    this.lockAcquisitions = new Counter({
+      name: "spend_lock_acquisitions_total",
+      help: "Times this process acquired the flush lock (once per flush that ran).",
+      registers,
+    });
+    this.lockLosses = new Counter({
+      name: "spend_lock_losses_total",
+      help: "Times this process lost the flush lock before releasing it, by reason (taken_over, expired, renewal_failed).",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.transactionRetries = new Counter({
+      name: "spend_transaction_retries_total",
+      help: "Database transactions retried after a retryable failure, by reason (deadlock, serialization, connection, timeout) and path (flush, direct).",
+      labelNames: ["reason", "path"],
+      registers,
+    });
   }
 
-  /** Marks whether this process holds the flush lock (litellm_pod_lock_manager_size). */
-  setLockHeld(held: boolean): void {
+  /**
+   * Marks whether this process holds the flush lock: litellm_pod_lock_manager_size,
+   * and spend_lock_holder_info{holder} while it does.
+   */
+  setLockHeld(held: boolean, holder?: string): void {
     this.lockHeld.set(held ? 1 : 0);
+    this.lockHolder.reset();
+    if (held && holder !== undefined) {
+      this.lockHolder.set({ holder }, 1);
+      this.lockLastAcquired.reset();
+      this.lockLastAcquired.set({ holder }, Date.now() / 1000);
+    }
+  }
+
+  /**
+   * Called once by each Flusher: from then on this process reports
+   * spend_seconds_since_last_successful_flush (processes that never flush,
+   * like gateways, do not, so a fleet-wide min() is not pinned at 0).
+   */
+  attachFlusher(): void {
+    if (this.flusherSince !== undefined) return;
+    this.flusherSince = Date.now();
+    const seconds = (): number => {
+      const since = this.lastFlushOk || this.flusherSince || Date.now();
+      return Math.max(0, (Date.now() - since) / 1000);
+    };
+    new Gauge({
+      name: "spend_seconds_since_last_successful_flush",
+      help: "Seconds since this process's last flush that did its job (committed, or found nothing to do); since start if none yet.",
+      registers: [this.registry],
+      collect() {
+        this.set(seconds());
+      },
+    });
+  }
+
+  /** Counts a flush by outcome; committed and empty flushes reset the time since the last success. */
+  recordFlush(outcome: string): void {
+    this.flushes.inc({ outcome });
+    if (outcome === "committed" || outcome === "empty") this.lastFlushOk = Date.now();
   }
 
   /** Adds a producer's buffer to the in-memory gauges; returns a function that removes it. */
   watchBuffer(stats: () => BufferStats): () => void {
     this.buffers.add(stats);
-    return () => this.buffers.delete(stats);
+    return () => {
+      if (this.buffers.delete(stats)) this.retiredEvents += stats().recordedEvents ?? 0;
+    };
   }
 
-  /** Reports these queues' pending jobs in the Redis gauges. */
-  watchQueues(queues: { entity: Queue; daily: Queue }): void {
-    this.queues = queues;
+  /**
+   * Reports these queues in the Redis gauges, job counts and backlog age.
+   * One call per flush partition (key: the partition; a second call with the
+   * same key replaces the first).
+   */
+  watchQueues(queues: WatchedQueues, partition: number | string = 0): void {
+    this.queueSets.set(String(partition), queues);
   }
+}
+
+/**
+ * When the oldest job waiting in a queue was added (epoch ms), or `none` if
+ * nothing waits. BullMQ LPUSHes new jobs, so the oldest is at the list's
+ * tail (getRanges(["wait"], -1, -1)); a job given back to wait after a failed
+ * flush may land at either end, so both ends are read. Two job timestamps
+ * per queue, never the job data.
+ */
+async function oldestWaiting(q: Queue, none: number): Promise<number> {
+  const ids = new Set([
+    ...(await q.getRanges(["wait"], -1, -1)),
+    ...(await q.getRanges(["wait"], 0, 0)),
+  ]);
+  if (ids.size === 0) return none;
+  const client = await q.getBackend().client;
+  let oldest = none;
+  for (const id of ids) {
+    const ts = Number(await client.hget(q.toKey(id), "timestamp"));
+    if (Number.isFinite(ts) && ts > 0) oldest = Math.min(oldest, ts);
+  }
+  return oldest;
 }

@@ -1,6 +1,8 @@
 import type { SealedBatch, SpendSink } from "../produce/spend-sink.js";
+import type { SpendMetrics } from "../observe/metrics.js";
 import { applyBatches } from "./apply-batches.js";
 import type { Db } from "./prisma.js";
+import { retryReason } from "./retryable.js";
 
 /**
  * The buffer off: each producer writes its own aggregates to PostgreSQL, the
@@ -11,7 +13,11 @@ import type { Db } from "./prisma.js";
 export class DirectSink implements SpendSink {
   constructor(
     private readonly db: Db,
-    private readonly opts: { transactionTimeoutMs: number },
+    private readonly opts: {
+      transactionTimeoutMs: number;
+      /** Counts retryable failures (spend_transaction_retries_total{path="direct"}). */
+      metrics?: SpendMetrics;
+    },
   ) {}
 
   async write(b: SealedBatch): Promise<void> {
@@ -19,10 +25,18 @@ export class DirectSink implements SpendSink {
       b.kind === "entity"
         ? { batchId: b.batchId, entity: b.rows }
         : { batchId: b.batchId, daily: b.rows };
-    await this.db.$transaction((tx) => applyBatches(tx, [batch]), {
-      timeout: this.opts.transactionTimeoutMs,
-      maxWait: this.opts.transactionTimeoutMs,
-    });
+    try {
+      await this.db.$transaction((tx) => applyBatches(tx, [batch]), {
+        timeout: this.opts.transactionTimeoutMs,
+        maxWait: this.opts.transactionTimeoutMs,
+      });
+    } catch (err) {
+      // The producer keeps the batch and sends it again (same id): a retry.
+      const reason = retryReason(err);
+      if (reason !== undefined)
+        this.opts.metrics?.transactionRetries.inc({ reason, path: "direct" });
+      throw err;
+    }
   }
 
   async close(): Promise<void> {

@@ -89,6 +89,32 @@ export class Aggregator {
   }
 
   /**
+   * Picodollars buffered here for one entity row (read-only; O(cells), off
+   * the request path). For team_member, `id` is the user and `id2` the team;
+   * without `id2` it sums the user's memberships of every team.
+   */
+  entitySpendFor(kind: EntityKind, id: string, id2?: string): bigint {
+    if (id === "") return 0n;
+    let sum = 0n;
+    for (const c of this.cells.values()) {
+      const d = c.dims;
+      let times = 0;
+      if (kind === "key") times = d.apiKey === id ? 1 : 0;
+      else if (kind === "user") times = d.userId === id ? 1 : 0;
+      else if (kind === "team") times = d.teamId === id ? 1 : 0;
+      else if (kind === "org") times = d.organizationId === id ? 1 : 0;
+      else if (kind === "end_user") times = d.endUserId === id ? 1 : 0;
+      else if (kind === "team_member")
+        times =
+          d.userId === id && d.teamId !== "" && (id2 === undefined || d.teamId === id2) ? 1 : 0;
+      // As drain() does: once per occurrence of the tag.
+      else for (const t of d.tags) if (t === id) times++;
+      if (times > 0) sum += BigInt(times) * (c.spendBig + BigInt(c.spend));
+    }
+    return sum;
+  }
+
+  /**
    * Whether this event would open a new cell (and maybe new rows) rather than
    * land in an existing one: lets the producer enforce its bound before growing.
    */

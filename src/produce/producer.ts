@@ -2,7 +2,9 @@ import { randomUUID } from "node:crypto";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
+import type { DailyRow, EntityKind, EntityRow } from "../queue/spend-batch.js";
 import { Aggregator } from "./aggregator.js";
+import { partitionOf } from "./partition.js";
 import type { SealedBatch, SpendSink } from "./spend-sink.js";
 import {
   DEFAULT_LIMITS,
@@ -43,6 +45,11 @@ export interface ProducerOptions {
   logger?: Logger;
   /** Stable id for this process's batches. Default: a random UUID. */
   producerId?: string;
+  /**
+   * Flush partitions: each row goes to the partition that owns it (a stable
+   * hash of its identity). Must match the workers' setting. Default 1.
+   */
+  partitions?: number;
 }
 
 export class BufferFullError extends Error {
@@ -88,6 +95,7 @@ export class SpendProducer {
   private readonly metrics: SpendMetrics;
   private readonly log: Logger;
   private readonly unwatch: () => void;
+  private readonly partitions: number;
 
   private agg = new Aggregator();
   private pending: SealedBatch[] = [];
@@ -98,6 +106,7 @@ export class SpendProducer {
   private closed = false;
   private fullSince = 0;
   private consecutiveFailures = 0;
+  private recorded = 0;
 
   constructor(opts: ProducerOptions) {
     this.sink = opts.sink;
@@ -111,9 +120,13 @@ export class SpendProducer {
     this.metrics = opts.metrics ?? new SpendMetrics();
     this.log = opts.logger ?? silentLogger;
     this.producerId = opts.producerId ?? randomUUID();
+    this.partitions = opts.partitions ?? 1;
     this.unwatch = this.metrics.watchBuffer(() => ({
       entityRows: this.agg.entityRowCount + this.pendingRowsOf("entity"),
       dailyRows: this.agg.dailyRowCount + this.pendingRowsOf("daily"),
+      undeliveredRows: this.pendingRows,
+      undeliveredBatches: this.pending.length,
+      recordedEvents: this.recorded,
     }));
     this.schedule();
   }
@@ -138,6 +151,7 @@ export class SpendProducer {
       throw new BufferFullError(this.maxRows);
     }
     this.agg.add(e);
+    this.recorded++;
     // Half full: send now rather than wait for the timer, so bursts rarely meet
     // the bound. Not while the sink is failing: the timer's backoff retries
     // then, and sealing on every event would shred the buffer into tiny batches.
@@ -163,6 +177,50 @@ export class SpendProducer {
   /** Sealed batches still waiting to be delivered. */
   get undeliveredBatches(): number {
     return this.pending.length;
+  }
+
+  /**
+   * Picodollars this process holds for one entity row and has not handed to
+   * the sink yet: aggregated, and sealed but undelivered (read-only,
+   * O(cells + undelivered rows)). For team_member, `id` is the user and `id2`
+   * the team (omitted: every team). A batch whose send is in flight still
+   * counts here until the sink acknowledges it.
+   */
+  pendingSpendFor(kind: EntityKind, id: string, id2?: string): bigint {
+    const d = this.pendingSpendDetail(kind, id, id2);
+    let sum = d.bufferedPico;
+    for (const pico of d.batches.values()) sum += pico;
+    return sum;
+  }
+
+  /**
+   * pendingSpendFor, split: still aggregated, and per sealed-but-undelivered
+   * batch id; `sealedLater(batchId)` tells a batch this producer seals after
+   * this call (its spend was in `bufferedPico` then), so a reader does not
+   * count it again when it meets it in Redis.
+   */
+  pendingSpendDetail(
+    kind: EntityKind,
+    id: string,
+    id2?: string,
+  ): {
+    bufferedPico: bigint;
+    batches: Map<string, bigint>;
+    sealedLater: (batchId: string) => boolean;
+  } {
+    const seq = this.seq;
+    const prefix = `${this.producerId}.`;
+    const sealedLater = (batchId: string): boolean =>
+      batchId.startsWith(prefix) && Number(batchId.slice(prefix.length)) > seq;
+    const batches = new Map<string, bigint>();
+    for (const b of this.pending) {
+      if (b.kind !== "entity") continue;
+      let sum = 0n;
+      for (const [k, i, i2, pico] of b.rows)
+        if (k === kind && i === id && (id2 === undefined || i2 === id2)) sum += BigInt(pico);
+      if (sum > 0n) batches.set(b.batchId, sum);
+    }
+    return { bufferedPico: this.agg.entitySpendFor(kind, id, id2), batches, sealedLater };
   }
 
   /**
@@ -215,28 +273,49 @@ export class SpendProducer {
     const { entity, daily } = this.agg.drain();
     this.agg = new Aggregator();
     const sealedAt = Date.now();
-    for (let i = 0; i < entity.length; i += this.maxRowsPerJob) {
-      const rows = entity.slice(i, i + this.maxRowsPerJob);
-      this.pending.push({
-        kind: "entity",
-        batchId: this.nextBatchId(),
-        producerId: this.producerId,
-        sealedAt,
-        rows,
-      });
-      this.pendingRows += rows.length;
+    const header = { producerId: this.producerId, sealedAt, partitions: this.partitions };
+    for (const [partition, rows] of this.byPartition(entity, entityIdentity)) {
+      for (let i = 0; i < rows.length; i += this.maxRowsPerJob) {
+        const part = rows.slice(i, i + this.maxRowsPerJob);
+        this.pending.push({
+          kind: "entity",
+          batchId: this.nextBatchId(),
+          partition,
+          rows: part,
+          ...header,
+        });
+        this.pendingRows += part.length;
+      }
     }
-    for (let i = 0; i < daily.length; i += this.maxRowsPerJob) {
-      const rows = daily.slice(i, i + this.maxRowsPerJob);
-      this.pending.push({
-        kind: "daily",
-        batchId: this.nextBatchId(),
-        producerId: this.producerId,
-        sealedAt,
-        rows,
-      });
-      this.pendingRows += rows.length;
+    for (const [partition, rows] of this.byPartition(daily, dailyIdentity)) {
+      for (let i = 0; i < rows.length; i += this.maxRowsPerJob) {
+        const part = rows.slice(i, i + this.maxRowsPerJob);
+        this.pending.push({
+          kind: "daily",
+          batchId: this.nextBatchId(),
+          partition,
+          rows: part,
+          ...header,
+        });
+        this.pendingRows += part.length;
+      }
     }
+  }
+
+  /** Splits rows by the flush partition that owns each one (all in 0 when unpartitioned). */
+  private byPartition<R>(rows: R[], identity: (r: R) => string): Map<number, R[]> {
+    const out = new Map<number, R[]>();
+    if (this.partitions <= 1) {
+      if (rows.length > 0) out.set(0, rows);
+      return out;
+    }
+    for (const r of rows) {
+      const p = partitionOf(identity(r), this.partitions);
+      const list = out.get(p);
+      if (list === undefined) out.set(p, [r]);
+      else list.push(r);
+    }
+    return out;
   }
 
   private async sendPending(): Promise<void> {
@@ -298,6 +377,10 @@ export class SpendProducer {
     return n;
   }
 }
+
+const SEP = "\u001f";
+const entityIdentity = (r: EntityRow): string => r[0] + SEP + r[1] + SEP + r[2];
+const dailyIdentity = (r: DailyRow): string => r.slice(0, 9).join(SEP);
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;

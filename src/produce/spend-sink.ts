@@ -1,9 +1,19 @@
 import type { DailyRow, EntityRow } from "../queue/spend-batch.js";
 
+interface SealedHeader {
+  batchId: string;
+  producerId: string;
+  sealedAt: number;
+  /** The flush partition that owns every row of this batch. */
+  partition: number;
+  /** The producer's partition count, so a worker can see a mismatch. */
+  partitions: number;
+}
+
 /** A sealed piece of a producer's buffer, ready to leave the process. */
 export type SealedBatch =
-  | { kind: "entity"; batchId: string; producerId: string; sealedAt: number; rows: EntityRow[] }
-  | { kind: "daily"; batchId: string; producerId: string; sealedAt: number; rows: DailyRow[] };
+  | (SealedHeader & { kind: "entity"; rows: EntityRow[] })
+  | (SealedHeader & { kind: "daily"; rows: DailyRow[] });
 
 /**
  * Where a producer sends its batches: BullMQ on Redis (the buffer on), or

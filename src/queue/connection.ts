@@ -35,3 +35,19 @@ export function createRedis(cfg: RedisConfig, role: RedisRole): Redis {
   redis.on("error", () => undefined);
   return redis;
 }
+
+/** Resolves once the connection is ready for commands (a producer's commands fail fast before). */
+export function waitUntilReady(redis: Redis, timeoutMs = 5_000): Promise<void> {
+  if (redis.status === "ready") return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      redis.off("ready", onReady);
+      reject(new Error(`Redis not reachable within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const onReady = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    redis.once("ready", onReady);
+  });
+}

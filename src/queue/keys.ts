@@ -5,6 +5,8 @@
  *
  * Names carry Redis Cluster hash tags: each BullMQ queue's keys share one
  * slot ({queue}), and the lock's Lua scripts touch only keys tagged {flush}.
+ * Each flush partition has its own queues, lock and fence, in slots of their
+ * own; partition 0 keeps the unpartitioned names, so P = 1 is the plain setup.
  */
 export interface RedisKeys {
   /** BullMQ `prefix` option: every queue's keys start with it. */
@@ -23,24 +25,34 @@ export interface RedisKeys {
   readonly flushSchedulerId: string;
   /** Fence partition name stored in PostgreSQL (spend_flush_fence.partition). */
   readonly fencePartition: string;
+  /** Which flush partition these names belong to (0-based). */
+  readonly partition: number;
+  /** Records the partition count producers and workers agreed on. */
+  readonly partitionCount: string;
 }
 
 const PREFIX = /^[A-Za-z0-9_.-]{1,64}$/;
 
-export function redisKeys(prefix: string): RedisKeys {
+export function redisKeys(prefix: string, partition = 0): RedisKeys {
   if (!PREFIX.test(prefix)) {
     throw new Error(
       `key prefix must be 1-64 characters of A-Z a-z 0-9 _ . -, got ${JSON.stringify(prefix)}`,
     );
   }
+  if (!Number.isInteger(partition) || partition < 0) {
+    throw new Error(`partition must be a non-negative integer, got ${partition}`);
+  }
+  const p = partition === 0 ? "" : `-p${partition}`;
   return {
     bullPrefix: `${prefix}:bull`,
-    spendQueue: "{spend-update}",
-    dailySpendQueue: "{daily-spend-update}",
+    spendQueue: `{spend-update${p}}`,
+    dailySpendQueue: `{daily-spend-update${p}}`,
     flushQueue: "{spend-flush}",
-    flushLock: `${prefix}:{flush}:lock`,
-    flushFence: `${prefix}:{flush}:fence`,
-    flushSchedulerId: "spend-flush",
-    fencePartition: `${prefix}:0`,
+    flushLock: `${prefix}:{flush${p}}:lock`,
+    flushFence: `${prefix}:{flush${p}}:fence`,
+    flushSchedulerId: `spend-flush${p}`,
+    fencePartition: `${prefix}:${partition}`,
+    partition,
+    partitionCount: `${prefix}:partitions`,
   };
 }

@@ -8,26 +8,38 @@ import { DAILY_JOB, ENTITY_JOB, type SpendQueues } from "./spend-queues.js";
  * spend_applied_batch table makes the copy harmless.
  */
 export class QueueSink implements SpendSink {
+  private readonly partitions: readonly SpendQueues[];
+
+  /** One SpendQueues per flush partition, indexed by partition (just one when unpartitioned). */
   constructor(
-    private readonly queues: SpendQueues,
+    queues: SpendQueues | readonly SpendQueues[],
     private readonly ownsQueues = true,
-  ) {}
+  ) {
+    this.partitions = Array.isArray(queues) ? queues : [queues as SpendQueues];
+  }
 
   async write(b: SealedBatch): Promise<void> {
+    const queues = this.partitions[b.partition];
+    if (queues === undefined) {
+      throw new Error(
+        `batch for partition ${b.partition}, but this sink has ${this.partitions.length}`,
+      );
+    }
     const header = {
       v: 1 as const,
       batchId: b.batchId,
       producerId: b.producerId,
       sealedAt: b.sealedAt,
+      partitions: b.partitions,
     };
     if (b.kind === "entity") {
-      await this.queues.entity.add(ENTITY_JOB, { ...header, rows: b.rows }, { jobId: b.batchId });
+      await queues.entity.add(ENTITY_JOB, { ...header, rows: b.rows }, { jobId: b.batchId });
     } else {
-      await this.queues.daily.add(DAILY_JOB, { ...header, rows: b.rows }, { jobId: b.batchId });
+      await queues.daily.add(DAILY_JOB, { ...header, rows: b.rows }, { jobId: b.batchId });
     }
   }
 
   async close(): Promise<void> {
-    if (this.ownsQueues) await this.queues.close();
+    if (this.ownsQueues) await Promise.all(this.partitions.map((q) => q.close()));
   }
 }

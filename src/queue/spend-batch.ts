@@ -59,6 +59,8 @@ export interface SpendJobData<Row> {
   producerId: string;
   /** When the producer sealed the batch (epoch ms): measures staleness. */
   sealedAt: number;
+  /** The producer's partition count (absent from producers before partitions existed: 1). */
+  partitions?: number;
   rows: Row[];
 }
 
@@ -76,6 +78,7 @@ const header = {
   batchId: z.string().min(1).max(200),
   producerId: z.string().max(200),
   sealedAt: z.number().int().nonnegative(),
+  partitions: z.number().int().min(1).max(1024).optional(),
 };
 
 export const entityJobSchema = z.object({

@@ -38,9 +38,11 @@ const sink: SpendSink =
   db !== undefined
     ? new DirectSink(db, { transactionTimeoutMs: 30_000 })
     : new QueueSink(
-        openSpendQueues(
-          redis ?? createRedis(config.redis, "producer"),
-          redisKeys(config.keyPrefix),
+        Array.from({ length: Number(env.PARTITIONS ?? "1") }, (_, p) =>
+          openSpendQueues(
+            redis ?? createRedis(config.redis, "producer"),
+            redisKeys(config.keyPrefix, p),
+          ),
         ),
       );
 const producer = new SpendProducer({
@@ -48,6 +50,7 @@ const producer = new SpendProducer({
   flushIntervalMs: config.producer.flushIntervalMs,
   flushJitterMs: config.producer.flushJitterMs,
   closeTimeoutMs: 120_000,
+  partitions: Number(env.PARTITIONS ?? "1"),
 });
 const ledger = new Ledger();
 const gen = trafficGenerator(seed);

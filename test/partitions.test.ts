@@ -1,0 +1,188 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { FlushWorker } from "../src/flush/flush-worker.js";
+import { silentLogger } from "../src/observe/logger.js";
+import { SpendMetrics } from "../src/observe/metrics.js";
+import { partitionOf } from "../src/produce/partition.js";
+import { SpendProducer } from "../src/produce/producer.js";
+import { createRedis, waitUntilReady } from "../src/queue/connection.js";
+import { redisKeys } from "../src/queue/keys.js";
+import { ensurePartitionCount, PartitionMismatchError } from "../src/queue/partitions.js";
+import { QueueSink } from "../src/queue/queue-sink.js";
+import { openSpendQueues } from "../src/queue/spend-queues.js";
+import { trafficGenerator } from "../src/demo/traffic.js";
+import { diffTotals, readTotals } from "./support/db-totals.js";
+import { createTestDatabase, deadlockCount, type TestDatabase } from "./support/db.js";
+import { Ledger } from "./support/ledger.js";
+import { runProducers } from "./support/processes.js";
+import { cleanRedis, TEST_REDIS_URL, testConfig, uniquePrefix } from "./support/redis.js";
+import { waitFor } from "./support/wait.js";
+
+const P = 3;
+const SEP = "\u001f";
+
+describe("partitioned flush", () => {
+  let t: TestDatabase;
+  const prefix = uniquePrefix("parts");
+  const config = (): ReturnType<typeof testConfig> =>
+    testConfig(prefix, t?.url ?? "", { max_jobs_per_flush: 100 });
+  before(async () => {
+    t = await createTestDatabase("partitions");
+  });
+  after(async () => {
+    await cleanRedis(prefix);
+    await t.drop();
+  });
+
+  it("routes every row to the one partition that owns it", async () => {
+    const redis = createRedis(config().redis, "producer");
+    // What a gateway does at start: agree on the partition count before producing.
+    await waitUntilReady(redis);
+    await ensurePartitionCount(redis, prefix, P);
+    const queues = Array.from({ length: P }, (_, p) =>
+      openSpendQueues(redis, redisKeys(prefix, p)),
+    );
+    const producer = new SpendProducer({
+      sink: new QueueSink(queues, false),
+      flushIntervalMs: 3_600_000,
+      partitions: P,
+    });
+    const gen = trafficGenerator(41);
+    for (let i = 0; i < 2_000; i++) producer.record(gen());
+    await producer.close();
+    const seen = new Map<string, number>();
+    for (let p = 0; p < P; p++) {
+      const q = queues[p];
+      assert.ok(q !== undefined);
+      const entityJobs = await q.entity.getWaiting(0, -1);
+      const dailyJobs = await q.daily.getWaiting(0, -1);
+      assert.ok(entityJobs.length > 0 && dailyJobs.length > 0, `partition ${p} got work`);
+      for (const j of entityJobs) {
+        assert.equal(j.data.partitions, P);
+        for (const r of j.data.rows) {
+          const id = r[0] + SEP + r[1] + SEP + r[2];
+          assert.equal(partitionOf(id, P), p);
+          assert.equal(seen.get(id) ?? p, p, "a row never appears in two partitions");
+          seen.set(id, p);
+        }
+      }
+      for (const j of dailyJobs)
+        for (const r of j.data.rows) assert.equal(partitionOf(r.slice(0, 9).join(SEP), P), p);
+    }
+    for (const q of queues) await q.close();
+    redis.disconnect();
+  });
+
+  it("refuses to start with a different partition count while spend is pending, and switches once drained", async () => {
+    const metrics = new SpendMetrics();
+    await assert.rejects(
+      FlushWorker.start({
+        config: config(),
+        db: t.db,
+        metrics,
+        logger: silentLogger,
+        partitions: 2,
+      }),
+      (err: unknown) =>
+        err instanceof PartitionMismatchError && err.recorded === P && err.pendingJobs > 0,
+    );
+    // Drain under the recorded count.
+    const fw = await FlushWorker.start({
+      config: config(),
+      db: t.db,
+      metrics,
+      logger: silentLogger,
+      partitions: P,
+    });
+    await waitFor("drain", async () => {
+      const counts = await Promise.all(
+        fw.partitions.map((p) =>
+          Promise.all([p.queues.entity.getWaitingCount(), p.queues.daily.getWaitingCount()]),
+        ),
+      );
+      return counts.flat().every((n) => n === 0);
+    });
+    await fw.close();
+    const switched = await FlushWorker.start({
+      config: config(),
+      db: t.db,
+      metrics,
+      logger: silentLogger,
+      partitions: 2,
+    });
+    assert.equal(switched.partitions.length, 2);
+    await switched.close();
+    // Back to P for the next test: drained, so allowed.
+    const back = await FlushWorker.start({
+      config: config(),
+      db: t.db,
+      metrics,
+      logger: silentLogger,
+      partitions: P,
+    });
+    await back.close();
+  });
+
+  it(`${P} partitions over two worker replicas: exact totals, no deadlock, every partition flushed`, async () => {
+    await t.db.$executeRawUnsafe(
+      `TRUNCATE "LiteLLM_VerificationToken", "LiteLLM_UserTable", "LiteLLM_TeamTable", "LiteLLM_TeamMembership", "LiteLLM_OrganizationTable", "LiteLLM_EndUserTable", "LiteLLM_TagTable", "LiteLLM_DailyUserSpend", "LiteLLM_DailyTeamSpend", "LiteLLM_DailyOrganizationSpend", "LiteLLM_DailyEndUserSpend", "LiteLLM_DailyTagSpend"`,
+    );
+    const deadlocks = await deadlockCount(t.name);
+    const workers = await Promise.all(
+      ["a", "b"].map((holderId) =>
+        FlushWorker.start({
+          config: config(),
+          db: t.db,
+          metrics: new SpendMetrics(),
+          logger: silentLogger,
+          holderId,
+          partitions: P,
+          concurrency: 2,
+        }),
+      ),
+    );
+    try {
+      const ledger = new Ledger();
+      await runProducers(
+        6,
+        { REDIS_URL: TEST_REDIS_URL, PREFIX: prefix, EVENTS: "2000", PARTITIONS: String(P) },
+        ledger,
+        4000,
+      );
+      const fw = workers[0];
+      assert.ok(fw !== undefined);
+      await waitFor(
+        "every partition to drain",
+        async () => {
+          const states = ["wait", "active"] as const;
+          const counts = await Promise.all(
+            fw.partitions.flatMap((p) => [
+              p.queues.entity.getJobCounts(...states),
+              p.queues.daily.getJobCounts(...states),
+            ]),
+          );
+          return counts.every((c) => (c.wait ?? 0) + (c.active ?? 0) === 0);
+        },
+        60_000,
+      );
+      await waitFor("locks released", async () => {
+        const redis = createRedis(config().redis, "worker");
+        try {
+          const held = await Promise.all(fw.partitions.map((p) => redis.exists(p.keys.flushLock)));
+          return held.every((n) => n === 0);
+        } finally {
+          redis.disconnect();
+        }
+      });
+      const diff = diffTotals(ledger.totals, await readTotals(t.url));
+      assert.deepEqual(diff, [], diff.join("\n"));
+      assert.equal(await deadlockCount(t.name), deadlocks);
+      const fences = await t.db.flushFence.findMany({
+        where: { partition: { startsWith: `${prefix}:` } },
+      });
+      assert.equal(fences.length, P, "each partition committed under its own fence");
+    } finally {
+      await Promise.all(workers.map((w) => w.close()));
+    }
+  });
+});
