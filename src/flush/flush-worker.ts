@@ -1,5 +1,5 @@
+import type { RedisClient } from "../queue/connection.js";
 import { Queue, Worker } from "bullmq";
-import type { Redis } from "ioredis";
 import type { AppConfig } from "../config/config.js";
 import { FlushLock } from "../lock/flush-lock.js";
 import type { Logger } from "../observe/logger.js";
@@ -28,6 +28,11 @@ export interface FlushWorkerDeps {
   partitions?: number;
   /** Flushes this replica runs at once (of different partitions). Default 1. */
   concurrency?: number;
+  /**
+   * A connection to use instead of one made from config.redis (e.g. a Redis
+   * Cluster client). The caller keeps owning it: close() leaves it open.
+   */
+  connection?: RedisClient;
 }
 
 /** One flush partition's own pieces: queues, lock, drain and flusher. */
@@ -56,7 +61,7 @@ export class FlushWorker {
   private worker: Worker<{ partition?: number }> | undefined;
 
   private constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly deps: FlushWorkerDeps,
   ) {
     const { config, db, metrics, logger } = deps;
@@ -99,11 +104,11 @@ export class FlushWorker {
   }
 
   static async start(deps: FlushWorkerDeps): Promise<FlushWorker> {
-    const redis = createRedis(deps.config.redis, "worker");
+    const redis = deps.connection ?? createRedis(deps.config.redis, "worker");
     try {
       await ensurePartitionCount(redis, deps.config.keyPrefix, deps.partitions ?? 1);
     } catch (err) {
-      redis.disconnect();
+      if (deps.connection === undefined) redis.disconnect();
       throw err;
     }
     const fw = new FlushWorker(redis, deps);
@@ -163,6 +168,6 @@ export class FlushWorker {
       await p.queues.close();
     }
     await this.flushQueue.close();
-    this.redis.disconnect();
+    if (this.deps.connection === undefined) this.redis.disconnect();
   }
 }

@@ -1,5 +1,5 @@
+import type { RedisClient } from "../queue/connection.js";
 import { Worker, type Job } from "bullmq";
-import type { Redis } from "ioredis";
 import type { RedisKeys } from "../queue/keys.js";
 import {
   dailyJobSchema,
@@ -29,7 +29,7 @@ export class SpendDrain {
   private readonly entity: Worker;
   private readonly daily: Worker;
 
-  constructor(connection: Redis, keys: RedisKeys, jobLockMs: number) {
+  constructor(connection: RedisClient, keys: RedisKeys, jobLockMs: number) {
     const opts = {
       connection,
       prefix: keys.bullPrefix,

@@ -1,5 +1,5 @@
+import type { RedisClient } from "../queue/connection.js";
 import { randomUUID } from "node:crypto";
-import type { Redis } from "ioredis";
 import type { RedisKeys } from "../queue/keys.js";
 import { lockScripts } from "./scripts.js";
 
@@ -20,7 +20,7 @@ export interface Lease {
  */
 export class FlushLock {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly keys: Pick<RedisKeys, "flushLock" | "flushFence">,
     readonly leaseMs: number,
     /** Identifies this process in the lock's value, for operators reading Redis. */

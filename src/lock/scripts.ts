@@ -1,6 +1,6 @@
+import type { RedisClient } from "../queue/connection.js";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import type { Redis } from "ioredis";
 
 /**
  * Lua scripts live in lock/scripts/<name>-<numberOfKeys>.lua. They are run by
@@ -27,7 +27,7 @@ export class LuaScript {
   }
 
   async run(
-    redis: Redis,
+    redis: RedisClient,
     keys: readonly string[],
     args: readonly (string | number)[],
   ): Promise<unknown> {

@@ -1,4 +1,4 @@
-import { Redis, type RedisOptions } from "ioredis";
+import { Cluster, Redis, type RedisOptions } from "ioredis";
 import type { RedisConfig } from "../config/config.js";
 
 /**
@@ -9,6 +9,14 @@ import type { RedisConfig } from "../config/config.js";
  * (maxRetriesPerRequest: null) for their blocking commands.
  */
 export type RedisRole = "producer" | "worker";
+
+/** A single Redis or a Redis Cluster: every module that talks to Redis takes either. */
+export type RedisClient = Redis | Cluster;
+
+export interface ClusterNode {
+  host: string;
+  port: number;
+}
 
 export function redisOptions(cfg: RedisConfig, role: RedisRole): RedisOptions {
   return {
@@ -36,8 +44,30 @@ export function createRedis(cfg: RedisConfig, role: RedisRole): Redis {
   return redis;
 }
 
+/**
+ * A Redis Cluster client. Every key the project uses carries a hash tag, so
+ * each BullMQ queue and each lock lives in one slot and partitions spread
+ * across the cluster's masters.
+ */
+export function createCluster(
+  nodes: readonly ClusterNode[],
+  cfg: RedisConfig,
+  role: RedisRole,
+): Cluster {
+  const { host: _host, port: _port, db: _db, ...perNode } = redisOptions(cfg, role);
+  const cluster = new Cluster([...nodes], {
+    redisOptions: perNode,
+    // Producers fail fast here too; workers wait out a failover.
+    enableOfflineQueue: role !== "producer",
+    clusterRetryStrategy: (attempt: number) => Math.min(100 * 2 ** Math.min(attempt, 5), 3_000),
+    slotsRefreshTimeout: 2_000,
+  });
+  cluster.on("error", () => undefined);
+  return cluster;
+}
+
 /** Resolves once the connection is ready for commands (a producer's commands fail fast before). */
-export function waitUntilReady(redis: Redis, timeoutMs = 5_000): Promise<void> {
+export function waitUntilReady(redis: RedisClient, timeoutMs = 5_000): Promise<void> {
   if (redis.status === "ready") return Promise.resolve();
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./connection.js";
 import { redisKeys } from "./keys.js";
 import { openSpendQueues } from "./spend-queues.js";
 
@@ -27,7 +27,7 @@ export class PartitionMismatchError extends Error {
 
 /** Pending (not yet flushed) spend jobs across every partition of a count. */
 export async function pendingJobs(
-  redis: Redis,
+  redis: RedisClient,
   prefix: string,
   partitions: number,
 ): Promise<number> {
@@ -49,7 +49,7 @@ export async function pendingJobs(
 
 /** Records the partition count, or refuses a different one while spend is pending under it. */
 export async function ensurePartitionCount(
-  redis: Redis,
+  redis: RedisClient,
   prefix: string,
   configured: number,
 ): Promise<void> {

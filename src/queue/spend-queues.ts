@@ -1,5 +1,5 @@
+import type { RedisClient } from "./connection.js";
 import { Queue, type JobsOptions } from "bullmq";
-import type { Redis } from "ioredis";
 import type { RedisKeys } from "./keys.js";
 import type { DailySpendJob, EntitySpendJob } from "./spend-batch.js";
 
@@ -22,7 +22,7 @@ export interface SpendQueues {
   close(): Promise<void>;
 }
 
-export function openSpendQueues(connection: Redis, keys: RedisKeys): SpendQueues {
+export function openSpendQueues(connection: RedisClient, keys: RedisKeys): SpendQueues {
   const opts = { connection, prefix: keys.bullPrefix, defaultJobOptions: SPEND_JOB_OPTIONS };
   const entity = new Queue<EntitySpendJob>(keys.spendQueue, opts);
   const daily = new Queue<DailySpendJob>(keys.dailySpendQueue, opts);
