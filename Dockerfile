@@ -7,4 +7,5 @@ RUN npm ci --omit=dev --no-audit --no-fund
 COPY . .
 # The native schema engine is never needed: migrations run through the Wasm engine.
 RUN PRISMA_SCHEMA_ENGINE_BINARY=./scripts/no-schema-engine.sh npx prisma generate
+EXPOSE 4000 9464
 USER node

@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parse } from "yaml";
+import { subcommands } from "../src/cli/program.js";
 import { loadConfig } from "../src/config/config.js";
 
 /**
@@ -19,6 +20,7 @@ interface Service {
   command?: string[];
   depends_on?: Record<string, { condition: string }>;
   healthcheck?: { test: string[] };
+  ports?: string[];
   deploy?: { replicas?: number };
   environment?: Record<string, string>;
   volumes?: string[];
@@ -59,7 +61,26 @@ describe("docker-compose.yml", () => {
       const entry = cmd[3] ?? "";
       assert.ok(existsSync(root(entry)), `${name}: ${entry} exists`);
     }
-    assert.deepEqual(services.migrate?.command?.slice(3), ["src/persist/migrate-cli.ts", "deploy"]);
+  });
+
+  it("runs each app service as a real subcommand of the CLI", () => {
+    const known = subcommands();
+    const expected: Record<string, string> = {
+      migrate: "migrate",
+      "flush-worker": "worker",
+      gateway: "gateway",
+    };
+    for (const name of APP) {
+      const cmd = services[name]?.command ?? [];
+      assert.equal(cmd[3], "src/cli/main.ts", `${name} runs the CLI`);
+      const args = cmd.slice(4).filter((a) => !a.startsWith("-"));
+      const sub = known.find((k) => args.slice(0, k.split(" ").length).join(" ") === k);
+      assert.ok(
+        sub !== undefined,
+        `${name}: "${args.join(" ")}" is a CLI subcommand (${known.join(", ")})`,
+      );
+      assert.equal(sub, expected[name], name);
+    }
   });
 
   it("starts nothing before its dependencies are ready", () => {
@@ -89,18 +110,52 @@ describe("docker-compose.yml", () => {
   });
 
   it("health-checks every long-running app service on the port its process serves", () => {
-    for (const name of ["flush-worker", "gateway"]) {
-      const test = (services[name]?.healthcheck?.test ?? []).join(" ");
-      assert.match(test, /127\.0\.0\.1:9464\/health\/liveliness/, name);
-    }
-    assert.equal(services.gateway?.environment?.METRICS_PORT, "9464");
+    const cfg = loadConfig(root("deploy/proxy_config.yaml"), {
+      REDIS_PASSWORD: "x",
+      LITELLM_MASTER_KEY: "sk-x-long-enough",
+      ADMIN_PASSWORD: "x",
+    });
+    const worker = (services["flush-worker"]?.healthcheck?.test ?? []).join(" ");
+    assert.match(worker, new RegExp(`127\\.0\\.0\\.1:${cfg.metricsPort}/health/readiness`));
+    const gateway = (services.gateway?.healthcheck?.test ?? []).join(" ");
+    assert.match(gateway, new RegExp(`127\\.0\\.0\\.1:${cfg.gateway.port}/health/readiness`));
+    assert.equal(
+      services.gateway?.environment?.METRICS_PORT,
+      undefined,
+      "the gateway serves /metrics on its own port",
+    );
+  });
+
+  it("publishes the gateway's port, one host port per replica", () => {
+    const ports = services.gateway?.ports ?? [];
+    assert.equal(ports.length, 1);
+    const m = /^\$\{[A-Z_]+:-(\d+)-(\d+)\}:(\d+)$/.exec(ports[0] ?? "");
+    assert.ok(m !== null, `ports: ${ports.join(", ")}`);
+    assert.equal(Number(m[2]) - Number(m[1]) + 1, services.gateway?.deploy?.replicas);
+    assert.equal(m[3], "4000");
   });
 
   it("mounts a configuration file that the app accepts", () => {
     const volume = services["flush-worker"]?.volumes?.[0] ?? "";
     const hostPath = volume.split(":")[0] ?? "";
-    const cfg = loadConfig(root(hostPath), { REDIS_PASSWORD: "x" });
+    const env = {
+      REDIS_PASSWORD: "x",
+      LITELLM_MASTER_KEY: "sk-x-long-enough",
+      ADMIN_PASSWORD: "x",
+    };
+    const cfg = loadConfig(root(hostPath), env);
     assert.equal(cfg.useRedisBuffer, true);
     assert.equal(cfg.redis.host, "redis");
+    assert.equal(cfg.masterKey, "sk-x-long-enough");
+    assert.ok(cfg.gateway.modelPrices.size > 0, "the gateway has prices");
+    assert.equal(
+      cfg.admin.auth && cfg.admin.username !== undefined,
+      true,
+      "Bull Board needs credentials",
+    );
+    // Every secret the file references is set by docker-compose.yml.
+    const appEnv = services["flush-worker"]?.environment ?? {};
+    for (const name of Object.keys(env))
+      assert.ok(name in appEnv, `${name} is set for the app services`);
   });
 });

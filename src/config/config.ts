@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
-import { MAX_EVENT_USD } from "../money.js";
+import { MAX_EVENT_USD, usdStringToPico } from "../money.js";
 import { DEFAULT_LIMITS, type ValidationLimits } from "../produce/spend-event.js";
 
 /**
@@ -20,6 +20,31 @@ export class ConfigError extends Error {
 }
 
 const positiveSeconds = z.number().positive().max(86_400);
+
+/**
+ * A price per token in USD, as an exact decimal string (LiteLLM's names). A
+ * YAML number would already be a binary float, so prices must be quoted; at
+ * most 12 decimals (the picodollar is the unit of account).
+ */
+const PRICE = /^\d{1,16}(\.\d{1,12})?$/;
+const pricePerToken = z.unknown().transform((v, ctx): string => {
+  if (typeof v === "string" && PRICE.test(v)) return v;
+  ctx.addIssue({
+    code: "custom",
+    message:
+      typeof v === "number"
+        ? `must be a quoted decimal string (e.g. "0.0000025"), not the YAML number ${v}: prices are exact`
+        : 'must be a decimal string with at most 12 decimals, e.g. "0.0000025"',
+  });
+  return z.NEVER;
+});
+
+const modelPriceSchema = z
+  .object({
+    input_cost_per_token: pricePerToken,
+    output_cost_per_token: pricePerToken,
+  })
+  .strict();
 
 const cacheParamsSchema = z
   .object({
@@ -54,6 +79,30 @@ const spendBufferSchema = z
     applied_batch_retention_days: z.number().int().min(1).max(3_650).default(14),
     transaction_timeout_seconds: positiveSeconds.default(120),
     metrics_port: z.number().int().min(0).max(65_535).default(9464),
+    /** The gateway's HTTP port (chat completions, ingest, health, metrics). */
+    gateway_port: z.number().int().min(0).max(65_535).default(4000),
+    /** Per model: USD per input and output token, exact decimal strings. */
+    model_prices: z.record(z.string().min(1).max(256), modelPriceSchema).default({}),
+    /** How long a virtual key looked up in PostgreSQL stays cached in a gateway. */
+    key_cache_ttl_seconds: z.number().min(0).max(86_400).default(60),
+    /** Most virtual keys cached in one gateway. */
+    key_cache_max_entries: z.number().int().min(1).max(10_000_000).default(10_000),
+    /** Most events in one POST /spend/events; more is refused with 413. */
+    ingest_max_events: z.number().int().min(1).max(100_000).default(1_000),
+    /** Largest JSON body the gateway reads, in bytes; more is refused with 413. */
+    max_request_body_bytes: z
+      .number()
+      .int()
+      .min(1_024)
+      .max(64 * 1024 * 1024)
+      .default(1024 * 1024),
+    /** Bull Board (/admin/queues on the worker) and other admin pages need credentials unless false. */
+    admin_auth: z.boolean().default(true),
+    admin_username: z.string().min(1).optional(),
+    admin_password: z.string().min(1).optional(),
+    admin_token: z.string().min(16, "must be at least 16 characters").optional(),
+    /** Bull Board shows queues without retry/clean/remove buttons unless false. */
+    bull_board_read_only: z.boolean().default(true),
     max_spend_usd_per_event: z
       .number()
       .positive()
@@ -81,6 +130,8 @@ const fileSchema = z
         /** Seconds between a producer's writes of its aggregates (LiteLLM's name). */
         proxy_batch_write_at: positiveSeconds.default(10),
         database_url: z.string().optional(),
+        /** Admin secret of the gateway (LiteLLM's name): key management and batch ingest. */
+        master_key: z.string().min(8, "must be at least 8 characters").optional(),
       })
       .strict()
       .default({ use_redis_transaction_buffer: false, proxy_batch_write_at: 10 }),
@@ -128,6 +179,34 @@ export interface AppConfig {
   };
   limits: ValidationLimits;
   metricsPort: number;
+  /** general_settings.master_key, resolved; undefined when not set. */
+  masterKey?: string;
+  gateway: GatewayConfig;
+  admin: AdminConfig;
+}
+
+/** Exact per-token prices, in picodollars. */
+export interface ModelPrice {
+  inputPicoPerToken: bigint;
+  outputPicoPerToken: bigint;
+}
+
+export interface GatewayConfig {
+  port: number;
+  modelPrices: ReadonlyMap<string, ModelPrice>;
+  keyCacheTtlMs: number;
+  keyCacheMaxEntries: number;
+  ingestMaxEvents: number;
+  maxRequestBodyBytes: number;
+}
+
+export interface AdminConfig {
+  /** False only when the file says admin_auth: false. */
+  auth: boolean;
+  username?: string;
+  password?: string;
+  token?: string;
+  readOnly: boolean;
 }
 
 export const DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test";
@@ -221,6 +300,19 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
     );
   }
 
+  if ((s.admin_username === undefined) !== (s.admin_password === undefined)) {
+    throw new ConfigError(
+      "spend_buffer_settings.admin_username and admin_password must be set together",
+    );
+  }
+  const modelPrices = new Map<string, ModelPrice>();
+  for (const [model, p] of Object.entries(s.model_prices)) {
+    modelPrices.set(model, {
+      inputPicoPerToken: usdStringToPico(p.input_cost_per_token),
+      outputPicoPerToken: usdStringToPico(p.output_cost_per_token),
+    });
+  }
+
   return {
     useRedisBuffer: g.use_redis_transaction_buffer,
     databaseUrl: env.DATABASE_URL || g.database_url || DEFAULT_DATABASE_URL,
@@ -247,6 +339,22 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       maxAgeMs: s.max_event_age_hours * 3_600_000,
     },
     metricsPort: s.metrics_port,
+    ...(g.master_key !== undefined ? { masterKey: g.master_key } : {}),
+    gateway: {
+      port: s.gateway_port,
+      modelPrices,
+      keyCacheTtlMs: s.key_cache_ttl_seconds * 1000,
+      keyCacheMaxEntries: s.key_cache_max_entries,
+      ingestMaxEvents: s.ingest_max_events,
+      maxRequestBodyBytes: s.max_request_body_bytes,
+    },
+    admin: {
+      auth: s.admin_auth,
+      ...(s.admin_username !== undefined ? { username: s.admin_username } : {}),
+      ...(s.admin_password !== undefined ? { password: s.admin_password } : {}),
+      ...(s.admin_token !== undefined ? { token: s.admin_token } : {}),
+      readOnly: s.bull_board_read_only,
+    },
   };
 }
 

@@ -1,0 +1,275 @@
+import { Command, Option } from "commander";
+import { ConfigError, loadConfig, redact, type AppConfig } from "../config/config.js";
+import { KeyInputError } from "../gateway/virtual-keys.js";
+import { createLogger } from "../observe/logger.js";
+import { StartupError } from "./errors.js";
+
+async function preflight(
+  ...args: Parameters<typeof import("./preflight.js").preflight>
+): Promise<void> {
+  const m = await import("./preflight.js");
+  await m.preflight(...args);
+}
+
+// The heavy modules (Prisma, BullMQ, express, Bull Board) are imported by the
+// subcommand that needs them: --help and a bad configuration answer at once.
+
+/** Exit codes: 0 fine, 1 failed while running, 2 bad configuration or unreachable dependency. */
+export const EXIT_BAD_CONFIG = 2;
+
+interface ConfigOption {
+  config?: string;
+}
+
+const configOption = (): Option =>
+  new Option(
+    "-c, --config <path>",
+    "proxy_config.yaml to read (default: $SPEND_CONFIG, else none)",
+  );
+
+function readConfig(opts: ConfigOption): AppConfig {
+  const path = opts.config ?? (process.env.SPEND_CONFIG || undefined);
+  return loadConfig(path);
+}
+
+function portOption(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65_535) throw new Error(`not a port: ${v}`);
+  return n;
+}
+
+/** Runs an action; a bad configuration or an unreachable dependency exits 2 with one line. */
+function action<A extends unknown[]>(
+  fn: (...args: A) => Promise<void>,
+): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      if (
+        err instanceof ConfigError ||
+        err instanceof StartupError ||
+        err instanceof KeyInputError
+      ) {
+        process.stderr.write(`error: ${err.message}\n`);
+        process.exit(EXIT_BAD_CONFIG);
+      }
+      process.stderr.write(`error: ${(err as Error).message}\n`);
+      process.exit(1);
+    }
+  };
+}
+
+/** Stops `close` on SIGTERM/SIGINT, then exits: 0 when it drained, 1 when it could not. */
+function onSignals(name: string, close: () => Promise<void>): void {
+  const log = createLogger(name);
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, "stopping: draining");
+    close().then(
+      () => {
+        log.info("stopped");
+        process.exit(0);
+      },
+      (err: unknown) => {
+        log.error({ err: (err as Error).message }, "stopped without draining everything");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
+
+/** The whole CLI, without side effects until parsed: tests and docker-compose.yml check it. */
+export function buildProgram(): Command {
+  const program = new Command("haimaker-spend")
+    .description(
+      "Exact spend accounting for LLM gateways: gateway, flush worker, migrations, keys and status.",
+    )
+    .showHelpAfterError()
+    .configureHelp({ sortSubcommands: false });
+
+  program
+    .command("gateway")
+    .description(
+      "Start a gateway: OpenAI-compatible /v1/chat/completions (mock model), POST /spend/events, POST /key/generate, /health/*, /metrics",
+    )
+    .addOption(configOption())
+    .option(
+      "-p, --port <port>",
+      "HTTP port (default: spend_buffer_settings.gateway_port, 4000)",
+      portOption,
+    )
+    .option("--host <host>", "address to listen on", "0.0.0.0")
+    .action(
+      action(async (opts: ConfigOption & { port?: number; host: string }) => {
+        const config = readConfig(opts);
+        await preflight(config, { redis: config.useRedisBuffer, postgres: true, schema: true });
+        const log = createLogger("gateway");
+        if (config.gateway.modelPrices.size === 0)
+          log.warn(
+            "no model prices configured (spend_buffer_settings.model_prices): every chat request will be refused",
+          );
+        if (config.masterKey === undefined)
+          log.warn(
+            "general_settings.master_key is not set: /spend/events and /key/generate are off",
+          );
+        const { startGateway } = await import("../gateway/gateway.js");
+        const gw = await startGateway(config, {
+          logger: log,
+          host: opts.host,
+          ...(opts.port !== undefined ? { port: opts.port } : {}),
+        });
+        log.info(
+          {
+            port: gw.port,
+            buffer: config.useRedisBuffer ? "redis" : "direct",
+            prefix: config.keyPrefix,
+            database: redact(config.databaseUrl),
+          },
+          "gateway listening",
+        );
+        onSignals("gateway", () => gw.close());
+      }),
+    );
+
+  program
+    .command("worker")
+    .description(
+      "Start a flush worker: drains Redis into PostgreSQL; serves /metrics, /health/* and Bull Board at /admin/queues",
+    )
+    .addOption(configOption())
+    .option(
+      "-p, --port <port>",
+      "HTTP port (default: $METRICS_PORT, else spend_buffer_settings.metrics_port)",
+      portOption,
+    )
+    .action(
+      action(async (opts: ConfigOption & { port?: number }) => {
+        const config = readConfig(opts);
+        if (!config.useRedisBuffer)
+          throw new StartupError(
+            "general_settings.use_redis_transaction_buffer is false: gateways write to PostgreSQL directly and no flush worker is needed",
+          );
+        await preflight(config, { redis: true, postgres: true, schema: true });
+        const log = createLogger("flush-worker");
+        if (
+          config.admin.auth &&
+          config.admin.username === undefined &&
+          config.admin.token === undefined &&
+          config.masterKey === undefined
+        )
+          log.warn("Bull Board is locked: no admin credentials configured");
+        const { startWorkerService } = await import("../serve/worker-service.js");
+        const svc = await startWorkerService(config, {
+          logger: log,
+          ...(opts.port !== undefined ? { port: opts.port } : {}),
+        });
+        log.info(
+          { port: svc.port, prefix: config.keyPrefix, everyMs: config.worker.flushEveryMs },
+          "flush worker running",
+        );
+        onSignals("flush-worker", () => svc.close());
+      }),
+    );
+
+  program
+    .command("migrate")
+    .description("Apply pending database migrations (creates the database if it does not exist)")
+    .addOption(configOption())
+    .action(
+      action(async (opts: ConfigOption) => {
+        const config = readConfig(opts);
+        await preflight(config, { postgres: true, allowMissingDatabase: true });
+        const { migrate } = await import("../persist/migrate.js");
+        const { applied } = await migrate({
+          databaseUrl: config.databaseUrl,
+          log: (m) => process.stderr.write(`${m}\n`),
+        });
+        process.stdout.write(
+          applied.length === 0
+            ? "No pending migrations to apply.\n"
+            : `Applied ${applied.length} migration(s): ${applied.join(", ")}\n`,
+        );
+        process.exit(0);
+      }),
+    );
+
+  const key = program.command("key").description("Manage virtual keys");
+  key
+    .command("create")
+    .description(
+      "Create a virtual key for a user, team and/or organization; prints the key once (only its SHA-256 is stored)",
+    )
+    .addOption(configOption())
+    .option("--user <id>", "user id (LiteLLM_UserTable, created if new)")
+    .option("--team <id>", "team id (LiteLLM_TeamTable, created if new)")
+    .option("--org <id>", "organization id (LiteLLM_OrganizationTable, created if new)")
+    .option("--alias <alias>", "key alias")
+    .action(
+      action(
+        async (
+          opts: ConfigOption & { user?: string; team?: string; org?: string; alias?: string },
+        ) => {
+          const config = readConfig(opts);
+          if (opts.user === undefined && opts.team === undefined && opts.org === undefined)
+            throw new KeyInputError("give at least one of --user, --team, --org");
+          await preflight(config, { postgres: true, schema: true });
+          const { createDb } = await import("../persist/prisma.js");
+          const { createKey, keyResponse } = await import("../gateway/virtual-keys.js");
+          const db = createDb(config.databaseUrl, { max: 1 });
+          try {
+            const k = await createKey(db, {
+              ...(opts.user !== undefined ? { userId: opts.user } : {}),
+              ...(opts.team !== undefined ? { teamId: opts.team } : {}),
+              ...(opts.org !== undefined ? { organizationId: opts.org } : {}),
+              ...(opts.alias !== undefined ? { keyAlias: opts.alias } : {}),
+            });
+            process.stdout.write(`${JSON.stringify(keyResponse(k), null, 2)}\n`);
+          } finally {
+            await db.$disconnect();
+          }
+          process.exit(0);
+        },
+      ),
+    );
+
+  program
+    .command("status")
+    .description(
+      "Show queue depths by state, the flush lock holder and its lease, the last successful flush and the backlog's age",
+    )
+    .addOption(configOption())
+    .option("--json", "print JSON instead of text")
+    .action(
+      action(async (opts: ConfigOption & { json?: boolean }) => {
+        const config = readConfig(opts);
+        await preflight(config, { redis: true, postgres: true, schema: true });
+        const { collectStatus, formatStatus } = await import("./status.js");
+        const s = await collectStatus(config);
+        process.stdout.write(
+          opts.json === true ? `${JSON.stringify(s, null, 2)}\n` : formatStatus(s),
+        );
+        process.exit(0);
+      }),
+    );
+
+  return program;
+}
+
+/** Subcommand paths the CLI has, e.g. "gateway", "key create". */
+export function subcommands(program: Command = buildProgram()): string[] {
+  const out: string[] = [];
+  const walk = (c: Command, prefix: string[]): void => {
+    for (const sub of c.commands) {
+      const path = [...prefix, sub.name()];
+      if (sub.commands.length > 0) walk(sub, path);
+      else out.push(path.join(" "));
+    }
+  };
+  walk(program, []);
+  return out;
+}

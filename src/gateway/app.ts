@@ -1,0 +1,360 @@
+import { randomUUID } from "node:crypto";
+import express, {
+  type ErrorRequestHandler,
+  type Express,
+  type Request,
+  type Response,
+} from "express";
+import { Counter } from "prom-client";
+import type { AppConfig } from "../config/config.js";
+import type { Logger } from "../observe/logger.js";
+import type { SpendMetrics } from "../observe/metrics.js";
+import { BufferFullError, type SpendProducer } from "../produce/producer.js";
+import { SpendEventError, type SpendEvent } from "../produce/spend-event.js";
+import type { Db } from "../persist/prisma.js";
+import { bearerToken, secretEquals } from "../serve/admin-auth.js";
+import { createApp } from "../serve/http.js";
+import { readinessHandler, type Check } from "../serve/readiness.js";
+import { runMockModel, type ChatMessage } from "./mock-model.js";
+import { PriceTable } from "./pricing.js";
+import {
+  createKey,
+  KeyInputError,
+  keyResponse,
+  type KeyCache,
+  type KeyInfo,
+} from "./virtual-keys.js";
+
+export interface GatewayDeps {
+  config: AppConfig;
+  producer: SpendProducer;
+  keys: KeyCache;
+  db: Db;
+  metrics: SpendMetrics;
+  logger: Logger;
+  /** Dependencies /health/readiness checks (PostgreSQL always, Redis with the buffer on). */
+  checks: Record<string, Check>;
+  /** True once shutdown began: readiness answers 503. */
+  draining: () => boolean;
+}
+
+export const CHAT_ENDPOINT = "/v1/chat/completions";
+export const MOCK_PROVIDER = "mock";
+
+/** An error in the OpenAI shape every OpenAI client can read. */
+function sendError(res: Response, status: number, type: string, message: string): void {
+  res.status(status).json({ error: { message, type, param: null, code: String(status) } });
+}
+
+class BadRequest extends Error {}
+
+function str(v: unknown, name: string, opts: { optional?: boolean } = {}): string | undefined {
+  if (v === undefined || v === null) {
+    if (opts.optional === true) return undefined;
+    throw new BadRequest(`${name} is required`);
+  }
+  if (typeof v !== "string") throw new BadRequest(`${name} must be a string`);
+  return v;
+}
+
+/** OpenAI message content: a string, or an array of parts of which text parts count. */
+function contentText(v: unknown, i: number): string {
+  if (typeof v === "string") return v;
+  if (v === null || v === undefined) return "";
+  if (Array.isArray(v)) {
+    const parts: string[] = [];
+    for (const p of v as unknown[]) {
+      if (typeof p === "object" && p !== null && (p as { type?: unknown }).type === "text") {
+        const text = (p as { text?: unknown }).text;
+        if (typeof text !== "string")
+          throw new BadRequest(`messages[${i}].content: a text part needs a string "text"`);
+        parts.push(text);
+      }
+    }
+    return parts.join(" ");
+  }
+  throw new BadRequest(`messages[${i}].content must be a string or an array of parts`);
+}
+
+interface ChatRequest {
+  model: string;
+  messages: ChatMessage[];
+  user?: string;
+  tags?: string[];
+  maxTokens?: number;
+}
+
+function parseChatRequest(body: unknown): ChatRequest {
+  if (typeof body !== "object" || body === null || Array.isArray(body))
+    throw new BadRequest("the body must be a JSON object");
+  const b = body as Record<string, unknown>;
+  const model = str(b.model, "model") ?? "";
+  if (model === "") throw new BadRequest("model must not be empty");
+  if (!Array.isArray(b.messages) || b.messages.length === 0)
+    throw new BadRequest("messages must be a non-empty array");
+  const messages = (b.messages as unknown[]).map((m, i): ChatMessage => {
+    if (typeof m !== "object" || m === null)
+      throw new BadRequest(`messages[${i}] must be an object`);
+    const role = str((m as { role?: unknown }).role, `messages[${i}].role`) ?? "";
+    return { role, content: contentText((m as { content?: unknown }).content, i) };
+  });
+  if (b.stream === true)
+    throw new BadRequest("stream: true is not supported by the built-in mock model");
+  const user = str(b.user, "user", { optional: true });
+  let tags: string[] | undefined;
+  if (b.metadata !== undefined && b.metadata !== null) {
+    if (typeof b.metadata !== "object" || Array.isArray(b.metadata))
+      throw new BadRequest("metadata must be an object");
+    const t = (b.metadata as { tags?: unknown }).tags;
+    if (t !== undefined && t !== null) {
+      if (!Array.isArray(t) || !t.every((x) => typeof x === "string"))
+        throw new BadRequest("metadata.tags must be an array of strings");
+      tags = t;
+    }
+  }
+  let maxTokens: number | undefined;
+  const mt = b.max_tokens ?? b.max_completion_tokens;
+  if (mt !== undefined && mt !== null) {
+    if (typeof mt !== "number" || !Number.isInteger(mt) || mt < 1)
+      throw new BadRequest("max_tokens must be a positive integer");
+    maxTokens = mt;
+  }
+  return {
+    model,
+    messages,
+    ...(user !== undefined && user !== "" ? { user } : {}),
+    ...(tags !== undefined ? { tags } : {}),
+    ...(maxTokens !== undefined ? { maxTokens } : {}),
+  };
+}
+
+/**
+ * The gateway's HTTP surface: OpenAI-compatible chat completions answered by
+ * the mock model and charged to the caller's virtual key, batch ingest for
+ * gateways written in other languages, key management, health and metrics.
+ * Every request that reaches the model is recorded through the producer,
+ * successful or failed.
+ */
+export function createGatewayApp(deps: GatewayDeps): Express {
+  const { config, producer, keys, db, metrics, logger } = deps;
+  const prices = new PriceTable(config.gateway.modelPrices);
+  const app = createApp(metrics);
+  const requests = new Counter({
+    name: "gateway_requests_total",
+    help: "HTTP requests the gateway answered, by route and status code.",
+    labelNames: ["route", "status"] as const,
+    registers: [metrics.registry],
+  });
+  app.use((req, res, next) => {
+    res.on("finish", () => {
+      const route = (req.route as { path?: string } | undefined)?.path ?? "other";
+      requests.inc({ route, status: String(res.statusCode) });
+    });
+    next();
+  });
+  const json = express.json({ limit: config.gateway.maxRequestBodyBytes });
+
+  app.get("/health/readiness", readinessHandler(deps.checks, { draining: deps.draining }));
+
+  /** The caller's virtual key, or an answer already sent (401 / 503). */
+  async function authenticate(req: Request, res: Response): Promise<KeyInfo | undefined> {
+    const key = bearerToken(req) ?? headerKey(req);
+    if (key === undefined) {
+      sendError(res, 401, "auth_error", "missing API key: send Authorization: Bearer sk-...");
+      return undefined;
+    }
+    let info: KeyInfo | null;
+    try {
+      info = await keys.lookup(key);
+    } catch (err) {
+      logger.error({ err: (err as Error).message }, "virtual key lookup failed");
+      sendError(res, 503, "service_unavailable", "cannot verify the API key right now");
+      return undefined;
+    }
+    if (info === null) {
+      sendError(res, 401, "auth_error", "invalid API key");
+      return undefined;
+    }
+    return info;
+  }
+
+  function isMaster(req: Request, res: Response): boolean {
+    if (config.masterKey === undefined) {
+      sendError(
+        res,
+        401,
+        "auth_error",
+        "general_settings.master_key is not configured: admin routes are off",
+      );
+      return false;
+    }
+    const given = bearerToken(req) ?? headerKey(req);
+    if (given === undefined || !secretEquals(given, config.masterKey)) {
+      sendError(res, 401, "auth_error", "this route needs the master key");
+      return false;
+    }
+    return true;
+  }
+
+  const chat = async (req: Request, res: Response): Promise<void> => {
+    const startTime = Date.now();
+    const key = await authenticate(req, res);
+    if (key === undefined) return;
+    let chatReq: ChatRequest;
+    try {
+      chatReq = parseChatRequest(req.body);
+    } catch (err) {
+      if (err instanceof BadRequest)
+        return sendError(res, 400, "invalid_request_error", err.message);
+      throw err;
+    }
+    if (!prices.has(chatReq.model)) {
+      const known = [...config.gateway.modelPrices.keys()];
+      return sendError(
+        res,
+        400,
+        "invalid_request_error",
+        `unknown model ${JSON.stringify(chatReq.model.slice(0, 100))}: priced models are ${known.length > 0 ? known.join(", ") : "none (configure spend_buffer_settings.model_prices)"}`,
+      );
+    }
+    const result = runMockModel(chatReq.model, chatReq.messages, chatReq.maxTokens);
+    const cost = prices.cost(chatReq.model, result.promptTokens, result.completionTokens);
+    const event: SpendEvent = {
+      spend: cost.usd,
+      apiKey: key.token,
+      ...(key.userId !== undefined ? { userId: key.userId } : {}),
+      ...(key.teamId !== undefined ? { teamId: key.teamId } : {}),
+      ...(key.organizationId !== undefined ? { organizationId: key.organizationId } : {}),
+      ...(chatReq.user !== undefined ? { endUserId: chatReq.user } : {}),
+      ...(chatReq.tags !== undefined ? { tags: chatReq.tags } : {}),
+      model: chatReq.model,
+      modelGroup: chatReq.model,
+      provider: MOCK_PROVIDER,
+      endpoint: CHAT_ENDPOINT,
+      promptTokens: result.promptTokens,
+      completionTokens: result.completionTokens,
+      success: result.ok,
+      startTime,
+    };
+    try {
+      producer.record(event);
+    } catch (err) {
+      if (err instanceof SpendEventError)
+        return sendError(
+          res,
+          400,
+          "invalid_request_error",
+          `cannot account this request: ${err.message}`,
+        );
+      if (err instanceof BufferFullError)
+        return sendError(res, 503, "service_unavailable", "spend buffer full: retry later");
+      throw err;
+    }
+    res.set("x-litellm-response-cost", cost.usd);
+    if (!result.ok) {
+      return sendError(res, 500, "api_error", `mock model ${chatReq.model} failed (by design)`);
+    }
+    const finish =
+      chatReq.maxTokens !== undefined && result.completionTokens >= chatReq.maxTokens
+        ? "length"
+        : "stop";
+    res.json({
+      id: `chatcmpl-${randomUUID()}`,
+      object: "chat.completion",
+      created: Math.floor(startTime / 1000),
+      model: chatReq.model,
+      choices: [
+        { index: 0, message: { role: "assistant", content: result.text }, finish_reason: finish },
+      ],
+      usage: {
+        prompt_tokens: result.promptTokens,
+        completion_tokens: result.completionTokens,
+        total_tokens: result.promptTokens + result.completionTokens,
+      },
+    });
+  };
+  app.post(CHAT_ENDPOINT, json, chat);
+  app.post("/chat/completions", json, chat);
+
+  app.post("/spend/events", json, (req, res) => {
+    if (!isMaster(req, res)) return;
+    const body = req.body as { events?: unknown } | undefined;
+    if (typeof body !== "object" || body === null || !Array.isArray(body.events))
+      return sendError(res, 400, "invalid_request_error", 'the body must be { "events": [...] }');
+    const events = body.events as unknown[];
+    if (events.length > config.gateway.ingestMaxEvents)
+      return sendError(
+        res,
+        413,
+        "request_too_large",
+        `${events.length} events in one batch: at most ${config.gateway.ingestMaxEvents} (spend_buffer_settings.ingest_max_events)`,
+      );
+    let accepted = 0;
+    const rejected: { index: number; reason: string; field?: string; message: string }[] = [];
+    events.forEach((e, index) => {
+      try {
+        producer.record(e as SpendEvent);
+        accepted++;
+      } catch (err) {
+        if (err instanceof SpendEventError)
+          rejected.push({ index, reason: err.reason, field: err.field, message: err.message });
+        else if (err instanceof BufferFullError)
+          rejected.push({ index, reason: "buffer_full", message: err.message });
+        else throw err;
+      }
+    });
+    res.json({ accepted, rejected });
+  });
+
+  app.post("/key/generate", json, async (req, res) => {
+    if (!isMaster(req, res)) return;
+    const b = (req.body ?? {}) as Record<string, unknown>;
+    try {
+      const input = {
+        userId: str(b.user_id, "user_id", { optional: true }),
+        teamId: str(b.team_id, "team_id", { optional: true }),
+        organizationId: str(b.organization_id, "organization_id", { optional: true }),
+        keyAlias: str(b.key_alias, "key_alias", { optional: true }),
+      };
+      const k = await createKey(db, {
+        ...(input.userId !== undefined ? { userId: input.userId } : {}),
+        ...(input.teamId !== undefined ? { teamId: input.teamId } : {}),
+        ...(input.organizationId !== undefined ? { organizationId: input.organizationId } : {}),
+        ...(input.keyAlias !== undefined ? { keyAlias: input.keyAlias } : {}),
+      });
+      logger.info({ keyAlias: k.keyAlias, userId: k.userId, teamId: k.teamId }, "key created");
+      res.json(keyResponse(k));
+    } catch (err) {
+      if (err instanceof BadRequest || err instanceof KeyInputError)
+        return sendError(res, 400, "invalid_request_error", err.message);
+      throw err;
+    }
+  });
+
+  app.use((_req, res) => sendError(res, 404, "not_found", "no such route"));
+  // express tells an error handler by its four parameters.
+  const onError: ErrorRequestHandler = (err: unknown, _req, res, _next) => {
+    const e = err as { type?: string; status?: number; message?: string };
+    if (e.type === "entity.too.large")
+      return sendError(
+        res,
+        413,
+        "request_too_large",
+        `body larger than ${config.gateway.maxRequestBodyBytes} bytes (spend_buffer_settings.max_request_body_bytes)`,
+      );
+    if (e.type === "entity.parse.failed")
+      return sendError(res, 400, "invalid_request_error", "the body is not valid JSON");
+    if (typeof e.status === "number" && e.status >= 400 && e.status < 500)
+      return sendError(res, e.status, "invalid_request_error", e.message ?? "bad request");
+    logger.error({ err: e.message }, "request failed");
+    sendError(res, 500, "internal_error", "internal error");
+  };
+  app.use(onError);
+  return app;
+}
+
+/** LiteLLM also reads the key from x-litellm-api-key / api-key. */
+function headerKey(req: Request): string | undefined {
+  const h = req.headers["x-litellm-api-key"] ?? req.headers["api-key"];
+  return typeof h === "string" && h !== "" ? h : undefined;
+}

@@ -1,0 +1,116 @@
+import type { Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Redis } from "ioredis";
+import type { AppConfig } from "../config/config.js";
+import { silentLogger, type Logger } from "../observe/logger.js";
+import { SpendMetrics } from "../observe/metrics.js";
+import { SpendProducer } from "../produce/producer.js";
+import type { SpendSink } from "../produce/spend-sink.js";
+import { DirectSink } from "../persist/direct-sink.js";
+import { createDb } from "../persist/prisma.js";
+import { createRedis } from "../queue/connection.js";
+import { redisKeys } from "../queue/keys.js";
+import { QueueSink } from "../queue/queue-sink.js";
+import { openSpendQueues } from "../queue/spend-queues.js";
+import { listen } from "../serve/http.js";
+import { postgresCheck, redisCheck, type Check } from "../serve/readiness.js";
+import { createGatewayApp } from "./app.js";
+import { KeyCache } from "./virtual-keys.js";
+
+export interface GatewayOptions {
+  /** Default: spend_buffer_settings.gateway_port. 0 picks a free port. */
+  port?: number;
+  host?: string;
+  logger?: Logger;
+  metrics?: SpendMetrics;
+  /** Longest shutdown waits for requests in flight before closing their connections. Default 10 s. */
+  drainRequestsMs?: number;
+}
+
+export interface GatewayService {
+  readonly port: number;
+  readonly server: Server;
+  readonly producer: SpendProducer;
+  readonly keys: KeyCache;
+  /** Stops accepting, finishes requests in flight, drains the producer, disconnects. */
+  close(): Promise<void>;
+}
+
+/**
+ * The gateway process ("proxy instance"): the HTTP app, a SpendProducer with
+ * a QueueSink (buffer on) or a DirectSink (buffer off), the key cache, and an
+ * orderly shutdown.
+ */
+export async function startGateway(
+  config: AppConfig,
+  opts: GatewayOptions = {},
+): Promise<GatewayService> {
+  const logger = opts.logger ?? silentLogger;
+  const metrics = opts.metrics ?? new SpendMetrics();
+  const db = createDb(config.databaseUrl, { max: 5 });
+  let redis: Redis | undefined;
+  let sink: SpendSink;
+  if (config.useRedisBuffer) {
+    redis = createRedis(config.redis, "producer");
+    sink = new QueueSink(openSpendQueues(redis, redisKeys(config.keyPrefix)));
+  } else {
+    sink = new DirectSink(db, { transactionTimeoutMs: config.worker.transactionTimeoutMs });
+  }
+  const producer = new SpendProducer({
+    sink,
+    flushIntervalMs: config.producer.flushIntervalMs,
+    flushJitterMs: config.producer.flushJitterMs,
+    maxBufferedRows: config.producer.maxBufferedRows,
+    maxRowsPerJob: config.producer.maxRowsPerJob,
+    limits: config.limits,
+    metrics,
+    logger,
+  });
+  const keys = new KeyCache(db, config.gateway.keyCacheTtlMs, config.gateway.keyCacheMaxEntries);
+  const checks: Record<string, Check> = { postgres: postgresCheck(db) };
+  if (redis !== undefined) checks.redis = redisCheck(redis);
+  let draining = false;
+  const app = createGatewayApp({
+    config,
+    producer,
+    keys,
+    db,
+    metrics,
+    logger,
+    checks,
+    draining: () => draining,
+  });
+  const server = await listen(app, opts.port ?? config.gateway.port, opts.host ?? "0.0.0.0");
+  const port = (server.address() as AddressInfo).port;
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      draining = true;
+      // Stop accepting; keep-alive connections with no request in flight go now.
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const drainMs = opts.drainRequestsMs ?? 10_000;
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        closed,
+        new Promise<void>((resolve) => {
+          timer = setTimeout(() => {
+            server.closeAllConnections();
+            resolve();
+          }, drainMs);
+        }),
+      ]);
+      clearTimeout(timer);
+      try {
+        // Every request that was answered has been recorded: deliver it all.
+        await producer.close();
+      } finally {
+        redis?.disconnect();
+        await db.$disconnect();
+      }
+    })();
+    return closing;
+  };
+  return { port, server, producer, keys, close };
+}

@@ -1,0 +1,355 @@
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import pg from "pg";
+import { subcommands } from "../src/cli/program.js";
+import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "./support/redis.js";
+import { waitFor } from "./support/wait.js";
+
+/** The operators' CLI, run as operators run it: the bin shim, in its own process. */
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const BIN = join(ROOT, "src/cli/bin.js");
+const redisUrl = new URL(TEST_REDIS_URL);
+
+/** The environment without the variables that would override a config file. */
+function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    LOG_LEVEL: "info",
+    CLI_MASTER_KEY: "sk-cli-master-key",
+    ...extra,
+  };
+  delete env.REDIS_URL;
+  delete env.DATABASE_URL;
+  delete env.SPEND_CONFIG;
+  delete env.METRICS_PORT;
+  return env;
+}
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI without blocking, so independent runs overlap (each is mostly Node's start-up). */
+function runAsync(args: string[], env: Record<string, string> = {}): Promise<Result> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      cwd: ROOT,
+      env: cleanEnv(env),
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** At most `limit` at a time, results in order. */
+async function pool<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (t: T) => Promise<R>,
+): Promise<R[]> {
+  const out: R[] = new Array<R>(items.length);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: limit }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        out[i] = await fn(items[i] as T);
+      }
+    }),
+  );
+  return out;
+}
+
+function run(
+  args: string[],
+  env: Record<string, string> = {},
+): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args], {
+    cwd: ROOT,
+    env: cleanEnv(env),
+    encoding: "utf8",
+    timeout: 60_000,
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const dir = mkdtempSync(join(tmpdir(), "spend-cli-"));
+let n = 0;
+function configFile(yaml: string): string {
+  const p = join(dir, `config-${n++}.yaml`);
+  writeFileSync(p, yaml);
+  return p;
+}
+
+function goodConfig(prefix: string, databaseUrl: string): string {
+  return configFile(`
+general_settings:
+  use_redis_transaction_buffer: true
+  proxy_batch_write_at: 3600
+  database_url: ${databaseUrl}
+  master_key: os.environ/CLI_MASTER_KEY
+litellm_settings:
+  cache: true
+  cache_params:
+    type: redis
+    host: ${redisUrl.hostname}
+    port: ${redisUrl.port || "6379"}
+spend_buffer_settings:
+  key_prefix: ${prefix}
+  flush_jitter_seconds: 0
+  model_prices:
+    mock-small: { input_cost_per_token: "0.0000025", output_cost_per_token: "0.00001" }
+`);
+}
+
+describe("haimaker-spend CLI", () => {
+  let t: TestDatabase;
+  const prefix = uniquePrefix("cli");
+  let config: string;
+  before(async () => {
+    t = await createTestDatabase("cli");
+    config = goodConfig(prefix, t.url);
+  });
+  after(async () => {
+    await cleanRedis(prefix);
+    await t.drop();
+  });
+
+  it("has the operators' subcommands, each with --help naming --config", async () => {
+    assert.deepEqual(subcommands(), ["gateway", "worker", "migrate", "key create", "status"]);
+    const [root, ...subs] = await pool([[], ...subcommands().map((c) => c.split(" "))], 3, (args) =>
+      runAsync([...args, "--help"]),
+    );
+    assert.equal(root?.code, 0);
+    assert.match(root?.stdout ?? "", /Usage: haimaker-spend/);
+    subcommands().forEach((sub, i) => {
+      const r = subs[i];
+      assert.equal(r?.code, 0, `${sub} --help: ${r?.stderr ?? ""}`);
+      assert.match(r?.stdout ?? "", new RegExp(`Usage: haimaker-spend ${sub} `), sub);
+      assert.match(r?.stdout ?? "", /--config <path>/, sub);
+    });
+  });
+
+  it("runs through npx as the package's bin", () => {
+    const r = spawnSync("npx", ["--no-install", "haimaker-spend", "status", "--help"], {
+      cwd: ROOT,
+      env: cleanEnv(),
+      encoding: "utf8",
+      timeout: 60_000,
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /Usage: haimaker-spend status/);
+  });
+
+  it("fails fast with exit 2 and a specific message on bad configuration", async () => {
+    const cases: [string, string[], string, RegExp][] = [
+      [
+        "unknown key",
+        ["gateway", "worker", "status", "key create --user u", "migrate"],
+        "general_settings:\n  bogus_key: 1\n",
+        /general_settings: Unrecognized key: "bogus_key"/,
+      ],
+      [
+        "wrong type",
+        ["gateway", "status"],
+        "spend_buffer_settings:\n  gateway_port: four thousand\n",
+        /spend_buffer_settings\.gateway_port: .*expected number/,
+      ],
+      [
+        "float price",
+        ["gateway"],
+        'spend_buffer_settings:\n  model_prices:\n    m: { input_cost_per_token: 0.0000025, output_cost_per_token: "0.00001" }\n',
+        /model_prices\.m\.input_cost_per_token: must be a quoted decimal string/,
+      ],
+      [
+        "buffer without Redis",
+        ["gateway", "worker"],
+        "general_settings:\n  use_redis_transaction_buffer: true\n",
+        /use_redis_transaction_buffer is true but no Redis is configured/,
+      ],
+      [
+        "missing secret",
+        ["gateway"],
+        "general_settings:\n  master_key: os.environ/CLI_NOT_SET_ANYWHERE\n",
+        /general_settings\.master_key: environment variable CLI_NOT_SET_ANYWHERE is not set/,
+      ],
+      [
+        "Redis unreachable",
+        ["gateway", "worker", "status"],
+        `general_settings:\n  use_redis_transaction_buffer: true\n  database_url: ${t.url}\nlitellm_settings:\n  cache_params: { type: redis, host: 127.0.0.1, port: 1 }\n`,
+        /Redis at 127\.0\.0\.1:1\/0 is unreachable: .*ECONNREFUSED/,
+      ],
+      [
+        "PostgreSQL unreachable",
+        ["gateway", "key create --user u", "migrate"],
+        "general_settings:\n  database_url: postgresql://postgres@127.0.0.1:1/nope\n",
+        /PostgreSQL at postgresql:\/\/\*\*\*@127\.0\.0\.1:1\/nope is unreachable: .*ECONNREFUSED/,
+      ],
+      [
+        "worker with the buffer off",
+        ["worker"],
+        `general_settings:\n  database_url: ${t.url}\n`,
+        /no flush worker is needed/,
+      ],
+    ];
+    const runs = cases.flatMap(([what, commands, yaml, message]) => {
+      const path = configFile(yaml);
+      return commands.map((cmd) => ({ what, cmd, path, message }));
+    });
+    const results = await pool(runs, 2, async ({ cmd, path }) => {
+      const started = Date.now();
+      const r = await runAsync([...cmd.split(" "), "--config", path]);
+      return { ...r, ms: Date.now() - started };
+    });
+    runs.forEach(({ what, cmd, message }, i) => {
+      const r = results[i];
+      assert.ok(r !== undefined);
+      assert.equal(r.code, 2, `${what}, ${cmd}: exit ${r.code}\n${r.stderr}`);
+      assert.match(r.stderr, message, `${what}, ${cmd}`);
+      assert.ok(r.ms < 20_000, `${what}, ${cmd}: fails fast (${r.ms} ms)`);
+    });
+    const missing = run(["status", "--config", join(dir, "absent.yaml")]);
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /cannot read config file/);
+    const noOwner = run(["key", "create", "--config", config]);
+    assert.equal(noOwner.code, 2);
+    assert.match(noOwner.stderr, /at least one of --user, --team, --org/);
+  });
+
+  it("migrate creates and migrates a new database, and is idempotent", async () => {
+    const u = new URL(t.url);
+    const name = `${t.name}_m`;
+    u.pathname = `/${name}`;
+    const path = configFile(`general_settings:\n  database_url: ${u.toString()}\n`);
+    try {
+      const first = run(["migrate", "--config", path]);
+      assert.equal(first.code, 0, first.stderr);
+      assert.match(first.stdout, /Applied 1 migration/);
+      const again = run(["migrate", "--config", path]);
+      assert.equal(again.code, 0, again.stderr);
+      assert.match(again.stdout, /No pending migrations/);
+    } finally {
+      const admin = new pg.Client({ connectionString: t.url });
+      await admin.connect();
+      await admin.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+      await admin.end();
+    }
+  });
+
+  it("key create makes a key the gateway accepts; SIGTERM drains; status shows the queued spend", async () => {
+    const created = run([
+      "key",
+      "create",
+      "--config",
+      config,
+      "--user",
+      "dana",
+      "--team",
+      "ops",
+      "--org",
+      "acme",
+      "--alias",
+      "cli-key",
+    ]);
+    assert.equal(created.code, 0, created.stderr);
+    const key = JSON.parse(created.stdout) as {
+      key: string;
+      token: string;
+      user_id: string;
+      key_alias: string;
+    };
+    assert.match(key.key, /^sk-/);
+    assert.equal(key.user_id, "dana");
+    assert.equal(key.key_alias, "cli-key");
+    assert.ok(!created.stderr.includes(key.key), "the key is printed once, on stdout");
+    const stored = await t.db.verificationToken.findUnique({ where: { token: key.token } });
+    assert.equal(stored?.teamId, "ops");
+
+    const child = spawn(
+      process.execPath,
+      [BIN, "gateway", "--config", config, "--port", "0", "--host", "127.0.0.1"],
+      {
+        cwd: ROOT,
+        env: cleanEnv({ CLI_MASTER_KEY: "sk-cli-master-key" }),
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) =>
+      child.on("exit", (code) => resolve(code)),
+    );
+    try {
+      let port = 0;
+      await waitFor(
+        "the gateway to listen",
+        () => {
+          const m = /"port":(\d+)[^\n]*"msg":"gateway listening"/.exec(out);
+          port = Number(m?.[1] ?? 0);
+          return port > 0;
+        },
+        30_000,
+      );
+      const chat = (k: string): Promise<Response> =>
+        fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json", authorization: `Bearer ${k}` },
+          body: JSON.stringify({
+            model: "mock-small",
+            messages: [{ role: "user", content: "hello from the cli" }],
+          }),
+        });
+      const ok = await chat(key.key);
+      assert.equal(ok.status, 200, await ok.clone().text());
+      assert.equal((await chat(`${key.key}x`)).status, 401);
+      assert.ok(!out.includes(key.key), "the plaintext key never reaches the logs");
+      assert.ok(!out.includes("sk-cli-master-key"), "nor does the master key");
+    } finally {
+      child.kill("SIGTERM");
+    }
+    assert.equal(await exited, 0, out);
+    assert.match(out, /"msg":"stopped"/);
+
+    const status = run(["status", "--config", config]);
+    assert.equal(status.code, 0, status.stderr);
+    assert.match(status.stdout, /entity +\{spend-update\} +wait 1 +active 0/);
+    assert.match(status.stdout, /daily +\{daily-spend-update\} +wait 1 +active 0/);
+    assert.match(status.stdout, /flush +\{spend-flush\} +wait 0/);
+    assert.match(status.stdout, /backlog: 2 jobs waiting, oldest \d+\.\d s old/);
+    assert.match(status.stdout, /flush lock: free/);
+    assert.match(status.stdout, /last successful flush: never/);
+    const json = run(["status", "--config", config, "--json"]);
+    assert.equal(json.code, 0);
+    const s = JSON.parse(json.stdout) as {
+      backlog: { jobs: number };
+      queues: { role: string; counts: { wait: number } }[];
+    };
+    assert.equal(s.backlog.jobs, 2);
+    assert.deepEqual(
+      s.queues.map((q) => [q.role, q.counts.wait]),
+      [
+        ["entity", 1],
+        ["daily", 1],
+        ["flush", 0],
+      ],
+    );
+  });
+});
