@@ -62,7 +62,8 @@ export function spawnTs(file: string, env: Record<string, string>): Spawned {
     stdout: string;
     stderr: string;
   }>((resolve) => {
-    child.on("exit", (code, signal) => {
+    // "close", not "exit": exit can come before the last of stdout has been read.
+    child.on("close", (code, signal) => {
       exited = true;
       for (const w of waiters) w();
       resolve({ code, signal, stdout, stderr });
