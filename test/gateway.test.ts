@@ -11,6 +11,9 @@ import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { Harness } from "./support/harness.js";
 import { Ledger, type Totals } from "./support/ledger.js";
 import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "./support/redis.js";
+import { waitFor } from "./support/wait.js";
+import { Redis } from "ioredis";
+import { redisKeys } from "../src/queue/keys.js";
 
 /**
  * The gateway over real HTTP, against real Redis and PostgreSQL: several
@@ -306,6 +309,7 @@ describe("gateway service (HTTP, virtual keys, mock model, spend)", () => {
     assert.deepEqual(((await ready.json()) as { checks: unknown }).checks, {
       postgres: "ok",
       redis: "ok",
+      partitions: "ok",
     });
     assert.equal((await fetch(`${base}/health/liveliness`)).status, 200);
     const metrics = await (await fetch(`${base}/metrics`)).text();
@@ -345,6 +349,92 @@ describe("gateway readiness", () => {
       assert.equal((await fetch(`http://127.0.0.1:${gw.port}/health/liveliness`)).status, 200);
     } finally {
       await gw.close();
+      await t.drop();
+    }
+  });
+});
+
+describe("gateway partitions and live spend", () => {
+  it("refuses readiness when its partition count disagrees with the one Redis records", async () => {
+    const t = await createTestDatabase("gateway_parts");
+    const prefix = uniquePrefix("gwparts");
+    const redis = new Redis(TEST_REDIS_URL);
+    // Workers run 3 partitions and spend is pending under them.
+    await redis.set(redisKeys(prefix).partitionCount, "3");
+    await redis.rpush(
+      `${redisKeys(prefix, 1).bullPrefix}:${redisKeys(prefix, 1).spendQueue}:wait`,
+      "pending-job",
+    );
+    const gw = await startGateway(gatewayConfig(prefix, t.url, TEST_REDIS_URL), {
+      port: 0,
+      host: "127.0.0.1",
+    });
+    try {
+      await waitFor("the partition check", async () => {
+        const res = await fetch(`http://127.0.0.1:${gw.port}/health/readiness`);
+        return (
+          res.status === 503 &&
+          ((await res.json()) as { failed?: string[] }).failed?.includes("partitions") === true
+        );
+      });
+    } finally {
+      await gw.close();
+      await cleanRedis(prefix);
+      redis.disconnect();
+      await t.drop();
+    }
+  });
+});
+
+describe("gateway live spend", () => {
+  it("GET /spend/live counts a key's spend once: local, then in Redis, then committed", async () => {
+    const t = await createTestDatabase("gateway_live");
+    const prefix = uniquePrefix("gwlive");
+    const config = gatewayConfig(prefix, t.url);
+    const gw = await startGateway(config, { port: 0, host: "127.0.0.1" });
+    const h = new Harness(config, t.db);
+    const base = `http://127.0.0.1:${gw.port}`;
+    const live = async (id: string): Promise<Record<string, string>> => {
+      const res = await fetch(`${base}/spend/live?kind=key&id=${encodeURIComponent(id)}`, {
+        headers: { authorization: `Bearer ${MASTER}` },
+      });
+      assert.equal(res.status, 200);
+      return (await res.json()) as Record<string, string>;
+    };
+    try {
+      const key = await createKey(t.db, { userId: "live-user" });
+      const res = await fetch(`${base}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${key.key}`, "content-type": "application/json" },
+        body: JSON.stringify({
+          model: Object.keys(PRICES)[0],
+          messages: [{ role: "user", content: "one two three" }],
+        }),
+      });
+      assert.equal(res.status, 200);
+      const cost = res.headers.get("x-litellm-response-cost") ?? "";
+      const hash = hashKey(key.key);
+
+      let s = await live(hash);
+      assert.equal(s.total, cost);
+      assert.equal(s.pending_local, cost);
+      await gw.producer.flush();
+      s = await live(hash);
+      assert.equal(s.pending_redis, cost);
+      assert.equal(s.total, cost);
+      assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+      s = await live(hash);
+      assert.equal(s.committed, cost);
+      assert.equal(s.total, cost);
+      const bad = await fetch(`${base}/spend/live?kind=planet&id=x`, {
+        headers: { authorization: `Bearer ${MASTER}` },
+      });
+      assert.equal(bad.status, 400);
+      assert.equal((await fetch(`${base}/spend/live?kind=key&id=${hash}`)).status, 401);
+    } finally {
+      await h.close();
+      await gw.close();
+      await cleanRedis(prefix);
       await t.drop();
     }
   });

@@ -1,7 +1,7 @@
 import { Queue } from "bullmq";
 import pg from "pg";
 import type { AppConfig } from "../config/config.js";
-import { createRedis } from "../queue/connection.js";
+import { connectRedis } from "../queue/connection.js";
 import { redisKeys } from "../queue/keys.js";
 
 export const JOB_STATES = [
@@ -41,13 +41,15 @@ export interface SpendStatus {
 /** Reads the buffer's state from Redis and PostgreSQL, read-only. */
 export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
   const keys = redisKeys(config.keyPrefix);
-  const redis = createRedis(config.redis, "producer");
+  const redis = connectRedis(config.redis, "producer");
   const at = Date.now();
-  const queues: [QueueStatus["role"], string][] = [
-    ["entity", keys.spendQueue],
-    ["daily", keys.dailySpendQueue],
-    ["flush", keys.flushQueue],
-  ];
+  // Every flush partition's spend queues; the lock and fence shown are partition 0's.
+  const queues: [QueueStatus["role"], string][] = [];
+  for (let p = 0; p < config.partitions; p++) {
+    const k = redisKeys(config.keyPrefix, p);
+    queues.push(["entity", k.spendQueue], ["daily", k.dailySpendQueue]);
+  }
+  queues.push(["flush", keys.flushQueue]);
   const client = new pg.Client({ connectionString: config.databaseUrl });
   try {
     const qs: QueueStatus[] = [];
@@ -59,7 +61,8 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
         const counts = Object.fromEntries(
           JOB_STATES.map((s) => [s, c[s] ?? 0]),
         ) as QueueStatus["counts"];
-        const [oldest] = await q.getJobs(["wait"], 0, 0, true);
+        // BullMQ pushes new jobs at the head of wait: the oldest is at the tail.
+        const [oldest] = await q.getJobs(["wait"], -1, -1, true);
         qs.push({
           name,
           role,

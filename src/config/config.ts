@@ -60,6 +60,11 @@ const cacheParamsSchema = z
     max_connections: z.number().int().positive().optional(),
     /** LiteLLM's response-cache setting; irrelevant to the spend buffer. */
     supported_call_types: z.array(z.string()).optional(),
+    /** Redis Cluster: seed nodes as "host:port" (the rest are discovered). */
+    cluster_nodes: z
+      .array(z.string().regex(/^[^\s:]+:\d{1,5}$/, "must be host:port"))
+      .min(1)
+      .optional(),
   })
   .strict();
 
@@ -79,6 +84,9 @@ const spendBufferSchema = z
     applied_batch_retention_days: z.number().int().min(1).max(3_650).default(14),
     transaction_timeout_seconds: positiveSeconds.default(120),
     metrics_port: z.number().int().min(0).max(65_535).default(9464),
+    flush_partitions: z.number().int().min(1).max(64).default(1),
+    worker_concurrency: z.number().int().min(1).max(64).default(1),
+    log_level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).optional(),
     /** The gateway's HTTP port (chat completions, ingest, health, metrics). */
     gateway_port: z.number().int().min(0).max(65_535).default(4000),
     /** Per model: USD per input and output token, exact decimal strings. */
@@ -155,6 +163,8 @@ export interface RedisConfig {
   password?: string;
   db: number;
   tls: boolean;
+  /** Redis Cluster seed nodes; when set, host/port/db are not used. */
+  cluster?: readonly { host: string; port: number }[];
 }
 
 export interface AppConfig {
@@ -176,7 +186,13 @@ export interface AppConfig {
     maxFlushMs: number;
     appliedBatchRetentionDays: number;
     transactionTimeoutMs: number;
+    /** Flushes one replica runs at once (of different partitions). */
+    concurrency: number;
   };
+  /** Flush partitions: producers and workers must agree (recorded in Redis). */
+  partitions: number;
+  /** pino level; LOG_LEVEL wins. */
+  logLevel: string;
   limits: ValidationLimits;
   metricsPort: number;
   /** general_settings.master_key, resolved; undefined when not set. */
@@ -292,6 +308,19 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
     };
   }
 
+  const clusterNodes =
+    env.REDIS_CLUSTER_NODES !== undefined && env.REDIS_CLUSTER_NODES !== ""
+      ? env.REDIS_CLUSTER_NODES.split(",").map((n) => n.trim())
+      : cp?.cluster_nodes;
+  if (clusterNodes !== undefined) {
+    redis.cluster = clusterNodes.map((n) => {
+      const m = /^([^\s:]+):(\d{1,5})$/.exec(n);
+      if (m === null)
+        throw new ConfigError(`Redis cluster node must be host:port, got ${JSON.stringify(n)}`);
+      return { host: m[1] ?? "", port: Number(m[2]) };
+    });
+  }
+
   // The reference once accepted the buffer switch with no Redis configured and
   // then silently wrote nothing: a file that asks for the buffer must say where Redis is.
   if (g.use_redis_transaction_buffer && doc !== undefined && cp === undefined && !env.REDIS_URL) {
@@ -331,7 +360,10 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       maxFlushMs: s.max_flush_seconds * 1000,
       appliedBatchRetentionDays: s.applied_batch_retention_days,
       transactionTimeoutMs: s.transaction_timeout_seconds * 1000,
+      concurrency: s.worker_concurrency,
     },
+    partitions: s.flush_partitions,
+    logLevel: env.LOG_LEVEL || s.log_level || "info",
     limits: {
       ...DEFAULT_LIMITS,
       maxSpendUsd: s.max_spend_usd_per_event,

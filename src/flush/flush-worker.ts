@@ -100,7 +100,12 @@ export class FlushWorker {
       prefix: this.keys.bullPrefix,
     });
     this.flushQueue.on("error", () => undefined);
-    metrics.watchQueues(this.queues);
+    for (const p of this.partitions) {
+      metrics.watchQueues(
+        p.keys.partition === 0 ? { ...p.queues, flush: this.flushQueue } : p.queues,
+        p.keys.partition,
+      );
+    }
   }
 
   static async start(deps: FlushWorkerDeps): Promise<FlushWorker> {

@@ -12,6 +12,10 @@ import type { SpendMetrics } from "../observe/metrics.js";
 import { BufferFullError, type SpendProducer } from "../produce/producer.js";
 import { SpendEventError, type SpendEvent } from "../produce/spend-event.js";
 import type { Db } from "../persist/prisma.js";
+import { liveSpend } from "../persist/live-spend.js";
+import { picoToDecimal } from "../money.js";
+import { ENTITY_KINDS, type EntityKind } from "../queue/spend-batch.js";
+import type { SpendQueues } from "../queue/spend-queues.js";
 import { bearerToken, secretEquals } from "../serve/admin-auth.js";
 import { createApp } from "../serve/http.js";
 import { readinessHandler, type Check } from "../serve/readiness.js";
@@ -36,6 +40,8 @@ export interface GatewayDeps {
   checks: Record<string, Check>;
   /** True once shutdown began: readiness answers 503. */
   draining: () => boolean;
+  /** The spend queues (one set per partition), for live spend; empty with the buffer off. */
+  queues?: readonly SpendQueues[];
 }
 
 export const CHAT_ENDPOINT = "/v1/chat/completions";
@@ -329,6 +335,39 @@ export function createGatewayApp(deps: GatewayDeps): Express {
         return sendError(res, 400, "invalid_request_error", err.message);
       throw err;
     }
+  });
+
+  // Budget checks: committed spend plus what is still pending in Redis and in
+  // this process. Costs O(pending jobs' rows); see src/persist/live-spend.ts.
+  app.get("/spend/live", async (req, res) => {
+    if (!isMaster(req, res)) return;
+    const kind = typeof req.query.kind === "string" ? req.query.kind : "";
+    const id = typeof req.query.id === "string" ? req.query.id : "";
+    const id2 = typeof req.query.id2 === "string" ? req.query.id2 : undefined;
+    if (!(ENTITY_KINDS as readonly string[]).includes(kind) || id === "") {
+      return sendError(
+        res,
+        400,
+        "invalid_request_error",
+        `kind must be one of ${ENTITY_KINDS.join(", ")} and id must be given`,
+      );
+    }
+    const live = await liveSpend(
+      { db, queues: deps.queues ?? [], producer: deps.producer },
+      kind as EntityKind,
+      id,
+      id2,
+    );
+    res.json({
+      kind,
+      id,
+      ...(id2 !== undefined ? { id2 } : {}),
+      committed: picoToDecimal(live.committedPico),
+      pending_redis: picoToDecimal(live.pendingRedisPico),
+      pending_local: picoToDecimal(live.pendingLocalPico),
+      total: picoToDecimal(live.totalPico),
+      as_of: live.asOf.toISOString(),
+    });
   });
 
   app.use((_req, res) => sendError(res, 404, "not_found", "no such route"));

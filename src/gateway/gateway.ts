@@ -1,6 +1,5 @@
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import type { Redis } from "ioredis";
 import type { AppConfig } from "../config/config.js";
 import { silentLogger, type Logger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
@@ -8,10 +7,15 @@ import { SpendProducer } from "../produce/producer.js";
 import type { SpendSink } from "../produce/spend-sink.js";
 import { DirectSink } from "../persist/direct-sink.js";
 import { createDb } from "../persist/prisma.js";
-import { createRedis } from "../queue/connection.js";
-import { redisKeys } from "../queue/keys.js";
+import {
+  connectRedis,
+  openPartitionQueues,
+  waitUntilReady,
+  type RedisClient,
+} from "../queue/connection.js";
+import { ensurePartitionCount, PartitionMismatchError } from "../queue/partitions.js";
 import { QueueSink } from "../queue/queue-sink.js";
-import { openSpendQueues } from "../queue/spend-queues.js";
+import type { SpendQueues } from "../queue/spend-queues.js";
 import { listen } from "../serve/http.js";
 import { postgresCheck, redisCheck, type Check } from "../serve/readiness.js";
 import { createGatewayApp } from "./app.js";
@@ -48,13 +52,18 @@ export async function startGateway(
   const logger = opts.logger ?? silentLogger;
   const metrics = opts.metrics ?? new SpendMetrics();
   const db = createDb(config.databaseUrl, { max: 5 });
-  let redis: Redis | undefined;
+  let redis: RedisClient | undefined;
   let sink: SpendSink;
+  let queues: SpendQueues[] = [];
   if (config.useRedisBuffer) {
-    redis = createRedis(config.redis, "producer");
-    sink = new QueueSink(openSpendQueues(redis, redisKeys(config.keyPrefix)));
+    redis = connectRedis(config.redis, "producer");
+    queues = openPartitionQueues(redis, config.keyPrefix, config.partitions);
+    sink = new QueueSink(queues);
   } else {
-    sink = new DirectSink(db, { transactionTimeoutMs: config.worker.transactionTimeoutMs });
+    sink = new DirectSink(db, {
+      transactionTimeoutMs: config.worker.transactionTimeoutMs,
+      metrics,
+    });
   }
   const producer = new SpendProducer({
     sink,
@@ -65,10 +74,41 @@ export async function startGateway(
     limits: config.limits,
     metrics,
     logger,
+    partitions: config.partitions,
   });
   const keys = new KeyCache(db, config.gateway.keyCacheTtlMs, config.gateway.keyCacheMaxEntries);
   const checks: Record<string, Check> = { postgres: postgresCheck(db) };
-  if (redis !== undefined) checks.redis = redisCheck(redis);
+  if (redis !== undefined) {
+    checks.redis = redisCheck(redis);
+    // Agree with the workers on the partition count. In the background: a
+    // gateway starts (and buffers) while Redis is away; a mismatch found
+    // once Redis answers makes it unready and is logged, loudly.
+    let partitionError: string | undefined;
+    const conn = redis;
+    void (async () => {
+      for (;;) {
+        try {
+          await waitUntilReady(conn, 5_000);
+          await ensurePartitionCount(conn, config.keyPrefix, config.partitions);
+          return;
+        } catch (err) {
+          if (err instanceof PartitionMismatchError) {
+            partitionError = err.message;
+            logger.fatal(
+              { err: err.message },
+              "flush partition count mismatch: this gateway is not ready",
+            );
+            return;
+          }
+          if (conn.status === "end") return;
+          // Redis is away or the connection dropped: try again shortly, never in a tight loop.
+          await new Promise((r) => setTimeout(r, 1_000).unref());
+        }
+      }
+    })();
+    checks.partitions = () =>
+      partitionError === undefined ? Promise.resolve() : Promise.reject(new Error(partitionError));
+  }
   let draining = false;
   const app = createGatewayApp({
     config,
@@ -79,6 +119,7 @@ export async function startGateway(
     logger,
     checks,
     draining: () => draining,
+    queues,
   });
   const server = await listen(app, opts.port ?? config.gateway.port, opts.host ?? "0.0.0.0");
   const port = (server.address() as AddressInfo).port;

@@ -1,5 +1,5 @@
 import type { RequestHandler } from "express";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../queue/connection.js";
 import type { Db } from "../persist/prisma.js";
 
 /** One dependency's check: resolves when it answers, rejects otherwise. */
@@ -15,7 +15,7 @@ export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise
 }
 
 export const redisCheck =
-  (redis: Redis): Check =>
+  (redis: RedisClient): Check =>
   () =>
     redis.ping();
 

@@ -6,8 +6,7 @@ import { FlushWorker, type FlushWorkerDeps } from "../flush/flush-worker.js";
 import { silentLogger, type Logger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
 import { createDb } from "../persist/prisma.js";
-import { createRedis } from "../queue/connection.js";
-import type { SpendQueues } from "../queue/spend-queues.js";
+import { connectRedis } from "../queue/connection.js";
 import { mountBullBoard } from "./bull-board.js";
 import { createApp, listen } from "./http.js";
 import { postgresCheck, readinessHandler, redisCheck } from "./readiness.js";
@@ -41,16 +40,21 @@ export async function startWorkerService(
   const logger = opts.logger ?? silentLogger;
   const metrics = new SpendMetrics();
   const db = createDb(config.databaseUrl);
+  // One connection (single Redis or Cluster) for the worker, owned here.
+  const workerRedis = connectRedis(config.redis, "worker");
   const worker = await FlushWorker.start({
     config,
     db,
     metrics,
     logger,
+    partitions: config.partitions,
+    concurrency: config.worker.concurrency,
+    connection: workerRedis,
     ...(opts.holderId !== undefined ? { holderId: opts.holderId } : {}),
     ...(opts.onFlush !== undefined ? { onFlush: opts.onFlush } : {}),
   });
   // The board's and readiness's own connection: the worker's is busy with blocking commands.
-  const redis = createRedis(config.redis, "producer");
+  const redis = connectRedis(config.redis, "producer");
   const flushQueue = new Queue(worker.keys.flushQueue, {
     connection: redis,
     prefix: worker.keys.bullPrefix,
@@ -66,9 +70,7 @@ export async function startWorkerService(
     ),
   );
   // Every flush partition's spend queues when the worker has several (partition 0 alone otherwise).
-  const partitions = (worker as { partitions?: readonly { queues: SpendQueues }[] }).partitions ?? [
-    { queues: worker.queues },
-  ];
+  const partitions = worker.partitions;
   mountBullBoard(
     app,
     [
@@ -98,6 +100,7 @@ export async function startWorkerService(
       server.closeAllConnections();
       await worker.close();
       await flushQueue.close();
+      workerRedis.disconnect();
       redis.disconnect();
       await db.$disconnect();
       await closed;
