@@ -1,0 +1,64 @@
+/**
+ * The flush worker of the end-to-end benchmark, in its own process as it is
+ * deployed (workers/flush-worker.ts), so its CPU work never delays the
+ * parent's staleness polling. Runs FlushWorker until SIGTERM, then prints a
+ * WorkerReport.
+ */
+import { Redis } from "ioredis";
+import { FlushWorker } from "../src/flush/flush-worker.js";
+import { silentLogger } from "../src/observe/logger.js";
+import { SpendMetrics } from "../src/observe/metrics.js";
+import { createDb } from "../src/persist/prisma.js";
+import { TEST_REDIS_URL, testConfig } from "../test/support/redis.js";
+import { barrierKeys, type WorkerReport } from "./protocol.js";
+
+const prefix = process.env.PREFIX ?? "";
+const databaseUrl = process.env.DATABASE_URL ?? "";
+const config = testConfig(prefix, databaseUrl, {
+  worker_flush_every_seconds: Number(process.env.WORKER_EVERY_MS ?? "500") / 1000,
+  // A flush of a large backlog outlives the tests' 2 s lease; the lease keeper renews it either way.
+  lock_lease_seconds: 15,
+});
+const db = createDb(databaseUrl, { max: 4 });
+const report: WorkerReport = {
+  outcomes: {},
+  transactions: 0,
+  batches: 0,
+  duplicates: 0,
+  entityRows: 0,
+  dailyRows: 0,
+  commits: [],
+  errors: [],
+};
+const worker = await FlushWorker.start({
+  config,
+  db,
+  metrics: new SpendMetrics(),
+  logger: silentLogger,
+  holderId: "bench-worker",
+  onFlush: (r) => {
+    report.outcomes[r.outcome] = (report.outcomes[r.outcome] ?? 0) + 1;
+    report.transactions += r.transactions;
+    report.batches += r.batches;
+    report.duplicates += r.duplicates;
+    report.entityRows += r.entityRows;
+    report.dailyRows += r.dailyRows;
+    if (r.outcome === "committed")
+      report.commits.push({ at: Date.now(), rows: r.entityRows + r.dailyRows });
+    if (r.error !== undefined && report.errors.length < 20) report.errors.push(r.error);
+  },
+});
+const control = new Redis(TEST_REDIS_URL);
+await control.incr(barrierKeys(prefix).workerReady);
+control.disconnect();
+
+let stopping = false;
+process.on("SIGTERM", () => {
+  if (stopping) return;
+  stopping = true;
+  void (async () => {
+    await worker.close();
+    await db.$disconnect();
+    process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0));
+  })();
+});

@@ -1,0 +1,138 @@
+import type { TrafficShape } from "../src/demo/traffic.js";
+
+/**
+ * Realistic cardinality for the benchmark: thousands of keys and users,
+ * hundreds of teams, a Zipf-like spread (src/demo/traffic.ts). The demo
+ * shape (50 keys) would flatter the aggregator: almost every event would land
+ * in an existing cell.
+ */
+export const BENCH_SHAPE: TrafficShape = {
+  keys: 3_000,
+  users: 2_000,
+  teams: 200,
+  orgs: 20,
+  endUsers: 2_000,
+  tags: 20,
+  failureRate: 0.03,
+};
+
+export interface ProducerPlan {
+  /** Distinct typical events the hot loop cycles through (all land in existing cells). */
+  hotPool: number;
+  /** record() calls per timed repetition. */
+  eventsPerRep: number;
+  warmupReps: number;
+  reps: number;
+  /** Events in one simulated flush interval (a busy gateway: 2 000 req/s for 10 s). */
+  intervalEvents: number;
+  /** Events recorded before the heap is measured. */
+  heapEvents: number;
+  heapReps: number;
+  /** Simulated requests per timed loop of the gateway reference workload. */
+  gatewayRequests: number;
+  gatewayReps: number;
+}
+
+export interface FlushPlan {
+  /** Distinct rows per flush, and timed repetitions (after one untimed round) for each. */
+  sizes: { rows: number; reps: number }[];
+  /** Rows per sealed batch, as the producer's default max_rows_per_job. */
+  rowsPerJob: number;
+}
+
+export interface PipelinePlan {
+  producers: number;
+  durationMs: number;
+  /** Runs per mode; modes alternate (buffered, direct, buffered, ...) so drift hits both. */
+  runsPerMode: number;
+  /** Producer seal interval (proxy_batch_write_at) and jitter. */
+  intervalMs: number;
+  jitterMs: number;
+  workerEveryMs: number;
+  /** Each producer records one staleness marker this often. */
+  markerEveryMs: number;
+  /** How often PostgreSQL is polled for markers: the staleness resolution. */
+  pollMs: number;
+  /** How often queue depth, lock waits and DB CPU are sampled. */
+  sampleMs: number;
+  /** Niceness of the producer processes (see README-section.md: why). */
+  producerNice: number;
+  /** Longest wait for the backlog to drain after the producers stop. */
+  drainTimeoutMs: number;
+  shape: TrafficShape;
+}
+
+export interface BenchPlan {
+  smoke: boolean;
+  producer: ProducerPlan;
+  flush: FlushPlan;
+  pipeline: PipelinePlan;
+}
+
+const PIPELINE_COMMON = {
+  producers: 16,
+  intervalMs: 1_000,
+  jitterMs: 500,
+  workerEveryMs: 500,
+  markerEveryMs: 250,
+  pollMs: 100,
+  sampleMs: 250,
+  producerNice: 10,
+  shape: BENCH_SHAPE,
+};
+
+export const FULL_PLAN: BenchPlan = {
+  smoke: false,
+  producer: {
+    hotPool: 1_000,
+    eventsPerRep: 200_000,
+    warmupReps: 2,
+    reps: 9,
+    intervalEvents: 20_000,
+    heapEvents: 100_000,
+    heapReps: 3,
+    gatewayRequests: 20_000,
+    gatewayReps: 9,
+  },
+  flush: {
+    sizes: [
+      { rows: 1_000, reps: 7 },
+      { rows: 10_000, reps: 5 },
+      { rows: 100_000, reps: 3 },
+    ],
+    rowsPerJob: 5_000,
+  },
+  pipeline: { ...PIPELINE_COMMON, durationMs: 20_000, runsPerMode: 2, drainTimeoutMs: 300_000 },
+};
+
+/** Everything runs and reconciles; no figure from it means anything. Under 60 s. */
+export const SMOKE_PLAN: BenchPlan = {
+  smoke: true,
+  producer: {
+    hotPool: 1_000,
+    eventsPerRep: 20_000,
+    warmupReps: 1,
+    reps: 3,
+    intervalEvents: 2_000,
+    heapEvents: 10_000,
+    heapReps: 1,
+    gatewayRequests: 2_000,
+    gatewayReps: 3,
+  },
+  flush: {
+    sizes: [
+      { rows: 1_000, reps: 1 },
+      { rows: 10_000, reps: 1 },
+    ],
+    rowsPerJob: 5_000,
+  },
+  // 4 producers, not 16: starting 16 tsx processes twice costs ~25 s on 2 cores, and the
+  // smoke run checks that the pipeline runs and reconciles, not how it scales.
+  pipeline: {
+    ...PIPELINE_COMMON,
+    producers: 4,
+    durationMs: 2_000,
+    runsPerMode: 1,
+    drainTimeoutMs: 30_000,
+  },
+};

@@ -1,0 +1,157 @@
+/**
+ * One gateway process of the end-to-end benchmark. After the start barrier
+ * it records generated traffic as fast as it can for DURATION_MS (in slices,
+ * so its flush timer and sends run in between), plus a staleness marker every
+ * MARKER_EVERY_MS, then closes its producer and prints a ProducerReport.
+ *
+ * It prints no ledger: the traffic is a pure function of SEED, the event
+ * count and the fixed start time, so the parent replays it. A ledger of a
+ * few hundred thousand rows per child would not fit through a pipe in time.
+ */
+import os from "node:os";
+import { setImmediate as yieldToLoop } from "node:timers/promises";
+import { Redis } from "ioredis";
+import { trafficGenerator, type TrafficShape } from "../src/demo/traffic.js";
+import { SpendMetrics } from "../src/observe/metrics.js";
+import type { Db } from "../src/persist/prisma.js";
+import { BufferFullError, SpendProducer } from "../src/produce/producer.js";
+import type { SpendSink } from "../src/produce/spend-sink.js";
+import { TEST_REDIS_URL, testConfig } from "../test/support/redis.js";
+import {
+  barrierKeys,
+  MARKER_PREFIX,
+  MARKER_SPEND,
+  type ProducerReport,
+  type SinkMode,
+} from "./protocol.js";
+
+function need(name: string): string {
+  const v = process.env[name];
+  if (v === undefined || v === "") throw new Error(`${name} is not set`);
+  return v;
+}
+
+const mode = need("MODE") as SinkMode;
+const index = Number(need("CHILD_INDEX"));
+const seed = Number(need("SEED"));
+const prefix = need("PREFIX");
+const databaseUrl = need("DATABASE_URL");
+const shape = JSON.parse(need("SHAPE")) as TrafficShape;
+const durationMs = Number(need("DURATION_MS"));
+const markerEveryMs = Number(need("MARKER_EVERY_MS"));
+// Enough events per slice to amortise the yield, few enough that timers fire on time.
+const SLICE = 100;
+
+try {
+  // Lower priority than PostgreSQL, Redis and the flush worker: in production
+  // the gateways run on their own machines, here they would otherwise starve
+  // the very services whose behaviour is measured.
+  os.setPriority(Number(process.env.NICE ?? "0"));
+} catch {
+  // Not allowed to renice: run at normal priority.
+}
+
+const metrics = new SpendMetrics();
+let db: Db | undefined;
+let sinkRedis: Redis | undefined;
+let sink: SpendSink;
+// Only the chosen sink's modules are loaded: sixteen of these start at once on two cores.
+if (mode === "direct") {
+  const { createDb } = await import("../src/persist/prisma.js");
+  const { DirectSink } = await import("../src/persist/direct-sink.js");
+  db = createDb(databaseUrl, { max: 2 });
+  sink = new DirectSink(db, { transactionTimeoutMs: 30_000 });
+} else {
+  const { createRedis } = await import("../src/queue/connection.js");
+  const { redisKeys } = await import("../src/queue/keys.js");
+  const { QueueSink } = await import("../src/queue/queue-sink.js");
+  const { openSpendQueues } = await import("../src/queue/spend-queues.js");
+  sinkRedis = createRedis(testConfig(prefix, databaseUrl).redis, "producer");
+  sink = new QueueSink(openSpendQueues(sinkRedis, redisKeys(prefix)));
+}
+const producer = new SpendProducer({
+  sink,
+  flushIntervalMs: Number(need("INTERVAL_MS")),
+  flushJitterMs: Number(need("JITTER_MS")),
+  closeTimeoutMs: 120_000,
+  metrics,
+});
+
+const control = new Redis(TEST_REDIS_URL);
+const keys = barrierKeys(prefix);
+await control.incr(keys.ready);
+let goAt = 0;
+for (const deadline = Date.now() + 300_000; goAt === 0;) {
+  goAt = Number((await control.get(keys.go)) ?? "0");
+  if (goAt === 0 && Date.now() > deadline) throw new Error("no go signal");
+  if (goAt === 0) await new Promise((r) => setTimeout(r, 10));
+}
+while (Date.now() < goAt) await new Promise((r) => setTimeout(r, 1));
+
+// A fixed clock for the generator: every event's start time (and so its day) is goAt, replayable.
+const gen = trafficGenerator(seed, shape, () => goAt);
+const endAt = goAt + durationMs;
+const rejected: number[] = [];
+const markers: { id: string; at: number }[] = [];
+const perSecond: number[] = [];
+let events = 0;
+let nextMarker = goAt;
+for (;;) {
+  const now = Date.now();
+  if (now >= endAt) break;
+  if (now >= nextMarker) {
+    const id = `${MARKER_PREFIX}${index}-${markers.length}`;
+    try {
+      producer.record({ spend: MARKER_SPEND, endUserId: id, startTime: now });
+      markers.push({ id, at: now });
+    } catch (err) {
+      if (!(err instanceof BufferFullError)) throw err;
+    }
+    nextMarker += markerEveryMs;
+  }
+  const before = events;
+  for (let i = 0; i < SLICE; i++) {
+    const e = gen();
+    try {
+      producer.record(e);
+    } catch (err) {
+      if (!(err instanceof BufferFullError)) throw err;
+      rejected.push(events);
+    }
+    events++;
+  }
+  const sec = Math.floor((now - goAt) / 1000);
+  perSecond[sec] = (perSecond[sec] ?? 0) + events - before;
+  await yieldToLoop();
+}
+const windowMs = Date.now() - goAt;
+
+const closeStart = Date.now();
+let closeError: string | undefined;
+try {
+  await producer.close();
+} catch (err) {
+  closeError = err instanceof Error ? err.message : String(err);
+}
+const closeMs = Date.now() - closeStart;
+await control.incr(keys.closed);
+control.disconnect();
+sinkRedis?.disconnect();
+await db?.$disconnect();
+
+const failures = await metrics.enqueueFailures.get();
+const report: ProducerReport = {
+  index,
+  seed,
+  goAt,
+  events,
+  rejected,
+  markers,
+  perSecond: Array.from(perSecond, (v) => v ?? 0),
+  windowMs,
+  closeMs,
+  enqueueFailures: failures.values[0]?.value ?? 0,
+  ...(closeError !== undefined ? { closeError } : {}),
+};
+// Exit only once the pipe has the whole line.
+process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0));

@@ -1,0 +1,419 @@
+/**
+ * Section 1: what recording spend costs a gateway process. record() per
+ * event (hot, cold and a realistic interval), heap per aggregated row, and
+ * the cost relative to a reference request workload, recording on vs off.
+ */
+import v8 from "node:v8";
+import vm from "node:vm";
+import { trafficGenerator, type TrafficShape } from "../src/demo/traffic.js";
+import { Aggregator } from "../src/produce/aggregator.js";
+import { SpendProducer } from "../src/produce/producer.js";
+import { validateSpendEvent, type SpendEvent } from "../src/produce/spend-event.js";
+import type { SpendSink } from "../src/produce/spend-sink.js";
+import type { ProducerPlan } from "./plan.js";
+import { progress, spread, timeAsync, timeSync, type Spread, type Timed } from "./util.js";
+
+export interface PerEvent {
+  /** Nanoseconds per event, wall clock (hrtime), median over repetitions. */
+  wallNs: Spread;
+  /** Nanoseconds per event, process CPU time: immune to being preempted by other load. */
+  cpuNs: Spread;
+  eventsPerRep: number;
+}
+
+export interface ProducerCostResult {
+  typicalEvent: SpendEvent;
+  /** Every event lands in a cell the producer already holds: the steady-state path. */
+  hot: PerEvent;
+  /** Every event opens a new cell (a never-seen end user): the slowest path. */
+  cold: PerEvent;
+  /**
+   * One flush interval of a busy gateway: a fresh producer, realistic traffic
+   * (some events open cells, most do not), and the seal at the end amortised.
+   */
+  interval: PerEvent & { newCellFraction: number; sealShare: Spread };
+  heap: { bytesPerRow: Spread; rowsPerRun: number; eventsPerRun: number };
+  gateway: GatewayOverhead;
+}
+
+export interface GatewayOverhead {
+  description: string;
+  requestBytes: number;
+  responseBytes: number;
+  /** Reference workload alone, nanoseconds per request. */
+  offWallNs: Spread;
+  offCpuNs: Spread;
+  /** Added time with recording on, hot cells, as a percentage of the reference (wall). */
+  hotAddedPct: Spread;
+  /** The same from CPU time: steadier when other load preempts the loops. */
+  hotAddedPctCpu: Spread;
+  /** Added time with recording on, realistic interval incl. seal, as a percentage (wall). */
+  intervalAddedPct: Spread;
+  intervalAddedPctCpu: Spread;
+  requestsPerRep: number;
+}
+
+/** A sink that accepts everything at once: only the producer's own work is measured. */
+const NULL_SINK: SpendSink = {
+  write: () => Promise.resolve(),
+  close: () => Promise.resolve(),
+};
+
+function newProducer(): SpendProducer {
+  // Timer, bound and early flush all out of the way: nothing but record() runs.
+  return new SpendProducer({
+    sink: NULL_SINK,
+    flushIntervalMs: 3_600_000,
+    flushJitterMs: 0,
+    maxBufferedRows: 1_000_000_000,
+  });
+}
+
+/**
+ * The brief's typical event names a key, user, team, org, end user and two
+ * tags; the generator omits the end user and tags at random, so they are
+ * filled in here (ids still drawn from the Zipf-like spread).
+ */
+export function typicalEvents(
+  n: number,
+  seed: number,
+  shape: TrafficShape,
+  now: number,
+): SpendEvent[] {
+  const gen = trafficGenerator(seed, shape, () => now);
+  const out: SpendEvent[] = [];
+  for (let i = 0; i < n; i++) {
+    const e = gen();
+    e.endUserId ??= `end-user-${(i * 7919) % shape.endUsers}`;
+    const env = e.tags?.find((t) => t.startsWith("env:")) ?? "env:prod";
+    const feature =
+      e.tags?.find((t) => t.startsWith("feature:")) ??
+      `feature:${(i * 31) % Math.max(1, shape.tags - 2)}`;
+    e.tags = [env, feature];
+    out.push(e);
+  }
+  return out;
+}
+
+function recordLoop(p: SpendProducer, events: readonly SpendEvent[], n: number): void {
+  const len = events.length;
+  for (let i = 0; i < n; i++) p.record(events[i % len] as SpendEvent);
+}
+
+function perEvent(runs: readonly Timed[], events: number): PerEvent {
+  return {
+    wallNs: spread(runs.map((r) => r.wallNs / events)),
+    cpuNs: spread(runs.map((r) => r.cpuNs / events)),
+    eventsPerRep: events,
+  };
+}
+
+function getGc(): () => void {
+  const exposed = (globalThis as { gc?: () => void }).gc;
+  if (exposed !== undefined) return exposed;
+  // Heap per row needs a full GC before each reading; tsx offers no way to pass --expose-gc.
+  v8.setFlagsFromString("--expose-gc");
+  return vm.runInNewContext("gc") as () => void;
+}
+
+function heapUsed(gc: () => void): number {
+  // Twice: the first pass can leave weak references and finalizers for the second.
+  gc();
+  gc();
+  return process.memoryUsage().heapUsed;
+}
+
+export async function measureProducerCost(
+  plan: ProducerPlan,
+  shape: TrafficShape,
+): Promise<ProducerCostResult> {
+  const now = Date.now();
+  const S = "producer";
+  // A full GC before every timed loop: otherwise one variant pays for the garbage of the one before.
+  const gc = getGc();
+
+  // Hot: warm the producer with the pool, then every record() hits an existing cell.
+  progress(S, `record() hot path: ${plan.reps} x ${plan.eventsPerRep} events`);
+  const pool = typicalEvents(plan.hotPool, 11, shape, now);
+  const hotProducer = newProducer();
+  recordLoop(hotProducer, pool, pool.length);
+  for (let i = 0; i < plan.warmupReps; i++) recordLoop(hotProducer, pool, plan.eventsPerRep);
+  const hotRuns: Timed[] = [];
+  for (let i = 0; i < plan.reps; i++) {
+    gc();
+    hotRuns.push(timeSync(() => recordLoop(hotProducer, pool, plan.eventsPerRep)));
+  }
+  await hotProducer.close();
+
+  // Cold: a distinct end user per event, so each opens a cell, rows and row keys.
+  progress(S, `record() cold path (every event a new cell): ${plan.reps} reps`);
+  const coldN = Math.min(plan.eventsPerRep, 50_000);
+  const coldRuns: Timed[] = [];
+  for (let i = -plan.warmupReps; i < plan.reps; i++) {
+    const evs = typicalEvents(coldN, 100 + i, shape, now).map((e, j) => ({
+      ...e,
+      endUserId: `cold-${i}-${j}`,
+    }));
+    const p = newProducer();
+    gc();
+    const t = timeSync(() => recordLoop(p, evs, evs.length));
+    if (i >= 0) coldRuns.push(t);
+    await p.close();
+  }
+
+  // Interval: realistic traffic into a fresh producer, then the seal it ends with.
+  progress(S, `one ${plan.intervalEvents}-event interval incl. seal: ${plan.reps} reps`);
+  const intervalRuns: Timed[] = [];
+  const sealShares: number[] = [];
+  let newCellFraction = 0;
+  for (let i = -plan.warmupReps; i < plan.reps; i++) {
+    const evs = typicalEvents(plan.intervalEvents, 200 + i, shape, now);
+    const p = newProducer();
+    gc();
+    const rec = timeSync(() => recordLoop(p, evs, evs.length));
+    const seal = await timeAsync(() => p.flush());
+    if (i >= 0) {
+      intervalRuns.push({ wallNs: rec.wallNs + seal.wallNs, cpuNs: rec.cpuNs + seal.cpuNs });
+      sealShares.push(seal.wallNs / (rec.wallNs + seal.wallNs));
+    }
+    if (i === 0) {
+      // Counted outside the timing, with a bare aggregator over the same events.
+      const agg = new Aggregator();
+      for (const e of evs) agg.add(validateSpendEvent(e, undefined, now));
+      newCellFraction = agg.cellCount / evs.length;
+    }
+    await p.close();
+  }
+
+  progress(S, `heap per aggregated row: ${plan.heapReps} x ${plan.heapEvents} events`);
+  const bytesPerRow: number[] = [];
+  let rowsPerRun = 0;
+  for (let i = 0; i < plan.heapReps; i++) {
+    // Events are generated one at a time and dropped: only what the producer keeps is counted.
+    const gen = trafficGenerator(300 + i, shape, () => now);
+    const p = newProducer();
+    const before = heapUsed(gc);
+    for (let j = 0; j < plan.heapEvents; j++) p.record(gen());
+    const after = heapUsed(gc);
+    rowsPerRun = p.bufferedRows;
+    bytesPerRow.push((after - before) / rowsPerRun);
+    await p.close();
+  }
+
+  const gateway = await measureGatewayOverhead(plan, shape, now, gc);
+  return {
+    typicalEvent: pool[0] as SpendEvent,
+    hot: perEvent(hotRuns, plan.eventsPerRep),
+    cold: perEvent(coldRuns, coldN),
+    interval: {
+      ...perEvent(intervalRuns, plan.intervalEvents),
+      newCellFraction,
+      sealShare: spread(sealShares),
+    },
+    heap: { bytesPerRow: spread(bytesPerRow), rowsPerRun, eventsPerRun: plan.heapEvents },
+    gateway,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Reference workload: what a gateway does to every request at the very least.
+
+interface ChatRequest {
+  model: string;
+  messages: { role: string; content: string }[];
+  user?: string;
+}
+
+interface ChatResponse {
+  model: string;
+  usage: {
+    prompt_tokens: number;
+    completion_tokens: number;
+    prompt_tokens_details?: { cached_tokens?: number };
+  };
+}
+
+const WORDS =
+  "the quarterly report shows revenue growth across regions while operating costs remained flat and the team expects margins to improve next year as new contracts ramp up".split(
+    " ",
+  );
+
+function text(words: number, seed: number): string {
+  const out: string[] = [];
+  for (let i = 0; i < words; i++) out.push(WORDS[(i * 7 + seed) % WORDS.length] ?? "x");
+  return out.join(" ");
+}
+
+/** A typical OpenAI chat completion exchange: a short conversation and a medium answer. */
+export function referenceExchange(): { request: string; response: string } {
+  const request = {
+    model: "gpt-4o",
+    messages: [
+      { role: "system", content: text(40, 1) },
+      { role: "user", content: text(90, 2) },
+      { role: "assistant", content: text(70, 3) },
+      { role: "user", content: text(40, 4) },
+    ],
+    temperature: 0.2,
+    max_tokens: 512,
+    stream: false,
+    user: "end-user-42",
+    metadata: { tags: ["env:prod", "feature:search"] },
+  };
+  const response = {
+    id: "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+    object: "chat.completion",
+    created: 1_741_569_952,
+    model: "gpt-4o-2024-08-06",
+    system_fingerprint: "fp_50cad350e4",
+    choices: [
+      {
+        index: 0,
+        message: { role: "assistant", content: text(180, 5), refusal: null, annotations: [] },
+        logprobs: null,
+        finish_reason: "stop",
+      },
+    ],
+    usage: {
+      prompt_tokens: 412,
+      completion_tokens: 231,
+      total_tokens: 643,
+      prompt_tokens_details: { cached_tokens: 128, audio_tokens: 0 },
+      completion_tokens_details: {
+        reasoning_tokens: 0,
+        audio_tokens: 0,
+        accepted_prediction_tokens: 0,
+        rejected_prediction_tokens: 0,
+      },
+    },
+    service_tier: "default",
+  };
+  return { request: JSON.stringify(request), response: JSON.stringify(response) };
+}
+
+/**
+ * One simulated request: parse the client's body, serialise it upstream,
+ * parse the provider's answer, serialise it back. With `producer`, the
+ * gateway also builds the spend event from the usage and records it.
+ */
+function gatewayLoop(
+  requestText: string,
+  responseText: string,
+  n: number,
+  ids: readonly SpendEvent[],
+  producer: SpendProducer | undefined,
+): number {
+  let bytes = 0;
+  for (let i = 0; i < n; i++) {
+    const start = Date.now();
+    const req = JSON.parse(requestText) as ChatRequest;
+    bytes += JSON.stringify(req).length;
+    const res = JSON.parse(responseText) as ChatResponse;
+    bytes += JSON.stringify(res).length;
+    if (producer !== undefined) {
+      const id = ids[i % ids.length] as SpendEvent;
+      const u = res.usage;
+      producer.record({
+        spend: u.prompt_tokens * 0.0000025 + u.completion_tokens * 0.00001,
+        apiKey: id.apiKey,
+        userId: id.userId,
+        teamId: id.teamId,
+        organizationId: id.organizationId,
+        endUserId: id.endUserId,
+        tags: id.tags,
+        model: id.model,
+        modelGroup: id.modelGroup,
+        provider: id.provider,
+        endpoint: "/v1/chat/completions",
+        promptTokens: u.prompt_tokens,
+        completionTokens: u.completion_tokens,
+        cacheReadInputTokens: u.prompt_tokens_details?.cached_tokens ?? 0,
+        success: true,
+        startTime: start,
+      });
+    }
+  }
+  return bytes;
+}
+
+async function measureGatewayOverhead(
+  plan: ProducerPlan,
+  shape: TrafficShape,
+  now: number,
+  gc: () => void,
+): Promise<GatewayOverhead> {
+  const { request, response } = referenceExchange();
+  const n = plan.gatewayRequests;
+  progress(
+    "producer",
+    `reference workload (JSON ${request.length} B request + ${response.length} B response), recording off/on: ${plan.gatewayReps} reps`,
+  );
+  const hotIds = typicalEvents(plan.hotPool, 11, shape, now);
+  const hotProducer = newProducer();
+  for (const e of hotIds) hotProducer.record(e);
+
+  let sinkBytes = 0;
+  const off = (): Timed => {
+    gc();
+    return timeSync(() => (sinkBytes += gatewayLoop(request, response, n, [], undefined)));
+  };
+  const hot = (): Timed => {
+    gc();
+    return timeSync(() => (sinkBytes += gatewayLoop(request, response, n, hotIds, hotProducer)));
+  };
+  const interval = async (rep: number): Promise<Timed> => {
+    const ids = typicalEvents(n, 400 + rep, shape, now);
+    const p = newProducer();
+    gc();
+    const rec = timeSync(() => (sinkBytes += gatewayLoop(request, response, n, ids, p)));
+    const seal = await timeAsync(() => p.flush());
+    await p.close();
+    return { wallNs: rec.wallNs + seal.wallNs, cpuNs: rec.cpuNs + seal.cpuNs };
+  };
+
+  for (let i = 0; i < plan.warmupReps; i++) {
+    off();
+    hot();
+    await interval(-1 - i);
+  }
+  const offNs: number[] = [];
+  const offCpu: number[] = [];
+  const hotPct: number[] = [];
+  const hotPctCpu: number[] = [];
+  const intervalPct: number[] = [];
+  const intervalPctCpu: number[] = [];
+  for (let rep = 0; rep < plan.gatewayReps; rep++) {
+    // The order rotates so slow drift in machine load does not favour one variant.
+    let o: Timed | undefined;
+    let h: Timed | undefined;
+    let v: Timed | undefined;
+    for (let k = 0; k < 3; k++) {
+      const which = (rep + k) % 3;
+      if (which === 0) o = off();
+      else if (which === 1) h = hot();
+      else v = await interval(rep);
+    }
+    if (o === undefined || h === undefined || v === undefined) throw new Error("unreachable");
+    offNs.push(o.wallNs / n);
+    offCpu.push(o.cpuNs / n);
+    hotPct.push((100 * (h.wallNs - o.wallNs)) / o.wallNs);
+    hotPctCpu.push((100 * (h.cpuNs - o.cpuNs)) / o.cpuNs);
+    intervalPct.push((100 * (v.wallNs - o.wallNs)) / o.wallNs);
+    intervalPctCpu.push((100 * (v.cpuNs - o.cpuNs)) / o.cpuNs);
+  }
+  await hotProducer.close();
+  if (sinkBytes === 0) throw new Error("reference workload produced nothing");
+  return {
+    description:
+      "JSON.parse + JSON.stringify of a typical OpenAI chat request and response per simulated request; 'on' also builds the spend event from the usage and calls record()",
+    requestBytes: request.length,
+    responseBytes: response.length,
+    offWallNs: spread(offNs),
+    offCpuNs: spread(offCpu),
+    hotAddedPct: spread(hotPct),
+    hotAddedPctCpu: spread(hotPctCpu),
+    intervalAddedPct: spread(intervalPct),
+    intervalAddedPctCpu: spread(intervalPctCpu),
+    requestsPerRep: n,
+  };
+}

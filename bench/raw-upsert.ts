@@ -1,0 +1,132 @@
+/**
+ * The raw baseline for flush throughput: the same rows, the same tables and
+ * the same statement shape as applyBatches (fence upsert, batch-id insert,
+ * one INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE per table, keys
+ * sorted, one transaction), written with a bare `pg` client and no Prisma. It
+ * assumes what the benchmark guarantees (every batch fresh, every row key
+ * distinct), so it skips applyBatches' merge of repeated keys across batches:
+ * the difference between the two is what the project's layer costs.
+ */
+import type pg from "pg";
+import { picoToDecimal } from "../src/money.js";
+import type { BatchToApply, Fence } from "../src/persist/apply-batches.js";
+import {
+  DAILY_COUNTER_COLUMNS,
+  DAILY_DIMENSION_COLUMNS,
+  DAILY_TABLES,
+  ENTITY_TABLES,
+} from "../src/persist/tables.js";
+import {
+  DAILY_KINDS,
+  ENTITY_KINDS,
+  type DailyKind,
+  type DailyRow,
+  type EntityKind,
+  type EntityRow,
+} from "../src/queue/spend-batch.js";
+
+const SEP = "\u001f";
+
+function entitySql(kind: EntityKind): string {
+  const { table, keyColumns } = ENTITY_TABLES[kind];
+  const keyList = keyColumns.join(", ");
+  const params = keyColumns.map((_, i) => `$${i + 1}::text[]`).join(", ");
+  return `INSERT INTO "${table}" AS t (${keyList}, spend, updated_at)
+    SELECT ${keyList}, spend, now() FROM unnest(${params}, $${keyColumns.length + 1}::numeric[]) AS u(${keyList}, spend)
+    ON CONFLICT (${keyList}) DO UPDATE SET spend = t.spend + EXCLUDED.spend, updated_at = now()`;
+}
+
+function dailySql(kind: DailyKind): string {
+  const { table, entityColumn } = DAILY_TABLES[kind];
+  const dims = DAILY_DIMENSION_COLUMNS.join(", ");
+  const counters = DAILY_COUNTER_COLUMNS.join(", ");
+  const all = `${entityColumn}, ${dims}, ${counters}, spend`;
+  const params = [
+    "$1::text[]",
+    ...DAILY_DIMENSION_COLUMNS.map((_, i) => `$${i + 2}::text[]`),
+    ...DAILY_COUNTER_COLUMNS.map((_, i) => `$${i + 9}::int8[]`),
+    "$16::numeric[]",
+  ].join(", ");
+  const updates = DAILY_COUNTER_COLUMNS.map((c) => `${c} = t.${c} + EXCLUDED.${c}`).join(", ");
+  return `INSERT INTO "${table}" AS t (${all}, updated_at)
+    SELECT ${all}, now() FROM unnest(${params}) AS u(${all})
+    ON CONFLICT (${entityColumn}, ${dims}) DO UPDATE SET ${updates}, spend = t.spend + EXCLUDED.spend, updated_at = now()`;
+}
+
+const byKey = <T>(a: [string, T], b: [string, T]): number =>
+  a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0;
+
+/** Applies the batches in one transaction on `client`; returns the rows written. */
+export async function rawApply(
+  client: pg.Client,
+  batches: readonly BatchToApply[],
+  fence: Fence,
+): Promise<number> {
+  const entity = new Map<EntityKind, [string, EntityRow][]>();
+  const daily = new Map<DailyKind, [string, DailyRow][]>();
+  for (const b of batches) {
+    for (const r of b.entity ?? []) {
+      const list = entity.get(r[0]) ?? [];
+      list.push([r[1] + SEP + r[2], r]);
+      entity.set(r[0], list);
+    }
+    for (const r of b.daily ?? []) {
+      const list = daily.get(r[0]) ?? [];
+      list.push([r.slice(1, 9).join(SEP), r]);
+      daily.set(r[0], list);
+    }
+  }
+
+  let rows = 0;
+  await client.query("BEGIN");
+  try {
+    const fenced = await client.query(
+      `INSERT INTO spend_flush_fence AS f (partition, token, holder, updated_at)
+       VALUES ($1, $2::int8, $3, now())
+       ON CONFLICT (partition) DO UPDATE SET token = EXCLUDED.token, holder = EXCLUDED.holder, updated_at = now()
+         WHERE f.token < EXCLUDED.token OR (f.token = EXCLUDED.token AND f.holder = EXCLUDED.holder)
+       RETURNING token::text`,
+      [fence.partition, fence.token.toString(), fence.holder],
+    );
+    if (fenced.rowCount !== 1) throw new Error("raw baseline fenced off");
+    await client.query(
+      `INSERT INTO spend_applied_batch (batch_id, fence)
+       SELECT id, $2::int8 FROM unnest($1::text[]) AS t(id)
+       ON CONFLICT (batch_id) DO NOTHING
+       RETURNING batch_id`,
+      [batches.map((b) => b.batchId), fence.token.toString()],
+    );
+    // Same lock order as upsertMerged: tables in kind order, keys sorted.
+    for (const kind of ENTITY_KINDS) {
+      const list = entity.get(kind);
+      if (list === undefined) continue;
+      list.sort(byKey);
+      const two = ENTITY_TABLES[kind].keyColumns.length === 2;
+      const params: string[][] = two ? [[], [], []] : [[], []];
+      for (const [, r] of list) {
+        params[0]?.push(r[1]);
+        if (two) params[1]?.push(r[2]);
+        params[two ? 2 : 1]?.push(picoToDecimal(BigInt(r[3])));
+      }
+      await client.query(entitySql(kind), params);
+      rows += list.length;
+    }
+    for (const kind of DAILY_KINDS) {
+      const list = daily.get(kind);
+      if (list === undefined) continue;
+      list.sort(byKey);
+      const params: string[][] = Array.from({ length: 16 }, () => []);
+      for (const [, r] of list) {
+        for (let i = 0; i < 15; i++) params[i]?.push(String(r[1 + i]));
+        params[15]?.push(picoToDecimal(BigInt(r[16])));
+      }
+      await client.query(dailySql(kind), params);
+      rows += list.length;
+    }
+    await client.query("COMMIT");
+  } catch (err) {
+    await client.query("ROLLBACK").catch(() => undefined);
+    throw err;
+  }
+  return rows;
+}

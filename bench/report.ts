@@ -1,0 +1,347 @@
+/**
+ * Writes the results: JSON (everything), Markdown (tables) and a hand-written
+ * SVG chart (throughput, deadlocks and DB CPU, direct vs buffered).
+ */
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { ModeSummary } from "./summary.js";
+import type { BenchResults } from "./summary.js";
+import { round, type Spread } from "./util.js";
+
+const n = (x: number, digits = 3): string => {
+  if (!Number.isFinite(x)) return "–";
+  const r = round(x, digits);
+  return Math.abs(r) >= 1000 ? Math.round(r).toLocaleString("en-US") : String(r);
+};
+const sp = (s: Spread, scale = 1, digits = 3): string =>
+  `${n(s.median * scale, digits)} (${n(s.min * scale, digits)}–${n(s.max * scale, digits)})`;
+const ok = (pass: boolean): string => (pass ? "✅ pass" : "❌ fail");
+
+export function markdown(r: BenchResults): string {
+  const L: string[] = [];
+  const m = r.machine;
+  L.push(`# Spend buffer benchmark${r.plan.smoke ? " (smoke run: figures mean nothing)" : ""}`);
+  L.push("");
+  L.push(
+    `Run ${m.startedAt}, ${n(r.durationSeconds)} s, commit ${m.gitCommit}. Medians of several repetitions, ` +
+      "(min–max) after them; every figure sits next to its reference measured in the same run. " +
+      "The machine is shared and noisy: compare ratios, not absolute times.",
+  );
+  L.push("");
+  L.push("| Machine | |");
+  L.push("|---|---|");
+  L.push(`| CPU | ${m.cpuModel}, ${m.cores} cores, ${m.memoryGb} GB |`);
+  L.push(`| OS | ${m.os} |`);
+  L.push(`| Node | ${m.node} |`);
+  L.push(`| PostgreSQL | ${m.postgres} |`);
+  L.push(`| Redis | ${m.redis} |`);
+  L.push(`| DB CPU source | ${m.pgStatStatements} |`);
+  L.push(`| Load average at start | ${m.loadAverageAtStart.join(" / ")} |`);
+  L.push("");
+
+  L.push("## Bars (issue 5)");
+  L.push("");
+  L.push("| Figure | Bar | Measured | |");
+  L.push("|---|---|---|---|");
+  for (const b of r.bars) L.push(`| ${b.name} | ${b.bar} | ${b.value} | ${ok(b.pass)} |`);
+  L.push("");
+
+  const p = r.producer;
+  if (p !== undefined) {
+    L.push("## 1. Producer cost");
+    L.push("");
+    L.push(
+      "Typical event: key, user, team, org, end user, two tags, model, provider, tokens (traffic shape below). " +
+        "Wall = process.hrtime.bigint(); CPU = process.cpuUsage() (includes V8's GC threads, so it can exceed wall).",
+    );
+    L.push("");
+    L.push("| record() | ns/event, wall | ns/event, CPU | events per rep |");
+    L.push("|---|---|---|---|");
+    L.push(
+      `| hot: event lands in an existing cell | ${sp(p.hot.wallNs)} | ${sp(p.hot.cpuNs)} | ${p.hot.eventsPerRep} |`,
+    );
+    L.push(
+      `| cold: every event opens a new cell | ${sp(p.cold.wallNs)} | ${sp(p.cold.cpuNs)} | ${p.cold.eventsPerRep} |`,
+    );
+    L.push(
+      `| realistic interval (fresh producer, ${n(p.interval.newCellFraction * 100)} % of events open a cell) incl. seal (${n(p.interval.sealShare.median * 100)} % of it) | ${sp(p.interval.wallNs)} | ${sp(p.interval.cpuNs)} | ${p.interval.eventsPerRep} |`,
+    );
+    L.push("");
+    L.push(
+      `Heap per distinct aggregated row (entity + daily): **${sp(p.heap.bytesPerRow, 1, 3)} bytes** ` +
+        `(${p.heap.eventsPerRun} events → ${p.heap.rowsPerRun} rows per run, full GC before and after).`,
+    );
+    L.push("");
+    const g = p.gateway;
+    L.push(
+      `Reference request: ${g.description} (${g.requestBytes} B request, ${g.responseBytes} B response): ` +
+        `${sp(g.offWallNs, 1 / 1000)} µs wall, ${sp(g.offCpuNs, 1 / 1000)} µs CPU per request with recording off.`,
+    );
+    L.push("");
+    L.push("| Recording on | Added to the reference request, wall | Added, CPU time |");
+    L.push("|---|---|---|");
+    L.push(`| hot cells | ${sp(g.hotAddedPct, 1, 2)} % | ${sp(g.hotAddedPctCpu, 1, 2)} % |`);
+    L.push(
+      `| realistic interval incl. seal | ${sp(g.intervalAddedPct, 1, 2)} % | ${sp(g.intervalAddedPctCpu, 1, 2)} % |`,
+    );
+    L.push("");
+  }
+
+  const f = r.flush;
+  if (f !== undefined) {
+    L.push("## 2. Flush throughput");
+    L.push("");
+    L.push(
+      "Distinct rows per second committed in one transaction: `applyBatches` in a Prisma interactive transaction vs " +
+        "raw `pg` with the same statements (bench/raw-upsert.ts), alternating which goes first, tables truncated between. " +
+        "insert = every row new; update = every row already there (ON CONFLICT DO UPDATE).",
+    );
+    L.push("");
+    L.push(
+      "| Rows (entity + daily, batches) | Phase | Prisma rows/s | raw pg rows/s | Prisma / raw | mergeRows CPU ms |",
+    );
+    L.push("|---|---|---|---|---|---|");
+    for (const s of f.sizes) {
+      for (const phase of ["insert", "update"] as const) {
+        const ph = s[phase];
+        L.push(
+          `| ${s.rows} (${s.entityRows} + ${s.dailyRows}, ${s.batches}) | ${phase} | ${sp(ph.prismaRowsPerSec)} | ${sp(ph.rawRowsPerSec)} | **${sp(ph.ratio, 1, 2)}x** | ${phase === "insert" ? sp(s.mergeMs) : ""} |`,
+        );
+      }
+    }
+    L.push("");
+  }
+
+  if (r.pipeline.length > 0) {
+    const pl = r.plan.pipeline;
+    L.push("## 3. End to end, and 4. buffer off vs on");
+    L.push("");
+    L.push(
+      `${pl.producers} producer processes (nice ${pl.producerNice}), each recording as fast as it can for ${pl.durationMs / 1000} s; ` +
+        `seal every ${pl.intervalMs} ms + up to ${pl.jitterMs} ms jitter; buffered: one FlushWorker process firing every ${pl.workerEveryMs} ms. ` +
+        `Traffic shape: ${JSON.stringify(pl.shape)}. Modes alternate run by run; medians over ${pl.runsPerMode} run(s) per mode, counts summed.`,
+    );
+    L.push("");
+    const modes = r.modes;
+    const d = modes.find((x) => x.mode === "direct");
+    const b = modes.find((x) => x.mode === "buffered");
+    const row = (
+      label: string,
+      f: (s: ModeSummary) => string,
+      ratio?: (s: ModeSummary) => number,
+    ): void => {
+      const rat =
+        ratio !== undefined && d !== undefined && b !== undefined
+          ? `${n(ratio(b) / ratio(d), 3)}x`
+          : "";
+      L.push(
+        `| ${label} | ${d !== undefined ? f(d) : "–"} | ${b !== undefined ? f(b) : "–"} | ${rat} |`,
+      );
+    };
+    L.push("| | Direct (buffer off) | Buffered (buffer on) | Buffered / direct |");
+    L.push("|---|---|---|---|");
+    row(
+      "events/s recorded during the window",
+      (s) => n(s.eventsPerSec),
+      (s) => s.eventsPerSec,
+    );
+    row(
+      "events/s durable (go → last event in PostgreSQL)",
+      (s) => n(s.durableEventsPerSec),
+      (s) => s.durableEventsPerSec,
+    );
+    row("events refused by record() (buffer full)", (s) => String(s.rejectedEvents));
+    row(
+      "window end → all spend in PostgreSQL, ms",
+      (s) => n(s.drainMs),
+      (s) => s.drainMs,
+    );
+    row(
+      `staleness p50 / p99, ms (markers; poll every ${pl.pollMs} ms)`,
+      (s) => `${n(s.stalenessP50Ms)} / ${n(s.stalenessP99Ms)}`,
+    );
+    row(
+      "backlog: max / at window end, jobs",
+      (s) => `${s.maxBacklogJobs} / ${n(s.backlogAtWindowEnd)}`,
+    );
+    row("Redis used_memory growth, max, MB", (s) => n(s.redisMemoryGrowthMb));
+    row("**deadlocks** (pg_stat_database)", (s) => `**${s.deadlocks}**`);
+    row("rolled-back transactions", (s) => String(s.rollbacks));
+    row("failed sends, retried (enqueue_failures_total)", (s) => String(s.enqueueFailures));
+    row("close() gave up (spend undelivered)", (s) => String(s.closeErrors));
+    row(
+      "**lost spend**: rows differing / USD",
+      (s) => `**${s.mismatchedRows} / ${s.lostSpendUsd}**`,
+    );
+    row(
+      "DB backend CPU, s (/proc)",
+      (s) => n(s.dbBackendCpuSeconds),
+      (s) => s.dbBackendCpuSeconds,
+    );
+    row(
+      "DB backend CPU per million events, s",
+      (s) => n(s.dbCpuSecondsPerMillionEvents),
+      (s) => s.dbCpuSecondsPerMillionEvents,
+    );
+    row(
+      "DB active time, ms (pg_stat_database)",
+      (s) => n(s.dbActiveTimeMs),
+      (s) => s.dbActiveTimeMs,
+    );
+    row(
+      "row versions written",
+      (s) => n(s.rowVersionsWritten),
+      (s) => s.rowVersionsWritten,
+    );
+    row("most backends waiting on a lock at once", (s) => String(s.maxLockWaits));
+    row("reconciled exactly", (s) => (s.reconciled ? "yes" : "**NO**"));
+    L.push("");
+    L.push("Per run:");
+    L.push("");
+    L.push(
+      "| Mode | Run | Events | events/s | durable events/s | drain ms | staleness p50/p99 ms | max backlog | deadlocks | rollbacks | DB CPU s | reconciled |",
+    );
+    L.push("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (const x of r.pipeline) {
+      L.push(
+        `| ${x.mode} | ${x.run} | ${x.events} | ${n(x.eventsPerSec)} | ${n(x.durableEventsPerSec)} | ${n(x.drainMs)} | ${n(x.staleness.p50Ms)} / ${n(x.staleness.p99Ms)} | ${x.maxBacklogJobs} | ${x.db.deadlocks} | ${x.db.rollbacks} | ${n(x.db.backendCpuSeconds)} | ${x.reconciliation.ok ? "yes" : "NO"} |`,
+      );
+    }
+    L.push("");
+  }
+  if (r.errors.length > 0) {
+    L.push("## Errors");
+    L.push("");
+    for (const e of r.errors) L.push(`- ${e.replace(/\n/g, " ")}`);
+    L.push("");
+  }
+  return L.join("\n");
+}
+
+const esc = (s: string): string =>
+  s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
+/** Three bar panels, direct vs buffered. No chart library: plain rects and text. */
+export function svg(r: BenchResults): string {
+  const d = r.modes.find((x) => x.mode === "direct");
+  const b = r.modes.find((x) => x.mode === "buffered");
+  const W = 780;
+  const H = 560;
+  const colors = { direct: "#c9463d", buffered: "#2f6fb0" };
+  const panels: { title: string; unit: string; values: [number, number] }[] = [
+    {
+      title: "Durable throughput",
+      unit: "events/s",
+      values: [d?.durableEventsPerSec ?? 0, b?.durableEventsPerSec ?? 0],
+    },
+    { title: "Deadlocks", unit: "count", values: [d?.deadlocks ?? 0, b?.deadlocks ?? 0] },
+    {
+      title: "DB CPU per million events",
+      unit: "seconds",
+      values: [d?.dbCpuSecondsPerMillionEvents ?? 0, b?.dbCpuSecondsPerMillionEvents ?? 0],
+    },
+  ];
+  const out: string[] = [];
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif">`,
+  );
+  out.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
+  const pl = r.plan.pipeline;
+  out.push(
+    `<text x="${W / 2}" y="24" text-anchor="middle" font-size="15" font-weight="bold">${esc(`${pl.producers} gateway processes, buffer off (direct) vs on (buffered)${r.plan.smoke ? " — smoke run" : ""}`)}</text>`,
+  );
+  out.push(
+    `<text x="${W / 2}" y="42" text-anchor="middle" font-size="11" fill="#555">${esc(`median of ${pl.runsPerMode} run(s) per mode, ${pl.durationMs / 1000} s window each; ${r.machine.cpuModel}, ${r.machine.cores} cores`)}</text>`,
+  );
+  const panelW = W / panels.length;
+  const top = 70;
+  const bottom = 270;
+  panels.forEach((p, i) => {
+    const x0 = i * panelW;
+    const maxV = Math.max(...p.values, 1e-9);
+    out.push(
+      `<text x="${x0 + panelW / 2}" y="${top - 10}" text-anchor="middle" font-size="13" font-weight="bold">${esc(p.title)}</text>`,
+    );
+    out.push(
+      `<line x1="${x0 + 30}" y1="${bottom}" x2="${x0 + panelW - 30}" y2="${bottom}" stroke="#333"/>`,
+    );
+    const barW = 70;
+    p.values.forEach((v, j) => {
+      const h = ((bottom - top - 20) * v) / maxV;
+      const bx = x0 + panelW / 2 - barW - 8 + j * (barW + 16);
+      const color = j === 0 ? colors.direct : colors.buffered;
+      out.push(`<rect x="${bx}" y="${bottom - h}" width="${barW}" height="${h}" fill="${color}"/>`);
+      const label = p.unit === "count" ? String(v) : n(v);
+      out.push(
+        `<text x="${bx + barW / 2}" y="${bottom - h - 5}" text-anchor="middle" font-size="12">${esc(label)}</text>`,
+      );
+      out.push(
+        `<text x="${bx + barW / 2}" y="${bottom + 16}" text-anchor="middle" font-size="12">${j === 0 ? "direct" : "buffered"}</text>`,
+      );
+    });
+    out.push(
+      `<text x="${x0 + panelW / 2}" y="${bottom + 34}" text-anchor="middle" font-size="11" fill="#555">${esc(p.unit)}</text>`,
+    );
+  });
+  out.push(
+    `<text x="${W / 2}" y="${bottom + 52}" text-anchor="middle" font-size="10" fill="#777">${esc("durable = accepted events / (start → last event committed in PostgreSQL); DB CPU from /proc of the run database's backends")}</text>`,
+  );
+  out.push(...backlogChart(r, 370, H - 30, W));
+  out.push("</svg>");
+  return out.join("\n");
+}
+
+/** Buffered runs' queue depth over time: a line per run, the window's end dashed. */
+function backlogChart(r: BenchResults, top: number, bottom: number, W: number): string[] {
+  const runs = r.pipeline.filter((p) => p.mode === "buffered" && p.backlog.length > 1);
+  const out: string[] = [];
+  const left = 70;
+  const right = W - 30;
+  out.push(
+    `<text x="${W / 2}" y="${top - 12}" text-anchor="middle" font-size="13" font-weight="bold">Buffered: spend jobs waiting in Redis (backlog) over time</text>`,
+  );
+  if (runs.length === 0) return out;
+  const maxT = Math.max(...runs.flatMap((p) => p.backlog.map((b) => b.t)), 1);
+  const maxJobs = Math.max(...runs.flatMap((p) => p.backlog.map((b) => b.jobs)), 1);
+  const x = (t: number): number => left + ((right - left) * Math.max(0, t)) / maxT;
+  const y = (jobs: number): number => bottom - ((bottom - top) * jobs) / maxJobs;
+  out.push(`<line x1="${left}" y1="${bottom}" x2="${right}" y2="${bottom}" stroke="#333"/>`);
+  out.push(`<line x1="${left}" y1="${top}" x2="${left}" y2="${bottom}" stroke="#333"/>`);
+  out.push(
+    `<text x="${left - 6}" y="${top + 4}" text-anchor="end" font-size="11">${maxJobs}</text>`,
+  );
+  out.push(`<text x="${left - 6}" y="${bottom}" text-anchor="end" font-size="11">0</text>`);
+  out.push(
+    `<text x="${right}" y="${bottom + 16}" text-anchor="end" font-size="11">${n(maxT)} s</text>`,
+  );
+  out.push(
+    `<text x="${left}" y="${bottom + 16}" text-anchor="start" font-size="11">0 s (go)</text>`,
+  );
+  const windowEnd = r.plan.pipeline.durationMs / 1000;
+  out.push(
+    `<line x1="${x(windowEnd)}" y1="${top}" x2="${x(windowEnd)}" y2="${bottom}" stroke="#999" stroke-dasharray="4 3"/>`,
+  );
+  out.push(
+    `<text x="${x(windowEnd) + 4}" y="${top + 10}" font-size="10" fill="#777">producers stop</text>`,
+  );
+  const shades = ["#2f6fb0", "#7aa7d6", "#1d4477", "#a9c6e6"];
+  runs.forEach((p, i) => {
+    const pts = p.backlog.map((b) => `${x(b.t).toFixed(1)},${y(b.jobs).toFixed(1)}`).join(" ");
+    const color = shades[i % shades.length] ?? "#2f6fb0";
+    out.push(`<polyline points="${pts}" fill="none" stroke="${color}" stroke-width="2"/>`);
+    out.push(
+      `<text x="${right - 4}" y="${top + 14 + 14 * i}" text-anchor="end" font-size="11" fill="${color}">run ${p.run}: max ${p.maxBacklogJobs} jobs, drained ${n(p.drainMs / 1000)} s after stop</text>`,
+    );
+  });
+  return out;
+}
+
+export function writeResults(dir: string, r: BenchResults): string[] {
+  mkdirSync(dir, { recursive: true });
+  const files = [join(dir, "latest.json"), join(dir, "latest.md"), join(dir, "latest.svg")];
+  const [json, md, chart] = files as [string, string, string];
+  writeFileSync(json, `${JSON.stringify(r, null, 2)}\n`);
+  writeFileSync(md, `${markdown(r)}\n`);
+  writeFileSync(chart, `${svg(r)}\n`);
+  return files;
+}

@@ -1,0 +1,146 @@
+/**
+ * `npm run bench` (issue 5). Full run: every section, results in
+ * bench/results/latest.{json,md,svg}. `npm run bench -- --smoke`: a short run
+ * that checks everything runs and reconciles exactly (exit 1 if not); its
+ * results go to bench/results/tmp/ so CI or a quick check never overwrites
+ * the last full run's figures.
+ *
+ * Options: --smoke, --only=producer,flush,pipeline (a subset, for development).
+ */
+import { fileURLToPath } from "node:url";
+import { measureFlushThroughput, type FlushThroughputResult } from "./flush-throughput.js";
+import { machineInfo } from "./machine.js";
+import { runPipeline, type PipelineRunResult } from "./pipeline.js";
+import { FULL_PLAN, SMOKE_PLAN, type BenchPlan } from "./plan.js";
+import { measureProducerCost, type ProducerCostResult } from "./producer-cost.js";
+import type { SinkMode } from "./protocol.js";
+import { writeResults } from "./report.js";
+import { Resources } from "./resources.js";
+import { evaluateBars, summarizeModes, type BenchResults } from "./summary.js";
+import { errorMessage, progress, round } from "./util.js";
+
+type Section = "producer" | "flush" | "pipeline";
+const SECTIONS: readonly Section[] = ["producer", "flush", "pipeline"];
+
+function parseArgs(argv: readonly string[]): { plan: BenchPlan; only: Set<Section> } {
+  let plan = FULL_PLAN;
+  let only = new Set<Section>(SECTIONS);
+  for (const a of argv) {
+    if (a === "--smoke") plan = SMOKE_PLAN;
+    else if (a.startsWith("--only=")) {
+      const names = a.slice("--only=".length).split(",");
+      for (const s of names)
+        if (!SECTIONS.includes(s as Section)) throw new Error(`unknown section ${s}`);
+      only = new Set(names as Section[]);
+    } else throw new Error(`unknown argument ${a} (use --smoke, --only=producer,flush,pipeline)`);
+  }
+  return { plan, only };
+}
+
+async function main(): Promise<number> {
+  const { plan, only } = parseArgs(process.argv.slice(2));
+  const res = new Resources();
+  let interrupted = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (interrupted) return;
+    interrupted = true;
+    progress("bench", `${signal}: cleaning up`);
+    void res.cleanup().finally(() => process.exit(130));
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+
+  const t0 = Date.now();
+  const errors: string[] = [];
+  let producer: ProducerCostResult | undefined;
+  let flush: FlushThroughputResult | undefined;
+  const pipeline: PipelineRunResult[] = [];
+  const machine = await machineInfo();
+  progress(
+    "bench",
+    `${plan.smoke ? "smoke" : "full"} run on ${machine.cpuModel} x${machine.cores}, load ${machine.loadAverageAtStart.join("/")}`,
+  );
+  try {
+    if (only.has("producer")) {
+      try {
+        producer = await measureProducerCost(plan.producer, plan.pipeline.shape);
+      } catch (err) {
+        errors.push(`producer cost: ${errorMessage(err)}`);
+      }
+    }
+    if (only.has("flush")) {
+      try {
+        flush = await measureFlushThroughput(plan.flush, plan.pipeline.shape, res);
+      } catch (err) {
+        errors.push(`flush throughput: ${errorMessage(err)}`);
+      }
+    }
+    if (only.has("pipeline")) {
+      for (let run = 1; run <= plan.pipeline.runsPerMode; run++) {
+        // Alternate which mode goes first, so drift in machine load does not favour one.
+        const order: SinkMode[] = run % 2 === 1 ? ["buffered", "direct"] : ["direct", "buffered"];
+        for (const mode of order) {
+          if (interrupted) break;
+          try {
+            pipeline.push(await runPipeline(mode, run, plan.pipeline, res));
+          } catch (err) {
+            errors.push(`${mode} run ${run}: ${errorMessage(err)}`);
+            progress("bench", `${mode} run ${run} failed: ${errorMessage(err)}`);
+          }
+        }
+      }
+    }
+  } finally {
+    await res.cleanup();
+  }
+
+  const modes = summarizeModes(pipeline);
+  const reconciled =
+    only.has("pipeline") &&
+    pipeline.length === plan.pipeline.runsPerMode * 2 &&
+    pipeline.every((r) => r.reconciliation.ok);
+  const results: BenchResults = {
+    plan,
+    machine,
+    durationSeconds: (Date.now() - t0) / 1000,
+    ...(producer !== undefined ? { producer } : {}),
+    ...(flush !== undefined ? { flush } : {}),
+    pipeline,
+    modes,
+    bars: evaluateBars(producer, flush, modes),
+    errors,
+    reconciled,
+  };
+  const dir = fileURLToPath(new URL(plan.smoke ? "results/tmp/" : "results/", import.meta.url));
+  const files = writeResults(dir, results);
+
+  const out: string[] = [
+    "",
+    `Spend buffer benchmark (${plan.smoke ? "smoke" : "full"}), ${round(results.durationSeconds)} s`,
+  ];
+  for (const b of results.bars)
+    out.push(`  ${b.pass ? "PASS" : "FAIL"}  ${b.name}: ${b.value} (bar ${b.bar})`);
+  for (const m of modes) {
+    out.push(
+      `  ${m.mode.padEnd(8)} ${round(m.eventsPerSec)} events/s recorded, ${round(m.durableEventsPerSec)} durable; staleness p50 ${round(m.stalenessP50Ms)} ms p99 ${round(m.stalenessP99Ms)} ms; deadlocks ${m.deadlocks}; rollbacks ${m.rollbacks}; failed sends ${m.enqueueFailures}; DB CPU ${round(m.dbBackendCpuSeconds)} s; reconciled ${m.reconciled ? "exactly" : "NO"}`,
+    );
+  }
+  for (const e of errors) out.push(`  ERROR ${e}`);
+  out.push(`  wrote ${files.join(", ")}`);
+  process.stdout.write(`${out.join("\n")}\n`);
+
+  if (errors.length > 0) return 1;
+  // The smoke run's contract: exit non-zero unless every run reconciled exactly.
+  if (only.has("pipeline") && !reconciled) return 1;
+  return 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(
+      `bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+    );
+    process.exit(1);
+  },
+);

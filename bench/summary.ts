@@ -1,0 +1,179 @@
+/**
+ * Turns raw section results into the figures the report shows: medians
+ * across runs, ratios against the reference measured in the same run, and a
+ * verdict per bar from issue 5.
+ */
+import type { FlushThroughputResult } from "./flush-throughput.js";
+import type { MachineInfo } from "./machine.js";
+import type { PipelineRunResult } from "./pipeline.js";
+import type { BenchPlan } from "./plan.js";
+import type { ProducerCostResult } from "./producer-cost.js";
+import type { SinkMode } from "./protocol.js";
+import { median } from "./util.js";
+
+export interface ModeSummary {
+  mode: SinkMode;
+  runs: number;
+  eventsPerSec: number;
+  durableEventsPerSec: number;
+  rejectedEvents: number;
+  drainMs: number;
+  maxBacklogJobs: number;
+  backlogAtWindowEnd: number;
+  redisMemoryGrowthMb: number;
+  stalenessP50Ms: number;
+  stalenessP99Ms: number;
+  markersUnseen: number;
+  deadlocks: number;
+  rollbacks: number;
+  enqueueFailures: number;
+  closeErrors: number;
+  mismatchedRows: number;
+  /** Sum over runs, USD, exact decimal text. */
+  lostSpendUsd: string;
+  dbBackendCpuSeconds: number;
+  dbCpuSecondsPerMillionEvents: number;
+  dbActiveTimeMs: number;
+  rowVersionsWritten: number;
+  maxLockWaits: number;
+  reconciled: boolean;
+}
+
+export interface Bar {
+  name: string;
+  bar: string;
+  value: string;
+  pass: boolean;
+}
+
+export interface BenchResults {
+  plan: BenchPlan;
+  machine: MachineInfo;
+  durationSeconds: number;
+  producer?: ProducerCostResult;
+  flush?: FlushThroughputResult;
+  pipeline: PipelineRunResult[];
+  modes: ModeSummary[];
+  bars: Bar[];
+  errors: string[];
+  /** Reconciliation held in every end-to-end run (the smoke run's exit code). */
+  reconciled: boolean;
+}
+
+function addUsd(values: readonly string[]): string {
+  // Exact: each value is a decimal with 12 places.
+  const pico = values.reduce((a, v) => {
+    const neg = v.startsWith("-");
+    const [w = "0", f = ""] = (neg ? v.slice(1) : v).split(".");
+    const p = BigInt(w) * 1_000_000_000_000n + BigInt(f.padEnd(12, "0"));
+    return a + (neg ? -p : p);
+  }, 0n);
+  const neg = pico < 0n;
+  const abs = neg ? -pico : pico;
+  return `${neg ? "-" : ""}${abs / 1_000_000_000_000n}.${(abs % 1_000_000_000_000n).toString().padStart(12, "0")}`;
+}
+
+export function summarizeModes(runs: readonly PipelineRunResult[]): ModeSummary[] {
+  const out: ModeSummary[] = [];
+  for (const mode of ["buffered", "direct"] as const) {
+    const rs = runs.filter((r) => r.mode === mode);
+    if (rs.length === 0) continue;
+    const m = (f: (r: PipelineRunResult) => number): number => median(rs.map(f));
+    const sum = (f: (r: PipelineRunResult) => number): number => rs.reduce((a, r) => a + f(r), 0);
+    out.push({
+      mode,
+      runs: rs.length,
+      eventsPerSec: m((r) => r.eventsPerSec),
+      durableEventsPerSec: m((r) => r.durableEventsPerSec),
+      rejectedEvents: sum((r) => r.rejectedEvents),
+      drainMs: m((r) => r.drainMs),
+      maxBacklogJobs: Math.max(...rs.map((r) => r.maxBacklogJobs)),
+      backlogAtWindowEnd: m((r) => r.backlogAtWindowEnd),
+      redisMemoryGrowthMb: Math.max(...rs.map((r) => r.redisMemoryGrowthMb)),
+      stalenessP50Ms: m((r) => r.staleness.p50Ms),
+      stalenessP99Ms: m((r) => r.staleness.p99Ms),
+      markersUnseen: sum((r) => r.staleness.markers - r.staleness.seen),
+      deadlocks: sum((r) => r.db.deadlocks),
+      rollbacks: sum((r) => r.db.rollbacks),
+      enqueueFailures: sum((r) => r.enqueueFailures),
+      closeErrors: sum((r) => r.closeErrors.length),
+      mismatchedRows: sum((r) => r.reconciliation.mismatchedRows),
+      lostSpendUsd: addUsd(rs.map((r) => r.reconciliation.lostSpendUsd)),
+      dbBackendCpuSeconds: m((r) => r.db.backendCpuSeconds),
+      dbCpuSecondsPerMillionEvents: m(
+        (r) => r.db.backendCpuSeconds / ((r.events - r.rejectedEvents) / 1e6),
+      ),
+      dbActiveTimeMs: m((r) => r.db.activeTimeMs),
+      rowVersionsWritten: m((r) => r.db.tuplesInserted + r.db.tuplesUpdated),
+      maxLockWaits: Math.max(...rs.map((r) => r.db.maxLockWaits)),
+      reconciled: rs.every((r) => r.reconciliation.ok),
+    });
+  }
+  return out;
+}
+
+const fmt = (n: number, digits = 2): string => (Number.isFinite(n) ? n.toFixed(digits) : String(n));
+
+export function evaluateBars(
+  producer: ProducerCostResult | undefined,
+  flush: FlushThroughputResult | undefined,
+  modes: readonly ModeSummary[],
+): Bar[] {
+  const bars: Bar[] = [];
+  if (producer !== undefined) {
+    const hot = producer.hot.wallNs.median;
+    bars.push({
+      name: "record() per typical event, hot cell (wall, median)",
+      bar: "<= 1 µs",
+      value: `${fmt(hot / 1000, 3)} µs (CPU ${fmt(producer.hot.cpuNs.median / 1000, 3)} µs)`,
+      pass: hot <= 1000,
+    });
+    const iv = producer.interval.wallNs.median;
+    bars.push({
+      name: `record() per event over a realistic ${producer.interval.eventsPerRep}-event interval incl. seal (wall, median)`,
+      bar: "<= 1 µs",
+      value: `${fmt(iv / 1000, 3)} µs (CPU ${fmt(producer.interval.cpuNs.median / 1000, 3)} µs)`,
+      pass: iv <= 1000,
+    });
+    const g = producer.gateway;
+    bars.push({
+      name: "added to the reference request, hot cells",
+      bar: "< 2 %",
+      value: `${fmt(g.hotAddedPct.median, 1)} % (CPU ${fmt(g.hotAddedPctCpu.median, 1)} %)`,
+      pass: g.hotAddedPct.median < 2,
+    });
+    bars.push({
+      name: "added to the reference request, realistic interval incl. seal",
+      bar: "< 2 %",
+      value: `${fmt(g.intervalAddedPct.median, 1)} % (CPU ${fmt(g.intervalAddedPctCpu.median, 1)} %)`,
+      pass: g.intervalAddedPct.median < 2,
+    });
+  }
+  for (const s of flush?.sizes ?? []) {
+    for (const phase of ["insert", "update"] as const) {
+      const r = s[phase].ratio.median;
+      bars.push({
+        name: `flush ${s.rows} rows (${phase}): Prisma applyBatches / raw pg`,
+        bar: ">= 0.7x",
+        value: `${fmt(r)}x`,
+        pass: r >= 0.7,
+      });
+    }
+  }
+  const buffered = modes.find((m) => m.mode === "buffered");
+  if (buffered !== undefined) {
+    bars.push({
+      name: "buffered: deadlocks",
+      bar: "0",
+      value: String(buffered.deadlocks),
+      pass: buffered.deadlocks === 0,
+    });
+    bars.push({
+      name: "buffered: spend lost (rows differing from the replayed ledger)",
+      bar: "0",
+      value: `${buffered.mismatchedRows} rows, ${buffered.lostSpendUsd} USD`,
+      pass: buffered.mismatchedRows === 0 && buffered.reconciled,
+    });
+  }
+  return bars;
+}
