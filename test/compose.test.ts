@@ -38,8 +38,10 @@ describe("docker-compose.yml", () => {
     assert.deepEqual(Object.keys(services).sort(), [
       "flush-worker",
       "gateway",
+      "grafana",
       "migrate",
       "postgres",
+      "prometheus",
       "redis",
     ]);
     assert.equal(services["flush-worker"]?.deploy?.replicas, 2);
@@ -157,5 +159,23 @@ describe("docker-compose.yml", () => {
     const appEnv = services["flush-worker"]?.environment ?? {};
     for (const name of Object.keys(env))
       assert.ok(name in appEnv, `${name} is set for the app services`);
+  });
+
+  it("wires Prometheus and Grafana to files this repository has, scraping the app services", () => {
+    for (const name of ["prometheus", "grafana"]) {
+      for (const v of services[name]?.volumes ?? []) {
+        const host = v.split(":")[0] ?? "";
+        if (host.startsWith("./"))
+          assert.ok(existsSync(root(host.slice(2))), `${name}: ${host} exists`);
+      }
+    }
+    const prom = parse(readFileSync(root("deploy/prometheus/prometheus.yml"), "utf8")) as {
+      scrape_configs: { dns_sd_configs?: { names: string[]; port?: number }[] }[];
+    };
+    const scraped = prom.scrape_configs.flatMap((c) =>
+      (c.dns_sd_configs ?? []).flatMap((d) => d.names),
+    );
+    for (const svc of ["flush-worker", "gateway"])
+      assert.ok(scraped.includes(svc), `${svc} is scraped`);
   });
 });

@@ -156,12 +156,16 @@ describe("observability assets", () => {
       scrape_configs: { job_name: string; dns_sd_configs?: { names: string[]; port: number }[] }[];
     };
     assert.deepEqual(prom.rule_files, ["/etc/prometheus/alerts.yml"]);
-    for (const job of ["flush-worker", "gateway"]) {
+    // The worker serves /metrics on its metrics port, the gateway on its HTTP port.
+    for (const [job, port] of [
+      ["flush-worker", 9464],
+      ["gateway", 4000],
+    ] as const) {
       const c = prom.scrape_configs.find((s) => s.job_name === job);
       assert.deepEqual(c?.dns_sd_configs?.[0], {
         ...c?.dns_sd_configs?.[0],
         names: [job],
-        port: 9464,
+        port,
       });
     }
     const ds = parse(read("grafana/provisioning/datasources/prometheus.yml")) as {

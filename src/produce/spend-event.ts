@@ -138,8 +138,15 @@ const ALLOWED_FIELDS = new Set<string>([
 
 // Control characters are refused because row identities are joined with
 // \x1e/\x1f separators in memory: an id can never forge another row's key.
-// eslint-disable-next-line no-control-regex
-const CONTROL = /[\u0000-\u001f\u007f]/;
+// A charCodeAt loop, not a regex: it runs on ~11 ids per request and the
+// loop is several times cheaper on short strings.
+function hasControl(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c === 0x7f) return true;
+  }
+  return false;
+}
 // Ids that turn into prototype accessors if any consumer ever indexes a plain object by them.
 const RESERVED_IDS = new Set(["__proto__", "constructor", "prototype"]);
 
@@ -150,9 +157,10 @@ function checkId(value: unknown, field: string, limits: ValidationLimits): strin
   if (value.length > limits.maxIdLength) {
     throw new SpendEventError("invalid_id", field, `longer than ${limits.maxIdLength} characters`);
   }
-  if (CONTROL.test(value))
+  if (hasControl(value))
     throw new SpendEventError("invalid_id", field, "contains control characters");
-  if (RESERVED_IDS.has(value))
+  // Only the reserved names are this short-circuit's length; skip the Set lookup otherwise.
+  if ((value.length === 9 || value.length === 11) && RESERVED_IDS.has(value))
     throw new SpendEventError("invalid_id", field, `reserved id ${JSON.stringify(value)}`);
   return value;
 }
