@@ -111,7 +111,9 @@ async function main(): Promise<number> {
     errors,
     reconciled,
   };
-  const dir = fileURLToPath(new URL(plan.smoke ? "results/tmp/" : "results/", import.meta.url));
+  // Only a full run of every section replaces the published results.
+  const partial = plan.smoke || only.size < SECTIONS.length;
+  const dir = fileURLToPath(new URL(partial ? "results/tmp/" : "results/", import.meta.url));
   const files = writeResults(dir, results);
 
   const out: string[] = [
