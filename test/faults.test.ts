@@ -4,7 +4,7 @@ import pg from "pg";
 import { trafficGenerator } from "../src/demo/traffic.js";
 import type { FlushStep } from "../src/flush/flusher.js";
 import { diffTotals, readTotals } from "./support/db-totals.js";
-import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { createTestDatabase, truncateAll, type TestDatabase } from "./support/db.js";
 import { Harness } from "./support/harness.js";
 import { Ledger } from "./support/ledger.js";
 import { spawnTs, type Spawned } from "./support/processes.js";
@@ -19,13 +19,6 @@ let t: TestDatabase;
 let h: Harness;
 let prefix: string;
 let procs: Spawned[] = [];
-
-async function truncateAll(): Promise<void> {
-  await t.db.$executeRawUnsafe(`DO $$ DECLARE r record; BEGIN
-    FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> '_prisma_migrations' LOOP
-      EXECUTE format('TRUNCATE %I', r.tablename);
-    END LOOP; END $$`);
-}
 
 async function produce(n: number, seed: number, ledger: Ledger): Promise<void> {
   const p = h.producer({ maxRowsPerJob: 200 });
@@ -67,7 +60,7 @@ describe("faults", () => {
   beforeEach(async () => {
     prefix = uniquePrefix("faults");
     h = new Harness(testConfig(prefix, t.url, { lock_lease_seconds: 1 }), t.db);
-    await truncateAll();
+    await truncateAll(t.db);
   });
   afterEach(async () => {
     for (const p of procs) p.kill("SIGCONT");

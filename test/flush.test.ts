@@ -4,7 +4,7 @@ import { trafficGenerator } from "../src/demo/traffic.js";
 import { applyBatches, FencedOffError } from "../src/persist/apply-batches.js";
 import { ENTITY_JOB } from "../src/queue/spend-queues.js";
 import { readTotals, diffTotals } from "./support/db-totals.js";
-import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { createTestDatabase, truncateAll, type TestDatabase } from "./support/db.js";
 import { Harness } from "./support/harness.js";
 import { Ledger } from "./support/ledger.js";
 import { cleanRedis, testConfig, uniquePrefix } from "./support/redis.js";
@@ -12,13 +12,6 @@ import { cleanRedis, testConfig, uniquePrefix } from "./support/redis.js";
 let t: TestDatabase;
 let h: Harness;
 let prefix: string;
-
-async function truncateAll(): Promise<void> {
-  await t.db.$executeRawUnsafe(`DO $$ DECLARE r record; BEGIN
-    FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> '_prisma_migrations' LOOP
-      EXECUTE format('TRUNCATE %I', r.tablename);
-    END LOOP; END $$`);
-}
 
 async function assertTotals(ledger: Ledger): Promise<void> {
   const diff = diffTotals(ledger.totals, await readTotals(t.url));
@@ -46,7 +39,7 @@ describe("flush", () => {
     if (prefix !== undefined) await cleanRedis(prefix);
     prefix = uniquePrefix("flush");
     h = new Harness(testConfig(prefix, t.url, { max_jobs_per_flush: 50 }), t.db);
-    await truncateAll();
+    await truncateAll(t.db);
   });
   after(async () => {
     await h.close();

@@ -9,14 +9,12 @@ import { loadConfig } from "../config/config.js";
 import { createLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
 import { usdNumberToPico, usdStringToPico } from "../money.js";
-import { SpendProducer } from "../produce/producer.js";
+import { producerSettings, SpendProducer } from "../produce/producer.js";
 import type { SpendSink } from "../produce/spend-sink.js";
 import { DirectSink } from "../persist/direct-sink.js";
 import { createDb } from "../persist/prisma.js";
-import { createRedis } from "../queue/connection.js";
-import { redisKeys } from "../queue/keys.js";
+import { createRedis, openPartitionQueues } from "../queue/connection.js";
 import { QueueSink } from "../queue/queue-sink.js";
-import { openSpendQueues } from "../queue/spend-queues.js";
 import { createApp, listen } from "../serve/http.js";
 import { trafficGenerator } from "./traffic.js";
 
@@ -39,20 +37,11 @@ const redis = config.useRedisBuffer ? createRedis(config.redis, "producer") : un
 const db = config.useRedisBuffer ? undefined : createDb(config.databaseUrl, { max: 2 });
 const sink: SpendSink =
   redis !== undefined
-    ? new QueueSink(openSpendQueues(redis, redisKeys(config.keyPrefix)))
+    ? new QueueSink(openPartitionQueues(redis, config.keyPrefix, config.partitions))
     : new DirectSink(db ?? createDb(config.databaseUrl), {
         transactionTimeoutMs: config.worker.transactionTimeoutMs,
       });
-const producer = new SpendProducer({
-  sink,
-  flushIntervalMs: config.producer.flushIntervalMs,
-  flushJitterMs: config.producer.flushJitterMs,
-  maxBufferedRows: config.producer.maxBufferedRows,
-  maxRowsPerJob: config.producer.maxRowsPerJob,
-  limits: config.limits,
-  metrics,
-  logger: log,
-});
+const producer = new SpendProducer({ sink, ...producerSettings(config), metrics, logger: log });
 const server = await listen(
   createApp(metrics),
   Number(env.METRICS_PORT ?? "0"),

@@ -3,7 +3,7 @@ import type { AddressInfo } from "node:net";
 import type { AppConfig } from "../config/config.js";
 import { silentLogger, type Logger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
-import { SpendProducer } from "../produce/producer.js";
+import { producerSettings, SpendProducer } from "../produce/producer.js";
 import type { SpendSink } from "../produce/spend-sink.js";
 import { DirectSink } from "../persist/direct-sink.js";
 import { createDb } from "../persist/prisma.js";
@@ -65,17 +65,7 @@ export async function startGateway(
       metrics,
     });
   }
-  const producer = new SpendProducer({
-    sink,
-    flushIntervalMs: config.producer.flushIntervalMs,
-    flushJitterMs: config.producer.flushJitterMs,
-    maxBufferedRows: config.producer.maxBufferedRows,
-    maxRowsPerJob: config.producer.maxRowsPerJob,
-    limits: config.limits,
-    metrics,
-    logger,
-    partitions: config.partitions,
-  });
+  const producer = new SpendProducer({ sink, ...producerSettings(config), metrics, logger });
   const keys = new KeyCache(db, config.gateway.keyCacheTtlMs, config.gateway.keyCacheMaxEntries);
   const checks: Record<string, Check> = { postgres: postgresCheck(db) };
   if (redis !== undefined) {

@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import type { AppConfig } from "../config/config.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
@@ -50,6 +51,28 @@ export interface ProducerOptions {
    * hash of its identity). Must match the workers' setting. Default 1.
    */
   partitions?: number;
+}
+
+/** The producer settings a configuration decides (everything but the sink and observers). */
+export function producerSettings(
+  config: AppConfig,
+): Pick<
+  ProducerOptions,
+  | "flushIntervalMs"
+  | "flushJitterMs"
+  | "maxBufferedRows"
+  | "maxRowsPerJob"
+  | "limits"
+  | "partitions"
+> {
+  return {
+    flushIntervalMs: config.producer.flushIntervalMs,
+    flushJitterMs: config.producer.flushJitterMs,
+    maxBufferedRows: config.producer.maxBufferedRows,
+    maxRowsPerJob: config.producer.maxRowsPerJob,
+    limits: config.limits,
+    partitions: config.partitions,
+  };
 }
 
 export class BufferFullError extends Error {

@@ -55,3 +55,11 @@ export async function deadlockCount(name: string): Promise<number> {
     return Number(r.rows[0]?.deadlocks ?? 0);
   });
 }
+
+/** Empties every table but the migrations' own, so one database serves several tests. */
+export async function truncateAll(db: Db): Promise<void> {
+  await db.$executeRawUnsafe(`DO $$ DECLARE r record; BEGIN
+    FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> '_prisma_migrations' LOOP
+      EXECUTE format('TRUNCATE %I', r.tablename);
+    END LOOP; END $$`);
+}
