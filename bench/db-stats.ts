@@ -162,6 +162,12 @@ export class DbSampler {
 
   async stop(): Promise<{ backendCpuSeconds: number; serverCpuSeconds: number }> {
     if (this.stopped) return this.stopped;
+    if (!this.started) {
+      // Never started (a run that failed before go): a query on the unconnected client would wait forever.
+      this.stopped = { backendCpuSeconds: 0, serverCpuSeconds: 0 };
+      await this.client.end().catch(() => undefined);
+      return this.stopped;
+    }
     if (this.timer !== undefined) clearInterval(this.timer);
     await this.running;
     await this.sample().catch(() => undefined);

@@ -46,7 +46,7 @@ export interface FlushThroughputResult {
   sizes: SizeResult[];
 }
 
-const ALL_TABLES = [
+export const ALL_TABLES = [
   ...Object.values(ENTITY_TABLES).map((t) => t.table),
   ...Object.values(DAILY_TABLES).map((t) => t.table),
   "spend_applied_batch",
@@ -54,7 +54,7 @@ const ALL_TABLES = [
 ];
 
 /** Distinct rows as producers really seal them: aggregated realistic traffic, trimmed to n. */
-function makeRows(
+export function makeRows(
   n: number,
   shape: TrafficShape,
   now: number,
@@ -69,7 +69,7 @@ function makeRows(
   return { entity: entity.slice(0, ne), daily: daily.slice(0, n - ne) };
 }
 
-function toBatches(
+export function toBatches(
   rows: { entity: EntityRow[]; daily: DailyRow[] },
   perJob: number,
   tag: string,
@@ -83,7 +83,7 @@ function toBatches(
 }
 
 /** Row count and spend of every spend table: both arms must leave the same thing behind. */
-async function tableState(client: pg.Client): Promise<{ rows: number; spendPico: bigint }> {
+export async function tableState(client: pg.Client): Promise<{ rows: number; spendPico: bigint }> {
   let rows = 0;
   let spendPico = 0n;
   for (const table of ALL_TABLES.slice(0, -2)) {

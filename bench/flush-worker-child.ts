@@ -14,12 +14,17 @@ import { barrierKeys, type WorkerReport } from "./protocol.js";
 
 const prefix = process.env.PREFIX ?? "";
 const databaseUrl = process.env.DATABASE_URL ?? "";
+/** Flush partitions, each flushed concurrently (concurrency = partitions). Default 1. */
+const partitions = Number(process.env.PARTITIONS ?? "1");
 const config = testConfig(prefix, databaseUrl, {
   worker_flush_every_seconds: Number(process.env.WORKER_EVERY_MS ?? "500") / 1000,
   // A flush of a large backlog outlives the tests' 2 s lease; the lease keeper renews it either way.
   lock_lease_seconds: 15,
+  flush_partitions: partitions,
+  worker_concurrency: partitions,
 });
-const db = createDb(databaseUrl, { max: 4 });
+// One connection per concurrent flush transaction, plus room for the drain's bookkeeping.
+const db = createDb(databaseUrl, { max: Math.max(4, partitions + 2) });
 const report: WorkerReport = {
   outcomes: {},
   transactions: 0,
@@ -36,6 +41,8 @@ const worker = await FlushWorker.start({
   metrics: new SpendMetrics(),
   logger: silentLogger,
   holderId: "bench-worker",
+  partitions,
+  concurrency: partitions,
   onFlush: (r) => {
     report.outcomes[r.outcome] = (report.outcomes[r.outcome] ?? 0) + 1;
     report.transactions += r.transactions;

@@ -14,8 +14,8 @@ import { diffTotals, readTotals } from "../test/support/db-totals.js";
 import { Ledger, type Totals } from "../test/support/ledger.js";
 import { TEST_REDIS_URL } from "../test/support/redis.js";
 import { redisKeys } from "../src/queue/keys.js";
-import { openSpendQueues } from "../src/queue/spend-queues.js";
-import { createRedis } from "../src/queue/connection.js";
+import type { SpendQueues } from "../src/queue/spend-queues.js";
+import { createRedis, openPartitionQueues } from "../src/queue/connection.js";
 import { testConfig } from "../test/support/redis.js";
 import { counterDelta, dbCounters, DbSampler, type DbCounters, type DbSample } from "./db-stats.js";
 import { ADMIN_DATABASE_URL } from "./machine.js";
@@ -58,6 +58,8 @@ export interface Reconciliation {
 export interface PipelineRunResult {
   mode: SinkMode;
   run: number;
+  /** Flush partitions (the partitions section); absent: the plain unpartitioned setup. */
+  partitions?: number;
   producers: number;
   durationMs: number;
   /** Events drawn by the producers during the window, and how many record() refused. */
@@ -198,21 +200,40 @@ class MarkerPoller {
   }
 }
 
+/** Spend jobs not yet flushed (waiting, active, delayed, prioritised) over every partition's queues. */
+async function pendingJobs(queues: readonly SpendQueues[]): Promise<number> {
+  const counts = await Promise.all(
+    queues.flatMap((q) => [
+      q.entity.getJobCounts("wait", "active", "delayed", "prioritized"),
+      q.daily.getJobCounts("wait", "active", "delayed", "prioritized"),
+    ]),
+  );
+  return counts.flatMap((c) => Object.values(c)).reduce((a, b) => a + b, 0);
+}
+
+/**
+ * `partitions` (buffered only): producers and the worker run partitioned
+ * flush with that many partitions, the worker flushing all of them at once
+ * (concurrency = partitions). Undefined: the plain setup, as deployed by default.
+ */
 export async function runPipeline(
   mode: SinkMode,
   run: number,
   plan: PipelinePlan,
   res: Resources,
+  partitions?: number,
 ): Promise<PipelineRunResult> {
-  const S = `${mode} run ${run}`;
-  const t = await res.database(`e2e_${mode}`);
-  const prefix = res.prefix(`e2e-${mode}`);
+  const P = partitions ?? 1;
+  const tag = partitions === undefined ? "" : `_p${partitions}`;
+  const S = partitions === undefined ? `${mode} run ${run}` : `${mode} P=${partitions}`;
+  const t = await res.database(`e2e_${mode}${tag}`);
+  const prefix = res.prefix(`e2e-${mode}${tag.replace("_", "-")}`);
   const keys = barrierKeys(prefix);
   const control = new Redis(TEST_REDIS_URL);
   const admin = new pg.Client({ connectionString: ADMIN_DATABASE_URL });
   await admin.connect();
   const queueRedis = createRedis(testConfig(prefix, t.url).redis, "worker");
-  const queues = openSpendQueues(queueRedis, redisKeys(prefix));
+  const queues = openPartitionQueues(queueRedis, prefix, P);
   let goAt = 0;
   const poller = new MarkerPoller(t.url, plan.pollMs);
   const sampler = new DbSampler(t.name, plan.sampleMs, () => goAt);
@@ -236,6 +257,7 @@ export async function runPipeline(
         PREFIX: prefix,
         DATABASE_URL: t.url,
         WORKER_EVERY_MS: String(plan.workerEveryMs),
+        ...(partitions !== undefined ? { PARTITIONS: String(partitions) } : {}),
       });
       watch(worker, "flush worker");
       await waitForCount(control, keys.workerReady, 1, 120_000, exitedEarly);
@@ -254,6 +276,7 @@ export async function runPipeline(
         INTERVAL_MS: String(plan.intervalMs),
         JITTER_MS: String(plan.jitterMs),
         NICE: String(plan.producerNice),
+        ...(partitions !== undefined ? { PARTITIONS: String(partitions) } : {}),
       });
       children.push(child);
       watch(child, `producer ${i}`);
@@ -267,12 +290,7 @@ export async function runPipeline(
     await sampler.start();
     const backlog: BacklogSample[] = [];
     const sampleBacklog = async (): Promise<void> => {
-      const [e, d, mem] = await Promise.all([
-        queues.entity.getJobCounts("wait", "active", "delayed", "prioritized"),
-        queues.daily.getJobCounts("wait", "active", "delayed", "prioritized"),
-        control.info("memory"),
-      ]);
-      const jobs = [...Object.values(e), ...Object.values(d)].reduce((a, b) => a + b, 0);
+      const [jobs, mem] = await Promise.all([pendingJobs(queues), control.info("memory")]);
       const used = Number(/used_memory:(\d+)/.exec(mem)?.[1] ?? 0);
       backlog.push({ t: (Date.now() - goAt) / 1000, jobs, redisMemoryMb: used / 1e6 });
     };
@@ -310,15 +328,11 @@ export async function runPipeline(
     for (const b of backlog) if (b.t <= plan.durationMs / 1000) backlogAtWindowEnd = b.jobs;
 
     if (mode === "buffered") {
-      const lockKey = redisKeys(prefix).flushLock;
+      const lockKeys = Array.from({ length: P }, (_, p) => redisKeys(prefix, p).flushLock);
       for (;;) {
-        const [e, d] = await Promise.all([
-          queues.entity.getJobCounts("wait", "active", "delayed", "prioritized"),
-          queues.daily.getJobCounts("wait", "active", "delayed", "prioritized"),
-        ]);
-        const pending = [...Object.values(e), ...Object.values(d)].reduce((a, b) => a + b, 0);
+        const pending = await pendingJobs(queues);
         // Empty queues are not enough: the last flush may still be committing what it took.
-        if (pending === 0 && (await control.get(lockKey)) === null) break;
+        if (pending === 0 && (await control.exists(...lockKeys)) === 0) break;
         const why = exitedEarly();
         if (why !== undefined) throw new Error(why);
         if (Date.now() > windowEnd + plan.drainTimeoutMs)
@@ -388,6 +402,7 @@ export async function runPipeline(
     return {
       mode,
       run,
+      ...(partitions !== undefined ? { partitions } : {}),
       producers: plan.producers,
       durationMs: plan.durationMs,
       events,
@@ -443,7 +458,7 @@ export async function runPipeline(
     await Promise.allSettled([...children.map((c) => c.done), ...(worker ? [worker.done] : [])]);
     await poller.stop().catch(() => undefined);
     await sampler.stop().catch(() => undefined);
-    await queues.close().catch(() => undefined);
+    await Promise.all(queues.map((q) => q.close().catch(() => undefined)));
     queueRedis.disconnect();
     control.disconnect();
     await admin.end().catch(() => undefined);

@@ -62,11 +62,26 @@ export interface PipelinePlan {
   shape: TrafficShape;
 }
 
+/** Issue 6: partitioned flush, P concurrent writers each owning a disjoint set of rows. */
+export interface PartitionsPlan {
+  /** Partition counts measured (the machine has 2 cores: more would only measure contention). */
+  counts: number[];
+  /** Distinct rows (entity + daily) split by partitionOf into P disjoint sets. */
+  flushRows: number;
+  /** Timed repetitions per P and arm, after one untimed round. */
+  flushReps: number;
+  rowsPerJob: number;
+  /** End to end: producer processes and recording window per P (one run each). */
+  producers: number;
+  durationMs: number;
+}
+
 export interface BenchPlan {
   smoke: boolean;
   producer: ProducerPlan;
   flush: FlushPlan;
   pipeline: PipelinePlan;
+  partitions: PartitionsPlan;
 }
 
 const PIPELINE_COMMON = {
@@ -103,6 +118,14 @@ export const FULL_PLAN: BenchPlan = {
     rowsPerJob: 5_000,
   },
   pipeline: { ...PIPELINE_COMMON, durationMs: 20_000, runsPerMode: 2, drainTimeoutMs: 300_000 },
+  partitions: {
+    counts: [1, 2, 4],
+    flushRows: 30_000,
+    flushReps: 3,
+    rowsPerJob: 5_000,
+    producers: 8,
+    durationMs: 10_000,
+  },
 };
 
 /** Everything runs and reconciles; no figure from it means anything. Under 60 s. */
@@ -134,5 +157,13 @@ export const SMOKE_PLAN: BenchPlan = {
     durationMs: 2_000,
     runsPerMode: 1,
     drainTimeoutMs: 30_000,
+  },
+  partitions: {
+    counts: [1, 2, 4],
+    flushRows: 2_000,
+    flushReps: 1,
+    rowsPerJob: 5_000,
+    producers: 2,
+    durationMs: 3_000,
   },
 };

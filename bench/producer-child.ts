@@ -39,6 +39,8 @@ const databaseUrl = need("DATABASE_URL");
 const shape = JSON.parse(need("SHAPE")) as TrafficShape;
 const durationMs = Number(need("DURATION_MS"));
 const markerEveryMs = Number(need("MARKER_EVERY_MS"));
+/** Flush partitions (the partitions section); unset: the plain unpartitioned setup. */
+const partitions = process.env.PARTITIONS ? Number(process.env.PARTITIONS) : undefined;
 // Enough events per slice to amortise the yield, few enough that timers fire on time.
 const SLICE = 100;
 
@@ -67,10 +69,21 @@ if (mode === "direct") {
   const { QueueSink } = await import("../src/queue/queue-sink.js");
   const { openSpendQueues } = await import("../src/queue/spend-queues.js");
   sinkRedis = createRedis(testConfig(prefix, databaseUrl).redis, "producer");
-  sink = new QueueSink(openSpendQueues(sinkRedis, redisKeys(prefix)));
+  if (partitions === undefined) {
+    sink = new QueueSink(openSpendQueues(sinkRedis, redisKeys(prefix)));
+  } else {
+    // Partitioned flush (issue 6): agree on the count, then one queue pair per partition.
+    const { openPartitionQueues, waitUntilReady } = await import("../src/queue/connection.js");
+    const { ensurePartitionCount } = await import("../src/queue/partitions.js");
+    // A producer connection fails fast until it is ready (no offline queue).
+    await waitUntilReady(sinkRedis, 30_000);
+    await ensurePartitionCount(sinkRedis, prefix, partitions);
+    sink = new QueueSink(openPartitionQueues(sinkRedis, prefix, partitions));
+  }
 }
 const producer = new SpendProducer({
   sink,
+  ...(partitions !== undefined ? { partitions } : {}),
   flushIntervalMs: Number(need("INTERVAL_MS")),
   flushJitterMs: Number(need("JITTER_MS")),
   closeTimeoutMs: 120_000,

@@ -4,6 +4,7 @@
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import type { PartitionsResult } from "./partitions.js";
 import type { ModeSummary } from "./summary.js";
 import type { BenchResults } from "./summary.js";
 import { round, type Spread } from "./util.js";
@@ -209,6 +210,7 @@ export function markdown(r: BenchResults): string {
     }
     L.push("");
   }
+  if (r.partitions !== undefined) L.push(...partitionsMarkdown(r, r.partitions));
   if (r.errors.length > 0) {
     L.push("## Errors");
     L.push("");
@@ -216,6 +218,96 @@ export function markdown(r: BenchResults): string {
     L.push("");
   }
   return L.join("\n");
+}
+
+/** Section 5: partitioned flush, P = 1, 2, 4 (issue 6). */
+function partitionsMarkdown(r: BenchResults, part: PartitionsResult): string[] {
+  const L: string[] = [];
+  const pp = r.plan.partitions;
+  L.push("## 5. Partitioned flush (issue 6)");
+  L.push("");
+  const f = part.flush;
+  if (f !== undefined) {
+    L.push(
+      `The same ${f.rows} distinct rows (${f.entityRows} entity + ${f.dailyRows} daily, aggregated realistic traffic as in section 2) ` +
+        "split by `partitionOf` into P disjoint sets and committed by P concurrent transactions, each with its own fence partition: " +
+        "`applyBatches` in P Prisma interactive transactions vs the raw `pg` baseline (bench/raw-upsert.ts) on P connections. " +
+        "Rows/s = all rows / wall time until the last transaction committed; the P order and the arm order alternate by repetition; " +
+        `medians of ${pp.flushReps} repetition(s) after an untimed one, (min–max). ` +
+        "Raw at P = 1 is one transaction with one INSERT … ON CONFLICT statement per table: the single-statement ceiling. " +
+        `Busy cores = CPU of all postgres processes + the bench process (the client) / wall time; the machine has ${f.cores}.`,
+    );
+    L.push("");
+    L.push(
+      "| P | Rows per partition | Phase | Prisma rows/s | Prisma vs P = 1 | raw pg rows/s (P-way) | raw vs P = 1 | Prisma / raw | busy cores, Prisma / raw |",
+    );
+    L.push("|---|---|---|---|---|---|---|---|---|");
+    for (const x of f.byP) {
+      for (const phase of ["insert", "update"] as const) {
+        const ph = x[phase];
+        L.push(
+          `| ${x.partitions} | ${phase === "insert" ? x.rowsPerPartition.join(" / ") : ""} | ${phase} | ${sp(ph.rowsPerSec.prisma)} | **${sp(ph.vsP1.prisma, 1, 2)}x** | ${sp(ph.rowsPerSec.raw)} | ${sp(ph.vsP1.raw, 1, 2)}x | ${sp(ph.prismaVsRaw, 1, 2)}x | ${n(ph.busyCores.prisma.median, 2)} / ${n(ph.busyCores.raw.median, 2)} |`,
+        );
+      }
+    }
+    L.push("");
+    const p1 = f.byP[0];
+    const top = f.byP[f.byP.length - 1];
+    if (p1 !== undefined && top !== undefined && top !== p1) {
+      const busy1 = p1.update.busyCores.prisma.median;
+      const busy = Math.max(top.update.busyCores.prisma.median, top.insert.busyCores.prisma.median);
+      const saturated = busy >= 0.8 * f.cores;
+      L.push(
+        `**What limited it:** one writer keeps about ${n(busy1, 2)} core busy (its backend and its client take turns), ` +
+          `P disjoint writers spread over the cores (never waiting on each other's row locks), up to ${n(busy, 2)} of ${f.cores} at P = ${top.partitions}; ` +
+          (saturated
+            ? `so the machine's ${f.cores} cores, not the single writer, cap it: P above the core count adds little. `
+            : "the cores were not saturated: what remains is per-transaction latency (round trips, commit). ") +
+          `Prisma at P = ${top.partitions}: ${n(top.update.vsP1.prisma.median, 3)}x its P = 1 rate on the update path, ${n(top.insert.vsP1.prisma.median, 3)}x on the insert path; ` +
+          `raw pg: ${n(top.update.vsP1.raw.median, 3)}x / ${n(top.insert.vsP1.raw.median, 3)}x.`,
+      );
+      L.push("");
+    }
+  }
+  const e2e = part.e2e;
+  if (e2e.length > 0) {
+    const pl = r.plan.pipeline;
+    L.push(
+      `End to end: ${pp.producers} producer processes (nice ${pl.producerNice}) recording as fast as they can for ${pp.durationMs / 1000} s, ` +
+        "partitioned with P partitions (`ensurePartitionCount` + one queue pair per partition), and one FlushWorker process with partitions = concurrency = P " +
+        `(each partition fires every ${pl.workerEveryMs} ms); a fresh database and Redis prefix per P, one run per P in the order shown. ` +
+        "Durable = accepted events / (go → every partition's queues empty and no flush running). Reconciled exactly against a replay of what was recorded, as in section 3.",
+    );
+    L.push("");
+    L.push(
+      "| P | events/s recorded | events/s durable | durable vs P = 1 | window end → all in PostgreSQL, ms | backlog max / at window end, jobs | flush transactions | staleness p50 / p99, ms | deadlocks | most lock waits | DB backend CPU, s | server CPU, s | reconciled |",
+    );
+    L.push("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    const base = e2e.find((x) => (x.partitions ?? 1) === 1);
+    for (const x of e2e) {
+      const vs =
+        base !== undefined ? `${n(x.durableEventsPerSec / base.durableEventsPerSec, 3)}x` : "–";
+      L.push(
+        `| ${x.partitions ?? 1} | ${n(x.eventsPerSec)} | ${n(x.durableEventsPerSec)} | ${vs} | ${n(x.drainMs)} | ${x.maxBacklogJobs} / ${x.backlogAtWindowEnd} | ${x.worker?.transactions ?? "–"} | ${n(x.staleness.p50Ms)} / ${n(x.staleness.p99Ms)} | ${x.db.deadlocks} | ${x.db.maxLockWaits} | ${n(x.db.backendCpuSeconds)} | ${n(x.db.serverCpuSeconds)} | ${x.reconciliation.ok ? "yes" : "**NO**"} |`,
+      );
+    }
+    L.push("");
+    const top = e2e[e2e.length - 1];
+    if (base !== undefined && top !== undefined && top !== base) {
+      const gain = top.durableEventsPerSec / base.durableEventsPerSec;
+      L.push(
+        `**What limited it:** from P = 1 to P = ${top.partitions} the drain after the window went from ${n(base.drainMs / 1000)} s to ${n(top.drainMs / 1000)} s ` +
+          `and the recording rate from ${n(base.eventsPerSec)} to ${n(top.eventsPerSec)} events/s, so durable throughput moved ${n(gain, 3)}x: ` +
+          (Math.abs(gain - 1) < 0.15
+            ? `the ${pp.producers} producers, PostgreSQL, Redis and the worker share ${r.machine.cores} cores, and the CPU the extra flushers use is CPU the producers no longer get (one run per P: differences under ~15 % are noise).`
+            : gain >= 1.15
+              ? "more partitions kept up with more of what the producers recorded."
+              : "more partitions cost more than they saved here (more queues, schedules and concurrent transactions on the same cores)."),
+      );
+      L.push("");
+    }
+  }
+  return L;
 }
 
 const esc = (s: string): string =>
@@ -226,7 +318,9 @@ export function svg(r: BenchResults): string {
   const d = r.modes.find((x) => x.mode === "direct");
   const b = r.modes.find((x) => x.mode === "buffered");
   const W = 780;
-  const H = 560;
+  const part = r.partitions;
+  const partH = part !== undefined && (part.flush !== undefined || part.e2e.length > 0) ? 250 : 0;
+  const H = 560 + partH;
   const colors = { direct: "#c9463d", buffered: "#2f6fb0" };
   const panels: { title: string; unit: string; values: [number, number] }[] = [
     {
@@ -286,9 +380,84 @@ export function svg(r: BenchResults): string {
   out.push(
     `<text x="${W / 2}" y="${bottom + 52}" text-anchor="middle" font-size="10" fill="#777">${esc("durable = accepted events / (start → last event committed in PostgreSQL); DB CPU from /proc of the run database's backends")}</text>`,
   );
-  out.push(...backlogChart(r, 370, H - 30, W));
+  out.push(...backlogChart(r, 370, 530, W));
+  if (part !== undefined && partH > 0) out.push(...partitionsChart(r, part, 560, W));
   out.push("</svg>");
   return out.join("\n");
+}
+
+/** Section 5: partitioned flush rows/s (update path, Prisma vs raw) and end-to-end durable events/s, by P. */
+function partitionsChart(r: BenchResults, part: PartitionsResult, y0: number, W: number): string[] {
+  const out: string[] = [];
+  out.push(`<line x1="20" y1="${y0 + 4}" x2="${W - 20}" y2="${y0 + 4}" stroke="#ddd"/>`);
+  const top = y0 + 60;
+  const bottom = y0 + 200;
+  const panel = (
+    x0: number,
+    w: number,
+    title: string,
+    unit: string,
+    groups: { label: string; bars: { v: number; color: string; name: string }[] }[],
+  ): void => {
+    out.push(
+      `<text x="${x0 + w / 2}" y="${y0 + 30}" text-anchor="middle" font-size="13" font-weight="bold">${esc(title)}</text>`,
+    );
+    out.push(
+      `<line x1="${x0 + 20}" y1="${bottom}" x2="${x0 + w - 20}" y2="${bottom}" stroke="#333"/>`,
+    );
+    const maxV = Math.max(...groups.flatMap((g) => g.bars.map((b) => b.v)), 1e-9);
+    const gw = (w - 40) / Math.max(groups.length, 1);
+    groups.forEach((g, i) => {
+      const barW = Math.min(44, (gw - 16) / Math.max(g.bars.length, 1));
+      const gx = x0 + 20 + i * gw + (gw - barW * g.bars.length) / 2;
+      g.bars.forEach((b, j) => {
+        const h = ((bottom - top) * (Number.isFinite(b.v) ? b.v : 0)) / maxV;
+        const bx = gx + j * barW;
+        out.push(
+          `<rect x="${bx}" y="${bottom - h}" width="${barW - 4}" height="${h}" fill="${b.color}"><title>${esc(`${b.name}: ${n(b.v)}`)}</title></rect>`,
+        );
+        out.push(
+          `<text x="${bx + (barW - 4) / 2}" y="${bottom - h - 4}" text-anchor="middle" font-size="10">${esc(n(b.v))}</text>`,
+        );
+      });
+      out.push(
+        `<text x="${x0 + 20 + i * gw + gw / 2}" y="${bottom + 16}" text-anchor="middle" font-size="12">${esc(g.label)}</text>`,
+      );
+    });
+    out.push(
+      `<text x="${x0 + w / 2}" y="${bottom + 32}" text-anchor="middle" font-size="11" fill="#555">${esc(unit)}</text>`,
+    );
+  };
+  const half = W / 2;
+  const f = part.flush;
+  if (f !== undefined) {
+    panel(
+      0,
+      half,
+      `Partitioned flush, ${f.rows} rows, update path`,
+      "rows/s (P concurrent transactions); blue Prisma, grey raw pg",
+      f.byP.map((x) => ({
+        label: `P = ${x.partitions}`,
+        bars: [
+          { v: x.update.rowsPerSec.prisma.median, color: "#2f6fb0", name: "Prisma" },
+          { v: x.update.rowsPerSec.raw.median, color: "#9a9a9a", name: "raw pg" },
+        ],
+      })),
+    );
+  }
+  if (part.e2e.length > 0) {
+    panel(
+      half,
+      half,
+      `End to end, ${r.plan.partitions.producers} producers: durable throughput`,
+      "events/s (go → all spend in PostgreSQL), one FlushWorker, concurrency = P",
+      part.e2e.map((x) => ({
+        label: `P = ${x.partitions ?? 1}`,
+        bars: [{ v: x.durableEventsPerSec, color: "#2f6fb0", name: "durable events/s" }],
+      })),
+    );
+  }
+  return out;
 }
 
 /** Buffered runs' queue depth over time: a line per run, the window's end dashed. */

@@ -5,11 +5,16 @@
  * results go to bench/results/tmp/ so CI or a quick check never overwrites
  * the last full run's figures.
  *
- * Options: --smoke, --only=producer,flush,pipeline (a subset, for development).
+ * Options: --smoke, --only=producer,flush,pipeline,partitions (a subset, for development).
  */
 import { fileURLToPath } from "node:url";
 import { measureFlushThroughput, type FlushThroughputResult } from "./flush-throughput.js";
 import { machineInfo } from "./machine.js";
+import {
+  measurePartitionFlush,
+  partitionPipelinePlan,
+  type PartitionsResult,
+} from "./partitions.js";
 import { runPipeline, type PipelineRunResult } from "./pipeline.js";
 import { FULL_PLAN, SMOKE_PLAN, type BenchPlan } from "./plan.js";
 import { measureProducerCost, type ProducerCostResult } from "./producer-cost.js";
@@ -19,8 +24,8 @@ import { Resources } from "./resources.js";
 import { evaluateBars, summarizeModes, type BenchResults } from "./summary.js";
 import { errorMessage, progress, round } from "./util.js";
 
-type Section = "producer" | "flush" | "pipeline";
-const SECTIONS: readonly Section[] = ["producer", "flush", "pipeline"];
+type Section = "producer" | "flush" | "pipeline" | "partitions";
+const SECTIONS: readonly Section[] = ["producer", "flush", "pipeline", "partitions"];
 
 function parseArgs(argv: readonly string[]): { plan: BenchPlan; only: Set<Section> } {
   let plan = FULL_PLAN;
@@ -32,7 +37,7 @@ function parseArgs(argv: readonly string[]): { plan: BenchPlan; only: Set<Sectio
       for (const s of names)
         if (!SECTIONS.includes(s as Section)) throw new Error(`unknown section ${s}`);
       only = new Set(names as Section[]);
-    } else throw new Error(`unknown argument ${a} (use --smoke, --only=producer,flush,pipeline)`);
+    } else throw new Error(`unknown argument ${a} (use --smoke, --only=${SECTIONS.join(",")})`);
   }
   return { plan, only };
 }
@@ -55,6 +60,7 @@ async function main(): Promise<number> {
   let producer: ProducerCostResult | undefined;
   let flush: FlushThroughputResult | undefined;
   const pipeline: PipelineRunResult[] = [];
+  let partitions: PartitionsResult | undefined;
   const machine = await machineInfo();
   progress(
     "bench",
@@ -90,6 +96,29 @@ async function main(): Promise<number> {
         }
       }
     }
+    if (only.has("partitions")) {
+      partitions = { e2e: [] };
+      try {
+        partitions.flush = await measurePartitionFlush(
+          plan.partitions,
+          plan.pipeline.shape,
+          machine.cores,
+          res,
+        );
+      } catch (err) {
+        errors.push(`partitioned flush throughput: ${errorMessage(err)}`);
+      }
+      const e2ePlan = partitionPipelinePlan(plan.pipeline, plan.partitions);
+      for (const P of plan.partitions.counts) {
+        if (interrupted) break;
+        try {
+          partitions.e2e.push(await runPipeline("buffered", 1, e2ePlan, res, P));
+        } catch (err) {
+          errors.push(`partitioned end to end P=${P}: ${errorMessage(err)}`);
+          progress("bench", `partitioned end to end P=${P} failed: ${errorMessage(err)}`);
+        }
+      }
+    }
   } finally {
     await res.cleanup();
   }
@@ -99,6 +128,10 @@ async function main(): Promise<number> {
     only.has("pipeline") &&
     pipeline.length === plan.pipeline.runsPerMode * 2 &&
     pipeline.every((r) => r.reconciliation.ok);
+  const partitionsReconciled =
+    partitions !== undefined &&
+    partitions.e2e.length === plan.partitions.counts.length &&
+    partitions.e2e.every((r) => r.reconciliation.ok);
   const results: BenchResults = {
     plan,
     machine,
@@ -107,9 +140,11 @@ async function main(): Promise<number> {
     ...(flush !== undefined ? { flush } : {}),
     pipeline,
     modes,
-    bars: evaluateBars(producer, flush, modes),
+    ...(partitions !== undefined ? { partitions } : {}),
+    bars: evaluateBars(producer, flush, modes, partitions),
     errors,
     reconciled,
+    ...(partitions !== undefined ? { partitionsReconciled } : {}),
   };
   // Only a full run of every section replaces the published results.
   const partial = plan.smoke || only.size < SECTIONS.length;
@@ -127,6 +162,18 @@ async function main(): Promise<number> {
       `  ${m.mode.padEnd(8)} ${round(m.eventsPerSec)} events/s recorded, ${round(m.durableEventsPerSec)} durable; staleness p50 ${round(m.stalenessP50Ms)} ms p99 ${round(m.stalenessP99Ms)} ms; deadlocks ${m.deadlocks}; rollbacks ${m.rollbacks}; failed sends ${m.enqueueFailures}; DB CPU ${round(m.dbBackendCpuSeconds)} s; reconciled ${m.reconciled ? "exactly" : "NO"}`,
     );
   }
+  for (const f of partitions?.flush?.byP ?? []) {
+    const u = f.update;
+    const i = f.insert;
+    out.push(
+      `  flush P=${f.partitions}: insert prisma ${round(i.rowsPerSec.prisma.median)} rows/s (${round(i.vsP1.prisma.median)}x P=1), raw ${round(i.rowsPerSec.raw.median)}; update prisma ${round(u.rowsPerSec.prisma.median)} rows/s (${round(u.vsP1.prisma.median)}x P=1), raw ${round(u.rowsPerSec.raw.median)}`,
+    );
+  }
+  for (const x of partitions?.e2e ?? []) {
+    out.push(
+      `  e2e P=${x.partitions ?? 1}: ${round(x.eventsPerSec)} events/s recorded, ${round(x.durableEventsPerSec)} durable; drain ${round(x.drainMs)} ms; deadlocks ${x.db.deadlocks}; reconciled ${x.reconciliation.ok ? "exactly" : "NO"}`,
+    );
+  }
   for (const e of errors) out.push(`  ERROR ${e}`);
   out.push(`  wrote ${files.join(", ")}`);
   process.stdout.write(`${out.join("\n")}\n`);
@@ -134,6 +181,7 @@ async function main(): Promise<number> {
   if (errors.length > 0) return 1;
   // The smoke run's contract: exit non-zero unless every run reconciled exactly.
   if (only.has("pipeline") && !reconciled) return 1;
+  if (only.has("partitions") && !partitionsReconciled) return 1;
   return 0;
 }
 

@@ -5,6 +5,7 @@
  */
 import type { FlushThroughputResult } from "./flush-throughput.js";
 import type { MachineInfo } from "./machine.js";
+import type { PartitionsResult } from "./partitions.js";
 import type { PipelineRunResult } from "./pipeline.js";
 import type { BenchPlan } from "./plan.js";
 import type { ProducerCostResult } from "./producer-cost.js";
@@ -54,10 +55,14 @@ export interface BenchResults {
   flush?: FlushThroughputResult;
   pipeline: PipelineRunResult[];
   modes: ModeSummary[];
+  /** Issue 6: partitioned flush (section 5). */
+  partitions?: PartitionsResult;
   bars: Bar[];
   errors: string[];
   /** Reconciliation held in every end-to-end run (the smoke run's exit code). */
   reconciled: boolean;
+  /** Reconciliation held in every partitioned end-to-end run (set when the section ran). */
+  partitionsReconciled?: boolean;
 }
 
 function addUsd(values: readonly string[]): string {
@@ -118,6 +123,7 @@ export function evaluateBars(
   producer: ProducerCostResult | undefined,
   flush: FlushThroughputResult | undefined,
   modes: readonly ModeSummary[],
+  partitions?: PartitionsResult,
 ): Bar[] {
   const bars: Bar[] = [];
   if (producer !== undefined) {
@@ -173,6 +179,24 @@ export function evaluateBars(
       bar: "0",
       value: `${buffered.mismatchedRows} rows, ${buffered.lostSpendUsd} USD`,
       pass: buffered.mismatchedRows === 0 && buffered.reconciled,
+    });
+  }
+  const e2e = partitions?.e2e ?? [];
+  if (e2e.length > 0) {
+    const deadlocks = e2e.reduce((a, r) => a + r.db.deadlocks, 0);
+    const mismatched = e2e.reduce((a, r) => a + r.reconciliation.mismatchedRows, 0);
+    const ps = e2e.map((r) => r.partitions ?? 1).join(", ");
+    bars.push({
+      name: `partitioned (P = ${ps}): deadlocks`,
+      bar: "0",
+      value: String(deadlocks),
+      pass: deadlocks === 0,
+    });
+    bars.push({
+      name: `partitioned (P = ${ps}): spend lost (rows differing from the replayed ledger)`,
+      bar: "0",
+      value: `${mismatched} rows, ${addUsd(e2e.map((r) => r.reconciliation.lostSpendUsd))} USD`,
+      pass: mismatched === 0 && e2e.every((r) => r.reconciliation.ok),
     });
   }
   return bars;
