@@ -11,7 +11,7 @@
 import pg from "pg";
 import type { TrafficShape } from "../src/demo/traffic.js";
 import { applyBatches, type BatchToApply, type Fence } from "../src/persist/apply-batches.js";
-import { partitionOf } from "../src/produce/partition.js";
+import { dailyIdentity, entityIdentity, partitionOf } from "../src/produce/partition.js";
 import type { DailyRow, EntityRow } from "../src/queue/spend-batch.js";
 import { serverCpuTicks } from "./db-stats.js";
 import { ALL_TABLES, makeRows, tableState, toBatches } from "./flush-throughput.js";
@@ -22,9 +22,6 @@ import type { Resources } from "./resources.js";
 import { progress, spread, timeAsync, type Spread } from "./util.js";
 
 // Row identities exactly as the producer hashes them (src/produce/producer.ts).
-const SEP = "\u001f";
-const entityIdentity = (r: EntityRow): string => r[0] + SEP + r[1] + SEP + r[2];
-const dailyIdentity = (r: DailyRow): string => r.slice(0, 9).join(SEP);
 
 type Arm = "prisma" | "raw";
 type Phase = "insert" | "update";

@@ -1,3 +1,5 @@
+import type { DailyRow, EntityRow } from "../queue/spend-batch.js";
+
 /**
  * Which flush partition owns a row: a stable hash (32-bit FNV-1a over the
  * row's identity, UTF-16 code units) modulo the partition count. Every
@@ -13,3 +15,9 @@ export function partitionOf(identity: string, partitions: number): number {
   }
   return (h >>> 0) % partitions;
 }
+
+const SEP = "\u001f";
+
+/** A row's identity: what names one database row (the partition hash input). */
+export const entityIdentity = (r: EntityRow): string => r[0] + SEP + r[1] + SEP + r[2];
+export const dailyIdentity = (r: DailyRow): string => r.slice(0, 9).join(SEP);

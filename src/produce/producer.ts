@@ -3,9 +3,9 @@ import type { AppConfig } from "../config/config.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
-import type { DailyRow, EntityKind, EntityRow } from "../queue/spend-batch.js";
+import type { EntityKind } from "../queue/spend-batch.js";
 import { Aggregator } from "./aggregator.js";
-import { partitionOf } from "./partition.js";
+import { dailyIdentity, entityIdentity, partitionOf } from "./partition.js";
 import type { SealedBatch, SpendSink } from "./spend-sink.js";
 import {
   DEFAULT_LIMITS,
@@ -400,10 +400,6 @@ export class SpendProducer {
     return n;
   }
 }
-
-const SEP = "\u001f";
-const entityIdentity = (r: EntityRow): string => r[0] + SEP + r[1] + SEP + r[2];
-const dailyIdentity = (r: DailyRow): string => r.slice(0, 9).join(SEP);
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
