@@ -38,7 +38,13 @@ async function startCluster(): Promise<TestRedisServer[]> {
         "",
       ]),
   );
-  await Promise.all(servers.map((s) => s.start()));
+  try {
+    await Promise.all(servers.map((s) => s.start()));
+  } catch (err) {
+    // Servers that did start would keep this test process alive.
+    await Promise.all(servers.map((s) => s.destroy()));
+    throw err;
+  }
   execFileSync(
     "redis-cli",
     [
