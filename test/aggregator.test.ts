@@ -77,20 +77,23 @@ describe("aggregation", () => {
       fc.property(
         fc.array(eventArb, { maxLength: 120 }),
         fc.array(fc.nat(), { maxLength: 6 }),
-        (events, cuts) => {
+        // The producer's path (addIfKnown, then add on a miss) or add() alone.
+        fc.boolean(),
+        (events, cuts, requestPath) => {
           const ledger = new Ledger();
           const entity: EntityRow[][] = [];
           const daily: DailyRow[][] = [];
           const cutAt = new Set(cuts.map((c) => (events.length === 0 ? 0 : c % events.length)));
-          let agg = new Aggregator();
+          // One aggregator throughout: rows outlive a drain, as in the producer.
+          const agg = new Aggregator();
           events.forEach((e, i) => {
             if (cutAt.has(i)) {
               const d = agg.drain();
               entity.push(d.entity);
               daily.push(d.daily);
-              agg = new Aggregator();
             }
-            agg.add(validateSpendEvent(e, undefined, NOW));
+            const n = validateSpendEvent(e, undefined, NOW);
+            if (!requestPath || !agg.addIfKnown(n)) agg.add(n);
             ledger.record(e);
           });
           const d = agg.drain();
@@ -111,6 +114,64 @@ describe("aggregation", () => {
     assert.equal(row?.[3], (999_999_999_999_999n * 20_000n).toString());
   });
 
+  it("addIfKnown adds only when every row exists, and changes nothing otherwise", () => {
+    const agg = new Aggregator();
+    const base = { spend: 1, apiKey: "k", userId: "u", teamId: "t", tags: ["a"], model: "m" };
+    const at = (e: SpendEvent) => validateSpendEvent(e, undefined, NOW);
+    assert.equal(agg.addIfKnown(at(base)), false);
+    assert.equal(agg.heldRowCount, 0);
+    agg.add(at(base));
+    assert.equal(agg.addIfKnown(at(base)), true);
+    // Each of these differs in one dimension, so one row (or context) is missing.
+    for (const other of [
+      { ...base, apiKey: "k2" },
+      { ...base, userId: "u2" },
+      { ...base, teamId: "t2" },
+      { ...base, organizationId: "o" },
+      { ...base, endUserId: "e" },
+      { ...base, tags: ["a", "b"] },
+      { ...base, model: "m2" },
+      { ...base, startTime: NOW - 86_400_000 },
+    ]) {
+      assert.equal(agg.addIfKnown(at(other)), false, JSON.stringify(other));
+    }
+    assert.equal(agg.entitySpendFor("user", "u"), 2_000_000_000_000n);
+    assert.equal(agg.entitySpendFor("team_member", "u", "t"), 2_000_000_000_000n);
+    assert.equal(agg.entitySpendFor("tag", "a"), 2_000_000_000_000n);
+    assert.equal(agg.entitySpendFor("key", "k"), 2_000_000_000_000n);
+  });
+
+  it("keeps rows across a drain, emits only rows touched since, and drops rows idle for a whole interval", () => {
+    const agg = new Aggregator();
+    const at = (e: SpendEvent) => validateSpendEvent(e, undefined, NOW);
+    const a = at({ spend: 1, apiKey: "k", userId: "u", teamId: "t", model: "m" });
+    const b = at({ spend: 2, apiKey: "k", userId: "u", teamId: "t", model: "m", endUserId: "e" });
+    agg.add(b);
+    const held = agg.heldRowCount;
+    assert.equal(agg.drain().entity.length, 5); // key, user, team, member, end user
+    // Interval 2: the same key without the end user. Every row exists: nothing allocated.
+    assert.equal(agg.addIfKnown(a), true);
+    assert.equal(agg.heldRowCount, held);
+    assert.deepEqual(agg.pendingRowCounts(), { entity: 4, daily: 2 });
+    const d2 = agg.drain();
+    assert.deepEqual(d2.entity.map((r) => r[0]).sort(), ["key", "team", "team_member", "user"]);
+    assert.deepEqual(
+      d2.entity.map((r) => r[3]),
+      d2.entity.map(() => "1000000000000"),
+      "each row carries only this interval's spend",
+    );
+    // The end user was idle for interval 2: dropped with its daily row.
+    assert.equal(agg.heldRowCount, held - 2);
+    assert.equal(agg.addIfKnown(b), false);
+    // Nothing touched: an empty drain, then everything dropped.
+    assert.deepEqual(agg.drain(), { entity: [], daily: [] });
+    assert.deepEqual(agg.drain(), { entity: [], daily: [] });
+    assert.equal(agg.heldRowCount, 0);
+    assert.equal(agg.entitySpendFor("key", "k"), 0n);
+    agg.add(b);
+    assert.equal(agg.entitySpendFor("team_member", "u", "t"), 2_000_000_000_000n);
+  });
+
   it("grows with distinct rows, not with requests", () => {
     const agg = new Aggregator();
     const e = validateSpendEvent(
@@ -119,8 +180,8 @@ describe("aggregation", () => {
       NOW,
     );
     for (let i = 0; i < 50_000; i++) agg.add(e);
-    assert.equal(agg.cellCount, 1);
-    assert.equal(agg.entityRowCount, 6); // key, user, team, member, 2 tags
-    assert.equal(agg.dailyRowCount, 4); // user, team, 2 tags
+    // Entity: key, user, team, member, 2 tags. Daily: user, team, 2 tags.
+    assert.deepEqual(agg.pendingRowCounts(), { entity: 6, daily: 4 });
+    assert.equal(agg.heldRowCount, 10);
   });
 });

@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { decimalToPico, picoToDecimal, usdNumberToPico, usdStringToPico } from "../src/money.js";
+import fc from "fast-check";
+import {
+  decimalToPico,
+  picoToDecimal,
+  usdNumberToPico,
+  usdStringToPico,
+  usdStringToPicoNumber,
+} from "../src/money.js";
 
 describe("money", () => {
   it("parses decimal strings exactly", () => {
@@ -8,6 +15,33 @@ describe("money", () => {
     assert.equal(usdStringToPico("1234.000000000001"), 1_234_000_000_000_001n);
     assert.throws(() => usdStringToPico("0.1234567890123"), /at most 12 fractional digits/);
     assert.throws(() => usdStringToPico("-1"), /non-negative/);
+  });
+
+  it("the request path's number parser accepts, refuses and values exactly as the bigint one", () => {
+    const text = fc.oneof(
+      // Well-formed amounts of every size, including past the fast path's range.
+      fc
+        .tuple(fc.stringMatching(/^\d{1,17}$/), fc.option(fc.stringMatching(/^\d{0,13}$/)))
+        .map(([w, f]) => (f === null ? w : `${w}.${f}`)),
+      // Anything built from the characters a decimal uses, and a few others.
+      fc.string({ unit: fc.constantFrom("0", "1", "9", ".", "-", "e", " ", "+"), maxLength: 20 }),
+    );
+    fc.assert(
+      fc.property(text, (s) => {
+        let exact: bigint | Error;
+        try {
+          exact = usdStringToPico(s);
+        } catch (err) {
+          exact = err as Error;
+        }
+        if (exact instanceof Error) {
+          assert.throws(() => usdStringToPicoNumber(s), { message: exact.message });
+        } else if (exact <= BigInt(Number.MAX_SAFE_INTEGER)) {
+          assert.equal(usdStringToPicoNumber(s), Number(exact));
+        }
+      }),
+      { numRuns: 5_000 },
+    );
   });
 
   it("rounds a float cost once, at the 12th decimal, so float noise never accumulates", () => {

@@ -70,6 +70,12 @@ describe("producer", () => {
       () => p.record({ spend: 1, userId: "__proto__" }),
       (e: unknown) => e instanceof SpendEventError && e.reason === "invalid_id",
     );
+    // Rows for everything but the end user exist: only the unseen id's
+    // content is new, and it is still checked.
+    assert.throws(
+      () => p.record({ spend: 1, userId: "valid-a", endUserId: "bad\u0000id" }),
+      (e: unknown) => e instanceof SpendEventError && e.reason === "invalid_id",
+    );
     p.record({ spend: 0.25, userId: "valid-b" });
     await p.close();
     await h.flusher().flushOnce();
@@ -79,7 +85,7 @@ describe("producer", () => {
     assert.equal(b?.spend.toString(), "0.25");
     const text = await metrics.registry.getSingleMetricAsString("spend_events_rejected_total");
     assert.match(text, /reason="invalid_spend"\} 1/);
-    assert.match(text, /reason="invalid_id"\} 1/);
+    assert.match(text, /reason="invalid_id"\} 2/);
   });
 
   it("is bounded: at the limit it refuses events that would add rows, and says so", async () => {

@@ -58,6 +58,8 @@ export interface FlushReport {
   entityRows: number;
   dailyRows: number;
   poisonJobs: number;
+  /** Lock taken to lock released, ms (0 when the lock was busy). */
+  durationMs: number;
   fence?: bigint;
   error?: string;
 }
@@ -100,6 +102,7 @@ export class Flusher {
       entityRows: 0,
       dailyRows: 0,
       poisonJobs: 0,
+      durationMs: 0,
     };
     const lease = await this.lock.acquire();
     if (lease === null) {
@@ -189,10 +192,11 @@ export class Flusher {
     }
     this.metrics.recordFlush(report.outcome);
     // One line per flush that held the lock, with its figures, whatever the outcome.
+    report.durationMs = Date.now() - started;
     const figures = {
       outcome: report.outcome,
       fence: lease.fence.toString(),
-      ms: Date.now() - started,
+      ms: report.durationMs,
       transactions: report.transactions,
       batches: report.batches,
       duplicates: report.duplicates,

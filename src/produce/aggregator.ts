@@ -1,304 +1,683 @@
 import { MAX_SAFE_PICO } from "../money.js";
 import {
   encodeCount,
-  type DailyRow,
-  type EntityRow,
+  type Count,
   type DailyKind,
+  type DailyRow,
   type EntityKind,
+  type EntityRow,
 } from "../queue/spend-batch.js";
 import type { NormalizedEvent } from "./spend-event.js";
 
 /**
  * In-memory aggregation inside a gateway process.
  *
- * record() must cost well under a microsecond, so it does one Map lookup per
- * event: the *cell* of events that share every dimension (key, user, team,
- * org, end user, tags, model, group, provider, endpoint, MCP tool, date) and
- * adds plain numbers to it. Cells expand into the entity and daily rows they
- * touch only when the buffer is drained, off the request path.
+ * Each event adds to the rows it touches directly: ~8 entity rows (key, user,
+ * team, team member, org, end user, tags) and ~5 daily rows (user, team, org,
+ * end user, tags for the request's date, key, model, group, provider,
+ * endpoint and MCP tool). The cost per event is the same whether its
+ * combination of ids is new or not; only a new *row* allocates.
  *
- * Memory grows with distinct cells and rows, never with requests.
+ * No composite key string is ever built on the request path: every map is
+ * keyed by one id the event already holds (V8 caches a string's hash on the
+ * string), and the daily dimensions a request shares with its key's earlier
+ * requests are found by comparing references (DailyContext).
+ *
+ * Rows outlive a seal: drain() emits the rows touched since the last one
+ * and zeroes them, and drops only rows that went a whole interval untouched.
+ * A gateway's ids recur interval after interval, so in steady state a
+ * request finds its rows already there (addIfKnown) instead of allocating
+ * them again every interval. Memory grows with the rows of the last two
+ * intervals, never with requests.
  */
 
-// Tokens per event are capped at 10^9 (config), so a cell that has seen
-// fewer requests than this cannot hold a token sum past 2^52.
+// Tokens per event are capped (config), so a row that has seen fewer requests
+// than this cannot hold a token sum past 2^53 in a plain number.
 const COUNT_SPILL_REQUESTS = 4_000_000;
-
-interface Cell {
-  dims: NormalizedEvent;
-  date: string;
-  // Hot accumulators: exact integers while below 2^53.
-  spend: number;
-  prompt: number;
-  completion: number;
-  cacheRead: number;
-  cacheCreation: number;
-  requests: number;
-  successes: number;
-  // Cold accumulators: where the hot ones spill before they could round.
-  spendBig: bigint;
-  promptBig: bigint;
-  completionBig: bigint;
-  cacheReadBig: bigint;
-  cacheCreationBig: bigint;
-  requestsBig: bigint;
-  successesBig: bigint;
-}
+// A key's distinct daily contexts are scanned linearly up to this many, then indexed.
+const CONTEXT_SCAN_LIMIT = 8;
+const SEP = "\u001f";
+const DAY_MS = 86_400_000;
 
 export interface DrainedRows {
   entity: EntityRow[];
   daily: DailyRow[];
 }
 
-interface DailyAcc {
-  row: DailyRow;
+/**
+ * One entity row's spend. Keys and team memberships are added to directly (an
+ * exact integer number while below 2^52, then spilled); the other kinds are
+ * the sum of their daily rows, added up only when read, so a request touches
+ * one object per row kind instead of two.
+ */
+class EntityAcc {
+  spend = 0;
+  over = 0n;
+  /** Direct adds since the last drain (keys and memberships). */
+  hits = 0;
+  parts: DailyAcc[] = [];
+  /** Set by drain(): touched in the interval it drains. */
+  keep = false;
+
+  add(pico: number): void {
+    this.hits++;
+    this.spend += pico;
+    if (this.spend >= MAX_SAFE_PICO) {
+      this.over += BigInt(this.spend);
+      this.spend = 0;
+    }
+  }
+
+  total(): bigint {
+    let sum = this.over + BigInt(this.spend);
+    for (const d of this.parts) sum += d.spendTotal();
+    return sum;
+  }
+
+  touched(): boolean {
+    if (this.hits > 0) return true;
+    for (const d of this.parts) if (d.touched()) return true;
+    return false;
+  }
+
+  reset(): void {
+    this.spend = 0;
+    this.over = 0n;
+    this.hits = 0;
+    // Parts dropped by the drain are gone for good; the others were zeroed with it.
+    if (this.parts.some((d) => !d.alive)) this.parts = this.parts.filter((d) => d.alive);
+  }
+}
+
+/** A virtual key's row, which also holds the daily contexts of its requests. */
+class KeyAcc extends EntityAcc {
+  readonly contexts = new ContextIndex();
+}
+
+/** Where a daily row's counters spill before a plain number could round. */
+interface DailyOverflow {
+  spend: bigint;
   prompt: bigint;
   completion: bigint;
   cacheRead: bigint;
   cacheCreation: bigint;
   requests: bigint;
   successes: bigint;
-  spend: bigint;
 }
 
-const SEP = "\u001f";
-const TAG_SEP = "\u001e";
-const DAY_MS = 86_400_000;
+/** A daily row's columns after its dimensions: the six counters, failures, and spend. */
+type DailyColumns = [Count, Count, Count, Count, Count, Count, Count, string];
 
-export class Aggregator {
-  private cells = new Map<string, Cell>();
-  // Distinct row identities, kept only so the buffer's size in rows (the
-  // seed's gauges, the memory bound) is known in O(1).
-  private entityKeys = new Set<string>();
-  private dailyKeys = new Set<string>();
-  private lastDay = -1;
-  private lastDate = "";
-
-  /** Distinct entity rows buffered (litellm_in_memory_spend_update_queue_size). */
-  get entityRowCount(): number {
-    return this.entityKeys.size;
-  }
-
-  /** Distinct daily rows buffered (litellm_in_memory_daily_spend_update_queue_size). */
-  get dailyRowCount(): number {
-    return this.dailyKeys.size;
-  }
-
-  get cellCount(): number {
-    return this.cells.size;
-  }
-
-  /**
-   * Picodollars buffered here for one entity row (read-only; O(cells), off
-   * the request path). For team_member, `id` is the user and `id2` the team;
-   * without `id2` it sums the user's memberships of every team.
-   */
-  entitySpendFor(kind: EntityKind, id: string, id2?: string): bigint {
-    if (id === "") return 0n;
-    let sum = 0n;
-    for (const c of this.cells.values()) {
-      const d = c.dims;
-      let times = 0;
-      if (kind === "key") times = d.apiKey === id ? 1 : 0;
-      else if (kind === "user") times = d.userId === id ? 1 : 0;
-      else if (kind === "team") times = d.teamId === id ? 1 : 0;
-      else if (kind === "org") times = d.organizationId === id ? 1 : 0;
-      else if (kind === "end_user") times = d.endUserId === id ? 1 : 0;
-      else if (kind === "team_member")
-        times =
-          d.userId === id && d.teamId !== "" && (id2 === undefined || d.teamId === id2) ? 1 : 0;
-      // As drain() does: once per occurrence of the tag.
-      else for (const t of d.tags) if (t === id) times++;
-      if (times > 0) sum += BigInt(times) * (c.spendBig + BigInt(c.spend));
-    }
-    return sum;
-  }
-
-  /**
-   * Whether this event would open a new cell (and maybe new rows) rather than
-   * land in an existing one: lets the producer enforce its bound before growing.
-   */
-  wouldGrow(e: NormalizedEvent): boolean {
-    return !this.cells.has(this.cellKey(e, this.dateOf(e.startMs)));
-  }
+class DailyAcc {
+  /** False once a drain dropped it (idle for a whole interval). */
+  alive = true;
+  spend = 0;
+  prompt = 0;
+  completion = 0;
+  cacheRead = 0;
+  cacheCreation = 0;
+  requests = 0;
+  successes = 0;
+  over: DailyOverflow | undefined = undefined;
 
   add(e: NormalizedEvent): void {
-    const date = this.dateOf(e.startMs);
-    const key = this.cellKey(e, date);
-    let c = this.cells.get(key);
-    if (c === undefined) {
-      c = this.newCell(e, date);
-      this.cells.set(key, c);
-    }
-    c.spend += e.spendPico;
-    c.prompt += e.promptTokens;
-    c.completion += e.completionTokens;
-    c.cacheRead += e.cacheReadInputTokens;
-    c.cacheCreation += e.cacheCreationInputTokens;
-    c.requests += 1;
-    if (e.success) c.successes += 1;
-    if (c.spend >= MAX_SAFE_PICO || c.requests >= COUNT_SPILL_REQUESTS) spill(c);
+    this.spend += e.spendPico;
+    this.prompt += e.promptTokens;
+    this.completion += e.completionTokens;
+    this.cacheRead += e.cacheReadInputTokens;
+    this.cacheCreation += e.cacheCreationInputTokens;
+    this.requests += 1;
+    if (e.success) this.successes += 1;
+    if (this.spend >= MAX_SAFE_PICO || this.requests >= COUNT_SPILL_REQUESTS) this.spill();
   }
 
-  /** Takes everything aggregated so far as rows and leaves the aggregator empty. */
-  drain(): DrainedRows {
-    const entity = new Map<string, { row: EntityRow; spend: bigint }>();
-    const daily = new Map<string, DailyAcc>();
-    for (const c of this.cells.values()) {
-      spill(c);
-      const d = c.dims;
-      const addEntity = (kind: EntityKind, id: string, id2 = ""): void => {
-        if (id === "") return;
-        const k = kind + SEP + id + SEP + id2;
-        const acc = entity.get(k);
-        if (acc === undefined) entity.set(k, { row: [kind, id, id2, ""], spend: c.spendBig });
-        else acc.spend += c.spendBig;
-      };
-      const addDaily = (kind: DailyKind, id: string): void => {
-        if (id === "") return;
-        const k = dailyKey(kind, id, c.date, d);
-        let acc = daily.get(k);
-        if (acc === undefined) {
-          acc = {
-            row: [
-              kind,
-              id,
-              c.date,
-              d.apiKey,
-              d.model,
-              d.modelGroup,
-              d.provider,
-              d.mcpToolName,
-              d.endpoint,
-              0,
-              0,
-              0,
-              0,
-              0,
-              0,
-              0,
-              "",
-            ],
-            prompt: 0n,
-            completion: 0n,
-            cacheRead: 0n,
-            cacheCreation: 0n,
-            requests: 0n,
-            successes: 0n,
-            spend: 0n,
-          };
-          daily.set(k, acc);
+  touched(): boolean {
+    return this.requests > 0 || this.over !== undefined;
+  }
+
+  reset(): void {
+    this.spend = 0;
+    this.prompt = 0;
+    this.completion = 0;
+    this.cacheRead = 0;
+    this.cacheCreation = 0;
+    this.requests = 0;
+    this.successes = 0;
+    this.over = undefined;
+  }
+
+  spendTotal(): bigint {
+    return (this.over?.spend ?? 0n) + BigInt(this.spend);
+  }
+
+  spill(): void {
+    const o = (this.over ??= {
+      spend: 0n,
+      prompt: 0n,
+      completion: 0n,
+      cacheRead: 0n,
+      cacheCreation: 0n,
+      requests: 0n,
+      successes: 0n,
+    });
+    o.spend += BigInt(this.spend);
+    o.prompt += BigInt(this.prompt);
+    o.completion += BigInt(this.completion);
+    o.cacheRead += BigInt(this.cacheRead);
+    o.cacheCreation += BigInt(this.cacheCreation);
+    o.requests += BigInt(this.requests);
+    o.successes += BigInt(this.successes);
+    this.spend = 0;
+    this.prompt = 0;
+    this.completion = 0;
+    this.cacheRead = 0;
+    this.cacheCreation = 0;
+    this.requests = 0;
+    this.successes = 0;
+  }
+
+  /** The row's counter and spend columns, exact. */
+  columns(): DailyColumns {
+    if (this.over === undefined) {
+      // No spill: every counter is an exact integer number below 2^53.
+      return [
+        this.prompt,
+        this.completion,
+        this.cacheRead,
+        this.cacheCreation,
+        this.requests,
+        this.successes,
+        this.requests - this.successes,
+        String(this.spend),
+      ];
+    }
+    this.spill();
+    const o = this.over;
+    return [
+      encodeCount(o.prompt),
+      encodeCount(o.completion),
+      encodeCount(o.cacheRead),
+      encodeCount(o.cacheCreation),
+      encodeCount(o.requests),
+      encodeCount(o.successes),
+      encodeCount(o.requests - o.successes),
+      o.spend.toString(),
+    ];
+  }
+}
+
+/**
+ * A context's rows of one entity kind. The first id is held inline: a key
+ * belongs to one user, team and org, so in a key's context those kinds have
+ * exactly one row and need no Map at all; other ids (end users, tags) go to
+ * a Map behind it.
+ */
+class DailySlots {
+  private firstId = "";
+  private first: DailyAcc | undefined = undefined;
+  private more: Map<string, DailyAcc> | undefined = undefined;
+
+  get(id: string): DailyAcc | undefined {
+    if (id === this.firstId) return this.first;
+    return this.more?.get(id);
+  }
+
+  set(id: string, acc: DailyAcc): void {
+    if (this.first === undefined) {
+      this.firstId = id;
+      this.first = acc;
+    } else (this.more ??= new Map()).set(id, acc);
+  }
+
+  *entries(): IterableIterator<[string, DailyAcc]> {
+    if (this.first === undefined) return;
+    yield [this.firstId, this.first];
+    if (this.more !== undefined) yield* this.more;
+  }
+
+  /** Keeps the entries `keep` says to keep; returns how many were dropped. */
+  sweep(keep: (id: string, acc: DailyAcc) => boolean): number {
+    const kept: [string, DailyAcc][] = [];
+    let dropped = 0;
+    for (const e of this.entries()) {
+      if (keep(e[0], e[1])) kept.push(e);
+      else dropped++;
+    }
+    if (dropped === 0) return 0;
+    this.firstId = "";
+    this.first = undefined;
+    this.more = undefined;
+    for (const [id, acc] of kept) this.set(id, acc);
+    return dropped;
+  }
+}
+
+/**
+ * The dimensions a daily row shares with the other daily rows of one request
+ * (date, key, model, group, provider, endpoint, MCP tool), and those rows,
+ * one slot set per entity kind.
+ */
+class DailyContext {
+  readonly users = new DailySlots();
+  readonly teams = new DailySlots();
+  readonly orgs = new DailySlots();
+  readonly endUsers = new DailySlots();
+  readonly tags = new DailySlots();
+  // The team-membership row this context's requests last charged: a key's
+  // requests all charge the same one, found by comparing two ids.
+  memberUser = "";
+  memberTeam = "";
+  member: EntityAcc | undefined = undefined;
+  /** Requests since the last drain. */
+  hits = 0;
+
+  constructor(
+    readonly date: string,
+    readonly apiKey: string,
+    readonly model: string,
+    readonly modelGroup: string,
+    readonly provider: string,
+    readonly endpoint: string,
+    readonly mcpToolName: string,
+  ) {}
+
+  matches(e: NormalizedEvent, date: string): boolean {
+    // Equal strings from the same source are usually the same object, so
+    // these are mostly pointer comparisons.
+    return (
+      this.model === e.model &&
+      this.date === date &&
+      this.provider === e.provider &&
+      this.modelGroup === e.modelGroup &&
+      this.endpoint === e.endpoint &&
+      this.mcpToolName === e.mcpToolName
+    );
+  }
+}
+
+/**
+ * One key's daily contexts. A key sees few (one per model and day, mostly),
+ * so a short list scanned by reference beats building and hashing a
+ * seven-part string per request; a key with many falls back to that index.
+ */
+class ContextIndex {
+  readonly list: DailyContext[] = [];
+  private index: Map<string, DailyContext> | undefined;
+
+  find(e: NormalizedEvent, date: string): DailyContext | undefined {
+    if (this.index !== undefined) return this.index.get(contextKey(e, date));
+    const list = this.list;
+    for (let i = 0; i < list.length; i++) {
+      const c = list[i] as DailyContext;
+      if (c.matches(e, date)) return c;
+    }
+    return undefined;
+  }
+
+  /** Keeps the contexts `keep` says to keep, and re-indexes them. */
+  sweep(keep: (c: DailyContext) => boolean): void {
+    const kept = this.list.filter(keep);
+    if (kept.length === this.list.length) return;
+    this.list.length = 0;
+    this.index = undefined;
+    for (const c of kept) this.list.push(c);
+    if (kept.length > CONTEXT_SCAN_LIMIT) {
+      this.index = new Map();
+      for (const x of kept) this.index.set(contextKey(x, x.date), x);
+    }
+  }
+
+  open(e: NormalizedEvent, date: string): DailyContext {
+    const c = new DailyContext(
+      date,
+      e.apiKey,
+      e.model,
+      e.modelGroup,
+      e.provider,
+      e.endpoint,
+      e.mcpToolName,
+    );
+    this.list.push(c);
+    if (this.index !== undefined) this.index.set(contextKey(e, date), c);
+    else if (this.list.length > CONTEXT_SCAN_LIMIT) {
+      this.index = new Map();
+      for (const x of this.list) this.index.set(contextKey(x, x.date), x);
+    }
+    return c;
+  }
+}
+
+type ContextDims = Pick<
+  NormalizedEvent,
+  "model" | "modelGroup" | "provider" | "endpoint" | "mcpToolName"
+>;
+
+function contextKey(e: ContextDims, date: string): string {
+  return (
+    date +
+    SEP +
+    e.model +
+    SEP +
+    e.modelGroup +
+    SEP +
+    e.provider +
+    SEP +
+    e.endpoint +
+    SEP +
+    e.mcpToolName
+  );
+}
+
+export class Aggregator {
+  private readonly keys = new Map<string, KeyAcc>();
+  // Entity rows other than keys and memberships are sums of their daily rows
+  // (EntityAcc.parts): these maps are touched only when a daily row is
+  // created, and when read.
+  private readonly users = new Map<string, EntityAcc>();
+  private readonly teams = new Map<string, EntityAcc>();
+  private readonly orgs = new Map<string, EntityAcc>();
+  private readonly endUsers = new Map<string, EntityAcc>();
+  private readonly tags = new Map<string, EntityAcc>();
+  /** user → team → membership row (the user's spend within that team). */
+  private readonly members = new Map<string, Map<string, EntityAcc>>();
+  /** Daily contexts of requests that name no key. */
+  private readonly keyless = new ContextIndex();
+  /** Rows allocated (pending or kept from the last interval): what the memory bound counts. */
+  private entityRowsHeld = 0;
+  private dailyRowsHeld = 0;
+  /** Events added since the last drain. */
+  private events = 0;
+  private lastDay = -1;
+  private lastDate = "";
+  // Reused by addIfKnown so the request path allocates nothing.
+  private readonly tagScratch: DailyAcc[] = [];
+
+  /** Rows held in memory, pending or kept from the last interval (O(1)): the buffer bound's measure. */
+  get heldRowCount(): number {
+    return this.entityRowsHeld + this.dailyRowsHeld;
+  }
+
+  /** Whether anything was added since the last drain (O(1)). */
+  get hasPending(): boolean {
+    return this.events > 0;
+  }
+
+  /**
+   * Distinct rows with spend not drained yet, entity and daily (the seed's
+   * in-memory queue gauges). O(rows held): read at scrape time, not per request.
+   */
+  pendingRowCounts(): { entity: number; daily: number } {
+    let entity = 0;
+    for (const m of [this.keys, this.users, this.teams, this.orgs, this.endUsers, this.tags])
+      for (const acc of m.values()) if (acc.touched()) entity++;
+    for (const teams of this.members.values())
+      for (const acc of teams.values()) if (acc.touched()) entity++;
+    let daily = 0;
+    this.forEachContext((c) => {
+      for (const slots of [c.users, c.teams, c.orgs, c.endUsers, c.tags])
+        for (const [, acc] of slots.entries()) if (acc.touched()) daily++;
+    });
+    return { entity, daily };
+  }
+
+  /**
+   * Picodollars buffered here for one entity row (read-only, O(1); O(teams)
+   * for a user's memberships). For team_member, `id` is the user and `id2`
+   * the team; without `id2` it sums the user's memberships of every team.
+   */
+  entitySpendFor(kind: EntityKind, id: string, id2?: string): bigint {
+    if (kind === "team_member") {
+      const teams = this.members.get(id);
+      if (teams === undefined) return 0n;
+      if (id2 !== undefined) return teams.get(id2)?.total() ?? 0n;
+      let sum = 0n;
+      for (const acc of teams.values()) sum += acc.total();
+      return sum;
+    }
+    return this.entityMap(kind).get(id)?.total() ?? 0n;
+  }
+
+  /**
+   * The request path: adds the event if every row it touches is already held
+   * and returns true; otherwise changes nothing and returns false, and the
+   * caller checks the event's ids and its buffer bound before add(). Every id
+   * found here equals one that passed those checks when its row was created.
+   */
+  addIfKnown(e: NormalizedEvent): boolean {
+    let contexts = this.keyless;
+    let key: KeyAcc | undefined;
+    if (e.apiKey !== "") {
+      key = this.keys.get(e.apiKey);
+      if (key === undefined) return false;
+      contexts = key.contexts;
+    }
+    const ctx = contexts.find(e, this.dateOf(e.startMs));
+    if (ctx === undefined) return false;
+    const user = e.userId;
+    const team = e.teamId;
+    let u: DailyAcc | undefined;
+    let t: DailyAcc | undefined;
+    let o: DailyAcc | undefined;
+    let eu: DailyAcc | undefined;
+    if (user !== "" && (u = ctx.users.get(user)) === undefined) return false;
+    if (team !== "" && (t = ctx.teams.get(team)) === undefined) return false;
+    let member: EntityAcc | undefined;
+    if (user !== "" && team !== "") {
+      member =
+        ctx.member !== undefined && ctx.memberUser === user && ctx.memberTeam === team
+          ? ctx.member
+          : this.members.get(user)?.get(team);
+      if (member === undefined) return false;
+    }
+    if (e.organizationId !== "" && (o = ctx.orgs.get(e.organizationId)) === undefined) return false;
+    if (e.endUserId !== "" && (eu = ctx.endUsers.get(e.endUserId)) === undefined) return false;
+    const tags = e.tags;
+    const tagAccs = this.tagScratch;
+    for (let i = 0; i < tags.length; i++) {
+      const acc = ctx.tags.get(tags[i] as string);
+      if (acc === undefined) return false;
+      tagAccs[i] = acc;
+    }
+
+    // Everything exists: add.
+    this.events++;
+    ctx.hits++;
+    key?.add(e.spendPico);
+    u?.add(e);
+    t?.add(e);
+    member?.add(e.spendPico);
+    o?.add(e);
+    eu?.add(e);
+    for (let i = 0; i < tags.length; i++) (tagAccs[i] as DailyAcc).add(e);
+    return true;
+  }
+
+  /** Adds the event, creating the rows it touches that do not exist yet. */
+  add(e: NormalizedEvent): void {
+    const pico = e.spendPico;
+    const user = e.userId;
+    const team = e.teamId;
+    const tags = e.tags;
+
+    let contexts = this.keyless;
+    if (e.apiKey !== "") {
+      let k = this.keys.get(e.apiKey);
+      if (k === undefined) {
+        k = new KeyAcc();
+        this.keys.set(e.apiKey, k);
+        this.entityRowsHeld++;
+      }
+      k.add(pico);
+      contexts = k.contexts;
+    }
+    const date = this.dateOf(e.startMs);
+    const ctx = contexts.find(e, date) ?? contexts.open(e, date);
+    this.events++;
+    ctx.hits++;
+
+    if (user !== "") this.daily(ctx.users, this.users, user).add(e);
+    if (team !== "") {
+      this.daily(ctx.teams, this.teams, team).add(e);
+      if (user !== "") {
+        if (ctx.member === undefined || ctx.memberUser !== user || ctx.memberTeam !== team) {
+          ctx.member = this.member(user, team);
+          ctx.memberUser = user;
+          ctx.memberTeam = team;
         }
-        acc.prompt += c.promptBig;
-        acc.completion += c.completionBig;
-        acc.cacheRead += c.cacheReadBig;
-        acc.cacheCreation += c.cacheCreationBig;
-        acc.requests += c.requestsBig;
-        acc.successes += c.successesBig;
-        acc.spend += c.spendBig;
-      };
-      addEntity("key", d.apiKey);
-      addEntity("user", d.userId);
-      addEntity("team", d.teamId);
-      if (d.userId !== "" && d.teamId !== "") addEntity("team_member", d.userId, d.teamId);
-      addEntity("org", d.organizationId);
-      addEntity("end_user", d.endUserId);
-      addDaily("user", d.userId);
-      addDaily("team", d.teamId);
-      addDaily("org", d.organizationId);
-      addDaily("end_user", d.endUserId);
-      for (const t of d.tags) {
-        addEntity("tag", t);
-        addDaily("tag", t);
+        ctx.member.add(pico);
       }
     }
-    this.cells = new Map();
-    this.entityKeys = new Set();
-    this.dailyKeys = new Set();
-
-    const entityRows: EntityRow[] = [];
-    for (const { row, spend } of entity.values()) {
-      row[3] = spend.toString();
-      entityRows.push(row);
+    const org = e.organizationId;
+    if (org !== "") this.daily(ctx.orgs, this.orgs, org).add(e);
+    const endUser = e.endUserId;
+    if (endUser !== "") this.daily(ctx.endUsers, this.endUsers, endUser).add(e);
+    for (let i = 0; i < tags.length; i++) {
+      this.daily(ctx.tags, this.tags, tags[i] as string).add(e);
     }
-    const dailyRows: DailyRow[] = [];
-    for (const a of daily.values()) {
-      const r = a.row;
-      r[9] = encodeCount(a.prompt);
-      r[10] = encodeCount(a.completion);
-      r[11] = encodeCount(a.cacheRead);
-      r[12] = encodeCount(a.cacheCreation);
-      r[13] = encodeCount(a.requests);
-      r[14] = encodeCount(a.successes);
-      r[15] = encodeCount(a.requests - a.successes);
-      r[16] = a.spend.toString();
-      dailyRows.push(r);
-    }
-    return { entity: entityRows, daily: dailyRows };
   }
 
-  private newCell(e: NormalizedEvent, date: string): Cell {
-    // Cold path: once per distinct cell. Record which rows it touches.
-    const ek = this.entityKeys;
-    if (e.apiKey !== "") ek.add("key" + SEP + e.apiKey);
-    if (e.userId !== "") ek.add("user" + SEP + e.userId);
-    if (e.teamId !== "") ek.add("team" + SEP + e.teamId);
-    if (e.userId !== "" && e.teamId !== "") ek.add("team_member" + SEP + e.userId + SEP + e.teamId);
-    if (e.organizationId !== "") ek.add("org" + SEP + e.organizationId);
-    if (e.endUserId !== "") ek.add("end_user" + SEP + e.endUserId);
-    for (const t of e.tags) ek.add("tag" + SEP + t);
-    const dk = this.dailyKeys;
-    if (e.userId !== "") dk.add(dailyKey("user", e.userId, date, e));
-    if (e.teamId !== "") dk.add(dailyKey("team", e.teamId, date, e));
-    if (e.organizationId !== "") dk.add(dailyKey("org", e.organizationId, date, e));
-    if (e.endUserId !== "") dk.add(dailyKey("end_user", e.endUserId, date, e));
-    for (const t of e.tags) dk.add(dailyKey("tag", t, date, e));
-    return {
-      dims: e,
-      date,
-      spend: 0,
-      prompt: 0,
-      completion: 0,
-      cacheRead: 0,
-      cacheCreation: 0,
-      requests: 0,
-      successes: 0,
-      spendBig: 0n,
-      promptBig: 0n,
-      completionBig: 0n,
-      cacheReadBig: 0n,
-      cacheCreationBig: 0n,
-      requestsBig: 0n,
-      successesBig: 0n,
+  /**
+   * The rows touched since the last drain, exact, and zeroes them for the
+   * next interval; rows untouched for the whole interval are dropped.
+   */
+  drain(): DrainedRows {
+    // 1. Entity rows, read before their daily parts are zeroed.
+    const entity: EntityRow[] = [];
+    const emit = (kind: EntityKind, m: Map<string, EntityAcc>): void => {
+      for (const [id, acc] of m) {
+        acc.keep = acc.touched();
+        if (acc.keep) entity.push([kind, id, "", acc.total().toString()]);
+      }
     };
+    emit("key", this.keys);
+    emit("user", this.users);
+    emit("team", this.teams);
+    emit("org", this.orgs);
+    emit("end_user", this.endUsers);
+    emit("tag", this.tags);
+    for (const [user, teams] of this.members) {
+      for (const [team, acc] of teams) {
+        acc.keep = acc.touched();
+        if (acc.keep) entity.push(["team_member", user, team, acc.total().toString()]);
+      }
+    }
+
+    // 2. Daily rows: emitted and zeroed, or dropped.
+    const daily: DailyRow[] = [];
+    const sweepKind = (kind: DailyKind, c: DailyContext, slots: DailySlots): void => {
+      this.dailyRowsHeld -= slots.sweep((id, acc) => {
+        if (!acc.touched()) {
+          acc.alive = false;
+          return false;
+        }
+        daily.push([
+          kind,
+          id,
+          c.date,
+          c.apiKey,
+          c.model,
+          c.modelGroup,
+          c.provider,
+          c.mcpToolName,
+          c.endpoint,
+          ...acc.columns(),
+        ]);
+        acc.reset();
+        return true;
+      });
+    };
+    const sweepContexts = (index: ContextIndex): void => {
+      for (const c of index.list) {
+        sweepKind("user", c, c.users);
+        sweepKind("team", c, c.teams);
+        sweepKind("org", c, c.orgs);
+        sweepKind("end_user", c, c.endUsers);
+        sweepKind("tag", c, c.tags);
+      }
+      // A context no request reached this interval has no rows left.
+      index.sweep((c) => c.hits > 0);
+      for (const c of index.list) {
+        c.hits = 0;
+        // Its membership row may be dropped below; the next request looks it up again.
+        c.member = undefined;
+      }
+    };
+    sweepContexts(this.keyless);
+    for (const k of this.keys.values()) sweepContexts(k.contexts);
+
+    // 3. Entity rows: zeroed, or dropped.
+    const sweep = <A extends EntityAcc>(m: Map<string, A>): void => {
+      for (const [id, acc] of m) {
+        if (acc.keep) acc.reset();
+        else {
+          m.delete(id);
+          this.entityRowsHeld--;
+        }
+      }
+    };
+    for (const m of [this.keys, this.users, this.teams, this.orgs, this.endUsers, this.tags])
+      sweep(m);
+    for (const [user, teams] of this.members) {
+      sweep(teams);
+      if (teams.size === 0) this.members.delete(user);
+    }
+    this.events = 0;
+    return { entity, daily };
   }
 
-  private cellKey(e: NormalizedEvent, date: string): string {
-    return (
-      e.apiKey +
-      SEP +
-      e.userId +
-      SEP +
-      e.teamId +
-      SEP +
-      e.organizationId +
-      SEP +
-      e.endUserId +
-      SEP +
-      (e.tags.length === 0 ? "" : e.tags.length === 1 ? (e.tags[0] ?? "") : e.tags.join(TAG_SEP)) +
-      SEP +
-      e.model +
-      SEP +
-      e.modelGroup +
-      SEP +
-      e.provider +
-      SEP +
-      e.endpoint +
-      SEP +
-      e.mcpToolName +
-      SEP +
-      date
-    );
+  private forEachContext(f: (c: DailyContext) => void): void {
+    for (const c of this.keyless.list) f(c);
+    for (const k of this.keys.values()) for (const c of k.contexts.list) f(c);
+  }
+
+  private entityMap(kind: Exclude<EntityKind, "team_member">): Map<string, EntityAcc> {
+    switch (kind) {
+      case "key":
+        return this.keys;
+      case "user":
+        return this.users;
+      case "team":
+        return this.teams;
+      case "org":
+        return this.orgs;
+      case "end_user":
+        return this.endUsers;
+      case "tag":
+        return this.tags;
+    }
+  }
+
+  /** The daily row for `id` in a context, created (with its entity row if new) on first use. */
+  private daily(slots: DailySlots, entities: Map<string, EntityAcc>, id: string): DailyAcc {
+    let acc = slots.get(id);
+    if (acc === undefined) {
+      let ent = entities.get(id);
+      if (ent === undefined) {
+        ent = new EntityAcc();
+        entities.set(id, ent);
+        this.entityRowsHeld++;
+      }
+      acc = new DailyAcc();
+      ent.parts.push(acc);
+      slots.set(id, acc);
+      this.dailyRowsHeld++;
+    }
+    return acc;
+  }
+
+  private member(user: string, team: string): EntityAcc {
+    let teams = this.members.get(user);
+    if (teams === undefined) {
+      teams = new Map();
+      this.members.set(user, teams);
+    }
+    let acc = teams.get(team);
+    if (acc === undefined) {
+      acc = new EntityAcc();
+      teams.set(team, acc);
+      this.entityRowsHeld++;
+    }
+    return acc;
   }
 
   /** UTC YYYY-MM-DD, cached per day: formatting a date per event would cost more than the rest. */
@@ -307,47 +686,7 @@ export class Aggregator {
     if (day !== this.lastDay) {
       this.lastDay = day;
       this.lastDate = new Date(day * DAY_MS).toISOString().slice(0, 10);
-      return this.lastDate;
     }
     return this.lastDate;
   }
-}
-
-function dailyKey(kind: DailyKind, id: string, date: string, e: NormalizedEvent): string {
-  return (
-    kind +
-    SEP +
-    id +
-    SEP +
-    date +
-    SEP +
-    e.apiKey +
-    SEP +
-    e.model +
-    SEP +
-    e.modelGroup +
-    SEP +
-    e.provider +
-    SEP +
-    e.mcpToolName +
-    SEP +
-    e.endpoint
-  );
-}
-
-function spill(c: Cell): void {
-  c.spendBig += BigInt(c.spend);
-  c.promptBig += BigInt(c.prompt);
-  c.completionBig += BigInt(c.completion);
-  c.cacheReadBig += BigInt(c.cacheRead);
-  c.cacheCreationBig += BigInt(c.cacheCreation);
-  c.requestsBig += BigInt(c.requests);
-  c.successesBig += BigInt(c.successes);
-  c.spend = 0;
-  c.prompt = 0;
-  c.completion = 0;
-  c.cacheRead = 0;
-  c.cacheCreation = 0;
-  c.requests = 0;
-  c.successes = 0;
 }

@@ -5,12 +5,14 @@ import { silentLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
 import type { EntityKind } from "../queue/spend-batch.js";
 import { Aggregator } from "./aggregator.js";
+import { CoarseClock } from "./coarse-clock.js";
 import { dailyIdentity, entityIdentity, partitionOf } from "./partition.js";
 import type { SealedBatch, SpendSink } from "./spend-sink.js";
 import {
   DEFAULT_LIMITS,
   SpendEventError,
-  validateSpendEvent,
+  checkIdsContent,
+  normalizeSpendEvent,
   type NormalizedEvent,
   type SpendEvent,
   type ValidationLimits,
@@ -120,7 +122,8 @@ export class SpendProducer {
   private readonly unwatch: () => void;
   private readonly partitions: number;
 
-  private agg = new Aggregator();
+  private readonly agg = new Aggregator();
+  private readonly clock = new CoarseClock();
   private pending: SealedBatch[] = [];
   private pendingRows = 0;
   private seq = 0;
@@ -144,13 +147,16 @@ export class SpendProducer {
     this.log = opts.logger ?? silentLogger;
     this.producerId = opts.producerId ?? randomUUID();
     this.partitions = opts.partitions ?? 1;
-    this.unwatch = this.metrics.watchBuffer(() => ({
-      entityRows: this.agg.entityRowCount + this.pendingRowsOf("entity"),
-      dailyRows: this.agg.dailyRowCount + this.pendingRowsOf("daily"),
-      undeliveredRows: this.pendingRows,
-      undeliveredBatches: this.pending.length,
-      recordedEvents: this.recorded,
-    }));
+    this.unwatch = this.metrics.watchBuffer(() => {
+      const rows = this.agg.pendingRowCounts();
+      return {
+        entityRows: rows.entity + this.pendingRowsOf("entity"),
+        dailyRows: rows.daily + this.pendingRowsOf("daily"),
+        undeliveredRows: this.pendingRows,
+        undeliveredBatches: this.pending.length,
+        recordedEvents: this.recorded,
+      };
+    });
     this.schedule();
   }
 
@@ -160,9 +166,16 @@ export class SpendProducer {
    */
   record(event: SpendEvent): void {
     if (this.closed) throw new Error("producer is closed");
-    const e = this.validate(event);
-    const rows = this.agg.entityRowCount + this.agg.dailyRowCount + this.pendingRows;
-    if (rows >= this.maxRows && this.agg.wouldGrow(e)) {
+    const e = this.normalize(event);
+    // The common case: every row exists, so every id has been checked before.
+    if (this.agg.addIfKnown(e)) {
+      this.recorded++;
+      return;
+    }
+    this.checkContent(e);
+    // Rows held, not only pending: rows kept from the last interval are memory too.
+    const rows = this.agg.heldRowCount + this.pendingRows;
+    if (rows >= this.maxRows) {
       this.metrics.eventsRejected.inc({ reason: "buffer_full" });
       if (this.fullSince === 0) {
         this.fullSince = Date.now();
@@ -183,18 +196,32 @@ export class SpendProducer {
     }
   }
 
-  private validate(event: SpendEvent): NormalizedEvent {
+  private normalize(event: SpendEvent): NormalizedEvent {
     try {
-      return validateSpendEvent(event, this.limits);
+      return normalizeSpendEvent(event, this.limits, this.clock.read());
     } catch (err) {
-      if (err instanceof SpendEventError) this.metrics.eventsRejected.inc({ reason: err.reason });
+      this.countRejection(err);
       throw err;
     }
   }
 
-  /** Distinct rows held in memory (buffered and sealed-but-unsent). */
+  private checkContent(e: NormalizedEvent): void {
+    try {
+      checkIdsContent(e);
+    } catch (err) {
+      this.countRejection(err);
+      throw err;
+    }
+  }
+
+  private countRejection(err: unknown): void {
+    if (err instanceof SpendEventError) this.metrics.eventsRejected.inc({ reason: err.reason });
+  }
+
+  /** Distinct rows with undelivered spend: aggregated, or sealed but not sent (O(rows held)). */
   get bufferedRows(): number {
-    return this.agg.entityRowCount + this.agg.dailyRowCount + this.pendingRows;
+    const rows = this.agg.pendingRowCounts();
+    return rows.entity + rows.daily + this.pendingRows;
   }
 
   /** Sealed batches still waiting to be delivered. */
@@ -268,6 +295,7 @@ export class SpendProducer {
     if (this.closed) return;
     this.closed = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
+    this.clock.stop();
     const deadline = Date.now() + this.closeTimeoutMs;
     try {
       for (let attempt = 0; ; attempt++) {
@@ -292,9 +320,8 @@ export class SpendProducer {
   }
 
   private seal(): void {
-    if (this.agg.entityRowCount === 0 && this.agg.dailyRowCount === 0) return;
+    if (!this.agg.hasPending) return;
     const { entity, daily } = this.agg.drain();
-    this.agg = new Aggregator();
     const sealedAt = Date.now();
     const header = { producerId: this.producerId, sealedAt, partitions: this.partitions };
     for (const [partition, rows] of this.byPartition(entity, entityIdentity)) {
