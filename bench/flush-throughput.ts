@@ -61,8 +61,7 @@ export function makeRows(
 ): { entity: EntityRow[]; daily: DailyRow[] } {
   const gen = trafficGenerator(n, shape, () => now);
   const agg = new Aggregator();
-  while (agg.entityRowCount + agg.dailyRowCount < n)
-    agg.add(validateSpendEvent(gen(), undefined, now));
+  while (agg.heldRowCount < n) agg.add(validateSpendEvent(gen(), undefined, now));
   const { entity, daily } = agg.drain();
   const total = entity.length + daily.length;
   const ne = Math.min(entity.length, Math.round((n * entity.length) / total));

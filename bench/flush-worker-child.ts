@@ -51,7 +51,12 @@ const worker = await FlushWorker.start({
     report.entityRows += r.entityRows;
     report.dailyRows += r.dailyRows;
     if (r.outcome === "committed")
-      report.commits.push({ at: Date.now(), rows: r.entityRows + r.dailyRows });
+      report.commits.push({
+        at: Date.now(),
+        rows: r.entityRows + r.dailyRows,
+        ms: r.durationMs,
+        transactions: r.transactions,
+      });
     if (r.error !== undefined && report.errors.length < 20) report.errors.push(r.error);
   },
 });

@@ -105,6 +105,8 @@ export interface PipelineRunResult {
     batches: number;
     duplicates: number;
     rows: number;
+    /** Committed flushes: lock held, ms (median and max). */
+    flushMs: { median: number; max: number };
     errors: string[];
   };
   reconciliation: Reconciliation;
@@ -444,6 +446,16 @@ export async function runPipeline(
               batches: workerReport.batches,
               duplicates: workerReport.duplicates,
               rows: workerReport.entityRows + workerReport.dailyRows,
+              flushMs: {
+                median: quantile(
+                  workerReport.commits.map((c) => c.ms),
+                  0.5,
+                ),
+                max: quantile(
+                  workerReport.commits.map((c) => c.ms),
+                  1,
+                ),
+              },
               errors: workerReport.errors,
             },
           }

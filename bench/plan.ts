@@ -33,6 +33,20 @@ export interface ProducerPlan {
   gatewayReps: number;
 }
 
+/** Section 1 against the reference gateway (bench/gateway-overhead.ts). */
+export interface GatewayPlan {
+  /** Virtual keys created (each a user's, in a team and an org). */
+  keys: number;
+  /** Distinct request bodies cycled through. */
+  distinctRequests: number;
+  /** Requests in flight at once, on keep-alive connections. */
+  concurrency: number;
+  warmupRequests: number;
+  requestsPerRep: number;
+  /** On/off pairs. */
+  reps: number;
+}
+
 export interface FlushPlan {
   /** Distinct rows per flush, and timed repetitions (after one untimed round) for each. */
   sizes: { rows: number; reps: number }[];
@@ -79,6 +93,7 @@ export interface PartitionsPlan {
 export interface BenchPlan {
   smoke: boolean;
   producer: ProducerPlan;
+  gateway: GatewayPlan;
   flush: FlushPlan;
   pipeline: PipelinePlan;
   partitions: PartitionsPlan;
@@ -108,6 +123,14 @@ export const FULL_PLAN: BenchPlan = {
     heapReps: 3,
     gatewayRequests: 20_000,
     gatewayReps: 9,
+  },
+  gateway: {
+    keys: 200,
+    distinctRequests: 2_000,
+    concurrency: 16,
+    warmupRequests: 5_000,
+    requestsPerRep: 5_000,
+    reps: 9,
   },
   flush: {
     sizes: [
@@ -141,6 +164,14 @@ export const SMOKE_PLAN: BenchPlan = {
     heapReps: 1,
     gatewayRequests: 2_000,
     gatewayReps: 3,
+  },
+  gateway: {
+    keys: 20,
+    distinctRequests: 200,
+    concurrency: 8,
+    warmupRequests: 500,
+    requestsPerRep: 1_000,
+    reps: 1,
   },
   flush: {
     sizes: [

@@ -10,6 +10,7 @@ import { Aggregator } from "../src/produce/aggregator.js";
 import { SpendProducer } from "../src/produce/producer.js";
 import { validateSpendEvent, type SpendEvent } from "../src/produce/spend-event.js";
 import type { SpendSink } from "../src/produce/spend-sink.js";
+import { spawnPinned } from "./pinned.js";
 import type { ProducerPlan } from "./plan.js";
 import { progress, spread, timeAsync, timeSync, type Spread, type Timed } from "./util.js";
 
@@ -23,15 +24,15 @@ export interface PerEvent {
 
 export interface ProducerCostResult {
   typicalEvent: SpendEvent;
-  /** Every event lands in a cell the producer already holds: the steady-state path. */
+  /** Every row the event touches is already held: the steady-state path. */
   hot: PerEvent;
-  /** Every event opens a new cell (a never-seen end user): the slowest path. */
+  /** Every event adds rows (a never-seen end user): the slowest path. */
   cold: PerEvent;
   /**
    * One flush interval of a busy gateway: a fresh producer, realistic traffic
-   * (some events open cells, most do not), and the seal at the end amortised.
+   * (early events add many rows, later ones fewer), and the seal at the end amortised.
    */
-  interval: PerEvent & { newCellFraction: number; sealShare: Spread };
+  interval: PerEvent & { newRowsPerEvent: number; sealShare: Spread };
   heap: { bytesPerRow: Spread; rowsPerRun: number; eventsPerRun: number };
   gateway: GatewayOverhead;
 }
@@ -51,6 +52,25 @@ export interface GatewayOverhead {
   intervalAddedPct: Spread;
   intervalAddedPctCpu: Spread;
   requestsPerRep: number;
+}
+
+export interface PinnedProducerCost extends ProducerCostResult {
+  /** The core the measuring process was pinned to (taskset), or null where it could not be. */
+  pinnedCpu: number | null;
+}
+
+/** measureProducerCost in a child process pinned to one core (bench/pinned.ts says why). */
+export async function measureProducerCostPinned(
+  plan: ProducerPlan,
+  shape: TrafficShape,
+): Promise<PinnedProducerCost> {
+  const p = spawnPinned("producer-cost-child.ts", {
+    BENCH_PRODUCER_PLAN: JSON.stringify({ plan, shape }),
+  });
+  const code = await p.done;
+  if (code !== 0) throw new Error(`producer cost process exited with code ${String(code)}`);
+  const last = p.stdout().trim().split("\n").pop() ?? "";
+  return { ...(JSON.parse(last) as ProducerCostResult), pinnedCpu: p.cpu };
 }
 
 /** A sink that accepts everything at once: only the producer's own work is measured. */
@@ -132,7 +152,7 @@ export async function measureProducerCost(
   // A full GC before every timed loop: otherwise one variant pays for the garbage of the one before.
   const gc = getGc();
 
-  // Hot: warm the producer with the pool, then every record() hits an existing cell.
+  // Hot: warm the producer with the pool, then every record() adds to existing rows.
   progress(S, `record() hot path: ${plan.reps} x ${plan.eventsPerRep} events`);
   const pool = typicalEvents(plan.hotPool, 11, shape, now);
   const hotProducer = newProducer();
@@ -145,8 +165,8 @@ export async function measureProducerCost(
   }
   await hotProducer.close();
 
-  // Cold: a distinct end user per event, so each opens a cell, rows and row keys.
-  progress(S, `record() cold path (every event a new cell): ${plan.reps} reps`);
+  // Cold: a distinct end user per event, so each adds an entity and a daily row.
+  progress(S, `record() cold path (every event adds rows): ${plan.reps} reps`);
   const coldN = Math.min(plan.eventsPerRep, 50_000);
   const coldRuns: Timed[] = [];
   for (let i = -plan.warmupReps; i < plan.reps; i++) {
@@ -165,7 +185,7 @@ export async function measureProducerCost(
   progress(S, `one ${plan.intervalEvents}-event interval incl. seal: ${plan.reps} reps`);
   const intervalRuns: Timed[] = [];
   const sealShares: number[] = [];
-  let newCellFraction = 0;
+  let newRowsPerEvent = 0;
   for (let i = -plan.warmupReps; i < plan.reps; i++) {
     const evs = typicalEvents(plan.intervalEvents, 200 + i, shape, now);
     const p = newProducer();
@@ -180,7 +200,7 @@ export async function measureProducerCost(
       // Counted outside the timing, with a bare aggregator over the same events.
       const agg = new Aggregator();
       for (const e of evs) agg.add(validateSpendEvent(e, undefined, now));
-      newCellFraction = agg.cellCount / evs.length;
+      newRowsPerEvent = agg.heldRowCount / evs.length;
     }
     await p.close();
   }
@@ -207,7 +227,7 @@ export async function measureProducerCost(
     cold: perEvent(coldRuns, coldN),
     interval: {
       ...perEvent(intervalRuns, plan.intervalEvents),
-      newCellFraction,
+      newRowsPerEvent,
       sealShare: spread(sealShares),
     },
     heap: { bytesPerRow: spread(bytesPerRow), rowsPerRun, eventsPerRun: plan.heapEvents },

@@ -51,8 +51,8 @@ export interface WorkerReport {
   duplicates: number;
   entityRows: number;
   dailyRows: number;
-  /** Committed flushes: epoch ms when onFlush saw them and the rows they wrote. */
-  commits: { at: number; rows: number }[];
+  /** Committed flushes: epoch ms when onFlush saw them, the rows they wrote, how long they held the lock, in how many transactions. */
+  commits: { at: number; rows: number; ms: number; transactions: number }[];
   errors: string[];
 }
 

@@ -59,13 +59,13 @@ export function markdown(r: BenchResults): string {
     L.push("| record() | ns/event, wall | ns/event, CPU | events per rep |");
     L.push("|---|---|---|---|");
     L.push(
-      `| hot: event lands in an existing cell | ${sp(p.hot.wallNs)} | ${sp(p.hot.cpuNs)} | ${p.hot.eventsPerRep} |`,
+      `| hot: every row the event touches exists | ${sp(p.hot.wallNs)} | ${sp(p.hot.cpuNs)} | ${p.hot.eventsPerRep} |`,
     );
     L.push(
-      `| cold: every event opens a new cell | ${sp(p.cold.wallNs)} | ${sp(p.cold.cpuNs)} | ${p.cold.eventsPerRep} |`,
+      `| cold: every event adds rows (new end user) | ${sp(p.cold.wallNs)} | ${sp(p.cold.cpuNs)} | ${p.cold.eventsPerRep} |`,
     );
     L.push(
-      `| realistic interval (fresh producer, ${n(p.interval.newCellFraction * 100)} % of events open a cell) incl. seal (${n(p.interval.sealShare.median * 100)} % of it) | ${sp(p.interval.wallNs)} | ${sp(p.interval.cpuNs)} | ${p.interval.eventsPerRep} |`,
+      `| realistic interval (fresh producer, ${n(p.interval.newRowsPerEvent)} new rows per event) incl. seal (${n(p.interval.sealShare.median * 100)} % of it) | ${sp(p.interval.wallNs)} | ${sp(p.interval.cpuNs)} | ${p.interval.eventsPerRep} |`,
     );
     L.push("");
     L.push(
@@ -75,16 +75,33 @@ export function markdown(r: BenchResults): string {
     L.push("");
     const g = p.gateway;
     L.push(
-      `Reference request: ${g.description} (${g.requestBytes} B request, ${g.responseBytes} B response): ` +
-        `${sp(g.offWallNs, 1 / 1000)} µs wall, ${sp(g.offCpuNs, 1 / 1000)} µs CPU per request with recording off.`,
+      `In-process floor, for scale (no HTTP, no auth): ${g.description} (${g.requestBytes} B request, ${g.responseBytes} B response): ` +
+        `${sp(g.offCpuNs, 1 / 1000)} µs CPU per request with recording off; recording adds ` +
+        `${sp(g.hotAddedPctCpu, 1, 2)} % (steady state) and ${sp(g.intervalAddedPctCpu, 1, 2)} % (realistic interval incl. seal) of CPU.`,
     );
     L.push("");
-    L.push("| Recording on | Added to the reference request, wall | Added, CPU time |");
-    L.push("|---|---|---|");
-    L.push(`| hot cells | ${sp(g.hotAddedPct, 1, 2)} % | ${sp(g.hotAddedPctCpu, 1, 2)} % |`);
     L.push(
-      `| realistic interval incl. seal | ${sp(g.intervalAddedPct, 1, 2)} % | ${sp(g.intervalAddedPctCpu, 1, 2)} % |`,
+      p.pinnedCpu === null
+        ? "Measured unpinned (no taskset or one core)."
+        : `Measured in a process pinned to CPU ${p.pinnedCpu} (taskset): unpinned, the scheduler moving the loop and V8's GC threads between the two cores swung the median 2x from run to run.`,
     );
+    L.push("");
+  }
+
+  const gw = r.gateway;
+  if (gw !== undefined) {
+    L.push("### Recording on vs off in the reference gateway");
+    L.push("");
+    L.push(
+      `${gw.description}. ${gw.keys} virtual keys, ${gw.concurrency} requests in flight, ${gw.requestsPerRep} requests per rep; ` +
+        `CPU is the gateway process's own (process.cpuUsage)${gw.pinnedCpu === null ? "" : `, pinned to CPU ${gw.pinnedCpu}`}; both gateways run side by side on that core with the same requests, and each rep's pair gives one ratio.`,
+    );
+    L.push("");
+    L.push("| Recording | gateway CPU per request, µs | requests/s (client) |");
+    L.push("|---|---|---|");
+    L.push(`| off | ${sp(gw.offCpuUs)} | ${sp(gw.offRps)} |`);
+    L.push(`| on | ${sp(gw.onCpuUs)} | ${sp(gw.onRps)} |`);
+    L.push(`| **added by recording** | **${sp(gw.addedPct, 1, 2)} %** | |`);
     L.push("");
   }
 

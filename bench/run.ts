@@ -17,7 +17,8 @@ import {
 } from "./partitions.js";
 import { runPipeline, type PipelineRunResult } from "./pipeline.js";
 import { FULL_PLAN, SMOKE_PLAN, type BenchPlan } from "./plan.js";
-import { measureProducerCost, type ProducerCostResult } from "./producer-cost.js";
+import { measureGatewayOverhead, type GatewayOverheadResult } from "./gateway-overhead.js";
+import { measureProducerCostPinned, type PinnedProducerCost } from "./producer-cost.js";
 import type { SinkMode } from "./protocol.js";
 import { writeResults } from "./report.js";
 import { Resources } from "./resources.js";
@@ -57,7 +58,8 @@ async function main(): Promise<number> {
 
   const t0 = Date.now();
   const errors: string[] = [];
-  let producer: ProducerCostResult | undefined;
+  let producer: PinnedProducerCost | undefined;
+  let gateway: GatewayOverheadResult | undefined;
   let flush: FlushThroughputResult | undefined;
   const pipeline: PipelineRunResult[] = [];
   let partitions: PartitionsResult | undefined;
@@ -69,9 +71,14 @@ async function main(): Promise<number> {
   try {
     if (only.has("producer")) {
       try {
-        producer = await measureProducerCost(plan.producer, plan.pipeline.shape);
+        producer = await measureProducerCostPinned(plan.producer, plan.pipeline.shape);
       } catch (err) {
         errors.push(`producer cost: ${errorMessage(err)}`);
+      }
+      try {
+        gateway = await measureGatewayOverhead(plan.gateway, plan.pipeline.shape, res);
+      } catch (err) {
+        errors.push(`reference gateway overhead: ${errorMessage(err)}`);
       }
     }
     if (only.has("flush")) {
@@ -137,11 +144,12 @@ async function main(): Promise<number> {
     machine,
     durationSeconds: (Date.now() - t0) / 1000,
     ...(producer !== undefined ? { producer } : {}),
+    ...(gateway !== undefined ? { gateway } : {}),
     ...(flush !== undefined ? { flush } : {}),
     pipeline,
     modes,
     ...(partitions !== undefined ? { partitions } : {}),
-    bars: evaluateBars(producer, flush, modes, partitions),
+    bars: evaluateBars(producer, gateway, flush, modes, partitions),
     errors,
     reconciled,
     ...(partitions !== undefined ? { partitionsReconciled } : {}),

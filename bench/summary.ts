@@ -8,7 +8,8 @@ import type { MachineInfo } from "./machine.js";
 import type { PartitionsResult } from "./partitions.js";
 import type { PipelineRunResult } from "./pipeline.js";
 import type { BenchPlan } from "./plan.js";
-import type { ProducerCostResult } from "./producer-cost.js";
+import type { GatewayOverheadResult } from "./gateway-overhead.js";
+import type { PinnedProducerCost } from "./producer-cost.js";
 import type { SinkMode } from "./protocol.js";
 import { median } from "./util.js";
 
@@ -51,7 +52,9 @@ export interface BenchResults {
   plan: BenchPlan;
   machine: MachineInfo;
   durationSeconds: number;
-  producer?: ProducerCostResult;
+  producer?: PinnedProducerCost;
+  /** Section 1 against the reference gateway: CPU per request, recording on vs off. */
+  gateway?: GatewayOverheadResult;
   flush?: FlushThroughputResult;
   pipeline: PipelineRunResult[];
   modes: ModeSummary[];
@@ -120,7 +123,8 @@ export function summarizeModes(runs: readonly PipelineRunResult[]): ModeSummary[
 const fmt = (n: number, digits = 2): string => (Number.isFinite(n) ? n.toFixed(digits) : String(n));
 
 export function evaluateBars(
-  producer: ProducerCostResult | undefined,
+  producer: PinnedProducerCost | undefined,
+  gateway: GatewayOverheadResult | undefined,
   flush: FlushThroughputResult | undefined,
   modes: readonly ModeSummary[],
   partitions?: PartitionsResult,
@@ -129,30 +133,18 @@ export function evaluateBars(
   if (producer !== undefined) {
     const hot = producer.hot.wallNs.median;
     bars.push({
-      name: "record() per typical event, hot cell (wall, median)",
+      name: "record() per typical event, steady state: every row it touches held (wall, median)",
       bar: "<= 1 µs",
       value: `${fmt(hot / 1000, 3)} µs (CPU ${fmt(producer.hot.cpuNs.median / 1000, 3)} µs)`,
       pass: hot <= 1000,
     });
-    const iv = producer.interval.wallNs.median;
+  }
+  if (gateway !== undefined) {
     bars.push({
-      name: `record() per event over a realistic ${producer.interval.eventsPerRep}-event interval incl. seal (wall, median)`,
-      bar: "<= 1 µs",
-      value: `${fmt(iv / 1000, 3)} µs (CPU ${fmt(producer.interval.cpuNs.median / 1000, 3)} µs)`,
-      pass: iv <= 1000,
-    });
-    const g = producer.gateway;
-    bars.push({
-      name: "added to the reference request, hot cells",
+      name: "recording's added CPU per request of the reference gateway (median of on/off pairs)",
       bar: "< 2 %",
-      value: `${fmt(g.hotAddedPct.median, 1)} % (CPU ${fmt(g.hotAddedPctCpu.median, 1)} %)`,
-      pass: g.hotAddedPct.median < 2,
-    });
-    bars.push({
-      name: "added to the reference request, realistic interval incl. seal",
-      bar: "< 2 %",
-      value: `${fmt(g.intervalAddedPct.median, 1)} % (CPU ${fmt(g.intervalAddedPctCpu.median, 1)} %)`,
-      pass: g.intervalAddedPct.median < 2,
+      value: `${fmt(gateway.addedPct.median, 2)} % (${fmt(gateway.offCpuUs.median, 0)} → ${fmt(gateway.onCpuUs.median, 0)} µs)`,
+      pass: gateway.addedPct.median < 2,
     });
   }
   for (const s of flush?.sizes ?? []) {

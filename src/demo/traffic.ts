@@ -64,7 +64,7 @@ export function rng(seed: number): () => number {
 }
 
 /** Picks 0..n-1 with a Zipf-like skew: index i has weight ~ 1/(i+1). */
-function skewed(r: () => number, n: number): number {
+export function skewed(r: () => number, n: number): number {
   return Math.min(n - 1, Math.floor(Math.exp(r() * Math.log(n + 1))) - 1);
 }
 

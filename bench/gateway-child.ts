@@ -1,0 +1,78 @@
+/**
+ * The reference gateway for section 1's recording on/off comparison: the
+ * Express app the gateway service runs (src/gateway/app.ts), in its own
+ * process pinned to one core (bench/pinned.ts). RECORDING=on gives it the real
+ * producer with its real sink (Redis, under the run's prefix);
+ * RECORDING=off a producer whose record() does nothing. Everything else (key
+ * auth through the key cache, body parsing, pricing, the mock model, the
+ * response) is the same code. Prints {"port"} once listening and answers the
+ * IPC message "cpu" with its process.cpuUsage().
+ */
+import type { AddressInfo } from "node:net";
+import { buildConfig } from "../src/config/config.js";
+import { createGatewayApp } from "../src/gateway/app.js";
+import { KeyCache } from "../src/gateway/virtual-keys.js";
+import { silentLogger } from "../src/observe/logger.js";
+import { SpendMetrics } from "../src/observe/metrics.js";
+import { createDb } from "../src/persist/prisma.js";
+import { openPartitionQueues, connectRedis } from "../src/queue/connection.js";
+import { QueueSink } from "../src/queue/queue-sink.js";
+import { producerSettings, SpendProducer } from "../src/produce/producer.js";
+import type { SpendEvent } from "../src/produce/spend-event.js";
+import { TEST_REDIS_URL } from "../test/support/redis.js";
+import { GATEWAY_MODEL, GATEWAY_PRICE } from "./gateway-traffic.js";
+
+class NotRecording extends SpendProducer {
+  override record(_event: SpendEvent): void {
+    // Recording off: the request path is otherwise identical.
+  }
+}
+
+const recording = process.env.RECORDING === "on";
+const config = buildConfig(
+  {
+    general_settings: { use_redis_transaction_buffer: true, proxy_batch_write_at: 1 },
+    litellm_settings: { cache: true, cache_params: { type: "redis" } },
+    spend_buffer_settings: {
+      key_prefix: process.env.PREFIX ?? "",
+      flush_jitter_seconds: 0,
+      model_prices: { [GATEWAY_MODEL]: GATEWAY_PRICE },
+    },
+  },
+  { REDIS_URL: TEST_REDIS_URL, DATABASE_URL: process.env.DATABASE_URL ?? "" },
+);
+const db = createDb(config.databaseUrl, { max: 2 });
+const redis = connectRedis(config.redis, "producer");
+const metrics = new SpendMetrics();
+const sink = new QueueSink(openPartitionQueues(redis, config.keyPrefix, config.partitions));
+const settings = { sink, ...producerSettings(config), metrics, logger: silentLogger };
+const producer = recording ? new SpendProducer(settings) : new NotRecording(settings);
+const app = createGatewayApp({
+  config,
+  producer,
+  keys: new KeyCache(db, config.gateway.keyCacheTtlMs, config.gateway.keyCacheMaxEntries),
+  db,
+  metrics,
+  logger: silentLogger,
+  checks: {},
+  draining: () => false,
+});
+const server = app.listen(0, "127.0.0.1", () => {
+  process.stdout.write(`${JSON.stringify({ port: (server.address() as AddressInfo).port })}\n`);
+});
+server.keepAliveTimeout = 60_000;
+
+process.on("message", (m) => {
+  if (m === "cpu") process.send?.(process.cpuUsage());
+  else if (m === "stop") {
+    server.close();
+    server.closeAllConnections();
+    void producer
+      .close()
+      .catch(() => undefined)
+      .finally(() => {
+        redis.disconnect();
+        void db.$disconnect().finally(() => process.disconnect?.());
+      });
+  }
+});

@@ -1,0 +1,220 @@
+/**
+ * Section 1, against the reference gateway: CPU time per request of the real
+ * gateway app (bench/gateway-child.ts) with recording on and off, the same
+ * requests driven over HTTP from this process. Each child measures its own
+ * CPU (process.cpuUsage), so the client's work is not counted; both run side by
+ * side on one core and each rep's pair gives one ratio.
+ */
+import http from "node:http";
+import type { TrafficShape } from "../src/demo/traffic.js";
+import { createKey } from "../src/gateway/virtual-keys.js";
+import { gatewayRequests, type GatewayRequest } from "./gateway-traffic.js";
+import { ask, spawnPinned, type PinnedChild } from "./pinned.js";
+import type { GatewayPlan } from "./plan.js";
+import { referenceExchange } from "./producer-cost.js";
+import type { Resources } from "./resources.js";
+import { progress, sleep, spread, type Spread } from "./util.js";
+
+export interface GatewayOverheadResult {
+  description: string;
+  keys: number;
+  requestsPerRep: number;
+  concurrency: number;
+  pinnedCpu: number | null;
+  /** Gateway CPU per request, microseconds. */
+  offCpuUs: Spread;
+  onCpuUs: Spread;
+  /** CPU per request added by recording, percent of "off", one value per rep pair. */
+  addedPct: Spread;
+  /** Requests per second the client saw (wall). */
+  offRps: Spread;
+  onRps: Spread;
+}
+
+type Mode = "on" | "off";
+
+interface CpuUsage {
+  user: number;
+  system: number;
+}
+
+export async function measureGatewayOverhead(
+  plan: GatewayPlan,
+  shape: TrafficShape,
+  res: Resources,
+): Promise<GatewayOverheadResult> {
+  const S = "producer";
+  const t = await res.database("gateway");
+  const prefix = res.prefix("gateway");
+  const children: Partial<Record<Mode, PinnedChild>> = {};
+  try {
+    progress(S, `reference gateway: ${plan.keys} virtual keys`);
+    const keys: string[] = [];
+    for (let k = 0; k < plan.keys; k++) {
+      const team = k % shape.teams;
+      const created = await createKey(t.db, {
+        userId: `user-${k % shape.users}`,
+        teamId: `team-${team}`,
+        organizationId: `org-${team % shape.orgs}`,
+      });
+      keys.push(created.key);
+    }
+    const requests = gatewayRequests(
+      plan.distinctRequests,
+      7,
+      shape,
+      keys,
+      referenceExchange().request,
+    );
+    const ports: Partial<Record<Mode, number>> = {};
+    for (const mode of ["on", "off"] as const) {
+      const c = spawnPinned("gateway-child.ts", {
+        RECORDING: mode,
+        PREFIX: prefix,
+        DATABASE_URL: t.url,
+      });
+      children[mode] = c;
+      ports[mode] = await waitForPort(c);
+    }
+    /**
+     * Both gateways at once, the same requests, on the same core: whatever
+     * else the machine does then (GC elsewhere, the client, noisy
+     * neighbours) hits both alike, and the ratio of their CPU cancels it.
+     */
+    const drivePair = async (n: number): Promise<Record<Mode, { cpuUs: number; rps: number }>> => {
+      const on = children.on as PinnedChild;
+      const off = children.off as PinnedChild;
+      const [on0, off0] = await Promise.all([
+        ask<CpuUsage>(on.child, "cpu"),
+        ask<CpuUsage>(off.child, "cpu"),
+      ]);
+      const timed = async (port: number): Promise<number> => {
+        const t0 = process.hrtime.bigint();
+        await sendAll(port, requests, n, plan.concurrency);
+        return Number(process.hrtime.bigint() - t0) / 1e9;
+      };
+      const [onWall, offWall] = await Promise.all([
+        timed(ports.on as number),
+        timed(ports.off as number),
+      ]);
+      const [on1, off1] = await Promise.all([
+        ask<CpuUsage>(on.child, "cpu"),
+        ask<CpuUsage>(off.child, "cpu"),
+      ]);
+      const us = (a: CpuUsage, b: CpuUsage): number => (b.user + b.system - a.user - a.system) / n;
+      return {
+        on: { cpuUs: us(on0, on1), rps: n / onWall },
+        off: { cpuUs: us(off0, off1), rps: n / offWall },
+      };
+    };
+    progress(S, `reference gateway: warm-up, ${plan.warmupRequests} requests per mode`);
+    // Every key cached, every code path optimised, before anything is timed.
+    await drivePair(plan.warmupRequests);
+
+    progress(
+      S,
+      `reference gateway: ${plan.reps} reps x ${plan.requestsPerRep} requests, recording on and off side by side`,
+    );
+    const off: number[] = [];
+    const on: number[] = [];
+    const added: number[] = [];
+    const offRps: number[] = [];
+    const onRps: number[] = [];
+    for (let rep = 0; rep < plan.reps; rep++) {
+      const got = await drivePair(plan.requestsPerRep);
+      off.push(got.off.cpuUs);
+      on.push(got.on.cpuUs);
+      offRps.push(got.off.rps);
+      onRps.push(got.on.rps);
+      added.push((100 * (got.on.cpuUs - got.off.cpuUs)) / got.off.cpuUs);
+    }
+    return {
+      description:
+        "POST /v1/chat/completions to the gateway app (key auth via the key cache, JSON body, pricing, mock model, JSON response) over keep-alive HTTP; 'on' records each request through the producer into Redis, 'off' skips record()",
+      keys: plan.keys,
+      requestsPerRep: plan.requestsPerRep,
+      concurrency: plan.concurrency,
+      pinnedCpu: children.on?.cpu ?? null,
+      offCpuUs: spread(off),
+      onCpuUs: spread(on),
+      addedPct: spread(added),
+      offRps: spread(offRps),
+      onRps: spread(onRps),
+    };
+  } finally {
+    await Promise.all(Object.values(children).map((c) => stop(c)));
+    await res.cleanPrefix(prefix);
+    await res.dropDatabase(t);
+  }
+}
+
+async function waitForPort(c: PinnedChild): Promise<number> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const line = c.stdout().split("\n")[0] ?? "";
+    if (line.endsWith("}")) return (JSON.parse(line) as { port: number }).port;
+    if (c.child.exitCode !== null) throw new Error("gateway child exited before listening");
+    if (Date.now() > deadline) throw new Error("gateway child did not listen within 30 s");
+    await sleep(50);
+  }
+}
+
+async function stop(c: PinnedChild): Promise<void> {
+  if (c.child.exitCode !== null) return;
+  c.child.send("stop");
+  const timer = setTimeout(() => c.child.kill("SIGKILL"), 10_000);
+  await c.done.catch(() => undefined);
+  clearTimeout(timer);
+}
+
+/** n requests, `concurrency` in flight on keep-alive connections; any non-200 fails the run. */
+async function sendAll(
+  port: number,
+  requests: readonly GatewayRequest[],
+  n: number,
+  concurrency: number,
+): Promise<void> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    while (next < n) {
+      const r = requests[next++ % requests.length] as GatewayRequest;
+      await post(agent, port, r);
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: concurrency }, lane));
+  } finally {
+    agent.destroy();
+  }
+}
+
+function post(agent: http.Agent, port: number, r: GatewayRequest): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        agent,
+        host: "127.0.0.1",
+        port,
+        method: "POST",
+        path: "/v1/chat/completions",
+        headers: {
+          "content-type": "application/json",
+          "content-length": r.body.length,
+          authorization: r.authorization,
+        },
+      },
+      (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => (body += d));
+        res.on("end", () => {
+          if (res.statusCode === 200) resolve();
+          else reject(new Error(`gateway answered ${res.statusCode}: ${body.slice(0, 300)}`));
+        });
+      },
+    );
+    req.on("error", reject);
+    req.end(r.body);
+  });
+}

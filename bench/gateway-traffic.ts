@@ -1,0 +1,44 @@
+/**
+ * The requests section 1 sends to the reference gateway: the typical chat
+ * exchange of referenceExchange() (a four-message conversation), from keys
+ * that each belong to a user, team and org, with an end user and two tags
+ * drawn from the benchmark's Zipf-like spread.
+ */
+import { rng, skewed, type TrafficShape } from "../src/demo/traffic.js";
+
+/** A model the mock answers, priced like gpt-4o. */
+export const GATEWAY_MODEL = "mock-gpt-4o";
+export const GATEWAY_PRICE = {
+  input_cost_per_token: "0.0000025",
+  output_cost_per_token: "0.00001",
+};
+
+export interface GatewayRequest {
+  authorization: string;
+  body: Buffer;
+}
+
+export function gatewayRequests(
+  n: number,
+  seed: number,
+  shape: TrafficShape,
+  keys: readonly string[],
+  exchangeRequest: string,
+): GatewayRequest[] {
+  const r = rng(seed);
+  const template = JSON.parse(exchangeRequest) as Record<string, unknown>;
+  const out: GatewayRequest[] = [];
+  for (let i = 0; i < n; i++) {
+    const key = keys[skewed(r, keys.length)] ?? "";
+    const body = {
+      ...template,
+      model: GATEWAY_MODEL,
+      user: `end-user-${skewed(r, shape.endUsers)}`,
+      metadata: {
+        tags: [r() < 0.8 ? "env:prod" : "env:dev", `feature:${Math.floor(r() * shape.tags)}`],
+      },
+    };
+    out.push({ authorization: `Bearer ${key}`, body: Buffer.from(JSON.stringify(body)) });
+  }
+  return out;
+}
