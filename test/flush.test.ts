@@ -129,6 +129,35 @@ describe("flush", () => {
     await assertTotals(ledger);
   });
 
+  it("keeps each transaction near max_rows_per_transaction, whatever the job count allows", async () => {
+    const ledger = new Ledger();
+    await produce(400, 300, ledger, { maxRowsPerJob: 40 });
+    const jobs = await h.waitingJobs();
+    assert.ok(jobs >= 10, `${jobs} jobs`);
+    const held: number[] = [];
+    const r = await h
+      .flusher({
+        maxJobsPerFlush: 1_000,
+        maxRowsPerTransaction: 100,
+        onStep: async (step) => {
+          if (step !== "drained") return;
+          const active = await Promise.all([
+            h.queues.entity.getActiveCount(),
+            h.queues.daily.getActiveCount(),
+          ]);
+          held.push(active[0] + active[1]);
+        },
+      })
+      .flushOnce();
+    assert.equal(r.outcome, "committed");
+    assert.equal(await h.waitingJobs(), 0);
+    // Budget: 50 rows of entity jobs (two 40-row jobs reach it), then what is left for daily
+    // ones (at least one job): never the 1 000 jobs max_jobs_per_flush would allow.
+    assert.ok(Math.max(...held) <= 4, `transactions held ${held.join(", ")} jobs`);
+    assert.ok(r.transactions >= Math.ceil(jobs / 4), `took ${r.transactions} transactions`);
+    await assertTotals(ledger);
+  });
+
   it("sets a malformed job aside as failed and flushes everything else", async () => {
     const ledger = new Ledger();
     await produce(300, 5, ledger);

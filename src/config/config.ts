@@ -80,6 +80,9 @@ const spendBufferSchema = z
     worker_flush_every_seconds: positiveSeconds.default(5),
     lock_lease_seconds: positiveSeconds.default(30),
     max_jobs_per_flush: z.number().int().min(1).max(100_000).default(1_000),
+    // Jobs are taken until their rows reach this (at least one job): a transaction's size,
+    // and so its duration and the row locks it holds, stays bounded whatever the job sizes.
+    max_rows_per_transaction: z.number().int().min(1).max(10_000_000).default(50_000),
     max_flush_seconds: positiveSeconds.default(60),
     applied_batch_retention_days: z.number().int().min(1).max(3_650).default(14),
     transaction_timeout_seconds: positiveSeconds.default(120),
@@ -183,6 +186,7 @@ export interface AppConfig {
     flushEveryMs: number;
     lockLeaseMs: number;
     maxJobsPerFlush: number;
+    maxRowsPerTransaction: number;
     maxFlushMs: number;
     appliedBatchRetentionDays: number;
     transactionTimeoutMs: number;
@@ -357,6 +361,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       flushEveryMs: s.worker_flush_every_seconds * 1000,
       lockLeaseMs: s.lock_lease_seconds * 1000,
       maxJobsPerFlush: s.max_jobs_per_flush,
+      maxRowsPerTransaction: s.max_rows_per_transaction,
       maxFlushMs: s.max_flush_seconds * 1000,
       appliedBatchRetentionDays: s.applied_batch_retention_days,
       transactionTimeoutMs: s.transaction_timeout_seconds * 1000,

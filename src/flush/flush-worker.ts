@@ -77,6 +77,7 @@ export class FlushWorker {
         metrics,
         {
           maxJobsPerFlush: config.worker.maxJobsPerFlush,
+          maxRowsPerTransaction: config.worker.maxRowsPerTransaction,
           maxFlushMs: config.worker.maxFlushMs,
           transactionTimeoutMs: config.worker.transactionTimeoutMs,
           appliedBatchRetentionDays: config.worker.appliedBatchRetentionDays,

@@ -17,6 +17,8 @@ import type { SpendDrain, TakenJob } from "./spend-drain.js";
 export interface FlusherOptions {
   /** Most spend jobs one transaction applies. Default 1 000. */
   maxJobsPerFlush?: number;
+  /** Jobs are taken until their rows reach this (at least one job). Default 50 000. */
+  maxRowsPerTransaction?: number;
   /** A flush keeps draining (transaction after transaction) for at most this long. Default 60 000 ms. */
   maxFlushMs?: number;
   transactionTimeoutMs?: number;
@@ -72,6 +74,7 @@ export interface FlushReport {
  */
 export class Flusher {
   private readonly maxJobs: number;
+  private readonly maxRows: number;
   private readonly maxFlushMs: number;
   private readonly txTimeoutMs: number;
   private readonly maxAttempts: number;
@@ -86,6 +89,7 @@ export class Flusher {
     private readonly log: Logger = silentLogger,
   ) {
     this.maxJobs = opts.maxJobsPerFlush ?? 1_000;
+    this.maxRows = opts.maxRowsPerTransaction ?? 50_000;
     this.maxFlushMs = opts.maxFlushMs ?? 60_000;
     this.txTimeoutMs = opts.transactionTimeoutMs ?? 120_000;
     this.maxAttempts = opts.maxAttempts ?? 3;
@@ -123,7 +127,7 @@ export class Flusher {
       await this.opts.onStep?.("locked");
       for (;;) {
         keeper.assertHeld();
-        const taken = await this.drain.take(this.maxJobs, lease.token);
+        const taken = await this.drain.take(this.maxJobs, this.maxRows, lease.token);
         held = taken.jobs.map((t) => t.job);
         for (const p of taken.poison) {
           report.poisonJobs++;
@@ -155,8 +159,7 @@ export class Flusher {
         this.metrics.rowsCommitted.inc({ kind: "daily" }, result.dailyRows);
         this.metrics.lastSuccessfulFlush.set(Date.now() / 1000);
 
-        const more = taken.jobs.length + taken.poison.length >= this.maxJobs;
-        if (!more || Date.now() - started >= this.maxFlushMs) break;
+        if (!taken.more || Date.now() - started >= this.maxFlushMs) break;
       }
       if (report.outcome === "committed") {
         this.metrics.flushDuration.observe((Date.now() - started) / 1000);

@@ -16,6 +16,8 @@ export interface Taken {
   jobs: TakenJob[];
   /** Jobs whose payload is malformed: set aside as failed, never retried. */
   poison: { queue: "entity" | "daily"; job: Job; reason: string }[];
+  /** False when both queues ran out: nothing was waiting beyond what was taken. */
+  more: boolean;
 }
 
 /**
@@ -50,12 +52,23 @@ export class SpendDrain {
     await Promise.all([this.entity.startStalledCheckTimer(), this.daily.startStalledCheckTimer()]);
   }
 
-  /** Takes up to `max` jobs (entity first, then daily) under `token`. */
-  async take(max: number, token: string): Promise<Taken> {
-    const taken: Taken = { jobs: [], poison: [] };
+  /**
+   * Takes up to `max` jobs under `token`, entity first (up to half of each
+   * bound), then daily, stopping once their rows reach `maxRows`.
+   */
+  async take(max: number, maxRows: number, token: string): Promise<Taken> {
     const half = Math.max(1, Math.ceil(max / 2));
-    const entityJobs = await takeFrom(this.entity, half, token);
-    const dailyJobs = await takeFrom(this.daily, max - entityJobs.length, token);
+    const entity = await takeFrom(this.entity, half, Math.ceil(maxRows / 2), token);
+    const entityJobs = entity.jobs;
+    const entityRows = entityJobs.reduce((n, j) => n + rowsOf(j), 0);
+    const daily = await takeFrom(
+      this.daily,
+      max - entityJobs.length,
+      Math.max(1, maxRows - entityRows),
+      token,
+    );
+    const dailyJobs = daily.jobs;
+    const taken: Taken = { jobs: [], poison: [], more: !entity.empty || !daily.empty };
     for (const job of entityJobs) {
       const r = entityJobSchema.safeParse(job.data);
       if (r.success) taken.jobs.push({ kind: "entity", job, data: r.data });
@@ -110,21 +123,38 @@ export class SpendDrain {
 // Each getNextJob is one round trip; a few dozen in flight keep it fast without flooding Redis.
 const PARALLEL = 32;
 
-async function takeFrom(worker: Worker, max: number, token: string): Promise<Job[]> {
+/** Rows a job says it carries (a malformed job counts as none; it is set aside anyway). */
+function rowsOf(job: Job): number {
+  const rows = (job.data as { rows?: unknown } | null)?.rows;
+  return Array.isArray(rows) ? rows.length : 0;
+}
+
+async function takeFrom(
+  worker: Worker,
+  max: number,
+  maxRows: number,
+  token: string,
+): Promise<{ jobs: Job[]; empty: boolean }> {
   const out: Job[] = [];
-  while (out.length < max) {
-    const n = Math.min(PARALLEL, max - out.length);
+  let rows = 0;
+  let empty = false;
+  while (!empty && out.length < max && rows < maxRows) {
+    // A fetched job cannot be given back cheaply, so fetch about as many as
+    // the rows left allow, judged by the jobs taken so far (one to start).
+    const perJob = out.length === 0 ? maxRows : Math.max(1, rows / out.length);
+    const n = Math.min(PARALLEL, max - out.length, Math.ceil((maxRows - rows) / perJob));
     const got = await Promise.all(
       Array.from({ length: n }, () => worker.getNextJob(token, { block: false })),
     );
-    let empty = false;
     for (const j of got) {
       if (j === undefined || j === null) empty = true;
-      else out.push(j);
+      else {
+        out.push(j);
+        rows += rowsOf(j);
+      }
     }
-    if (empty) break;
   }
-  return out;
+  return { jobs: out, empty };
 }
 
 async function inChunks<T>(items: readonly T[], fn: (item: T) => Promise<unknown>): Promise<void> {
