@@ -31,11 +31,11 @@ class NotRecording extends SpendProducer {
 const recording = process.env.RECORDING === "on";
 const config = buildConfig(
   {
-    general_settings: { use_redis_transaction_buffer: true, proxy_batch_write_at: 1 },
+    // The producer's defaults (10 s seal interval + jitter): what a gateway runs.
+    general_settings: { use_redis_transaction_buffer: true },
     litellm_settings: { cache: true, cache_params: { type: "redis" } },
     spend_buffer_settings: {
       key_prefix: process.env.PREFIX ?? "",
-      flush_jitter_seconds: 0,
       model_prices: { [GATEWAY_MODEL]: GATEWAY_PRICE },
     },
   },

@@ -61,6 +61,8 @@ export interface PipelineRunResult {
   /** Flush partitions (the partitions section); absent: the plain unpartitioned setup. */
   partitions?: number;
   producers: number;
+  /** Paced runs: the events per second each producer was held to. */
+  ratePerProducer?: number;
   durationMs: number;
   /** Events drawn by the producers during the window, and how many record() refused. */
   events: number;
@@ -105,11 +107,15 @@ export interface PipelineRunResult {
     batches: number;
     duplicates: number;
     rows: number;
-    /** Committed flushes: lock held, ms (median and max). */
+    /** One flush transaction, ms (median and max): a committed flush's lock time over its transactions. */
     flushMs: { median: number; max: number };
     errors: string[];
   };
   reconciliation: Reconciliation;
+}
+
+function perTransactionMs(w: WorkerReport): number[] {
+  return w.commits.map((c) => c.ms / Math.max(1, c.transactions));
 }
 
 function sumKeySpend(t: Totals): bigint {
@@ -227,7 +233,9 @@ export async function runPipeline(
 ): Promise<PipelineRunResult> {
   const P = partitions ?? 1;
   const tag = partitions === undefined ? "" : `_p${partitions}`;
-  const S = partitions === undefined ? `${mode} run ${run}` : `${mode} P=${partitions}`;
+  const S =
+    (partitions === undefined ? `${mode} run ${run}` : `${mode} P=${partitions}`) +
+    (plan.ratePerProducer !== undefined ? ` paced ${plan.ratePerProducer}/s/producer` : "");
   const t = await res.database(`e2e_${mode}${tag}`);
   const prefix = res.prefix(`e2e-${mode}${tag.replace("_", "-")}`);
   const keys = barrierKeys(prefix);
@@ -276,6 +284,9 @@ export async function runPipeline(
         DURATION_MS: String(plan.durationMs),
         MARKER_EVERY_MS: String(plan.markerEveryMs),
         INTERVAL_MS: String(plan.intervalMs),
+        ...(plan.ratePerProducer !== undefined
+          ? { RATE_PER_SEC: String(plan.ratePerProducer) }
+          : {}),
         JITTER_MS: String(plan.jitterMs),
         NICE: String(plan.producerNice),
         ...(partitions !== undefined ? { PARTITIONS: String(partitions) } : {}),
@@ -406,6 +417,7 @@ export async function runPipeline(
       run,
       ...(partitions !== undefined ? { partitions } : {}),
       producers: plan.producers,
+      ...(plan.ratePerProducer !== undefined ? { ratePerProducer: plan.ratePerProducer } : {}),
       durationMs: plan.durationMs,
       events,
       rejectedEvents: rejected,
@@ -447,14 +459,8 @@ export async function runPipeline(
               duplicates: workerReport.duplicates,
               rows: workerReport.entityRows + workerReport.dailyRows,
               flushMs: {
-                median: quantile(
-                  workerReport.commits.map((c) => c.ms),
-                  0.5,
-                ),
-                max: quantile(
-                  workerReport.commits.map((c) => c.ms),
-                  1,
-                ),
+                median: quantile(perTransactionMs(workerReport), 0.5),
+                max: quantile(perTransactionMs(workerReport), 1),
               },
               errors: workerReport.errors,
             },

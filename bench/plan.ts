@@ -63,6 +63,18 @@ export interface PipelinePlan {
   intervalMs: number;
   jitterMs: number;
   workerEveryMs: number;
+  /**
+   * Flush partitions of the buffered runs: one flush pipeline (Node, then
+   * PostgreSQL) keeps about one core busy, so a machine with two gives it two.
+   */
+  flushPartitions: number;
+  /**
+   * Events per second per producer (a paced run); unset: as fast as the
+   * machine allows. Section 3's paced run sets it from the flat-out runs.
+   */
+  ratePerProducer?: number;
+  /** The paced run's total rate, as a share of the flat-out runs' durable events/s. */
+  pacedShare: number;
   /** Each producer records one staleness marker this often. */
   markerEveryMs: number;
   /** How often PostgreSQL is polled for markers: the staleness resolution. */
@@ -101,9 +113,13 @@ export interface BenchPlan {
 
 const PIPELINE_COMMON = {
   producers: 16,
-  intervalMs: 1_000,
-  jitterMs: 500,
-  workerEveryMs: 500,
+  // Shorter than the 10 s default (proxy_batch_write_at), to stress the flush: more
+  // seals, less aggregation per row.
+  intervalMs: 5_000,
+  jitterMs: 1_000,
+  workerEveryMs: 1_000,
+  flushPartitions: 2,
+  pacedShare: 0.8,
   markerEveryMs: 250,
   pollMs: 100,
   sampleMs: 250,
@@ -129,7 +145,8 @@ export const FULL_PLAN: BenchPlan = {
     distinctRequests: 2_000,
     concurrency: 16,
     warmupRequests: 5_000,
-    requestsPerRep: 5_000,
+    // ~10 s per rep: about one seal per rep at the default interval.
+    requestsPerRep: 10_000,
     reps: 9,
   },
   flush: {
@@ -140,14 +157,14 @@ export const FULL_PLAN: BenchPlan = {
     ],
     rowsPerJob: 5_000,
   },
-  pipeline: { ...PIPELINE_COMMON, durationMs: 20_000, runsPerMode: 2, drainTimeoutMs: 300_000 },
+  pipeline: { ...PIPELINE_COMMON, durationMs: 40_000, runsPerMode: 2, drainTimeoutMs: 300_000 },
   partitions: {
     counts: [1, 2, 4],
     flushRows: 30_000,
     flushReps: 3,
     rowsPerJob: 5_000,
     producers: 8,
-    durationMs: 10_000,
+    durationMs: 20_000,
   },
 };
 

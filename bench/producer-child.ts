@@ -41,6 +41,8 @@ const durationMs = Number(need("DURATION_MS"));
 const markerEveryMs = Number(need("MARKER_EVERY_MS"));
 /** Flush partitions (the partitions section); unset: the plain unpartitioned setup. */
 const partitions = process.env.PARTITIONS ? Number(process.env.PARTITIONS) : undefined;
+/** Events per second to record at (paced runs); unset or 0: as fast as the machine allows. */
+const ratePerSec = Number(process.env.RATE_PER_SEC ?? "0");
 // Enough events per slice to amortise the yield, few enough that timers fire on time.
 const SLICE = 100;
 
@@ -135,7 +137,11 @@ for (;;) {
   }
   const sec = Math.floor((now - goAt) / 1000);
   perSecond[sec] = (perSecond[sec] ?? 0) + events - before;
-  await yieldToLoop();
+  // Paced: ahead of the rate, wait until the schedule catches up (markers keep their own clock).
+  const dueAt = goAt + (events / ratePerSec) * 1000;
+  if (ratePerSec > 0 && dueAt > Date.now())
+    await new Promise((r) => setTimeout(r, Math.min(dueAt - Date.now(), markerEveryMs)));
+  else await yieldToLoop();
 }
 const windowMs = Date.now() - goAt;
 

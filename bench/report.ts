@@ -136,7 +136,7 @@ export function markdown(r: BenchResults): string {
     L.push("");
     L.push(
       `${pl.producers} producer processes (nice ${pl.producerNice}), each recording as fast as it can for ${pl.durationMs / 1000} s; ` +
-        `seal every ${pl.intervalMs} ms + up to ${pl.jitterMs} ms jitter; buffered: one FlushWorker process firing every ${pl.workerEveryMs} ms. ` +
+        `seal every ${pl.intervalMs} ms + up to ${pl.jitterMs} ms jitter; buffered: one FlushWorker process with ${pl.flushPartitions} flush partitions, each firing every ${pl.workerEveryMs} ms. ` +
         `Traffic shape: ${JSON.stringify(pl.shape)}. Modes alternate run by run; medians over ${pl.runsPerMode} run(s) per mode, counts summed.`,
     );
     L.push("");
@@ -220,12 +220,23 @@ export function markdown(r: BenchResults): string {
       "| Mode | Run | Events | events/s | durable events/s | drain ms | staleness p50/p99 ms | max backlog | deadlocks | rollbacks | DB CPU s | reconciled |",
     );
     L.push("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (const x of r.pipeline) {
+    for (const x of [...r.pipeline, ...r.paced]) {
+      const mode = x.ratePerProducer === undefined ? x.mode : `${x.mode}, paced`;
       L.push(
-        `| ${x.mode} | ${x.run} | ${x.events} | ${n(x.eventsPerSec)} | ${n(x.durableEventsPerSec)} | ${n(x.drainMs)} | ${n(x.staleness.p50Ms)} / ${n(x.staleness.p99Ms)} | ${x.maxBacklogJobs} | ${x.db.deadlocks} | ${x.db.rollbacks} | ${n(x.db.backendCpuSeconds)} | ${x.reconciliation.ok ? "yes" : "NO"} |`,
+        `| ${mode} | ${x.run} | ${x.events} | ${n(x.eventsPerSec)} | ${n(x.durableEventsPerSec)} | ${n(x.drainMs)} | ${n(x.staleness.p50Ms)} / ${n(x.staleness.p99Ms)} | ${x.maxBacklogJobs} | ${x.db.deadlocks} | ${x.db.rollbacks} | ${n(x.db.backendCpuSeconds)} | ${x.reconciliation.ok ? "yes" : "NO"} |`,
       );
     }
     L.push("");
+    const pr = r.paced[0];
+    if (pr !== undefined) {
+      L.push(
+        `Paced: the same buffered setup with each producer held to ${pr.ratePerProducer ?? 0} events/s ` +
+          `(${pr.producers} producers: ${n((pr.ratePerProducer ?? 0) * pr.producers)} events/s, ` +
+          `${n(pl.pacedShare * 100)} % of the flat-out runs' durable rate). One flush transaction: median ` +
+          `${n(pr.worker?.flushMs.median ?? Number.NaN)} ms, max ${n(pr.worker?.flushMs.max ?? Number.NaN)} ms.`,
+      );
+      L.push("");
+    }
   }
   if (r.partitions !== undefined) L.push(...partitionsMarkdown(r, r.partitions));
   if (r.errors.length > 0) {

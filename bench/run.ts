@@ -23,7 +23,7 @@ import type { SinkMode } from "./protocol.js";
 import { writeResults } from "./report.js";
 import { Resources } from "./resources.js";
 import { evaluateBars, summarizeModes, type BenchResults } from "./summary.js";
-import { errorMessage, progress, round } from "./util.js";
+import { errorMessage, median, progress, round } from "./util.js";
 
 type Section = "producer" | "flush" | "pipeline" | "partitions";
 const SECTIONS: readonly Section[] = ["producer", "flush", "pipeline", "partitions"];
@@ -62,6 +62,7 @@ async function main(): Promise<number> {
   let gateway: GatewayOverheadResult | undefined;
   let flush: FlushThroughputResult | undefined;
   const pipeline: PipelineRunResult[] = [];
+  const paced: PipelineRunResult[] = [];
   let partitions: PartitionsResult | undefined;
   const machine = await machineInfo();
   progress(
@@ -95,12 +96,35 @@ async function main(): Promise<number> {
         for (const mode of order) {
           if (interrupted) break;
           try {
-            pipeline.push(await runPipeline(mode, run, plan.pipeline, res));
+            const P = mode === "buffered" ? plan.pipeline.flushPartitions : undefined;
+            pipeline.push(await runPipeline(mode, run, plan.pipeline, res, P));
           } catch (err) {
             errors.push(`${mode} run ${run}: ${errorMessage(err)}`);
             progress("bench", `${mode} run ${run} failed: ${errorMessage(err)}`);
           }
         }
+      }
+    }
+    const flatOut = pipeline.filter((r) => r.mode === "buffered");
+    if (flatOut.length > 0 && !interrupted) {
+      // Section 3 again at a rate the pipeline sustains: a share of what it did flat out.
+      const sustained = median(flatOut.map((r) => r.durableEventsPerSec));
+      const ratePerProducer = Math.max(
+        1,
+        Math.round((sustained * plan.pipeline.pacedShare) / plan.pipeline.producers),
+      );
+      try {
+        paced.push(
+          await runPipeline(
+            "buffered",
+            1,
+            { ...plan.pipeline, ratePerProducer },
+            res,
+            plan.pipeline.flushPartitions,
+          ),
+        );
+      } catch (err) {
+        errors.push(`paced run: ${errorMessage(err)}`);
       }
     }
     if (only.has("partitions")) {
@@ -134,7 +158,8 @@ async function main(): Promise<number> {
   const reconciled =
     only.has("pipeline") &&
     pipeline.length === plan.pipeline.runsPerMode * 2 &&
-    pipeline.every((r) => r.reconciliation.ok);
+    pipeline.every((r) => r.reconciliation.ok) &&
+    paced.every((r) => r.reconciliation.ok);
   const partitionsReconciled =
     partitions !== undefined &&
     partitions.e2e.length === plan.partitions.counts.length &&
@@ -147,9 +172,10 @@ async function main(): Promise<number> {
     ...(gateway !== undefined ? { gateway } : {}),
     ...(flush !== undefined ? { flush } : {}),
     pipeline,
+    paced,
     modes,
     ...(partitions !== undefined ? { partitions } : {}),
-    bars: evaluateBars(producer, gateway, flush, modes, partitions),
+    bars: evaluateBars(producer, gateway, flush, modes, partitions, pipeline, paced, plan.pipeline),
     errors,
     reconciled,
     ...(partitions !== undefined ? { partitionsReconciled } : {}),

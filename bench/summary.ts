@@ -7,7 +7,7 @@ import type { FlushThroughputResult } from "./flush-throughput.js";
 import type { MachineInfo } from "./machine.js";
 import type { PartitionsResult } from "./partitions.js";
 import type { PipelineRunResult } from "./pipeline.js";
-import type { BenchPlan } from "./plan.js";
+import type { BenchPlan, PipelinePlan } from "./plan.js";
 import type { GatewayOverheadResult } from "./gateway-overhead.js";
 import type { PinnedProducerCost } from "./producer-cost.js";
 import type { SinkMode } from "./protocol.js";
@@ -57,6 +57,8 @@ export interface BenchResults {
   gateway?: GatewayOverheadResult;
   flush?: FlushThroughputResult;
   pipeline: PipelineRunResult[];
+  /** Section 3 paced at a share of the flat-out runs' durable rate. */
+  paced: PipelineRunResult[];
   modes: ModeSummary[];
   /** Issue 6: partitioned flush (section 5). */
   partitions?: PartitionsResult;
@@ -120,6 +122,41 @@ export function summarizeModes(runs: readonly PipelineRunResult[]): ModeSummary[
   return out;
 }
 
+/** Issue 5's end-to-end bars for a set of buffered runs. */
+function boundedBars(label: string, runs: readonly PipelineRunResult[], plan: PipelinePlan): Bar[] {
+  if (runs.length === 0) return [];
+  // The longest a seal can take to come round.
+  const interval = plan.intervalMs + plan.jitterMs;
+  let drainPass = true;
+  let stalePass = true;
+  const drains: string[] = [];
+  const stale: string[] = [];
+  for (const r of runs) {
+    const flushMs = r.worker?.flushMs.median ?? Number.NaN;
+    // Bounded: once the producers stop, what is left is at most their last seal.
+    const drainLimit = interval + plan.workerEveryMs + 2 * flushMs;
+    const staleLimit = 2 * interval + flushMs;
+    drainPass &&= r.drainMs <= drainLimit;
+    stalePass &&= r.staleness.p99Ms <= staleLimit && r.staleness.seen === r.staleness.markers;
+    drains.push(`${fmt(r.drainMs / 1000, 1)} s (limit ${fmt(drainLimit / 1000, 1)} s)`);
+    stale.push(`${fmt(r.staleness.p99Ms / 1000, 1)} s (limit ${fmt(staleLimit / 1000, 1)} s)`);
+  }
+  return [
+    {
+      name: `${label}: backlog bounded (window end → all in PostgreSQL ≤ interval + jitter + worker tick + 2 flush transactions)`,
+      bar: "bounded",
+      value: drains.join("; "),
+      pass: drainPass,
+    },
+    {
+      name: `${label}: staleness p99 ≤ 2 × (interval + jitter) + one flush transaction (median)`,
+      bar: "bounded",
+      value: stale.join("; "),
+      pass: stalePass,
+    },
+  ];
+}
+
 const fmt = (n: number, digits = 2): string => (Number.isFinite(n) ? n.toFixed(digits) : String(n));
 
 export function evaluateBars(
@@ -128,6 +165,9 @@ export function evaluateBars(
   flush: FlushThroughputResult | undefined,
   modes: readonly ModeSummary[],
   partitions?: PartitionsResult,
+  runs: readonly PipelineRunResult[] = [],
+  paced: readonly PipelineRunResult[] = [],
+  pipelinePlan?: PipelinePlan,
 ): Bar[] {
   const bars: Bar[] = [];
   if (producer !== undefined) {
@@ -172,6 +212,26 @@ export function evaluateBars(
       value: `${buffered.mismatchedRows} rows, ${buffered.lostSpendUsd} USD`,
       pass: buffered.mismatchedRows === 0 && buffered.reconciled,
     });
+  }
+  if (pipelinePlan !== undefined) {
+    bars.push(
+      ...boundedBars(
+        "buffered, flat out",
+        runs.filter((r) => r.mode === "buffered"),
+        pipelinePlan,
+      ),
+    );
+    const rate = paced[0]?.ratePerProducer;
+    if (rate !== undefined) {
+      const total = rate * pipelinePlan.producers;
+      bars.push(
+        ...boundedBars(
+          `buffered, paced at ${total} events/s (${fmt(pipelinePlan.pacedShare * 100, 0)} % of flat-out durable)`,
+          paced,
+          pipelinePlan,
+        ),
+      );
+    }
   }
   const e2e = partitions?.e2e ?? [];
   if (e2e.length > 0) {
