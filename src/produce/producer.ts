@@ -232,7 +232,7 @@ export class SpendProducer {
   /**
    * Picodollars this process holds for one entity row and has not handed to
    * the sink yet: aggregated, and sealed but undelivered (read-only,
-   * O(cells + undelivered rows)). For team_member, `id` is the user and `id2`
+   * O(1) + O(undelivered rows)). For team_member, `id` is the user and `id2`
    * the team (omitted: every team). A batch whose send is in flight still
    * counts here until the sink acknowledges it.
    */
