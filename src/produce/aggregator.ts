@@ -135,7 +135,13 @@ class DailyAcc {
     return this.requests > 0 || this.over !== undefined;
   }
 
+  /** Zero for the next interval. */
   reset(): void {
+    this.zeroCounters();
+    this.over = undefined;
+  }
+
+  private zeroCounters(): void {
     this.spend = 0;
     this.prompt = 0;
     this.completion = 0;
@@ -143,7 +149,6 @@ class DailyAcc {
     this.cacheCreation = 0;
     this.requests = 0;
     this.successes = 0;
-    this.over = undefined;
   }
 
   spendTotal(): bigint {
@@ -167,13 +172,7 @@ class DailyAcc {
     o.cacheCreation += BigInt(this.cacheCreation);
     o.requests += BigInt(this.requests);
     o.successes += BigInt(this.successes);
-    this.spend = 0;
-    this.prompt = 0;
-    this.completion = 0;
-    this.cacheRead = 0;
-    this.cacheCreation = 0;
-    this.requests = 0;
-    this.successes = 0;
+    this.zeroCounters();
   }
 
   /** The row's counter and spend columns, exact. */
