@@ -175,6 +175,20 @@ class DailyAcc {
     this.zeroCounters();
   }
 
+  /** Its counters and spend as exact bigints: prompt, completion, cache read/creation, requests, successes, spend. */
+  bigCounters(): bigint[] {
+    const o = this.over;
+    return [
+      (o?.prompt ?? 0n) + BigInt(this.prompt),
+      (o?.completion ?? 0n) + BigInt(this.completion),
+      (o?.cacheRead ?? 0n) + BigInt(this.cacheRead),
+      (o?.cacheCreation ?? 0n) + BigInt(this.cacheCreation),
+      (o?.requests ?? 0n) + BigInt(this.requests),
+      (o?.successes ?? 0n) + BigInt(this.successes),
+      (o?.spend ?? 0n) + BigInt(this.spend),
+    ];
+  }
+
   /** The row's counter and spend columns, exact. */
   columns(): DailyColumns {
     if (this.over === undefined) {
@@ -262,8 +276,18 @@ class DailyContext {
   readonly orgs = new DailySlots();
   readonly endUsers = new DailySlots();
   readonly tags = new DailySlots();
-  // The team-membership row this context's requests last charged: a key's
-  // requests all charge the same one, found by comparing two ids.
+  /**
+   * The user, team and org of the context's first request, and one
+   * accumulator for every request that names exactly these three. A key
+   * belongs to one user, team and org, so its requests add to one object
+   * instead of four (three daily rows and the membership); the rows are
+   * written out from it at drain. Other requests use the slots above.
+   */
+  ownerUser = "";
+  ownerTeam = "";
+  ownerOrg = "";
+  owner: DailyAcc | undefined = undefined;
+  // The team-membership row this context's other requests last charged.
   memberUser = "";
   memberTeam = "";
   member: EntityAcc | undefined = undefined;
@@ -290,6 +314,24 @@ class DailyContext {
       this.modelGroup === e.modelGroup &&
       this.endpoint === e.endpoint &&
       this.mcpToolName === e.mcpToolName
+    );
+  }
+
+  isOwner(e: NormalizedEvent): boolean {
+    return (
+      this.owner !== undefined &&
+      this.ownerUser === e.userId &&
+      this.ownerTeam === e.teamId &&
+      this.ownerOrg === e.organizationId
+    );
+  }
+
+  /** Daily rows the owner accumulator stands for. */
+  ownerRows(): number {
+    return (
+      (this.ownerUser !== "" ? 1 : 0) +
+      (this.ownerTeam !== "" ? 1 : 0) +
+      (this.ownerOrg !== "" ? 1 : 0)
     );
   }
 }
@@ -344,6 +386,32 @@ class ContextIndex {
     }
     return c;
   }
+}
+
+/** The columns of one daily row charged through two accumulators, exact. */
+function sumColumns(a: DailyAcc, b: DailyAcc): DailyColumns {
+  const x = a.bigCounters();
+  const y = b.bigCounters();
+  const c = x.map((v, i) => v + (y[i] ?? 0n));
+  const [
+    prompt = 0n,
+    completion = 0n,
+    cacheRead = 0n,
+    cacheCreation = 0n,
+    requests = 0n,
+    successes = 0n,
+    spend = 0n,
+  ] = c;
+  return [
+    encodeCount(prompt),
+    encodeCount(completion),
+    encodeCount(cacheRead),
+    encodeCount(cacheCreation),
+    encodeCount(requests),
+    encodeCount(successes),
+    encodeCount(requests - successes),
+    spend.toString(),
+  ];
 }
 
 type ContextDims = Pick<
@@ -413,8 +481,19 @@ export class Aggregator {
       for (const acc of teams.values()) if (acc.touched()) entity++;
     let daily = 0;
     this.forEachContext((c) => {
-      for (const slots of [c.users, c.teams, c.orgs, c.endUsers, c.tags])
+      const owner = c.owner?.touched() === true;
+      const kinds: [DailySlots, string][] = [
+        [c.users, owner ? c.ownerUser : ""],
+        [c.teams, owner ? c.ownerTeam : ""],
+        [c.orgs, owner ? c.ownerOrg : ""],
+        [c.endUsers, ""],
+        [c.tags, ""],
+      ];
+      for (const [slots, ownerId] of kinds) {
+        // The owner's row for this kind, unless a slot holds the same row.
+        if (ownerId !== "" && slots.get(ownerId)?.touched() !== true) daily++;
         for (const [, acc] of slots.entries()) if (acc.touched()) daily++;
+      }
     });
     return { entity, daily };
   }
@@ -454,21 +533,29 @@ export class Aggregator {
     if (ctx === undefined) return false;
     const user = e.userId;
     const team = e.teamId;
+    let owner: DailyAcc | undefined;
     let u: DailyAcc | undefined;
     let t: DailyAcc | undefined;
     let o: DailyAcc | undefined;
     let eu: DailyAcc | undefined;
-    if (user !== "" && (u = ctx.users.get(user)) === undefined) return false;
-    if (team !== "" && (t = ctx.teams.get(team)) === undefined) return false;
     let member: EntityAcc | undefined;
-    if (user !== "" && team !== "") {
-      member =
-        ctx.member !== undefined && ctx.memberUser === user && ctx.memberTeam === team
-          ? ctx.member
-          : this.members.get(user)?.get(team);
-      if (member === undefined) return false;
+    if (ctx.isOwner(e)) owner = ctx.owner;
+    else {
+      // Only a request naming none of them needs no owner; any other one sets it up in add().
+      if (ctx.owner === undefined && (user !== "" || team !== "" || e.organizationId !== ""))
+        return false;
+      if (user !== "" && (u = ctx.users.get(user)) === undefined) return false;
+      if (team !== "" && (t = ctx.teams.get(team)) === undefined) return false;
+      if (user !== "" && team !== "") {
+        member =
+          ctx.member !== undefined && ctx.memberUser === user && ctx.memberTeam === team
+            ? ctx.member
+            : this.members.get(user)?.get(team);
+        if (member === undefined) return false;
+      }
+      if (e.organizationId !== "" && (o = ctx.orgs.get(e.organizationId)) === undefined)
+        return false;
     }
-    if (e.organizationId !== "" && (o = ctx.orgs.get(e.organizationId)) === undefined) return false;
     if (e.endUserId !== "" && (eu = ctx.endUsers.get(e.endUserId)) === undefined) return false;
     const tags = e.tags;
     const tagAccs = this.tagScratch;
@@ -482,6 +569,7 @@ export class Aggregator {
     this.events++;
     ctx.hits++;
     key?.add(e.spendPico);
+    owner?.add(e);
     u?.add(e);
     t?.add(e);
     member?.add(e.spendPico);
@@ -514,20 +602,36 @@ export class Aggregator {
     this.events++;
     ctx.hits++;
 
-    if (user !== "") this.daily(ctx.users, this.users, user).add(e);
-    if (team !== "") {
-      this.daily(ctx.teams, this.teams, team).add(e);
-      if (user !== "") {
-        if (ctx.member === undefined || ctx.memberUser !== user || ctx.memberTeam !== team) {
-          ctx.member = this.member(user, team);
-          ctx.memberUser = user;
-          ctx.memberTeam = team;
-        }
-        ctx.member.add(pico);
-      }
-    }
     const org = e.organizationId;
-    if (org !== "") this.daily(ctx.orgs, this.orgs, org).add(e);
+    if (ctx.owner === undefined && (user !== "" || team !== "" || org !== "")) {
+      // The context's first request naming a user, team or org sets its owner.
+      const acc = new DailyAcc();
+      ctx.owner = acc;
+      ctx.ownerUser = user;
+      ctx.ownerTeam = team;
+      ctx.ownerOrg = org;
+      if (user !== "") this.entity(this.users, user).parts.push(acc);
+      if (team !== "") this.entity(this.teams, team).parts.push(acc);
+      if (org !== "") this.entity(this.orgs, org).parts.push(acc);
+      if (user !== "" && team !== "") this.member(user, team).parts.push(acc);
+      this.dailyRowsHeld += ctx.ownerRows();
+    }
+    if (ctx.isOwner(e)) (ctx.owner as DailyAcc).add(e);
+    else {
+      if (user !== "") this.daily(ctx.users, this.users, user).add(e);
+      if (team !== "") {
+        this.daily(ctx.teams, this.teams, team).add(e);
+        if (user !== "") {
+          if (ctx.member === undefined || ctx.memberUser !== user || ctx.memberTeam !== team) {
+            ctx.member = this.member(user, team);
+            ctx.memberUser = user;
+            ctx.memberTeam = team;
+          }
+          ctx.member.add(pico);
+        }
+      }
+      if (org !== "") this.daily(ctx.orgs, this.orgs, org).add(e);
+    }
     const endUser = e.endUserId;
     if (endUser !== "") this.daily(ctx.endUsers, this.endUsers, endUser).add(e);
     for (let i = 0; i < tags.length; i++) {
@@ -563,35 +667,59 @@ export class Aggregator {
 
     // 2. Daily rows: emitted and zeroed, or dropped.
     const daily: DailyRow[] = [];
-    const sweepKind = (kind: DailyKind, c: DailyContext, slots: DailySlots): void => {
+    const push = (kind: DailyKind, id: string, c: DailyContext, cols: DailyColumns): void => {
+      daily.push([
+        kind,
+        id,
+        c.date,
+        c.apiKey,
+        c.model,
+        c.modelGroup,
+        c.provider,
+        c.mcpToolName,
+        c.endpoint,
+        ...cols,
+      ]);
+    };
+    const sweepKind = (kind: DailyKind, c: DailyContext, slots: DailySlots, ownerId = ""): void => {
+      // The owner's share of this kind's row for ownerId, merged with the
+      // slot's own share if other requests charged that id too.
+      const owner = ownerId !== "" && c.owner?.touched() === true ? c.owner : undefined;
+      if (owner !== undefined) {
+        const same = slots.get(ownerId);
+        push(
+          kind,
+          ownerId,
+          c,
+          same?.touched() === true ? sumColumns(owner, same) : owner.columns(),
+        );
+      }
       this.dailyRowsHeld -= slots.sweep((id, acc) => {
         if (!acc.touched()) {
           acc.alive = false;
           return false;
         }
-        daily.push([
-          kind,
-          id,
-          c.date,
-          c.apiKey,
-          c.model,
-          c.modelGroup,
-          c.provider,
-          c.mcpToolName,
-          c.endpoint,
-          ...acc.columns(),
-        ]);
+        if (owner === undefined || id !== ownerId) push(kind, id, c, acc.columns());
         acc.reset();
         return true;
       });
     };
     const sweepContexts = (index: ContextIndex): void => {
       for (const c of index.list) {
-        sweepKind("user", c, c.users);
-        sweepKind("team", c, c.teams);
-        sweepKind("org", c, c.orgs);
+        sweepKind("user", c, c.users, c.ownerUser);
+        sweepKind("team", c, c.teams, c.ownerTeam);
+        sweepKind("org", c, c.orgs, c.ownerOrg);
         sweepKind("end_user", c, c.endUsers);
         sweepKind("tag", c, c.tags);
+        const owner = c.owner;
+        if (owner !== undefined) {
+          if (owner.touched()) owner.reset();
+          else {
+            owner.alive = false;
+            c.owner = undefined;
+            this.dailyRowsHeld -= c.ownerRows();
+          }
+        }
       }
       // A context no request reached this interval has no rows left.
       index.sweep((c) => c.hits > 0);
@@ -650,18 +778,23 @@ export class Aggregator {
   private daily(slots: DailySlots, entities: Map<string, EntityAcc>, id: string): DailyAcc {
     let acc = slots.get(id);
     if (acc === undefined) {
-      let ent = entities.get(id);
-      if (ent === undefined) {
-        ent = new EntityAcc();
-        entities.set(id, ent);
-        this.entityRowsHeld++;
-      }
       acc = new DailyAcc();
-      ent.parts.push(acc);
+      this.entity(entities, id).parts.push(acc);
       slots.set(id, acc);
       this.dailyRowsHeld++;
     }
     return acc;
+  }
+
+  /** The entity row for `id` of a derived kind, created on first use. */
+  private entity(entities: Map<string, EntityAcc>, id: string): EntityAcc {
+    let ent = entities.get(id);
+    if (ent === undefined) {
+      ent = new EntityAcc();
+      entities.set(id, ent);
+      this.entityRowsHeld++;
+    }
+    return ent;
   }
 
   private member(user: string, team: string): EntityAcc {
