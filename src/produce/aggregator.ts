@@ -786,7 +786,7 @@ export class Aggregator {
     return acc;
   }
 
-  /** The entity row for `id` of a derived kind, created on first use. */
+  /** The entity row for `id` in `entities`, created on first use. */
   private entity(entities: Map<string, EntityAcc>, id: string): EntityAcc {
     let ent = entities.get(id);
     if (ent === undefined) {
@@ -803,13 +803,7 @@ export class Aggregator {
       teams = new Map();
       this.members.set(user, teams);
     }
-    let acc = teams.get(team);
-    if (acc === undefined) {
-      acc = new EntityAcc();
-      teams.set(team, acc);
-      this.entityRowsHeld++;
-    }
-    return acc;
+    return this.entity(teams, team);
   }
 
   /** UTC YYYY-MM-DD, cached per day: formatting a date per event would cost more than the rest. */
