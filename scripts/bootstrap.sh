@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the project needs before it runs, done only where missing:
 # dependencies, the generated Prisma client, local services, migrations.
-# Called by `npm start` and `npm test`, so both work on a fresh clone.
+# Called by `npm start` and `npm test` (with --browser: the tests also need
+# chromium), so both work on a fresh clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,5 +14,5 @@ if [ ! -f src/generated/prisma/client.ts ] || [ prisma/schema.prisma -nt src/gen
   echo "[bootstrap] generating the Prisma client" >&2
   PRISMA_SCHEMA_ENGINE_BINARY=./scripts/no-schema-engine.sh npx prisma generate >/dev/null
 fi
-bash scripts/services.sh
+bash scripts/services.sh "$@"
 npx tsx src/persist/migrate-cli.ts deploy >&2

@@ -2,6 +2,7 @@
 # Makes sure the local PostgreSQL and Redis the project needs are answering:
 # starts them if they are installed but down, installs them from Debian's
 # packages if they are missing. Idempotent; safe to run on every start.
+# With --browser, also Debian's chromium (the Bull Board test drives it).
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -56,3 +57,8 @@ if [ "$fresh_pg" = 1 ]; then
   pg_ctlcluster --skip-systemctl-redirect "$version" main reload
 fi
 log "PostgreSQL and Redis are answering"
+
+# --- chromium (tests only) -------------------------------------------------------
+if [ "${1:-}" = "--browser" ] && [ -z "${CHROMIUM_PATH:-}" ] && ! command -v chromium >/dev/null; then
+  apt_install chromium
+fi
