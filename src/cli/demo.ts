@@ -88,11 +88,20 @@ const env = {
   ...(values.config !== undefined ? { SPEND_CONFIG: values.config } : {}),
 };
 const root = (p: string): string => fileURLToPath(new URL(`../../${p}`, import.meta.url));
+// Children get their own process group: a terminal's Ctrl-C signals the whole
+// foreground group, and a flush worker that stopped on it at once would leave
+// the gateways' last batches uncommitted. Only this process takes the signal
+// and stops them in order (gateways drain, then the worker commits), and
+// takes them along if it exits any other way.
 const children: ChildProcess[] = [];
+process.on("exit", () => {
+  for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
+});
 const worker = config.useRedisBuffer
   ? fork(root("workers/flush-worker.ts"), [], {
       env: { ...env, METRICS_PORT: String(config.metricsPort) },
       execArgv: ["--import", "tsx"],
+      detached: true,
     })
   : undefined;
 if (worker !== undefined) children.push(worker);
@@ -108,6 +117,7 @@ for (let i = 0; i < gateways; i++) {
       METRICS_PORT: String(config.metricsPort + 1 + i),
     },
     execArgv: ["--import", "tsx"],
+    detached: true,
   });
   child.on("message", (m: GatewayReport) => recorded.set(m.gateway, m));
   gatewayProcs.push(child);
