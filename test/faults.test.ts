@@ -20,16 +20,8 @@ let h: Harness;
 let prefix: string;
 let procs: Spawned[] = [];
 
-async function produce(n: number, seed: number, ledger: Ledger): Promise<void> {
-  const p = h.producer({ maxRowsPerJob: 200 });
-  const gen = trafficGenerator(seed);
-  for (let i = 0; i < n; i++) {
-    const e = gen();
-    p.record(e);
-    ledger.record(e);
-  }
-  await p.close();
-}
+const produce = (n: number, seed: number, ledger: Ledger): Promise<void> =>
+  h.recordTraffic(n, seed, ledger, { maxRowsPerJob: 200 });
 
 function worker(env: Record<string, string> = {}): Spawned {
   const w = spawnTs("./worker-process.ts", {

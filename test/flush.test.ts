@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, it } from "node:test";
-import { trafficGenerator } from "../src/demo/traffic.js";
 import { applyBatches, FencedOffError } from "../src/persist/apply-batches.js";
 import { ENTITY_JOB } from "../src/queue/spend-queues.js";
 import { readTotals, diffTotals } from "./support/db-totals.js";
@@ -18,17 +17,8 @@ async function assertTotals(ledger: Ledger): Promise<void> {
   assert.deepEqual(diff, [], `PostgreSQL differs from what was recorded:\n${diff.join("\n")}`);
 }
 
-/** Records `n` generated events through a producer and closes it: everything is in Redis. */
-async function produce(n: number, seed: number, ledger: Ledger, opts = {}): Promise<void> {
-  const p = h.producer(opts);
-  const gen = trafficGenerator(seed);
-  for (let i = 0; i < n; i++) {
-    const e = gen();
-    p.record(e);
-    ledger.record(e);
-  }
-  await p.close();
-}
+const produce = (n: number, seed: number, ledger: Ledger, opts = {}): Promise<void> =>
+  h.recordTraffic(n, seed, ledger, opts);
 
 describe("flush", () => {
   before(async () => {

@@ -324,32 +324,22 @@ export class SpendProducer {
     const { entity, daily } = this.agg.drain();
     const sealedAt = Date.now();
     const header = { producerId: this.producerId, sealedAt, partitions: this.partitions };
-    for (const [partition, rows] of this.byPartition(entity, entityIdentity)) {
-      for (let i = 0; i < rows.length; i += this.maxRowsPerJob) {
-        const part = rows.slice(i, i + this.maxRowsPerJob);
-        this.pending.push({
-          kind: "entity",
-          batchId: this.nextBatchId(),
-          partition,
-          rows: part,
-          ...header,
-        });
-        this.pendingRows += part.length;
-      }
-    }
-    for (const [partition, rows] of this.byPartition(daily, dailyIdentity)) {
-      for (let i = 0; i < rows.length; i += this.maxRowsPerJob) {
-        const part = rows.slice(i, i + this.maxRowsPerJob);
-        this.pending.push({
-          kind: "daily",
-          batchId: this.nextBatchId(),
-          partition,
-          rows: part,
-          ...header,
-        });
-        this.pendingRows += part.length;
-      }
-    }
+    for (const [partition, rows] of this.jobsOf(entity, entityIdentity))
+      this.queueBatch({ kind: "entity", batchId: this.nextBatchId(), partition, rows, ...header });
+    for (const [partition, rows] of this.jobsOf(daily, dailyIdentity))
+      this.queueBatch({ kind: "daily", batchId: this.nextBatchId(), partition, rows, ...header });
+  }
+
+  private queueBatch(batch: SealedBatch): void {
+    this.pending.push(batch);
+    this.pendingRows += batch.rows.length;
+  }
+
+  /** Rows split by partition, then into jobs of at most max_rows_per_job. */
+  private *jobsOf<R>(rows: R[], identity: (r: R) => string): Generator<[number, R[]]> {
+    for (const [partition, all] of this.byPartition(rows, identity))
+      for (let i = 0; i < all.length; i += this.maxRowsPerJob)
+        yield [partition, all.slice(i, i + this.maxRowsPerJob)];
   }
 
   /** Splits rows by the flush partition that owns each one (all in 0 when unpartitioned). */

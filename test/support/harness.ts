@@ -1,4 +1,5 @@
 import { Redis } from "ioredis";
+import { trafficGenerator } from "../../src/demo/traffic.js";
 import type { AppConfig } from "../../src/config/config.js";
 import { Flusher, type FlusherOptions } from "../../src/flush/flusher.js";
 import { SpendDrain } from "../../src/flush/spend-drain.js";
@@ -11,6 +12,7 @@ import { createRedis } from "../../src/queue/connection.js";
 import { redisKeys, type RedisKeys } from "../../src/queue/keys.js";
 import { QueueSink } from "../../src/queue/queue-sink.js";
 import { openSpendQueues, type SpendQueues } from "../../src/queue/spend-queues.js";
+import type { Ledger } from "./ledger.js";
 
 /**
  * The pipeline's parts wired by hand, without the job scheduler, so a test
@@ -68,6 +70,26 @@ export class Harness {
       }
     };
     return p;
+  }
+
+  /**
+   * Records `n` seeded generated events through a new producer (and into
+   * `ledger`), then closes it: everything is in Redis.
+   */
+  async recordTraffic(
+    n: number,
+    seed: number,
+    ledger: Ledger,
+    opts: Partial<ProducerOptions> = {},
+  ): Promise<void> {
+    const p = this.producer(opts);
+    const gen = trafficGenerator(seed);
+    for (let i = 0; i < n; i++) {
+      const e = gen();
+      p.record(e);
+      ledger.record(e);
+    }
+    await p.close();
   }
 
   async waitingJobs(): Promise<number> {
