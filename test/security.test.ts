@@ -37,6 +37,15 @@ describe("security", () => {
       `$1::text); DELETE FROM spend_applied_batch; --`,
       `"; TRUNCATE "LiteLLM_TagTable" CASCADE; --`,
       "Robert'); SELECT pg_sleep(10); --",
+      // Array-literal syntax: columns travel as '{"…","…"}' text (src/persist/pg-array.ts).
+      `a"b`,
+      `back\\slash\\`,
+      `\\"}, "injected`,
+      "{x,y}",
+      "NULL",
+      " padded ",
+      "comma,id",
+      "é漢🙂",
     ];
     const h = new Harness(config, t.db);
     const worker = await FlushWorker.start({
