@@ -94,4 +94,22 @@ describe("spend event validation", () => {
     assert.equal(reason({ spend: 0, tags: ["batch-job"] }), "accepted");
     assert.equal(reason({ ...ok, startTime: new Date(NOW - 6 * 86_400_000) }), "accepted");
   });
+
+  it("reads null ids and null tags as absent, with or without other fields set", () => {
+    const nulls = {
+      ...ok,
+      userId: null,
+      teamId: null,
+      organizationId: null,
+      endUserId: null,
+      tags: null,
+      mcpToolName: null,
+    };
+    assert.deepEqual(
+      validateSpendEvent(nulls, undefined, NOW),
+      validateSpendEvent(ok, undefined, NOW),
+    );
+    assert.equal(reason({ spend: 1, apiKey: null, userId: null, tags: null }), "no_entity");
+    assert.equal(reason({ ...nulls, extra: null }), "unknown_field");
+  });
 });

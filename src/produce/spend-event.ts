@@ -5,24 +5,29 @@ import { MoneyError, PICO_PER_USD, usdNumberToPico, usdStringToPicoNumber } from
  * optional, but at least one entity (key, user, team, organization, end user
  * or tag) must be named: spend that belongs to nobody cannot be accounted.
  */
+/**
+ * One request's spend as a gateway reports it. An id or the tags may be
+ * absent or null (the same thing): a caller can then build every event with
+ * the same fields, which is much cheaper than spreading optional ones in.
+ */
 export interface SpendEvent {
   /** Cost in USD: a number (rounded at 10^-12) or an exact decimal string. */
   spend: number | string;
   /** The hashed virtual key (LiteLLM_VerificationToken.token). */
-  apiKey?: string;
-  userId?: string;
-  teamId?: string;
-  organizationId?: string;
+  apiKey?: string | null;
+  userId?: string | null;
+  teamId?: string | null;
+  organizationId?: string | null;
   /** The caller's own end user (the OpenAI `user` field). */
-  endUserId?: string;
+  endUserId?: string | null;
   /** Every tag gets the request's full cost. */
-  tags?: readonly string[];
-  model?: string;
-  modelGroup?: string;
+  tags?: readonly string[] | null;
+  model?: string | null;
+  modelGroup?: string | null;
   /** custom_llm_provider, e.g. "openai". */
-  provider?: string;
-  endpoint?: string;
-  mcpToolName?: string;
+  provider?: string | null;
+  endpoint?: string | null;
+  mcpToolName?: string | null;
   promptTokens?: number;
   completionTokens?: number;
   cacheReadInputTokens?: number;

@@ -28,8 +28,8 @@ export class Ledger {
     this.events++;
     const spend = spendOf(e);
     const t = this.totals;
-    const ent = (kind: string, id: string | undefined, id2 = ""): void => {
-      if (id !== undefined && id !== "") add(t, ["entity", kind, id, id2].join(SEP), [spend]);
+    const ent = (kind: string, id: string | null | undefined, id2 = ""): void => {
+      if (id != null && id !== "") add(t, ["entity", kind, id, id2].join(SEP), [spend]);
     };
     ent("key", e.apiKey);
     ent("user", e.userId);
@@ -67,8 +67,8 @@ export class Ledger {
       e.mcpToolName ?? "",
       e.endpoint ?? "",
     ];
-    const day = (kind: string, id: string | undefined): void => {
-      if (id !== undefined && id !== "") add(t, ["daily", kind, id, ...dims].join(SEP), values);
+    const day = (kind: string, id: string | null | undefined): void => {
+      if (id != null && id !== "") add(t, ["daily", kind, id, ...dims].join(SEP), values);
     };
     day("user", e.userId);
     day("team", e.teamId);
