@@ -101,6 +101,8 @@ export interface PipelineRunResult {
   /** Failed sends counted by the producers' spend_producer_enqueue_failures_total (each retried). */
   enqueueFailures: number;
   closeErrors: string[];
+  /** Producer-seconds spent held back by back-pressure (sum over producers), ms. */
+  pausedMs: number;
   worker?: {
     outcomes: Record<string, number>;
     transactions: number;
@@ -289,6 +291,7 @@ export async function runPipeline(
           : {}),
         JITTER_MS: String(plan.jitterMs),
         NICE: String(plan.producerNice),
+        ...(mode === "buffered" ? { BACKPRESSURE_MS: String(plan.backpressureMs) } : {}),
         ...(partitions !== undefined ? { PARTITIONS: String(partitions) } : {}),
       });
       children.push(child);
@@ -450,6 +453,7 @@ export async function runPipeline(
       },
       enqueueFailures: reports.reduce((a, r) => a + r.enqueueFailures, 0),
       closeErrors: reports.flatMap((r) => (r.closeError !== undefined ? [r.closeError] : [])),
+      pausedMs: reports.reduce((a, r) => a + r.pausedMs, 0),
       ...(workerReport !== undefined
         ? {
             worker: {

@@ -83,6 +83,12 @@ export interface PipelinePlan {
   sampleMs: number;
   /** Niceness of the producer processes (see README-section.md: why). */
   producerNice: number;
+  /**
+   * Buffered runs: backpressure_backlog_age_seconds, in ms. Producers stop
+   * recording (as a gateway answering 503 would) while the oldest waiting
+   * job is older; 0: never, the backlog grows as far as they push it.
+   */
+  backpressureMs: number;
   /** Longest wait for the backlog to drain after the producers stop. */
   drainTimeoutMs: number;
   shape: TrafficShape;
@@ -124,6 +130,8 @@ const PIPELINE_COMMON = {
   pollMs: 100,
   sampleMs: 250,
   producerNice: 10,
+  // Under the bar's 2 x (interval + jitter) + one flush with room for the 250 ms polls.
+  backpressureMs: 2_000,
   shape: BENCH_SHAPE,
 };
 

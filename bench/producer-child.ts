@@ -90,6 +90,8 @@ const producer = new SpendProducer({
   flushJitterMs: Number(need("JITTER_MS")),
   closeTimeoutMs: 120_000,
   metrics,
+  backpressureBacklogAgeMs: Number(process.env.BACKPRESSURE_MS ?? "0"),
+  backlogCheckEveryMs: 250,
 });
 
 const control = new Redis(TEST_REDIS_URL);
@@ -110,6 +112,7 @@ const rejected: number[] = [];
 const markers: { id: string; at: number }[] = [];
 const perSecond: number[] = [];
 let events = 0;
+let pausedMs = 0;
 let nextMarker = goAt;
 for (;;) {
   const now = Date.now();
@@ -123,6 +126,14 @@ for (;;) {
       if (!(err instanceof BufferFullError)) throw err;
     }
     nextMarker += markerEveryMs;
+  }
+  // Back-pressure: a gateway would answer 503 now, so no request means no spend. Markers
+  // above keep their schedule: they are the events that wait out the backlog.
+  if (producer.backlogged) {
+    const t0 = Date.now();
+    await new Promise((r) => setTimeout(r, Math.min(50, markerEveryMs)));
+    pausedMs += Date.now() - t0;
+    continue;
   }
   const before = events;
   for (let i = 0; i < SLICE; i++) {
@@ -170,6 +181,7 @@ const report: ProducerReport = {
   windowMs,
   closeMs,
   enqueueFailures: failures.values[0]?.value ?? 0,
+  pausedMs,
   ...(closeError !== undefined ? { closeError } : {}),
 };
 // Exit only once the pipe has the whole line.

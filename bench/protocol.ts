@@ -40,6 +40,8 @@ export interface ProducerReport {
   closeMs: number;
   /** spend_producer_enqueue_failures_total at exit: failed sends, each retried. */
   enqueueFailures: number;
+  /** Time spent not recording because the producer was backlogged (back-pressure). */
+  pausedMs: number;
   /** Set when close() gave up: that spend never reached the sink. */
   closeError?: string;
 }

@@ -136,7 +136,8 @@ export function markdown(r: BenchResults): string {
     L.push("");
     L.push(
       `${pl.producers} producer processes (nice ${pl.producerNice}), each recording as fast as it can for ${pl.durationMs / 1000} s; ` +
-        `seal every ${pl.intervalMs} ms + up to ${pl.jitterMs} ms jitter; buffered: one FlushWorker process with ${pl.flushPartitions} flush partitions, each firing every ${pl.workerEveryMs} ms. ` +
+        `seal every ${pl.intervalMs} ms + up to ${pl.jitterMs} ms jitter; buffered: one FlushWorker process with ${pl.flushPartitions} flush partitions, each firing every ${pl.workerEveryMs} ms, ` +
+        `and back-pressure at ${pl.backpressureMs / 1000} s (backpressure_backlog_age_seconds: a producer stops recording, as a gateway answering 503 would, while the oldest waiting job is older; the staleness markers keep their schedule). ` +
         `Traffic shape: ${JSON.stringify(pl.shape)}. Modes alternate run by run; medians over ${pl.runsPerMode} run(s) per mode, counts summed.`,
     );
     L.push("");
@@ -169,6 +170,10 @@ export function markdown(r: BenchResults): string {
       (s) => s.durableEventsPerSec,
     );
     row("events refused by record() (buffer full)", (s) => String(s.rejectedEvents));
+    row(
+      `producer time held back by back-pressure (backlog > ${pl.backpressureMs / 1000} s)`,
+      (s) => (s.mode === "buffered" ? `${n(100 * s.pausedShare)} %` : "n/a"),
+    );
     row(
       "window end → all spend in PostgreSQL, ms",
       (s) => n(s.drainMs),

@@ -19,6 +19,8 @@ export interface ModeSummary {
   eventsPerSec: number;
   durableEventsPerSec: number;
   rejectedEvents: number;
+  /** Share of the producers' window spent held back by back-pressure (buffered runs). */
+  pausedShare: number;
   drainMs: number;
   maxBacklogJobs: number;
   backlogAtWindowEnd: number;
@@ -96,6 +98,7 @@ export function summarizeModes(runs: readonly PipelineRunResult[]): ModeSummary[
       eventsPerSec: m((r) => r.eventsPerSec),
       durableEventsPerSec: m((r) => r.durableEventsPerSec),
       rejectedEvents: sum((r) => r.rejectedEvents),
+      pausedShare: m((r) => r.pausedMs / (r.producers * r.durationMs)),
       drainMs: m((r) => r.drainMs),
       maxBacklogJobs: Math.max(...rs.map((r) => r.maxBacklogJobs)),
       backlogAtWindowEnd: m((r) => r.backlogAtWindowEnd),

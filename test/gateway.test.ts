@@ -29,7 +29,12 @@ const PRICES = {
   "mock-fail": { input: "0.0000025", output: "0.00001" },
 };
 
-function gatewayConfig(prefix: string, databaseUrl: string, redisUrl = TEST_REDIS_URL): AppConfig {
+function gatewayConfig(
+  prefix: string,
+  databaseUrl: string,
+  redisUrl = TEST_REDIS_URL,
+  extra: Record<string, unknown> = {},
+): AppConfig {
   return buildConfig(
     {
       general_settings: {
@@ -48,6 +53,7 @@ function gatewayConfig(prefix: string, databaseUrl: string, redisUrl = TEST_REDI
             { input_cost_per_token: p.input, output_cost_per_token: p.output },
           ]),
         ),
+        ...extra,
       },
     },
     { REDIS_URL: redisUrl, DATABASE_URL: databaseUrl },
@@ -434,6 +440,92 @@ describe("gateway live spend", () => {
     } finally {
       await h.close();
       await gw.close();
+      await cleanRedis(prefix);
+      await t.drop();
+    }
+  });
+});
+
+describe("gateway back-pressure", () => {
+  it("answers 503 with Retry-After while the flush backlog is past its limit, charging nothing", async () => {
+    const t = await createTestDatabase("gateway_bp");
+    const prefix = uniquePrefix("gwbp");
+    const config = gatewayConfig(prefix, t.url, TEST_REDIS_URL, {
+      backpressure_backlog_age_seconds: 0.2,
+    });
+    const key = await createKey(t.db, { userId: "bp-alice" });
+    const gw = await startGateway(config, { port: 0, host: "127.0.0.1" });
+    const h = new Harness(config, t.db);
+    const base = `http://127.0.0.1:${gw.port}`;
+    const post = (path: string, auth: string, body: unknown): Promise<Response> =>
+      fetch(`${base}${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${auth}` },
+        body: JSON.stringify(body),
+      });
+    const ask = (): Promise<Response> =>
+      post("/v1/chat/completions", key.key, {
+        model: "mock-small",
+        messages: [{ role: "user", content: "how far behind is the flush?" }],
+      });
+    const charged: string[] = [];
+    try {
+      const first = await ask();
+      assert.equal(first.status, 200);
+      charged.push(first.headers.get("x-litellm-response-cost") ?? "");
+      // Another gateway's job waits in Redis and nothing flushes it: a backlog.
+      const other = h.producer();
+      other.record({ spend: "1", userId: "bp-other" });
+      await other.close();
+      let refused: Response | undefined;
+      await waitFor(
+        "the gateway to see the backlog",
+        async () => {
+          const r = await ask();
+          if (r.status === 200) charged.push(r.headers.get("x-litellm-response-cost") ?? "");
+          else refused = r;
+          return r.status === 503;
+        },
+        10_000,
+      );
+      assert.ok(refused !== undefined);
+      assert.equal(refused.headers.get("retry-after"), "1");
+      assert.match(
+        ((await refused.json()) as { error: { message: string } }).error.message,
+        /backpressure_backlog_age_seconds/,
+      );
+      const ingest = await post("/spend/events", MASTER, {
+        events: [{ spend: "5", userId: "bp-ingest" }],
+      });
+      assert.equal(ingest.status, 503);
+      const metrics = await (await fetch(`${base}/metrics`)).text();
+      assert.match(metrics, /spend_producer_backpressure 1/);
+
+      assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+      await waitFor(
+        "the gateway to take requests again",
+        async () => {
+          const r = await ask();
+          if (r.status === 200) charged.push(r.headers.get("x-litellm-response-cost") ?? "");
+          return r.status === 200;
+        },
+        10_000,
+      );
+    } finally {
+      await gw.close();
+    }
+    try {
+      await flushAll(config, t);
+      const totals = await readTotals(t.url);
+      const expected = charged.reduce((a, c) => a + usdStringToPico(c), 0n);
+      assert.deepEqual(totals.get(["entity", "key", key.token, ""].join("|")), [expected]);
+      assert.equal(
+        [...totals.keys()].some((k) => k.includes("bp-ingest")),
+        false,
+        "a refused ingest batch records nothing",
+      );
+    } finally {
+      await h.close();
       await cleanRedis(prefix);
       await t.drop();
     }

@@ -9,7 +9,7 @@ import { redisKeys } from "../src/queue/keys.js";
 import { QueueSink } from "../src/queue/queue-sink.js";
 import { openSpendQueues } from "../src/queue/spend-queues.js";
 import { diffTotals, readTotals } from "./support/db-totals.js";
-import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { createTestDatabase, truncateAll, type TestDatabase } from "./support/db.js";
 import { Harness } from "./support/harness.js";
 import { Ledger } from "./support/ledger.js";
 import { cleanRedis, testConfig, uniquePrefix } from "./support/redis.js";
@@ -86,6 +86,42 @@ describe("producer", () => {
     const text = await metrics.registry.getSingleMetricAsString("spend_events_rejected_total");
     assert.match(text, /reason="invalid_spend"\} 1/);
     assert.match(text, /reason="invalid_id"\} 2/);
+  });
+
+  it("back-pressure: backlogged while the oldest waiting job is past the limit, not after the flush", async () => {
+    await truncateAll(t.db);
+    const ledger = new Ledger();
+    const quiet = h.producer();
+    const p = h.producer({ backpressureBacklogAgeMs: 300, backlogCheckEveryMs: 50 });
+    const until = async (want: boolean, what: string): Promise<void> => {
+      const deadline = Date.now() + 5_000;
+      while (p.backlogged !== want && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
+      assert.equal(p.backlogged, want, what);
+    };
+    const e = { spend: "0.25", userId: "bp-user", tags: ["bp"] };
+    p.record(e);
+    ledger.record(e);
+    await p.flush();
+    assert.equal(p.backlogged, false, "a job younger than the limit is no backlog");
+    await until(true, "the waiting job grew older than 300 ms");
+    assert.match(
+      await h.metrics.registry.getSingleMetricAsString("spend_producer_backpressure"),
+      /spend_producer_backpressure 1/,
+    );
+    // Back-pressure is advice to callers: record() still takes everything.
+    p.record(e);
+    ledger.record(e);
+    // Another producer's job counts too: the backlog is the queue's, not this process's.
+    quiet.record(e);
+    ledger.record(e);
+    await quiet.flush();
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    await until(false, "the flush emptied the queue");
+    await p.close();
+    await quiet.close();
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
   });
 
   it("is bounded: at the limit it refuses events that would add rows, and says so", async () => {

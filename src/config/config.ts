@@ -77,6 +77,9 @@ const spendBufferSchema = z
     flush_jitter_seconds: z.number().min(0).max(3_600).default(5),
     max_buffered_rows: z.number().int().min(100).default(200_000),
     max_rows_per_job: z.number().int().min(1).max(100_000).default(5_000),
+    // Back-pressure: gateways answer 503 while the oldest spend job waiting in Redis is older
+    // than this (the flush is that far behind). 0: off, the backlog may grow without bound.
+    backpressure_backlog_age_seconds: z.number().min(0).max(86_400).default(0),
     worker_flush_every_seconds: positiveSeconds.default(5),
     lock_lease_seconds: positiveSeconds.default(30),
     max_jobs_per_flush: z.number().int().min(1).max(100_000).default(1_000),
@@ -181,6 +184,8 @@ export interface AppConfig {
     flushJitterMs: number;
     maxBufferedRows: number;
     maxRowsPerJob: number;
+    /** 0: off. */
+    backpressureBacklogAgeMs: number;
   };
   worker: {
     flushEveryMs: number;
@@ -356,6 +361,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       flushJitterMs: s.flush_jitter_seconds * 1000,
       maxBufferedRows: s.max_buffered_rows,
       maxRowsPerJob: s.max_rows_per_job,
+      backpressureBacklogAgeMs: s.backpressure_backlog_age_seconds * 1000,
     },
     worker: {
       flushEveryMs: s.worker_flush_every_seconds * 1000,

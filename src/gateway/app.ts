@@ -52,6 +52,17 @@ function sendError(res: Response, status: number, type: string, message: string)
   res.status(status).json({ error: { message, type, param: null, code: String(status) } });
 }
 
+/** Back-pressure (backpressure_backlog_age_seconds): a 503 every OpenAI client retries. */
+function sendBacklogged(res: Response): void {
+  res.set("retry-after", "1");
+  sendError(
+    res,
+    503,
+    "service_unavailable",
+    "spend accounting is behind (flush backlog past backpressure_backlog_age_seconds): retry shortly",
+  );
+}
+
 class BadRequest extends Error {}
 
 function str(v: unknown, name: string, opts: { optional?: boolean } = {}): string | undefined {
@@ -206,6 +217,9 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     const startTime = Date.now();
     const key = await authenticate(req, res);
     if (key === undefined) return;
+    // Refused before the model runs: a request answered is a cost incurred, and
+    // the spend pipeline is already further behind than the operator allows.
+    if (producer.backlogged) return sendBacklogged(res);
     let chatReq: ChatRequest;
     try {
       chatReq = parseChatRequest(req.body);
@@ -289,6 +303,7 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     if (typeof body !== "object" || body === null || !Array.isArray(body.events))
       return sendError(res, 400, "invalid_request_error", 'the body must be { "events": [...] }');
     const events = body.events as unknown[];
+    if (producer.backlogged) return sendBacklogged(res);
     if (events.length > config.gateway.ingestMaxEvents)
       return sendError(
         res,

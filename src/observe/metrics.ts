@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { Queue } from "bullmq";
+import { oldestWaiting } from "../queue/backlog.js";
 
 /** What a producer exposes for the in-memory gauges. */
 export interface BufferStats {
@@ -13,6 +14,8 @@ export interface BufferStats {
   undeliveredBatches?: number;
   /** Events accepted by record() since the producer started (monotonic). */
   recordedEvents?: number;
+  /** 1 while the producer sees the flush backlog past backpressure_backlog_age_seconds. */
+  backlogged?: number;
 }
 
 /** The spend queues one process reports on (one set per flush partition). */
@@ -148,6 +151,14 @@ export class SpendMetrics {
       registers,
       collect() {
         this.set(sum((s) => s.undeliveredBatches));
+      },
+    });
+    new Gauge({
+      name: "spend_producer_backpressure",
+      help: "Producers in this process that see the oldest waiting spend job older than backpressure_backlog_age_seconds (the gateway answers 503 meanwhile).",
+      registers,
+      collect() {
+        this.set(sum((s) => s.backlogged));
       },
     });
 
@@ -369,26 +380,4 @@ export class SpendMetrics {
   watchQueues(queues: WatchedQueues, partition: number | string = 0): void {
     this.queueSets.set(String(partition), queues);
   }
-}
-
-/**
- * When the oldest job waiting in a queue was added (epoch ms), or `none` if
- * nothing waits. BullMQ LPUSHes new jobs, so the oldest is at the list's
- * tail (getRanges(["wait"], -1, -1)); a job given back to wait after a failed
- * flush may land at either end, so both ends are read. Two job timestamps
- * per queue, never the job data.
- */
-async function oldestWaiting(q: Queue, none: number): Promise<number> {
-  const ids = new Set([
-    ...(await q.getRanges(["wait"], -1, -1)),
-    ...(await q.getRanges(["wait"], 0, 0)),
-  ]);
-  if (ids.size === 0) return none;
-  const client = await q.getBackend().client;
-  let oldest = none;
-  for (const id of ids) {
-    const ts = Number(await client.hget(q.toKey(id), "timestamp"));
-    if (Number.isFinite(ts) && ts > 0) oldest = Math.min(oldest, ts);
-  }
-  return oldest;
 }

@@ -53,6 +53,15 @@ export interface ProducerOptions {
    * hash of its identity). Must match the workers' setting. Default 1.
    */
   partitions?: number;
+  /**
+   * Back-pressure: while the oldest batch waiting in the sink is older than
+   * this, `backlogged` is true (the gateway then refuses new requests with
+   * 503 until the flush catches up). 0 or unset: off. Nothing recorded is
+   * ever dropped because of it; it only tells callers to stop adding.
+   */
+  backpressureBacklogAgeMs?: number;
+  /** How often the sink's backlog is read while back-pressure is on. Default 1 000 ms. */
+  backlogCheckEveryMs?: number;
 }
 
 /** The producer settings a configuration decides (everything but the sink and observers). */
@@ -66,6 +75,7 @@ export function producerSettings(
   | "maxRowsPerJob"
   | "limits"
   | "partitions"
+  | "backpressureBacklogAgeMs"
 > {
   return {
     flushIntervalMs: config.producer.flushIntervalMs,
@@ -74,6 +84,7 @@ export function producerSettings(
     maxRowsPerJob: config.producer.maxRowsPerJob,
     limits: config.limits,
     partitions: config.partitions,
+    backpressureBacklogAgeMs: config.producer.backpressureBacklogAgeMs,
   };
 }
 
@@ -133,6 +144,8 @@ export class SpendProducer {
   private fullSince = 0;
   private consecutiveFailures = 0;
   private recorded = 0;
+  private behind = false;
+  private backlogTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: ProducerOptions) {
     this.sink = opts.sink;
@@ -155,9 +168,52 @@ export class SpendProducer {
         undeliveredRows: this.pendingRows,
         undeliveredBatches: this.pending.length,
         recordedEvents: this.recorded,
+        backlogged: this.behind ? 1 : 0,
       };
     });
     this.schedule();
+    this.watchBacklog(opts.backpressureBacklogAgeMs ?? 0, opts.backlogCheckEveryMs ?? 1_000);
+  }
+
+  /**
+   * True while the flush is behind by more than backpressure_backlog_age_seconds
+   * (read from the sink every backlogCheckEveryMs). A gateway stops taking
+   * new requests meanwhile: once the sink accepts spend faster than the
+   * database commits it, every further event only adds to the backlog and to
+   * staleness. O(1): a field read.
+   */
+  get backlogged(): boolean {
+    return this.behind;
+  }
+
+  private watchBacklog(maxAgeMs: number, everyMs: number): void {
+    const sink = this.sink;
+    if (maxAgeMs <= 0 || sink.backlogAgeMs === undefined) return;
+    const check = async (): Promise<void> => {
+      let behind = false;
+      try {
+        behind =
+          (await withTimeout(sink.backlogAgeMs?.() ?? Promise.resolve(0), everyMs)) > maxAgeMs;
+      } catch {
+        // Backlog unknown (Redis unreachable): sends fail and are retried on their own; do
+        // not refuse traffic on a guess.
+      }
+      if (behind !== this.behind) {
+        if (behind)
+          this.log.warn(
+            { backlogAgeLimitMs: maxAgeMs },
+            "flush backlog past its limit: back-pressure on until it catches up",
+          );
+        else this.log.info("flush backlog back under its limit: back-pressure off");
+        this.behind = behind;
+      }
+    };
+    const tick = (): void => {
+      if (this.closed) return;
+      this.backlogTimer = setTimeout(() => void check().finally(tick), everyMs);
+      this.backlogTimer.unref();
+    };
+    tick();
   }
 
   /**
@@ -295,6 +351,8 @@ export class SpendProducer {
     if (this.closed) return;
     this.closed = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
+    if (this.backlogTimer !== undefined) clearTimeout(this.backlogTimer);
+    this.behind = false;
     this.clock.stop();
     const deadline = Date.now() + this.closeTimeoutMs;
     try {

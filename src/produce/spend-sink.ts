@@ -24,4 +24,10 @@ export type SealedBatch =
 export interface SpendSink {
   write(batch: SealedBatch): Promise<void>;
   close(): Promise<void>;
+  /**
+   * How long the oldest batch this sink accepted has waited to be flushed,
+   * ms (0: none waits). Sinks that write straight to the database have no
+   * backlog and leave it out.
+   */
+  backlogAgeMs?(): Promise<number>;
 }

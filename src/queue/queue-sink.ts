@@ -1,4 +1,5 @@
 import type { SealedBatch, SpendSink } from "../produce/spend-sink.js";
+import { backlogAgeMs } from "./backlog.js";
 import { DAILY_JOB, ENTITY_JOB, type SpendQueues } from "./spend-queues.js";
 
 /**
@@ -37,6 +38,10 @@ export class QueueSink implements SpendSink {
     } else {
       await queues.daily.add(DAILY_JOB, { ...header, rows: b.rows }, { jobId: b.batchId });
     }
+  }
+
+  backlogAgeMs(): Promise<number> {
+    return backlogAgeMs(this.partitions);
   }
 
   async close(): Promise<void> {
