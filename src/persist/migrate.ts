@@ -10,14 +10,14 @@
 //
 // This module is the public API and reads the migrations directory; the engine
 // itself (loading, lifetime, errors) is in schema-engine.ts, and the driver
-// adapter with its four @prisma/adapter-pg bug fixes in pg-adapter-fixes.ts.
+// adapter with its four @prisma/adapter-pg bug fixes in pg-adapter-fixes.ts, the
+// default paths and MigrationError (which both use) in migration-files.ts.
 //
 // See /work/shared/notes/prisma-offline.md for the measurements behind this.
 
 import { readFile, readdir } from "node:fs/promises";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
-import { fileURLToPath } from "node:url";
 
 import type {
   MigrationDirectory,
@@ -26,11 +26,16 @@ import type {
 } from "@prisma/schema-engine-wasm/schema_engine_bg";
 import pg from "pg";
 
+import {
+  DEFAULT_MIGRATIONS_DIR,
+  DEFAULT_SCHEMA_PATH,
+  MigrationError,
+  resolveFromRoot,
+} from "./migration-files.js";
 import { clientConfig, describeTarget, withSchemaEngine } from "./schema-engine.js";
 
-const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
-export const DEFAULT_SCHEMA_PATH = path.join(REPO_ROOT, "prisma", "schema.prisma");
-export const DEFAULT_MIGRATIONS_DIR = path.join(REPO_ROOT, "prisma", "migrations");
+export { MigrationError };
+
 /** The same default as prisma.config.ts. */
 export const DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test";
 // Where databases are created, and where the diff's engine connects.
@@ -46,10 +51,6 @@ export interface MigrateOptions {
   /** Relative paths are resolved against the repository root. */
   migrationsDir?: string;
   log?: (msg: string) => void;
-}
-
-export class MigrationError extends Error {
-  override readonly name = "MigrationError";
 }
 
 /** Applies pending migrations, like `prisma migrate deploy`. */
@@ -207,11 +208,6 @@ const PG_UNIQUE_VIOLATION = "23505";
 
 // ---------------------------------------------------------------------------
 // Small helpers
-
-/** Relative paths are resolved against the repository root. */
-export function resolveFromRoot(p: string): string {
-  return path.resolve(REPO_ROOT, p);
-}
 
 function noop(): void {
   // intentionally empty

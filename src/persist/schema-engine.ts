@@ -16,7 +16,7 @@ import {
 import type { SchemaEngine } from "@prisma/schema-engine-wasm/schema_engine_bg";
 import type pg from "pg";
 
-import { DEFAULT_SCHEMA_PATH, MigrationError, resolveFromRoot } from "./migrate.js";
+import { DEFAULT_SCHEMA_PATH, MigrationError, resolveFromRoot } from "./migration-files.js";
 import { MigrationAdapterFactory, pgClientConfig } from "./pg-adapter-fixes.js";
 
 export type Describe = (error: unknown, context: string) => MigrationError;
