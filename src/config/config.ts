@@ -77,7 +77,7 @@ const spendBufferSchema = z
     flush_jitter_seconds: z.number().min(0).max(3_600).default(5),
     max_buffered_rows: z.number().int().min(100).default(200_000),
     max_rows_per_job: z.number().int().min(1).max(100_000).default(5_000),
-    // Back-pressure: gateways answer 503 while the oldest spend job waiting in Redis is older
+    // Back-pressure: gateways answer 503 while the oldest spend job not yet committed is older
     // than this (the flush is that far behind). 0: off, the backlog may grow without bound.
     backpressure_backlog_age_seconds: z.number().min(0).max(86_400).default(0),
     worker_flush_every_seconds: positiveSeconds.default(5),
@@ -85,7 +85,7 @@ const spendBufferSchema = z
     max_jobs_per_flush: z.number().int().min(1).max(100_000).default(1_000),
     // Jobs are taken until their rows reach this (at least one job): a transaction's size,
     // and so its duration and the row locks it holds, stays bounded whatever the job sizes.
-    max_rows_per_transaction: z.number().int().min(1).max(10_000_000).default(50_000),
+    max_rows_per_transaction: z.number().int().min(1).max(10_000_000).default(20_000),
     max_flush_seconds: positiveSeconds.default(60),
     applied_batch_retention_days: z.number().int().min(1).max(3_650).default(14),
     transaction_timeout_seconds: positiveSeconds.default(120),

@@ -54,7 +54,7 @@ export interface ProducerOptions {
    */
   partitions?: number;
   /**
-   * Back-pressure: while the oldest batch waiting in the sink is older than
+   * Back-pressure: while the oldest batch in the sink not yet committed is older than
    * this, `backlogged` is true (the gateway then refuses new requests with
    * 503 until the flush catches up). 0 or unset: off. Nothing recorded is
    * ever dropped because of it; it only tells callers to stop adding.
@@ -190,13 +190,15 @@ export class SpendProducer {
     const sink = this.sink;
     if (maxAgeMs <= 0 || sink.backlogAgeMs === undefined) return;
     const check = async (): Promise<void> => {
-      let behind = false;
+      let behind: boolean;
       try {
-        behind =
-          (await withTimeout(sink.backlogAgeMs?.() ?? Promise.resolve(0), everyMs)) > maxAgeMs;
+        // A busy process answers late; a late answer is still the answer.
+        const age = await withTimeout(sink.backlogAgeMs?.() ?? Promise.resolve(0), 10 * everyMs);
+        behind = age > maxAgeMs;
       } catch {
-        // Backlog unknown (Redis unreachable): sends fail and are retried on their own; do
-        // not refuse traffic on a guess.
+        // Backlog unknown (Redis slow or away): keep the last reading rather than
+        // guess either way. Sends fail and retry on their own meanwhile.
+        return;
       }
       if (behind !== this.behind) {
         if (behind)
@@ -206,6 +208,10 @@ export class SpendProducer {
           );
         else this.log.info("flush backlog back under its limit: back-pressure off");
         this.behind = behind;
+        // Hand over what is held now rather than at the next interval: the backlog
+        // the gateways see then includes it, so they do not resume into a wave of
+        // seals still on their way, and these rows wait in one queue, not two.
+        if (behind) void this.flush().catch(() => undefined);
       }
     };
     const tick = (): void => {

@@ -2,17 +2,24 @@ import type { Queue } from "bullmq";
 import type { SpendQueues } from "./spend-queues.js";
 
 /**
- * When the oldest job waiting in a queue was added (epoch ms), or `none` if
- * nothing waits. BullMQ LPUSHes new jobs, so the oldest is at the list's
- * tail (getRanges(["wait"], -1, -1)); a job given back to wait after a failed
- * flush may land at either end, so both ends are read. Two job timestamps
- * per queue, never the job data.
+ * When the oldest job waiting in a queue (or, with "active", also being
+ * flushed) was added (epoch ms), or `none` if there is none. BullMQ LPUSHes
+ * new jobs, so the oldest is at a list's tail (getRanges([state], -1, -1)); a
+ * job given back to wait after a failed flush may land at either end, so both
+ * ends are read. A few job timestamps per queue, never the job data.
  */
-export async function oldestWaiting(q: Queue, none: number): Promise<number> {
-  const ids = new Set([
-    ...(await q.getRanges(["wait"], -1, -1)),
-    ...(await q.getRanges(["wait"], 0, 0)),
-  ]);
+export async function oldestWaiting(
+  q: Queue,
+  none: number,
+  states: readonly ("wait" | "active")[] = ["wait"],
+): Promise<number> {
+  const ids = new Set<string>();
+  for (const state of states)
+    for (const id of [
+      ...(await q.getRanges([state], -1, -1)),
+      ...(await q.getRanges([state], 0, 0)),
+    ])
+      ids.add(id);
   if (ids.size === 0) return none;
   const client = await q.getBackend().client;
   let oldest = none;
@@ -24,13 +31,15 @@ export async function oldestWaiting(q: Queue, none: number): Promise<number> {
 }
 
 /**
- * How long the oldest spend job of any of these partitions has waited, ms
- * (0 when none waits): how far the flush is behind what producers sent.
+ * How long the oldest spend job not yet committed (waiting, or taken by a
+ * flush still running) of any of these partitions has been in Redis, ms (0
+ * when there is none): how far the flush is behind what producers sent.
+ * Jobs in a running flush count: a flush that takes long is the backlog.
  */
 export async function backlogAgeMs(partitions: readonly SpendQueues[]): Promise<number> {
   const now = Date.now();
-  let oldest = now;
-  for (const set of partitions)
-    for (const q of [set.entity, set.daily] as Queue[]) oldest = await oldestWaiting(q, oldest);
-  return Math.max(0, now - oldest);
+  const queues = partitions.flatMap((set) => [set.entity, set.daily] as Queue[]);
+  // In parallel: a producer reads this every second, and each read is a few round trips.
+  const oldest = await Promise.all(queues.map((q) => oldestWaiting(q, now, ["wait", "active"])));
+  return Math.max(0, now - Math.min(now, ...oldest));
 }
