@@ -89,7 +89,7 @@ export class Flusher {
     private readonly log: Logger = silentLogger,
   ) {
     this.maxJobs = opts.maxJobsPerFlush ?? 1_000;
-    this.maxRows = opts.maxRowsPerTransaction ?? 50_000;
+    this.maxRows = opts.maxRowsPerTransaction ?? 20_000;
     this.maxFlushMs = opts.maxFlushMs ?? 60_000;
     this.txTimeoutMs = opts.transactionTimeoutMs ?? 120_000;
     this.maxAttempts = opts.maxAttempts ?? 3;
