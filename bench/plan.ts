@@ -130,8 +130,9 @@ const PIPELINE_COMMON = {
   pollMs: 100,
   sampleMs: 250,
   producerNice: 10,
-  // Under the bar's 2 x (interval + jitter) + one flush with room for the 250 ms polls.
-  backpressureMs: 2_000,
+  // Gateways learn of a backlog only once their seals land (up to interval + jitter
+  // later), so the limit is set low: 2 s let waves of seals pile up behind it.
+  backpressureMs: 1_000,
   shape: BENCH_SHAPE,
 };
 

@@ -117,6 +117,16 @@ let nextMarker = goAt;
 for (;;) {
   const now = Date.now();
   if (now >= endAt) break;
+  // Back-pressure: a gateway answers 503 now, so no request is served and none is
+  // recorded, markers included (their staleness is that of events a gateway accepts).
+  if (producer.backlogged) {
+    const t0 = Date.now();
+    await new Promise((r) => setTimeout(r, Math.min(50, markerEveryMs)));
+    pausedMs += Date.now() - t0;
+    // A marker due while refused is skipped, not recorded late.
+    while (nextMarker <= Date.now()) nextMarker += markerEveryMs;
+    continue;
+  }
   if (now >= nextMarker) {
     const id = `${MARKER_PREFIX}${index}-${markers.length}`;
     try {
@@ -126,14 +136,6 @@ for (;;) {
       if (!(err instanceof BufferFullError)) throw err;
     }
     nextMarker += markerEveryMs;
-  }
-  // Back-pressure: a gateway would answer 503 now, so no request means no spend. Markers
-  // above keep their schedule: they are the events that wait out the backlog.
-  if (producer.backlogged) {
-    const t0 = Date.now();
-    await new Promise((r) => setTimeout(r, Math.min(50, markerEveryMs)));
-    pausedMs += Date.now() - t0;
-    continue;
   }
   const before = events;
   for (let i = 0; i < SLICE; i++) {
