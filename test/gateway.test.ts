@@ -258,6 +258,19 @@ describe("gateway service (HTTP, virtual keys, mock model, spend)", () => {
     ]) {
       assert.equal((await chat(k, bad)).status, 400, JSON.stringify(bad));
     }
+    // Ids the spend rows could not hold are refused before the model runs: no cost header.
+    for (const bad of [
+      { ...msg, user: "end\u0007user" },
+      { ...msg, metadata: { tags: ["ok", "x".repeat(300)] } },
+    ]) {
+      const res = await chat(k, bad);
+      assert.equal(res.status, 400, JSON.stringify(bad));
+      assert.equal(res.headers.get("x-litellm-response-cost"), null);
+      assert.match(
+        ((await res.json()) as { error: { message: string } }).error.message,
+        /cannot account/,
+      );
+    }
     const notJson = await fetch(`${base}/v1/chat/completions`, {
       method: "POST",
       headers: { "content-type": "application/json", authorization: `Bearer ${k ?? ""}` },

@@ -151,6 +151,12 @@ describe("producer", () => {
     assert.ok(p.bufferedRows <= 102, `buffer held ${p.bufferedRows} rows`);
     // An event for a row already buffered still counts: no new memory needed.
     p.record({ spend: 0.01, userId: `bounded-${lastAccepted}` });
+    // A request already served is recorded whatever the bound: its cost is incurred.
+    assert.equal(p.full, true);
+    const held = p.bufferedRows;
+    p.recordServed({ spend: 0.01, userId: "served-past-the-bound" });
+    assert.ok(p.bufferedRows > held, "recordServed added its rows past the bound");
+    assert.throws(() => p.recordServed({ spend: -1, userId: "x" }), SpendEventError);
     assert.match(
       await metrics.registry.getSingleMetricAsString("spend_events_rejected_total"),
       /reason="buffer_full"\} \d+/,

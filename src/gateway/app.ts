@@ -10,7 +10,7 @@ import type { AppConfig } from "../config/config.js";
 import type { Logger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
 import { BufferFullError, type SpendProducer } from "../produce/producer.js";
-import { SpendEventError, type SpendEvent } from "../produce/spend-event.js";
+import { SpendEventError, validateSpendEvent, type SpendEvent } from "../produce/spend-event.js";
 import type { Db } from "../persist/prisma.js";
 import { liveSpend } from "../persist/live-spend.js";
 import { picoToDecimal } from "../money.js";
@@ -237,6 +237,31 @@ export function createGatewayApp(deps: GatewayDeps): Express {
         `unknown model ${JSON.stringify(chatReq.model.slice(0, 100))}: priced models are ${known.length > 0 ? known.join(", ") : "none (configure spend_buffer_settings.model_prices)"}`,
       );
     }
+    // Everything that could stop the spend from being recorded is checked before the
+    // model runs: once it has answered, the cost is incurred and must be recorded.
+    if (producer.full) {
+      metrics.eventsRejected.inc({ reason: "buffer_full" });
+      return sendError(res, 503, "service_unavailable", "spend buffer full: retry later");
+    }
+    if (chatReq.user !== undefined || chatReq.tags !== undefined) {
+      try {
+        validateSpendEvent(
+          { spend: 0, endUserId: chatReq.user ?? null, tags: chatReq.tags ?? null },
+          config.limits,
+        );
+      } catch (err) {
+        if (err instanceof SpendEventError) {
+          metrics.eventsRejected.inc({ reason: err.reason });
+          return sendError(
+            res,
+            400,
+            "invalid_request_error",
+            `cannot account this request: ${err.message}`,
+          );
+        }
+        throw err;
+      }
+    }
     const result = runMockModel(chatReq.model, chatReq.messages, chatReq.maxTokens);
     const cost = prices.cost(chatReq.model, result.promptTokens, result.completionTokens);
     const event: SpendEvent = {
@@ -258,17 +283,22 @@ export function createGatewayApp(deps: GatewayDeps): Express {
       startTime,
     };
     try {
-      producer.record(event);
+      producer.recordServed(event);
     } catch (err) {
-      if (err instanceof SpendEventError)
+      // Only what the checks above cannot see is left (e.g. a cost past
+      // max_spend_usd_per_event): the model ran, so say so loudly.
+      if (err instanceof SpendEventError) {
+        logger.error(
+          { reason: err.reason, field: err.field, model: chatReq.model },
+          "served request's spend refused by validation: not recorded",
+        );
         return sendError(
           res,
           400,
           "invalid_request_error",
           `cannot account this request: ${err.message}`,
         );
-      if (err instanceof BufferFullError)
-        return sendError(res, 503, "service_unavailable", "spend buffer full: retry later");
+      }
       throw err;
     }
     res.set("x-litellm-response-cost", cost.usd);

@@ -227,6 +227,29 @@ export class SpendProducer {
    * BufferFullError (bound reached); either way nothing else is affected.
    */
   record(event: SpendEvent): void {
+    this.take(event, true);
+  }
+
+  /**
+   * True when record() would refuse an event that adds rows (O(1)). A
+   * gateway checks it before it serves a request, whose cost is incurred
+   * once the model has answered.
+   */
+  get full(): boolean {
+    return this.agg.heldRowCount + this.pendingRows >= this.maxRows;
+  }
+
+  /**
+   * record() for a request already served: its cost is incurred, so it is
+   * never refused for the memory bound (only for invalid input). The bound
+   * is then passed by at most the rows of the requests in flight when `full`
+   * turned true: admission (`full`, `backlogged`) is where to refuse.
+   */
+  recordServed(event: SpendEvent): void {
+    this.take(event, false);
+  }
+
+  private take(event: SpendEvent, bounded: boolean): void {
     if (this.closed) throw new Error("producer is closed");
     const e = this.normalize(event);
     // The common case: every row exists, so every id has been checked before.
@@ -237,7 +260,7 @@ export class SpendProducer {
     this.checkContent(e);
     // Rows held, not only pending: rows kept from the last interval are memory too.
     const rows = this.agg.heldRowCount + this.pendingRows;
-    if (rows >= this.maxRows) {
+    if (bounded && rows >= this.maxRows) {
       this.metrics.eventsRejected.inc({ reason: "buffer_full" });
       if (this.fullSince === 0) {
         this.fullSince = Date.now();
