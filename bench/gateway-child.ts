@@ -23,8 +23,13 @@ import { TEST_REDIS_URL } from "../test/support/redis.js";
 import { GATEWAY_MODEL, GATEWAY_PRICE } from "./gateway-traffic.js";
 
 class NotRecording extends SpendProducer {
+  // Recording off: the request path is otherwise identical. Every way in is
+  // overridden: the gateway records through recordServed().
   override record(_event: SpendEvent): void {
-    // Recording off: the request path is otherwise identical.
+    // nothing
+  }
+  override recordServed(_event: SpendEvent): void {
+    // nothing
   }
 }
 
@@ -63,7 +68,8 @@ const server = app.listen(0, "127.0.0.1", () => {
 server.keepAliveTimeout = 60_000;
 
 process.on("message", (m) => {
-  if (m === "cpu") process.send?.(process.cpuUsage());
+  // Rows held tell the parent that "off" really records nothing.
+  if (m === "cpu") process.send?.({ ...process.cpuUsage(), bufferedRows: producer.bufferedRows });
   else if (m === "stop") {
     server.close();
     server.closeAllConnections();

@@ -36,6 +36,7 @@ type Mode = "on" | "off";
 interface CpuUsage {
   user: number;
   system: number;
+  bufferedRows: number;
 }
 
 export async function measureGatewayOverhead(
@@ -101,6 +102,9 @@ export async function measureGatewayOverhead(
         ask<CpuUsage>(on.child, "cpu"),
         ask<CpuUsage>(off.child, "cpu"),
       ]);
+      // A way into the producer the "off" copy does not override would make it record too.
+      if (off1.bufferedRows !== 0)
+        throw new Error(`the recording-off gateway holds ${off1.bufferedRows} spend rows`);
       const us = (a: CpuUsage, b: CpuUsage): number => (b.user + b.system - a.user - a.system) / n;
       return {
         on: { cpuUs: us(on0, on1), rps: n / onWall },
