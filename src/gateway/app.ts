@@ -63,6 +63,11 @@ function sendBacklogged(res: Response): void {
   );
 }
 
+/** A request whose spend could not be recorded as sent (an id the rows cannot hold, ...). */
+function sendUnaccountable(res: Response, err: SpendEventError): void {
+  sendError(res, 400, "invalid_request_error", `cannot account this request: ${err.message}`);
+}
+
 class BadRequest extends Error {}
 
 function str(v: unknown, name: string, opts: { optional?: boolean } = {}): string | undefined {
@@ -252,12 +257,7 @@ export function createGatewayApp(deps: GatewayDeps): Express {
       } catch (err) {
         if (err instanceof SpendEventError) {
           metrics.eventsRejected.inc({ reason: err.reason });
-          return sendError(
-            res,
-            400,
-            "invalid_request_error",
-            `cannot account this request: ${err.message}`,
-          );
+          return sendUnaccountable(res, err);
         }
         throw err;
       }
@@ -292,12 +292,7 @@ export function createGatewayApp(deps: GatewayDeps): Express {
           { reason: err.reason, field: err.field, model: chatReq.model },
           "served request's spend refused by validation: not recorded",
         );
-        return sendError(
-          res,
-          400,
-          "invalid_request_error",
-          `cannot account this request: ${err.message}`,
-        );
+        return sendUnaccountable(res, err);
       }
       throw err;
     }
