@@ -258,7 +258,8 @@ describe("gateway service (HTTP, virtual keys, mock model, spend)", () => {
     ]) {
       assert.equal((await chat(k, bad)).status, 400, JSON.stringify(bad));
     }
-    // Ids the spend rows could not hold are refused before the model runs: no cost header.
+    // Ids the spend rows could not hold: refused, nothing charged (no cost header). That the
+    // check runs before the model is not observable with the in-process mock.
     for (const bad of [
       { ...msg, user: "end\u0007user" },
       { ...msg, metadata: { tags: ["ok", "x".repeat(300)] } },

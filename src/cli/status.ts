@@ -1,6 +1,7 @@
 import { Queue } from "bullmq";
 import pg from "pg";
 import type { AppConfig } from "../config/config.js";
+import { oldestJobAt } from "../queue/backlog.js";
 import { connectRedis } from "../queue/connection.js";
 import { redisKeys } from "../queue/keys.js";
 
@@ -61,13 +62,12 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
         const counts = Object.fromEntries(
           JOB_STATES.map((s) => [s, c[s] ?? 0]),
         ) as QueueStatus["counts"];
-        // BullMQ pushes new jobs at the head of wait: the oldest is at the tail.
-        const [oldest] = await q.getJobs(["wait"], -1, -1, true);
+        const oldest = await oldestJobAt(q, Infinity);
         qs.push({
           name,
           role,
           counts,
-          ...(oldest !== undefined ? { oldestWaitingAt: oldest.timestamp } : {}),
+          ...(oldest !== Infinity ? { oldestWaitingAt: oldest } : {}),
         });
       } finally {
         await q.close();

@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { Queue } from "bullmq";
-import { oldestWaiting } from "../queue/backlog.js";
+import { oldestJobAt } from "../queue/backlog.js";
 
 /** What a producer exposes for the in-memory gauges. */
 export interface BufferStats {
@@ -155,7 +155,7 @@ export class SpendMetrics {
     });
     new Gauge({
       name: "spend_producer_backpressure",
-      help: "Producers in this process that see the oldest waiting spend job older than backpressure_backlog_age_seconds (the gateway answers 503 meanwhile).",
+      help: "Producers in this process that see the oldest spend job not yet committed older than backpressure_backlog_age_seconds (the gateway answers 503 meanwhile).",
       registers,
       collect() {
         this.set(sum((s) => s.backlogged));
@@ -229,7 +229,7 @@ export class SpendMetrics {
         for (const name of ["entity", "daily"] as const) {
           let oldest = now;
           for (const set of queueSets.values())
-            oldest = Math.min(oldest, await oldestWaiting(set[name], now));
+            oldest = Math.min(oldest, await oldestJobAt(set[name], now));
           this.set({ queue: name }, Math.max(0, (now - oldest) / 1000));
         }
       },

@@ -1,6 +1,6 @@
 /**
  * PostgreSQL array literals ('{"a","b"}'), built here rather than by the
- * driver. A flush sends ~20 columns of up to 50,000 values; passed as arrays,
+ * driver. A flush sends ~20 columns of up to max_rows_per_transaction values; passed as arrays,
  * Prisma type-checks and copies every element before `pg` escapes it again,
  * which cost more CPU than PostgreSQL spent writing the rows. One string per
  * column crosses both layers untouched, and PostgreSQL parses exactly the

@@ -187,13 +187,13 @@ export class SpendProducer {
   }
 
   private watchBacklog(maxAgeMs: number, everyMs: number): void {
-    const sink = this.sink;
-    if (maxAgeMs <= 0 || sink.backlogAgeMs === undefined) return;
+    const readAge = this.sink.backlogAgeMs?.bind(this.sink);
+    if (maxAgeMs <= 0 || readAge === undefined) return;
     const check = async (): Promise<void> => {
       let behind: boolean;
       try {
         // A busy process answers late; a late answer is still the answer.
-        const age = await withTimeout(sink.backlogAgeMs?.() ?? Promise.resolve(0), 10 * everyMs);
+        const age = await withTimeout(readAge(), 10 * everyMs);
         behind = age > maxAgeMs;
       } catch {
         // Backlog unknown (Redis slow or away): keep the last reading rather than
@@ -236,7 +236,12 @@ export class SpendProducer {
    * once the model has answered.
    */
   get full(): boolean {
-    return this.agg.heldRowCount + this.pendingRows >= this.maxRows;
+    return this.heldRows >= this.maxRows;
+  }
+
+  /** Rows held, not only pending: rows kept from the last interval are memory too. */
+  private get heldRows(): number {
+    return this.agg.heldRowCount + this.pendingRows;
   }
 
   /**
@@ -258,8 +263,7 @@ export class SpendProducer {
       return;
     }
     this.checkContent(e);
-    // Rows held, not only pending: rows kept from the last interval are memory too.
-    const rows = this.agg.heldRowCount + this.pendingRows;
+    const rows = this.heldRows;
     if (bounded && rows >= this.maxRows) {
       this.metrics.eventsRejected.inc({ reason: "buffer_full" });
       if (this.fullSince === 0) {

@@ -4,11 +4,9 @@ import { MoneyError, PICO_PER_USD, usdNumberToPico, usdStringToPicoNumber } from
  * One LLM request's cost and usage, as a gateway reports it. Every id is
  * optional, but at least one entity (key, user, team, organization, end user
  * or tag) must be named: spend that belongs to nobody cannot be accounted.
- */
-/**
- * One request's spend as a gateway reports it. An id or the tags may be
- * absent or null (the same thing): a caller can then build every event with
- * the same fields, which is much cheaper than spreading optional ones in.
+ * An id or the tags may be absent or null (the same thing): a caller can
+ * then build every event with the same fields, which is much cheaper than
+ * spreading optional ones in.
  */
 export interface SpendEvent {
   /** Cost in USD: a number (rounded at 10^-12) or an exact decimal string. */

@@ -8,7 +8,7 @@ import type { SpendQueues } from "./spend-queues.js";
  * job given back to wait after a failed flush may land at either end, so both
  * ends are read. A few job timestamps per queue, never the job data.
  */
-export async function oldestWaiting(
+export async function oldestJobAt(
   q: Queue,
   none: number,
   states: readonly ("wait" | "active")[] = ["wait"],
@@ -40,6 +40,6 @@ export async function backlogAgeMs(partitions: readonly SpendQueues[]): Promise<
   const now = Date.now();
   const queues = partitions.flatMap((set) => [set.entity, set.daily] as Queue[]);
   // In parallel: a producer reads this every second, and each read is a few round trips.
-  const oldest = await Promise.all(queues.map((q) => oldestWaiting(q, now, ["wait", "active"])));
+  const oldest = await Promise.all(queues.map((q) => oldestJobAt(q, now, ["wait", "active"])));
   return Math.max(0, now - Math.min(now, ...oldest));
 }
