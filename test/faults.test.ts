@@ -36,7 +36,13 @@ function worker(env: Record<string, string> = {}): Spawned {
 }
 
 async function reconcile(ledger: Ledger, what: string): Promise<void> {
-  await waitFor(`${what}: the pipeline to settle`, () => h.settled(), 30_000, 100);
+  await waitFor(
+    `${what}: the pipeline to settle`,
+    () => h.settled(),
+    30_000,
+    100,
+    () => h.describe(),
+  );
   const diff = diffTotals(ledger.totals, await readTotals(t.url));
   assert.deepEqual(
     diff,
@@ -101,7 +107,13 @@ describe("faults", () => {
 
     const next = worker({ HOLDER: "next" });
     await next.waitForEvent((e) => e.event === "flush" && e.outcome === "committed", 20_000);
-    await waitFor("the takeover to drain everything", () => h.settled(), 20_000, 100);
+    await waitFor(
+      "the takeover to drain everything",
+      () => h.settled(),
+      20_000,
+      100,
+      () => h.describe(),
+    );
 
     paused.kill("SIGCONT");
     const verdict = await paused.waitForEvent((e) => e.event === "flush", 20_000);

@@ -100,17 +100,40 @@ export class Harness {
     return a + b;
   }
 
-  /** True when no spend job is waiting or in flight and nobody holds the flush lock. */
+  /**
+   * True when no spend job is waiting or in flight. A flush moves the jobs it
+   * takes to active and completes them only after its commit, so no job in
+   * those states means everything recorded is in PostgreSQL. The flush lock
+   * is not part of it: replicas flushing every 100 ms take it even to find
+   * nothing, and a poll in step with them could see it held for ever.
+   */
   async settled(): Promise<boolean> {
+    const s = await this.pipelineState();
+    const pending =
+      Object.values(s.entity).reduce((x, y) => x + y, 0) +
+      Object.values(s.daily).reduce((x, y) => x + y, 0);
+    return pending === 0;
+  }
+
+  /** Job counts by state and the flush lock's holder and TTL: what a stuck wait reports. */
+  async describe(): Promise<string> {
+    return JSON.stringify(await this.pipelineState());
+  }
+
+  private async pipelineState(): Promise<{
+    entity: Record<string, number>;
+    daily: Record<string, number>;
+    lock: string | null;
+    lockTtlMs: number;
+  }> {
     const states = ["wait", "active", "delayed", "prioritized"] as const;
-    const [a, b, lock] = await Promise.all([
+    const [entity, daily, lock, lockTtlMs] = await Promise.all([
       this.queues.entity.getJobCounts(...states),
       this.queues.daily.getJobCounts(...states),
       this.redis.get(this.keys.flushLock),
+      this.redis.pttl(this.keys.flushLock),
     ]);
-    const pending =
-      Object.values(a).reduce((x, y) => x + y, 0) + Object.values(b).reduce((x, y) => x + y, 0);
-    return pending === 0 && lock === null;
+    return { entity, daily, lock, lockTtlMs };
   }
 
   async close(): Promise<void> {
