@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, it } from "node:test";
 import { applyBatches, FencedOffError } from "../src/persist/apply-batches.js";
-import { ENTITY_JOB } from "../src/queue/spend-queues.js";
+import { DAILY_JOB, ENTITY_JOB } from "../src/queue/spend-queues.js";
+import { trafficGenerator } from "../src/demo/traffic.js";
 import { readTotals, diffTotals } from "./support/db-totals.js";
 import { createTestDatabase, truncateAll, type TestDatabase } from "./support/db.js";
 import { Harness } from "./support/harness.js";
@@ -173,6 +174,59 @@ describe("flush", () => {
     await assertTotals(ledger);
     const metrics = await h.metrics.registry.getSingleMetricAsString("spend_poison_jobs_total");
     assert.match(metrics, /spend_poison_jobs_total\{queue="entity"\} 1/);
+  });
+
+  it("flushes daily jobs of both formats exactly; format 2 groups rows by context", async () => {
+    const ledger = new Ledger();
+    const formats = [1, 2] as const;
+    for (const [i, dailyJobFormat] of formats.entries()) {
+      const p = h.producer({}, { dailyJobFormat });
+      const gen = trafficGenerator(20 + i);
+      for (let n = 0; n < 800; n++) {
+        const e = gen();
+        p.record(e);
+        ledger.record(e);
+      }
+      await p.close();
+    }
+    const jobs = await h.queues.daily.getWaiting();
+    const v1 = jobs.filter((j) => j.data.v === 1);
+    const v2 = jobs.flatMap((j) => (j.data.v === 2 ? [j.data] : []));
+    assert.ok(v1.length > 0 && v2.length > 0, "both formats queued");
+    // Grouping that failed (one group per row) would be larger than format 1, not smaller.
+    const rows = v2.reduce((n, d) => n + d.groups.reduce((m, g) => m + g[1].length, 0), 0);
+    const groups = v2.reduce((n, d) => n + d.groups.length, 0);
+    assert.ok(groups < rows / 2, `${groups} groups for ${rows} rows`);
+    const r = await h.flusher().flushOnce();
+    assert.equal(r.outcome, "committed");
+    assert.equal(r.poisonJobs, 0);
+    await assertTotals(ledger);
+  });
+
+  it("sets a malformed format-2 daily job aside and flushes everything else", async () => {
+    const ledger = new Ledger();
+    await produce(300, 7, ledger);
+    await h.queues.daily.add(
+      DAILY_JOB,
+      {
+        v: 2,
+        batchId: "poison-v2",
+        producerId: "x",
+        sealedAt: 0,
+        // The context lacks its endpoint.
+        groups: [
+          [["2026-11-26", "k", "m", "m", "p", ""], [["user", "u", 1, 1, 0, 0, 1, 1, 0, "5"]]],
+        ],
+      } as never,
+      { jobId: "poison-v2" },
+    );
+    const r = await h.flusher().flushOnce();
+    assert.equal(r.outcome, "committed");
+    assert.equal(r.poisonJobs, 1);
+    const failed = await h.queues.daily.getFailed();
+    assert.equal(failed.length, 1);
+    assert.match(failed[0]?.failedReason ?? "", /malformed spend job: groups\.0\.0/);
+    await assertTotals(ledger);
   });
 
   it("rejects a write from a lock holder whose fencing token is stale", async () => {

@@ -9,6 +9,7 @@ import { createRedis, waitUntilReady } from "../src/queue/connection.js";
 import { redisKeys } from "../src/queue/keys.js";
 import { ensurePartitionCount, PartitionMismatchError } from "../src/queue/partitions.js";
 import { QueueSink } from "../src/queue/queue-sink.js";
+import { dailyJobPayloadSchema } from "../src/queue/spend-batch.js";
 import { openSpendQueues } from "../src/queue/spend-queues.js";
 import { trafficGenerator } from "../src/demo/traffic.js";
 import { diffTotals, readTotals } from "./support/db-totals.js";
@@ -43,7 +44,7 @@ describe("partitioned flush", () => {
       openSpendQueues(redis, redisKeys(prefix, p)),
     );
     const producer = new SpendProducer({
-      sink: new QueueSink(queues, false),
+      sink: new QueueSink(queues, { ownsQueues: false }),
       flushIntervalMs: 3_600_000,
       partitions: P,
     });
@@ -67,7 +68,8 @@ describe("partitioned flush", () => {
         }
       }
       for (const j of dailyJobs)
-        for (const r of j.data.rows) assert.equal(partitionOf(r.slice(0, 9).join(SEP), P), p);
+        for (const r of dailyJobPayloadSchema.parse(j.data).rows)
+          assert.equal(partitionOf(r.slice(0, 9).join(SEP), P), p);
     }
     for (const q of queues) await q.close();
     redis.disconnect();

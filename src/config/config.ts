@@ -77,6 +77,9 @@ const spendBufferSchema = z
     flush_jitter_seconds: z.number().min(0).max(3_600).default(5),
     max_buffered_rows: z.number().int().min(100).default(200_000),
     max_rows_per_job: z.number().int().min(1).max(100_000).default(5_000),
+    // 2: daily rows grouped by context (~half the bytes in Redis). 1: the first format, for
+    // gateways upgraded before their flush workers (workers read both).
+    daily_job_format: z.union([z.literal(1), z.literal(2)]).default(2),
     // Back-pressure: gateways answer 503 while the oldest spend job not yet committed is older
     // than this (the flush is that far behind). 0: off, the backlog may grow without bound.
     backpressure_backlog_age_seconds: z.number().min(0).max(86_400).default(0),
@@ -184,6 +187,8 @@ export interface AppConfig {
     flushJitterMs: number;
     maxBufferedRows: number;
     maxRowsPerJob: number;
+    /** How QueueSink writes daily jobs: 2 grouped by context, 1 the first format. */
+    dailyJobFormat: 1 | 2;
     /** 0: off. */
     backpressureBacklogAgeMs: number;
   };
@@ -361,6 +366,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       flushJitterMs: s.flush_jitter_seconds * 1000,
       maxBufferedRows: s.max_buffered_rows,
       maxRowsPerJob: s.max_rows_per_job,
+      dailyJobFormat: s.daily_job_format,
       backpressureBacklogAgeMs: s.backpressure_backlog_age_seconds * 1000,
     },
     worker: {

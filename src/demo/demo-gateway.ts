@@ -37,7 +37,9 @@ const redis = config.useRedisBuffer ? createRedis(config.redis, "producer") : un
 const db = config.useRedisBuffer ? undefined : createDb(config.databaseUrl, { max: 2 });
 const sink: SpendSink =
   redis !== undefined
-    ? new QueueSink(openPartitionQueues(redis, config.keyPrefix, config.partitions))
+    ? new QueueSink(openPartitionQueues(redis, config.keyPrefix, config.partitions), {
+        dailyJobFormat: config.producer.dailyJobFormat,
+      })
     : new DirectSink(db ?? createDb(config.databaseUrl), {
         transactionTimeoutMs: config.worker.transactionTimeoutMs,
       });

@@ -2,7 +2,7 @@ import type { RedisClient } from "../queue/connection.js";
 import { Worker, type Job } from "bullmq";
 import type { RedisKeys } from "../queue/keys.js";
 import {
-  dailyJobSchema,
+  dailyJobPayloadSchema,
   entityJobSchema,
   type DailySpendJob,
   type EntitySpendJob,
@@ -75,7 +75,7 @@ export class SpendDrain {
       else taken.poison.push({ queue: "entity", job, reason: summarize(r.error.issues) });
     }
     for (const job of dailyJobs) {
-      const r = dailyJobSchema.safeParse(job.data);
+      const r = dailyJobPayloadSchema.safeParse(job.data);
       if (r.success) taken.jobs.push({ kind: "daily", job, data: r.data });
       else taken.poison.push({ queue: "daily", job, reason: summarize(r.error.issues) });
     }
@@ -124,9 +124,17 @@ export class SpendDrain {
 const PARALLEL = 32;
 
 /** Rows a job says it carries (a malformed job counts as none; it is set aside anyway). */
+/** A job's row count before validation (either format); what is not an array counts 0. */
 function rowsOf(job: Job): number {
-  const rows = (job.data as { rows?: unknown } | null)?.rows;
-  return Array.isArray(rows) ? rows.length : 0;
+  const data = job.data as { rows?: unknown; groups?: unknown } | null;
+  if (Array.isArray(data?.rows)) return data.rows.length;
+  if (!Array.isArray(data?.groups)) return 0;
+  let n = 0;
+  for (const g of data.groups as unknown[]) {
+    const rows = Array.isArray(g) ? (g[1] as unknown) : undefined;
+    if (Array.isArray(rows)) n += rows.length;
+  }
+  return n;
 }
 
 async function takeFrom(

@@ -58,7 +58,7 @@ export async function startGateway(
   if (config.useRedisBuffer) {
     redis = connectRedis(config.redis, "producer");
     queues = openPartitionQueues(redis, config.keyPrefix, config.partitions);
-    sink = new QueueSink(queues);
+    sink = new QueueSink(queues, { dailyJobFormat: config.producer.dailyJobFormat });
   } else {
     sink = new DirectSink(db, {
       transactionTimeoutMs: config.worker.transactionTimeoutMs,

@@ -1,6 +1,14 @@
 import type { SealedBatch, SpendSink } from "../produce/spend-sink.js";
 import { backlogAgeMs } from "./backlog.js";
+import { groupDailyRows, type DailyJobPayload } from "./spend-batch.js";
 import { DAILY_JOB, ENTITY_JOB, type SpendQueues } from "./spend-queues.js";
+
+export interface QueueSinkOptions {
+  /** Close the queues with the sink (default true). */
+  ownsQueues?: boolean;
+  /** Daily job format (spend_buffer_settings.daily_job_format); default 2. */
+  dailyJobFormat?: 1 | 2;
+}
 
 /**
  * Sends batches to the BullMQ spend queues. The batch id is the job id, so
@@ -11,12 +19,14 @@ import { DAILY_JOB, ENTITY_JOB, type SpendQueues } from "./spend-queues.js";
 export class QueueSink implements SpendSink {
   private readonly partitions: readonly SpendQueues[];
 
+  private readonly ownsQueues: boolean;
+  private readonly dailyJobFormat: 1 | 2;
+
   /** One SpendQueues per flush partition, indexed by partition (just one when unpartitioned). */
-  constructor(
-    queues: SpendQueues | readonly SpendQueues[],
-    private readonly ownsQueues = true,
-  ) {
+  constructor(queues: SpendQueues | readonly SpendQueues[], opts: QueueSinkOptions = {}) {
     this.partitions = Array.isArray(queues) ? queues : [queues as SpendQueues];
+    this.ownsQueues = opts.ownsQueues ?? true;
+    this.dailyJobFormat = opts.dailyJobFormat ?? 2;
   }
 
   async write(b: SealedBatch): Promise<void> {
@@ -27,16 +37,19 @@ export class QueueSink implements SpendSink {
       );
     }
     const header = {
-      v: 1 as const,
       batchId: b.batchId,
       producerId: b.producerId,
       sealedAt: b.sealedAt,
       partitions: b.partitions,
     };
     if (b.kind === "entity") {
-      await queues.entity.add(ENTITY_JOB, { ...header, rows: b.rows }, { jobId: b.batchId });
+      await queues.entity.add(ENTITY_JOB, { v: 1, ...header, rows: b.rows }, { jobId: b.batchId });
     } else {
-      await queues.daily.add(DAILY_JOB, { ...header, rows: b.rows }, { jobId: b.batchId });
+      const data: DailyJobPayload =
+        this.dailyJobFormat === 2
+          ? { v: 2, ...header, groups: groupDailyRows(b.rows) }
+          : { v: 1, ...header, rows: b.rows };
+      await queues.daily.add(DAILY_JOB, data, { jobId: b.batchId });
     }
   }
 

@@ -1,7 +1,7 @@
 import type { RedisClient } from "./connection.js";
 import { Queue, type JobsOptions } from "bullmq";
 import type { RedisKeys } from "./keys.js";
-import type { DailySpendJob, EntitySpendJob } from "./spend-batch.js";
+import type { DailyJobPayload, EntitySpendJob } from "./spend-batch.js";
 
 /** BullMQ job names inside the spend queues. */
 export const ENTITY_JOB = "spend";
@@ -18,14 +18,14 @@ export const SPEND_JOB_OPTIONS: JobsOptions = {
 
 export interface SpendQueues {
   entity: Queue<EntitySpendJob>;
-  daily: Queue<DailySpendJob>;
+  daily: Queue<DailyJobPayload>;
   close(): Promise<void>;
 }
 
 export function openSpendQueues(connection: RedisClient, keys: RedisKeys): SpendQueues {
   const opts = { connection, prefix: keys.bullPrefix, defaultJobOptions: SPEND_JOB_OPTIONS };
   const entity = new Queue<EntitySpendJob>(keys.spendQueue, opts);
-  const daily = new Queue<DailySpendJob>(keys.dailySpendQueue, opts);
+  const daily = new Queue<DailyJobPayload>(keys.dailySpendQueue, opts);
   // Errors reach the caller through the add() that failed.
   entity.on("error", () => undefined);
   daily.on("error", () => undefined);

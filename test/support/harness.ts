@@ -10,7 +10,7 @@ import { SpendProducer, type ProducerOptions } from "../../src/produce/producer.
 import type { Db } from "../../src/persist/prisma.js";
 import { createRedis } from "../../src/queue/connection.js";
 import { redisKeys, type RedisKeys } from "../../src/queue/keys.js";
-import { QueueSink } from "../../src/queue/queue-sink.js";
+import { QueueSink, type QueueSinkOptions } from "../../src/queue/queue-sink.js";
 import { openSpendQueues, type SpendQueues } from "../../src/queue/spend-queues.js";
 import type { Ledger } from "./ledger.js";
 
@@ -50,10 +50,10 @@ export class Harness {
   }
 
   /** A producer whose timer never fires on its own: tests call flush()/close(). */
-  producer(opts: Partial<ProducerOptions> = {}): SpendProducer {
+  producer(opts: Partial<ProducerOptions> = {}, sinkOpts: QueueSinkOptions = {}): SpendProducer {
     const redis = createRedis(this.config.redis, "producer");
     const p = new SpendProducer({
-      sink: new QueueSink(openSpendQueues(redis, this.keys)),
+      sink: new QueueSink(openSpendQueues(redis, this.keys), sinkOpts),
       flushIntervalMs: 3_600_000,
       flushJitterMs: 0,
       metrics: this.metrics,
