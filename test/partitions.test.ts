@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { collectStatus, formatStatus } from "../src/cli/status.js";
 import { FlushWorker } from "../src/flush/flush-worker.js";
 import { silentLogger } from "../src/observe/logger.js";
 import { SpendMetrics } from "../src/observe/metrics.js";
@@ -183,6 +184,20 @@ describe("partitioned flush", () => {
         where: { partition: { startsWith: `${prefix}:` } },
       });
       assert.equal(fences.length, P, "each partition committed under its own fence");
+
+      // The operator's view names every partition's writer, not only partition 0's.
+      const status = await collectStatus(testConfig(prefix, t.url, { flush_partitions: P }));
+      assert.deepEqual(
+        status.partitions.map((p) => [p.partition, p.fence.postgres !== undefined]),
+        Array.from({ length: P }, (_, p) => [p, true]),
+      );
+      assert.equal(status.queues.filter((q) => q.role !== "flush").length, 2 * P);
+      const text = formatStatus(status);
+      for (let p = 0; p < P; p++)
+        assert.match(
+          text,
+          new RegExp(`partition ${p} fence: redis \\d+, postgres \\d+ \\(last holder [ab]`),
+        );
     } finally {
       await Promise.all(workers.map((w) => w.close()));
     }

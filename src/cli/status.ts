@@ -22,18 +22,25 @@ export interface QueueStatus {
   oldestWaitingAt?: number;
 }
 
+/** One flush partition's writer: its lock in Redis and its fence in both stores. */
+export interface PartitionStatus {
+  partition: number;
+  lock: { held: false } | { held: true; holder: string; ttlMs: number };
+  fence: {
+    redis?: string;
+    postgres?: { token: string; holder: string; updatedAt: string };
+  };
+}
+
 export interface SpendStatus {
   prefix: string;
   at: number;
   queues: QueueStatus[];
   /** Jobs waiting in the spend queues, and the age of the oldest one. */
   backlog: { jobs: number; oldestAgeMs?: number };
-  lock: { held: false } | { held: true; holder: string; ttlMs: number };
-  fence: {
-    redis?: string;
-    postgres?: { token: string; holder: string; updatedAt: string };
-  };
-  /** When a flush last committed (spend_flush_fence.updated_at). */
+  /** Every flush partition (one unless spend_buffer_settings.flush_partitions says more). */
+  partitions: PartitionStatus[];
+  /** When a flush of any partition last committed (the newest spend_flush_fence.updated_at). */
   lastFlushAt?: string;
   /** The newest spend_applied_batch.applied_at. */
   newestAppliedBatchAt?: string;
@@ -42,14 +49,14 @@ export interface SpendStatus {
 /** Reads the buffer's state from Redis and PostgreSQL, read-only. */
 export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
   const keys = redisKeys(config.keyPrefix);
+  const partitionKeys = Array.from({ length: config.partitions }, (_, p) =>
+    redisKeys(config.keyPrefix, p),
+  );
   const redis = connectRedis(config.redis, "producer");
   const at = Date.now();
-  // Every flush partition's spend queues; the lock and fence shown are partition 0's.
   const queues: [QueueStatus["role"], string][] = [];
-  for (let p = 0; p < config.partitions; p++) {
-    const k = redisKeys(config.keyPrefix, p);
+  for (const k of partitionKeys)
     queues.push(["entity", k.spendQueue], ["daily", k.dailySpendQueue]);
-  }
   queues.push(["flush", keys.flushQueue]);
   const client = new pg.Client({ connectionString: config.databaseUrl });
   try {
@@ -75,20 +82,58 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
     }
     const spend = qs.filter((q) => q.role !== "flush");
     const oldest = Math.min(...spend.map((q) => q.oldestWaitingAt ?? Infinity));
-    const [lockValue, pttl, fenceCounter] = await Promise.all([
-      redis.get(keys.flushLock),
-      redis.pttl(keys.flushLock),
-      redis.get(keys.flushFence),
-    ]);
+    const inRedis = await Promise.all(
+      partitionKeys.map((k) =>
+        Promise.all([redis.get(k.flushLock), redis.pttl(k.flushLock), redis.get(k.flushFence)]),
+      ),
+    );
     await client.connect();
-    const fenceRow = await client.query<{ token: string; holder: string; updated_at: Date }>(
-      `SELECT token::text, holder, updated_at FROM spend_flush_fence WHERE partition = $1`,
-      [keys.fencePartition],
+    const fenceRows = await client.query<{
+      partition: string;
+      token: string;
+      holder: string;
+      updated_at: Date;
+    }>(
+      `SELECT partition, token::text, holder, updated_at FROM spend_flush_fence WHERE partition = ANY($1::text[])`,
+      [partitionKeys.map((k) => k.fencePartition)],
     );
     const applied = await client.query<{ at: Date | null }>(
       `SELECT max(applied_at) AS at FROM spend_applied_batch`,
     );
-    const f = fenceRow.rows[0];
+    const fences = new Map(fenceRows.rows.map((r) => [r.partition, r]));
+    const partitions = partitionKeys.map((k, i): PartitionStatus => {
+      const [lockValue, pttl, fenceCounter] = inRedis[i] ?? [null, -2, null];
+      const f = fences.get(k.fencePartition);
+      return {
+        partition: k.partition,
+        lock:
+          lockValue === null
+            ? { held: false }
+            : {
+                held: true,
+                holder: lockValue.includes(":")
+                  ? lockValue.slice(0, lockValue.lastIndexOf(":"))
+                  : lockValue,
+                ttlMs: pttl,
+              },
+        fence: {
+          ...(fenceCounter !== null ? { redis: fenceCounter } : {}),
+          ...(f !== undefined
+            ? {
+                postgres: {
+                  token: f.token,
+                  holder: f.holder,
+                  updatedAt: f.updated_at.toISOString(),
+                },
+              }
+            : {}),
+        },
+      };
+    });
+    const lastFlush = Math.max(
+      ...fenceRows.rows.map((r) => r.updated_at.getTime()),
+      Number.NEGATIVE_INFINITY,
+    );
     const newest = applied.rows[0]?.at ?? null;
     return {
       prefix: config.keyPrefix,
@@ -98,25 +143,8 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
         jobs: spend.reduce((n, q) => n + q.counts.wait + q.counts.prioritized, 0),
         ...(Number.isFinite(oldest) ? { oldestAgeMs: at - oldest } : {}),
       },
-      lock:
-        lockValue === null
-          ? { held: false }
-          : {
-              held: true,
-              holder: lockValue.includes(":")
-                ? lockValue.slice(0, lockValue.lastIndexOf(":"))
-                : lockValue,
-              ttlMs: pttl,
-            },
-      fence: {
-        ...(fenceCounter !== null ? { redis: fenceCounter } : {}),
-        ...(f !== undefined
-          ? {
-              postgres: { token: f.token, holder: f.holder, updatedAt: f.updated_at.toISOString() },
-            }
-          : {}),
-      },
-      ...(f !== undefined ? { lastFlushAt: f.updated_at.toISOString() } : {}),
+      partitions,
+      ...(Number.isFinite(lastFlush) ? { lastFlushAt: new Date(lastFlush).toISOString() } : {}),
       ...(newest !== null ? { newestAppliedBatchAt: newest.toISOString() } : {}),
     };
   } finally {
@@ -149,15 +177,21 @@ export function formatStatus(s: SpendStatus): string {
     `backlog: ${s.backlog.jobs} jobs waiting` +
       (s.backlog.oldestAgeMs !== undefined ? `, oldest ${seconds(s.backlog.oldestAgeMs)} old` : ""),
   );
-  lines.push(
-    s.lock.held
-      ? `flush lock: held by ${s.lock.holder}, lease expires in ${seconds(s.lock.ttlMs)}`
-      : "flush lock: free (no flush running)",
-  );
-  lines.push(
-    `fence: redis ${s.fence.redis ?? "-"}, postgres ${s.fence.postgres?.token ?? "-"}` +
-      (s.fence.postgres !== undefined ? ` (last holder ${s.fence.postgres.holder})` : ""),
-  );
+  for (const p of s.partitions) {
+    // One partition: the plain lines; several: each one's writer on its own lines.
+    const label = s.partitions.length === 1 ? "" : `partition ${p.partition} `;
+    lines.push(
+      p.lock.held
+        ? `${label}flush lock: held by ${p.lock.holder}, lease expires in ${seconds(p.lock.ttlMs)}`
+        : `${label}flush lock: free (no flush running)`,
+    );
+    lines.push(
+      `${label}fence: redis ${p.fence.redis ?? "-"}, postgres ${p.fence.postgres?.token ?? "-"}` +
+        (p.fence.postgres !== undefined
+          ? ` (last holder ${p.fence.postgres.holder}, ${ago(p.fence.postgres.updatedAt, s.at)})`
+          : ""),
+    );
+  }
   lines.push(`last successful flush: ${ago(s.lastFlushAt, s.at)}`);
   lines.push(`newest applied batch: ${ago(s.newestAppliedBatchAt, s.at)}`);
   return lines.join("\n") + "\n";
