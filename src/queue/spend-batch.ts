@@ -31,25 +31,7 @@ export type EntityRow = [kind: EntityKind, id: string, id2: string, spendPico: s
  *  endpoint, prompt, completion, cache read, cache creation, api requests,
  *  successful, failed, spend in picodollars].
  */
-export type DailyRow = [
-  kind: DailyKind,
-  entityId: string,
-  date: string,
-  apiKey: string,
-  model: string,
-  modelGroup: string,
-  provider: string,
-  mcpToolName: string,
-  endpoint: string,
-  promptTokens: Count,
-  completionTokens: Count,
-  cacheReadInputTokens: Count,
-  cacheCreationInputTokens: Count,
-  apiRequests: Count,
-  successfulRequests: Count,
-  failedRequests: Count,
-  spendPico: string,
-];
+export type DailyRow = [kind: DailyKind, entityId: string, ...DailyContextDims, ...DailyCounts];
 
 /** What the daily rows of one request context share: date, api key, model, model group, provider, MCP tool, endpoint. */
 export type DailyContextDims = [
@@ -62,10 +44,8 @@ export type DailyContextDims = [
   endpoint: string,
 ];
 
-/** A daily row without its context: [kind, entity id, the seven counters, spend in picodollars]. */
-export type DailyCells = [
-  kind: DailyKind,
-  entityId: string,
+/** A daily row's seven counters and its spend in picodollars. */
+export type DailyCounts = [
   promptTokens: Count,
   completionTokens: Count,
   cacheReadInputTokens: Count,
@@ -75,6 +55,9 @@ export type DailyCells = [
   failedRequests: Count,
   spendPico: string,
 ];
+
+/** A daily row without its context (format 2). */
+export type DailyCells = [kind: DailyKind, entityId: string, ...DailyCounts];
 
 /** Daily rows grouped by the context they share (format 2). */
 export type DailyGroup = [context: DailyContextDims, rows: DailyCells[]];
@@ -89,16 +72,9 @@ interface JobHeader {
   partitions?: number;
 }
 
-export interface SpendJobData<Row> {
+export interface SpendJobData<Row> extends JobHeader {
   /** Payload version, so a future format can be told apart in a mixed deployment. */
   v: 1;
-  /** Unique per batch; also the BullMQ job id and the key of spend_applied_batch. */
-  batchId: string;
-  producerId: string;
-  /** When the producer sealed the batch (epoch ms): measures staleness. */
-  sealedAt: number;
-  /** The producer's partition count (absent from producers before partitions existed: 1). */
-  partitions?: number;
   rows: Row[];
 }
 
@@ -109,7 +85,7 @@ export type DailySpendJob = SpendJobData<DailyRow>;
  * Format 2 of a daily job: rows grouped by their shared context. A key's
  * requests share date, key, model, group, provider, endpoint and tool, so
  * format 1 repeated those seven strings (most of a row's bytes) on every
- * row: format 2 is about a third of the size in Redis, and cheaper to seal.
+ * row: format 2 is about half the size in Redis, and cheaper to seal.
  */
 export interface DailySpendJobV2 extends JobHeader {
   v: 2;
@@ -198,30 +174,14 @@ export const entityJobSchema = z.object({
 
 const dailyKind = z.enum(DAILY_KINDS);
 
+// A daily row's columns after its kind and entity id, in both formats.
+const contextCols = [date, id, id, id, id, id, id] as const;
+const countCols = [count, count, count, count, count, count, count, digits] as const;
+
 /** Format 1: every row carries its context. */
 export const dailyJobSchema = z.object({
   ...header,
-  rows: z.array(
-    z.tuple([
-      dailyKind,
-      id.min(1),
-      date,
-      id,
-      id,
-      id,
-      id,
-      id,
-      id,
-      count,
-      count,
-      count,
-      count,
-      count,
-      count,
-      count,
-      digits,
-    ]),
-  ),
+  rows: z.array(z.tuple([dailyKind, id.min(1), ...contextCols, ...countCols])),
 });
 
 /** Format 2: rows grouped by context. */
@@ -229,12 +189,7 @@ export const dailyJobV2Schema = z.object({
   ...header,
   v: z.literal(2),
   groups: z.array(
-    z.tuple([
-      z.tuple([date, id, id, id, id, id, id]),
-      z.array(
-        z.tuple([dailyKind, id.min(1), count, count, count, count, count, count, count, digits]),
-      ),
-    ]),
+    z.tuple([z.tuple([...contextCols]), z.array(z.tuple([dailyKind, id.min(1), ...countCols]))]),
   ),
 });
 
