@@ -1,12 +1,13 @@
 /**
  * The reference gateway for section 1's recording on/off comparison: the
  * Express app the gateway service runs (src/gateway/app.ts), in its own
- * process pinned to one core (bench/pinned.ts). RECORDING=on gives it the real
- * producer with its real sink (Redis, under the run's prefix);
- * RECORDING=off a producer whose record() does nothing. Everything else (key
- * auth through the key cache, body parsing, pricing, the mock model, the
- * response) is the same code. Prints {"port"} once listening and answers the
- * IPC message "cpu" with its process.cpuUsage().
+ * process pinned to one core (bench/pinned.ts), with the real producer and
+ * its real sink (Redis, under the run's prefix). The IPC messages "on" and
+ * "off" switch recording while it runs (RECORDING sets the start);
+ * everything else (key auth through the key cache, body parsing, pricing,
+ * the mock model, the response) is the same code either way. Prints
+ * {"port"} once listening; answers "cpu" with its process.cpuUsage(), and
+ * "seal" once what it holds is sealed and sent.
  */
 import type { AddressInfo } from "node:net";
 import { buildConfig } from "../src/config/config.js";
@@ -22,14 +23,15 @@ import type { SpendEvent } from "../src/produce/spend-event.js";
 import { TEST_REDIS_URL } from "../test/support/redis.js";
 import { GATEWAY_MODEL, GATEWAY_PRICE } from "./gateway-traffic.js";
 
-class NotRecording extends SpendProducer {
-  // Recording off: the request path is otherwise identical. Every way in is
-  // overridden: the gateway records through recordServed().
-  override record(_event: SpendEvent): void {
-    // nothing
+class SwitchedProducer extends SpendProducer {
+  recording = true;
+  // Off: the request path is otherwise identical. Every way in is switched:
+  // the gateway records through recordServed().
+  override record(event: SpendEvent): void {
+    if (this.recording) super.record(event);
   }
-  override recordServed(_event: SpendEvent): void {
-    // nothing
+  override recordServed(event: SpendEvent): void {
+    if (this.recording) super.recordServed(event);
   }
 }
 
@@ -51,7 +53,8 @@ const redis = connectRedis(config.redis, "producer");
 const metrics = new SpendMetrics();
 const sink = new QueueSink(openPartitionQueues(redis, config.keyPrefix, config.partitions));
 const settings = { sink, ...producerSettings(config), metrics, logger: silentLogger };
-const producer = recording ? new SpendProducer(settings) : new NotRecording(settings);
+const producer = new SwitchedProducer(settings);
+producer.recording = recording;
 const app = createGatewayApp({
   config,
   producer,
@@ -70,7 +73,15 @@ server.keepAliveTimeout = 60_000;
 process.on("message", (m) => {
   // Rows held tell the parent that "off" really records nothing.
   if (m === "cpu") process.send?.({ ...process.cpuUsage(), bufferedRows: producer.bufferedRows });
-  else if (m === "stop") {
+  else if (m === "on" || m === "off") {
+    producer.recording = m === "on";
+    process.send?.({ recording: producer.recording });
+  } else if (m === "seal") {
+    void producer
+      .flush()
+      .then(() => process.send?.({ sealed: true }))
+      .catch((err: unknown) => process.send?.({ sealed: false, error: String(err) }));
+  } else if (m === "stop") {
     server.close();
     server.closeAllConnections();
     void producer

@@ -3,7 +3,8 @@
  * gateway app (bench/gateway-child.ts) with recording on and off, the same
  * requests driven over HTTP from this process. Each child measures its own
  * CPU (process.cpuUsage), so the client's work is not counted; both run side by
- * side on one core and each rep's pair gives one ratio.
+ * side on one core, swapping roles each rep, and each rep's pair gives one
+ * ratio. A few pairs with neither recording give the harness's resolution.
  */
 import http from "node:http";
 import type { TrafficShape } from "../src/demo/traffic.js";
@@ -26,12 +27,19 @@ export interface GatewayOverheadResult {
   onCpuUs: Spread;
   /** CPU per request added by recording, percent of "off", one value per rep pair. */
   addedPct: Spread;
+  /** The same with neither gateway recording: how far apart two equal gateways measure. */
+  nullPct: Spread;
   /** Requests per second the client saw (wall). */
   offRps: Spread;
   onRps: Spread;
 }
 
 type Mode = "on" | "off";
+
+interface Gateway {
+  c: PinnedChild;
+  port: number;
+}
 
 interface CpuUsage {
   user: number;
@@ -47,7 +55,7 @@ export async function measureGatewayOverhead(
   const S = "producer";
   const t = await res.database("gateway");
   const prefix = res.prefix("gateway");
-  const children: Partial<Record<Mode, PinnedChild>> = {};
+  const children: PinnedChild[] = [];
   try {
     progress(S, `reference gateway: ${plan.keys} virtual keys`);
     const keys: string[] = [];
@@ -67,42 +75,50 @@ export async function measureGatewayOverhead(
       keys,
       referenceExchange().request,
     );
-    const ports: Partial<Record<Mode, number>> = {};
+    const gateways: Gateway[] = [];
     for (const mode of ["on", "off"] as const) {
       const c = spawnPinned("gateway-child.ts", {
         RECORDING: mode,
         PREFIX: prefix,
         DATABASE_URL: t.url,
       });
-      children[mode] = c;
-      ports[mode] = await waitForPort(c);
+      children.push(c);
+      gateways.push({ c, port: await waitForPort(c) });
     }
     /**
      * Both gateways at once, the same requests, on the same core: whatever
      * else the machine does then (GC elsewhere, the client, noisy
      * neighbours) hits both alike, and the ratio of their CPU cancels it.
+     * The two processes swap roles every pair: with fixed roles, two gateways
+     * both recording off differed by ~1 % (the first one started cost more),
+     * a bias recording would have been charged with.
      */
-    const drivePair = async (n: number): Promise<Record<Mode, { cpuUs: number; rps: number }>> => {
-      const on = children.on as PinnedChild;
-      const off = children.off as PinnedChild;
+    const drivePair = async (
+      n: number,
+      on: Gateway,
+      off: Gateway,
+      record = true,
+    ): Promise<Record<Mode, { cpuUs: number; rps: number }>> => {
+      await Promise.all([ask(on.c.child, record ? "on" : "off"), ask(off.c.child, "off")]);
       const [on0, off0] = await Promise.all([
-        ask<CpuUsage>(on.child, "cpu"),
-        ask<CpuUsage>(off.child, "cpu"),
+        ask<CpuUsage>(on.c.child, "cpu"),
+        ask<CpuUsage>(off.c.child, "cpu"),
       ]);
       const timed = async (port: number): Promise<number> => {
         const t0 = process.hrtime.bigint();
         await sendAll(port, requests, n, plan.concurrency);
         return Number(process.hrtime.bigint() - t0) / 1e9;
       };
-      const [onWall, offWall] = await Promise.all([
-        timed(ports.on as number),
-        timed(ports.off as number),
-      ]);
+      const [onWall, offWall] = await Promise.all([timed(on.port), timed(off.port)]);
+      // What the pair recorded is sealed and sent on its CPU, before the roles swap: a
+      // seal left for the timer would land in this process's next, recording-off pair.
+      const sealed = await ask<{ sealed: boolean; error?: string }>(on.c.child, "seal");
+      if (!sealed.sealed) throw new Error(`gateway seal failed: ${sealed.error ?? "?"}`);
       const [on1, off1] = await Promise.all([
-        ask<CpuUsage>(on.child, "cpu"),
-        ask<CpuUsage>(off.child, "cpu"),
+        ask<CpuUsage>(on.c.child, "cpu"),
+        ask<CpuUsage>(off.c.child, "cpu"),
       ]);
-      // A way into the producer the "off" copy does not override would make it record too.
+      // A way into the producer the switch misses would make the "off" copy record too.
       if (off1.bufferedRows !== 0)
         throw new Error(`the recording-off gateway holds ${off1.bufferedRows} spend rows`);
       const us = (a: CpuUsage, b: CpuUsage): number => (b.user + b.system - a.user - a.system) / n;
@@ -111,13 +127,15 @@ export async function measureGatewayOverhead(
         off: { cpuUs: us(off0, off1), rps: n / offWall },
       };
     };
+    const [a, b] = gateways as [Gateway, Gateway];
     progress(S, `reference gateway: warm-up, ${plan.warmupRequests} requests per mode`);
-    // Every key cached, every code path optimised, before anything is timed.
-    await drivePair(plan.warmupRequests);
+    // Every key cached, every code path optimised in both roles, before anything is timed.
+    await drivePair(plan.warmupRequests, a, b);
+    await drivePair(plan.warmupRequests, b, a);
 
     progress(
       S,
-      `reference gateway: ${plan.reps} reps x ${plan.requestsPerRep} requests, recording on and off side by side`,
+      `reference gateway: ${plan.reps} reps x ${plan.requestsPerRep} requests, recording on and off side by side, roles swapped each rep`,
     );
     const off: number[] = [];
     const on: number[] = [];
@@ -125,28 +143,41 @@ export async function measureGatewayOverhead(
     const offRps: number[] = [];
     const onRps: number[] = [];
     for (let rep = 0; rep < plan.reps; rep++) {
-      const got = await drivePair(plan.requestsPerRep);
+      const got = await drivePair(
+        plan.requestsPerRep,
+        rep % 2 === 0 ? a : b,
+        rep % 2 === 0 ? b : a,
+      );
       off.push(got.off.cpuUs);
       on.push(got.on.cpuUs);
       offRps.push(got.off.rps);
       onRps.push(got.on.rps);
       added.push((100 * (got.on.cpuUs - got.off.cpuUs)) / got.off.cpuUs);
     }
+    // The harness's own resolution: the same pairs with neither gateway recording.
+    const nullPct: number[] = [];
+    for (let rep = 0; rep < plan.nullReps; rep++) {
+      const x = rep % 2 === 0 ? a : b;
+      const y = rep % 2 === 0 ? b : a;
+      const got = await drivePair(plan.requestsPerRep, x, y, false);
+      nullPct.push((100 * (got.on.cpuUs - got.off.cpuUs)) / got.off.cpuUs);
+    }
     return {
       description:
-        "POST /v1/chat/completions to the gateway app (key auth via the key cache, JSON body, pricing, mock model, JSON response) over keep-alive HTTP; 'on' records each request through the producer into Redis, 'off' skips record()",
+        "POST /v1/chat/completions to the gateway app (key auth via the key cache, JSON body, pricing, mock model, JSON response) over keep-alive HTTP; 'on' records each request through the producer into Redis (and seals what it holds at the end of the rep), 'off' skips recording; the two gateway processes swap roles every rep",
       keys: plan.keys,
       requestsPerRep: plan.requestsPerRep,
       concurrency: plan.concurrency,
-      pinnedCpu: children.on?.cpu ?? null,
+      pinnedCpu: children[0]?.cpu ?? null,
       offCpuUs: spread(off),
       onCpuUs: spread(on),
       addedPct: spread(added),
+      nullPct: spread(nullPct),
       offRps: spread(offRps),
       onRps: spread(onRps),
     };
   } finally {
-    await Promise.all(Object.values(children).map((c) => stop(c)));
+    await Promise.all(children.map((c) => stop(c)));
     await res.cleanPrefix(prefix);
     await res.dropDatabase(t);
   }

@@ -45,6 +45,8 @@ export interface GatewayPlan {
   requestsPerRep: number;
   /** On/off pairs. */
   reps: number;
+  /** Pairs with neither gateway recording (the harness's resolution). */
+  nullReps: number;
 }
 
 export interface FlushPlan {
@@ -156,7 +158,9 @@ export const FULL_PLAN: BenchPlan = {
     warmupRequests: 5_000,
     // ~10 s per rep: about one seal per rep at the default interval.
     requestsPerRep: 10_000,
-    reps: 9,
+    // Even: each process records in as many pairs as it does not.
+    reps: 10,
+    nullReps: 4,
   },
   flush: {
     sizes: [
@@ -198,6 +202,7 @@ export const SMOKE_PLAN: BenchPlan = {
     warmupRequests: 500,
     requestsPerRep: 1_000,
     reps: 1,
+    nullReps: 1,
   },
   flush: {
     sizes: [
