@@ -94,7 +94,8 @@ describe("aggregation", () => {
             }
             const n = validateSpendEvent(e, undefined, NOW);
             if (!requestPath || !agg.addIfKnown(n)) agg.add(n);
-            ledger.record(e);
+            // The validator was told NOW: the ledger must date start-less events the same.
+            ledger.record(e, NOW);
           });
           const d = agg.drain();
           entity.push(d.entity);

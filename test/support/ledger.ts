@@ -24,7 +24,8 @@ export class Ledger {
   readonly totals: Totals = new Map();
   events = 0;
 
-  record(e: SpendEvent): void {
+  /** `nowMs`: the day of an event without a startTime (what the producer was told is now). */
+  record(e: SpendEvent, nowMs = Date.now()): void {
     this.events++;
     const spend = spendOf(e);
     const t = this.totals;
@@ -45,7 +46,7 @@ export class Ledger {
         ? e.startTime.getTime()
         : typeof e.startTime === "string"
           ? Date.parse(e.startTime)
-          : (e.startTime ?? Date.now());
+          : (e.startTime ?? nowMs);
     const date = new Date(ms).toISOString().slice(0, 10);
     const ok = e.success !== false;
     const values = [
