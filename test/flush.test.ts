@@ -1,5 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, it } from "node:test";
+import { FlushWorker } from "../src/flush/flush-worker.js";
+import { silentLogger } from "../src/observe/logger.js";
+import { SpendMetrics } from "../src/observe/metrics.js";
 import { applyBatches, FencedOffError } from "../src/persist/apply-batches.js";
 import { DAILY_JOB, ENTITY_JOB } from "../src/queue/spend-queues.js";
 import { trafficGenerator } from "../src/demo/traffic.js";
@@ -8,6 +11,7 @@ import { createTestDatabase, truncateAll, type TestDatabase } from "./support/db
 import { Harness } from "./support/harness.js";
 import { Ledger } from "./support/ledger.js";
 import { cleanRedis, testConfig, uniquePrefix } from "./support/redis.js";
+import { waitFor } from "./support/wait.js";
 
 let t: TestDatabase;
 let h: Harness;
@@ -227,6 +231,48 @@ describe("flush", () => {
     assert.equal(failed.length, 1);
     assert.match(failed[0]?.failedReason ?? "", /malformed spend job: groups\.0\.0/);
     await assertTotals(ledger);
+  });
+
+  it("reports its rate after sizeable transactions only, and the worker publishes it for producers", async () => {
+    const ledger = new Ledger();
+    await produce(2_000, 8, ledger, { maxRowsPerJob: 50 });
+    const small: number[] = [];
+    await h.flusher({ maxRowsPerTransaction: 1_000_000, onRate: (r) => small.push(r) }).flushOnce();
+    assert.deepEqual(
+      small,
+      [],
+      "a transaction far below the bound measures overheads, not capacity",
+    );
+    await produce(2_000, 9, ledger, { maxRowsPerJob: 50 });
+    const rates: number[] = [];
+    const r = await h
+      .flusher({ maxRowsPerTransaction: 400, onRate: (x) => rates.push(x) })
+      .flushOnce();
+    assert.ok(r.transactions > 1);
+    assert.ok(
+      rates.length > 0 && rates.every((x) => Number.isFinite(x) && x > 0),
+      rates.join(", "),
+    );
+    await assertTotals(ledger);
+
+    // The worker service wires it to Redis, where producers read it.
+    await h.redis.del(h.keys.flushRate);
+    await produce(2_000, 10, ledger, { maxRowsPerJob: 50 });
+    const fw = await FlushWorker.start({
+      config: testConfig(prefix, t.url, { max_rows_per_transaction: 400 }),
+      db: t.db,
+      metrics: new SpendMetrics(),
+      logger: silentLogger,
+    });
+    try {
+      await waitFor(
+        "a published flush rate",
+        async () => Number(await h.redis.get(h.keys.flushRate)) > 0,
+      );
+      assert.ok((await h.redis.pttl(h.keys.flushRate)) > 0, "it expires if the worker goes quiet");
+    } finally {
+      await fw.close();
+    }
   });
 
   it("rejects a write from a lock holder whose fencing token is stale", async () => {

@@ -4,7 +4,7 @@ import { trafficGenerator } from "../src/demo/traffic.js";
 import { SpendMetrics } from "../src/observe/metrics.js";
 import { BufferFullError, CloseTimeoutError, SpendProducer } from "../src/produce/producer.js";
 import { SpendEventError } from "../src/produce/spend-event.js";
-import { createRedis } from "../src/queue/connection.js";
+import { createRedis, waitUntilReady } from "../src/queue/connection.js";
 import { redisKeys } from "../src/queue/keys.js";
 import { QueueSink } from "../src/queue/queue-sink.js";
 import { openSpendQueues } from "../src/queue/spend-queues.js";
@@ -122,6 +122,68 @@ describe("producer", () => {
     await quiet.close();
     assert.equal((await h.flusher().flushOnce()).outcome, "committed");
     assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+  });
+
+  it("back-pressure: the rows a gateway holds count, weighed against the flush rate the worker published", async () => {
+    await truncateAll(t.db);
+    const ledger = new Ledger();
+    // An age limit no job reaches here: only held rows can make it behind.
+    const p = h.producer({ backpressureBacklogAgeMs: 60_000, backlogCheckEveryMs: 50 });
+    const until = async (want: boolean, what: string): Promise<void> => {
+      const deadline = Date.now() + 5_000;
+      while (p.backlogged !== want && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
+      assert.equal(p.backlogged, want, what);
+    };
+    for (let i = 0; i < 20; i++) {
+      const e = { spend: "0.01", userId: `held-${i}`, tags: ["held"] };
+      p.record(e);
+      ledger.record(e);
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(p.backlogged, false, "no rate published: held rows alone say nothing");
+    assert.equal(await h.waitingJobs(), 0);
+    // At 0.001 rows/s the flush would need far longer than an interval (1 h) plus the
+    // limit (60 s) for these ~40 rows.
+    await h.redis.set(h.keys.flushRate, "0.001");
+    await until(true, "behind by the rows it holds");
+    // It hands them over at once, and holding nothing it is behind no more.
+    await until(false, "rows handed over");
+    assert.ok((await h.waitingJobs()) > 0, "the held rows went to the queue on turning behind");
+    await p.close();
+    await h.redis.del(h.keys.flushRate);
+    for (;;) if ((await h.flusher().flushOnce()).outcome !== "committed") break;
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+  });
+
+  it("back-pressure: held rows are summed over every gateway that reported lately", async () => {
+    const conn = createRedis(h.config.redis, "producer");
+    const sink = new QueueSink(openSpendQueues(conn, h.keys));
+    const redis = h.redis;
+    try {
+      await waitUntilReady(conn);
+      await redis.del(h.keys.heldRows);
+      assert.equal((await sink.pipelineLoad("a", 10, 400)).heldRows, 10);
+      assert.equal((await sink.pipelineLoad("b", 5, 400)).heldRows, 15);
+      assert.equal(
+        (await sink.pipelineLoad("a", 7, 400)).heldRows,
+        12,
+        "a's new count replaces its old",
+      );
+      await new Promise((r) => setTimeout(r, 500));
+      // b has not reported within 400 ms: dropped from the sum and from Redis.
+      assert.equal((await sink.pipelineLoad("a", 7, 400)).heldRows, 7);
+      assert.deepEqual(await redis.hkeys(h.keys.heldRows), ["a"]);
+      // The flush rate is each partition's published figure, or unknown.
+      await redis.del(h.keys.flushRate);
+      assert.equal((await sink.pipelineLoad("a", 7, 400)).flushRowsPerSec, null);
+      await redis.set(h.keys.flushRate, "2500");
+      assert.equal((await sink.pipelineLoad("a", 7, 400)).flushRowsPerSec, 2500);
+    } finally {
+      await redis.del(h.keys.flushRate, h.keys.heldRows);
+      await sink.close();
+      conn.disconnect();
+    }
   });
 
   it("is bounded: at the limit it refuses events that would add rows, and says so", async () => {

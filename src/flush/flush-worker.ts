@@ -83,6 +83,12 @@ export class FlushWorker {
           appliedBatchRetentionDays: config.worker.appliedBatchRetentionDays,
           fencePartition: keys.fencePartition,
           ...(deps.onStep !== undefined ? { onStep: deps.onStep } : {}),
+          // Published for producers' back-pressure; kept a minute, so a worker
+          // gone quiet stops vouching for a rate it no longer delivers.
+          onRate: (rowsPerSec) =>
+            void redis
+              .set(keys.flushRate, String(Math.round(rowsPerSec)), "PX", 60_000)
+              .catch(() => undefined),
           ...(deps.idleInTransactionTimeoutMs !== undefined
             ? { idleInTransactionTimeoutMs: deps.idleInTransactionTimeoutMs }
             : {}),

@@ -39,6 +39,13 @@ export interface FlusherOptions {
    * fault test can pause or kill the process exactly there.
    */
   onStep?: (step: FlushStep) => Promise<void> | void;
+  /**
+   * Called after a transaction of at least a quarter of
+   * maxRowsPerTransaction rows (as sealed), with the rows per second it took
+   * from taking its jobs to acking them: what this flush can do, which producers
+   * weigh their held rows against. Smaller transactions measure overheads.
+   */
+  onRate?: (rowsPerSec: number) => void;
 }
 
 /**
@@ -127,6 +134,7 @@ export class Flusher {
       await this.opts.onStep?.("locked");
       for (;;) {
         keeper.assertHeld();
+        const txStarted = performance.now();
         const taken = await this.drain.take(this.maxJobs, this.maxRows, lease.token);
         held = taken.jobs.map((t) => t.job);
         for (const p of taken.poison) {
@@ -147,6 +155,11 @@ export class Flusher {
         await this.drain.complete(held, lease.token);
         held = [];
         await this.opts.onStep?.("acked");
+
+        // In the producers' units: rows as sealed, before batches merge.
+        const rows = taken.jobs.reduce((n, t) => n + t.data.rows.length, 0);
+        if (rows >= this.maxRows / 4)
+          this.opts.onRate?.((1000 * rows) / Math.max(1, performance.now() - txStarted));
 
         report.outcome = "committed";
         report.batches += result.applied.length;

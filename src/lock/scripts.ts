@@ -3,9 +3,10 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 
 /**
- * Lua scripts live in lock/scripts/<name>-<numberOfKeys>.lua. They are run by
- * SHA (EVALSHA) and loaded on NOSCRIPT, so a changed script gets a new SHA
- * and two versions of this project sharing one Redis never run each other's.
+ * Lua scripts live in <folder>/scripts/<name>-<numberOfKeys>.lua (lock/ and
+ * queue/). They are run by SHA (EVALSHA) and loaded on NOSCRIPT, so a
+ * changed script gets a new SHA and two versions of this project sharing one
+ * Redis never run each other's.
  */
 export class LuaScript {
   readonly sha: string;
@@ -21,8 +22,9 @@ export class LuaScript {
     this.sha = createHash("sha1").update(source).digest("hex");
   }
 
-  static load(name: string): LuaScript {
-    const source = readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), "utf8");
+  /** Loads <dir>/<name>.lua; dir defaults to lock/scripts/. */
+  static load(name: string, dir = new URL("./scripts/", import.meta.url)): LuaScript {
+    const source = readFileSync(new URL(`${name}.lua`, dir), "utf8");
     return new LuaScript(name, source);
   }
 

@@ -120,7 +120,9 @@ class DailyAcc {
   successes = 0;
   over: DailyOverflow | undefined = undefined;
 
-  add(e: NormalizedEvent): void {
+  /** Adds the event; returns 1 if it is the row's first since it was last zeroed, else 0. */
+  add(e: NormalizedEvent): number {
+    const first = this.requests === 0 && this.over === undefined ? 1 : 0;
     this.spend += e.spendPico;
     this.prompt += e.promptTokens;
     this.completion += e.completionTokens;
@@ -129,6 +131,7 @@ class DailyAcc {
     this.requests += 1;
     if (e.success) this.successes += 1;
     if (this.spend >= MAX_SAFE_PICO || this.requests >= COUNT_SPILL_REQUESTS) this.spill();
+    return first;
   }
 
   touched(): boolean {
@@ -454,6 +457,10 @@ export class Aggregator {
   private dailyRowsHeld = 0;
   /** Events added since the last drain. */
   private events = 0;
+  /** Daily rows touched since the last drain (counted as they are first touched). */
+  private dailyTouched = 0;
+  /** Rows (entity + daily) per daily row in the last drain: scales the estimate. */
+  private rowsPerDailyRow = 1.5;
   private lastDay = -1;
   private lastDate = "";
   // Reused by addIfKnown so the request path allocates nothing.
@@ -462,6 +469,16 @@ export class Aggregator {
   /** Rows held in memory, pending or kept from the last interval (O(1)): the buffer bound's measure. */
   get heldRowCount(): number {
     return this.entityRowsHeld + this.dailyRowsHeld;
+  }
+
+  /**
+   * Rows the next drain will emit, estimated in O(1): the daily rows touched
+   * since the last drain (counted exactly, as they are first touched), times
+   * the last drain's rows per daily row (its entity rows are sums of daily
+   * ones, not counted on the request path). What back-pressure weighs.
+   */
+  get pendingRowEstimate(): number {
+    return Math.ceil(this.dailyTouched * this.rowsPerDailyRow);
   }
 
   /** Whether anything was added since the last drain (O(1)). */
@@ -569,13 +586,16 @@ export class Aggregator {
     this.events++;
     ctx.hits++;
     key?.add(e.spendPico);
-    owner?.add(e);
-    u?.add(e);
-    t?.add(e);
     member?.add(e.spendPico);
-    o?.add(e);
-    eu?.add(e);
-    for (let i = 0; i < tags.length; i++) (tagAccs[i] as DailyAcc).add(e);
+    // Daily rows touched for the first time since the last drain: the estimate's count.
+    let first = 0;
+    if (owner !== undefined && owner.add(e) === 1) first += ctx.ownerRows();
+    if (u !== undefined) first += u.add(e);
+    if (t !== undefined) first += t.add(e);
+    if (o !== undefined) first += o.add(e);
+    if (eu !== undefined) first += eu.add(e);
+    for (let i = 0; i < tags.length; i++) first += (tagAccs[i] as DailyAcc).add(e);
+    this.dailyTouched += first;
     return true;
   }
 
@@ -616,11 +636,13 @@ export class Aggregator {
       if (user !== "" && team !== "") this.member(user, team).parts.push(acc);
       this.dailyRowsHeld += ctx.ownerRows();
     }
-    if (ctx.isOwner(e)) (ctx.owner as DailyAcc).add(e);
-    else {
-      if (user !== "") this.daily(ctx.users, this.users, user).add(e);
+    let first = 0;
+    if (ctx.isOwner(e)) {
+      if ((ctx.owner as DailyAcc).add(e) === 1) first += ctx.ownerRows();
+    } else {
+      if (user !== "") first += this.daily(ctx.users, this.users, user).add(e);
       if (team !== "") {
-        this.daily(ctx.teams, this.teams, team).add(e);
+        first += this.daily(ctx.teams, this.teams, team).add(e);
         if (user !== "") {
           if (ctx.member === undefined || ctx.memberUser !== user || ctx.memberTeam !== team) {
             ctx.member = this.member(user, team);
@@ -630,13 +652,14 @@ export class Aggregator {
           ctx.member.add(pico);
         }
       }
-      if (org !== "") this.daily(ctx.orgs, this.orgs, org).add(e);
+      if (org !== "") first += this.daily(ctx.orgs, this.orgs, org).add(e);
     }
     const endUser = e.endUserId;
-    if (endUser !== "") this.daily(ctx.endUsers, this.endUsers, endUser).add(e);
+    if (endUser !== "") first += this.daily(ctx.endUsers, this.endUsers, endUser).add(e);
     for (let i = 0; i < tags.length; i++) {
-      this.daily(ctx.tags, this.tags, tags[i] as string).add(e);
+      first += this.daily(ctx.tags, this.tags, tags[i] as string).add(e);
     }
+    this.dailyTouched += first;
   }
 
   /**
@@ -749,6 +772,8 @@ export class Aggregator {
       if (teams.size === 0) this.members.delete(user);
     }
     this.events = 0;
+    this.dailyTouched = 0;
+    if (daily.length > 0) this.rowsPerDailyRow = (entity.length + daily.length) / daily.length;
     return { entity, daily };
   }
 

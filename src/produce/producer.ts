@@ -7,7 +7,7 @@ import type { EntityKind } from "../queue/spend-batch.js";
 import { Aggregator } from "./aggregator.js";
 import { CoarseClock } from "./coarse-clock.js";
 import { dailyIdentity, entityIdentity, partitionOf } from "./partition.js";
-import type { SealedBatch, SpendSink } from "./spend-sink.js";
+import type { PipelineLoad, SealedBatch, SpendSink } from "./spend-sink.js";
 import {
   DEFAULT_LIMITS,
   SpendEventError,
@@ -186,15 +186,44 @@ export class SpendProducer {
     return this.behind;
   }
 
+  /**
+   * Rows this producer will hand over that no queue shows yet: its estimate
+   * of the next seal, and what is sealed but not sent (O(1)).
+   */
+  private get workRows(): number {
+    return this.agg.pendingRowEstimate + this.pendingRows;
+  }
+
+  /**
+   * Behind means either of:
+   * - the oldest spend job not yet committed is older than the limit;
+   * - the rows every gateway holds would take the flush, at the rate it last
+   *   reported, longer than one seal interval plus the limit: each gateway's
+   *   next seal is already that far behind before it even reaches a queue.
+   *   Without this a fleet saw the backlog only when its seals landed, an
+   *   interval late, and then handed the flush a wave of them at once.
+   */
+  private isBehind(load: PipelineLoad, maxAgeMs: number): boolean {
+    if (load.backlogAgeMs > maxAgeMs) return true;
+    if (load.flushRowsPerSec === null) return false;
+    const secondsOfWork = load.heldRows / load.flushRowsPerSec;
+    return secondsOfWork * 1000 > this.intervalMs + this.jitterMs + maxAgeMs;
+  }
+
   private watchBacklog(maxAgeMs: number, everyMs: number): void {
-    const readAge = this.sink.backlogAgeMs?.bind(this.sink);
-    if (maxAgeMs <= 0 || readAge === undefined) return;
+    const readLoad = this.sink.pipelineLoad?.bind(this.sink);
+    if (maxAgeMs <= 0 || readLoad === undefined) return;
+    // A producer that stopped reporting drops out of the others' sums after this long.
+    const freshMs = 3 * everyMs;
     const check = async (): Promise<void> => {
       let behind: boolean;
       try {
         // A busy process answers late; a late answer is still the answer.
-        const age = await withTimeout(readAge(), 10 * everyMs);
-        behind = age > maxAgeMs;
+        const load = await withTimeout(
+          readLoad(this.producerId, this.workRows, freshMs),
+          10 * everyMs,
+        );
+        behind = this.isBehind(load, maxAgeMs);
       } catch {
         // Backlog unknown (Redis slow or away): keep the last reading rather than
         // guess either way. Sends fail and retry on their own meanwhile.

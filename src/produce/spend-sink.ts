@@ -15,6 +15,16 @@ export type SealedBatch =
   | (SealedHeader & { kind: "entity"; rows: EntityRow[] })
   | (SealedHeader & { kind: "daily"; rows: DailyRow[] });
 
+/** How far behind the spend pipeline is, as one producer sees it. */
+export interface PipelineLoad {
+  /** Age of the oldest spend job not yet committed, ms (0: none). */
+  backlogAgeMs: number;
+  /** Rows held by every producer that reported within the freshness window, this one's included. */
+  heldRows: number;
+  /** Rows per second the flush commits, summed over partitions; null until a sizeable flush said. */
+  flushRowsPerSec: number | null;
+}
+
 /**
  * Where a producer sends its batches: BullMQ on Redis (the buffer on), or
  * PostgreSQL directly (the buffer off). write() may be called again with the
@@ -25,9 +35,10 @@ export interface SpendSink {
   write(batch: SealedBatch): Promise<void>;
   close(): Promise<void>;
   /**
-   * How long the oldest batch this sink accepted has waited to be flushed,
-   * ms (0: none waits). Sinks that write straight to the database have no
-   * backlog and leave it out.
+   * How far behind the flush is: the age of the oldest batch this sink
+   * accepted and not yet flushed, the rows every producer holds (this one
+   * publishes `heldRows`, its own), and the rate the flush commits rows.
+   * Sinks that write straight to the database have no backlog and leave it out.
    */
-  backlogAgeMs?(): Promise<number>;
+  pipelineLoad?(producerId: string, heldRows: number, freshMs: number): Promise<PipelineLoad>;
 }

@@ -1,5 +1,9 @@
 import type { Queue } from "bullmq";
+import { LuaScript } from "../lock/scripts.js";
+import type { PipelineLoad } from "../produce/spend-sink.js";
 import type { SpendQueues } from "./spend-queues.js";
+
+const heldRowsScript = LuaScript.load("held-rows-1", new URL("./scripts/", import.meta.url));
 
 /**
  * When the oldest job waiting in a queue (or, with "active", also being
@@ -42,4 +46,35 @@ export async function backlogAgeMs(partitions: readonly SpendQueues[]): Promise<
   // In parallel: a producer reads this every second, and each read is a few round trips.
   const oldest = await Promise.all(queues.map((q) => oldestJobAt(q, now, ["wait", "active"])));
   return Math.max(0, now - Math.min(now, ...oldest));
+}
+
+/**
+ * The backlog age, plus the work no queue shows yet: this producer publishes
+ * the rows it holds (one script call, which also sums every producer's) and
+ * reads the flush rate each partition's worker published. All in parallel.
+ */
+export async function pipelineLoad(
+  partitions: readonly SpendQueues[],
+  producerId: string,
+  heldRows: number,
+  freshMs: number,
+): Promise<PipelineLoad> {
+  const first = partitions[0];
+  if (first === undefined) throw new Error("no partitions");
+  const [age, held, rates] = await Promise.all([
+    backlogAgeMs(partitions),
+    heldRowsScript.run(
+      first.connection,
+      [first.keys.heldRows],
+      [producerId, Math.max(0, Math.round(heldRows)), Math.round(freshMs)],
+    ),
+    Promise.all(partitions.map((p) => p.connection.get(p.keys.flushRate))),
+  ]);
+  const known = rates.map(Number).filter((r) => Number.isFinite(r) && r > 0);
+  return {
+    backlogAgeMs: age,
+    heldRows: Number(held),
+    // A partition whose rate is unknown is not counted: the estimate errs towards "behind".
+    flushRowsPerSec: known.length === 0 ? null : known.reduce((a, b) => a + b, 0),
+  };
 }

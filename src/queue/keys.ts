@@ -29,6 +29,10 @@ export interface RedisKeys {
   readonly partition: number;
   /** Records the partition count producers and workers agreed on. */
   readonly partitionCount: string;
+  /** Hash of producer id -> rows it holds and when it said so (back-pressure). */
+  readonly heldRows: string;
+  /** Rows per second this partition's last sizeable flush transaction committed. */
+  readonly flushRate: string;
 }
 
 const PREFIX = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -54,5 +58,7 @@ export function redisKeys(prefix: string, partition = 0): RedisKeys {
     fencePartition: `${prefix}:${partition}`,
     partition,
     partitionCount: `${prefix}:partitions`,
+    heldRows: `${prefix}:{spend-held}:rows`,
+    flushRate: `${prefix}:{flush${p}}:rate`,
   };
 }

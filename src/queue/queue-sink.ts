@@ -1,5 +1,5 @@
-import type { SealedBatch, SpendSink } from "../produce/spend-sink.js";
-import { backlogAgeMs } from "./backlog.js";
+import type { PipelineLoad, SealedBatch, SpendSink } from "../produce/spend-sink.js";
+import { pipelineLoad } from "./backlog.js";
 import { groupDailyRows, type DailyJobPayload } from "./spend-batch.js";
 import { DAILY_JOB, ENTITY_JOB, type SpendQueues } from "./spend-queues.js";
 
@@ -53,8 +53,8 @@ export class QueueSink implements SpendSink {
     }
   }
 
-  backlogAgeMs(): Promise<number> {
-    return backlogAgeMs(this.partitions);
+  pipelineLoad(producerId: string, heldRows: number, freshMs: number): Promise<PipelineLoad> {
+    return pipelineLoad(this.partitions, producerId, heldRows, freshMs);
   }
 
   async close(): Promise<void> {

@@ -19,6 +19,9 @@ export const SPEND_JOB_OPTIONS: JobsOptions = {
 export interface SpendQueues {
   entity: Queue<EntitySpendJob>;
   daily: Queue<DailyJobPayload>;
+  /** The names of this partition's keys, and the connection the queues use. */
+  keys: RedisKeys;
+  connection: RedisClient;
   close(): Promise<void>;
 }
 
@@ -32,6 +35,8 @@ export function openSpendQueues(connection: RedisClient, keys: RedisKeys): Spend
   return {
     entity,
     daily,
+    keys,
+    connection,
     async close() {
       await Promise.all([entity.close(), daily.close()]);
     },
