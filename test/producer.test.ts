@@ -143,8 +143,8 @@ describe("producer", () => {
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(p.backlogged, false, "no rate published: held rows alone say nothing");
     assert.equal(await h.waitingJobs(), 0);
-    // At 0.001 rows/s the flush would need far longer than an interval (1 h) plus the
-    // limit (60 s) for these ~40 rows.
+    // At 0.001 rows/s the flush would need far longer than half an interval (1 h) for
+    // these ~40 rows.
     await h.redis.set(h.keys.flushRate, "0.001");
     await until(true, "behind by the rows it holds");
     // It hands them over at once, and holding nothing it is behind no more.

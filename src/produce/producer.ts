@@ -198,8 +198,9 @@ export class SpendProducer {
    * Behind means either of:
    * - the oldest spend job not yet committed is older than the limit;
    * - the rows every gateway holds would take the flush, at the rate it last
-   *   reported, longer than one seal interval plus the limit: each gateway's
-   *   next seal is already that far behind before it even reaches a queue.
+   *   reported, longer than half a seal interval. Gateways seal on their own
+   *   timers, so at any moment they hold half an interval's rows on average:
+   *   past that, each interval brings more than the flush commits in one.
    *   Without this a fleet saw the backlog only when its seals landed, an
    *   interval late, and then handed the flush a wave of them at once.
    */
@@ -207,7 +208,7 @@ export class SpendProducer {
     if (load.backlogAgeMs > maxAgeMs) return true;
     if (load.flushRowsPerSec === null) return false;
     const secondsOfWork = load.heldRows / load.flushRowsPerSec;
-    return secondsOfWork * 1000 > this.intervalMs + this.jitterMs + maxAgeMs;
+    return secondsOfWork * 1000 > (this.intervalMs + this.jitterMs) / 2;
   }
 
   private watchBacklog(maxAgeMs: number, everyMs: number): void {
