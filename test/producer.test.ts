@@ -15,6 +15,14 @@ import { Ledger } from "./support/ledger.js";
 import { cleanRedis, testConfig, uniquePrefix } from "./support/redis.js";
 import { TestRedisServer, testPort } from "./support/redis-server.js";
 
+/** Waits up to 5 s for a producer's back-pressure state to become `want`. */
+async function backlogged(p: SpendProducer, want: boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  while (p.backlogged !== want && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 20));
+  assert.equal(p.backlogged, want, what);
+}
+
 describe("producer", () => {
   let t: TestDatabase;
   let h: Harness;
@@ -93,12 +101,7 @@ describe("producer", () => {
     const ledger = new Ledger();
     const quiet = h.producer();
     const p = h.producer({ backpressureBacklogAgeMs: 300, backlogCheckEveryMs: 50 });
-    const until = async (want: boolean, what: string): Promise<void> => {
-      const deadline = Date.now() + 5_000;
-      while (p.backlogged !== want && Date.now() < deadline)
-        await new Promise((r) => setTimeout(r, 20));
-      assert.equal(p.backlogged, want, what);
-    };
+    const until = (want: boolean, what: string): Promise<void> => backlogged(p, want, what);
     const e = { spend: "0.25", userId: "bp-user", tags: ["bp"] };
     p.record(e);
     ledger.record(e);
@@ -129,12 +132,7 @@ describe("producer", () => {
     const ledger = new Ledger();
     // An age limit no job reaches here: only held rows can make it behind.
     const p = h.producer({ backpressureBacklogAgeMs: 60_000, backlogCheckEveryMs: 50 });
-    const until = async (want: boolean, what: string): Promise<void> => {
-      const deadline = Date.now() + 5_000;
-      while (p.backlogged !== want && Date.now() < deadline)
-        await new Promise((r) => setTimeout(r, 20));
-      assert.equal(p.backlogged, want, what);
-    };
+    const until = (want: boolean, what: string): Promise<void> => backlogged(p, want, what);
     for (let i = 0; i < 20; i++) {
       const e = { spend: "0.01", userId: `held-${i}`, tags: ["held"] };
       p.record(e);
