@@ -1,5 +1,5 @@
 import type { Queue } from "bullmq";
-import { LuaScript } from "../lock/scripts.js";
+import { LuaScript } from "./lua.js";
 import type { PipelineLoad } from "../produce/spend-sink.js";
 import type { SpendQueues } from "./spend-queues.js";
 
