@@ -123,8 +123,10 @@ export class SpendDrain {
 // Each getNextJob is one round trip; a few dozen in flight keep it fast without flooding Redis.
 const PARALLEL = 32;
 
-/** Rows a job says it carries (a malformed job counts as none; it is set aside anyway). */
-/** A job's row count before validation (either format); what is not an array counts 0. */
+/**
+ * Rows a job says it carries, in either format, before validation (a malformed
+ * job counts as none; it is set aside anyway).
+ */
 function rowsOf(job: Job): number {
   const data = job.data as { rows?: unknown; groups?: unknown } | null;
   if (Array.isArray(data?.rows)) return data.rows.length;
