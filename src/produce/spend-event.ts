@@ -152,23 +152,46 @@ function hasControl(s: string): boolean {
 // Ids that turn into prototype accessors if any consumer ever indexes a plain object by them.
 const RESERVED_IDS = new Set(["__proto__", "constructor", "prototype"]);
 
+/**
+ * Which field an id is: its name, or the index of a tag. A tag's name is
+ * built only for an error: formatting it for every tag of every event cost
+ * an allocation each.
+ */
+type IdField = string | number;
+
+function fieldName(field: IdField): string {
+  return typeof field === "number" ? `tags[${field}]` : field;
+}
+
 /** Type and length of one id: constant time. Its content is checked by checkIdContent. */
-function checkId(value: unknown, field: string, limits: ValidationLimits): string {
+function checkId(value: unknown, field: IdField, limits: ValidationLimits): string {
   if (value === undefined || value === null) return "";
   if (typeof value !== "string")
-    throw new SpendEventError("invalid_id", field, `must be a string, got ${typeof value}`);
+    throw new SpendEventError(
+      "invalid_id",
+      fieldName(field),
+      `must be a string, got ${typeof value}`,
+    );
   if (value.length > limits.maxIdLength) {
-    throw new SpendEventError("invalid_id", field, `longer than ${limits.maxIdLength} characters`);
+    throw new SpendEventError(
+      "invalid_id",
+      fieldName(field),
+      `longer than ${limits.maxIdLength} characters`,
+    );
   }
   return value;
 }
 
-function checkIdContent(value: string, field: string): void {
+function checkIdContent(value: string, field: IdField): void {
   if (hasControl(value))
-    throw new SpendEventError("invalid_id", field, "contains control characters");
+    throw new SpendEventError("invalid_id", fieldName(field), "contains control characters");
   // Only the reserved names are this short-circuit's length; skip the Set lookup otherwise.
   if ((value.length === 9 || value.length === 11) && RESERVED_IDS.has(value))
-    throw new SpendEventError("invalid_id", field, `reserved id ${JSON.stringify(value)}`);
+    throw new SpendEventError(
+      "invalid_id",
+      fieldName(field),
+      `reserved id ${JSON.stringify(value)}`,
+    );
 }
 
 function checkTokens(value: unknown, field: string, limits: ValidationLimits): number {
@@ -261,6 +284,20 @@ export function validateSpendEvent(
   const e = normalizeSpendEvent(input, limits, nowMs);
   checkIdsContent(e);
   return e;
+}
+
+/**
+ * What recordServed checks before it returns: that the event is an object
+ * and its spend valid. A served request's cost past max_spend_usd_per_event
+ * is the one failure a gateway can still answer for; its other fields come
+ * from checks made before the model ran, and are checked again with the
+ * producer's next batch.
+ */
+export function checkEventSpend(input: unknown, limits: ValidationLimits): void {
+  if (typeof input !== "object" || input === null || Array.isArray(input)) {
+    throw new SpendEventError("not_object", "event", "must be an object");
+  }
+  checkSpend((input as Record<string, unknown>).spend, limits);
 }
 
 /**
@@ -373,7 +410,7 @@ export function checkIdsContent(e: NormalizedEvent): void {
   if (e.teamId !== "") checkIdContent(e.teamId, "teamId");
   if (e.organizationId !== "") checkIdContent(e.organizationId, "organizationId");
   if (e.endUserId !== "") checkIdContent(e.endUserId, "endUserId");
-  for (let i = 0; i < e.tags.length; i++) checkIdContent(e.tags[i] as string, `tags[${i}]`);
+  for (let i = 0; i < e.tags.length; i++) checkIdContent(e.tags[i] as string, i);
   if (e.model !== "") checkIdContent(e.model, "model");
   if (e.modelGroup !== "") checkIdContent(e.modelGroup, "modelGroup");
   if (e.provider !== "") checkIdContent(e.provider, "provider");
@@ -397,9 +434,9 @@ function checkTags(raw: unknown, limits: ValidationLimits): readonly string[] {
   if (raw.length === 0) return EMPTY_TAGS;
   let duplicate = false;
   for (let i = 0; i < raw.length; i++) {
-    const t = checkId(raw[i], `tags[${i}]`, limits);
+    const t = checkId(raw[i], i, limits);
     if (t === "")
-      throw new SpendEventError("invalid_tags", `tags[${i}]`, "must be a non-empty string");
+      throw new SpendEventError("invalid_tags", fieldName(i), "must be a non-empty string");
     if (raw.length <= TAG_PAIRWISE_LIMIT)
       for (let j = 0; j < i; j++) if (raw[j] === t) duplicate = true;
   }
