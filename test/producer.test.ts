@@ -184,6 +184,74 @@ describe("producer", () => {
     }
   });
 
+  it("recordServed checks the spend at once and the rest with its batch: invalid events are counted, the others delivered exactly", async () => {
+    await truncateAll(t.db);
+    const metrics = new SpendMetrics();
+    const p = h.producer({ metrics });
+    const ledger = new Ledger();
+    const gen = trafficGenerator(29);
+    // More than one batch, with invalid events among them that only the batch can see.
+    for (let i = 0; i < 700; i++) {
+      if (i % 100 === 7) {
+        // Not thrown: the request was served, its spend is refused when its batch runs.
+        p.recordServed({ spend: 1, userId: "served-ok", endUserId: "bad\u0000id" });
+        p.recordServed({ spend: 1, userId: 42 as unknown as string });
+        continue;
+      }
+      const e = gen();
+      p.recordServed(e);
+      ledger.record(e);
+    }
+    // A cost past the limit is what a gateway can still answer for: thrown before it returns.
+    assert.throws(
+      () => p.recordServed({ spend: 5_000, userId: "served-ok" }),
+      (e: unknown) => e instanceof SpendEventError && e.reason === "invalid_spend",
+    );
+    await p.close();
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+    const text = await metrics.registry.getSingleMetricAsString("spend_events_rejected_total");
+    assert.match(text, /reason="invalid_id"\} 14/);
+    assert.match(text, /reason="invalid_spend"\} 1/);
+  });
+
+  it("recordServed keeps what it was given: the caller may reuse its event and tags array", async () => {
+    const p = h.producer();
+    const tags = ["reused-tag-a"];
+    const e = { spend: "0.5", userId: "reused-user-a", tags };
+    p.recordServed(e);
+    e.spend = "0.25";
+    e.userId = "reused-user-b";
+    tags[0] = "reused-tag-b";
+    p.recordServed(e);
+    await p.close();
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    const user = async (id: string): Promise<string | undefined> =>
+      (await t.db.userTable.findUnique({ where: { userId: id } }))?.spend.toString();
+    const tag = async (id: string): Promise<string | undefined> =>
+      (await t.db.tagTable.findUnique({ where: { tagName: id } }))?.spend.toString();
+    assert.equal(await user("reused-user-a"), "0.5");
+    assert.equal(await user("reused-user-b"), "0.25");
+    assert.equal(await tag("reused-tag-a"), "0.5");
+    assert.equal(await tag("reused-tag-b"), "0.25");
+  });
+
+  it("full counts served events still queued for their batch by the rows they add", async () => {
+    const p = h.producer({ maxBufferedRows: 40 });
+    // Each adds two rows (the user's entity row and its daily row).
+    const serve = (from: number, to: number): void => {
+      for (let i = from; i < to; i++) p.recordServed({ spend: 0.01, userId: `full-served-${i}` });
+    };
+    serve(0, 9);
+    // 18 rows: their bound while queued (10 rows each) would already say full.
+    assert.equal(p.full, false, "nine events hold 18 of 40 rows");
+    serve(9, 20);
+    // 40 rows: full, though no batch of them has run yet.
+    assert.equal(p.full, true, "twenty events hold 40 of 40 rows");
+    await p.close();
+    await h.flusher().flushOnce();
+  });
+
   it("is bounded: at the limit it refuses events that would add rows, and says so", async () => {
     const metrics = new SpendMetrics();
     // Point it at a Redis that does not answer, so nothing can leave.

@@ -417,6 +417,15 @@ function sumColumns(a: DailyAcc, b: DailyAcc): DailyColumns {
   ];
 }
 
+/**
+ * The most rows one event with `tags` tags can add: an entity row for its
+ * key, user, team, membership, org, end user and each tag, and a daily row
+ * for its user, team, org, end user and each tag.
+ */
+export function rowBound(tags: number): number {
+  return 10 + 2 * tags;
+}
+
 type ContextDims = Pick<
   NormalizedEvent,
   "model" | "modelGroup" | "provider" | "endpoint" | "mcpToolName"

@@ -4,19 +4,25 @@ import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
 import type { EntityKind } from "../queue/spend-batch.js";
-import { Aggregator } from "./aggregator.js";
+import { Aggregator, rowBound } from "./aggregator.js";
 import { CoarseClock } from "./coarse-clock.js";
 import { dailyIdentity, entityIdentity, partitionOf } from "./partition.js";
 import type { PipelineLoad, SealedBatch, SpendSink } from "./spend-sink.js";
 import {
   DEFAULT_LIMITS,
   SpendEventError,
+  checkEventSpend,
   checkIdsContent,
   normalizeSpendEvent,
   type NormalizedEvent,
   type SpendEvent,
   type ValidationLimits,
 } from "./spend-event.js";
+
+// Served events validated and aggregated together (see recordServed): enough
+// for the caches to stay warm across a batch, few enough that the memory
+// bound's estimate of what they add (rowBound each) stays close.
+const SERVED_BATCH = 256;
 
 export interface ProducerOptions {
   /** Where sealed batches go: QueueSink (Redis buffer) or DirectSink (PostgreSQL). */
@@ -136,6 +142,11 @@ export class SpendProducer {
   private readonly agg = new Aggregator();
   private readonly clock = new CoarseClock();
   private pending: SealedBatch[] = [];
+  /** recordServed()'s events not validated and aggregated yet, and the time each was taken. */
+  private servedEvents: SpendEvent[] = [];
+  private servedAt: number[] = [];
+  /** The most rows the queued served events can add. */
+  private servedRowBound = 0;
   private pendingRows = 0;
   private seq = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -161,6 +172,7 @@ export class SpendProducer {
     this.producerId = opts.producerId ?? randomUUID();
     this.partitions = opts.partitions ?? 1;
     this.unwatch = this.metrics.watchBuffer(() => {
+      this.settleServed();
       const rows = this.agg.pendingRowCounts();
       return {
         entityRows: rows.entity + this.pendingRowsOf("entity"),
@@ -191,6 +203,7 @@ export class SpendProducer {
    * of the next seal, and what is sealed but not sent (O(1)).
    */
   private get workRows(): number {
+    this.settleServed();
     return this.agg.pendingRowEstimate + this.pendingRows;
   }
 
@@ -257,7 +270,7 @@ export class SpendProducer {
    * BufferFullError (bound reached); either way nothing else is affected.
    */
   record(event: SpendEvent): void {
-    this.take(event, true);
+    this.take(event);
   }
 
   /**
@@ -266,25 +279,93 @@ export class SpendProducer {
    * once the model has answered.
    */
   get full(): boolean {
+    if (this.heldRows < this.maxRows) return false;
+    // Near the bound the queued served events count for what they add, not their bound.
+    this.settleServed();
     return this.heldRows >= this.maxRows;
   }
 
-  /** Rows held, not only pending: rows kept from the last interval are memory too. */
+  /**
+   * Rows held, not only pending: rows kept from the last interval are memory
+   * too. An upper bound while served events are queued (the most rows they
+   * can add); exact after settleServed().
+   */
   private get heldRows(): number {
-    return this.agg.heldRowCount + this.pendingRows;
+    return this.agg.heldRowCount + this.pendingRows + this.servedRowBound;
   }
 
   /**
    * record() for a request already served: its cost is incurred, so it is
-   * never refused for the memory bound (only for invalid input). The bound
-   * is then passed by at most the rows of the requests in flight when `full`
-   * turned true: admission (`full`, `backlogged`) is where to refuse.
+   * never refused for the memory bound. The bound is then passed by at most
+   * the rows of the requests in flight when `full` turned true: admission
+   * (`full`, `backlogged`) is where to refuse.
+   *
+   * It checks the spend before it returns (SpendEventError: the gateway can
+   * still answer for a cost past the limit) and queues a copy of the event;
+   * the rest of the validation and the aggregation run a batch of
+   * SERVED_BATCH at a time. In a gateway, each request's other work evicts
+   * the producer's code and data from the CPU caches between two records:
+   * validated and added alone, an event cost 11-13 µs on the reference
+   * gateway (bench section 1, AMD EPYC VM), in batches 3-5 µs, plus ~1.5 µs
+   * for the spend check and the copy made before returning. An event the batch
+   * finds invalid is counted in spend_events_rejected_total and
+   * logged, not thrown: the request was served, there is nobody to throw to.
+   * Its date is taken now, not when its batch runs.
    */
   recordServed(event: SpendEvent): void {
-    this.take(event, false);
+    if (this.closed) throw new Error("producer is closed");
+    try {
+      checkEventSpend(event, this.limits);
+    } catch (err) {
+      this.countRejection(err);
+      throw err;
+    }
+    // The caller may reuse its event object and tags array once this returns.
+    const copy = { ...event };
+    const tags: unknown = copy.tags;
+    const tagCount = Array.isArray(tags) ? tags.length : 0;
+    if (Array.isArray(tags)) copy.tags = tags.slice() as string[];
+    this.servedEvents.push(copy);
+    this.servedAt.push(this.clock.read());
+    // Tags past the limit are refused by the batch; until then they bound the rows.
+    this.servedRowBound += rowBound(tagCount);
+    if (this.servedEvents.length >= SERVED_BATCH) this.settleServed();
   }
 
-  private take(event: SpendEvent, bounded: boolean): void {
+  /** Validates and aggregates the queued served events (before anything reads the aggregate). */
+  private settleServed(): void {
+    const events = this.servedEvents;
+    if (events.length === 0) return;
+    const at = this.servedAt;
+    // Swapped out first: a throw part way (a bug) must not add any event twice.
+    this.servedEvents = [];
+    this.servedAt = [];
+    this.servedRowBound = 0;
+    let addedRows = false;
+    for (let i = 0; i < events.length; i++) {
+      let e: NormalizedEvent;
+      try {
+        e = normalizeSpendEvent(events[i], this.limits, at[i] as number);
+        if (!this.agg.addIfKnown(e)) {
+          checkIdsContent(e);
+          this.agg.add(e);
+          addedRows = true;
+        }
+      } catch (err) {
+        if (!(err instanceof SpendEventError)) throw err;
+        this.countRejection(err);
+        this.log.error(
+          { reason: err.reason, field: err.field, detail: err.message },
+          "served request's spend refused by validation: not recorded",
+        );
+        continue;
+      }
+      this.recorded++;
+    }
+    if (addedRows) this.sealEarlyIfHalfFull();
+  }
+
+  private take(event: SpendEvent): void {
     if (this.closed) throw new Error("producer is closed");
     const e = this.normalize(event);
     // The common case: every row exists, so every id has been checked before.
@@ -293,8 +374,8 @@ export class SpendProducer {
       return;
     }
     this.checkContent(e);
-    const rows = this.heldRows;
-    if (bounded && rows >= this.maxRows) {
+    if (this.heldRows >= this.maxRows) this.settleServed();
+    if (this.heldRows >= this.maxRows) {
       this.metrics.eventsRejected.inc({ reason: "buffer_full" });
       if (this.fullSince === 0) {
         this.fullSince = Date.now();
@@ -307,10 +388,21 @@ export class SpendProducer {
     }
     this.agg.add(e);
     this.recorded++;
-    // Half full: send now rather than wait for the timer, so bursts rarely meet
-    // the bound. Not while the sink is failing: the timer's backoff retries
-    // then, and sealing on every event would shred the buffer into tiny batches.
-    if (rows >= this.maxRows / 2 && this.sending === undefined && this.consecutiveFailures === 0) {
+    this.sealEarlyIfHalfFull();
+  }
+
+  /**
+   * After rows were added. Half full: send now rather than wait for the
+   * timer, so bursts rarely meet the bound. Not while the sink is failing:
+   * the timer's backoff retries then, and sealing on every event would shred
+   * the buffer into tiny batches.
+   */
+  private sealEarlyIfHalfFull(): void {
+    if (
+      this.heldRows >= this.maxRows / 2 &&
+      this.sending === undefined &&
+      this.consecutiveFailures === 0
+    ) {
       void this.flush().catch(() => undefined);
     }
   }
@@ -339,6 +431,7 @@ export class SpendProducer {
 
   /** Distinct rows with undelivered spend: aggregated, or sealed but not sent (O(rows held)). */
   get bufferedRows(): number {
+    this.settleServed();
     const rows = this.agg.pendingRowCounts();
     return rows.entity + rows.daily + this.pendingRows;
   }
@@ -377,6 +470,7 @@ export class SpendProducer {
     batches: Map<string, bigint>;
     sealedLater: (batchId: string) => boolean;
   } {
+    this.settleServed();
     const seq = this.seq;
     const prefix = `${this.producerId}.`;
     const sealedLater = (batchId: string): boolean =>
@@ -441,6 +535,7 @@ export class SpendProducer {
   }
 
   private seal(): void {
+    this.settleServed();
     if (!this.agg.hasPending) return;
     const { entity, daily } = this.agg.drain();
     const sealedAt = Date.now();
