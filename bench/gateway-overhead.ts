@@ -3,8 +3,9 @@
  * gateway app (bench/gateway-child.ts) with recording on and off, the same
  * requests driven over HTTP from this process. Each child measures its own
  * CPU (process.cpuUsage), so the client's work is not counted; both run side by
- * side on one core, swapping roles each rep, and each rep's pair gives one
- * ratio. A few pairs with neither recording give the harness's resolution.
+ * side on one core, swapping roles each rep. Each rep gives one ratio, and
+ * each two reps (each process recording in one) one figure: their mean. A few
+ * reps with neither recording give the harness's resolution.
  */
 import http from "node:http";
 import type { TrafficShape } from "../src/demo/traffic.js";
@@ -25,10 +26,19 @@ export interface GatewayOverheadResult {
   /** Gateway CPU per request, microseconds. */
   offCpuUs: Spread;
   onCpuUs: Spread;
-  /** CPU per request added by recording, percent of "off", one value per rep pair. */
+  /**
+   * CPU per request added by recording, percent of "off": one value per two
+   * consecutive reps (the mean of their ratios), in which each process
+   * recorded once. A fixed difference between the two processes cancels in
+   * it; in a single rep's ratio it counts for or against recording.
+   */
   addedPct: Spread;
-  /** The same with neither gateway recording: how far apart two equal gateways measure. */
+  /** Each rep's own ratio, recording process alternating. */
+  addedPctByRep: Spread;
+  /** addedPct with neither gateway recording: the harness's resolution (~0 if it is sound). */
   nullPct: Spread;
+  /** Each null rep's own ratio: half their difference is what the two processes differ by. */
+  nullPctByRep: Spread;
   /** Requests per second the client saw (wall). */
   offRps: Spread;
   onRps: Spread;
@@ -162,6 +172,13 @@ export async function measureGatewayOverhead(
       const got = await drivePair(plan.requestsPerRep, x, y, false);
       nullPct.push((100 * (got.on.cpuUs - got.off.cpuUs)) / got.off.cpuUs);
     }
+    // Reps 2k and 2k+1 swapped roles: their mean cancels what process a costs more than b.
+    const balanced = (byRep: number[]): number[] => {
+      const out: number[] = [];
+      for (let k = 0; k + 1 < byRep.length; k += 2)
+        out.push(((byRep[k] as number) + (byRep[k + 1] as number)) / 2);
+      return out;
+    };
     return {
       description:
         "POST /v1/chat/completions to the gateway app (key auth via the key cache, JSON body, pricing, mock model, JSON response) over keep-alive HTTP; 'on' records each request through the producer into Redis (and seals what it holds at the end of the rep), 'off' skips recording; the two gateway processes swap roles every rep",
@@ -171,8 +188,10 @@ export async function measureGatewayOverhead(
       pinnedCpu: children[0]?.cpu ?? null,
       offCpuUs: spread(off),
       onCpuUs: spread(on),
-      addedPct: spread(added),
-      nullPct: spread(nullPct),
+      addedPct: spread(balanced(added)),
+      addedPctByRep: spread(added),
+      nullPct: spread(balanced(nullPct)),
+      nullPctByRep: spread(nullPct),
       offRps: spread(offRps),
       onRps: spread(onRps),
     };

@@ -159,7 +159,7 @@ export const FULL_PLAN: BenchPlan = {
     // ~10 s per rep: about one seal per rep at the default interval.
     requestsPerRep: 10_000,
     // Even: each process records in as many pairs as it does not.
-    reps: 10,
+    reps: 12,
     nullReps: 4,
   },
   flush: {
@@ -201,8 +201,9 @@ export const SMOKE_PLAN: BenchPlan = {
     concurrency: 8,
     warmupRequests: 500,
     requestsPerRep: 1_000,
-    reps: 1,
-    nullReps: 1,
+    // Two of each: one figure from a pair of reps with roles swapped.
+    reps: 2,
+    nullReps: 2,
   },
   flush: {
     sizes: [

@@ -94,7 +94,7 @@ export function markdown(r: BenchResults): string {
     L.push("");
     L.push(
       `${gw.description}. ${gw.keys} virtual keys, ${gw.concurrency} requests in flight, ${gw.requestsPerRep} requests per rep; ` +
-        `CPU is the gateway process's own (process.cpuUsage)${gw.pinnedCpu === null ? "" : `, pinned to CPU ${gw.pinnedCpu}`}; both gateways run side by side on that core with the same requests, swapping roles each rep, and each rep's pair gives one ratio. ` +
+        `CPU is the gateway process's own (process.cpuUsage)${gw.pinnedCpu === null ? "" : `, pinned to CPU ${gw.pinnedCpu}`}; both gateways run side by side on that core with the same requests, swapping roles each rep. Each rep gives a ratio; each two consecutive reps, in which each process recorded once, give one figure, the mean of their ratios, which cancels a fixed difference between the two processes (half the difference of the null reps below). ` +
         `The recording one seals and sends what it holds at the end of its rep (on its CPU), more often than a busy gateway's 10 s timer would.`,
     );
     L.push("");
@@ -102,8 +102,11 @@ export function markdown(r: BenchResults): string {
     L.push("|---|---|---|");
     L.push(`| off | ${sp(gw.offCpuUs)} | ${sp(gw.offRps)} |`);
     L.push(`| on | ${sp(gw.onCpuUs)} | ${sp(gw.onRps)} |`);
-    L.push(`| **added by recording** | **${sp(gw.addedPct, 1, 2)} %** | |`);
-    L.push(`| neither recording (the harness's resolution) | ${sp(gw.nullPct, 1, 2)} % | |`);
+    L.push(`| **added by recording** (per two reps) | **${sp(gw.addedPct, 1, 2)} %** | |`);
+    L.push(`| added by recording, each rep | ${sp(gw.addedPctByRep, 1, 2)} % | |`);
+    L.push(
+      `| neither recording (the harness's resolution), per two reps / each rep | ${sp(gw.nullPct, 1, 2)} % / ${sp(gw.nullPctByRep, 1, 2)} % | |`,
+    );
     L.push("");
   }
 
