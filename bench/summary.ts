@@ -184,7 +184,7 @@ export function evaluateBars(
   }
   if (gateway !== undefined) {
     bars.push({
-      name: "recording's added CPU per request of the reference gateway (median of on/off pairs)",
+      name: "recording's added CPU per request of the reference gateway (median over pairs of reps, each process recording in one)",
       bar: "< 2 %",
       value: `${fmt(gateway.addedPct.median, 2)} % (${fmt(gateway.offCpuUs.median, 0)} → ${fmt(gateway.onCpuUs.median, 0)} µs)`,
       pass: gateway.addedPct.median < 2,
