@@ -172,8 +172,7 @@ export class SpendProducer {
     this.producerId = opts.producerId ?? randomUUID();
     this.partitions = opts.partitions ?? 1;
     this.unwatch = this.metrics.watchBuffer(() => {
-      this.settleServed();
-      const rows = this.agg.pendingRowCounts();
+      const rows = this.aggregate().pendingRowCounts();
       return {
         entityRows: rows.entity + this.pendingRowsOf("entity"),
         dailyRows: rows.daily + this.pendingRowsOf("daily"),
@@ -203,8 +202,7 @@ export class SpendProducer {
    * of the next seal, and what is sealed but not sent (O(1)).
    */
   private get workRows(): number {
-    this.settleServed();
-    return this.agg.pendingRowEstimate + this.pendingRows;
+    return this.aggregate().pendingRowEstimate + this.pendingRows;
   }
 
   /**
@@ -323,8 +321,11 @@ export class SpendProducer {
     // The caller may reuse its event object and tags array once this returns.
     const copy = { ...event };
     const tags: unknown = copy.tags;
-    const tagCount = Array.isArray(tags) ? tags.length : 0;
-    if (Array.isArray(tags)) copy.tags = tags.slice() as string[];
+    let tagCount = 0;
+    if (Array.isArray(tags)) {
+      copy.tags = tags.slice() as string[];
+      tagCount = tags.length;
+    }
     this.servedEvents.push(copy);
     this.servedAt.push(this.clock.read());
     // Tags past the limit are refused by the batch; until then they bound the rows.
@@ -332,7 +333,16 @@ export class SpendProducer {
     if (this.servedEvents.length >= SERVED_BATCH) this.settleServed();
   }
 
-  /** Validates and aggregates the queued served events (before anything reads the aggregate). */
+  /**
+   * The aggregate with every queued served event in it: what anything that
+   * reads it goes through (adding to it needs no such care).
+   */
+  private aggregate(): Aggregator {
+    this.settleServed();
+    return this.agg;
+  }
+
+  /** Validates and aggregates the queued served events. */
   private settleServed(): void {
     const events = this.servedEvents;
     if (events.length === 0) return;
@@ -431,8 +441,7 @@ export class SpendProducer {
 
   /** Distinct rows with undelivered spend: aggregated, or sealed but not sent (O(rows held)). */
   get bufferedRows(): number {
-    this.settleServed();
-    const rows = this.agg.pendingRowCounts();
+    const rows = this.aggregate().pendingRowCounts();
     return rows.entity + rows.daily + this.pendingRows;
   }
 
@@ -470,7 +479,7 @@ export class SpendProducer {
     batches: Map<string, bigint>;
     sealedLater: (batchId: string) => boolean;
   } {
-    this.settleServed();
+    const bufferedPico = this.aggregate().entitySpendFor(kind, id, id2);
     const seq = this.seq;
     const prefix = `${this.producerId}.`;
     const sealedLater = (batchId: string): boolean =>
@@ -483,7 +492,7 @@ export class SpendProducer {
         if (k === kind && i === id && (id2 === undefined || i2 === id2)) sum += BigInt(pico);
       if (sum > 0n) batches.set(b.batchId, sum);
     }
-    return { bufferedPico: this.agg.entitySpendFor(kind, id, id2), batches, sealedLater };
+    return { bufferedPico, batches, sealedLater };
   }
 
   /**
@@ -535,9 +544,9 @@ export class SpendProducer {
   }
 
   private seal(): void {
-    this.settleServed();
-    if (!this.agg.hasPending) return;
-    const { entity, daily } = this.agg.drain();
+    const agg = this.aggregate();
+    if (!agg.hasPending) return;
+    const { entity, daily } = agg.drain();
     const sealedAt = Date.now();
     const header = { producerId: this.producerId, sealedAt, partitions: this.partitions };
     for (const [partition, rows] of this.jobsOf(entity, entityIdentity))

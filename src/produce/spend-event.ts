@@ -294,10 +294,14 @@ export function validateSpendEvent(
  * producer's next batch.
  */
 export function checkEventSpend(input: unknown, limits: ValidationLimits): void {
+  checkSpend(asEventObject(input).spend, limits);
+}
+
+function asEventObject(input: unknown): Record<string, unknown> {
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
     throw new SpendEventError("not_object", "event", "must be an object");
   }
-  checkSpend((input as Record<string, unknown>).spend, limits);
+  return input as Record<string, unknown>;
 }
 
 /**
@@ -311,10 +315,7 @@ export function normalizeSpendEvent(
   limits: ValidationLimits,
   nowMs: number,
 ): NormalizedEvent {
-  if (typeof input !== "object" || input === null || Array.isArray(input)) {
-    throw new SpendEventError("not_object", "event", "must be an object");
-  }
-  const e = input as Record<string, unknown>;
+  const e = asEventObject(input);
   const rawTags = e.tags;
   const success = e.success;
   // Every known field is read once; if the object has more own keys than the
