@@ -10,7 +10,6 @@
  * "seal" once what it holds is sealed and sent.
  */
 import type { AddressInfo } from "node:net";
-import { buildConfig } from "../src/config/config.js";
 import { createGatewayApp } from "../src/gateway/app.js";
 import { KeyCache } from "../src/gateway/virtual-keys.js";
 import { silentLogger } from "../src/observe/logger.js";
@@ -20,8 +19,7 @@ import { openPartitionQueues, connectRedis } from "../src/queue/connection.js";
 import { QueueSink } from "../src/queue/queue-sink.js";
 import { producerSettings, SpendProducer } from "../src/produce/producer.js";
 import type { SpendEvent } from "../src/produce/spend-event.js";
-import { TEST_REDIS_URL } from "../test/support/redis.js";
-import { GATEWAY_MODEL, GATEWAY_PRICE } from "./gateway-traffic.js";
+import { gatewayConfig } from "./gateway-traffic.js";
 
 class SwitchedProducer extends SpendProducer {
   recording = true;
@@ -36,18 +34,7 @@ class SwitchedProducer extends SpendProducer {
 }
 
 const recording = process.env.RECORDING === "on";
-const config = buildConfig(
-  {
-    // The producer's defaults (10 s seal interval + jitter): what a gateway runs.
-    general_settings: { use_redis_transaction_buffer: true },
-    litellm_settings: { cache: true, cache_params: { type: "redis" } },
-    spend_buffer_settings: {
-      key_prefix: process.env.PREFIX ?? "",
-      model_prices: { [GATEWAY_MODEL]: GATEWAY_PRICE },
-    },
-  },
-  { REDIS_URL: TEST_REDIS_URL, DATABASE_URL: process.env.DATABASE_URL ?? "" },
-);
+const config = gatewayConfig(process.env.PREFIX ?? "", process.env.DATABASE_URL ?? "");
 const db = createDb(config.databaseUrl, { max: 2 });
 const redis = connectRedis(config.redis, "producer");
 const metrics = new SpendMetrics();

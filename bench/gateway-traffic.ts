@@ -4,7 +4,9 @@
  * that each belong to a user, team and org, with an end user and two tags
  * drawn from the benchmark's Zipf-like spread.
  */
+import { buildConfig, type AppConfig } from "../src/config/config.js";
 import { rng, skewed, type TrafficShape } from "../src/demo/traffic.js";
+import { TEST_REDIS_URL } from "../test/support/redis.js";
 
 /** A model the mock answers, priced like gpt-4o. */
 export const GATEWAY_MODEL = "mock-gpt-4o";
@@ -41,4 +43,28 @@ export function gatewayRequests(
     out.push({ authorization: `Bearer ${key}`, body: Buffer.from(JSON.stringify(body)) });
   }
   return out;
+}
+
+/**
+ * The reference gateway's configuration: the producer's defaults (10 s seal
+ * interval + up to 5 s jitter), what a gateway runs. The parent reads its seal
+ * interval from here too, to size a rep.
+ */
+export function gatewayConfig(keyPrefix: string, databaseUrl: string): AppConfig {
+  return buildConfig(
+    {
+      general_settings: { use_redis_transaction_buffer: true },
+      litellm_settings: { cache: true, cache_params: { type: "redis" } },
+      spend_buffer_settings: {
+        key_prefix: keyPrefix,
+        model_prices: { [GATEWAY_MODEL]: GATEWAY_PRICE },
+      },
+    },
+    { REDIS_URL: TEST_REDIS_URL, DATABASE_URL: databaseUrl },
+  );
+}
+
+/** Mean time between a gateway's seals: the interval plus half the jitter. */
+export function meanSealIntervalMs(config: AppConfig): number {
+  return config.producer.flushIntervalMs + config.producer.flushJitterMs / 2;
 }

@@ -42,7 +42,14 @@ export interface GatewayPlan {
   /** Requests in flight at once, on keep-alive connections. */
   concurrency: number;
   warmupRequests: number;
+  /** Requests per rep; with repSpansSealInterval, the least. */
   requestsPerRep: number;
+  /**
+   * Size each rep to what one gateway serves in its producer's mean seal
+   * interval (the rate measured in the warm-up), so a rep carries one seal,
+   * as a gateway's requests do between two of its timer's seals.
+   */
+  repSpansSealInterval: boolean;
   /** On/off pairs. */
   reps: number;
   /** Pairs with neither gateway recording (the harness's resolution). */
@@ -156,8 +163,8 @@ export const FULL_PLAN: BenchPlan = {
     distinctRequests: 2_000,
     concurrency: 16,
     warmupRequests: 5_000,
-    // ~10 s per rep: about one seal per rep at the default interval.
     requestsPerRep: 10_000,
+    repSpansSealInterval: true,
     // Even: each process records in as many pairs as it does not.
     reps: 12,
     nullReps: 4,
@@ -201,6 +208,7 @@ export const SMOKE_PLAN: BenchPlan = {
     concurrency: 8,
     warmupRequests: 500,
     requestsPerRep: 1_000,
+    repSpansSealInterval: false,
     // Two of each: one figure from a pair of reps with roles swapped.
     reps: 2,
     nullReps: 2,
