@@ -184,7 +184,7 @@ describe("producer", () => {
     }
   });
 
-  it("recordServed checks the spend at once and the rest with its batch: invalid events are counted, the others delivered exactly", async () => {
+  it("recordServed throws for an invalid event and counts one whose new id only its batch refuses; the others are delivered exactly", async () => {
     await truncateAll(t.db);
     const metrics = new SpendMetrics();
     const p = h.producer({ metrics });
@@ -195,7 +195,11 @@ describe("producer", () => {
       if (i % 100 === 7) {
         // Not thrown: the request was served, its spend is refused when its batch runs.
         p.recordServed({ spend: 1, userId: "served-ok", endUserId: "bad\u0000id" });
-        p.recordServed({ spend: 1, userId: 42 as unknown as string });
+        // Types, lengths and ranges are checked before recordServed returns.
+        assert.throws(
+          () => p.recordServed({ spend: 1, userId: 42 as unknown as string }),
+          (e: unknown) => e instanceof SpendEventError && e.reason === "invalid_id",
+        );
         continue;
       }
       const e = gen();

@@ -11,7 +11,6 @@ import type { PipelineLoad, SealedBatch, SpendSink } from "./spend-sink.js";
 import {
   DEFAULT_LIMITS,
   SpendEventError,
-  checkEventSpend,
   checkIdsContent,
   normalizeSpendEvent,
   type NormalizedEvent,
@@ -142,9 +141,8 @@ export class SpendProducer {
   private readonly agg = new Aggregator();
   private readonly clock = new CoarseClock();
   private pending: SealedBatch[] = [];
-  /** recordServed()'s events not validated and aggregated yet, and the time each was taken. */
-  private servedEvents: SpendEvent[] = [];
-  private servedAt: number[] = [];
+  /** recordServed()'s events, normalised, not aggregated yet. */
+  private served: NormalizedEvent[] = [];
   /** The most rows the queued served events can add. */
   private servedRowBound = 0;
   private pendingRows = 0;
@@ -298,39 +296,28 @@ export class SpendProducer {
    * the rows of the requests in flight when `full` turned true: admission
    * (`full`, `backlogged`) is where to refuse.
    *
-   * It checks the spend before it returns (SpendEventError: the gateway can
-   * still answer for a cost past the limit) and queues a copy of the event;
-   * the rest of the validation and the aggregation run a batch of
-   * SERVED_BATCH at a time. In a gateway, each request's other work evicts
-   * the producer's code and data from the CPU caches between two records:
-   * validated and added alone, an event cost 11-13 µs on the reference
-   * gateway (bench section 1, AMD EPYC VM), in batches 3-5 µs, plus ~1.5 µs
-   * for the spend check and the copy made before returning. An event the batch
-   * finds invalid is counted in spend_events_rejected_total and
-   * logged, not thrown: the request was served, there is nobody to throw to.
-   * Its date is taken now, not when its batch runs.
+   * It validates the event before it returns (SpendEventError, as record()
+   * does), while the caller's event is still in the CPU's caches, and queues
+   * the normalised copy; the aggregation runs a batch of SERVED_BATCH at a
+   * time. In a gateway, each request's other work evicts the producer's
+   * code and data from the caches between two records: validated and added
+   * alone, an event cost 11-13 µs on the reference gateway (bench section 1,
+   * AMD EPYC VM), in batches of 256 a few µs, of which normalising the
+   * queued copy, by then out of the caches, was a third. What only the batch
+   * checks is the content of ids it has not seen before (control
+   * characters, reserved names): an event it refuses for that is counted in
+   * spend_events_rejected_total and logged, not thrown, as the request was
+   * served and there is nobody to throw to. Its date is taken now.
    */
   recordServed(event: SpendEvent): void {
     if (this.closed) throw new Error("producer is closed");
-    try {
-      checkEventSpend(event, this.limits);
-    } catch (err) {
-      this.countRejection(err);
-      throw err;
-    }
-    // The caller may reuse its event object and tags array once this returns.
-    const copy = { ...event };
-    const tags: unknown = copy.tags;
-    let tagCount = 0;
-    if (Array.isArray(tags)) {
-      copy.tags = tags.slice() as string[];
-      tagCount = tags.length;
-    }
-    this.servedEvents.push(copy);
-    this.servedAt.push(this.clock.read());
-    // Tags past the limit are refused by the batch; until then they bound the rows.
-    this.servedRowBound += rowBound(tagCount);
-    if (this.servedEvents.length >= SERVED_BATCH) this.settleServed();
+    const e = this.normalize(event);
+    // The caller may reuse its tags array once this returns (the rest are strings and numbers).
+    if (e.tags.length > 0 && e.tags === (event.tags as unknown)) e.tags = e.tags.slice();
+    this.served.push(e);
+    // The most rows it can add; exact once its batch has run.
+    this.servedRowBound += rowBound(e.tags.length);
+    if (this.served.length >= SERVED_BATCH) this.settleServed();
   }
 
   /**
@@ -342,33 +329,30 @@ export class SpendProducer {
     return this.agg;
   }
 
-  /** Validates and aggregates the queued served events. */
+  /** Aggregates the queued served events, checking the ids of those that add rows. */
   private settleServed(): void {
-    const events = this.servedEvents;
+    const events = this.served;
     if (events.length === 0) return;
-    const at = this.servedAt;
     // Swapped out first: a throw part way (a bug) must not add any event twice.
-    this.servedEvents = [];
-    this.servedAt = [];
+    this.served = [];
     this.servedRowBound = 0;
     let addedRows = false;
     for (let i = 0; i < events.length; i++) {
-      let e: NormalizedEvent;
-      try {
-        e = normalizeSpendEvent(events[i], this.limits, at[i] as number);
-        if (!this.agg.addIfKnown(e)) {
+      const e = events[i] as NormalizedEvent;
+      if (!this.agg.addIfKnown(e)) {
+        try {
           checkIdsContent(e);
-          this.agg.add(e);
-          addedRows = true;
+        } catch (err) {
+          if (!(err instanceof SpendEventError)) throw err;
+          this.countRejection(err);
+          this.log.error(
+            { reason: err.reason, field: err.field, detail: err.message },
+            "served request's spend refused by validation: not recorded",
+          );
+          continue;
         }
-      } catch (err) {
-        if (!(err instanceof SpendEventError)) throw err;
-        this.countRejection(err);
-        this.log.error(
-          { reason: err.reason, field: err.field, detail: err.message },
-          "served request's spend refused by validation: not recorded",
-        );
-        continue;
+        this.agg.add(e);
+        addedRows = true;
       }
       this.recorded++;
     }

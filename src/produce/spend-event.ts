@@ -286,17 +286,6 @@ export function validateSpendEvent(
   return e;
 }
 
-/**
- * What recordServed checks before it returns: that the event is an object
- * and its spend valid. A served request's cost past max_spend_usd_per_event
- * is the one failure a gateway can still answer for; its other fields come
- * from checks made before the model ran, and are checked again with the
- * producer's next batch.
- */
-export function checkEventSpend(input: unknown, limits: ValidationLimits): void {
-  checkSpend(asEventObject(input).spend, limits);
-}
-
 function asEventObject(input: unknown): Record<string, unknown> {
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
     throw new SpendEventError("not_object", "event", "must be an object");
