@@ -297,15 +297,14 @@ export class SpendProducer {
    * (`full`, `backlogged`) is where to refuse.
    *
    * It validates the event before it returns (SpendEventError, as record()
-   * does), while the caller's event is still in the CPU's caches, and queues
-   * the normalised copy; the aggregation runs a batch of SERVED_BATCH at a
-   * time. In a gateway, each request's other work evicts the producer's
-   * code and data from the caches between two records: validated and added
-   * alone, an event cost 11-13 µs on the reference gateway (bench section 1,
-   * AMD EPYC VM), in batches of 256 a few µs, of which normalising the
-   * queued copy, by then out of the caches, was a third. What only the batch
-   * checks is the content of ids it has not seen before (control
-   * characters, reserved names): an event it refuses for that is counted in
+   * does) and queues the normalised event, which is also the copy the caller's
+   * object needs; the aggregation runs a batch of SERVED_BATCH at a time. In
+   * a gateway, each request's other work evicts the producer's code and data
+   * from the CPU caches between two records: validated and added alone, an
+   * event cost 11-13 µs on the reference gateway (bench section 1, AMD EPYC
+   * VM), in batches of 256 a few µs. What only the batch checks is the
+   * content of ids it has not seen before (control characters, reserved
+   * names): an event it refuses for that is counted in
    * spend_events_rejected_total and logged, not thrown, as the request was
    * served and there is nobody to throw to. Its date is taken now.
    */
