@@ -173,6 +173,41 @@ describe("aggregation", () => {
     assert.equal(agg.entitySpendFor("team_member", "u", "t"), 2_000_000_000_000n);
   });
 
+  it("a drain that drops some of a context's end users keeps finding the others, whichever was first", () => {
+    const agg = new Aggregator();
+    const ev = (endUserId: string) =>
+      validateSpendEvent({ spend: 1, apiKey: "k", model: "m", endUserId }, undefined, NOW);
+    // e1 is the context's first end user (held inline), e2 and e3 come after it.
+    for (const e of ["e1", "e2", "e3"]) agg.add(ev(e));
+    agg.drain();
+    const held = agg.heldRowCount;
+    // Interval 2 touches e2 and e3 only: e1, the inline one, is dropped at the drain after it.
+    assert.equal(agg.addIfKnown(ev("e2")), true);
+    assert.equal(agg.addIfKnown(ev("e3")), true);
+    agg.drain();
+    assert.equal(agg.heldRowCount, held - 2, "e1's entity and daily rows dropped");
+    assert.equal(agg.addIfKnown(ev("e1")), false);
+    // e2 and e3 are still found without allocating anything.
+    assert.equal(agg.addIfKnown(ev("e3")), true);
+    assert.equal(agg.heldRowCount, held - 2);
+    // Interval 3 touched e3 only: e2 goes, e3 stays.
+    let d = agg.drain();
+    assert.deepEqual(
+      d.daily.map((r) => r[1]),
+      ["e3"],
+    );
+    assert.equal(agg.heldRowCount, held - 4);
+    assert.equal(agg.addIfKnown(ev("e2")), false);
+    assert.equal(agg.addIfKnown(ev("e3")), true);
+    // A new end user after the sweep, then both charged again: two rows of one request each.
+    agg.add(ev("e4"));
+    d = agg.drain();
+    assert.deepEqual(d.daily.map((r) => [r[1], r[13]]).sort(), [
+      ["e3", 1],
+      ["e4", 1],
+    ]);
+  });
+
   it("grows with distinct rows, not with requests", () => {
     const agg = new Aggregator();
     const e = validateSpendEvent(

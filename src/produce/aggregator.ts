@@ -69,9 +69,19 @@ class EntityAcc {
   }
 
   total(): bigint {
-    let sum = this.over + BigInt(this.spend);
-    for (const d of this.parts) sum += d.spendTotal();
-    return sum;
+    // Summed as a number while that is exact: a bigint per part made the
+    // seal of a busy interval spend most of its time here.
+    let big = this.over;
+    let n = this.spend;
+    for (const d of this.parts) {
+      if (d.over !== undefined) big += d.over.spend;
+      const x = d.spend;
+      if (n > Number.MAX_SAFE_INTEGER - x) {
+        big += BigInt(n);
+        n = x;
+      } else n += x;
+    }
+    return big + BigInt(n);
   }
 
   touched(): boolean {
@@ -152,10 +162,6 @@ class DailyAcc {
     this.cacheCreation = 0;
     this.requests = 0;
     this.successes = 0;
-  }
-
-  spendTotal(): bigint {
-    return (this.over?.spend ?? 0n) + BigInt(this.spend);
   }
 
   spill(): void {
@@ -245,25 +251,45 @@ class DailySlots {
     } else (this.more ??= new Map()).set(id, acc);
   }
 
-  *entries(): IterableIterator<[string, DailyAcc]> {
+  /** Each entry, the inline one first, then the others in the order they were set. */
+  forEach(f: (acc: DailyAcc, id: string) => void): void {
     if (this.first === undefined) return;
-    yield [this.firstId, this.first];
-    if (this.more !== undefined) yield* this.more;
+    f(this.first, this.firstId);
+    this.more?.forEach(f);
   }
 
-  /** Keeps the entries `keep` says to keep; returns how many were dropped. */
+  /**
+   * Keeps the entries `keep` says to keep, asked in forEach's order; returns
+   * how many were dropped. In place: a seal sweeps every slot set it holds.
+   */
   sweep(keep: (id: string, acc: DailyAcc) => boolean): number {
-    const kept: [string, DailyAcc][] = [];
+    if (this.first === undefined) return 0;
+    const keepFirst = keep(this.firstId, this.first);
     let dropped = 0;
-    for (const e of this.entries()) {
-      if (keep(e[0], e[1])) kept.push(e);
-      else dropped++;
+    const more = this.more;
+    if (more !== undefined) {
+      // Deleting the entry being visited is safe in a Map's iteration.
+      more.forEach((acc, id) => {
+        if (!keep(id, acc)) {
+          more.delete(id);
+          dropped++;
+        }
+      });
     }
-    if (dropped === 0) return 0;
-    this.firstId = "";
-    this.first = undefined;
-    this.more = undefined;
-    for (const [id, acc] of kept) this.set(id, acc);
+    if (!keepFirst) {
+      dropped++;
+      this.firstId = "";
+      this.first = undefined;
+      // The next entry, if any, moves inline: the inline one is set whenever any is.
+      if (more !== undefined)
+        for (const [id, acc] of more) {
+          more.delete(id);
+          this.firstId = id;
+          this.first = acc;
+          break;
+        }
+    }
+    if (more?.size === 0) this.more = undefined;
     return dropped;
   }
 }
@@ -518,7 +544,9 @@ export class Aggregator {
       for (const [slots, ownerId] of kinds) {
         // The owner's row for this kind, unless a slot holds the same row.
         if (ownerId !== "" && slots.get(ownerId)?.touched() !== true) daily++;
-        for (const [, acc] of slots.entries()) if (acc.touched()) daily++;
+        slots.forEach((acc) => {
+          if (acc.touched()) daily++;
+        });
       }
     });
     return { entity, daily };
@@ -731,7 +759,30 @@ export class Aggregator {
           acc.alive = false;
           return false;
         }
-        if (owner === undefined || id !== ownerId) push(kind, id, c, acc.columns());
+        if (owner === undefined || id !== ownerId) {
+          if (acc.over === undefined) {
+            // No spill: every counter is an exact integer number (DailyAcc.columns, without its array).
+            daily.push([
+              kind,
+              id,
+              c.date,
+              c.apiKey,
+              c.model,
+              c.modelGroup,
+              c.provider,
+              c.mcpToolName,
+              c.endpoint,
+              acc.prompt,
+              acc.completion,
+              acc.cacheRead,
+              acc.cacheCreation,
+              acc.requests,
+              acc.successes,
+              acc.requests - acc.successes,
+              String(acc.spend),
+            ]);
+          } else push(kind, id, c, acc.columns());
+        }
         acc.reset();
         return true;
       });
