@@ -28,6 +28,10 @@ async function startCluster(): Promise<TestRedisServer[]> {
       new TestRedisServer(testPort(o), [
         "--cluster-enabled",
         "yes",
+        // The bus port defaults to port + 10000, inside Linux's ephemeral range, where an
+        // outgoing connection can hold it: one run's node failed to start that way.
+        "--cluster-port",
+        String(testPort(o + 100)),
         "--cluster-config-file",
         "nodes.conf",
         "--appendonly",

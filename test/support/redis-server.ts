@@ -22,13 +22,19 @@ export class TestRedisServer {
   }
 
   async start(): Promise<void> {
-    this.proc = spawn(
+    const proc = spawn(
       "redis-server",
       ["--port", String(this.port), "--bind", "127.0.0.1", "--dir", this.dir, ...this.args],
-      {
-        stdio: "ignore",
-      },
+      { stdio: ["ignore", "pipe", "pipe"] },
     );
+    this.proc = proc;
+    // Its log, so a server that will not start says why (a port taken, say).
+    let log = "";
+    const keep = (d: Buffer): void => {
+      log = (log + d.toString()).slice(-2_000);
+    };
+    proc.stdout.on("data", keep);
+    proc.stderr.on("data", keep);
     const deadline = Date.now() + 10_000;
     for (;;) {
       const r = new Redis({
@@ -42,8 +48,10 @@ export class TestRedisServer {
         await r.connect();
         if ((await r.ping()) === "PONG") return;
       } catch {
-        if (Date.now() > deadline)
-          throw new Error(`redis-server on port ${this.port} did not start`);
+        if (Date.now() > deadline || proc.exitCode !== null)
+          throw new Error(
+            `redis-server on port ${this.port} did not start (exit code ${String(proc.exitCode)}): ${log.trim().split("\n").slice(-3).join(" | ")}`,
+          );
       } finally {
         r.disconnect();
       }
