@@ -443,6 +443,41 @@ function sumColumns(a: DailyAcc, b: DailyAcc): DailyColumns {
   ];
 }
 
+/** A daily row: its entity, its context's dimensions, then its counters and spend. */
+function dailyRow(
+  kind: DailyKind,
+  id: string,
+  c: DailyContext,
+  prompt: Count,
+  completion: Count,
+  cacheRead: Count,
+  cacheCreation: Count,
+  requests: Count,
+  successes: Count,
+  failures: Count,
+  spend: string,
+): DailyRow {
+  return [
+    kind,
+    id,
+    c.date,
+    c.apiKey,
+    c.model,
+    c.modelGroup,
+    c.provider,
+    c.mcpToolName,
+    c.endpoint,
+    prompt,
+    completion,
+    cacheRead,
+    cacheCreation,
+    requests,
+    successes,
+    failures,
+    spend,
+  ];
+}
+
 /**
  * The most rows one event with `tags` tags can add: an entity row for its
  * key, user, team, membership, org, end user and each tag, and a daily row
@@ -728,18 +763,7 @@ export class Aggregator {
     // 2. Daily rows: emitted and zeroed, or dropped.
     const daily: DailyRow[] = [];
     const push = (kind: DailyKind, id: string, c: DailyContext, cols: DailyColumns): void => {
-      daily.push([
-        kind,
-        id,
-        c.date,
-        c.apiKey,
-        c.model,
-        c.modelGroup,
-        c.provider,
-        c.mcpToolName,
-        c.endpoint,
-        ...cols,
-      ]);
+      daily.push(dailyRow(kind, id, c, ...cols));
     };
     const sweepKind = (kind: DailyKind, c: DailyContext, slots: DailySlots, ownerId = ""): void => {
       // The owner's share of this kind's row for ownerId, merged with the
@@ -762,25 +786,21 @@ export class Aggregator {
         if (owner === undefined || id !== ownerId) {
           if (acc.over === undefined) {
             // No spill: every counter is an exact integer number (DailyAcc.columns, without its array).
-            daily.push([
-              kind,
-              id,
-              c.date,
-              c.apiKey,
-              c.model,
-              c.modelGroup,
-              c.provider,
-              c.mcpToolName,
-              c.endpoint,
-              acc.prompt,
-              acc.completion,
-              acc.cacheRead,
-              acc.cacheCreation,
-              acc.requests,
-              acc.successes,
-              acc.requests - acc.successes,
-              String(acc.spend),
-            ]);
+            daily.push(
+              dailyRow(
+                kind,
+                id,
+                c,
+                acc.prompt,
+                acc.completion,
+                acc.cacheRead,
+                acc.cacheCreation,
+                acc.requests,
+                acc.successes,
+                acc.requests - acc.successes,
+                String(acc.spend),
+              ),
+            );
           } else push(kind, id, c, acc.columns());
         }
         acc.reset();
