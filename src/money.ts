@@ -101,6 +101,19 @@ export function picoToDecimal(pico: bigint): string {
   return `${negative ? "-" : ""}${whole}.${frac}`;
 }
 
+/**
+ * picoToDecimal of a picodollar count given as digits (what spend jobs carry),
+ * without a bigint: the same text for the same value. The flush writes every
+ * row's spend through it.
+ */
+export function picoDigitsToDecimal(digits: string): string {
+  // Leading zeros would print as part of the whole number; rare, so the exact path.
+  if (digits.length > 1 && digits.charCodeAt(0) === 48) return picoToDecimal(BigInt(digits));
+  const padded = digits.length > SPEND_SCALE ? digits : digits.padStart(SPEND_SCALE + 1, "0");
+  const cut = padded.length - SPEND_SCALE;
+  return `${padded.slice(0, cut)}.${padded.slice(cut)}`;
+}
+
 /** The inverse of picoToDecimal, for reading NUMERIC back as text. */
 export function decimalToPico(text: string): bigint {
   const negative = text.startsWith("-");

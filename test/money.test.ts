@@ -3,6 +3,7 @@ import { describe, it } from "node:test";
 import fc from "fast-check";
 import {
   decimalToPico,
+  picoDigitsToDecimal,
   picoToDecimal,
   usdNumberToPico,
   usdStringToPico,
@@ -68,5 +69,17 @@ describe("money", () => {
       assert.equal(decimalToPico(picoToDecimal(v)), v);
     }
     assert.equal(picoToDecimal(1n), "0.000000000001");
+  });
+
+  it("formats picodollar digits as picoToDecimal formats their value", () => {
+    fc.assert(
+      fc.property(fc.bigInt({ min: 0n, max: 10n ** 38n - 1n }), fc.nat({ max: 3 }), (v, zeros) => {
+        // Jobs carry digits; leading zeros are valid digits and must not change the text.
+        const digits = "0".repeat(zeros) + v.toString();
+        assert.equal(picoDigitsToDecimal(digits), picoToDecimal(v));
+      }),
+    );
+    assert.equal(picoDigitsToDecimal("1"), "0.000000000001");
+    assert.equal(picoDigitsToDecimal("1000000000000"), "1.000000000000");
   });
 });

@@ -1,4 +1,4 @@
-import { picoToDecimal, SPEND_SCALE } from "../money.js";
+import { picoDigitsToDecimal, picoToDecimal } from "../money.js";
 import {
   DAILY_KINDS,
   ENTITY_KINDS,
@@ -116,7 +116,7 @@ export function mergeRows(
     for (const [, { row, spend }] of sorted) {
       cols.keys[0]?.push(row[1]);
       if (twoKeys) cols.keys[1]?.push(row[2]);
-      cols.spend.push(spend === undefined ? picoTextToDecimal(row[3]) : picoToDecimal(spend));
+      cols.spend.push(spend === undefined ? picoDigitsToDecimal(row[3]) : picoToDecimal(spend));
     }
     merged.entity.set(kind, cols);
     merged.entityRowCount += sorted.length;
@@ -140,7 +140,7 @@ export function mergeRows(
       for (let i = 0; i < 7; i++) cols.dims[i]?.push(row[2 + i] as string);
       if (sums === undefined) {
         for (let i = 0; i < 7; i++) cols.counters[i]?.push(countText(row[9 + i] as Count));
-        cols.spend.push(picoTextToDecimal(row[16]));
+        cols.spend.push(picoDigitsToDecimal(row[16]));
       } else {
         for (let i = 0; i < 7; i++) cols.counters[i]?.push((sums[i] as bigint).toString());
         cols.spend.push(picoToDecimal(sums[7] as bigint));
@@ -183,16 +183,4 @@ function countsOf(row: DailyRow): bigint[] {
 /** A counter as int8 text: a number prints as its digits, a string count already is them. */
 function countText(c: Count): string {
   return typeof c === "number" ? String(c) : String(BigInt(c));
-}
-
-/**
- * picoToDecimal of a picodollar count given as digits (what jobs carry),
- * without a bigint: the same text for the same value.
- */
-function picoTextToDecimal(digits: string): string {
-  // Leading zeros would print as part of the whole number; rare, so the exact path.
-  if (digits.length > 1 && digits.charCodeAt(0) === 48) return picoToDecimal(BigInt(digits));
-  const padded = digits.length > SPEND_SCALE ? digits : digits.padStart(SPEND_SCALE + 1, "0");
-  const cut = padded.length - SPEND_SCALE;
-  return `${padded.slice(0, cut)}.${padded.slice(cut)}`;
 }

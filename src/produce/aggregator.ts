@@ -198,11 +198,14 @@ class DailyAcc {
     ];
   }
 
-  /** The row's counter and spend columns, exact. */
-  columns(): DailyColumns {
+  /** Its row as `id`'s in context c: the context's dimensions, then its counters and spend, exact. */
+  row(kind: DailyKind, id: string, c: DailyContext): DailyRow {
     if (this.over === undefined) {
       // No spill: every counter is an exact integer number below 2^53.
-      return [
+      return dailyRow(
+        kind,
+        id,
+        c,
         this.prompt,
         this.completion,
         this.cacheRead,
@@ -211,11 +214,14 @@ class DailyAcc {
         this.successes,
         this.requests - this.successes,
         String(this.spend),
-      ];
+      );
     }
     this.spill();
     const o = this.over;
-    return [
+    return dailyRow(
+      kind,
+      id,
+      c,
       encodeCount(o.prompt),
       encodeCount(o.completion),
       encodeCount(o.cacheRead),
@@ -224,7 +230,7 @@ class DailyAcc {
       encodeCount(o.successes),
       encodeCount(o.requests - o.successes),
       o.spend.toString(),
-    ];
+    );
   }
 }
 
@@ -762,20 +768,16 @@ export class Aggregator {
 
     // 2. Daily rows: emitted and zeroed, or dropped.
     const daily: DailyRow[] = [];
-    const push = (kind: DailyKind, id: string, c: DailyContext, cols: DailyColumns): void => {
-      daily.push(dailyRow(kind, id, c, ...cols));
-    };
     const sweepKind = (kind: DailyKind, c: DailyContext, slots: DailySlots, ownerId = ""): void => {
       // The owner's share of this kind's row for ownerId, merged with the
       // slot's own share if other requests charged that id too.
       const owner = ownerId !== "" && c.owner?.touched() === true ? c.owner : undefined;
       if (owner !== undefined) {
         const same = slots.get(ownerId);
-        push(
-          kind,
-          ownerId,
-          c,
-          same?.touched() === true ? sumColumns(owner, same) : owner.columns(),
+        daily.push(
+          same?.touched() === true
+            ? dailyRow(kind, ownerId, c, ...sumColumns(owner, same))
+            : owner.row(kind, ownerId, c),
         );
       }
       this.dailyRowsHeld -= slots.sweep((id, acc) => {
@@ -783,26 +785,7 @@ export class Aggregator {
           acc.alive = false;
           return false;
         }
-        if (owner === undefined || id !== ownerId) {
-          if (acc.over === undefined) {
-            // No spill: every counter is an exact integer number (DailyAcc.columns, without its array).
-            daily.push(
-              dailyRow(
-                kind,
-                id,
-                c,
-                acc.prompt,
-                acc.completion,
-                acc.cacheRead,
-                acc.cacheCreation,
-                acc.requests,
-                acc.successes,
-                acc.requests - acc.successes,
-                String(acc.spend),
-              ),
-            );
-          } else push(kind, id, c, acc.columns());
-        }
+        if (owner === undefined || id !== ownerId) daily.push(acc.row(kind, id, c));
         acc.reset();
         return true;
       });

@@ -312,7 +312,7 @@ export class SpendProducer {
     if (this.closed) throw new Error("producer is closed");
     const e = this.normalize(event);
     // The caller may reuse its tags array once this returns (the rest are strings and numbers).
-    if (e.tags.length > 0 && e.tags === (event.tags as unknown)) e.tags = e.tags.slice();
+    if (e.tags.length > 0 && e.tags === event.tags) e.tags = e.tags.slice();
     this.served.push(e);
     // The most rows it can add; exact once its batch has run.
     this.servedRowBound += rowBound(e.tags.length);
