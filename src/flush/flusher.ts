@@ -67,6 +67,8 @@ export interface FlushReport {
   entityRows: number;
   dailyRows: number;
   poisonJobs: number;
+  /** Transactions retried after a transient error (connection, serialization, deadlock). */
+  retries: number;
   /** Lock taken to lock released, ms (0 when the lock was busy). */
   durationMs: number;
   fence?: bigint;
@@ -113,6 +115,7 @@ export class Flusher {
       entityRows: 0,
       dailyRows: 0,
       poisonJobs: 0,
+      retries: 0,
       durationMs: 0,
     };
     const lease = await this.lock.acquire();
@@ -149,7 +152,7 @@ export class Flusher {
         if (taken.jobs.length === 0) break;
         await this.opts.onStep?.("drained");
 
-        const result = await this.applyWithRetry(taken.jobs, lease, keeper);
+        const result = await this.applyWithRetry(taken.jobs, lease, keeper, report);
         report.transactions++;
         await this.opts.onStep?.("committed");
         await this.drain.complete(held, lease.token);
@@ -219,6 +222,7 @@ export class Flusher {
       entityRows: report.entityRows,
       dailyRows: report.dailyRows,
       poisonJobs: report.poisonJobs,
+      retries: report.retries,
     };
     if (report.outcome === "committed") this.log.info(figures, "flush committed");
     else if (report.outcome === "empty") this.log.debug(figures, "flush found nothing to do");
@@ -234,6 +238,7 @@ export class Flusher {
     jobs: readonly TakenJob[],
     lease: Lease,
     keeper: LeaseKeeper,
+    report: FlushReport,
   ): Promise<ApplyResult> {
     const batches: BatchToApply[] = jobs.map((t) =>
       t.kind === "entity"
@@ -273,6 +278,7 @@ export class Flusher {
         const reason = retryReason(err);
         if (reason === undefined || attempt >= this.maxAttempts || err instanceof FencedOffError)
           throw err;
+        report.retries++;
         this.metrics.transactionRetries.inc({ reason, path: "flush" });
         this.log.warn(
           { attempt, reason, err: (err as Error).message },

@@ -57,6 +57,7 @@ const worker = await FlushWorker.start({
       fence: r.fence?.toString(),
       batches: r.batches,
       duplicates: r.duplicates,
+      retries: r.retries,
       lockedAt,
       ackedAt,
       error: r.error,
