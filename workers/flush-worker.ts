@@ -30,6 +30,9 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
+  // Started by a parent over IPC (the demo): if the parent dies, stop rather
+  // than flush on under its prefix unwatched. A standalone worker has no channel.
+  process.on("disconnect", () => void stop("parent exited"));
 }
 
 main().catch((err: unknown) => {

@@ -8,6 +8,7 @@
 import { fork, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { Queue } from "bullmq";
 import pg from "pg";
 import { loadConfig, redact } from "../config/config.js";
 import type { GatewayReport } from "../demo/demo-gateway.js";
@@ -79,7 +80,39 @@ async function committed(): Promise<{ spend: bigint; requests: bigint }> {
     requests: BigInt(r.rows[0]?.requests ?? "0"),
   };
 }
-const baseline = await committed();
+
+const redis = config.useRedisBuffer ? createRedis(config.redis, "producer") : undefined;
+const keys = redisKeys(config.keyPrefix);
+const queues = redis !== undefined ? openSpendQueues(redis, keys) : undefined;
+async function backlog(): Promise<number> {
+  if (queues === undefined) return 0;
+  const [a, b] = await Promise.all([
+    queues.entity.getJobCounts("wait", "active"),
+    queues.daily.getJobCounts("wait", "active"),
+  ]);
+  return (a.wait ?? 0) + (a.active ?? 0) + (b.wait ?? 0) + (b.active ?? 0);
+}
+
+// The reconciliation compares what these gateways record with what PostgreSQL
+// gains, so nothing else may write under this prefix meanwhile: another flush
+// worker (an earlier demo still running, a deployment) is refused here.
+if (redis !== undefined) {
+  const flushQueue = new Queue(keys.flushQueue, { connection: redis, prefix: keys.bullPrefix });
+  flushQueue.on("error", () => undefined);
+  let others: number | undefined;
+  try {
+    others = await flushQueue.getWorkersCount();
+  } catch (err) {
+    // CLIENT LIST may be refused (managed Redis): go on, the reconciliation will tell.
+    say(`could not list flush workers (${(err as Error).message}); not checking for another run`);
+  }
+  if (others !== undefined && others > 0) {
+    process.stderr.write(
+      `error: ${others} flush worker(s) already connected under prefix "${config.keyPrefix}" (another demo, or a deployment): stop them, or give this run its own spend_buffer_settings.key_prefix, so its totals can be reconciled\n`,
+    );
+    process.exit(1);
+  }
+}
 
 // Children log warnings and errors only, unless LOG_LEVEL says otherwise: the status lines are the show.
 const env = {
@@ -106,6 +139,22 @@ const worker = config.useRedisBuffer
   : undefined;
 if (worker !== undefined) children.push(worker);
 
+// Jobs an earlier run left in Redis (stopped before its worker committed them)
+// are committed by this worker first: they belong to no gateway of this run.
+const leftover = await backlog();
+if (leftover > 0) {
+  say(`${leftover} spend jobs left under this prefix by an earlier run: committing them first`);
+  const until = Date.now() + 120_000;
+  while ((await backlog()) > 0) {
+    if (Date.now() > until) {
+      process.stderr.write("error: the earlier run's jobs were not committed within 120 s\n");
+      process.exit(1);
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+const baseline = await committed();
+
 const recorded = new Map<number, GatewayReport>();
 const gatewayProcs: ChildProcess[] = [];
 for (let i = 0; i < gateways; i++) {
@@ -127,17 +176,6 @@ say(
   `started ${worker !== undefined ? `1 flush worker (metrics :${config.metricsPort}) and ` : ""}${gateways} gateways (metrics :${config.metricsPort + 1}-${config.metricsPort + gateways}), ${rate} events/s each`,
 );
 
-const redis = config.useRedisBuffer ? createRedis(config.redis, "producer") : undefined;
-const queues =
-  redis !== undefined ? openSpendQueues(redis, redisKeys(config.keyPrefix)) : undefined;
-async function backlog(): Promise<number> {
-  if (queues === undefined) return 0;
-  const [a, b] = await Promise.all([
-    queues.entity.getJobCounts("wait", "active"),
-    queues.daily.getJobCounts("wait", "active"),
-  ]);
-  return (a.wait ?? 0) + (a.active ?? 0) + (b.wait ?? 0) + (b.active ?? 0);
-}
 const totals = (): { events: number; spend: bigint } => {
   let events = 0;
   let spend = 0n;
