@@ -8,6 +8,13 @@
  * the mock model, the response) is the same code either way. Prints
  * {"port"} once listening; answers "cpu" with its process.cpuUsage(), and
  * "seal" once what it holds is sealed and sent.
+ *
+ * The producer's seal timer is off: the parent seals at the end of each rep,
+ * and a rep lasts one mean seal interval, so each request carries the share
+ * of one seal a gateway's requests carry. With the timer on as well, a rep
+ * held its timer's seal too (one per 10-15 s, whatever the rep does): two
+ * seals per interval, each draining and sending the rows touched on both
+ * sides of it.
  */
 import type { AddressInfo } from "node:net";
 import { createGatewayApp } from "../src/gateway/app.js";
@@ -23,6 +30,12 @@ import { gatewayConfig } from "./gateway-traffic.js";
 
 class SwitchedProducer extends SpendProducer {
   recording = true;
+  /** flush() calls: the parent's seals, and any other (which would make its figure wrong). */
+  flushes = 0;
+  override flush(): Promise<void> {
+    this.flushes++;
+    return super.flush();
+  }
   // Off: the request path is otherwise identical. Every way in is switched:
   // the gateway records through recordServed().
   override record(event: SpendEvent): void {
@@ -39,7 +52,16 @@ const db = createDb(config.databaseUrl, { max: 2 });
 const redis = connectRedis(config.redis, "producer");
 const metrics = new SpendMetrics();
 const sink = new QueueSink(openPartitionQueues(redis, config.keyPrefix, config.partitions));
-const settings = { sink, ...producerSettings(config), metrics, logger: silentLogger };
+// The longest timeout Node takes: the timer never fires in a run (see above).
+const NO_TIMER_MS = 2 ** 31 - 1;
+const settings = {
+  sink,
+  ...producerSettings(config),
+  flushIntervalMs: NO_TIMER_MS,
+  flushJitterMs: 0,
+  metrics,
+  logger: silentLogger,
+};
 const producer = new SwitchedProducer(settings);
 producer.recording = recording;
 const app = createGatewayApp({
@@ -59,7 +81,12 @@ server.keepAliveTimeout = 60_000;
 
 process.on("message", (m) => {
   // Rows held tell the parent that "off" really records nothing.
-  if (m === "cpu") process.send?.({ ...process.cpuUsage(), bufferedRows: producer.bufferedRows });
+  if (m === "cpu")
+    process.send?.({
+      ...process.cpuUsage(),
+      bufferedRows: producer.bufferedRows,
+      flushes: producer.flushes,
+    });
   else if (m === "on" || m === "off") {
     producer.recording = m === "on";
     process.send?.({ recording: producer.recording });

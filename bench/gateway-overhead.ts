@@ -65,6 +65,7 @@ interface CpuUsage {
   user: number;
   system: number;
   bufferedRows: number;
+  flushes: number;
 }
 
 export async function measureGatewayOverhead(
@@ -130,8 +131,8 @@ export async function measureGatewayOverhead(
         return Number(process.hrtime.bigint() - t0) / 1e9;
       };
       const [onWall, offWall] = await Promise.all([timed(on.port), timed(off.port)]);
-      // What the pair recorded is sealed and sent on its CPU, before the roles swap: a
-      // seal left for the timer would land in this process's next, recording-off pair.
+      // What the pair recorded is sealed and sent on its CPU, before the roles swap: the
+      // only seal (the child's timer is off), as one a gateway makes each interval.
       const sealed = await ask<{ sealed: boolean; error?: string }>(on.c.child, "seal");
       if (!sealed.sealed) throw new Error(`gateway seal failed: ${sealed.error ?? "?"}`);
       const [on1, off1] = await Promise.all([
@@ -141,6 +142,9 @@ export async function measureGatewayOverhead(
       // A way into the producer the switch misses would make the "off" copy record too.
       if (off1.bufferedRows !== 0)
         throw new Error(`the recording-off gateway holds ${off1.bufferedRows} spend rows`);
+      // One seal per rep, the harness's: a gateway's requests carry one per interval.
+      if (on1.flushes - on0.flushes !== 1)
+        throw new Error(`the recording gateway sealed ${on1.flushes - on0.flushes} times in a rep`);
       const us = (a: CpuUsage, b: CpuUsage): number => (b.user + b.system - a.user - a.system) / n;
       return {
         on: { cpuUs: us(on0, on1), rps: n / onWall },
@@ -154,12 +158,13 @@ export async function measureGatewayOverhead(
     const warm = await drivePair(plan.warmupRequests, b, a);
 
     /*
-     * The recording gateway seals at the end of each rep, so a rep should last
-     * as long as the time between two of its timer's seals: shorter reps
-     * charged each request a larger share of a seal than a gateway pays (10k
-     * requests took ~3.5 s here, a quarter of the 12.5 s mean interval, and the
-     * figure fell from 4.4 % to 2.8 % with reps of a mean interval). The rate
-     * is the one the gateways reach side by side, as they will in the reps.
+     * The recording gateway seals once, at the end of each rep, so a rep should
+     * last as long as the time between two of its timer's seals in a gateway:
+     * shorter reps charged each request a larger share of a seal than a
+     * gateway pays (10k requests took ~3.5 s here, a quarter of the 12.5 s
+     * mean interval, and the figure fell from 4.4 % to 2.8 % with reps of a
+     * mean interval). The rate is the one the gateways reach side by side, as
+     * they will in the reps.
      */
     const sealIntervalMs = meanSealIntervalMs(gatewayConfig(prefix, t.url));
     const warmRps = (warm.on.rps + warm.off.rps) / 2;
