@@ -461,6 +461,50 @@ describe("gateway live spend", () => {
 });
 
 describe("gateway back-pressure", () => {
+  it("answers a request whose cost passes max_spend_usd_per_event as unaccountable, and records nothing of it", async () => {
+    const t = await createTestDatabase("gateway_max");
+    const prefix = uniquePrefix("gwmax");
+    // mock-large's prompt price alone: a request of a few words costs more than this.
+    const config = gatewayConfig(prefix, t.url, TEST_REDIS_URL, {
+      max_spend_usd_per_event: 0.00001,
+    });
+    const key = await createKey(t.db, { userId: "max-alice" });
+    const gw = await startGateway(config, { port: 0, host: "127.0.0.1" });
+    const base = `http://127.0.0.1:${gw.port}`;
+    const ask = (model: string): Promise<Response> =>
+      fetch(`${base}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${key.key}` },
+        body: JSON.stringify({
+          model,
+          messages: [{ role: "user", content: "what does this cost, and is it too much?" }],
+        }),
+      });
+    try {
+      const ok = await ask("mock-small");
+      assert.equal(ok.status, 200);
+      const cost = ok.headers.get("x-litellm-response-cost") ?? "";
+      const tooDear = await ask("mock-large");
+      assert.equal(tooDear.status, 400);
+      assert.equal(tooDear.headers.get("x-litellm-response-cost"), null);
+      assert.match(
+        ((await tooDear.json()) as { error: { message: string } }).error.message,
+        /cannot account this request: .*more than 0.00001 USD/,
+      );
+      const metrics = await (await fetch(`${base}/metrics`)).text();
+      assert.match(metrics, /spend_events_rejected_total\{reason="invalid_spend"\} 1/);
+      await gw.close();
+      await flushAll(config, t);
+      // Only the cheap request was charged.
+      const user = await t.db.userTable.findUnique({ where: { userId: "max-alice" } });
+      assert.equal(user?.spend.toFixed(12), cost);
+    } finally {
+      await gw.close();
+      await cleanRedis(prefix);
+      await t.drop();
+    }
+  });
+
   it("answers 503 with Retry-After while the flush backlog is past its limit, charging nothing", async () => {
     const t = await createTestDatabase("gateway_bp");
     const prefix = uniquePrefix("gwbp");

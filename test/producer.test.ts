@@ -3,7 +3,7 @@ import { after, before, describe, it } from "node:test";
 import { trafficGenerator } from "../src/demo/traffic.js";
 import { SpendMetrics } from "../src/observe/metrics.js";
 import { BufferFullError, CloseTimeoutError, SpendProducer } from "../src/produce/producer.js";
-import { SpendEventError } from "../src/produce/spend-event.js";
+import { SpendEventError, type SpendEvent } from "../src/produce/spend-event.js";
 import { createRedis, waitUntilReady } from "../src/queue/connection.js";
 import { redisKeys } from "../src/queue/keys.js";
 import { QueueSink } from "../src/queue/queue-sink.js";
@@ -184,60 +184,32 @@ describe("producer", () => {
     }
   });
 
-  it("recordServed throws for an invalid event and counts one whose new id only its batch refuses; the others are delivered exactly", async () => {
+  it("recordServed counts and logs the invalid events its batches refuse, and delivers the others exactly", async () => {
     await truncateAll(t.db);
     const metrics = new SpendMetrics();
     const p = h.producer({ metrics });
     const ledger = new Ledger();
     const gen = trafficGenerator(29);
-    // More than one batch, with invalid events among them that only the batch can see.
+    // More than one batch, with invalid events among them: none throws, the request was served.
     for (let i = 0; i < 700; i++) {
       if (i % 100 === 7) {
-        // Not thrown: the request was served, its spend is refused when its batch runs.
         p.recordServed({ spend: 1, userId: "served-ok", endUserId: "bad\u0000id" });
-        // Types, lengths and ranges are checked before recordServed returns.
-        assert.throws(
-          () => p.recordServed({ spend: 1, userId: 42 as unknown as string }),
-          (e: unknown) => e instanceof SpendEventError && e.reason === "invalid_id",
-        );
+        p.recordServed({ spend: 1, userId: 42 as unknown as string });
         continue;
       }
       const e = gen();
       p.recordServed(e);
       ledger.record(e);
     }
-    // A cost past the limit is what a gateway can still answer for: thrown before it returns.
-    assert.throws(
-      () => p.recordServed({ spend: 5_000, userId: "served-ok" }),
-      (e: unknown) => e instanceof SpendEventError && e.reason === "invalid_spend",
-    );
+    p.recordServed({ spend: 5_000, userId: "served-ok" });
+    p.recordServed(null as unknown as SpendEvent);
     await p.close();
     assert.equal((await h.flusher().flushOnce()).outcome, "committed");
     assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
     const text = await metrics.registry.getSingleMetricAsString("spend_events_rejected_total");
     assert.match(text, /reason="invalid_id"\} 14/);
     assert.match(text, /reason="invalid_spend"\} 1/);
-  });
-
-  it("recordServed keeps what it was given: the caller may reuse its event and tags array", async () => {
-    const p = h.producer();
-    const tags = ["reused-tag-a"];
-    const e = { spend: "0.5", userId: "reused-user-a", tags };
-    p.recordServed(e);
-    e.spend = "0.25";
-    e.userId = "reused-user-b";
-    tags[0] = "reused-tag-b";
-    p.recordServed(e);
-    await p.close();
-    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
-    const user = async (id: string): Promise<string | undefined> =>
-      (await t.db.userTable.findUnique({ where: { userId: id } }))?.spend.toString();
-    const tag = async (id: string): Promise<string | undefined> =>
-      (await t.db.tagTable.findUnique({ where: { tagName: id } }))?.spend.toString();
-    assert.equal(await user("reused-user-a"), "0.5");
-    assert.equal(await user("reused-user-b"), "0.25");
-    assert.equal(await tag("reused-tag-a"), "0.5");
-    assert.equal(await tag("reused-tag-b"), "0.25");
+    assert.match(text, /reason="not_object"\} 1/);
   });
 
   it("full counts served events still queued for their batch by the rows they add", async () => {
@@ -288,7 +260,6 @@ describe("producer", () => {
     const held = p.bufferedRows;
     p.recordServed({ spend: 0.01, userId: "served-past-the-bound" });
     assert.ok(p.bufferedRows > held, "recordServed added its rows past the bound");
-    assert.throws(() => p.recordServed({ spend: -1, userId: "x" }), SpendEventError);
     assert.match(
       await metrics.registry.getSingleMetricAsString("spend_events_rejected_total"),
       /reason="buffer_full"\} \d+/,

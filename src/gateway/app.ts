@@ -13,7 +13,7 @@ import { BufferFullError, type SpendProducer } from "../produce/producer.js";
 import { SpendEventError, validateSpendEvent, type SpendEvent } from "../produce/spend-event.js";
 import type { Db } from "../persist/prisma.js";
 import { liveSpend } from "../persist/live-spend.js";
-import { picoToDecimal } from "../money.js";
+import { PICO_PER_USD, picoToDecimal } from "../money.js";
 import { ENTITY_KINDS, type EntityKind } from "../queue/spend-batch.js";
 import type { SpendQueues } from "../queue/spend-queues.js";
 import { bearerToken, secretEquals } from "../serve/admin-auth.js";
@@ -160,6 +160,9 @@ function parseChatRequest(body: unknown): ChatRequest {
 export function createGatewayApp(deps: GatewayDeps): Express {
   const { config, producer, keys, db, metrics, logger } = deps;
   const prices = new PriceTable(config.gateway.modelPrices);
+  // The producer's limits on what the model and the price table make (see chat).
+  const maxSpendPico = BigInt(Math.round(config.limits.maxSpendUsd * PICO_PER_USD));
+  const maxTokens = config.limits.maxTokens;
   const app = createApp(metrics);
   const requests = new Counter({
     name: "gateway_requests_total",
@@ -282,20 +285,28 @@ export function createGatewayApp(deps: GatewayDeps): Express {
       success: result.ok,
       startTime,
     };
-    try {
-      producer.recordServed(event);
-    } catch (err) {
-      // Only what the checks above cannot see is left (e.g. a cost past
-      // max_spend_usd_per_event): the model ran, so say so loudly.
-      if (err instanceof SpendEventError) {
+    // recordServed() validates in its batch, after this request is answered. What
+    // the check before the model could not see (a cost past max_spend_usd_per_event,
+    // a token count past the limit) is checked here, so a request whose spend the
+    // producer would refuse is answered as unaccountable, not charged silently.
+    if (
+      cost.pico > maxSpendPico ||
+      result.promptTokens > maxTokens ||
+      result.completionTokens > maxTokens
+    ) {
+      try {
+        validateSpendEvent(event, config.limits);
+      } catch (err) {
+        if (!(err instanceof SpendEventError)) throw err;
+        metrics.eventsRejected.inc({ reason: err.reason });
         logger.error(
           { reason: err.reason, field: err.field, model: chatReq.model },
           "served request's spend refused by validation: not recorded",
         );
         return sendUnaccountable(res, err);
       }
-      throw err;
     }
+    producer.recordServed(event);
     res.set("x-litellm-response-cost", cost.usd);
     if (!result.ok) {
       return sendError(res, 500, "api_error", `mock model ${chatReq.model} failed (by design)`);
