@@ -82,6 +82,26 @@ async function flushAll(config: AppConfig, t: TestDatabase): Promise<void> {
   }
 }
 
+/** A gateway with a database, key prefix and key of its own, for a test that changes its settings. */
+async function ownGateway(
+  label: string,
+  settings: Record<string, unknown>,
+): Promise<{
+  t: TestDatabase;
+  prefix: string;
+  config: AppConfig;
+  key: CreatedKey;
+  gw: GatewayService;
+  base: string;
+}> {
+  const t = await createTestDatabase(`gateway_${label}`);
+  const prefix = uniquePrefix(`gw${label}`);
+  const config = gatewayConfig(prefix, t.url, TEST_REDIS_URL, settings);
+  const key = await createKey(t.db, { userId: `${label}-alice` });
+  const gw = await startGateway(config, { port: 0, host: "127.0.0.1" });
+  return { t, prefix, config, key, gw, base: `http://127.0.0.1:${gw.port}` };
+}
+
 /** Rows a key creation made with no spend yet are not part of the comparison. */
 function withoutZeroRows(t: Totals): Totals {
   return new Map([...t].filter(([, v]) => v.some((x) => x !== 0n)));
@@ -460,17 +480,12 @@ describe("gateway live spend", () => {
   });
 });
 
-describe("gateway back-pressure", () => {
+describe("gateway limits", () => {
   it("answers a request whose cost passes max_spend_usd_per_event as unaccountable, and records nothing of it", async () => {
-    const t = await createTestDatabase("gateway_max");
-    const prefix = uniquePrefix("gwmax");
     // mock-large's prompt price alone: a request of a few words costs more than this.
-    const config = gatewayConfig(prefix, t.url, TEST_REDIS_URL, {
+    const { t, prefix, config, key, gw, base } = await ownGateway("max", {
       max_spend_usd_per_event: 0.00001,
     });
-    const key = await createKey(t.db, { userId: "max-alice" });
-    const gw = await startGateway(config, { port: 0, host: "127.0.0.1" });
-    const base = `http://127.0.0.1:${gw.port}`;
     const ask = (model: string): Promise<Response> =>
       fetch(`${base}/v1/chat/completions`, {
         method: "POST",
@@ -504,17 +519,14 @@ describe("gateway back-pressure", () => {
       await t.drop();
     }
   });
+});
 
+describe("gateway back-pressure", () => {
   it("answers 503 with Retry-After while the flush backlog is past its limit, charging nothing", async () => {
-    const t = await createTestDatabase("gateway_bp");
-    const prefix = uniquePrefix("gwbp");
-    const config = gatewayConfig(prefix, t.url, TEST_REDIS_URL, {
+    const { t, prefix, config, key, gw, base } = await ownGateway("bp", {
       backpressure_backlog_age_seconds: 0.2,
     });
-    const key = await createKey(t.db, { userId: "bp-alice" });
-    const gw = await startGateway(config, { port: 0, host: "127.0.0.1" });
     const h = new Harness(config, t.db);
-    const base = `http://127.0.0.1:${gw.port}`;
     const post = (path: string, auth: string, body: unknown): Promise<Response> =>
       fetch(`${base}${path}`, {
         method: "POST",
