@@ -16,7 +16,7 @@ import { decimalToPico, picoToDecimal } from "../money.js";
 import { migrate } from "../persist/migrate.js";
 import { createRedis } from "../queue/connection.js";
 import { redisKeys } from "../queue/keys.js";
-import { openSpendQueues } from "../queue/spend-queues.js";
+import { pendingJobs } from "../queue/partitions.js";
 
 const HELP = `Usage: npm start -- [options]
 
@@ -83,15 +83,10 @@ async function committed(): Promise<{ spend: bigint; requests: bigint }> {
 
 const redis = config.useRedisBuffer ? createRedis(config.redis, "producer") : undefined;
 const keys = redisKeys(config.keyPrefix);
-const queues = redis !== undefined ? openSpendQueues(redis, keys) : undefined;
-async function backlog(): Promise<number> {
-  if (queues === undefined) return 0;
-  const [a, b] = await Promise.all([
-    queues.entity.getJobCounts("wait", "active"),
-    queues.daily.getJobCounts("wait", "active"),
-  ]);
-  return (a.wait ?? 0) + (a.active ?? 0) + (b.wait ?? 0) + (b.active ?? 0);
-}
+const backlog = (): Promise<number> =>
+  redis === undefined
+    ? Promise.resolve(0)
+    : pendingJobs(redis, config.keyPrefix, config.partitions);
 
 // The reconciliation compares what these gateways record with what PostgreSQL
 // gains, so nothing else may write under this prefix meanwhile: another flush
@@ -106,6 +101,7 @@ if (redis !== undefined) {
     // CLIENT LIST may be refused (managed Redis): go on, the reconciliation will tell.
     say(`could not list flush workers (${(err as Error).message}); not checking for another run`);
   }
+  await flushQueue.close();
   if (others !== undefined && others > 0) {
     process.stderr.write(
       `error: ${others} flush worker(s) already connected under prefix "${config.keyPrefix}" (another demo, or a deployment): stop them, or give this run its own spend_buffer_settings.key_prefix, so its totals can be reconciled\n`,

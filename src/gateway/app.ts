@@ -10,10 +10,15 @@ import type { AppConfig } from "../config/config.js";
 import type { Logger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
 import { BufferFullError, type SpendProducer } from "../produce/producer.js";
-import { SpendEventError, validateSpendEvent, type SpendEvent } from "../produce/spend-event.js";
+import {
+  SpendEventError,
+  maxSpendPico,
+  validateSpendEvent,
+  type SpendEvent,
+} from "../produce/spend-event.js";
 import type { Db } from "../persist/prisma.js";
 import { liveSpend } from "../persist/live-spend.js";
-import { PICO_PER_USD, picoToDecimal } from "../money.js";
+import { picoToDecimal } from "../money.js";
 import { ENTITY_KINDS, type EntityKind } from "../queue/spend-batch.js";
 import type { SpendQueues } from "../queue/spend-queues.js";
 import { bearerToken, secretEquals } from "../serve/admin-auth.js";
@@ -161,8 +166,19 @@ export function createGatewayApp(deps: GatewayDeps): Express {
   const { config, producer, keys, db, metrics, logger } = deps;
   const prices = new PriceTable(config.gateway.modelPrices);
   // The producer's limits on what the model and the price table make (see chat).
-  const maxSpendPico = BigInt(Math.round(config.limits.maxSpendUsd * PICO_PER_USD));
+  const spendLimitPico = BigInt(maxSpendPico(config.limits));
   const maxTokens = config.limits.maxTokens;
+  /** Why the producer would refuse `e`, counted; undefined if it would take it. */
+  const refusal = (e: SpendEvent): SpendEventError | undefined => {
+    try {
+      validateSpendEvent(e, config.limits);
+      return undefined;
+    } catch (err) {
+      if (!(err instanceof SpendEventError)) throw err;
+      metrics.eventsRejected.inc({ reason: err.reason });
+      return err;
+    }
+  };
   const app = createApp(metrics);
   const requests = new Counter({
     name: "gateway_requests_total",
@@ -252,18 +268,12 @@ export function createGatewayApp(deps: GatewayDeps): Express {
       return sendError(res, 503, "service_unavailable", "spend buffer full: retry later");
     }
     if (chatReq.user !== undefined || chatReq.tags !== undefined) {
-      try {
-        validateSpendEvent(
-          { spend: 0, endUserId: chatReq.user ?? null, tags: chatReq.tags ?? null },
-          config.limits,
-        );
-      } catch (err) {
-        if (err instanceof SpendEventError) {
-          metrics.eventsRejected.inc({ reason: err.reason });
-          return sendUnaccountable(res, err);
-        }
-        throw err;
-      }
+      const refused = refusal({
+        spend: 0,
+        endUserId: chatReq.user ?? null,
+        tags: chatReq.tags ?? null,
+      });
+      if (refused !== undefined) return sendUnaccountable(res, refused);
     }
     const result = runMockModel(chatReq.model, chatReq.messages, chatReq.maxTokens);
     const cost = prices.cost(chatReq.model, result.promptTokens, result.completionTokens);
@@ -290,20 +300,17 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     // a token count past the limit) is checked here, so a request whose spend the
     // producer would refuse is answered as unaccountable, not charged silently.
     if (
-      cost.pico > maxSpendPico ||
+      cost.pico > spendLimitPico ||
       result.promptTokens > maxTokens ||
       result.completionTokens > maxTokens
     ) {
-      try {
-        validateSpendEvent(event, config.limits);
-      } catch (err) {
-        if (!(err instanceof SpendEventError)) throw err;
-        metrics.eventsRejected.inc({ reason: err.reason });
+      const refused = refusal(event);
+      if (refused !== undefined) {
         logger.error(
-          { reason: err.reason, field: err.field, model: chatReq.model },
+          { reason: refused.reason, field: refused.field, model: chatReq.model },
           "served request's spend refused by validation: not recorded",
         );
-        return sendUnaccountable(res, err);
+        return sendUnaccountable(res, refused);
       }
     }
     producer.recordServed(event);

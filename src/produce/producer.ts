@@ -342,9 +342,8 @@ export class SpendProducer {
     let addedRows = false;
     const now = this.clock.read();
     for (let i = 0; i < events.length; i++) {
-      let e: NormalizedEvent;
       try {
-        e = normalizeSpendEvent(events[i], this.limits, now);
+        const e = normalizeSpendEvent(events[i], this.limits, now);
         if (!this.agg.addIfKnown(e)) {
           checkIdsContent(e);
           this.agg.add(e);

@@ -211,6 +211,11 @@ function checkTokens(value: unknown, field: string, limits: ValidationLimits): n
   return value;
 }
 
+/** The largest cost one event may carry under `limits`, in picodollars. */
+export function maxSpendPico(limits: ValidationLimits): number {
+  return Math.round(limits.maxSpendUsd * PICO_PER_USD);
+}
+
 function checkSpend(value: unknown, limits: ValidationLimits): number {
   if (typeof value === "number") {
     if (!Number.isFinite(value) || value < 0 || value > limits.maxSpendUsd) {
@@ -229,7 +234,7 @@ function checkSpend(value: unknown, limits: ValidationLimits): number {
     } catch (err) {
       throw new SpendEventError("invalid_spend", "spend", (err as MoneyError).message);
     }
-    if (pico > Math.round(limits.maxSpendUsd * PICO_PER_USD)) {
+    if (pico > maxSpendPico(limits)) {
       throw new SpendEventError("invalid_spend", "spend", `more than ${limits.maxSpendUsd} USD`);
     }
     return pico;
