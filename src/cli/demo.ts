@@ -214,7 +214,12 @@ async function shutdown(): Promise<void> {
   say(`waiting for the flush worker to commit the backlog`);
   const deadline = Date.now() + 120_000;
   let c = await committed();
-  while (c.spend - baseline.spend < t.spend && Date.now() < deadline) {
+  // Entity and daily rows commit in separate jobs: wait for both (key spend and daily
+  // requests), or the worker is stopped with daily jobs still queued.
+  while (
+    (c.spend - baseline.spend < t.spend || c.requests - baseline.requests < BigInt(t.events)) &&
+    Date.now() < deadline
+  ) {
     await new Promise((r) => setTimeout(r, 250));
     c = await committed();
   }
