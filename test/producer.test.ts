@@ -139,7 +139,7 @@ describe("producer", () => {
       ledger.record(e);
     }
     await new Promise((r) => setTimeout(r, 300));
-    assert.equal(p.backlogged, false, "no rate published: held rows alone say nothing");
+    assert.equal(p.backlogged, false, "no rate published, and fewer rows than one transaction");
     assert.equal(await h.waitingJobs(), 0);
     // At 0.001 rows/s the flush would need far longer than half an interval (1 h) for
     // these ~40 rows.
@@ -150,6 +150,34 @@ describe("producer", () => {
     assert.ok((await h.waitingJobs()) > 0, "the held rows went to the queue on turning behind");
     await p.close();
     await h.redis.del(h.keys.flushRate);
+    for (;;) if ((await h.flusher().flushOnce()).outcome !== "committed") break;
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+  });
+
+  it("back-pressure: before any rate is published, gateways may hold one transaction's rows", async () => {
+    await truncateAll(t.db);
+    await h.redis.del(h.keys.flushRate, h.keys.heldRows);
+    const ledger = new Ledger();
+    const p = h.producer({
+      backpressureBacklogAgeMs: 60_000,
+      backlogCheckEveryMs: 50,
+      heldRowsWithoutRate: 30,
+    });
+    const until = (want: boolean, what: string): Promise<void> => backlogged(p, want, what);
+    const record = (i: number): void => {
+      const e = { spend: "0.01", userId: `cold-${i}`, tags: ["cold"] };
+      p.record(e);
+      ledger.record(e);
+    };
+    // Each event adds a user row and a daily user row: 10 events hold ~20 rows (under 30).
+    for (let i = 0; i < 10; i++) record(i);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(p.backlogged, false, "under one transaction's rows");
+    for (let i = 10; i < 30; i++) record(i);
+    await until(true, "past one transaction's rows with no rate to weigh them against");
+    await until(false, "rows handed over");
+    assert.ok((await h.waitingJobs()) > 0, "the held rows went to the queue on turning behind");
+    await p.close();
     for (;;) if ((await h.flusher().flushOnce()).outcome !== "committed") break;
     assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
   });

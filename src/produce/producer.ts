@@ -67,6 +67,13 @@ export interface ProducerOptions {
   backpressureBacklogAgeMs?: number;
   /** How often the sink's backlog is read while back-pressure is on. Default 1 000 ms. */
   backlogCheckEveryMs?: number;
+  /**
+   * Back-pressure before any worker has published a flush rate (a new
+   * deployment, or one idle for a minute): the most rows every gateway
+   * together may hold. The workers' max_rows_per_transaction: one
+   * transaction's rows, which the flush commits and so measures. Default 20 000.
+   */
+  heldRowsWithoutRate?: number;
 }
 
 /** The producer settings a configuration decides (everything but the sink and observers). */
@@ -81,6 +88,7 @@ export function producerSettings(
   | "limits"
   | "partitions"
   | "backpressureBacklogAgeMs"
+  | "heldRowsWithoutRate"
 > {
   return {
     flushIntervalMs: config.producer.flushIntervalMs,
@@ -90,6 +98,7 @@ export function producerSettings(
     limits: config.limits,
     partitions: config.partitions,
     backpressureBacklogAgeMs: config.producer.backpressureBacklogAgeMs,
+    heldRowsWithoutRate: config.worker.maxRowsPerTransaction,
   };
 }
 
@@ -128,6 +137,7 @@ export class SpendProducer {
   private readonly sink: SpendSink;
   private readonly intervalMs: number;
   private readonly jitterMs: number;
+  private readonly heldRowsWithoutRate: number;
   private readonly maxRows: number;
   private readonly maxRowsPerJob: number;
   private readonly closeTimeoutMs: number;
@@ -160,6 +170,7 @@ export class SpendProducer {
     this.sink = opts.sink;
     this.intervalMs = opts.flushIntervalMs ?? 10_000;
     this.jitterMs = opts.flushJitterMs ?? 5_000;
+    this.heldRowsWithoutRate = opts.heldRowsWithoutRate ?? 20_000;
     this.maxRows = opts.maxBufferedRows ?? 200_000;
     this.maxRowsPerJob = opts.maxRowsPerJob ?? 5_000;
     this.closeTimeoutMs = opts.closeTimeoutMs ?? 30_000;
@@ -212,10 +223,15 @@ export class SpendProducer {
    *   past that, each interval brings more than the flush commits in one.
    *   Without this a fleet saw the backlog only when its seals landed, an
    *   interval late, and then handed the flush a wave of them at once.
+   *   Until a worker has measured its rate, the gateways may hold one flush
+   *   transaction's rows: a fleet that starts (or wakes) flat out otherwise
+   *   records a whole interval unchecked, and its first seals arrive as one
+   *   wave that takes the flush many intervals to commit. Handed over early,
+   *   those rows are also what gives the worker its first rate.
    */
   private isBehind(load: PipelineLoad, maxAgeMs: number): boolean {
     if (load.backlogAgeMs > maxAgeMs) return true;
-    if (load.flushRowsPerSec === null) return false;
+    if (load.flushRowsPerSec === null) return load.heldRows > this.heldRowsWithoutRate;
     const secondsOfWork = load.heldRows / load.flushRowsPerSec;
     return secondsOfWork * 1000 > (this.intervalMs + this.jitterMs) / 2;
   }
