@@ -160,9 +160,8 @@ export class Flusher {
         await this.opts.onStep?.("acked");
 
         // In the producers' units: rows as sealed, before batches merge.
-        const rows = taken.jobs.reduce((n, t) => n + t.data.rows.length, 0);
-        if (rows >= this.maxRows / 4)
-          this.opts.onRate?.((1000 * rows) / Math.max(1, performance.now() - txStarted));
+        if (taken.rows >= this.maxRows / 4)
+          this.opts.onRate?.((1000 * taken.rows) / Math.max(1, performance.now() - txStarted));
 
         report.outcome = "committed";
         report.batches += result.applied.length;

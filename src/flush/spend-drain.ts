@@ -18,6 +18,8 @@ export interface Taken {
   poison: { queue: "entity" | "daily"; job: Job; reason: string }[];
   /** False when both queues ran out: nothing was waiting beyond what was taken. */
   more: boolean;
+  /** Rows of the valid jobs, as sealed (before batches merge): the producers' unit. */
+  rows: number;
 }
 
 /**
@@ -59,25 +61,26 @@ export class SpendDrain {
   async take(max: number, maxRows: number, token: string): Promise<Taken> {
     const half = Math.max(1, Math.ceil(max / 2));
     const entity = await takeFrom(this.entity, half, Math.ceil(maxRows / 2), token);
-    const entityJobs = entity.jobs;
-    const entityRows = entityJobs.reduce((n, j) => n + rowsOf(j), 0);
     const daily = await takeFrom(
       this.daily,
-      max - entityJobs.length,
-      Math.max(1, maxRows - entityRows),
+      max - entity.jobs.length,
+      Math.max(1, maxRows - entity.rows),
       token,
     );
-    const dailyJobs = daily.jobs;
-    const taken: Taken = { jobs: [], poison: [], more: !entity.empty || !daily.empty };
-    for (const job of entityJobs) {
+    const taken: Taken = { jobs: [], poison: [], more: !entity.empty || !daily.empty, rows: 0 };
+    for (const job of entity.jobs) {
       const r = entityJobSchema.safeParse(job.data);
-      if (r.success) taken.jobs.push({ kind: "entity", job, data: r.data });
-      else taken.poison.push({ queue: "entity", job, reason: summarize(r.error.issues) });
+      if (r.success) {
+        taken.jobs.push({ kind: "entity", job, data: r.data });
+        taken.rows += r.data.rows.length;
+      } else taken.poison.push({ queue: "entity", job, reason: summarize(r.error.issues) });
     }
-    for (const job of dailyJobs) {
+    for (const job of daily.jobs) {
       const r = dailyJobPayloadSchema.safeParse(job.data);
-      if (r.success) taken.jobs.push({ kind: "daily", job, data: r.data });
-      else taken.poison.push({ queue: "daily", job, reason: summarize(r.error.issues) });
+      if (r.success) {
+        taken.jobs.push({ kind: "daily", job, data: r.data });
+        taken.rows += r.data.rows.length;
+      } else taken.poison.push({ queue: "daily", job, reason: summarize(r.error.issues) });
     }
     return taken;
   }
@@ -144,7 +147,7 @@ async function takeFrom(
   max: number,
   maxRows: number,
   token: string,
-): Promise<{ jobs: Job[]; empty: boolean }> {
+): Promise<{ jobs: Job[]; rows: number; empty: boolean }> {
   const out: Job[] = [];
   let rows = 0;
   let empty = false;
@@ -164,7 +167,7 @@ async function takeFrom(
       }
     }
   }
-  return { jobs: out, empty };
+  return { jobs: out, rows, empty };
 }
 
 async function inChunks<T>(items: readonly T[], fn: (item: T) => Promise<unknown>): Promise<void> {
