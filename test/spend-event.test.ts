@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import {
+  checkEndUserAndTags,
   SpendEventError,
   validateSpendEvent,
   type RejectReason,
@@ -82,6 +83,41 @@ describe("spend event validation", () => {
   for (const [name, input, expected] of cases) {
     it(`rejects ${name} as ${expected}`, () => assert.equal(reason(input), expected));
   }
+
+  it("checks an end user and tags alone exactly as the whole event's validation does", () => {
+    // What a gateway checks of a request before the model runs must refuse what the
+    // producer would refuse later, with the same reason and field, and nothing more.
+    const outcome = (f: () => unknown): string => {
+      try {
+        f();
+        return "accepted";
+      } catch (err) {
+        assert.ok(err instanceof SpendEventError, `unexpected ${String(err)}`);
+        return `${err.reason} ${err.field}`;
+      }
+    };
+    const endUsers: unknown[] = [undefined, null, "eu-1", "", 42, "e".repeat(257), "a\u0007b"];
+    endUsers.push("__proto__", "prototype", "e".repeat(256));
+    const tagLists: unknown[] = [undefined, null, [], ["a", "b"], ["a", "a"], "a,b", [""], [7]];
+    tagLists.push(
+      ["ok", "bad\u0000"],
+      ["constructor"],
+      Array.from({ length: 33 }, (_, i) => `t${i}`),
+    );
+    let refused = 0;
+    for (const endUserId of endUsers)
+      for (const tags of tagLists) {
+        const whole = outcome(() => validateSpendEvent({ ...ok, endUserId, tags }, undefined, NOW));
+        const alone = outcome(() => checkEndUserAndTags(endUserId, tags));
+        assert.equal(
+          alone,
+          whole,
+          `endUserId ${JSON.stringify(endUserId)}, tags ${JSON.stringify(tags)}`,
+        );
+        if (whole !== "accepted") refused++;
+      }
+    assert.ok(refused > 0 && refused < endUsers.length * tagLists.length);
+  });
 
   it("names the offending field in the message", () => {
     assert.throws(

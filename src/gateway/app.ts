@@ -12,6 +12,7 @@ import type { SpendMetrics } from "../observe/metrics.js";
 import { BufferFullError, type SpendProducer } from "../produce/producer.js";
 import {
   SpendEventError,
+  checkEndUserAndTags,
   maxSpendPico,
   validateSpendEvent,
   type SpendEvent,
@@ -168,16 +169,11 @@ export function createGatewayApp(deps: GatewayDeps): Express {
   // The producer's limits on what the model and the price table make (see chat).
   const spendLimitPico = BigInt(maxSpendPico(config.limits));
   const maxTokens = config.limits.maxTokens;
-  /** Why the producer would refuse `e`, counted; undefined if it would take it. */
-  const refusal = (e: SpendEvent): SpendEventError | undefined => {
-    try {
-      validateSpendEvent(e, config.limits);
-      return undefined;
-    } catch (err) {
-      if (!(err instanceof SpendEventError)) throw err;
-      metrics.eventsRejected.inc({ reason: err.reason });
-      return err;
-    }
+  /** A validation's error, counted: why the producer would refuse the spend. */
+  const refusal = (err: unknown): SpendEventError => {
+    if (!(err instanceof SpendEventError)) throw err;
+    metrics.eventsRejected.inc({ reason: err.reason });
+    return err;
   };
   const app = createApp(metrics);
   const requests = new Counter({
@@ -268,12 +264,11 @@ export function createGatewayApp(deps: GatewayDeps): Express {
       return sendError(res, 503, "service_unavailable", "spend buffer full: retry later");
     }
     if (chatReq.user !== undefined || chatReq.tags !== undefined) {
-      const refused = refusal({
-        spend: 0,
-        endUserId: chatReq.user ?? null,
-        tags: chatReq.tags ?? null,
-      });
-      if (refused !== undefined) return sendUnaccountable(res, refused);
+      try {
+        checkEndUserAndTags(chatReq.user, chatReq.tags, config.limits);
+      } catch (err) {
+        return sendUnaccountable(res, refusal(err));
+      }
     }
     const result = runMockModel(chatReq.model, chatReq.messages, chatReq.maxTokens);
     const cost = prices.cost(chatReq.model, result.promptTokens, result.completionTokens);
@@ -304,8 +299,10 @@ export function createGatewayApp(deps: GatewayDeps): Express {
       result.promptTokens > maxTokens ||
       result.completionTokens > maxTokens
     ) {
-      const refused = refusal(event);
-      if (refused !== undefined) {
+      try {
+        validateSpendEvent(event, config.limits);
+      } catch (err) {
+        const refused = refusal(err);
         logger.error(
           { reason: refused.reason, field: refused.field, model: chatReq.model },
           "served request's spend refused by validation: not recorded",

@@ -291,6 +291,25 @@ export function validateSpendEvent(
   return e;
 }
 
+/**
+ * The checks validateSpendEvent makes of an end user id and tags, alone: what
+ * a gateway can check of a request before the model runs. Throws the same
+ * SpendEventError. Without building an event and normalising all its fields,
+ * since it runs once per request.
+ */
+export function checkEndUserAndTags(
+  endUserId: unknown,
+  tags: unknown,
+  limits: ValidationLimits = DEFAULT_LIMITS,
+): void {
+  // In validateSpendEvent's order (types and lengths first, then content), so a
+  // request with two faults is refused for the same one.
+  const endUser = checkId(endUserId, "endUserId", limits);
+  const checked = checkTags(tags, limits);
+  if (endUser !== "") checkIdContent(endUser, "endUserId");
+  for (let i = 0; i < checked.length; i++) checkIdContent(checked[i] as string, i);
+}
+
 function asEventObject(input: unknown): Record<string, unknown> {
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
     throw new SpendEventError("not_object", "event", "must be an object");
