@@ -145,7 +145,7 @@ export function markdown(r: BenchResults): string {
     L.push(
       `${pl.producers} producer processes (nice ${pl.producerNice}), each recording as fast as it can for ${pl.durationMs / 1000} s; ` +
         `seal every ${pl.intervalMs} ms + up to ${pl.jitterMs} ms jitter; buffered: one FlushWorker process with ${pl.flushPartitions} flush partitions, each firing every ${pl.workerEveryMs} ms, ` +
-        `and back-pressure at ${pl.backpressureMs / 1000} s (backpressure_backlog_age_seconds: a producer stops recording, as a gateway answering 503 would, while the oldest job not yet committed is older, or the rows all producers hold exceed what the flush commits in half an interval; markers too, so staleness is that of events a gateway accepts). ` +
+        `and back-pressure at ${pl.backpressureMs / 1000} s (backpressure_backlog_age_seconds: a producer stops recording, as a gateway answering 503 would, while the oldest job not yet committed is older, or the rows all producers hold exceed what the flush commits in half an interval (one transaction's rows until the worker has published its rate); markers too, so staleness is that of events a gateway accepts). ` +
         `Traffic shape: ${JSON.stringify(pl.shape)}. Modes alternate run by run; medians over ${pl.runsPerMode} run(s) per mode, counts summed.`,
     );
     L.push("");
