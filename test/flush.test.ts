@@ -153,32 +153,52 @@ describe("flush", () => {
     await assertTotals(ledger);
   });
 
-  it("sets a malformed job aside as failed and flushes everything else", async () => {
-    const ledger = new Ledger();
-    await produce(300, 5, ledger);
-    await h.queues.entity.add(
-      ENTITY_JOB,
-      {
+  const malformed = [
+    {
+      what: "an entity job with a spend that is not a number",
+      queue: "entity",
+      job: {
         v: 1,
         batchId: "poison",
         producerId: "x",
         sealedAt: 0,
         rows: [["user", "u", "", "NaN"]],
-      } as never,
-      {
-        jobId: "poison",
       },
-    );
-    const r = await h.flusher().flushOnce();
-    assert.equal(r.outcome, "committed");
-    assert.equal(r.poisonJobs, 1);
-    const failed = await h.queues.entity.getFailed();
-    assert.equal(failed.length, 1);
-    assert.match(failed[0]?.failedReason ?? "", /malformed spend job: rows\.0\.3/);
-    await assertTotals(ledger);
-    const metrics = await h.metrics.registry.getSingleMetricAsString("spend_poison_jobs_total");
-    assert.match(metrics, /spend_poison_jobs_total\{queue="entity"\} 1/);
-  });
+      reason: /malformed spend job: rows\.0\.3/,
+    },
+    {
+      what: "a format-2 daily job whose context lacks its endpoint",
+      queue: "daily",
+      job: {
+        v: 2,
+        batchId: "poison-v2",
+        producerId: "x",
+        sealedAt: 0,
+        groups: [
+          [["2026-11-26", "k", "m", "m", "p", ""], [["user", "u", 1, 1, 0, 0, 1, 1, 0, "5"]]],
+        ],
+      },
+      reason: /malformed spend job: groups\.0\.0/,
+    },
+  ] as const;
+  for (const [i, m] of malformed.entries()) {
+    it(`sets ${m.what} aside as failed and flushes everything else`, async () => {
+      const ledger = new Ledger();
+      await produce(300, 5 + i, ledger);
+      const queue = m.queue === "entity" ? h.queues.entity : h.queues.daily;
+      const name = m.queue === "entity" ? ENTITY_JOB : DAILY_JOB;
+      await queue.add(name, m.job as never, { jobId: m.job.batchId });
+      const r = await h.flusher().flushOnce();
+      assert.equal(r.outcome, "committed");
+      assert.equal(r.poisonJobs, 1);
+      const failed = await queue.getFailed();
+      assert.equal(failed.length, 1);
+      assert.match(failed[0]?.failedReason ?? "", m.reason);
+      await assertTotals(ledger);
+      const metrics = await h.metrics.registry.getSingleMetricAsString("spend_poison_jobs_total");
+      assert.match(metrics, new RegExp(`spend_poison_jobs_total\\{queue="${m.queue}"\\} 1`));
+    });
+  }
 
   it("flushes daily jobs of both formats exactly; format 2 groups rows by context", async () => {
     const ledger = new Ledger();
@@ -204,32 +224,6 @@ describe("flush", () => {
     const r = await h.flusher().flushOnce();
     assert.equal(r.outcome, "committed");
     assert.equal(r.poisonJobs, 0);
-    await assertTotals(ledger);
-  });
-
-  it("sets a malformed format-2 daily job aside and flushes everything else", async () => {
-    const ledger = new Ledger();
-    await produce(300, 7, ledger);
-    await h.queues.daily.add(
-      DAILY_JOB,
-      {
-        v: 2,
-        batchId: "poison-v2",
-        producerId: "x",
-        sealedAt: 0,
-        // The context lacks its endpoint.
-        groups: [
-          [["2026-11-26", "k", "m", "m", "p", ""], [["user", "u", 1, 1, 0, 0, 1, 1, 0, "5"]]],
-        ],
-      } as never,
-      { jobId: "poison-v2" },
-    );
-    const r = await h.flusher().flushOnce();
-    assert.equal(r.outcome, "committed");
-    assert.equal(r.poisonJobs, 1);
-    const failed = await h.queues.daily.getFailed();
-    assert.equal(failed.length, 1);
-    assert.match(failed[0]?.failedReason ?? "", /malformed spend job: groups\.0\.0/);
     await assertTotals(ledger);
   });
 
