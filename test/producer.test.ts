@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { collectStatus, formatStatus } from "../src/cli/status.js";
 import { trafficGenerator } from "../src/demo/traffic.js";
 import { SpendMetrics } from "../src/observe/metrics.js";
 import { BufferFullError, CloseTimeoutError, SpendProducer } from "../src/produce/producer.js";
@@ -205,6 +206,33 @@ describe("producer", () => {
       assert.equal((await sink.pipelineLoad("a", 7, 400)).flushRowsPerSec, null);
       await redis.set(h.keys.flushRate, "2500");
       assert.equal((await sink.pipelineLoad("a", 7, 400)).flushRowsPerSec, 2500);
+    } finally {
+      await redis.del(h.keys.flushRate, h.keys.heldRows);
+      await sink.close();
+      conn.disconnect();
+    }
+  });
+
+  it("status shows the rows gateways hold and the flush rate back-pressure weighs them against", async () => {
+    const conn = createRedis(h.config.redis, "producer");
+    const sink = new QueueSink(openSpendQueues(conn, h.keys));
+    const redis = h.redis;
+    try {
+      await waitUntilReady(conn);
+      await redis.del(h.keys.heldRows, h.keys.flushRate);
+      assert.match(
+        formatStatus(await collectStatus(h.config)),
+        /held by gateways: none reporting .*; flush rate: none published/,
+      );
+      await sink.pipelineLoad("a", 3_000, 60_000);
+      await sink.pipelineLoad("b", 1_000, 60_000);
+      await redis.set(h.keys.flushRate, "2000");
+      const status = await collectStatus(h.config);
+      assert.deepEqual(status.held, { gateways: 2, rows: 4_000, flushRowsPerSec: 2_000 });
+      assert.match(
+        formatStatus(status),
+        /held by gateways: 4000 rows \(2 reporting\); flush rate: 2000 rows\/s, 2\.0 s of work held/,
+      );
     } finally {
       await redis.del(h.keys.flushRate, h.keys.heldRows);
       await sink.close();

@@ -38,6 +38,12 @@ export interface SpendStatus {
   queues: QueueStatus[];
   /** Jobs waiting in the spend queues, and the age of the oldest one. */
   backlog: { jobs: number; oldestAgeMs?: number };
+  /**
+   * What back-pressure weighs besides the backlog's age: the rows gateways
+   * said they hold (their last reports), and the flush rate workers published
+   * (rows/s, summed over the partitions that published one; absent: none did).
+   */
+  held: { gateways: number; rows: number; flushRowsPerSec?: number };
   /** Every flush partition (one unless spend_buffer_settings.flush_partitions says more). */
   partitions: PartitionStatus[];
   /** When a flush of any partition last committed (the newest spend_flush_fence.updated_at). */
@@ -82,6 +88,11 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
     }
     const spend = qs.filter((q) => q.role !== "flush");
     const oldest = Math.min(...spend.map((q) => q.oldestWaitingAt ?? Infinity));
+    const [heldEntries, rates] = await Promise.all([
+      redis.hvals(keys.heldRows),
+      Promise.all(partitionKeys.map((k) => redis.get(k.flushRate))),
+    ]);
+    const knownRates = rates.map(Number).filter((r) => Number.isFinite(r) && r > 0);
     const inRedis = await Promise.all(
       partitionKeys.map((k) =>
         Promise.all([redis.get(k.flushLock), redis.pttl(k.flushLock), redis.get(k.flushFence)]),
@@ -143,6 +154,14 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
         jobs: spend.reduce((n, q) => n + q.counts.wait + q.counts.prioritized, 0),
         ...(Number.isFinite(oldest) ? { oldestAgeMs: at - oldest } : {}),
       },
+      held: {
+        gateways: heldEntries.length,
+        // Each entry is "<rows>:<epoch ms>" (queue/scripts/held-rows-1.lua).
+        rows: heldEntries.reduce((n, v) => n + (Number(v.split(":")[0]) || 0), 0),
+        ...(knownRates.length > 0
+          ? { flushRowsPerSec: knownRates.reduce((a, b) => a + b, 0) }
+          : {}),
+      },
       partitions,
       ...(Number.isFinite(lastFlush) ? { lastFlushAt: new Date(lastFlush).toISOString() } : {}),
       ...(newest !== null ? { newestAppliedBatchAt: newest.toISOString() } : {}),
@@ -176,6 +195,16 @@ export function formatStatus(s: SpendStatus): string {
   lines.push(
     `backlog: ${s.backlog.jobs} jobs waiting` +
       (s.backlog.oldestAgeMs !== undefined ? `, oldest ${seconds(s.backlog.oldestAgeMs)} old` : ""),
+  );
+  const rate = s.held.flushRowsPerSec;
+  lines.push(
+    (s.held.gateways === 0
+      ? "held by gateways: none reporting (they report only with back-pressure on)"
+      : `held by gateways: ${s.held.rows} rows (${s.held.gateways} reporting)`) +
+      "; flush rate: " +
+      (rate === undefined
+        ? "none published (gateways hold at most max_rows_per_transaction rows until one is)"
+        : `${Math.round(rate)} rows/s, ${seconds((1000 * s.held.rows) / rate)} of work held`),
   );
   for (const p of s.partitions) {
     // One partition: the plain lines; several: each one's writer on its own lines.
