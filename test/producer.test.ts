@@ -27,6 +27,9 @@ async function backlogged(p: SpendProducer, want: boolean, what: string): Promis
 describe("producer", () => {
   let t: TestDatabase;
   let h: Harness;
+  /** Back-pressure episodes by the rule that turned it on, as Prometheus text. */
+  const episodes = (): Promise<string> =>
+    h.metrics.registry.getSingleMetricAsString("spend_producer_backpressure_episodes_total");
   const prefix = uniquePrefix("producer");
   before(async () => {
     t = await createTestDatabase("producer");
@@ -113,6 +116,7 @@ describe("producer", () => {
       await h.metrics.registry.getSingleMetricAsString("spend_producer_backpressure"),
       /spend_producer_backpressure 1/,
     );
+    assert.match(await episodes(), /reason="backlog_age"\} [1-9]/);
     // Back-pressure is advice to callers: record() still takes everything.
     p.record(e);
     ledger.record(e);
@@ -146,6 +150,7 @@ describe("producer", () => {
     // these ~40 rows.
     await h.redis.set(h.keys.flushRate, "0.001");
     await until(true, "behind by the rows it holds");
+    assert.match(await episodes(), /reason="held_rows"\} [1-9]/);
     // It hands them over at once, and holding nothing it is behind no more.
     await until(false, "rows handed over");
     assert.ok((await h.waitingJobs()) > 0, "the held rows went to the queue on turning behind");
@@ -176,6 +181,7 @@ describe("producer", () => {
     assert.equal(p.backlogged, false, "under one transaction's rows");
     for (let i = 10; i < 30; i++) record(i);
     await until(true, "past one transaction's rows with no rate to weigh them against");
+    assert.match(await episodes(), /reason="held_rows_no_rate"\} [1-9]/);
     await until(false, "rows handed over");
     assert.ok((await h.waitingJobs()) > 0, "the held rows went to the queue on turning behind");
     await p.close();

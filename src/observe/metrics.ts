@@ -14,7 +14,7 @@ export interface BufferStats {
   undeliveredBatches?: number;
   /** Events accepted by record() since the producer started (monotonic). */
   recordedEvents?: number;
-  /** 1 while the producer sees the flush backlog past backpressure_backlog_age_seconds. */
+  /** 1 while the producer has back-pressure on (a rule of spend_producer_backpressure_episodes_total holds). */
   backlogged?: number;
 }
 
@@ -71,6 +71,7 @@ export class SpendMetrics {
 
   readonly eventsRejected: Counter<"reason">;
   readonly enqueueFailures: Counter;
+  readonly backpressureEpisodes: Counter<"reason">;
   readonly flushes: Counter<"outcome">;
   readonly flushDuration: Histogram;
   readonly flushRows: Histogram<"kind">;
@@ -155,7 +156,7 @@ export class SpendMetrics {
     });
     new Gauge({
       name: "spend_producer_backpressure",
-      help: "Producers in this process that see the oldest spend job not yet committed older than backpressure_backlog_age_seconds (the gateway answers 503 meanwhile).",
+      help: "Producers in this process with back-pressure on (the gateway answers 503 meanwhile): see spend_producer_backpressure_episodes_total for the rules.",
       registers,
       collect() {
         this.set(sum((s) => s.backlogged));
@@ -244,6 +245,12 @@ export class SpendMetrics {
     this.enqueueFailures = new Counter({
       name: "spend_producer_enqueue_failures_total",
       help: "Failed attempts to send a sealed batch to its sink (it is kept and retried).",
+      registers,
+    });
+    this.backpressureEpisodes = new Counter({
+      name: "spend_producer_backpressure_episodes_total",
+      help: "Times a producer turned back-pressure on, by the rule that did: backlog_age (the oldest job not yet committed is past backpressure_backlog_age_seconds), held_rows (the rows gateways hold exceed half a seal interval of flush work), held_rows_no_rate (no flush rate published yet, and they hold more than max_rows_per_transaction).",
+      labelNames: ["reason"] as const,
       registers,
     });
     this.flushes = new Counter({

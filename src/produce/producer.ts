@@ -76,6 +76,9 @@ export interface ProducerOptions {
   heldRowsWithoutRate?: number;
 }
 
+/** Which back-pressure rule holds (the label of spend_producer_backpressure_episodes_total). */
+export type BackpressureReason = "backlog_age" | "held_rows" | "held_rows_no_rate";
+
 /** The producer settings a configuration decides (everything but the sink and observers). */
 export function producerSettings(
   config: AppConfig,
@@ -229,11 +232,12 @@ export class SpendProducer {
    *   wave that takes the flush many intervals to commit. Handed over early,
    *   those rows are also what gives the worker its first rate.
    */
-  private isBehind(load: PipelineLoad, maxAgeMs: number): boolean {
-    if (load.backlogAgeMs > maxAgeMs) return true;
-    if (load.flushRowsPerSec === null) return load.heldRows > this.heldRowsWithoutRate;
+  private behindBecause(load: PipelineLoad, maxAgeMs: number): BackpressureReason | undefined {
+    if (load.backlogAgeMs > maxAgeMs) return "backlog_age";
+    if (load.flushRowsPerSec === null)
+      return load.heldRows > this.heldRowsWithoutRate ? "held_rows_no_rate" : undefined;
     const secondsOfWork = load.heldRows / load.flushRowsPerSec;
-    return secondsOfWork * 1000 > (this.intervalMs + this.jitterMs) / 2;
+    return secondsOfWork * 1000 > (this.intervalMs + this.jitterMs) / 2 ? "held_rows" : undefined;
   }
 
   private watchBacklog(maxAgeMs: number, everyMs: number): void {
@@ -242,26 +246,32 @@ export class SpendProducer {
     // A producer that stopped reporting drops out of the others' sums after this long.
     const freshMs = 3 * everyMs;
     const check = async (): Promise<void> => {
-      let behind: boolean;
+      let load: PipelineLoad;
       try {
         // A busy process answers late; a late answer is still the answer.
-        const load = await withTimeout(
-          readLoad(this.producerId, this.workRows, freshMs),
-          10 * everyMs,
-        );
-        behind = this.isBehind(load, maxAgeMs);
+        load = await withTimeout(readLoad(this.producerId, this.workRows, freshMs), 10 * everyMs);
       } catch {
         // Backlog unknown (Redis slow or away): keep the last reading rather than
         // guess either way. Sends fail and retry on their own meanwhile.
         return;
       }
+      const reason = this.behindBecause(load, maxAgeMs);
+      const behind = reason !== undefined;
       if (behind !== this.behind) {
-        if (behind)
+        if (reason !== undefined) {
+          this.metrics.backpressureEpisodes.inc({ reason });
+          // The figures each rule weighs, so an operator seeing 503s can tell which held.
           this.log.warn(
-            { backlogAgeLimitMs: maxAgeMs },
-            "flush backlog past its limit: back-pressure on until it catches up",
+            {
+              reason,
+              backlogAgeMs: load.backlogAgeMs,
+              backlogAgeLimitMs: maxAgeMs,
+              heldRows: load.heldRows,
+              flushRowsPerSec: load.flushRowsPerSec,
+            },
+            "flush falling behind: back-pressure on until it catches up",
           );
-        else this.log.info("flush backlog back under its limit: back-pressure off");
+        } else this.log.info("flush caught up: back-pressure off");
         this.behind = behind;
         // Hand over what is held now rather than at the next interval: the backlog
         // the gateways see then includes it, so they do not resume into a wave of
