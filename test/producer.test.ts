@@ -189,13 +189,24 @@ describe("producer", () => {
     assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
   });
 
-  it("back-pressure: held rows are summed over every gateway that reported lately", async () => {
+  /** A sink of its own on the harness's keys, the back-pressure keys cleared before and after. */
+  async function withSink(fn: (sink: QueueSink) => Promise<void>): Promise<void> {
     const conn = createRedis(h.config.redis, "producer");
     const sink = new QueueSink(openSpendQueues(conn, h.keys));
-    const redis = h.redis;
     try {
       await waitUntilReady(conn);
-      await redis.del(h.keys.heldRows);
+      await h.redis.del(h.keys.heldRows, h.keys.flushRate);
+      await fn(sink);
+    } finally {
+      await h.redis.del(h.keys.flushRate, h.keys.heldRows);
+      await sink.close();
+      conn.disconnect();
+    }
+  }
+
+  it("back-pressure: held rows are summed over every gateway that reported lately", () =>
+    withSink(async (sink) => {
+      const redis = h.redis;
       assert.equal((await sink.pipelineLoad("a", 10, 400)).heldRows, 10);
       assert.equal((await sink.pipelineLoad("b", 5, 400)).heldRows, 15);
       assert.equal(
@@ -212,39 +223,24 @@ describe("producer", () => {
       assert.equal((await sink.pipelineLoad("a", 7, 400)).flushRowsPerSec, null);
       await redis.set(h.keys.flushRate, "2500");
       assert.equal((await sink.pipelineLoad("a", 7, 400)).flushRowsPerSec, 2500);
-    } finally {
-      await redis.del(h.keys.flushRate, h.keys.heldRows);
-      await sink.close();
-      conn.disconnect();
-    }
-  });
+    }));
 
-  it("status shows the rows gateways hold and the flush rate back-pressure weighs them against", async () => {
-    const conn = createRedis(h.config.redis, "producer");
-    const sink = new QueueSink(openSpendQueues(conn, h.keys));
-    const redis = h.redis;
-    try {
-      await waitUntilReady(conn);
-      await redis.del(h.keys.heldRows, h.keys.flushRate);
+  it("status shows the rows gateways hold and the flush rate back-pressure weighs them against", () =>
+    withSink(async (sink) => {
       assert.match(
         formatStatus(await collectStatus(h.config)),
         /held by gateways: none reporting .*; flush rate: none published/,
       );
       await sink.pipelineLoad("a", 3_000, 60_000);
       await sink.pipelineLoad("b", 1_000, 60_000);
-      await redis.set(h.keys.flushRate, "2000");
+      await h.redis.set(h.keys.flushRate, "2000");
       const status = await collectStatus(h.config);
       assert.deepEqual(status.held, { gateways: 2, rows: 4_000, flushRowsPerSec: 2_000 });
       assert.match(
         formatStatus(status),
         /held by gateways: 4000 rows \(2 reporting\); flush rate: 2000 rows\/s, 2\.0 s of work held/,
       );
-    } finally {
-      await redis.del(h.keys.flushRate, h.keys.heldRows);
-      await sink.close();
-      conn.disconnect();
-    }
-  });
+    }));
 
   it("recordServed counts and logs the invalid events its batches refuse, and delivers the others exactly", async () => {
     await truncateAll(t.db);
