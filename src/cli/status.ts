@@ -1,7 +1,7 @@
 import { Queue } from "bullmq";
 import pg from "pg";
 import type { AppConfig } from "../config/config.js";
-import { oldestJobAt } from "../queue/backlog.js";
+import { oldestJobAt, reportedHeldRows, totalFlushRate } from "../queue/backlog.js";
 import { connectRedis } from "../queue/connection.js";
 import { redisKeys } from "../queue/keys.js";
 
@@ -88,11 +88,11 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
     }
     const spend = qs.filter((q) => q.role !== "flush");
     const oldest = Math.min(...spend.map((q) => q.oldestWaitingAt ?? Infinity));
-    const [heldEntries, rates] = await Promise.all([
-      redis.hvals(keys.heldRows),
+    const [held, rates] = await Promise.all([
+      reportedHeldRows(redis, keys),
       Promise.all(partitionKeys.map((k) => redis.get(k.flushRate))),
     ]);
-    const knownRates = rates.map(Number).filter((r) => Number.isFinite(r) && r > 0);
+    const flushRowsPerSec = totalFlushRate(rates);
     const inRedis = await Promise.all(
       partitionKeys.map((k) =>
         Promise.all([redis.get(k.flushLock), redis.pttl(k.flushLock), redis.get(k.flushFence)]),
@@ -154,14 +154,7 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
         jobs: spend.reduce((n, q) => n + q.counts.wait + q.counts.prioritized, 0),
         ...(Number.isFinite(oldest) ? { oldestAgeMs: at - oldest } : {}),
       },
-      held: {
-        gateways: heldEntries.length,
-        // Each entry is "<rows>:<epoch ms>" (queue/scripts/held-rows-1.lua).
-        rows: heldEntries.reduce((n, v) => n + (Number(v.split(":")[0]) || 0), 0),
-        ...(knownRates.length > 0
-          ? { flushRowsPerSec: knownRates.reduce((a, b) => a + b, 0) }
-          : {}),
-      },
+      held: { ...held, ...(flushRowsPerSec !== null ? { flushRowsPerSec } : {}) },
       partitions,
       ...(Number.isFinite(lastFlush) ? { lastFlushAt: new Date(lastFlush).toISOString() } : {}),
       ...(newest !== null ? { newestAppliedBatchAt: newest.toISOString() } : {}),

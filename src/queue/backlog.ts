@@ -1,4 +1,6 @@
 import type { Queue } from "bullmq";
+import type { RedisClient } from "./connection.js";
+import type { RedisKeys } from "./keys.js";
 import { LuaScript } from "./lua.js";
 import type { PipelineLoad } from "../produce/spend-sink.js";
 import type { SpendQueues } from "./spend-queues.js";
@@ -70,11 +72,29 @@ export async function pipelineLoad(
     ),
     Promise.all(partitions.map((p) => p.connection.get(p.keys.flushRate))),
   ]);
-  const known = rates.map(Number).filter((r) => Number.isFinite(r) && r > 0);
-  return {
-    backlogAgeMs: age,
-    heldRows: Number(held),
-    // A partition whose rate is unknown is not counted: the estimate errs towards "behind".
-    flushRowsPerSec: known.length === 0 ? null : known.reduce((a, b) => a + b, 0),
-  };
+  return { backlogAgeMs: age, heldRows: Number(held), flushRowsPerSec: totalFlushRate(rates) };
+}
+
+/**
+ * The flush rates the partitions' workers published (`keys.flushRate`
+ * values), summed, rows/s; null when none did. A partition whose rate is
+ * unknown is not counted: the estimate errs towards "behind".
+ */
+export function totalFlushRate(published: readonly (string | null)[]): number | null {
+  const known = published.map(Number).filter((r) => Number.isFinite(r) && r > 0);
+  return known.length === 0 ? null : known.reduce((a, b) => a + b, 0);
+}
+
+/**
+ * What producers last reported holding, read-only (the held-rows script's
+ * hash: producer id -> "<rows>:<epoch ms>"): for an operator's view, not
+ * back-pressure, which sums through the script and drops stale reports.
+ */
+export async function reportedHeldRows(
+  redis: RedisClient,
+  keys: RedisKeys,
+): Promise<{ gateways: number; rows: number }> {
+  const entries = await redis.hvals(keys.heldRows);
+  const rows = entries.reduce((n, v) => n + (Number(v.split(":")[0]) || 0), 0);
+  return { gateways: entries.length, rows };
 }
