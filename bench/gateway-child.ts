@@ -9,6 +9,11 @@
  * {"port"} once listening; answers "cpu" with its process.cpuUsage(), and
  * "seal" once what it holds is sealed and sent.
  *
+ * "profile" turns on the breakdown the parent reads after its timed reps:
+ * the CPU of the producer's batches (validating and aggregating served
+ * events), of its seals, and of each seal-and-send, and the main thread's GC
+ * pauses. Off until then, so the timed reps run the producer unwrapped.
+ *
  * The producer's seal timer is off: the parent seals at the end of each rep,
  * and a rep lasts one mean seal interval, so each request carries the share
  * of one seal a gateway's requests carry. With the timer on as well, a rep
@@ -17,6 +22,7 @@
  * sides of it.
  */
 import type { AddressInfo } from "node:net";
+import { PerformanceObserver } from "node:perf_hooks";
 import { createGatewayApp } from "../src/gateway/app.js";
 import { KeyCache } from "../src/gateway/virtual-keys.js";
 import { silentLogger } from "../src/observe/logger.js";
@@ -44,6 +50,51 @@ class SwitchedProducer extends SpendProducer {
   override recordServed(event: SpendEvent): void {
     if (this.recording) super.recordServed(event);
   }
+}
+
+/** The breakdown's running totals, in CPU microseconds of this process. */
+const profile = { batchUs: 0, sealUs: 0, sealAndSendUs: 0, gcPauseUs: 0 };
+let profiling = false;
+
+function cpuUs(since: NodeJS.CpuUsage): number {
+  const d = process.cpuUsage(since);
+  return d.user + d.system;
+}
+
+/**
+ * Wraps the producer's batch and seal (private: a bench patches them at run
+ * time rather than give the product a hook) and observes GC pauses.
+ */
+function startProfiling(): void {
+  if (profiling) return;
+  profiling = true;
+  const proto = SpendProducer.prototype as unknown as Record<string, (this: unknown) => unknown>;
+  const method = (name: string): ((this: unknown) => unknown) => {
+    const f = proto[name];
+    if (typeof f !== "function") throw new Error(`SpendProducer has no method ${name}`);
+    return f;
+  };
+  const settle = method("settleServed");
+  const seal = method("seal");
+  const timed = (f: (this: unknown) => unknown, self: unknown, add: (us: number) => void): void => {
+    const t0 = process.cpuUsage();
+    try {
+      f.call(self);
+    } finally {
+      add(cpuUs(t0));
+    }
+  };
+  proto.settleServed = function (this: unknown): void {
+    timed(settle, this, (us) => (profile.batchUs += us));
+  };
+  proto.seal = function (this: unknown): void {
+    // A seal first settles the served events still queued: batch work, timed as such.
+    proto.settleServed?.call(this);
+    timed(seal, this, (us) => (profile.sealUs += us));
+  };
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) profile.gcPauseUs += e.duration * 1000;
+  }).observe({ entryTypes: ["gc"] });
 }
 
 const recording = process.env.RECORDING === "on";
@@ -86,14 +137,22 @@ process.on("message", (m) => {
       ...process.cpuUsage(),
       bufferedRows: producer.bufferedRows,
       flushes: producer.flushes,
+      profile: { ...profile },
     });
   else if (m === "on" || m === "off") {
     producer.recording = m === "on";
     process.send?.({ recording: producer.recording });
+  } else if (m === "profile") {
+    startProfiling();
+    process.send?.({ profiling });
   } else if (m === "seal") {
+    const t0 = process.cpuUsage();
     void producer
       .flush()
-      .then(() => process.send?.({ sealed: true }))
+      .then(() => {
+        if (profiling) profile.sealAndSendUs += cpuUs(t0);
+        process.send?.({ sealed: true });
+      })
       .catch((err: unknown) => process.send?.({ sealed: false, error: String(err) }));
   } else if (m === "stop") {
     server.close();

@@ -52,6 +52,7 @@ export interface GatewayOverheadResult {
   /** Requests per second the client saw (wall). */
   offRps: Spread;
   onRps: Spread;
+  breakdown: RecordingBreakdown;
 }
 
 type Mode = "on" | "off";
@@ -61,11 +62,41 @@ interface Gateway {
   port: number;
 }
 
+interface Profile {
+  batchUs: number;
+  sealUs: number;
+  sealAndSendUs: number;
+  gcPauseUs: number;
+}
+
 interface CpuUsage {
   user: number;
   system: number;
   bufferedRows: number;
   flushes: number;
+  /** Zero until the child is told to profile (after the timed reps). */
+  profile: Profile;
+}
+
+/**
+ * Where recording's CPU goes, per request, from reps run after the timed
+ * ones with the recording gateway's batches and seals wrapped in CPU timers
+ * (gateway-child.ts): not part of the figure above.
+ */
+export interface RecordingBreakdown {
+  reps: number;
+  /** The gateway not recording, CPU per request in these reps, µs. */
+  offCpuUs: Spread;
+  /** Recording's added CPU per request in these reps (on - off), µs. */
+  addedUs: Spread;
+  /** Validating and aggregating served events, in batches. */
+  batchUs: Spread;
+  /** Sealing: draining the aggregate into rows and splitting them into jobs. */
+  sealUs: Spread;
+  /** Sending the sealed jobs (BullMQ add: JSON, Redis), until Redis acknowledged them. */
+  sendUs: Spread;
+  /** Main-thread GC pauses of the recording gateway minus the other's. */
+  gcPauseAddedUs: Spread;
 }
 
 export async function measureGatewayOverhead(
@@ -119,7 +150,7 @@ export async function measureGatewayOverhead(
       on: Gateway,
       off: Gateway,
       record = true,
-    ): Promise<Record<Mode, { cpuUs: number; rps: number }>> => {
+    ): Promise<Record<Mode, { cpuUs: number; rps: number; profile: Profile }>> => {
       await Promise.all([ask(on.c.child, record ? "on" : "off"), ask(off.c.child, "off")]);
       const [on0, off0] = await Promise.all([
         ask<CpuUsage>(on.c.child, "cpu"),
@@ -146,9 +177,15 @@ export async function measureGatewayOverhead(
       if (on1.flushes - on0.flushes !== 1)
         throw new Error(`the recording gateway sealed ${on1.flushes - on0.flushes} times in a rep`);
       const us = (a: CpuUsage, b: CpuUsage): number => (b.user + b.system - a.user - a.system) / n;
+      const perRequest = (a: CpuUsage, b: CpuUsage): Profile => ({
+        batchUs: (b.profile.batchUs - a.profile.batchUs) / n,
+        sealUs: (b.profile.sealUs - a.profile.sealUs) / n,
+        sealAndSendUs: (b.profile.sealAndSendUs - a.profile.sealAndSendUs) / n,
+        gcPauseUs: (b.profile.gcPauseUs - a.profile.gcPauseUs) / n,
+      });
       return {
-        on: { cpuUs: us(on0, on1), rps: n / onWall },
-        off: { cpuUs: us(off0, off1), rps: n / offWall },
+        on: { cpuUs: us(on0, on1), rps: n / onWall, profile: perRequest(on0, on1) },
+        off: { cpuUs: us(off0, off1), rps: n / offWall, profile: perRequest(off0, off1) },
       };
     };
     const [a, b] = gateways as [Gateway, Gateway];
@@ -196,6 +233,25 @@ export async function measureGatewayOverhead(
       const got = await drivePair(requestsPerRep, x, y, false);
       nullPct.push((100 * (got.on.cpuUs - got.off.cpuUs)) / got.off.cpuUs);
     }
+    // The breakdown, last: its timers must not touch the reps above.
+    progress(S, `reference gateway: ${plan.profileReps} reps with recording's parts timed`);
+    await Promise.all(gateways.map((g) => ask(g.c.child, "profile")));
+    const offUs: number[] = [];
+    const addedUs: number[] = [];
+    const batchUs: number[] = [];
+    const sealUs: number[] = [];
+    const sendUs: number[] = [];
+    const gcAdded: number[] = [];
+    for (let rep = 0; rep < plan.profileReps; rep++) {
+      const got = await drivePair(requestsPerRep, rep % 2 === 0 ? a : b, rep % 2 === 0 ? b : a);
+      const p = got.on.profile;
+      offUs.push(got.off.cpuUs);
+      addedUs.push(got.on.cpuUs - got.off.cpuUs);
+      batchUs.push(p.batchUs);
+      sealUs.push(p.sealUs);
+      sendUs.push(p.sealAndSendUs - p.sealUs);
+      gcAdded.push(p.gcPauseUs - got.off.profile.gcPauseUs);
+    }
     // Reps 2k and 2k+1 swapped roles: their mean cancels what process a costs more than b.
     const balanced = (byRep: number[]): number[] => {
       const out: number[] = [];
@@ -220,6 +276,15 @@ export async function measureGatewayOverhead(
       nullPctByRep: spread(nullPct),
       offRps: spread(offRps),
       onRps: spread(onRps),
+      breakdown: {
+        reps: plan.profileReps,
+        offCpuUs: spread(offUs),
+        addedUs: spread(addedUs),
+        batchUs: spread(batchUs),
+        sealUs: spread(sealUs),
+        sendUs: spread(sendUs),
+        gcPauseAddedUs: spread(gcAdded),
+      },
     };
   } finally {
     await Promise.all(children.map((c) => stop(c)));

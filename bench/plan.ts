@@ -54,6 +54,8 @@ export interface GatewayPlan {
   reps: number;
   /** Pairs with neither gateway recording (the harness's resolution). */
   nullReps: number;
+  /** Reps after those, with recording's parts timed (where its CPU goes). */
+  profileReps: number;
 }
 
 export interface FlushPlan {
@@ -168,6 +170,7 @@ export const FULL_PLAN: BenchPlan = {
     // Even: each process records in as many pairs as it does not.
     reps: 12,
     nullReps: 4,
+    profileReps: 4,
   },
   flush: {
     sizes: [
@@ -212,6 +215,7 @@ export const SMOKE_PLAN: BenchPlan = {
     // Two of each: one figure from a pair of reps with roles swapped.
     reps: 2,
     nullReps: 2,
+    profileReps: 2,
   },
   flush: {
     sizes: [

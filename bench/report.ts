@@ -111,6 +111,35 @@ export function markdown(r: BenchResults): string {
       `| neither recording (the harness's resolution), per two reps / each rep | ${sp(gw.nullPct, 1, 2)} % / ${sp(gw.nullPctByRep, 1, 2)} % | |`,
     );
     L.push("");
+    const bd = gw.breakdown;
+    const offUs = bd.offCpuUs.median;
+    const share = (us: number): string => `${n((100 * us) / offUs, 2)} %`;
+    const known = bd.batchUs.median + bd.sealUs.median + bd.sendUs.median;
+    L.push(
+      `Where recording's CPU goes: ${bd.reps} more reps after the timed ones, the recording gateway's batches, seals and sends timed (process CPU, so V8's helper threads count where they run); medians per request, and as a share of the reference request's CPU in these reps (${n(offUs)} µs, not recording). The rest is what recording costs the gateway's own work: GC of what it keeps alive, and the caches its data takes.`,
+    );
+    L.push("");
+    L.push("| Part of recording | CPU per request, µs | share of a request |");
+    L.push("|---|---|---|");
+    L.push(
+      `| validate + aggregate (batches of served events) | ${sp(bd.batchUs, 1, 2)} | ${share(bd.batchUs.median)} |`,
+    );
+    L.push(
+      `| seal (drain rows, split into jobs) | ${sp(bd.sealUs, 1, 2)} | ${share(bd.sealUs.median)} |`,
+    );
+    L.push(
+      `| send (BullMQ add: JSON, Redis) | ${sp(bd.sendUs, 1, 2)} | ${share(bd.sendUs.median)} |`,
+    );
+    L.push(
+      `| main-thread GC pauses, recording minus not | ${sp(bd.gcPauseAddedUs, 1, 2)} | ${share(bd.gcPauseAddedUs.median)} |`,
+    );
+    L.push(
+      `| **all added (on - off) in these reps** | **${sp(bd.addedUs, 1, 2)}** | **${share(bd.addedUs.median)}** |`,
+    );
+    L.push(
+      `| rest (added - batch - seal - send) | ${n(bd.addedUs.median - known, 2)} | ${share(bd.addedUs.median - known)} |`,
+    );
+    L.push("");
   }
 
   const f = r.flush;
