@@ -70,6 +70,45 @@ describe("producer", () => {
     await h.flusher().flushOnce();
   });
 
+  it("each seal that emits rows is measured: how long it held the event loop, and its rows", async () => {
+    const metrics = new SpendMetrics();
+    const p = h.producer({ metrics });
+    const seals = async (): Promise<{ count: number; rows: number; seconds: number }> => {
+      const rows = (await metrics.sealRows.get()).values;
+      const time = (await metrics.sealDuration.get()).values;
+      const at = (vs: typeof rows, name: string): number =>
+        vs.find((v) => v.metricName === name)?.value ?? Number.NaN;
+      assert.equal(
+        at(time, "spend_producer_seal_duration_seconds_count"),
+        at(rows, "spend_producer_seal_rows_count"),
+      );
+      return {
+        count: at(rows, "spend_producer_seal_rows_count"),
+        rows: at(rows, "spend_producer_seal_rows_sum"),
+        seconds: at(time, "spend_producer_seal_duration_seconds_sum"),
+      };
+    };
+    const gen = trafficGenerator(31);
+    for (let i = 0; i < 500; i++) p.record(gen());
+    const held = p.bufferedRows;
+    assert.ok(held > 100);
+    await p.flush();
+    const first = await seals();
+    assert.equal(first.count, 1);
+    assert.equal(first.rows, held, "the seal's rows are the rows it held");
+    assert.ok(first.seconds > 0);
+    // Nothing recorded since: no seal to measure.
+    await p.flush();
+    assert.equal((await seals()).count, 1);
+    p.record({ spend: 1, userId: "seal-metric-user" });
+    await p.flush();
+    const second = await seals();
+    assert.equal(second.count, 2);
+    assert.equal(second.rows - first.rows, 2, "one user row, one daily row");
+    await p.close();
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+  });
+
   it("refuses invalid events with their reason and a metric, and keeps the valid ones", async () => {
     const metrics = new SpendMetrics();
     const p = h.producer({ metrics });

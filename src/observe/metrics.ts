@@ -48,6 +48,14 @@ export const FLUSH_DURATION_BUCKETS = [
 ];
 /** Rows one flush commits: 1 to max_jobs_per_flush × max_rows_per_job and beyond. */
 export const FLUSH_ROWS_BUCKETS = [1, 10, 100, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000];
+/**
+ * A producer's seal: well under a millisecond for a few rows, ~0.5-2 µs per
+ * row on the benchmark's machines, so seconds only for a buffer near
+ * max_buffered_rows (200 000 by default).
+ */
+export const SEAL_DURATION_BUCKETS = [
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+];
 /** Batches (jobs) one flush commits: up to max_jobs_per_flush per transaction, several transactions. */
 export const FLUSH_BATCHES_BUCKETS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000];
 
@@ -72,6 +80,8 @@ export class SpendMetrics {
   readonly eventsRejected: Counter<"reason">;
   readonly enqueueFailures: Counter;
   readonly backpressureEpisodes: Counter<"reason">;
+  readonly sealDuration: Histogram;
+  readonly sealRows: Histogram;
   readonly flushes: Counter<"outcome">;
   readonly flushDuration: Histogram;
   readonly flushRows: Histogram<"kind">;
@@ -251,6 +261,18 @@ export class SpendMetrics {
       name: "spend_producer_backpressure_episodes_total",
       help: "Times a producer turned back-pressure on, by the rule that did: backlog_age (the oldest job not yet committed is past backpressure_backlog_age_seconds), held_rows (the rows gateways hold exceed half a seal interval of flush work), held_rows_no_rate (no flush rate published yet, and they hold more than max_rows_per_transaction).",
       labelNames: ["reason"] as const,
+      registers,
+    });
+    this.sealDuration = new Histogram({
+      name: "spend_producer_seal_duration_seconds",
+      help: "Time one seal of a producer's buffer held its event loop: the rows touched since the last seal drained and split into jobs, synchronously (sending them is asynchronous and not counted).",
+      buckets: SEAL_DURATION_BUCKETS,
+      registers,
+    });
+    this.sealRows = new Histogram({
+      name: "spend_producer_seal_rows",
+      help: "Rows (entity + daily) one seal of a producer's buffer emitted.",
+      buckets: FLUSH_ROWS_BUCKETS,
       registers,
     });
     this.flushes = new Counter({

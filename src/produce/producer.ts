@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { performance } from "node:perf_hooks";
 import type { AppConfig } from "../config/config.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
@@ -557,7 +558,12 @@ export class SpendProducer {
     }
   }
 
+  /**
+   * Synchronous and O(rows touched since the last seal): its duration is
+   * how long it holds the gateway's event loop (spend_producer_seal_duration_seconds).
+   */
   private seal(): void {
+    const t0 = performance.now();
     const agg = this.aggregate();
     if (!agg.hasPending) return;
     const { entity, daily } = agg.drain();
@@ -567,6 +573,8 @@ export class SpendProducer {
       this.queueBatch({ kind: "entity", batchId: this.nextBatchId(), partition, rows, ...header });
     for (const [partition, rows] of this.jobsOf(daily, dailyIdentity))
       this.queueBatch({ kind: "daily", batchId: this.nextBatchId(), partition, rows, ...header });
+    this.metrics.sealDuration.observe((performance.now() - t0) / 1000);
+    this.metrics.sealRows.observe(entity.length + daily.length);
   }
 
   private queueBatch(batch: SealedBatch): void {
