@@ -5,7 +5,9 @@
  * CPU (process.cpuUsage), so the client's work is not counted; both run side by
  * side on one core, swapping roles each rep. Each rep gives one ratio, and
  * each two reps (each process recording in one) one figure: their mean. A few
- * reps with neither recording give the harness's resolution.
+ * reps with neither recording give the harness's resolution, and a few last
+ * ones, with the recording gateway's batches, seals and sends timed, show
+ * where recording's CPU goes.
  */
 import http from "node:http";
 import type { TrafficShape } from "../src/demo/traffic.js";
@@ -189,6 +191,8 @@ export async function measureGatewayOverhead(
       };
     };
     const [a, b] = gateways as [Gateway, Gateway];
+    /** Rep k's recording and other gateway: the two processes swap roles every rep. */
+    const roles = (rep: number): [Gateway, Gateway] => (rep % 2 === 0 ? [a, b] : [b, a]);
     progress(S, `reference gateway: warm-up, ${plan.warmupRequests} requests per mode`);
     // Every key cached, every code path optimised in both roles, before anything is timed.
     await drivePair(plan.warmupRequests, a, b);
@@ -218,7 +222,7 @@ export async function measureGatewayOverhead(
     const offRps: number[] = [];
     const onRps: number[] = [];
     for (let rep = 0; rep < plan.reps; rep++) {
-      const got = await drivePair(requestsPerRep, rep % 2 === 0 ? a : b, rep % 2 === 0 ? b : a);
+      const got = await drivePair(requestsPerRep, ...roles(rep));
       off.push(got.off.cpuUs);
       on.push(got.on.cpuUs);
       offRps.push(got.off.rps);
@@ -228,9 +232,7 @@ export async function measureGatewayOverhead(
     // The harness's own resolution: the same pairs with neither gateway recording.
     const nullPct: number[] = [];
     for (let rep = 0; rep < plan.nullReps; rep++) {
-      const x = rep % 2 === 0 ? a : b;
-      const y = rep % 2 === 0 ? b : a;
-      const got = await drivePair(requestsPerRep, x, y, false);
+      const got = await drivePair(requestsPerRep, ...roles(rep), false);
       nullPct.push((100 * (got.on.cpuUs - got.off.cpuUs)) / got.off.cpuUs);
     }
     // The breakdown, last: its timers must not touch the reps above.
@@ -243,7 +245,7 @@ export async function measureGatewayOverhead(
     const sendUs: number[] = [];
     const gcAdded: number[] = [];
     for (let rep = 0; rep < plan.profileReps; rep++) {
-      const got = await drivePair(requestsPerRep, rep % 2 === 0 ? a : b, rep % 2 === 0 ? b : a);
+      const got = await drivePair(requestsPerRep, ...roles(rep));
       const p = got.on.profile;
       offUs.push(got.off.cpuUs);
       addedUs.push(got.on.cpuUs - got.off.cpuUs);
