@@ -28,13 +28,72 @@ export class MoneyError extends Error {
 }
 
 /**
- * A USD amount given as a number becomes picodollars, rounded half away from
- * zero at the 12th decimal: a float cost is already an approximation made by
- * the gateway's price arithmetic, so the 13th decimal carries no information.
- * Callers validate range and sign first.
+ * A USD amount given as a number becomes picodollars by one rule: the number
+ * is taken as the shortest decimal that reads back as it (what String(x) and
+ * JSON print, so what the sender wrote or meant), and that decimal is rounded
+ * half up (away from zero) at the 12th decimal. So 8.176985e-7 is
+ * 0.000000817699 and 4.880395e-7 is 0.000000488040: one decimal shape always
+ * rounds one way, which `Math.round(x * 1e12)` does not promise (the binary
+ * product of either lands on its own side of .5). A float cost is already an
+ * approximation made by the sender's price arithmetic, so the 13th decimal
+ * carries no information; rounding it by a fixed rule keeps the same input
+ * charged the same everywhere. Callers validate range and sign first (a
+ * negative number rounds symmetrically); the result is exact up to 2^53
+ * picodollars, far above MAX_EVENT_USD. Throws MoneyError for NaN or infinity.
  */
 export function usdNumberToPico(usd: number): number {
-  return Math.round(usd * PICO_PER_USD);
+  // Fast path, correct by this bound. Let y = fl(usd * 1e12) and D the exact
+  // value to round (the printed decimal times 10^12). The multiply is
+  // correctly rounded: |y - usd*10^12| <= 2^-53 * usd*10^12. The printed
+  // decimal reads back as usd, so it lies within half an ulp of it:
+  // |D - usd*10^12| <= 2^-53 * usd*10^12 (usd normal, as y >= 1/4 makes it).
+  // Hence |D - y| <= 2^-52 * usd*10^12 < 2^-51 * y = margin. For y >= 1/4,
+  // y - floor(y) and then - 0.5 are exact (y's last bit is at least 2^-54), so
+  // |g| is y's exact distance to the nearest half-integer; when it exceeds the
+  // margin, D lies strictly between the same two half-integers as y and both
+  // round to Math.round(y) (which is exact). For y < 1/4 the test passes and
+  // Math.round gives 0, as it must: D is then below 1/2 (within a hair of y,
+  // or of 0 for a subnormal usd). As |g| <= 1/2, passing implies y < 2^50;
+  // NaN, infinities and negatives never pass.
+  const y = usd * PICO_PER_USD;
+  const g = y - Math.floor(y) - 0.5;
+  const margin = y * 2 ** -51;
+  if (y >= 0 && (g > margin || g < -margin)) return Math.round(y);
+  return printedDecimalToPico(usd);
+}
+
+/** usdNumberToPico's rule done exactly, on the digits String(x) prints. */
+function printedDecimalToPico(usd: number): number {
+  if (!Number.isFinite(usd)) throw new MoneyError(`not a finite USD amount: ${String(usd)}`);
+  let text = String(usd);
+  const negative = text.startsWith("-");
+  if (negative) text = text.slice(1);
+  let exponent = 0;
+  const e = text.indexOf("e");
+  if (e >= 0) {
+    exponent = Number(text.slice(e + 1));
+    text = text.slice(0, e);
+  }
+  const dot = text.indexOf(".");
+  const digits = dot < 0 ? text : text.slice(0, dot) + text.slice(dot + 1);
+  // The value is digits * 10^(exponent - decimals); in picodollars, digits * 10^shift.
+  const shift = exponent - (dot < 0 ? 0 : text.length - dot - 1) + SPEND_SCALE;
+  let pico: number;
+  if (shift >= 0) {
+    pico = Number(digits + "0".repeat(shift));
+  } else {
+    const kept = digits.length + shift;
+    if (kept < 0) {
+      pico = 0; // even the first dropped digit is a leading zero
+    } else {
+      const head = digits.slice(0, kept);
+      // Half up: the first dropped digit alone decides (5 or more is at least half).
+      const up = digits.charCodeAt(kept) >= 53;
+      if (head.length <= 15) pico = Number(head === "" ? "0" : head) + (up ? 1 : 0);
+      else pico = Number(BigInt(head) + (up ? 1n : 0n));
+    }
+  }
+  return negative ? -pico : pico;
 }
 
 /**

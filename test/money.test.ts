@@ -10,6 +10,21 @@ import {
   usdStringToPicoNumber,
 } from "../src/money.js";
 
+/**
+ * The rounding rule, written the slow, obvious way: the decimal String(x)
+ * prints, as an integer scaled by a power of ten, rounded half up in BigInt.
+ */
+function referencePico(x: number): bigint {
+  const m = /^(\d+)(?:\.(\d+))?(?:e([+-]\d+))?$/.exec(String(x));
+  if (m === null) throw new Error(`unexpected ${String(x)}`);
+  const [, whole = "", frac = "", exp = "0"] = m;
+  const shift = Number(exp) - frac.length + 12;
+  const n = BigInt(whole + frac);
+  if (shift >= 0) return n * 10n ** BigInt(shift);
+  const d = 10n ** BigInt(-shift);
+  return (2n * n + d) / (2n * d);
+}
+
 describe("money", () => {
   it("parses decimal strings exactly", () => {
     assert.equal(usdStringToPico("0.1"), 100_000_000_000n);
@@ -42,6 +57,67 @@ describe("money", () => {
         }
       }),
       { numRuns: 5_000 },
+    );
+  });
+
+  it("rounds a number as the decimal it prints as, half up at the 12th decimal", () => {
+    // The same decimal shape, rounded the same way (a binary multiply took them apart).
+    assert.equal(usdNumberToPico(8.176985e-7), 817_699);
+    assert.equal(usdNumberToPico(4.880395e-7), 488_040);
+    assert.equal(usdNumberToPico(0.0000000000005), 1);
+    assert.equal(usdNumberToPico(0.0000000000004999), 0);
+    assert.equal(usdNumberToPico(12.3456789012345), 12_345_678_901_235);
+    assert.equal(usdNumberToPico(3999.9999999999995), 4_000_000_000_000_000);
+    assert.equal(usdNumberToPico(0), 0);
+    assert.equal(usdNumberToPico(4000), 4_000_000_000_000_000);
+    assert.equal(usdNumberToPico(5e-324), 0);
+    assert.throws(() => usdNumberToPico(Number.NaN), /not a finite USD amount/);
+    assert.throws(() => usdNumberToPico(Infinity), /not a finite USD amount/);
+
+    const decimal = (digits: bigint, decimals: number): number =>
+      Number(`${digits.toString()}e-${decimals}`);
+    const x = fc.oneof(
+      // Any double in range.
+      fc.double({ min: 0, max: 4_000, noNaN: true }),
+      // d / 10^k with 13 to 17 decimals: parsed from text, and divided as a gateway's float math would.
+      fc
+        .integer({ min: 13, max: 17 })
+        .chain((k) =>
+          fc.tuple(fc.bigInt({ min: 0n, max: 4_000n * 10n ** BigInt(k) }), fc.constant(k)),
+        )
+        .map(([d, k]) => decimal(d, k)),
+      fc
+        .tuple(
+          fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }),
+          fc.integer({ min: 13, max: 17 }),
+        )
+        .map(([d, k]) => d / 10 ** k)
+        .filter((v) => v <= 4_000),
+      // Exact ties: 13 decimals ending in 5.
+      fc
+        .tuple(fc.bigInt({ min: 0n, max: 4_000n * 10n ** 12n - 1n }))
+        .map(([d]) => decimal(d * 10n + 5n, 13)),
+      // Exponent forms (String(x) prints e-7 and below).
+      fc
+        .tuple(fc.integer({ min: 1, max: 99_999_999 }), fc.integer({ min: 7, max: 22 }))
+        .map(([m, k]) => decimal(BigInt(m), k)),
+      // Near the fast path's edge: where x * 10^12 crosses 2^50.
+      fc.double({ min: 2 ** 50 / 1e12 - 1, max: 2 ** 50 / 1e12 + 1, noNaN: true }),
+    );
+    fc.assert(
+      fc.property(x, (v) => {
+        assert.equal(BigInt(usdNumberToPico(v)), referencePico(v), `x = ${String(v)}`);
+      }),
+      { numRuns: 50_000 },
+    );
+  });
+
+  it("takes an exact picodollar count given as a number of 15 digits or fewer back exactly", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 10 ** 15 - 1 }), (n) => {
+        assert.equal(usdNumberToPico(Number(`${n}e-12`)), n);
+      }),
+      { numRuns: 20_000 },
     );
   });
 
