@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
+import type { Prisma } from "../generated/prisma/client.js";
 import type { Db } from "../persist/prisma.js";
 
 /**
@@ -55,9 +56,12 @@ function checkId(value: string | undefined, name: string): string | undefined {
 }
 
 /**
- * Creates a key for a user, team and/or organization: upserts their rows (a
- * team named with an organization is attached to it), stores the key's hash
- * and returns the plaintext once.
+ * Creates a key for a user, team and/or organization: creates their rows if
+ * missing (a team named with an organization is attached to it), stores the
+ * key's hash and returns the plaintext once. Safe to run concurrently for the
+ * same new owners: every row is created by INSERT ... ON CONFLICT, which
+ * PostgreSQL makes atomic, where Prisma's upsert reads, then inserts, and
+ * loses the race with a unique violation.
  */
 export async function createKey(db: Db, input: CreateKeyInput): Promise<CreatedKey> {
   const userId = checkId(input.userId, "user_id");
@@ -68,30 +72,36 @@ export async function createKey(db: Db, input: CreateKeyInput): Promise<CreatedK
     throw new KeyInputError("a key needs a user_id, team_id or organization_id");
   const key = newKey();
   const token = hashKey(key);
-  await db.$transaction(async (tx) => {
-    // Rows in a fixed order (org, team, user, membership), like the flush, so
-    // concurrent creations never wait on each other in a cycle.
-    if (organizationId !== undefined)
-      await tx.organizationTable.upsert({
-        where: { organizationId },
-        create: { organizationId },
-        update: {},
-      });
-    if (teamId !== undefined)
-      await tx.teamTable.upsert({
-        where: { teamId },
-        create: { teamId, ...(organizationId !== undefined ? { organizationId } : {}) },
-        update: organizationId !== undefined ? { organizationId } : {},
-      });
-    if (userId !== undefined)
-      await tx.userTable.upsert({ where: { userId }, create: { userId }, update: {} });
-    if (userId !== undefined && teamId !== undefined)
-      await tx.teamMembership.upsert({
-        where: { userId_teamId: { userId, teamId } },
-        create: { userId, teamId },
-        update: {},
-      });
-    await tx.verificationToken.create({
+  // Rows in a fixed order (org, team, user, membership), so concurrent
+  // creations never wait on each other in a cycle.
+  const statements: Prisma.PrismaPromise<unknown>[] = [];
+  if (organizationId !== undefined)
+    statements.push(db.$executeRaw`
+      INSERT INTO "LiteLLM_OrganizationTable" (organization_id) VALUES (${organizationId})
+      ON CONFLICT (organization_id) DO NOTHING`);
+  if (teamId !== undefined)
+    statements.push(
+      organizationId !== undefined
+        ? // The WHERE spares a write (and a dead row) when the team is already attached.
+          db.$executeRaw`
+            INSERT INTO "LiteLLM_TeamTable" AS t (team_id, organization_id)
+            VALUES (${teamId}, ${organizationId})
+            ON CONFLICT (team_id) DO UPDATE SET organization_id = EXCLUDED.organization_id
+            WHERE t.organization_id IS DISTINCT FROM EXCLUDED.organization_id`
+        : db.$executeRaw`
+            INSERT INTO "LiteLLM_TeamTable" (team_id) VALUES (${teamId})
+            ON CONFLICT (team_id) DO NOTHING`,
+    );
+  if (userId !== undefined)
+    statements.push(db.$executeRaw`
+      INSERT INTO "LiteLLM_UserTable" (user_id) VALUES (${userId})
+      ON CONFLICT (user_id) DO NOTHING`);
+  if (userId !== undefined && teamId !== undefined)
+    statements.push(db.$executeRaw`
+      INSERT INTO "LiteLLM_TeamMembership" (user_id, team_id) VALUES (${userId}, ${teamId})
+      ON CONFLICT (user_id, team_id) DO NOTHING`);
+  statements.push(
+    db.verificationToken.create({
       data: {
         token,
         ...(keyAlias !== undefined ? { keyAlias } : {}),
@@ -99,8 +109,10 @@ export async function createKey(db: Db, input: CreateKeyInput): Promise<CreatedK
         ...(teamId !== undefined ? { teamId } : {}),
         ...(organizationId !== undefined ? { organizationId } : {}),
       },
-    });
-  });
+    }),
+  );
+  // One transaction, its statements run in this order.
+  await db.$transaction(statements);
   return {
     key,
     token,
