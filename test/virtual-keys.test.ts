@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, it } from "node:test";
-import { createKey } from "../src/gateway/virtual-keys.js";
+import type { Db } from "../src/persist/prisma.js";
+import { createKey, hashKey, KeyCache } from "../src/gateway/virtual-keys.js";
 import { createTestDatabase, truncateAll, type TestDatabase } from "./support/db.js";
 
 /** Virtual keys against a real PostgreSQL: creation under concurrency. */
@@ -58,5 +59,44 @@ describe("createKey", () => {
     );
     assert.equal(await t.db.organizationTable.count(), 2);
     assert.equal(await t.db.teamMembership.count(), 0, "no user, no membership");
+  });
+});
+
+/** The cache over a real database, every query it makes counted. */
+function counted(db: Db): { db: Db; queries: () => number } {
+  let queries = 0;
+  const wrapped = db.$extends({
+    query: {
+      $allOperations({ args, query }) {
+        queries++;
+        return query(args);
+      },
+    },
+  });
+  return { db: wrapped as unknown as Db, queries: () => queries };
+}
+
+describe("KeyCache", () => {
+  let t: TestDatabase;
+  before(async () => {
+    t = await createTestDatabase("virtual_keys_cache");
+  });
+  after(async () => {
+    await t.drop();
+  });
+  beforeEach(async () => {
+    await truncateAll(t.db);
+  });
+
+  it("treats a key row with no user, team or organization as no key", async () => {
+    // What the flush leaves behind for spend ingested under sha256(X) when nobody issued X.
+    await t.db.verificationToken.create({ data: { token: hashKey("sk-nobody-issued-this") } });
+    const issued = await createKey(t.db, { teamId: "t" });
+    const { db, queries } = counted(t.db);
+    const cache = new KeyCache(db, 60_000, 100);
+    assert.equal(await cache.lookup("sk-nobody-issued-this"), null);
+    assert.equal(await cache.lookup("sk-nobody-issued-this"), null);
+    assert.equal(queries(), 1, "and remembers it as unknown");
+    assert.equal((await cache.lookup(issued.key))?.teamId, "t");
   });
 });

@@ -186,16 +186,21 @@ export class KeyCache {
 
   private async fetch(token: string): Promise<KeyInfo | null> {
     const row = await this.db.verificationToken.findUnique({ where: { token } });
-    const info: KeyInfo | null =
-      row === null
-        ? null
-        : {
-            token,
-            ...(row.keyAlias !== null ? { keyAlias: row.keyAlias } : {}),
-            ...(row.userId !== null ? { userId: row.userId } : {}),
-            ...(row.teamId !== null ? { teamId: row.teamId } : {}),
-            ...(row.organizationId !== null ? { organizationId: row.organizationId } : {}),
-          };
+    // A row is not proof that a key was issued: the flush creates the key row
+    // for spend charged to any hash (so no spend is dropped), so spend ingested
+    // under sha256(X) would otherwise make X a working key. createKey always
+    // sets an owner; a row with none is bookkeeping, not a key.
+    const owned =
+      row !== null && (row.userId !== null || row.teamId !== null || row.organizationId !== null);
+    const info: KeyInfo | null = !owned
+      ? null
+      : {
+          token,
+          ...(row.keyAlias !== null ? { keyAlias: row.keyAlias } : {}),
+          ...(row.userId !== null ? { userId: row.userId } : {}),
+          ...(row.teamId !== null ? { teamId: row.teamId } : {}),
+          ...(row.organizationId !== null ? { organizationId: row.organizationId } : {}),
+        };
     const ttl = info === null ? Math.min(this.ttlMs, 1_000) : this.ttlMs;
     if (ttl > 0) {
       // Bounded: the oldest insertion goes first (a Map iterates in insertion order).
