@@ -142,50 +142,149 @@ export function keyResponse(k: {
   };
 }
 
+/** A valid key's answer, and until when it may be given without asking PostgreSQL. */
 interface Entry {
-  info: KeyInfo | null;
+  info: KeyInfo;
   expires: number;
 }
 
 /**
- * Looks keys up by hash, with a bounded in-memory TTL cache in front of
- * PostgreSQL: a gateway answers most requests without a query. Unknown keys
- * are cached for at most a second, so a key created a moment ago works at
- * once while a flood of bad keys still costs one query per key per second.
- * Concurrent lookups of one key share one query.
+ * `lookup` did not ask PostgreSQL: keys in neither of the cache's maps are
+ * being looked up faster than its `lookupsPerSecond`, as in a flood of
+ * made-up keys. Not an answer about the key: the caller should be told to
+ * retry (503, Retry-After: retryAfterSeconds).
+ */
+export class KeyLookupThrottledError extends Error {
+  constructor(readonly retryAfterSeconds: number) {
+    super(`too many lookups of keys not cached: retry in ${retryAfterSeconds} s`);
+    this.name = "KeyLookupThrottledError";
+  }
+}
+
+export interface KeyCacheOptions {
+  /** The clock, in milliseconds. Default Date.now. */
+  now?: () => number;
+  /** Most unknown keys remembered at once. Default: the cache's maxEntries. */
+  maxUnknownEntries?: number;
+  /**
+   * PostgreSQL lookups per second, on average, for keys in neither map; past
+   * it `lookup` rejects with KeyLookupThrottledError. Default
+   * DEFAULT_KEY_LOOKUPS_PER_SECOND; Infinity turns the bound off.
+   */
+  lookupsPerSecond?: number;
+  /** How many of those lookups may run back to back after a quiet spell. Default: one second's worth. */
+  lookupBurst?: number;
+}
+
+export const DEFAULT_KEY_LOOKUPS_PER_SECOND = 300;
+
+/** Unknown keys are remembered at most this long, so a key created a moment ago works at once. */
+const UNKNOWN_TTL_MS = 1_000;
+
+/**
+ * Looks keys up by hash, with bounded in-memory TTL caches in front of
+ * PostgreSQL: a gateway answers most requests without a query.
+ *
+ * Valid keys and unknown keys are kept apart. Anyone can make up keys, so if
+ * unknown keys shared the valid keys' map a flood of them would evict the
+ * valid ones and turn every legitimate request into a query; here unknown
+ * keys evict only each other, for at most a second. And since a made-up key
+ * is always new, caching alone cannot stop a flood from costing a query per
+ * key: lookups of keys in neither map go through a token bucket
+ * (`lookupsPerSecond`, `lookupBurst`), past which `lookup` rejects with
+ * KeyLookupThrottledError instead of asking. A valid key whose entry has
+ * expired is refreshed without a token: only keys PostgreSQL confirmed reach
+ * that map, at most maxEntries of them, each refreshed about once per TTL
+ * (a failed refresh leaves the entry expired for the next request to retry),
+ * so these queries are bounded by the keys in use, and a flood cannot lock
+ * out a client whose entry happens to expire during it. Concurrent lookups
+ * of one key share one query (and one token).
  */
 export class KeyCache {
-  private readonly entries = new Map<string, Entry>();
+  private readonly known = new Map<string, Entry>();
+  /** Unknown keys' hashes, to when they may be asked about again. */
+  private readonly unknown = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<KeyInfo | null>>();
+  private readonly now: () => number;
+  private readonly maxUnknownEntries: number;
+  private readonly perSecond: number;
+  private readonly burst: number;
+  private tokens: number;
+  private refilledAt: number;
 
+  /** `options` may also be just the clock (the cache's older signature). */
   constructor(
     private readonly db: Db,
     private readonly ttlMs: number,
     private readonly maxEntries: number,
-    private readonly now: () => number = Date.now,
-  ) {}
-
-  get size(): number {
-    return this.entries.size;
+    options: KeyCacheOptions | (() => number) = {},
+  ) {
+    const o: KeyCacheOptions = typeof options === "function" ? { now: options } : options;
+    this.now = o.now ?? Date.now;
+    this.maxUnknownEntries = o.maxUnknownEntries ?? maxEntries;
+    const perSecond = o.lookupsPerSecond ?? DEFAULT_KEY_LOOKUPS_PER_SECOND;
+    if (!(perSecond > 0)) throw new RangeError("lookupsPerSecond must be positive");
+    this.burst = o.lookupBurst ?? Math.max(1, perSecond);
+    if (!(this.burst >= 1)) throw new RangeError("lookupBurst must be at least 1");
+    this.perSecond = perSecond;
+    this.tokens = this.burst;
+    this.refilledAt = this.now();
   }
 
-  /** The key's owner, or null if no such key. Rejects if PostgreSQL cannot be asked. */
+  /** Valid keys cached (expired ones included until refreshed or evicted). */
+  get size(): number {
+    return this.known.size;
+  }
+
+  /** Unknown keys remembered. */
+  get unknownSize(): number {
+    return this.unknown.size;
+  }
+
+  /**
+   * The key's owner, or null if no such key. Rejects with
+   * KeyLookupThrottledError past the lookup rate, or with PostgreSQL's error
+   * if it cannot be asked.
+   */
   async lookup(plaintext: string): Promise<KeyInfo | null> {
     const token = hashKey(plaintext);
-    const hit = this.entries.get(token);
-    if (hit !== undefined) {
-      if (hit.expires > this.now()) return hit.info;
-      this.entries.delete(token);
+    const now = this.now();
+    const known = this.known.get(token);
+    if (known !== undefined && known.expires > now) return known.info;
+    const unknownUntil = this.unknown.get(token);
+    if (unknownUntil !== undefined) {
+      if (unknownUntil > now) return null;
+      this.unknown.delete(token);
     }
     const running = this.inflight.get(token);
     if (running !== undefined) return running;
+    if (known === undefined && !this.takeToken(now))
+      throw new KeyLookupThrottledError(this.secondsToNextToken());
     const p = this.fetch(token).finally(() => this.inflight.delete(token));
     this.inflight.set(token, p);
     return p;
   }
 
+  private takeToken(now: number): boolean {
+    const elapsed = now - this.refilledAt;
+    if (elapsed > 0) {
+      this.tokens = Math.min(this.burst, this.tokens + (elapsed * this.perSecond) / 1000);
+      this.refilledAt = now;
+    }
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+
+  private secondsToNextToken(): number {
+    return Math.max(1, Math.ceil((1 - this.tokens) / this.perSecond));
+  }
+
   private async fetch(token: string): Promise<KeyInfo | null> {
-    const row = await this.db.verificationToken.findUnique({ where: { token } });
+    const row = await this.db.verificationToken.findUnique({
+      where: { token },
+      select: { keyAlias: true, userId: true, teamId: true, organizationId: true },
+    });
     // A row is not proof that a key was issued: the flush creates the key row
     // for spend charged to any hash (so no spend is dropped), so spend ingested
     // under sha256(X) would otherwise make X a working key. createKey always
@@ -201,20 +300,32 @@ export class KeyCache {
           ...(row.teamId !== null ? { teamId: row.teamId } : {}),
           ...(row.organizationId !== null ? { organizationId: row.organizationId } : {}),
         };
-    const ttl = info === null ? Math.min(this.ttlMs, 1_000) : this.ttlMs;
-    if (ttl > 0) {
-      // Bounded: the oldest insertion goes first (a Map iterates in insertion order).
-      while (this.entries.size >= this.maxEntries) {
-        const oldest = this.entries.keys().next();
-        if (oldest.done === true) break;
-        this.entries.delete(oldest.value);
-      }
-      this.entries.set(token, { info, expires: this.now() + ttl });
+    const now = this.now();
+    if (info === null) {
+      // Revoked, or never issued: a valid entry left from before must not answer again.
+      this.known.delete(token);
+      const ttl = Math.min(this.ttlMs, UNKNOWN_TTL_MS);
+      if (ttl > 0) remember(this.unknown, token, now + ttl, this.maxUnknownEntries);
+    } else if (this.ttlMs > 0) {
+      this.unknown.delete(token);
+      remember(this.known, token, { info, expires: now + this.ttlMs }, this.maxEntries);
     }
     return info;
   }
 
   clear(): void {
-    this.entries.clear();
+    this.known.clear();
+    this.unknown.clear();
   }
+}
+
+/** Sets a bounded map's entry as its newest; the oldest go first (a Map iterates in insertion order). */
+function remember<V>(map: Map<string, V>, key: string, value: V, max: number): void {
+  map.delete(key);
+  while (map.size >= max) {
+    const oldest = map.keys().next();
+    if (oldest.done === true) break;
+    map.delete(oldest.value);
+  }
+  map.set(key, value);
 }
