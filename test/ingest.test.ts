@@ -69,7 +69,7 @@ describe("batch ingest (POST /spend/events)", () => {
     assert.equal((await post({ events }, "sk-ingest-master-kez")).status, 401);
   });
 
-  it("records the valid events and names each rejected one's index and reason", async () => {
+  it("all or nothing: a batch with refused events records none of them and names each one's index and reason", async () => {
     const now = Date.now();
     const good: SpendEvent[] = [
       {
@@ -122,18 +122,24 @@ describe("batch ingest (POST /spend/events)", () => {
     }
     assert.equal(events.length, 10, "exactly the batch bound");
     const res = await post({ events });
-    assert.equal(res.status, 200);
+    assert.equal(res.status, 400);
     const body = (await res.json()) as {
+      error: { message: string };
       accepted: number;
       rejected: { index: number; reason: string; field: string; message: string }[];
     };
-    assert.equal(body.accepted, good.length);
+    assert.equal(body.accepted, 0);
+    assert.match(body.error.message, /7 of 10 events refused: nothing was recorded/);
     assert.deepEqual(
       body.rejected.map(({ index, reason }) => ({ index, reason })),
       expectedRejected,
     );
     for (const r of body.rejected)
       assert.ok(r.message.length > 0 && r.field.length > 0, JSON.stringify(r));
+    // The client drops what was refused and sends the rest: recorded once (the final test).
+    const retry = await post({ events: good });
+    assert.equal(retry.status, 200);
+    assert.deepEqual(await retry.json(), { accepted: good.length, rejected: [] });
     for (const e of good) ledger.record(e);
   });
 

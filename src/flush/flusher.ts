@@ -11,8 +11,9 @@ import {
   type BatchToApply,
 } from "../persist/apply-batches.js";
 import type { Db } from "../persist/prisma.js";
-import { retryReason } from "../persist/retryable.js";
-import type { SpendDrain, TakenJob } from "./spend-drain.js";
+import { storable } from "../persist/dead-letters.js";
+import { retryReason, storageRefusal } from "../persist/retryable.js";
+import type { SpendDrain, Taken } from "./spend-drain.js";
 
 export interface FlusherOptions {
   /** Most spend jobs one transaction applies. Default 1 000. */
@@ -67,6 +68,11 @@ export interface FlushReport {
   entityRows: number;
   dailyRows: number;
   poisonJobs: number;
+  /** Dead letters written (spend_dead_letter), and the rows they hold. */
+  deadLetters: number;
+  deadLetteredRows: number;
+  /** Transactions run again to isolate rows PostgreSQL refused. */
+  isolations: number;
   /** Transactions retried after a transient error (connection, serialization, deadlock). */
   retries: number;
   /** Lock taken to lock released, ms (0 when the lock was busy). */
@@ -115,6 +121,9 @@ export class Flusher {
       entityRows: 0,
       dailyRows: 0,
       poisonJobs: 0,
+      deadLetters: 0,
+      deadLetteredRows: 0,
+      isolations: 0,
       retries: 0,
       durationMs: 0,
     };
@@ -139,25 +148,21 @@ export class Flusher {
         keeper.assertHeld();
         const txStarted = performance.now();
         const taken = await this.drain.take(this.maxJobs, this.maxRows, lease.token);
-        held = taken.jobs.map((t) => t.job);
-        for (const p of taken.poison) {
-          report.poisonJobs++;
-          this.metrics.poisonJobs.inc({ queue: p.queue });
-          this.log.error(
-            { jobId: p.job.id, queue: p.queue, reason: p.reason },
-            "malformed spend job set aside as failed",
-          );
-          await this.drain.setAside(p.job, p.reason, lease.token);
-        }
-        if (taken.jobs.length === 0) break;
+        held = [...taken.jobs.map((t) => t.job), ...taken.poison.map((p) => p.job)];
+        if (held.length === 0) break;
         await this.opts.onStep?.("drained");
 
-        const result = await this.applyWithRetry(taken.jobs, lease, keeper, report);
+        const result = await this.applyWithRetry(taken, lease, keeper, report);
         report.transactions++;
         await this.opts.onStep?.("committed");
-        await this.drain.complete(held, lease.token);
+        await this.drain.complete(
+          taken.jobs.map((t) => t.job),
+          lease.token,
+        );
+        await this.drain.setAside(taken.poison, lease.token);
         held = [];
         await this.opts.onStep?.("acked");
+        this.reportSetAside(taken, result, report);
 
         // In the producers' units: rows as sealed, before batches merge.
         if (taken.rows >= this.maxRows / 4)
@@ -221,6 +226,9 @@ export class Flusher {
       entityRows: report.entityRows,
       dailyRows: report.dailyRows,
       poisonJobs: report.poisonJobs,
+      deadLetters: report.deadLetters,
+      deadLetteredRows: report.deadLetteredRows,
+      isolations: report.isolations,
       retries: report.retries,
     };
     if (report.outcome === "committed") this.log.info(figures, "flush committed");
@@ -233,17 +241,69 @@ export class Flusher {
     return report;
   }
 
+  /** Counts and logs, once committed, what a transaction set aside. */
+  private reportSetAside(taken: Taken, result: ApplyResult, report: FlushReport): void {
+    for (const p of taken.poison) {
+      report.poisonJobs++;
+      this.metrics.poisonJobs.inc({ queue: p.queue });
+    }
+    for (const d of result.deadLetters) {
+      report.deadLetters++;
+      report.deadLetteredRows += d.rows;
+      const queue = d.kind === "job" ? "job" : d.kind;
+      this.metrics.deadLetteredRows.inc({ queue, reason: d.reason }, d.rows);
+      this.metrics.deadLetters.inc({ queue, reason: d.reason });
+      this.log.error(
+        {
+          batchId: d.batchId,
+          queue,
+          reason: d.reason,
+          sqlState: d.sqlState,
+          rows: d.rows,
+          detail: d.detail,
+        },
+        "spend set aside as a dead letter: replay it with `haimaker-spend dead-letter replay` once fixed",
+      );
+    }
+  }
+
   private async applyWithRetry(
-    jobs: readonly TakenJob[],
+    taken: Taken,
     lease: Lease,
     keeper: LeaseKeeper,
     report: FlushReport,
   ): Promise<ApplyResult> {
-    const batches: BatchToApply[] = jobs.map((t) =>
-      t.kind === "entity"
-        ? { batchId: t.data.batchId, entity: t.data.rows }
-        : { batchId: t.data.batchId, daily: t.data.rows },
-    );
+    const batches: BatchToApply[] = taken.jobs.map((t): BatchToApply => {
+      const refused =
+        t.illFormed !== undefined
+          ? {
+              refused: {
+                kind: t.kind,
+                reason: "invalid_unicode" as const,
+                detail: t.illFormed.detail,
+                payload: t.illFormed.rows,
+                rows: t.illFormed.rows.length,
+              },
+            }
+          : {};
+      return t.kind === "entity"
+        ? { batchId: t.data.batchId, entity: t.data.rows, ...refused }
+        : { batchId: t.data.batchId, daily: t.data.rows, ...refused };
+    });
+    for (const p of taken.poison)
+      batches.push({
+        batchId: storable(p.job.id ?? `${p.queue}:${p.job.timestamp}`),
+        refused: {
+          kind: "job",
+          reason: "malformed",
+          detail: `${p.queue} job: ${p.reason}`,
+          payload: p.job.data,
+          rows: 0,
+        },
+      });
+    // Set once a refusal by PostgreSQL shows rows no retry can store: the
+    // transaction is then run again finding and setting those rows aside.
+    let isolate = false;
     for (let attempt = 1; ; attempt++) {
       keeper.assertHeld();
       try {
@@ -260,6 +320,8 @@ export class Flusher {
                 token: lease.fence,
                 holder: lease.token,
               },
+              isolate,
+              beforeStatement: () => keeper.assertHeld(),
               ...(this.opts.appliedBatchRetentionDays !== undefined
                 ? { retentionDays: this.opts.appliedBatchRetentionDays }
                 : {}),
@@ -274,9 +336,21 @@ export class Flusher {
           { timeout: this.txTimeoutMs, maxWait: this.txTimeoutMs },
         );
       } catch (err) {
+        if (err instanceof FencedOffError || err instanceof LeaseLostError) throw err;
+        const refusal = isolate ? undefined : storageRefusal(err);
+        if (refusal !== undefined) {
+          isolate = true;
+          attempt--;
+          report.isolations++;
+          this.metrics.isolations.inc();
+          this.log.warn(
+            { sqlState: refusal.sqlState, err: refusal.message, jobs: batches.length },
+            "PostgreSQL refused rows of this flush: isolating them, the rest commits",
+          );
+          continue;
+        }
         const reason = retryReason(err);
-        if (reason === undefined || attempt >= this.maxAttempts || err instanceof FencedOffError)
-          throw err;
+        if (reason === undefined || attempt >= this.maxAttempts) throw err;
         report.retries++;
         this.metrics.transactionRetries.inc({ reason, path: "flush" });
         this.log.warn(

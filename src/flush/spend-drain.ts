@@ -4,18 +4,36 @@ import type { RedisKeys } from "../queue/keys.js";
 import {
   dailyJobPayloadSchema,
   entityJobSchema,
+  type DailyRow,
   type DailySpendJob,
+  type EntityRow,
   type EntitySpendJob,
 } from "../queue/spend-batch.js";
 
+/**
+ * Rows of a job that cannot be stored as they are (a string that is not
+ * well-formed Unicode: PostgreSQL would store U+FFFD in its place). The rest
+ * of the job is applied; these become its dead letter.
+ */
+export interface IllFormedRows<Row> {
+  rows: Row[];
+  detail: string;
+}
+
 export type TakenJob =
-  | { kind: "entity"; job: Job; data: EntitySpendJob }
-  | { kind: "daily"; job: Job; data: DailySpendJob };
+  | { kind: "entity"; job: Job; data: EntitySpendJob; illFormed?: IllFormedRows<EntityRow> }
+  | { kind: "daily"; job: Job; data: DailySpendJob; illFormed?: IllFormedRows<DailyRow> };
+
+/** A job whose payload cannot be read as a spend job: set aside whole, never retried. */
+export interface MalformedJob {
+  queue: "entity" | "daily";
+  job: Job;
+  reason: string;
+}
 
 export interface Taken {
   jobs: TakenJob[];
-  /** Jobs whose payload is malformed: set aside as failed, never retried. */
-  poison: { queue: "entity" | "daily"; job: Job; reason: string }[];
+  poison: MalformedJob[];
   /** False when both queues ran out: nothing was waiting beyond what was taken. */
   more: boolean;
   /** Rows of the valid jobs, as sealed (before batches merge): the producers' unit. */
@@ -71,14 +89,26 @@ export class SpendDrain {
     for (const job of entity.jobs) {
       const r = entityJobSchema.safeParse(job.data);
       if (r.success) {
-        taken.jobs.push({ kind: "entity", job, data: r.data });
+        const illFormed = splitIllFormed(r.data.rows, ENTITY_TEXT_COLUMNS);
+        taken.jobs.push({
+          kind: "entity",
+          job,
+          data: r.data,
+          ...(illFormed !== undefined ? { illFormed } : {}),
+        });
         taken.rows += r.data.rows.length;
       } else taken.poison.push({ queue: "entity", job, reason: summarize(r.error.issues) });
     }
     for (const job of daily.jobs) {
       const r = dailyJobPayloadSchema.safeParse(job.data);
       if (r.success) {
-        taken.jobs.push({ kind: "daily", job, data: r.data });
+        const illFormed = splitIllFormed(r.data.rows, DAILY_TEXT_COLUMNS);
+        taken.jobs.push({
+          kind: "daily",
+          job,
+          data: r.data,
+          ...(illFormed !== undefined ? { illFormed } : {}),
+        });
         taken.rows += r.data.rows.length;
       } else taken.poison.push({ queue: "daily", job, reason: summarize(r.error.issues) });
     }
@@ -94,8 +124,14 @@ export class SpendDrain {
     await inChunks(jobs, (j) => j.moveToWait(token));
   }
 
-  async setAside(job: Job, reason: string, token: string): Promise<void> {
-    await job.moveToFailed(new Error(`malformed spend job: ${reason}`), token, false);
+  /**
+   * Marks malformed jobs failed (Bull Board lists them), once their dead
+   * letters are committed: PostgreSQL holds them, Redis only shows them.
+   */
+  async setAside(jobs: readonly MalformedJob[], token: string): Promise<void> {
+    await inChunks(jobs, (p) =>
+      p.job.moveToFailed(new Error(`malformed spend job: ${p.reason}`), token, false),
+    );
   }
 
   /** Keeps the jobs' BullMQ locks alive while the flush that holds them runs. */
@@ -174,6 +210,37 @@ async function inChunks<T>(items: readonly T[], fn: (item: T) => Promise<unknown
   for (let i = 0; i < items.length; i += PARALLEL) {
     await Promise.all(items.slice(i, i + PARALLEL).map(fn));
   }
+}
+
+// The string columns of each row format (the rest are kinds, counts and digits, which the schema checks).
+const ENTITY_TEXT_COLUMNS = [1, 2] as const;
+const DAILY_TEXT_COLUMNS = [1, 2, 3, 4, 5, 6, 7, 8] as const;
+
+/**
+ * Takes out of `rows` (in place) those with a string that is not well-formed
+ * UTF-16. Producers refuse such ids; a job from elsewhere (an older producer,
+ * a hand-written job) may still carry one, and PostgreSQL would silently
+ * store U+FFFD in its place.
+ */
+function splitIllFormed<Row extends readonly unknown[]>(
+  rows: Row[],
+  columns: readonly number[],
+): IllFormedRows<Row> | undefined {
+  let bad: Row[] | undefined;
+  let kept = 0;
+  for (let i = 0; i < rows.length; i++) {
+    const row = rows[i] as Row;
+    let ok = true;
+    for (const c of columns) if (!(row[c] as string).isWellFormed()) ok = false;
+    if (ok) rows[kept++] = row;
+    else (bad ??= []).push(row);
+  }
+  if (bad === undefined) return undefined;
+  rows.length = kept;
+  return {
+    rows: bad,
+    detail: `${bad.length} row(s) hold a string that is not well-formed Unicode (a lone surrogate); PostgreSQL would store U+FFFD instead`,
+  };
 }
 
 function summarize(issues: readonly { path: readonly PropertyKey[]; message: string }[]): string {

@@ -3,18 +3,22 @@ import express, {
   type ErrorRequestHandler,
   type Express,
   type Request,
+  type RequestHandler,
   type Response,
 } from "express";
 import { Counter } from "prom-client";
 import type { AppConfig } from "../config/config.js";
 import type { Logger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
-import { BufferFullError, type SpendProducer } from "../produce/producer.js";
+import { idProblem } from "../contract/ids.js";
+import { BatchRefusedError, BufferFullError, type SpendProducer } from "../produce/producer.js";
 import {
   SpendEventError,
   checkEndUserAndTags,
+  dailyContextBytes,
   maxSpendPico,
   validateSpendEvent,
+  type ChargedContext,
   type SpendEvent,
 } from "../produce/spend-event.js";
 import type { Db } from "../persist/prisma.js";
@@ -53,14 +57,27 @@ export interface GatewayDeps {
 export const CHAT_ENDPOINT = "/v1/chat/completions";
 export const MOCK_PROVIDER = "mock";
 
-/** An error in the OpenAI shape every OpenAI client can read. */
-function sendError(res: Response, status: number, type: string, message: string): void {
-  res.status(status).json({ error: { message, type, param: null, code: String(status) } });
+/**
+ * An error in the OpenAI shape every OpenAI client can read. Every 503 says
+ * when to come back (Retry-After): each is a state that passes (back-pressure,
+ * a full buffer, a dependency away), and a client without the header retries
+ * at once or gives up.
+ */
+function sendError(
+  res: Response,
+  status: number,
+  type: string,
+  message: string,
+  extra: Record<string, unknown> = {},
+): void {
+  if (status === 503 && !res.hasHeader("retry-after")) res.set("retry-after", "1");
+  res
+    .status(status)
+    .json({ error: { message, type, param: null, code: String(status) }, ...extra });
 }
 
 /** Back-pressure (backpressure_backlog_age_seconds): a 503 every OpenAI client retries. */
 function sendBacklogged(res: Response): void {
-  res.set("retry-after", "1");
   sendError(
     res,
     503,
@@ -169,11 +186,52 @@ export function createGatewayApp(deps: GatewayDeps): Express {
   // The producer's limits on what the model and the price table make (see chat).
   const spendLimitPico = BigInt(maxSpendPico(config.limits));
   const maxTokens = config.limits.maxTokens;
+  // Per priced model: the UTF-8 bytes its requests' daily rows share in their
+  // key besides the api key (model, model group, provider, endpoint, date).
+  const modelContextBytes = new Map<string, number>();
+  for (const model of config.gateway.modelPrices.keys())
+    modelContextBytes.set(
+      model,
+      dailyContextBytes("", model, model, MOCK_PROVIDER, "", CHAT_ENDPOINT),
+    );
   /** A validation's error, counted: why the producer would refuse the spend. */
   const refusal = (err: unknown): SpendEventError => {
     if (!(err instanceof SpendEventError)) throw err;
     metrics.eventsRejected.inc({ reason: err.reason });
     return err;
+  };
+  // Whether a key's owners (rows PostgreSQL holds, possibly written by other
+  // tooling) can be charged, decided once per key looked up: a request is
+  // served only if everything it will be charged to can be recorded.
+  const owners = new WeakMap<KeyInfo, { charged: ChargedContext; problem?: SpendEventError }>();
+  const ownersOf = (key: KeyInfo): { charged: ChargedContext; problem?: SpendEventError } => {
+    let o = owners.get(key);
+    if (o === undefined) {
+      const charged: ChargedContext = {
+        contextBytes: dailyContextBytes(key.token, "", "", "", "", ""),
+        userId: key.userId ?? "",
+        teamId: key.teamId ?? "",
+        organizationId: key.organizationId ?? "",
+      };
+      o = { charged };
+      try {
+        validateSpendEvent(
+          {
+            spend: 0,
+            apiKey: key.token,
+            userId: key.userId ?? null,
+            teamId: key.teamId ?? null,
+            organizationId: key.organizationId ?? null,
+          },
+          config.limits,
+        );
+      } catch (err) {
+        if (!(err instanceof SpendEventError)) throw err;
+        o.problem = err;
+      }
+      owners.set(key, o);
+    }
+    return o;
   };
   const app = createApp(metrics);
   const requests = new Counter({
@@ -193,50 +251,51 @@ export function createGatewayApp(deps: GatewayDeps): Express {
 
   app.get("/health/readiness", readinessHandler(deps.checks, { draining: deps.draining }));
 
-  /** The caller's virtual key, or an answer already sent (401 / 503). */
-  async function authenticate(req: Request, res: Response): Promise<KeyInfo | undefined> {
+  /**
+   * The caller's virtual key, before the body is read: an unauthenticated
+   * request costs a hash and a map lookup, never a parse of up to
+   * max_request_body_bytes. Answers 401 / 503 itself otherwise.
+   */
+  const authenticate: RequestHandler = (req, res, next) => {
     const key = bearerToken(req) ?? headerKey(req);
-    if (key === undefined) {
-      sendError(res, 401, "auth_error", "missing API key: send Authorization: Bearer sk-...");
-      return undefined;
-    }
-    let info: KeyInfo | null;
-    try {
-      info = await keys.lookup(key);
-    } catch (err) {
-      logger.error({ err: (err as Error).message }, "virtual key lookup failed");
-      sendError(res, 503, "service_unavailable", "cannot verify the API key right now");
-      return undefined;
-    }
-    if (info === null) {
-      sendError(res, 401, "auth_error", "invalid API key");
-      return undefined;
-    }
-    return info;
-  }
+    if (key === undefined)
+      return sendError(
+        res,
+        401,
+        "auth_error",
+        "missing API key: send Authorization: Bearer sk-...",
+      );
+    keys.lookup(key).then(
+      (info) => {
+        if (info === null) return sendError(res, 401, "auth_error", "invalid API key");
+        (res.locals as Locals).key = info;
+        next();
+      },
+      (err: unknown) => {
+        logger.error({ err: (err as Error).message }, "virtual key lookup failed");
+        sendError(res, 503, "service_unavailable", "cannot verify the API key right now");
+      },
+    );
+  };
 
-  function isMaster(req: Request, res: Response): boolean {
-    if (config.masterKey === undefined) {
-      sendError(
+  /** Admin routes: the master key, checked before the body is read. */
+  const masterOnly: RequestHandler = (req, res, next) => {
+    if (config.masterKey === undefined)
+      return sendError(
         res,
         401,
         "auth_error",
         "general_settings.master_key is not configured: admin routes are off",
       );
-      return false;
-    }
     const given = bearerToken(req) ?? headerKey(req);
-    if (given === undefined || !secretEquals(given, config.masterKey)) {
-      sendError(res, 401, "auth_error", "this route needs the master key");
-      return false;
-    }
-    return true;
-  }
+    if (given === undefined || !secretEquals(given, config.masterKey))
+      return sendError(res, 401, "auth_error", "this route needs the master key");
+    next();
+  };
 
-  const chat = async (req: Request, res: Response): Promise<void> => {
+  const chat = (req: Request, res: Response): void => {
     const startTime = Date.now();
-    const key = await authenticate(req, res);
-    if (key === undefined) return;
+    const key = (res.locals as Locals).key;
     // Refused before the model runs: a request answered is a cost incurred, and
     // the spend pipeline is already further behind than the operator allows.
     if (producer.backlogged) return sendBacklogged(res);
@@ -248,7 +307,8 @@ export function createGatewayApp(deps: GatewayDeps): Express {
         return sendError(res, 400, "invalid_request_error", err.message);
       throw err;
     }
-    if (!prices.has(chatReq.model)) {
+    const modelBytes = modelContextBytes.get(chatReq.model);
+    if (modelBytes === undefined || !prices.has(chatReq.model)) {
       const known = [...config.gateway.modelPrices.keys()];
       return sendError(
         res,
@@ -263,12 +323,23 @@ export function createGatewayApp(deps: GatewayDeps): Express {
       metrics.eventsRejected.inc({ reason: "buffer_full" });
       return sendError(res, 503, "service_unavailable", "spend buffer full: retry later");
     }
-    if (chatReq.user !== undefined || chatReq.tags !== undefined) {
-      try {
-        checkEndUserAndTags(chatReq.user, chatReq.tags, config.limits);
-      } catch (err) {
-        return sendUnaccountable(res, refusal(err));
-      }
+    const owner = ownersOf(key);
+    if (owner.problem !== undefined) {
+      metrics.eventsRejected.inc({ reason: owner.problem.reason });
+      return sendError(
+        res,
+        403,
+        "permission_error",
+        `this key cannot be charged: its ${owner.problem.message}; an administrator must fix the key's owner ids`,
+      );
+    }
+    try {
+      checkEndUserAndTags(chatReq.user, chatReq.tags, config.limits, {
+        ...owner.charged,
+        contextBytes: owner.charged.contextBytes + modelBytes,
+      });
+    } catch (err) {
+      return sendUnaccountable(res, refusal(err));
     }
     const result = runMockModel(chatReq.model, chatReq.messages, chatReq.maxTokens);
     const cost = prices.cost(chatReq.model, result.promptTokens, result.completionTokens);
@@ -334,11 +405,12 @@ export function createGatewayApp(deps: GatewayDeps): Express {
       },
     });
   };
-  app.post(CHAT_ENDPOINT, json, chat);
-  app.post("/chat/completions", json, chat);
+  app.post(CHAT_ENDPOINT, authenticate, json, chat);
+  app.post("/chat/completions", authenticate, json, chat);
 
-  app.post("/spend/events", json, (req, res) => {
-    if (!isMaster(req, res)) return;
+  // All or nothing: a batch with one refused event records none of its events,
+  // so a client can fix and resend it whole without counting any event twice.
+  app.post("/spend/events", masterOnly, json, (req, res) => {
     const body = req.body as { events?: unknown } | undefined;
     if (typeof body !== "object" || body === null || !Array.isArray(body.events))
       return sendError(res, 400, "invalid_request_error", 'the body must be { "events": [...] }');
@@ -351,25 +423,27 @@ export function createGatewayApp(deps: GatewayDeps): Express {
         "request_too_large",
         `${events.length} events in one batch: at most ${config.gateway.ingestMaxEvents} (spend_buffer_settings.ingest_max_events)`,
       );
-    let accepted = 0;
-    const rejected: { index: number; reason: string; field?: string; message: string }[] = [];
-    events.forEach((e, index) => {
-      try {
-        producer.record(e as SpendEvent);
-        accepted++;
-      } catch (err) {
-        if (err instanceof SpendEventError)
-          rejected.push({ index, reason: err.reason, field: err.field, message: err.message });
-        else if (err instanceof BufferFullError)
-          rejected.push({ index, reason: "buffer_full", message: err.message });
-        else throw err;
-      }
-    });
-    res.json({ accepted, rejected });
+    try {
+      producer.recordAll(events);
+    } catch (err) {
+      if (err instanceof BatchRefusedError)
+        return sendError(res, 400, "invalid_request_error", err.message, {
+          accepted: 0,
+          rejected: err.refused.map(({ index, error }) => ({
+            index,
+            reason: error.reason,
+            field: error.field,
+            message: error.message,
+          })),
+        });
+      if (err instanceof BufferFullError)
+        return sendError(res, 503, "service_unavailable", `${err.message}: nothing was recorded`);
+      throw err;
+    }
+    res.json({ accepted: events.length, rejected: [] });
   });
 
-  app.post("/key/generate", json, async (req, res) => {
-    if (!isMaster(req, res)) return;
+  app.post("/key/generate", masterOnly, json, async (req, res) => {
     const b = (req.body ?? {}) as Record<string, unknown>;
     try {
       const input = {
@@ -378,6 +452,14 @@ export function createGatewayApp(deps: GatewayDeps): Express {
         organizationId: str(b.organization_id, "organization_id", { optional: true }),
         keyAlias: str(b.key_alias, "key_alias", { optional: true }),
       };
+      for (const [field, id] of [
+        ["user_id", input.userId],
+        ["team_id", input.teamId],
+        ["organization_id", input.organizationId],
+      ] as const) {
+        const problem = id === undefined ? undefined : idProblem(id);
+        if (problem !== undefined) throw new BadRequest(`${field} ${problem.detail}`);
+      }
       const k = await createKey(db, {
         ...(input.userId !== undefined ? { userId: input.userId } : {}),
         ...(input.teamId !== undefined ? { teamId: input.teamId } : {}),
@@ -395,8 +477,7 @@ export function createGatewayApp(deps: GatewayDeps): Express {
 
   // Budget checks: committed spend plus what is still pending in Redis and in
   // this process. Costs O(pending jobs' rows); see src/persist/live-spend.ts.
-  app.get("/spend/live", async (req, res) => {
-    if (!isMaster(req, res)) return;
+  app.get("/spend/live", masterOnly, async (req, res) => {
     const kind = typeof req.query.kind === "string" ? req.query.kind : "";
     const id = typeof req.query.id === "string" ? req.query.id : "";
     const id2 = typeof req.query.id2 === "string" ? req.query.id2 : undefined;
@@ -407,6 +488,20 @@ export function createGatewayApp(deps: GatewayDeps): Express {
         "invalid_request_error",
         `kind must be one of ${ENTITY_KINDS.join(", ")} and id must be given`,
       );
+    }
+    // An id no event could have been recorded under has no spend; PostgreSQL
+    // would refuse some of them (NUL) rather than answer.
+    for (const [field, v] of [
+      ["id", id],
+      ["id2", id2],
+    ] as const) {
+      if (v === undefined) continue;
+      const problem =
+        v.length > config.limits.maxIdLength
+          ? { detail: `is longer than ${config.limits.maxIdLength} characters` }
+          : idProblem(v);
+      if (problem !== undefined)
+        return sendError(res, 400, "invalid_request_error", `${field} ${problem.detail}`);
     }
     const live = await liveSpend(
       { db, queues: deps.queues ?? [], producer: deps.producer },
@@ -446,6 +541,11 @@ export function createGatewayApp(deps: GatewayDeps): Express {
   };
   app.use(onError);
   return app;
+}
+
+/** What the middleware before a handler left for it. */
+interface Locals {
+  key: KeyInfo;
 }
 
 /** LiteLLM also reads the key from x-litellm-api-key / api-key. */

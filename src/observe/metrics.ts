@@ -1,3 +1,4 @@
+import { DEAD_LETTER_REASONS } from "../persist/dead-letters.js";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { Queue } from "bullmq";
 import { oldestJobAt } from "../queue/backlog.js";
@@ -90,6 +91,9 @@ export class SpendMetrics {
   readonly batchesCommitted: Counter;
   readonly duplicateBatches: Counter;
   readonly poisonJobs: Counter<"queue">;
+  readonly deadLetters: Counter<"queue" | "reason">;
+  readonly deadLetteredRows: Counter<"queue" | "reason">;
+  readonly isolations: Counter;
   readonly fencingRejections: Counter;
   readonly lastSuccessfulFlush: Gauge;
   readonly lockAcquisitions: Counter;
@@ -320,6 +324,29 @@ export class SpendMetrics {
       name: "spend_poison_jobs_total",
       help: "Spend jobs set aside as failed because their payload is malformed.",
       labelNames: ["queue"],
+      registers,
+    });
+    this.deadLetters = new Counter({
+      name: "spend_dead_letters_total",
+      help: "Dead letters written (spend_dead_letter): spend set aside instead of blocking the flush, by queue (entity, daily, job) and reason (malformed, invalid_unicode, database). Replay with `haimaker-spend dead-letter replay`.",
+      labelNames: ["queue", "reason"],
+      registers,
+    });
+    this.deadLetteredRows = new Counter({
+      name: "spend_dead_lettered_rows_total",
+      help: "Spend rows set aside in dead letters, by queue and reason (see spend_dead_letters_total).",
+      labelNames: ["queue", "reason"],
+      registers,
+    });
+    // Born at 0 for every label pair, so increase() sees the first dead letter.
+    for (const queue of ["entity", "daily", "job"])
+      for (const reason of DEAD_LETTER_REASONS) {
+        this.deadLetters.inc({ queue, reason }, 0);
+        this.deadLetteredRows.inc({ queue, reason }, 0);
+      }
+    this.isolations = new Counter({
+      name: "spend_flush_isolations_total",
+      help: "Flush transactions run again to isolate rows PostgreSQL refused (the rest of the flush commits; the refused rows become dead letters).",
       registers,
     });
     this.fencingRejections = new Counter({

@@ -1,18 +1,28 @@
-import { mergeRows, type MergedRows } from "../flush/merge.js";
+import { mergeRows } from "../flush/merge.js";
 import type { DailyRow, EntityRow } from "../queue/spend-batch.js";
-import { numericArrayLiteral, textArrayLiteral } from "./pg-array.js";
+import { insertDeadLetters, type DeadLetter, type DeadLetterReason } from "./dead-letters.js";
+import { applyIsolating, type RefusedRow } from "./isolate.js";
 import type { Tx } from "./prisma.js";
-import {
-  DAILY_COUNTER_COLUMNS,
-  DAILY_DIMENSION_COLUMNS,
-  DAILY_TABLES,
-  ENTITY_TABLES,
-} from "./tables.js";
+import { upsertMerged } from "./upsert.js";
+
+export { upsertMerged };
+
+/** Rows the flush refused before PostgreSQL saw them, set aside with their batch. */
+export interface RefusedRows {
+  kind: "entity" | "daily" | "job";
+  reason: DeadLetterReason;
+  detail: string;
+  /** Refused rows, or for "job" the whole payload that could not be read. */
+  payload: unknown;
+  rows: number;
+}
 
 export interface BatchToApply {
   batchId: string;
   entity?: readonly EntityRow[];
   daily?: readonly DailyRow[];
+  /** Set aside as a dead letter in the same transaction, if the batch is applied now. */
+  refused?: RefusedRows;
 }
 
 export interface Fence {
@@ -22,6 +32,31 @@ export interface Fence {
   holder: string;
 }
 
+export interface ApplyOptions {
+  fence?: Fence;
+  retentionDays?: number;
+  /**
+   * Find and set aside the rows PostgreSQL refuses instead of failing
+   * (isolate.ts): for a retry after a refusal caused by the rows.
+   */
+  isolate?: boolean;
+  /** Dead letters' partition when there is no fence (spend_dead_letter.partition). */
+  partition?: string;
+  /** See IsolationOptions. */
+  maxIsolationStatements?: number;
+  beforeStatement?: () => void;
+}
+
+/** A batch (or part of one) set aside in this transaction. */
+export interface DeadLetterSummary {
+  batchId: string;
+  kind: DeadLetter["kind"];
+  reason: DeadLetterReason;
+  sqlState?: string;
+  rows: number;
+  detail: string;
+}
+
 export interface ApplyResult {
   /** Batches written by this call. */
   applied: string[];
@@ -29,6 +64,8 @@ export interface ApplyResult {
   duplicates: string[];
   entityRows: number;
   dailyRows: number;
+  /** What this transaction set aside (spend_dead_letter). */
+  deadLetters: DeadLetterSummary[];
 }
 
 /** The flush's fencing token is older than one that already committed. */
@@ -47,13 +84,16 @@ export class FencedOffError extends Error {
  * Applies spend batches inside the caller's transaction, exactly once each:
  *  1. the fencing token is checked and recorded (row lock: flushes serialize here);
  *  2. batch ids are recorded, and any already recorded are skipped;
- *  3. the remaining rows are merged and upserted, keys sorted, all tables in one statement.
+ *  3. the remaining rows are merged and upserted, keys sorted, all tables in
+ *     one statement (with `isolate`, the rows PostgreSQL refuses are found
+ *     and set aside instead, see isolate.ts);
+ *  4. rows set aside (refused before or by PostgreSQL) become dead letters.
  * All of it commits or none of it does.
  */
 export async function applyBatches(
   tx: Tx,
   batches: readonly BatchToApply[],
-  opts: { fence?: Fence; retentionDays?: number } = {},
+  opts: ApplyOptions = {},
 ): Promise<ApplyResult> {
   if (opts.fence !== undefined) await checkFence(tx, opts.fence);
 
@@ -70,21 +110,104 @@ export async function applyBatches(
     );
     for (const r of inserted) fresh.add(r.batch_id);
   }
-  const applied = ids.filter((id) => fresh.has(id));
-  const duplicates = ids.filter((id) => !fresh.has(id));
+  // A batch id twice in one call is applied once: the first copy wins.
+  const applied: string[] = [];
+  const duplicates: string[] = [];
+  const todo: BatchToApply[] = [];
+  for (const b of batches) {
+    if (fresh.delete(b.batchId)) {
+      applied.push(b.batchId);
+      todo.push(b);
+    } else duplicates.push(b.batchId);
+  }
 
-  const todo = batches.filter((b) => fresh.has(b.batchId));
-  const merged = mergeRows(
-    todo.map((b) => b.entity ?? []),
-    todo.map((b) => b.daily ?? []),
-  );
-  await upsertMerged(tx, merged, opts.retentionDays);
+  const letters: DeadLetter[] = [];
+  for (const b of todo) {
+    const r = b.refused;
+    if (r !== undefined)
+      letters.push({
+        batchId: b.batchId,
+        kind: r.kind,
+        reason: r.reason,
+        detail: r.detail,
+        payload: r.payload,
+        rows: r.rows,
+      });
+  }
+
+  let entityRows: number;
+  let dailyRows: number;
+  if (opts.isolate === true) {
+    const iso = await applyIsolating(tx, todo, {
+      ...(opts.maxIsolationStatements !== undefined
+        ? { maxStatements: opts.maxIsolationStatements }
+        : {}),
+      ...(opts.beforeStatement !== undefined ? { beforeStatement: opts.beforeStatement } : {}),
+    });
+    entityRows = iso.entityRows;
+    dailyRows = iso.dailyRows;
+    letters.push(...lettersOf(iso.refused, letters));
+    if (opts.retentionDays !== undefined)
+      await upsertMerged(tx, mergeRows([], []), opts.retentionDays);
+  } else {
+    const merged = mergeRows(
+      todo.map((b) => b.entity ?? []),
+      todo.map((b) => b.daily ?? []),
+    );
+    await upsertMerged(tx, merged, opts.retentionDays);
+    entityRows = merged.entityRowCount;
+    dailyRows = merged.dailyRowCount;
+  }
+  await insertDeadLetters(tx, opts.fence?.partition ?? opts.partition ?? "", letters);
   return {
     applied,
     duplicates,
-    entityRows: merged.entityRowCount,
-    dailyRows: merged.dailyRowCount,
+    entityRows,
+    dailyRows,
+    deadLetters: letters.map((l) => ({
+      batchId: l.batchId,
+      kind: l.kind,
+      reason: l.reason,
+      rows: l.rows,
+      detail: l.detail,
+      ...(l.sqlState !== undefined ? { sqlState: l.sqlState } : {}),
+    })),
   };
+}
+
+/**
+ * One dead letter per batch and kind for the rows PostgreSQL refused
+ * (spend_dead_letter keeps one per batch and kind). Rows of a batch that
+ * already has one (rows refused before, e.g. a lone surrogate) join it.
+ */
+function lettersOf(refused: readonly RefusedRow[], existing: readonly DeadLetter[]): DeadLetter[] {
+  const out = new Map<string, DeadLetter>();
+  for (const r of refused) {
+    const at = `${r.batchId}\u0000${r.kind}`;
+    let letter = out.get(at) ?? existing.find((l) => l.batchId === r.batchId && l.kind === r.kind);
+    const why = `PostgreSQL refused the rows: ${r.refusal.sqlState} ${r.refusal.message}`;
+    if (letter === undefined) {
+      letter = {
+        batchId: r.batchId,
+        kind: r.kind,
+        reason: "database",
+        sqlState: r.refusal.sqlState,
+        detail: why,
+        payload: [],
+        rows: 0,
+      };
+      out.set(at, letter);
+    } else if (letter.sqlState === undefined) {
+      letter.sqlState = r.refusal.sqlState;
+      letter.detail = `${letter.detail}; ${why}`;
+    } else if (!letter.detail.includes(why) && letter.detail.length < 1_000) {
+      // Each distinct reason once (a budget spent, a second constraint), not once a row.
+      letter.detail = `${letter.detail}; ${why}`;
+    }
+    (letter.payload as unknown[]).push(r.row);
+    letter.rows++;
+  }
+  return [...out.values()].filter((l) => !existing.includes(l));
 }
 
 async function checkFence(tx: Tx, fence: Fence): Promise<void> {
@@ -105,77 +228,4 @@ async function checkFence(tx: Tx, fence: Fence): Promise<void> {
     );
     throw new FencedOffError(fence.token, BigInt(current[0]?.token ?? "0"));
   }
-}
-
-/** One SQL statement assembled from parts, numbering its parameters as they are added. */
-class Statement {
-  readonly parts: string[] = [];
-  readonly params: string[] = [];
-  param(value: string, type: string): string {
-    this.params.push(value);
-    return `$${this.params.length}::${type}`;
-  }
-}
-
-/**
- * Writes merged rows in ONE statement: a data-modifying CTE per table, each
- * an INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE, each column one
- * array literal (pg-array.ts says why). Through Prisma every statement costs
- * a fixed ~0.3 ms of client CPU plus a round trip; one per table made that
- * the larger part of a small flush. CTEs that the outer query does not read
- * run to completion in an order fixed by the statement's shape, and every
- * writer builds the same shape (tables in kind order, keys sorted), so the
- * lock order is still the one all writers share. `alsoPurgeBatchesOlderThanDays`
- * folds the dedupe table's retention delete into the same statement.
- */
-export async function upsertMerged(
-  tx: Tx,
-  merged: MergedRows,
-  alsoPurgeBatchesOlderThanDays?: number,
-): Promise<void> {
-  const st = new Statement();
-  for (const [kind, cols] of merged.entity) {
-    const { table, keyColumns } = ENTITY_TABLES[kind];
-    const keyList = keyColumns.join(", ");
-    const params = [
-      ...cols.keys.map((k) => st.param(textArrayLiteral(k), "text[]")),
-      st.param(numericArrayLiteral(cols.spend), "numeric[]"),
-    ].join(", ");
-    st.parts.push(
-      `INSERT INTO "${table}" AS t (${keyList}, spend, updated_at)
-       SELECT ${keyList}, spend, now() FROM unnest(${params}) AS u(${keyList}, spend)
-       ON CONFLICT (${keyList}) DO UPDATE SET spend = t.spend + EXCLUDED.spend, updated_at = now()`,
-    );
-  }
-  const dims = DAILY_DIMENSION_COLUMNS.join(", ");
-  const counters = DAILY_COUNTER_COLUMNS.join(", ");
-  const counterUpdates = DAILY_COUNTER_COLUMNS.map((c) => `${c} = t.${c} + EXCLUDED.${c}`).join(
-    ", ",
-  );
-  for (const [kind, cols] of merged.daily) {
-    const { table, entityColumn } = DAILY_TABLES[kind];
-    const all = `${entityColumn}, ${dims}, ${counters}, spend`;
-    const params = [
-      st.param(textArrayLiteral(cols.entityId), "text[]"),
-      ...cols.dims.map((d) => st.param(textArrayLiteral(d), "text[]")),
-      ...cols.counters.map((c) => st.param(numericArrayLiteral(c), "int8[]")),
-      st.param(numericArrayLiteral(cols.spend), "numeric[]"),
-    ].join(", ");
-    st.parts.push(
-      `INSERT INTO "${table}" AS t (${all}, updated_at)
-       SELECT ${all}, now() FROM unnest(${params}) AS u(${all})
-       ON CONFLICT (${entityColumn}, ${dims}) DO UPDATE SET ${counterUpdates},
-         spend = t.spend + EXCLUDED.spend, updated_at = now()`,
-    );
-  }
-  if (alsoPurgeBatchesOlderThanDays !== undefined) {
-    // Dedupe only has to outlive redelivery (minutes); days of margin keep the table small.
-    st.parts.push(
-      `DELETE FROM spend_applied_batch
-       WHERE applied_at < now() - make_interval(days => ${st.param(String(alsoPurgeBatchesOlderThanDays), "int")})`,
-    );
-  }
-  if (st.parts.length === 0) return;
-  const ctes = st.parts.map((sql, i) => `w${i} AS (${sql})`).join(",\n");
-  await tx.$executeRawUnsafe(`WITH ${ctes}\nSELECT 1`, ...st.params);
 }

@@ -26,12 +26,28 @@ const NODE_CONNECTION = new Set(["ECONNRESET", "ECONNREFUSED", "EPIPE", "ETIMEDO
 const CONNECTION_TEXT =
   /Connection terminated|terminating connection|Client has encountered a connection error|connection is closed|Connection ended/i;
 
-export function retryReason(err: unknown): RetryReason | undefined {
+/**
+ * The error and the errors it wraps: its `cause` chain, and the driver's
+ * error a Prisma raw query failure carries in `meta.driverAdapterError`
+ * (where the SQLSTATE of a failed $executeRaw is: its own code is P2010).
+ */
+function* chain(err: unknown): Generator<Record<string, unknown>> {
   const seen = new Set<unknown>();
-  let e: unknown = err;
-  while (typeof e === "object" && e !== null && !seen.has(e)) {
+  const todo: unknown[] = [err];
+  while (todo.length > 0) {
+    const e = todo.shift();
+    if (typeof e !== "object" || e === null || seen.has(e)) continue;
     seen.add(e);
     const rec = e as Record<string, unknown>;
+    yield rec;
+    todo.push(rec.cause);
+    const meta = rec.meta as Record<string, unknown> | undefined;
+    if (typeof meta === "object" && meta !== null) todo.push(meta.driverAdapterError);
+  }
+}
+
+export function retryReason(err: unknown): RetryReason | undefined {
+  for (const rec of chain(err)) {
     for (const field of ["code", "originalCode", "sqlState"]) {
       const code = rec[field];
       if (typeof code === "string") {
@@ -46,7 +62,52 @@ export function retryReason(err: unknown): RetryReason | undefined {
     const kind = rec.kind;
     if (kind === "TransactionWriteConflict") return "serialization";
     if (typeof rec.message === "string" && CONNECTION_TEXT.test(rec.message)) return "connection";
-    e = rec.cause;
   }
   return undefined;
+}
+
+const SQLSTATE = /^(?=.*\d)[0-9A-Z]{5}$/;
+const PRISMA_CODE = /^P[1-6]\d{3}$/;
+
+/** The PostgreSQL SQLSTATE an error carries, wherever the layers above put it. */
+export function sqlStateOf(err: unknown): string | undefined {
+  for (const rec of chain(err)) {
+    for (const field of ["originalCode", "sqlState", "code"]) {
+      const code = rec[field];
+      // Five characters with a digit (Node's EPIPE has none); Prisma's own
+      // codes (P1000-P6999) are not PostgreSQL's.
+      if (typeof code === "string" && SQLSTATE.test(code) && !PRISMA_CODE.test(code)) return code;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * A refusal caused by the rows themselves, which no retry can fix and which
+ * isolating the rows can: cardinality (21: two rows PostgreSQL sees as one),
+ * data exceptions (22: an encoding, a number out of range), integrity
+ * constraints (23) and program limits (54: an index row too large). Anything
+ * else (a lost connection, a full disk, a missing table) is not the rows'
+ * fault: setting rows aside for it would set aside good spend.
+ */
+export interface StorageRefusal {
+  sqlState: string;
+  message: string;
+}
+
+const DATA_CLASSES = new Set(["21", "22", "23", "54"]);
+
+export function storageRefusal(err: unknown): StorageRefusal | undefined {
+  const sqlState = sqlStateOf(err);
+  if (sqlState === undefined || !DATA_CLASSES.has(sqlState.slice(0, 2))) return undefined;
+  let message = "";
+  for (const rec of chain(err)) {
+    const m = rec.originalMessage ?? rec.message;
+    if (typeof m === "string" && rec.originalCode === sqlState) {
+      message = m;
+      break;
+    }
+    if (message === "" && typeof m === "string") message = m;
+  }
+  return { sqlState, message: message.slice(0, 2_000) };
 }

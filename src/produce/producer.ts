@@ -116,6 +116,18 @@ export class BufferFullError extends Error {
   }
 }
 
+/** recordAll() refused a batch: every event it refused, by index. Nothing was recorded. */
+export class BatchRefusedError extends Error {
+  readonly code = "BATCH_REFUSED";
+  constructor(
+    readonly refused: readonly { index: number; error: SpendEventError }[],
+    readonly size: number,
+  ) {
+    super(`${refused.length} of ${size} events refused: nothing was recorded`);
+    this.name = "BatchRefusedError";
+  }
+}
+
 export class CloseTimeoutError extends Error {
   readonly code = "CLOSE_TIMEOUT";
   constructor(
@@ -294,6 +306,48 @@ export class SpendProducer {
    */
   record(event: SpendEvent): void {
     this.take(event);
+  }
+
+  /**
+   * Records every event of a batch, or none: all are validated before any is
+   * recorded, so a client retrying a refused batch never counts part of it
+   * twice. Throws BatchRefusedError naming every refused event, or
+   * BufferFullError when the rows the batch may add (rowBound each) do not fit
+   * under max_buffered_rows.
+   */
+  recordAll(events: readonly unknown[]): void {
+    if (this.closed) throw new Error("producer is closed");
+    const now = this.clock.read();
+    const valid: NormalizedEvent[] = [];
+    const refused: { index: number; error: SpendEventError }[] = [];
+    let bound = 0;
+    for (let i = 0; i < events.length; i++) {
+      try {
+        const e = normalizeSpendEvent(events[i], this.limits, now);
+        checkIdsContent(e);
+        valid.push(e);
+        bound += rowBound(e.tags.length);
+      } catch (err) {
+        if (!(err instanceof SpendEventError)) throw err;
+        this.countRejection(err);
+        refused.push({ index: i, error: err });
+      }
+    }
+    if (refused.length > 0) throw new BatchRefusedError(refused, events.length);
+    if (this.heldRows + bound > this.maxRows) this.settleServed();
+    if (this.heldRows + bound > this.maxRows) {
+      this.metrics.eventsRejected.inc({ reason: "buffer_full" }, valid.length);
+      throw new BufferFullError(this.maxRows);
+    }
+    let addedRows = false;
+    for (const e of valid) {
+      if (!this.agg.addIfKnown(e)) {
+        this.agg.add(e);
+        addedRows = true;
+      }
+      this.recorded++;
+    }
+    if (addedRows) this.sealEarlyIfHalfFull();
   }
 
   /**

@@ -1,3 +1,4 @@
+import { DATE_BYTES, MAX_DAILY_KEY_BYTES, idProblem, utf8Bytes } from "../contract/ids.js";
 import { MoneyError, PICO_PER_USD, usdNumberToPico, usdStringToPicoNumber } from "../money.js";
 
 /**
@@ -65,6 +66,8 @@ export type RejectReason =
   | "invalid_spend"
   | "invalid_tokens"
   | "invalid_id"
+  | "invalid_unicode"
+  | "key_too_large"
   | "invalid_tags"
   | "invalid_success"
   | "invalid_start_time"
@@ -77,6 +80,8 @@ export const REJECT_REASONS: readonly RejectReason[] = [
   "invalid_spend",
   "invalid_tokens",
   "invalid_id",
+  "invalid_unicode",
+  "key_too_large",
   "invalid_tags",
   "invalid_success",
   "invalid_start_time",
@@ -139,16 +144,6 @@ const ALLOWED_FIELDS = new Set<string>([
   "startTime",
 ]);
 
-// Control characters are refused: PostgreSQL text cannot hold NUL, and ids
-// end up in logs, Redis keys of jobs and metrics tooling where the rest only
-// cause trouble. A charCodeAt loop, not a regex: on short strings it is cheaper.
-function hasControl(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x20 || c === 0x7f) return true;
-  }
-  return false;
-}
 // Ids that turn into prototype accessors if any consumer ever indexes a plain object by them.
 const RESERVED_IDS = new Set(["__proto__", "constructor", "prototype"]);
 
@@ -182,9 +177,11 @@ function checkId(value: unknown, field: IdField, limits: ValidationLimits): stri
   return value;
 }
 
+/** What an id holds: see contract/ids.ts for what is refused and why. */
 function checkIdContent(value: string, field: IdField): void {
-  if (hasControl(value))
-    throw new SpendEventError("invalid_id", fieldName(field), "contains control characters");
+  const problem = idProblem(value);
+  if (problem !== undefined)
+    throw new SpendEventError(problem.reason, fieldName(field), problem.detail);
   // Only the reserved names are this short-circuit's length; skip the Set lookup otherwise.
   if ((value.length === 9 || value.length === 11) && RESERVED_IDS.has(value))
     throw new SpendEventError(
@@ -264,10 +261,17 @@ function checkStartTime(value: unknown, nowMs: number, limits: ValidationLimits)
     throw new SpendEventError(
       "start_time_out_of_range",
       "startTime",
-      `${new Date(ms).toISOString()} is outside the accepted window (${limits.maxAgeMs / 3_600_000} h back, ${limits.maxFutureMs / 60_000} min ahead)`,
+      `${timeText(ms)} is outside the accepted window (${limits.maxAgeMs / 3_600_000} h back, ${limits.maxFutureMs / 60_000} min ahead)`,
     );
   }
   return ms;
+}
+
+// Dates exist only within 8.64e15 ms of the epoch: toISOString throws beyond.
+const MAX_DATE_MS = 8.64e15;
+
+function timeText(ms: number): string {
+  return Math.abs(ms) <= MAX_DATE_MS ? new Date(ms).toISOString() : `${ms} ms since the epoch`;
 }
 
 function describe(value: unknown): string {
@@ -292,15 +296,31 @@ export function validateSpendEvent(
 }
 
 /**
+ * What a request will be charged to besides its end user and tags, already
+ * checked (a key's owners when the key was looked up, the model when the
+ * price table was loaded): its owners, and the UTF-8 bytes of its daily
+ * context (dailyContextBytes).
+ */
+export interface ChargedContext {
+  contextBytes: number;
+  userId: string;
+  teamId: string;
+  organizationId: string;
+}
+
+/**
  * The checks validateSpendEvent makes of an end user id and tags, alone: what
  * a gateway can check of a request before the model runs. Throws the same
  * SpendEventError. Without building an event and normalising all its fields,
- * since it runs once per request.
+ * since it runs once per request. With `charged`, also the bound on every
+ * daily row key the request makes, so nothing it is charged to can be refused
+ * after it was served.
  */
 export function checkEndUserAndTags(
   endUserId: unknown,
   tags: unknown,
   limits: ValidationLimits = DEFAULT_LIMITS,
+  charged?: ChargedContext,
 ): void {
   // In validateSpendEvent's order (types and lengths first, then content), so a
   // request with two faults is refused for the same one.
@@ -308,6 +328,15 @@ export function checkEndUserAndTags(
   const checked = checkTags(tags, limits);
   if (endUser !== "") checkIdContent(endUser, "endUserId");
   for (let i = 0; i < checked.length; i++) checkIdContent(checked[i] as string, i);
+  if (charged !== undefined)
+    checkDailyKeyBytes(
+      charged.contextBytes,
+      charged.userId,
+      charged.teamId,
+      charged.organizationId,
+      endUser,
+      checked,
+    );
 }
 
 function asEventObject(input: unknown): Record<string, unknown> {
@@ -417,7 +446,11 @@ export function normalizeSpendEvent(
   };
 }
 
-/** The content of every id of a normalised event: no control characters, no reserved names. */
+/**
+ * The content of every id of a normalised event (contract/ids.ts), no
+ * reserved names, and every daily row's unique key within what PostgreSQL
+ * can index.
+ */
 export function checkIdsContent(e: NormalizedEvent): void {
   if (e.apiKey !== "") checkIdContent(e.apiKey, "apiKey");
   if (e.userId !== "") checkIdContent(e.userId, "userId");
@@ -430,6 +463,72 @@ export function checkIdsContent(e: NormalizedEvent): void {
   if (e.provider !== "") checkIdContent(e.provider, "provider");
   if (e.endpoint !== "") checkIdContent(e.endpoint, "endpoint");
   if (e.mcpToolName !== "") checkIdContent(e.mcpToolName, "mcpToolName");
+  checkDailyKeyBytes(
+    dailyContextBytes(e.apiKey, e.model, e.modelGroup, e.provider, e.mcpToolName, e.endpoint),
+    e.userId,
+    e.teamId,
+    e.organizationId,
+    e.endUserId,
+    e.tags,
+  );
+}
+
+/**
+ * UTF-8 bytes of what every daily row of a request shares in its unique key:
+ * date, api key, model, model group, provider, MCP tool and endpoint.
+ */
+export function dailyContextBytes(
+  apiKey: string,
+  model: string,
+  modelGroup: string,
+  provider: string,
+  mcpToolName: string,
+  endpoint: string,
+): number {
+  return (
+    DATE_BYTES +
+    utf8Bytes(apiKey) +
+    utf8Bytes(model) +
+    utf8Bytes(modelGroup) +
+    utf8Bytes(provider) +
+    utf8Bytes(mcpToolName) +
+    utf8Bytes(endpoint)
+  );
+}
+
+/**
+ * Each daily row's key is the context plus one entity id (user, team,
+ * organization, end user or a tag): the longest of them must fit.
+ */
+function checkDailyKeyBytes(
+  contextBytes: number,
+  userId: string,
+  teamId: string,
+  organizationId: string,
+  endUserId: string,
+  tags: readonly string[],
+): void {
+  let longest = 0;
+  let field: IdField = "";
+  const consider = (id: string, f: IdField): void => {
+    const n = utf8Bytes(id);
+    if (n > longest) {
+      longest = n;
+      field = f;
+    }
+  };
+  consider(userId, "userId");
+  consider(teamId, "teamId");
+  consider(organizationId, "organizationId");
+  consider(endUserId, "endUserId");
+  for (let i = 0; i < tags.length; i++) consider(tags[i] as string, i);
+  // A request naming no user, team, organization, end user or tag has no daily rows.
+  if (longest === 0 || contextBytes + longest <= MAX_DAILY_KEY_BYTES) return;
+  throw new SpendEventError(
+    "key_too_large",
+    fieldName(field),
+    `makes a daily row key of ${contextBytes + longest} UTF-8 bytes (${fieldName(field)} ${longest}, date, api key, model, model group, provider, MCP tool and endpoint ${contextBytes}): at most ${MAX_DAILY_KEY_BYTES}, what PostgreSQL can index`,
+  );
 }
 
 function present(v: unknown): number {

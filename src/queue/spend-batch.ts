@@ -161,15 +161,21 @@ const count = z.union([z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGE
 const date = z.string().regex(/^\d{4}-\d{2}-\d{2}$/);
 const header = {
   v: z.literal(1),
-  batchId: z.string().min(1).max(200),
+  // Stored in spend_applied_batch: printable ASCII only (a producer makes
+  // "<uuid>.<seq>"), so no id can be refused by PostgreSQL there, where a
+  // refusal could not be isolated to the job.
+  batchId: z.string().regex(/^[\x21-\x7e]{1,200}$/, "must be 1-200 printable ASCII characters"),
   producerId: z.string().max(200),
   sealedAt: z.number().int().nonnegative(),
   partitions: z.number().int().min(1).max(1024).optional(),
 };
 
+/** One entity row (EntityRow). */
+export const entityRowSchema = z.tuple([z.enum(ENTITY_KINDS), id.min(1), id, digits]);
+
 export const entityJobSchema = z.object({
   ...header,
-  rows: z.array(z.tuple([z.enum(ENTITY_KINDS), id.min(1), id, digits])),
+  rows: z.array(entityRowSchema),
 });
 
 const dailyKind = z.enum(DAILY_KINDS);
@@ -178,10 +184,13 @@ const dailyKind = z.enum(DAILY_KINDS);
 const contextCols = [date, id, id, id, id, id, id] as const;
 const countCols = [count, count, count, count, count, count, count, digits] as const;
 
+/** One daily row in format 1 (DailyRow). */
+export const dailyRowSchema = z.tuple([dailyKind, id.min(1), ...contextCols, ...countCols]);
+
 /** Format 1: every row carries its context. */
 export const dailyJobSchema = z.object({
   ...header,
-  rows: z.array(z.tuple([dailyKind, id.min(1), ...contextCols, ...countCols])),
+  rows: z.array(dailyRowSchema),
 });
 
 /** Format 2: rows grouped by context. */
