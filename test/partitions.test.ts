@@ -6,6 +6,7 @@ import { silentLogger } from "../src/observe/logger.js";
 import { SpendMetrics } from "../src/observe/metrics.js";
 import { partitionOf } from "../src/produce/partition.js";
 import { SpendProducer } from "../src/produce/producer.js";
+import { startGateway } from "../src/gateway/gateway.js";
 import { createRedis, waitUntilReady } from "../src/queue/connection.js";
 import { redisKeys } from "../src/queue/keys.js";
 import { ensurePartitionCount, PartitionMismatchError } from "../src/queue/partitions.js";
@@ -124,6 +125,81 @@ describe("partitioned flush", () => {
       partitions: P,
     });
     await back.close();
+  });
+
+  it("a gateway never changes the recorded count, and a worker does not while another worker runs the old one", async () => {
+    const redis = createRedis(config().redis, "worker");
+    const start = (partitions: number, holderId?: string): Promise<FlushWorker> =>
+      FlushWorker.start({
+        config: config(),
+        db: t.db,
+        metrics: new SpendMetrics(),
+        logger: silentLogger,
+        partitions,
+        ...(holderId !== undefined ? { holderId } : {}),
+      });
+    const running = await start(P, "old-count");
+    try {
+      // Drained (nothing pending), yet neither may switch while a worker runs with P.
+      await assert.rejects(
+        ensurePartitionCount(redis, prefix, P + 1, { role: "gateway" }),
+        (err: unknown) =>
+          err instanceof PartitionMismatchError && /a gateway never changes/.test(err.message),
+      );
+      await assert.rejects(
+        start(P + 1),
+        (err: unknown) => err instanceof PartitionMismatchError && /live worker/.test(err.message),
+      );
+      assert.equal(await redis.get(redisKeys(prefix).partitionCount), String(P));
+
+      // A gateway started with P serves; once the workers switch the count, it stops.
+      const gw = await startGateway(
+        {
+          ...testConfig(prefix, t.url, { flush_partitions: P }),
+          masterKey: "sk-partitions-master",
+        },
+        { port: 0, host: "127.0.0.1", partitionCheckEveryMs: 100 },
+      );
+      const ingest = (): Promise<Response> =>
+        fetch(`http://127.0.0.1:${gw.port}/spend/events`, {
+          method: "POST",
+          headers: {
+            authorization: "Bearer sk-partitions-master",
+            "content-type": "application/json",
+          },
+          body: JSON.stringify({ events: [{ spend: "0", userId: "partition-probe" }] }),
+        });
+      const ready = async (): Promise<number> =>
+        (await fetch(`http://127.0.0.1:${gw.port}/health/readiness`)).status;
+      try {
+        await waitFor("the gateway to be ready", async () => (await ready()) === 200);
+        assert.equal((await ingest()).status, 200);
+        await gw.producer.flush();
+        await waitFor(
+          "the probe to be flushed",
+          async () => (await running.flushNow()).outcome === "empty",
+        );
+        await running.close();
+        const switched = await start(P + 1);
+        await waitFor("the gateway to see the switch", async () => (await ready()) === 503);
+        const refused = await ingest();
+        assert.equal(refused.status, 503);
+        assert.ok(refused.headers.get("retry-after"));
+        assert.match(
+          ((await refused.json()) as { error: { message: string } }).error.message,
+          /records 4 flush partition\(s\) but this process is configured for 3/,
+        );
+        await switched.close();
+        // Back to P for the next test: drained and no worker left on P + 1.
+        await (await start(P)).close();
+        await waitFor("the gateway to agree again", async () => (await ready()) === 200);
+      } finally {
+        await gw.close();
+      }
+    } finally {
+      await running.close();
+      redis.disconnect();
+    }
   });
 
   it(`${P} partitions over two worker replicas: exact totals, no deadlock, every partition flushed`, async () => {

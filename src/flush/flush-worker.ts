@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { RedisClient } from "../queue/connection.js";
 import { Queue, Worker } from "bullmq";
 import type { AppConfig } from "../config/config.js";
@@ -7,7 +8,12 @@ import type { SpendMetrics } from "../observe/metrics.js";
 import type { Db } from "../persist/prisma.js";
 import { createRedis } from "../queue/connection.js";
 import { redisKeys, type RedisKeys } from "../queue/keys.js";
-import { ensurePartitionCount } from "../queue/partitions.js";
+import {
+  ensurePartitionCount,
+  heartbeat,
+  leaveRegistry,
+  PartitionMismatchError,
+} from "../queue/partitions.js";
 import { openSpendQueues, type SpendQueues } from "../queue/spend-queues.js";
 import { Flusher, type FlushReport, type FlushStep } from "./flusher.js";
 import { SpendDrain } from "./spend-drain.js";
@@ -33,7 +39,17 @@ export interface FlushWorkerDeps {
    * Cluster client). The caller keeps owning it: close() leaves it open.
    */
   connection?: RedisClient;
+  /**
+   * How often the worker checks that what it keeps in Redis is there (flush
+   * schedules, the partition count, fencing counters, its heartbeat) and puts
+   * back what is missing. Default: the flush interval, between 1 and 5 s.
+   */
+  maintainEveryMs?: number;
 }
+
+/** Something the worker found missing in Redis and put back (spend_redis_repairs_total{what}). */
+export type RedisRepair = "scheduler" | "partition_count" | "fence";
+export const REDIS_REPAIRS: readonly RedisRepair[] = ["scheduler", "partition_count", "fence"];
 
 /** One flush partition's own pieces: queues, lock, drain and flusher. */
 export interface FlushPartition {
@@ -41,6 +57,7 @@ export interface FlushPartition {
   readonly queues: SpendQueues;
   readonly drain: SpendDrain;
   readonly flusher: Flusher;
+  readonly lock: FlushLock;
 }
 
 /**
@@ -57,8 +74,16 @@ export class FlushWorker {
   readonly flusher: Flusher;
   readonly queues: SpendQueues;
   readonly partitions: readonly FlushPartition[];
+  /** This replica's id: its lock values, its heartbeat in the worker registry. */
+  readonly workerId: string;
   private readonly flushQueue: Queue<{ partition?: number }>;
   private worker: Worker<{ partition?: number }> | undefined;
+  private maintainTimer: NodeJS.Timeout | undefined;
+  private maintaining: Promise<void> | undefined;
+  private closed = false;
+  private readonly startedAt = Date.now();
+  /** Set when the recorded partition count changed under this worker: it stops flushing. */
+  private mismatch: string | undefined;
 
   private constructor(
     private readonly redis: RedisClient,
@@ -66,10 +91,11 @@ export class FlushWorker {
   ) {
     const { config, db, metrics, logger } = deps;
     const count = deps.partitions ?? 1;
+    this.workerId = deps.holderId ?? randomUUID();
     this.partitions = Array.from({ length: count }, (_, p): FlushPartition => {
       const keys = redisKeys(config.keyPrefix, p);
       const drain = new SpendDrain(redis, keys, config.worker.lockLeaseMs);
-      const lock = new FlushLock(redis, keys, config.worker.lockLeaseMs, deps.holderId);
+      const lock = new FlushLock(redis, keys, config.worker.lockLeaseMs, this.workerId);
       const flusher = new Flusher(
         db,
         lock,
@@ -95,7 +121,7 @@ export class FlushWorker {
         },
         logger.child({ partition: p }),
       );
-      return { keys, queues: openSpendQueues(redis, keys), drain, flusher };
+      return { keys, queues: openSpendQueues(redis, keys), drain, flusher, lock };
     });
     const first = this.partitions[0];
     if (first === undefined) throw new Error("partitions must be at least 1");
@@ -117,13 +143,17 @@ export class FlushWorker {
 
   static async start(deps: FlushWorkerDeps): Promise<FlushWorker> {
     const redis = deps.connection ?? createRedis(deps.config.redis, "worker");
+    const workerId = deps.holderId ?? randomUUID();
     try {
-      await ensurePartitionCount(redis, deps.config.keyPrefix, deps.partitions ?? 1);
+      await ensurePartitionCount(redis, deps.config.keyPrefix, deps.partitions ?? 1, {
+        role: "worker",
+        workerId,
+      });
     } catch (err) {
       if (deps.connection === undefined) redis.disconnect();
       throw err;
     }
-    const fw = new FlushWorker(redis, deps);
+    const fw = new FlushWorker(redis, { ...deps, holderId: workerId });
     await fw.run();
     return fw;
   }
@@ -133,24 +163,21 @@ export class FlushWorker {
     await Promise.all(this.partitions.map((p) => p.drain.start()));
     // Upsert, not add: every replica declares the same schedules, and
     // re-declaring one with a new interval updates it in place.
-    for (const p of this.partitions) {
-      await this.flushQueue.upsertJobScheduler(
-        p.keys.flushSchedulerId,
-        { every: config.worker.flushEveryMs },
-        {
-          name: "flush",
-          data: { partition: p.keys.partition },
-          opts: { removeOnComplete: { count: 100 }, removeOnFail: { count: 100 } },
-        },
-      );
-    }
+    for (const p of this.partitions) await this.declareSchedule(p);
+    await heartbeat(this.redis, config.keyPrefix, this.workerId, this.partitions.length);
     this.worker = new Worker<{ partition?: number }>(
       this.keys.flushQueue,
       async (job) => {
         const p = this.partitions[job.data.partition ?? 0];
         // A schedule left by a deployment with more partitions: nothing of ours to flush.
         if (p === undefined) return { outcome: "unknown_partition" };
+        // The count changed under this worker: its partitions are not the ones producers use.
+        if (this.mismatch !== undefined) return { outcome: "partition_mismatch" };
         const report = await p.flusher.flushOnce();
+        // Any outcome, even "lock_busy": the schedule fires and flushes end (readiness).
+        void this.redis
+          .set(p.keys.flushLastRun, String(Date.now()), "PX", 86_400_000)
+          .catch(() => undefined);
         this.deps.onFlush?.(report);
         return { ...report, fence: report.fence?.toString() };
       },
@@ -164,6 +191,116 @@ export class FlushWorker {
     );
     this.worker.on("error", (err) => logger.warn({ err: err.message }, "flush worker error"));
     this.worker.on("failed", (_job, err) => logger.error({ err: err.message }, "flush job failed"));
+    const every =
+      this.deps.maintainEveryMs ?? Math.min(5_000, Math.max(1_000, config.worker.flushEveryMs));
+    const tick = (): void => {
+      if (this.closed) return;
+      this.maintainTimer = setTimeout(() => {
+        this.maintaining = this.maintain().finally(() => {
+          this.maintaining = undefined;
+          tick();
+        });
+      }, every);
+      this.maintainTimer.unref();
+    };
+    tick();
+  }
+
+  /** Upsert, not add: every replica declares the same schedules, and re-declaring one with a new interval updates it in place. */
+  private async declareSchedule(p: FlushPartition): Promise<void> {
+    await this.flushQueue.upsertJobScheduler(
+      p.keys.flushSchedulerId,
+      { every: this.deps.config.worker.flushEveryMs },
+      {
+        name: "flush",
+        data: { partition: p.keys.partition },
+        opts: { removeOnComplete: { count: 100 }, removeOnFail: { count: 100 } },
+      },
+    );
+  }
+
+  /**
+   * Puts back what this worker keeps in Redis if it is gone: Redis restarted
+   * without its data, the prefix's keys were deleted or evicted. Without it,
+   * the schedule that fires every flush is gone for good and nothing is
+   * flushed until someone restarts the worker, while readiness says ready.
+   * Spend that was in Redis then is lost with it; everything sent after the
+   * repair flows again with no restart.
+   */
+  private async maintain(): Promise<void> {
+    const { config, logger } = this.deps;
+    try {
+      await heartbeat(this.redis, config.keyPrefix, this.workerId, this.partitions.length);
+      try {
+        const agreed = await ensurePartitionCount(
+          this.redis,
+          config.keyPrefix,
+          this.partitions.length,
+          { role: "worker", workerId: this.workerId },
+        );
+        if (agreed === "recorded") this.repaired("partition_count", 0);
+        if (this.mismatch !== undefined) logger.info("partition count agrees again: flushing");
+        this.mismatch = undefined;
+      } catch (err) {
+        if (!(err instanceof PartitionMismatchError)) throw err;
+        if (this.mismatch === undefined)
+          logger.fatal({ err: err.message }, "flush partition count changed: not flushing");
+        this.mismatch = err.message;
+      }
+      for (const p of this.partitions) {
+        if ((await this.flushQueue.getJobScheduler(p.keys.flushSchedulerId)) === undefined) {
+          await this.declareSchedule(p);
+          this.repaired("scheduler", p.keys.partition);
+        }
+        if ((await this.redis.exists(p.keys.flushFence)) === 0) {
+          // PostgreSQL remembers the newest token that committed: start above it,
+          // so the next flush is not fenced off for a counter Redis forgot.
+          const row = await this.deps.db.flushFence.findUnique({
+            where: { partition: p.keys.fencePartition },
+          });
+          if (row !== null) {
+            await p.lock.raiseFence(row.token);
+            this.repaired("fence", p.keys.partition);
+          }
+        }
+      }
+    } catch (err) {
+      // Redis or PostgreSQL away: the next tick tries again; readiness reports it meanwhile.
+      logger.warn({ err: (err as Error).message }, "flush worker maintenance failed");
+    }
+  }
+
+  private repaired(what: RedisRepair, partition: number): void {
+    this.deps.metrics.redisRepairs.inc({ what });
+    this.deps.logger.warn(
+      { what, partition },
+      "Redis had lost what the flush worker keeps there (restarted empty, keys deleted or evicted): put back",
+    );
+  }
+
+  /**
+   * Readiness: every partition's flush schedule exists in Redis, the partition
+   * count agrees, and a flush of every partition has run to an end (any
+   * outcome) within `stallMs` (default: three flush intervals plus the
+   * longest flush and a lease).
+   */
+  async checkReady(stallMs?: number): Promise<void> {
+    const { config } = this.deps;
+    if (this.mismatch !== undefined) throw new Error(this.mismatch);
+    const limit =
+      stallMs ??
+      3 * config.worker.flushEveryMs + config.worker.maxFlushMs + config.worker.lockLeaseMs;
+    const now = Date.now();
+    for (const p of this.partitions) {
+      if ((await this.flushQueue.getJobScheduler(p.keys.flushSchedulerId)) === undefined)
+        throw new Error(`partition ${p.keys.partition}: the flush schedule is missing from Redis`);
+      const last = Number((await this.redis.get(p.keys.flushLastRun)) ?? 0);
+      const since = now - Math.max(last, this.startedAt);
+      if (since > limit)
+        throw new Error(
+          `partition ${p.keys.partition}: no flush has run for ${Math.round(since / 1000)} s (stalled past ${Math.round(limit / 1000)} s)`,
+        );
+    }
   }
 
   /** Runs one flush of every partition now, outside the schedule (CLI, tests, shutdown). */
@@ -174,6 +311,12 @@ export class FlushWorker {
 
   /** Lets the current flush finish, then stops. The schedules stay for other replicas. */
   async close(): Promise<void> {
+    this.closed = true;
+    if (this.maintainTimer !== undefined) clearTimeout(this.maintainTimer);
+    await this.maintaining;
+    await leaveRegistry(this.redis, this.deps.config.keyPrefix, this.workerId).catch(
+      () => undefined,
+    );
     await this.worker?.close();
     for (const p of this.partitions) {
       await p.drain.close();

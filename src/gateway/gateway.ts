@@ -29,6 +29,8 @@ export interface GatewayOptions {
   metrics?: SpendMetrics;
   /** Longest shutdown waits for requests in flight before closing their connections. Default 10 s. */
   drainRequestsMs?: number;
+  /** How often the recorded flush partition count is checked against this gateway's. Default 5 s. */
+  partitionCheckEveryMs?: number;
 }
 
 export interface GatewayService {
@@ -68,34 +70,41 @@ export async function startGateway(
   const producer = new SpendProducer({ sink, ...producerSettings(config), metrics, logger });
   const keys = new KeyCache(db, config.gateway.keyCacheTtlMs, config.gateway.keyCacheMaxEntries);
   const checks: Record<string, Check> = { postgres: postgresCheck(db) };
+  let partitionError: string | undefined;
+  let partitionTimer: NodeJS.Timeout | undefined;
   if (redis !== undefined) {
     checks.redis = redisCheck(redis);
-    // Agree with the workers on the partition count. In the background: a
-    // gateway starts (and buffers) while Redis is away; a mismatch found
-    // once Redis answers makes it unready and is logged, loudly.
-    let partitionError: string | undefined;
+    // Agree with the workers on the partition count, now and every few seconds:
+    // a worker may switch it (drained, no other worker on the old count) while
+    // this gateway runs. In the background: a gateway starts (and buffers)
+    // while Redis is away. While it disagrees it is unready and refuses
+    // requests (503): its spend would go to partitions nobody drains.
     const conn = redis;
-    void (async () => {
-      for (;;) {
-        try {
-          await waitUntilReady(conn, 5_000);
-          await ensurePartitionCount(conn, config.keyPrefix, config.partitions);
-          return;
-        } catch (err) {
-          if (err instanceof PartitionMismatchError) {
-            partitionError = err.message;
-            logger.fatal(
-              { err: err.message },
-              "flush partition count mismatch: this gateway is not ready",
-            );
-            return;
-          }
-          if (conn.status === "end") return;
-          // Redis is away or the connection dropped: try again shortly, never in a tight loop.
-          await new Promise((r) => setTimeout(r, 1_000).unref());
-        }
+    const checkEveryMs = opts.partitionCheckEveryMs ?? 5_000;
+    const check = async (): Promise<void> => {
+      try {
+        await waitUntilReady(conn, 5_000);
+        await ensurePartitionCount(conn, config.keyPrefix, config.partitions, { role: "gateway" });
+        if (partitionError !== undefined) logger.info("flush partition count agrees again");
+        partitionError = undefined;
+      } catch (err) {
+        if (!(err instanceof PartitionMismatchError)) return; // Redis away: try again later.
+        if (partitionError === undefined)
+          logger.fatal(
+            { err: err.message },
+            "flush partition count mismatch: this gateway refuses requests until restarted with the recorded count",
+          );
+        partitionError = err.message;
       }
-    })();
+    };
+    const loop = (): void => {
+      partitionTimer = setTimeout(() => {
+        if (conn.status === "end") return;
+        void check().finally(loop);
+      }, checkEveryMs);
+      partitionTimer.unref();
+    };
+    void check().finally(loop);
     checks.partitions = () =>
       partitionError === undefined ? Promise.resolve() : Promise.reject(new Error(partitionError));
   }
@@ -109,6 +118,7 @@ export async function startGateway(
     logger,
     checks,
     draining: () => draining,
+    halted: () => partitionError,
     queues,
   });
   const server = await listen(app, opts.port ?? config.gateway.port, opts.host ?? "0.0.0.0");
@@ -118,6 +128,7 @@ export async function startGateway(
   const close = (): Promise<void> => {
     closing ??= (async () => {
       draining = true;
+      clearTimeout(partitionTimer);
       // Stop accepting; keep-alive connections with no request in flight go now.
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();

@@ -94,6 +94,7 @@ export class SpendMetrics {
   readonly deadLetters: Counter<"queue" | "reason">;
   readonly deadLetteredRows: Counter<"queue" | "reason">;
   readonly isolations: Counter;
+  readonly redisRepairs: Counter<"what">;
   readonly fencingRejections: Counter;
   readonly lastSuccessfulFlush: Gauge;
   readonly lockAcquisitions: Counter;
@@ -349,6 +350,14 @@ export class SpendMetrics {
       help: "Flush transactions run again to isolate rows PostgreSQL refused (the rest of the flush commits; the refused rows become dead letters).",
       registers,
     });
+    this.redisRepairs = new Counter({
+      name: "spend_redis_repairs_total",
+      help: "Things a flush worker found missing in Redis and put back (Redis restarted empty, keys deleted or evicted), by what: scheduler, partition_count, fence.",
+      labelNames: ["what"],
+      registers,
+    });
+    for (const what of ["scheduler", "partition_count", "fence"])
+      this.redisRepairs.inc({ what }, 0);
     this.fencingRejections = new Counter({
       name: "spend_fencing_rejections_total",
       help: "Flush transactions rejected because a newer lock holder already committed.",

@@ -33,6 +33,10 @@ export interface RedisKeys {
   readonly heldRows: string;
   /** Rows per second this partition's last sizeable flush transaction committed. */
   readonly flushRate: string;
+  /** When a flush of this partition last ran to an end, any outcome (epoch ms): readiness sees a stall. */
+  readonly flushLastRun: string;
+  /** Hash of worker id -> "<partitions>:<epoch ms>": flush workers alive, and the count each runs with. */
+  readonly workers: string;
 }
 
 const PREFIX = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -60,5 +64,7 @@ export function redisKeys(prefix: string, partition = 0): RedisKeys {
     partitionCount: `${prefix}:partitions`,
     heldRows: `${prefix}:{spend-held}:rows`,
     flushRate: `${prefix}:{flush${p}}:rate`,
+    flushLastRun: `${prefix}:{flush${p}}:last-run`,
+    workers: `${prefix}:workers`,
   };
 }

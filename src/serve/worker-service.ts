@@ -18,6 +18,8 @@ export interface WorkerServiceOptions {
   logger?: Logger;
   holderId?: string;
   onFlush?: FlushWorkerDeps["onFlush"];
+  /** See FlushWorkerDeps.maintainEveryMs. */
+  maintainEveryMs?: number;
 }
 
 export interface WorkerService {
@@ -52,6 +54,7 @@ export async function startWorkerService(
     connection: workerRedis,
     ...(opts.holderId !== undefined ? { holderId: opts.holderId } : {}),
     ...(opts.onFlush !== undefined ? { onFlush: opts.onFlush } : {}),
+    ...(opts.maintainEveryMs !== undefined ? { maintainEveryMs: opts.maintainEveryMs } : {}),
   });
   // The board's and readiness's own connection: the worker's is busy with blocking commands.
   const redis = connectRedis(config.redis, "producer");
@@ -65,7 +68,12 @@ export async function startWorkerService(
   app.get(
     "/health/readiness",
     readinessHandler(
-      { redis: redisCheck(redis), postgres: postgresCheck(db) },
+      {
+        redis: redisCheck(redis),
+        postgres: postgresCheck(db),
+        // The schedule exists, the partition count agrees, and flushes run.
+        flush: () => worker.checkReady(),
+      },
       { draining: () => draining },
     ),
   );
