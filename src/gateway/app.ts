@@ -34,6 +34,7 @@ import { PriceTable } from "./pricing.js";
 import {
   createKey,
   KeyInputError,
+  KeyLookupThrottledError,
   keyResponse,
   type KeyCache,
   type KeyInfo,
@@ -246,6 +247,11 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     labelNames: ["route", "status"] as const,
     registers: [metrics.registry],
   });
+  const throttled = new Counter({
+    name: "gateway_key_lookups_throttled_total",
+    help: "Requests answered 503 because PostgreSQL lookups of keys in neither cache were past their rate (a flood of unknown keys).",
+    registers: [metrics.registry],
+  });
   app.use((req, res, next) => {
     res.on("finish", () => {
       const route = (req.route as { path?: string } | undefined)?.path ?? "other";
@@ -278,6 +284,17 @@ export function createGatewayApp(deps: GatewayDeps): Express {
         next();
       },
       (err: unknown) => {
+        // A flood of unknown keys: counted, not logged (thousands a second).
+        if (err instanceof KeyLookupThrottledError) {
+          throttled.inc();
+          res.set("retry-after", String(err.retryAfterSeconds));
+          return sendError(
+            res,
+            503,
+            "service_unavailable",
+            "too many unknown API keys: retry later",
+          );
+        }
         logger.error({ err: (err as Error).message }, "virtual key lookup failed");
         sendError(res, 503, "service_unavailable", "cannot verify the API key right now");
       },
@@ -462,14 +479,6 @@ export function createGatewayApp(deps: GatewayDeps): Express {
         organizationId: str(b.organization_id, "organization_id", { optional: true }),
         keyAlias: str(b.key_alias, "key_alias", { optional: true }),
       };
-      for (const [field, id] of [
-        ["user_id", input.userId],
-        ["team_id", input.teamId],
-        ["organization_id", input.organizationId],
-      ] as const) {
-        const problem = id === undefined ? undefined : idProblem(id);
-        if (problem !== undefined) throw new BadRequest(`${field} ${problem.detail}`);
-      }
       const k = await createKey(db, {
         ...(input.userId !== undefined ? { userId: input.userId } : {}),
         ...(input.teamId !== undefined ? { teamId: input.teamId } : {}),

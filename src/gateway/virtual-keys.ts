@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import type { Prisma } from "../generated/prisma/client.js";
+import { idProblem } from "../contract/ids.js";
 import type { Db } from "../persist/prisma.js";
 
 /**
@@ -38,8 +39,8 @@ export interface CreatedKey extends KeyInfo {
   key: string;
 }
 
-// eslint-disable-next-line no-control-regex
-const ID = /^[^\u0000-\u001f\u007f]{1,256}$/;
+const MAX_ID_LENGTH = 256;
+const RESERVED = new Set(["__proto__", "constructor", "prototype"]);
 
 export class KeyInputError extends Error {
   constructor(message: string) {
@@ -48,10 +49,14 @@ export class KeyInputError extends Error {
   }
 }
 
+/** The rules every id the flush stores follows (contract/ids.ts), so a key's owners can always be charged. */
 function checkId(value: string | undefined, name: string): string | undefined {
   if (value === undefined || value === "") return undefined;
-  if (!ID.test(value) || ["__proto__", "constructor", "prototype"].includes(value))
-    throw new KeyInputError(`${name} must be 1-256 characters without control characters`);
+  if (value.length > MAX_ID_LENGTH)
+    throw new KeyInputError(`${name} is longer than ${MAX_ID_LENGTH} characters`);
+  if (RESERVED.has(value)) throw new KeyInputError(`${name} is a reserved name`);
+  const problem = idProblem(value);
+  if (problem !== undefined) throw new KeyInputError(`${name} ${problem.detail}`);
   return value;
 }
 
@@ -72,13 +77,14 @@ export async function createKey(db: Db, input: CreateKeyInput): Promise<CreatedK
     throw new KeyInputError("a key needs a user_id, team_id or organization_id");
   const key = newKey();
   const token = hashKey(key);
-  // Rows in a fixed order (org, team, user, membership), so concurrent
-  // creations never wait on each other in a cycle.
+  // Rows in the order the flush locks them (user, team, membership,
+  // organization: ENTITY_KINDS), so a key created for owners whose spend a
+  // flush is writing never waits on it in a cycle.
   const statements: Prisma.PrismaPromise<unknown>[] = [];
-  if (organizationId !== undefined)
+  if (userId !== undefined)
     statements.push(db.$executeRaw`
-      INSERT INTO "LiteLLM_OrganizationTable" (organization_id) VALUES (${organizationId})
-      ON CONFLICT (organization_id) DO NOTHING`);
+      INSERT INTO "LiteLLM_UserTable" (user_id) VALUES (${userId})
+      ON CONFLICT (user_id) DO NOTHING`);
   if (teamId !== undefined)
     statements.push(
       organizationId !== undefined
@@ -92,14 +98,14 @@ export async function createKey(db: Db, input: CreateKeyInput): Promise<CreatedK
             INSERT INTO "LiteLLM_TeamTable" (team_id) VALUES (${teamId})
             ON CONFLICT (team_id) DO NOTHING`,
     );
-  if (userId !== undefined)
-    statements.push(db.$executeRaw`
-      INSERT INTO "LiteLLM_UserTable" (user_id) VALUES (${userId})
-      ON CONFLICT (user_id) DO NOTHING`);
   if (userId !== undefined && teamId !== undefined)
     statements.push(db.$executeRaw`
       INSERT INTO "LiteLLM_TeamMembership" (user_id, team_id) VALUES (${userId}, ${teamId})
       ON CONFLICT (user_id, team_id) DO NOTHING`);
+  if (organizationId !== undefined)
+    statements.push(db.$executeRaw`
+      INSERT INTO "LiteLLM_OrganizationTable" (organization_id) VALUES (${organizationId})
+      ON CONFLICT (organization_id) DO NOTHING`);
   statements.push(
     db.verificationToken.create({
       data: {
