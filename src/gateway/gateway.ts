@@ -29,6 +29,8 @@ export interface GatewayOptions {
   metrics?: SpendMetrics;
   /** Longest shutdown waits for requests in flight before closing their connections. Default 10 s. */
   drainRequestsMs?: number;
+  /** Longest shutdown tries to deliver the spend it holds (ProducerOptions.closeTimeoutMs). Default 30 s. */
+  closeTimeoutMs?: number;
   /** How often the recorded flush partition count is checked against this gateway's. Default 5 s. */
   partitionCheckEveryMs?: number;
 }
@@ -67,7 +69,13 @@ export async function startGateway(
       metrics,
     });
   }
-  const producer = new SpendProducer({ sink, ...producerSettings(config), metrics, logger });
+  const producer = new SpendProducer({
+    sink,
+    ...producerSettings(config),
+    metrics,
+    logger,
+    ...(opts.closeTimeoutMs !== undefined ? { closeTimeoutMs: opts.closeTimeoutMs } : {}),
+  });
   const keys = new KeyCache(db, config.gateway.keyCacheTtlMs, config.gateway.keyCacheMaxEntries);
   const checks: Record<string, Check> = { postgres: postgresCheck(db) };
   let partitionError: string | undefined;
