@@ -23,13 +23,13 @@ function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
     ...process.env,
     LOG_LEVEL: "info",
     CLI_MASTER_KEY: "sk-cli-master-key",
-    ...extra,
   };
   delete env.REDIS_URL;
+  delete env.REDIS_CLUSTER_NODES;
   delete env.DATABASE_URL;
   delete env.SPEND_CONFIG;
   delete env.METRICS_PORT;
-  return env;
+  return { ...env, ...extra };
 }
 
 interface Result {
@@ -88,6 +88,18 @@ function run(
     timeout: 60_000,
   });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * A refusal as the operator sees it: exit 2, exactly one line on stderr saying
+ * `error: …`, and no stack frame.
+ */
+function assertRefused(r: Result, message: RegExp, what: string): void {
+  const detail = `${what}: exit ${r.code}\n${r.stderr}`;
+  assert.equal(r.code, 2, detail);
+  assert.match(r.stderr, /^error: [^\n]+\n$/, `${what}: one line on stderr\n${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /\n {4}at /, detail);
+  assert.match(r.stderr, message, detail);
 }
 
 const dir = mkdtempSync(join(tmpdir(), "spend-cli-"));
@@ -351,5 +363,47 @@ describe("haimaker-spend CLI", () => {
         ["flush", 0],
       ],
     );
+  });
+
+  it("keeps passwords out of every start-up error, whatever they hold", async () => {
+    const runs: [string, Record<string, string>, string, RegExp][] = [
+      [
+        "slash in a PostgreSQL password",
+        { DATABASE_URL: "postgresql://postgres:hun/ter2@127.0.0.1:1/nope" },
+        "hun/ter2",
+        /^error: DATABASE_URL: the part before the last "@" holds "\/", "\?" or "#" \(in postgresql:\/\/\*\*\*@127\.0\.0\.1:1\/nope\)/m,
+      ],
+      [
+        "@ in a PostgreSQL password",
+        { DATABASE_URL: "postgresql://postgres:hun@ter2@127.0.0.1:1/nope" },
+        "hun@ter2",
+        /^error: PostgreSQL at postgresql:\/\/\*\*\*@127\.0\.0\.1:1\/nope is unreachable: .*ECONNREFUSED/m,
+      ],
+      [
+        "libpq key=value DSN",
+        { DATABASE_URL: "host=127.0.0.1 port=1 password='hun ter2' dbname=nope" },
+        "hun ter2",
+        /^error: DATABASE_URL is a key=value connection string \(host=127\.0\.0\.1 port=1 password=\*\*\* dbname=nope\); use a postgresql:\/\/ URL$/m,
+      ],
+      [
+        "slash in a Redis password",
+        { REDIS_URL: "redis://:hun/ter2@127.0.0.1:1/0" },
+        "hun/ter2",
+        /^error: REDIS_URL: the part before the last "@"/m,
+      ],
+      [
+        "password in the query string",
+        { DATABASE_URL: "postgresql://postgres@127.0.0.1:1/nope?password=hunter2secret" },
+        "hunter2secret",
+        /^error: PostgreSQL at postgresql:\/\/\*\*\*@127\.0\.0\.1:1\/nope\?password=\*\*\* is unreachable/m,
+      ],
+    ];
+    const results = await pool(runs, 2, ([, env]) => runAsync(["status"], env));
+    runs.forEach(([what, , secret, message], i) => {
+      const r = results[i];
+      assert.ok(r !== undefined);
+      assertRefused(r, message, what);
+      assert.ok(!r.stderr.includes(secret) && !r.stdout.includes(secret), `${what}: ${r.stderr}`);
+    });
   });
 });

@@ -98,4 +98,53 @@ litellm_settings:
       /cannot read config file/,
     );
   });
+
+  it("reads passwords that hold @, and refuses, without echoing them, URLs a parser would misread", () => {
+    assert.equal(
+      loadConfig(undefined, { REDIS_URL: "redis://:p@ss@cache:6379/1" }).redis.password,
+      "p@ss",
+    );
+    assert.equal(
+      loadConfig(undefined, { REDIS_URL: "redis://:p%2Fss@cache:6379/1" }).redis.password,
+      "p/ss",
+    );
+    const cases: [Record<string, string>, string, RegExp][] = [
+      // A parser takes "p" for the host's port (or "ss@cache" for a path): refused, not misread.
+      [
+        { REDIS_URL: "redis://:p/ss@cache:6379" },
+        "p/ss",
+        /^REDIS_URL: the part before the last "@"/,
+      ],
+      [
+        { REDIS_URL: "redis://u:12?x@cache:6379" },
+        "12?x",
+        /^REDIS_URL: the part before the last "@"/,
+      ],
+      [
+        { REDIS_URL: "redis://u:a#b@cache:6379" },
+        "a#b",
+        /^REDIS_URL: the part before the last "@"/,
+      ],
+      [
+        { DATABASE_URL: "postgresql://u:pa/ss@db:5432/spend" },
+        "pa/ss",
+        /^DATABASE_URL: the part before the last "@"/,
+      ],
+      // pg would take it for a database name on localhost and repeat it, password included.
+      [
+        { DATABASE_URL: "host=db user=u password='s3c ret' dbname=spend" },
+        "s3c ret",
+        /^DATABASE_URL is a key=value connection string \(host=db user=u password=\*\*\* dbname=spend\); use a postgresql:\/\/ URL$/,
+      ],
+      [{ REDIS_URL: "redis://:pa ss%zz@cache:6379" }, "pa ss", /not validly percent-encoded/],
+    ];
+    for (const [env, secret, message] of cases) {
+      assert.throws(
+        () => loadConfig(undefined, env),
+        (err: unknown) =>
+          err instanceof ConfigError && message.test(err.message) && !err.message.includes(secret),
+        JSON.stringify(env),
+      );
+    }
+  });
 });

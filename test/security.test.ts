@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { Writable } from "node:stream";
+import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { Redis } from "ioredis";
 import { pino } from "pino";
@@ -113,6 +115,35 @@ describe("security", () => {
     );
     assert.doesNotMatch(out, /hunter2|pw@db|sk-secret/);
     assert.match(out, /\*\*\*/);
+  });
+
+  it("hides credentials in any string a logger made by createLogger writes", () => {
+    // createLogger writes to stdout: run it in a process of its own and read what it wrote.
+    const script = `
+      const { createLogger } = await import("./src/observe/logger.ts");
+      const log = createLogger("probe");
+      log.error({ err: "connect failed: redis://:p/ss@cache:6379/0" }, "Redis at redis://u:hun@ter2@cache:6379 is away");
+      log.warn({ detail: { dsn: "host=db password='sec ret' user=x" } }, "pg said: database \\"host=db password=s3cr3t\\" does not exist");
+      log.info({ url: "postgresql://db:5432/x?sslpassword=keypw99&sslmode=require" }, "ok");
+    `;
+    const r = spawnSync(
+      process.execPath,
+      ["--import", "tsx", "--input-type=module", "-e", script],
+      {
+        cwd: fileURLToPath(new URL("..", import.meta.url)),
+        env: { ...process.env, LOG_LEVEL: "info" },
+        encoding: "utf8",
+        timeout: 60_000,
+      },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const lines = r.stdout.trim().split("\n");
+    assert.equal(lines.length, 3, r.stdout);
+    for (const line of lines) JSON.parse(line);
+    for (const secret of ["p/ss", "hun@ter2", "sec ret", "s3cr3t", "keypw99"])
+      assert.ok(!r.stdout.includes(secret), `${secret} in ${r.stdout}`);
+    assert.match(r.stdout, /redis:\/\/\*\*\*@cache:6379\/0/);
+    assert.match(r.stdout, /password=\*\*\*/);
   });
 
   it("puts no ids in metric labels", async () => {

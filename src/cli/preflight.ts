@@ -60,7 +60,7 @@ export async function checkPostgres(
       // `migrate` creates the database itself.
       if (opts.allowMissingDatabase === true && (err as { code?: string }).code === "3D000") return;
       throw new StartupError(
-        `PostgreSQL at ${redact(databaseUrl)} is unreachable: ${(err as Error).message}`,
+        `PostgreSQL at ${redact(databaseUrl)} is unreachable: ${redact((err as Error).message)}`,
       );
     }
     if (opts.schema === true) {

@@ -38,6 +38,12 @@ function portOption(v: string): number {
   return n;
 }
 
+/** One line, credentials hidden: what goes after `error: `. */
+function oneLine(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return redact(message.replace(/\s*[\r\n]+\s*/g, " ").trim());
+}
+
 /** Runs an action; a bad configuration or an unreachable dependency exits 2 with one line. */
 function action<A extends unknown[]>(
   fn: (...args: A) => Promise<void>,
@@ -51,10 +57,10 @@ function action<A extends unknown[]>(
         err instanceof StartupError ||
         err instanceof KeyInputError
       ) {
-        process.stderr.write(`error: ${err.message}\n`);
+        process.stderr.write(`error: ${oneLine(err)}\n`);
         process.exit(EXIT_BAD_CONFIG);
       }
-      process.stderr.write(`error: ${(err as Error).message}\n`);
+      process.stderr.write(`error: ${oneLine(err)}\n`);
       process.exit(1);
     }
   };
@@ -187,7 +193,7 @@ export function buildProgram(): Command {
         const { migrate } = await import("../persist/migrate.js");
         const { applied } = await migrate({
           databaseUrl: config.databaseUrl,
-          log: (m) => process.stderr.write(`${m}\n`),
+          log: (m) => process.stderr.write(`${redact(m)}\n`),
         });
         process.stdout.write(
           applied.length === 0

@@ -3,6 +3,9 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { MAX_EVENT_USD, usdStringToPico } from "../money.js";
 import { DEFAULT_LIMITS, type ValidationLimits } from "../produce/spend-event.js";
+import { redact } from "./redact.js";
+
+export { redact };
 
 /**
  * The one place configuration is read, typed and validated. The seed's
@@ -264,32 +267,64 @@ function resolveEnvRefs(value: unknown, env: NodeJS.ProcessEnv, path: string): u
   return value;
 }
 
-function parseRedisUrl(url: string): RedisConfig {
+/**
+ * A URL whose credentials hold `/`, `?` or `#` unencoded is read by every URL
+ * parser with a host taken from inside the password (and part of the password
+ * shown as a port or path in later messages): refuse it, saying what to encode.
+ */
+function checkUnencodedCredentials(name: string, url: string): void {
+  const scheme = url.indexOf("://");
+  if (scheme === -1) return;
+  const rest = url.slice(scheme + 3);
+  const at = rest.lastIndexOf("@");
+  const authorityEnd = rest.search(/[/?#]/);
+  if (at !== -1 && authorityEnd !== -1 && authorityEnd < at)
+    throw new ConfigError(
+      `${name}: the part before the last "@" holds "/", "?" or "#" (in ${redact(url)}): percent-encode them in the user name and password (%2F, %3F, %23)`,
+    );
+}
+
+function parseRedisUrl(name: string, url: string): RedisConfig {
+  checkUnencodedCredentials(name, url);
   let u: URL;
   try {
     u = new URL(url);
   } catch {
-    throw new ConfigError(`REDIS_URL is not a URL: ${redact(url)}`);
+    throw new ConfigError(`${name} is not a URL: ${redact(url)}`);
   }
   if (u.protocol !== "redis:" && u.protocol !== "rediss:") {
-    throw new ConfigError(`REDIS_URL must start with redis:// or rediss://, got ${u.protocol}//`);
+    throw new ConfigError(`${name} must start with redis:// or rediss://, got ${u.protocol}//`);
   }
   const db = u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0;
   if (!Number.isInteger(db) || db < 0)
-    throw new ConfigError(`REDIS_URL database index is not a number: ${u.pathname}`);
+    throw new ConfigError(`${name} database index is not a number: ${u.pathname}`);
+  let username: string;
+  let password: string;
+  try {
+    username = decodeURIComponent(u.username);
+    password = decodeURIComponent(u.password);
+  } catch {
+    throw new ConfigError(`${name}: the user name or password is not validly percent-encoded`);
+  }
   return {
     host: u.hostname,
     port: u.port === "" ? 6379 : Number(u.port),
-    ...(u.username !== "" ? { username: decodeURIComponent(u.username) } : {}),
-    ...(u.password !== "" ? { password: decodeURIComponent(u.password) } : {}),
+    ...(username !== "" ? { username } : {}),
+    ...(password !== "" ? { password } : {}),
     db,
     tls: u.protocol === "rediss:",
   };
 }
 
-/** Hides credentials in a URL before it goes into an error or a log. */
-export function redact(url: string): string {
-  return url.replace(/\/\/([^@/]*)@/, "//***@");
+function parseDatabaseUrl(name: string, url: string): string {
+  // pg reads a libpq key=value string as the name of a database on localhost, then
+  // repeats it, password and all, in "database … does not exist".
+  if (/^\s*[A-Za-z_]+\s*=/.test(url))
+    throw new ConfigError(
+      `${name} is a key=value connection string (${redact(url)}); use a postgresql:// URL`,
+    );
+  checkUnencodedCredentials(name, url);
+  return url;
 }
 
 function formatIssues(err: z.ZodError): string {
@@ -309,8 +344,10 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
   const cp = f.litellm_settings?.cache_params;
 
   let redis: RedisConfig;
-  if (env.REDIS_URL !== undefined && env.REDIS_URL !== "") redis = parseRedisUrl(env.REDIS_URL);
-  else if (cp?.url !== undefined) redis = parseRedisUrl(cp.url);
+  if (env.REDIS_URL !== undefined && env.REDIS_URL !== "")
+    redis = parseRedisUrl("REDIS_URL", env.REDIS_URL);
+  else if (cp?.url !== undefined)
+    redis = parseRedisUrl("litellm_settings.cache_params.url", cp.url);
   else {
     redis = {
       host: cp?.host ?? "127.0.0.1",
@@ -335,6 +372,13 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
     });
   }
 
+  const databaseUrl =
+    env.DATABASE_URL !== undefined && env.DATABASE_URL !== ""
+      ? parseDatabaseUrl("DATABASE_URL", env.DATABASE_URL)
+      : g.database_url !== undefined && g.database_url !== ""
+        ? parseDatabaseUrl("general_settings.database_url", g.database_url)
+        : DEFAULT_DATABASE_URL;
+
   // The reference once accepted the buffer switch with no Redis configured and
   // then silently wrote nothing: a file that asks for the buffer must say where Redis is.
   if (g.use_redis_transaction_buffer && doc !== undefined && cp === undefined && !env.REDIS_URL) {
@@ -358,7 +402,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
 
   return {
     useRedisBuffer: g.use_redis_transaction_buffer,
-    databaseUrl: env.DATABASE_URL || g.database_url || DEFAULT_DATABASE_URL,
+    databaseUrl,
     redis,
     keyPrefix: s.key_prefix,
     producer: {

@@ -1,4 +1,5 @@
 import { pino, type Logger } from "pino";
+import { redact } from "../config/config.js";
 
 export type { Logger };
 
@@ -25,10 +26,34 @@ export const LOG_REDACT_PATHS = [
   "*.*.masterKey",
 ];
 
+/** A JSON string literal, escapes included (the alternatives cannot overlap: linear). */
+const JSON_STRING = /"(?:[^"\\]|\\.)*"/g;
+
+/**
+ * Runs every string of a serialized log line through redact(): a URL or
+ * connection string in a message or an error's text loses its credentials
+ * whatever field it sits in. Each string is redacted on its own, decoded, so
+ * a mask never spans two fields and JSON escapes cannot hide a secret's end.
+ */
+export function redactLogLine(line: string): string {
+  if (!line.includes("@") && !line.includes("=")) return line;
+  return line.replace(JSON_STRING, (literal) => {
+    if (!literal.includes("@") && !literal.includes("=")) return literal;
+    try {
+      const value = JSON.parse(literal) as string;
+      const hidden = redact(value);
+      return hidden === value ? literal : JSON.stringify(hidden);
+    } catch {
+      return redact(literal);
+    }
+  });
+}
+
 /**
  * Structured JSON logs (pino): one object per line with `level`, `time`,
  * `name` and the call's fields. Anything that might carry a credential is
- * redacted at the logger. LOG_LEVEL sets the level (default `info`).
+ * redacted at the logger: the fields named above by path, and credentials in
+ * any string by redactLogLine. LOG_LEVEL sets the level (default `info`).
  */
 export function createLogger(
   name: string,
@@ -38,6 +63,7 @@ export function createLogger(
     name,
     level,
     redact: { paths: LOG_REDACT_PATHS, censor: "***" },
+    hooks: { streamWrite: redactLogLine },
   });
 }
 
