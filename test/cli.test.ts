@@ -5,9 +5,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { Redis } from "ioredis";
 import pg from "pg";
+import { checkRedis } from "../src/cli/preflight.js";
 import { subcommands } from "../src/cli/program.js";
+import { loadConfig } from "../src/config/config.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
+import { TestRedisServer, testPort } from "./support/redis-server.js";
 import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "./support/redis.js";
 import { waitFor } from "./support/wait.js";
 
@@ -100,6 +104,10 @@ function assertRefused(r: Result, message: RegExp, what: string): void {
   assert.match(r.stderr, /^error: [^\n]+\n$/, `${what}: one line on stderr\n${r.stderr}`);
   assert.doesNotMatch(r.stderr, /\n {4}at /, detail);
   assert.match(r.stderr, message, detail);
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
 const dir = mkdtempSync(join(tmpdir(), "spend-cli-"));
@@ -363,6 +371,102 @@ describe("haimaker-spend CLI", () => {
         ["flush", 0],
       ],
     );
+  });
+
+  it("refuses REDIS_CLUSTER_NODES naming a standalone Redis (the real one), with exit 2", async () => {
+    const node = `${redisUrl.hostname}:${redisUrl.port || "6379"}`;
+    const fileNodes = configFile(
+      `general_settings:\n  use_redis_transaction_buffer: true\n  database_url: ${t.url}\nlitellm_settings:\n  cache_params: { type: redis, cluster_nodes: ['${node}'] }\n`,
+    );
+    const runs: [string, string[], Record<string, string>, RegExp][] = [
+      ...["gateway", "status"].map((cmd): [string, string[], Record<string, string>, RegExp] => [
+        `REDIS_CLUSTER_NODES ${cmd}`,
+        [cmd, "--config", config],
+        { REDIS_CLUSTER_NODES: node },
+        new RegExp(
+          `^error: REDIS_CLUSTER_NODES names ${node.replaceAll(".", "\\.")}, which is a standalone Redis \\(cluster support disabled\\)$`,
+          "m",
+        ),
+      ]),
+      [
+        "cache_params.cluster_nodes status",
+        ["status", "--config", fileNodes],
+        {},
+        /^error: litellm_settings\.cache_params\.cluster_nodes names .*, which is a standalone Redis \(cluster support disabled\)$/m,
+      ],
+      [
+        "no seed answers",
+        ["status", "--config", config],
+        { REDIS_CLUSTER_NODES: "127.0.0.1:1,127.0.0.1:2" },
+        /^error: Redis Cluster seed nodes \(REDIS_CLUSTER_NODES\) are all unreachable: 127\.0\.0\.1:1 \(connect ECONNREFUSED[^)]*\), 127\.0\.0\.1:2 \(/m,
+      ],
+    ];
+    const results = await pool(runs, 2, ([, args, env]) => runAsync(args, env));
+    runs.forEach(([what, , , message], i) => {
+      const r = results[i];
+      assert.ok(r !== undefined);
+      assertRefused(r, message, what);
+    });
+  });
+
+  it("preflight accepts a Redis Cluster only once its state is ok", async () => {
+    // A one-node cluster of this test's own: cluster mode on, no slots yet (state fail).
+    const server = new TestRedisServer(testPort(20), [
+      "--cluster-enabled",
+      "yes",
+      "--cluster-port",
+      String(testPort(120)),
+      "--cluster-config-file",
+      "nodes.conf",
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+    ]);
+    await server.start();
+    const admin = new Redis(server.url);
+    try {
+      const cfg = loadConfig(undefined, { REDIS_CLUSTER_NODES: `127.0.0.1:${server.port}` }).redis;
+      await assert.rejects(
+        checkRedis(cfg),
+        new RegExp(
+          `^StartupError: Redis Cluster node 127\\.0\\.0\\.1:${server.port} \\(REDIS_CLUSTER_NODES\\) reports cluster_state:fail$`,
+        ),
+      );
+      await admin.call("CLUSTER", "ADDSLOTSRANGE", "0", "16383");
+      await waitFor(
+        "cluster_state:ok",
+        async () => String(await admin.call("CLUSTER", "INFO")).includes("cluster_state:ok"),
+        10_000,
+      );
+      await checkRedis(cfg);
+    } finally {
+      admin.disconnect();
+      await server.destroy();
+    }
+  });
+
+  it("refuses a Redis database index the server does not have (the real Redis), with exit 2", async () => {
+    const probe = new Redis(TEST_REDIS_URL);
+    let databases: number;
+    try {
+      const reply = await probe.config("GET", "databases");
+      databases = Number(reply[1]);
+    } finally {
+      probe.disconnect();
+    }
+    const index = databases + 4;
+    const url = `redis://${redisUrl.hostname}:${redisUrl.port || "6379"}/${index}`;
+    const expected = `Redis at ${redisUrl.hostname}:${redisUrl.port || "6379"} has no database ${index} (its \`databases\` setting is ${databases})`;
+    const results = await pool(["gateway", "status"], 2, (cmd) =>
+      runAsync([cmd, "--config", config], { REDIS_URL: url }),
+    );
+    results.forEach((r, i) => {
+      assertRefused(r, new RegExp(`^error: ${escapeRegExp(expected)}$`, "m"), `${i}`);
+    });
+    // The last database the server has is fine.
+    const last = loadConfig(undefined, { REDIS_URL: url.replace(/\d+$/, String(databases - 1)) });
+    await checkRedis(last.redis);
   });
 
   it("keeps passwords out of every start-up error, whatever they hold", async () => {

@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { ConfigError, loadConfig } from "../src/config/config.js";
+import { buildConfig, ConfigError, loadConfig } from "../src/config/config.js";
 
 function file(text: string): string {
   const dir = mkdtempSync(join(tmpdir(), "spend-config-"));
@@ -97,6 +97,55 @@ litellm_settings:
       () => loadConfig("/nonexistent/proxy_config.yaml", {}),
       /cannot read config file/,
     );
+  });
+
+  it("takes REDIS_URL's database index as written, and refuses one that is not a non-negative integer", () => {
+    const db = (url: string): number => loadConfig(undefined, { REDIS_URL: url }).redis.db;
+    assert.equal(db("redis://cache:6379"), 0);
+    assert.equal(db("redis://cache:6379/"), 0);
+    assert.equal(db("redis://cache:6379/3"), 3);
+    // Above the server's `databases` is for the server to say: preflight asks it.
+    assert.equal(db("redis://cache:6379/20"), 20);
+    for (const bad of ["x", "-1", "1.5", "1e1", "0x1", "2/3", "%31"]) {
+      assert.throws(
+        () => db(`redis://cache:6379/${bad}`),
+        (err: unknown) =>
+          err instanceof ConfigError &&
+          /^REDIS_URL database index must be a non-negative integer, got /.test(err.message),
+        bad,
+      );
+    }
+    assert.throws(
+      () =>
+        buildConfig(
+          { litellm_settings: { cache_params: { type: "redis", url: "redis://cache/db" } } },
+          {},
+        ),
+      /litellm_settings\.cache_params\.url database index must be a non-negative integer/,
+    );
+  });
+
+  it("records where the cluster nodes came from, for preflight's messages", () => {
+    const p = file(
+      "litellm_settings:\n  cache_params: { type: redis, cluster_nodes: ['n1:7000', 'n2:7001'] }\n",
+    );
+    const fromFile = loadConfig(p, {}).redis;
+    assert.deepEqual(fromFile.cluster, [
+      { host: "n1", port: 7000 },
+      { host: "n2", port: 7001 },
+    ]);
+    assert.equal(fromFile.clusterSetting, "litellm_settings.cache_params.cluster_nodes");
+    const fromEnv = loadConfig(p, { REDIS_CLUSTER_NODES: "a:1, b:2" }).redis;
+    assert.deepEqual(fromEnv.cluster, [
+      { host: "a", port: 1 },
+      { host: "b", port: 2 },
+    ]);
+    assert.equal(fromEnv.clusterSetting, "REDIS_CLUSTER_NODES");
+    assert.throws(
+      () => loadConfig(p, { REDIS_CLUSTER_NODES: "a:1,b" }),
+      /ConfigError: REDIS_CLUSTER_NODES: a node must be host:port, got "b"$/,
+    );
+    assert.equal(loadConfig(undefined, {}).redis.cluster, undefined);
   });
 
   it("reads passwords that hold @, and refuses, without echoing them, URLs a parser would misread", () => {

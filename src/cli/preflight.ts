@@ -8,14 +8,18 @@ export { StartupError };
 
 export const PREFLIGHT_TIMEOUT_MS = 3_000;
 
-/** Connects once to Redis and pings it, with a short timeout and no retry. */
-export async function checkRedis(
-  cfg: RedisConfig,
-  timeoutMs = PREFLIGHT_TIMEOUT_MS,
-): Promise<void> {
-  const where = `${cfg.host}:${cfg.port}/${cfg.db}${cfg.tls ? " (TLS)" : ""}`;
+/** The node did not answer at all (as opposed to answering wrongly). */
+class UnreachableError extends StartupError {}
+
+/** A client for one check: a short timeout, no retry, no offline queue. */
+function probe(cfg: RedisConfig, node: { host: string; port: number }, timeoutMs: number): Redis {
   const redis = new Redis({
     ...redisOptions(cfg, "producer"),
+    host: node.host,
+    port: node.port,
+    // Selected explicitly below: ioredis would report a refused SELECT only as an
+    // error event and carry on in database 0.
+    db: 0,
     lazyConnect: true,
     connectTimeout: timeoutMs,
     commandTimeout: timeoutMs,
@@ -23,18 +27,136 @@ export async function checkRedis(
     retryStrategy: () => null,
     connectionName: "spend-buffer:preflight",
   });
+  return redis;
+}
+
+/** Connects and runs `check`; a failed connection is reported by its socket error. */
+async function withProbe<T>(
+  cfg: RedisConfig,
+  node: { host: string; port: number },
+  timeoutMs: number,
+  unreachable: (why: string) => string,
+  check: (redis: Redis) => Promise<T>,
+): Promise<T> {
+  const redis = probe(cfg, node, timeoutMs);
   let lastError: Error | undefined;
   redis.on("error", (err: Error) => (lastError = err));
   try {
-    await redis.connect();
-    await redis.ping();
-  } catch (err) {
-    // "Connection is closed" says less than the socket error that closed it.
-    const why = lastError ?? (err as Error);
-    throw new StartupError(`Redis at ${where} is unreachable: ${why.message}`);
+    try {
+      await redis.connect();
+      await redis.ping();
+    } catch (err) {
+      // "Connection is closed" says less than the socket error that closed it.
+      const why = lastError ?? (err as Error);
+      throw new UnreachableError(unreachable(why.message));
+    }
+    return await check(redis);
   } finally {
     redis.disconnect();
   }
+}
+
+/**
+ * Connects once to Redis, pings it and selects the configured database, with a
+ * short timeout and no retry. With cluster nodes configured, checks the seed
+ * nodes instead (checkRedisCluster).
+ */
+export async function checkRedis(
+  cfg: RedisConfig,
+  timeoutMs = PREFLIGHT_TIMEOUT_MS,
+): Promise<void> {
+  if (cfg.cluster !== undefined && cfg.cluster.length > 0) {
+    await checkRedisCluster(cfg, cfg.cluster, timeoutMs);
+    return;
+  }
+  const where = `${cfg.host}:${cfg.port}/${cfg.db}${cfg.tls ? " (TLS)" : ""}`;
+  await withProbe(
+    cfg,
+    cfg,
+    timeoutMs,
+    (why) => `Redis at ${where} is unreachable: ${why}`,
+    async (redis) => {
+      if (cfg.db === 0) return;
+      try {
+        await redis.select(cfg.db);
+      } catch (err) {
+        const databases = await configuredDatabases(redis);
+        throw new StartupError(
+          `Redis at ${cfg.host}:${cfg.port} has no database ${cfg.db} (${
+            databases === undefined
+              ? (err as Error).message
+              : `its \`databases\` setting is ${databases}`
+          })`,
+        );
+      }
+    },
+  );
+}
+
+/** The server's `databases` setting, when CONFIG GET is allowed (managed Redis often renames it). */
+async function configuredDatabases(redis: Redis): Promise<string | undefined> {
+  try {
+    const reply = (await redis.config("GET", "databases")) as unknown;
+    return Array.isArray(reply) && typeof reply[1] === "string" ? reply[1] : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Every seed node that answers must be a Redis Cluster node whose view of the
+ * cluster is `ok`, and at least one must answer. A standalone Redis named as a
+ * seed would otherwise pass a ping, and the gateway would serve and never
+ * deliver. Seeds that do not answer are tolerated while another does: the
+ * client discovers the rest of the cluster from any one of them.
+ */
+async function checkRedisCluster(
+  cfg: RedisConfig,
+  nodes: readonly { host: string; port: number }[],
+  timeoutMs: number,
+): Promise<void> {
+  const setting = cfg.clusterSetting ?? "the Redis cluster nodes";
+  const results = await Promise.allSettled(
+    nodes.map((node) =>
+      withProbe(
+        cfg,
+        node,
+        timeoutMs,
+        (why) => `${node.host}:${node.port} (${why})`,
+        async (redis) => {
+          let info: string;
+          try {
+            info = String(await redis.call("CLUSTER", "INFO"));
+          } catch (err) {
+            const message = (err as Error).message;
+            if (/cluster support disabled/i.test(message))
+              throw new StartupError(
+                `${setting} names ${node.host}:${node.port}, which is a standalone Redis (cluster support disabled)`,
+              );
+            throw new StartupError(
+              `${setting} names ${node.host}:${node.port}, which refused CLUSTER INFO: ${message}`,
+            );
+          }
+          const state = /^cluster_state:(\S+)/m.exec(info)?.[1] ?? "unknown";
+          if (state !== "ok")
+            throw new StartupError(
+              `Redis Cluster node ${node.host}:${node.port} (${setting}) reports cluster_state:${state}`,
+            );
+        },
+      ),
+    ),
+  );
+  const unreachable: string[] = [];
+  for (const r of results) {
+    if (r.status === "fulfilled") continue;
+    // A node that answered wrongly is decisive; one that did not answer only counts if none did.
+    if (r.reason instanceof UnreachableError) unreachable.push(r.reason.message);
+    else throw r.reason;
+  }
+  if (unreachable.length === nodes.length)
+    throw new StartupError(
+      `Redis Cluster seed nodes (${setting}) are all unreachable: ${unreachable.join(", ")}`,
+    );
 }
 
 /**

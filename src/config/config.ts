@@ -177,6 +177,8 @@ export interface RedisConfig {
   tls: boolean;
   /** Redis Cluster seed nodes; when set, host/port/db are not used. */
   cluster?: readonly { host: string; port: number }[];
+  /** Where `cluster` came from, for messages: REDIS_CLUSTER_NODES or the file's key. */
+  clusterSetting?: string;
 }
 
 export interface AppConfig {
@@ -295,9 +297,12 @@ function parseRedisUrl(name: string, url: string): RedisConfig {
   if (u.protocol !== "redis:" && u.protocol !== "rediss:") {
     throw new ConfigError(`${name} must start with redis:// or rediss://, got ${u.protocol}//`);
   }
-  const db = u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0;
-  if (!Number.isInteger(db) || db < 0)
-    throw new ConfigError(`${name} database index is not a number: ${u.pathname}`);
+  // The server's `databases` bounds it, checked at start (preflight): here only its form.
+  const path = u.pathname === "/" ? "" : u.pathname;
+  if (path !== "" && !/^\/\d{1,9}$/.test(path))
+    throw new ConfigError(
+      `${name} database index must be a non-negative integer, got ${JSON.stringify(path.slice(1))}`,
+    );
   let username: string;
   let password: string;
   try {
@@ -311,7 +316,7 @@ function parseRedisUrl(name: string, url: string): RedisConfig {
     port: u.port === "" ? 6379 : Number(u.port),
     ...(username !== "" ? { username } : {}),
     ...(password !== "" ? { password } : {}),
-    db,
+    db: path === "" ? 0 : Number(path.slice(1)),
     tls: u.protocol === "rediss:",
   };
 }
@@ -359,17 +364,19 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
     };
   }
 
-  const clusterNodes =
-    env.REDIS_CLUSTER_NODES !== undefined && env.REDIS_CLUSTER_NODES !== ""
-      ? env.REDIS_CLUSTER_NODES.split(",").map((n) => n.trim())
-      : cp?.cluster_nodes;
+  const fromEnv = env.REDIS_CLUSTER_NODES !== undefined && env.REDIS_CLUSTER_NODES !== "";
+  const clusterNodes = fromEnv
+    ? (env.REDIS_CLUSTER_NODES ?? "").split(",").map((n) => n.trim())
+    : cp?.cluster_nodes;
   if (clusterNodes !== undefined) {
+    const setting = fromEnv ? "REDIS_CLUSTER_NODES" : "litellm_settings.cache_params.cluster_nodes";
     redis.cluster = clusterNodes.map((n) => {
       const m = /^([^\s:]+):(\d{1,5})$/.exec(n);
-      if (m === null)
-        throw new ConfigError(`Redis cluster node must be host:port, got ${JSON.stringify(n)}`);
+      if (m === null || Number(m[2]) > 65_535)
+        throw new ConfigError(`${setting}: a node must be host:port, got ${JSON.stringify(n)}`);
       return { host: m[1] ?? "", port: Number(m[2]) };
     });
+    redis.clusterSetting = setting;
   }
 
   const databaseUrl =
