@@ -1,15 +1,18 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
+import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { Queue } from "bullmq";
 import { Redis } from "ioredis";
 import pg from "pg";
 import { checkRedis } from "../src/cli/preflight.js";
 import { subcommands } from "../src/cli/program.js";
 import { loadConfig } from "../src/config/config.js";
+import { redisKeys } from "../src/queue/keys.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { TestRedisServer, testPort } from "./support/redis-server.js";
 import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "./support/redis.js";
@@ -108,6 +111,13 @@ function assertRefused(r: Result, message: RegExp, what: string): void {
 
 function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+/** Holds a TCP port, as another process would. */
+async function holdPort(): Promise<Server> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "0.0.0.0", resolve));
+  return server;
 }
 
 const dir = mkdtempSync(join(tmpdir(), "spend-cli-"));
@@ -373,6 +383,68 @@ describe("haimaker-spend CLI", () => {
     );
   });
 
+  it("refuses a bad LOG_LEVEL, METRICS_PORT or --port with exit 2 and one line", async () => {
+    const runs: [string, string[], Record<string, string>, RegExp][] = [
+      ...["gateway", "worker", "migrate"].map(
+        (cmd): [string, string[], Record<string, string>, RegExp] => [
+          `LOG_LEVEL=verbose ${cmd}`,
+          [...cmd.split(" "), "--config", config],
+          { LOG_LEVEL: "verbose" },
+          /^error: LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got "verbose"$/m,
+        ],
+      ),
+      [
+        "METRICS_PORT=abc worker",
+        ["worker", "--config", config],
+        { METRICS_PORT: "abc" },
+        /^error: METRICS_PORT must be a port number from 0 to 65535, got "abc"$/m,
+      ],
+      [
+        "METRICS_PORT=99999 worker",
+        ["worker", "--config", config],
+        { METRICS_PORT: "99999" },
+        /METRICS_PORT must be a port number from 0 to 65535, got "99999"/,
+      ],
+      ...[
+        ["gateway", "99999"],
+        ["gateway", "abc"],
+        ["worker", "1.5"],
+      ].map(([cmd = "", port = ""]): [string, string[], Record<string, string>, RegExp] => [
+        `${cmd} --port ${port}`,
+        [cmd, "--config", config, "--port", port],
+        {},
+        new RegExp(
+          `^error: option '-p, --port <port>' argument '${escapeRegExp(port)}' is invalid\\. Expected a port number from 0 to 65535\\.`,
+        ),
+      ]),
+      ["unknown option", ["status", "--bogus"], {}, /^error: unknown option '--bogus'/],
+    ];
+    const results = await pool(runs, 2, ([, args, env]) => runAsync(args, env));
+    runs.forEach(([what, , , message], i) => {
+      const r = results[i];
+      assert.ok(r !== undefined);
+      assertRefused(r, message, what);
+    });
+  });
+
+  it("refuses a port already in use with exit 2 and one line (gateway and worker)", async () => {
+    const prefix = uniquePrefix("cli-port");
+    const own = goodConfig(prefix, t.url);
+    const held = await holdPort();
+    try {
+      const port = (held.address() as { port: number }).port;
+      const results = await pool(["gateway", "worker"], 2, (cmd) =>
+        runAsync([cmd, "--config", own, "--port", String(port)]),
+      );
+      results.forEach((r, i) => {
+        assertRefused(r, new RegExp(`^error: port ${port} is already in use$`, "m"), `${i}`);
+      });
+    } finally {
+      held.close();
+      await cleanRedis(prefix);
+    }
+  });
+
   it("refuses REDIS_CLUSTER_NODES naming a standalone Redis (the real one), with exit 2", async () => {
     const node = `${redisUrl.hostname}:${redisUrl.port || "6379"}`;
     const fileNodes = configFile(
@@ -467,6 +539,36 @@ describe("haimaker-spend CLI", () => {
     // The last database the server has is fine.
     const last = loadConfig(undefined, { REDIS_URL: url.replace(/\d+$/, String(databases - 1)) });
     await checkRedis(last.redis);
+  });
+
+  it("refuses to start on a flush partition mismatch with exit 2 and one line", async () => {
+    const prefix = uniquePrefix("cli-parts");
+    const keys = redisKeys(prefix);
+    const redis = new Redis(TEST_REDIS_URL);
+    const entity = new Queue(keys.spendQueue, { connection: redis, prefix: keys.bullPrefix });
+    try {
+      await redis.set(keys.partitionCount, "1");
+      await entity.add("spend", { pending: true });
+      const two = configFile(`general_settings:
+  use_redis_transaction_buffer: true
+  database_url: ${t.url}
+litellm_settings:
+  cache_params: { type: redis, host: ${redisUrl.hostname}, port: ${redisUrl.port || "6379"} }
+spend_buffer_settings:
+  key_prefix: ${prefix}
+  flush_partitions: 2
+`);
+      const r = await runAsync(["worker", "--config", two, "--port", "0"]);
+      assertRefused(
+        r,
+        /^error: Redis records 1 flush partition\(s\).* configured for 2\b.*Drain first/m,
+        "worker",
+      );
+    } finally {
+      await entity.close();
+      redis.disconnect();
+      await cleanRedis(prefix);
+    }
   });
 
   it("keeps passwords out of every start-up error, whatever they hold", async () => {

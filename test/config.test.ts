@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { buildConfig, ConfigError, loadConfig } from "../src/config/config.js";
+import { buildConfig, ConfigError, LOG_LEVELS, loadConfig } from "../src/config/config.js";
 
 function file(text: string): string {
   const dir = mkdtempSync(join(tmpdir(), "spend-config-"));
@@ -123,6 +123,44 @@ litellm_settings:
         ),
       /litellm_settings\.cache_params\.url database index must be a non-negative integer/,
     );
+  });
+
+  it("reads LOG_LEVEL and METRICS_PORT here, typed and validated, over the file", () => {
+    const p = file("spend_buffer_settings:\n  log_level: warn\n  metrics_port: 9500\n");
+    const c = loadConfig(p, {});
+    assert.equal(c.logLevel, "warn");
+    assert.equal(c.metricsPort, 9500);
+    const env = loadConfig(p, { LOG_LEVEL: "debug", METRICS_PORT: "9600" });
+    assert.equal(env.logLevel, "debug");
+    assert.equal(env.metricsPort, 9600);
+    // Empty is unset, as for REDIS_URL and DATABASE_URL.
+    const empty = loadConfig(p, { LOG_LEVEL: "", METRICS_PORT: "" });
+    assert.equal(empty.logLevel, "warn");
+    assert.equal(empty.metricsPort, 9500);
+    assert.equal(loadConfig(p, { METRICS_PORT: "0" }).metricsPort, 0);
+    for (const level of LOG_LEVELS)
+      assert.equal(loadConfig(p, { LOG_LEVEL: level }).logLevel, level);
+
+    for (const bad of ["verbose", "INFO", "warning", " info"]) {
+      assert.throws(
+        () => loadConfig(p, { LOG_LEVEL: bad }),
+        (err: unknown) =>
+          err instanceof ConfigError &&
+          err.message ===
+            `LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got ${JSON.stringify(bad)}`,
+        bad,
+      );
+    }
+    for (const bad of ["abc", "99999", "65536", "-1", "1e3", "0x10", " 80", "80.0"]) {
+      assert.throws(
+        () => loadConfig(p, { METRICS_PORT: bad }),
+        (err: unknown) =>
+          err instanceof ConfigError &&
+          err.message ===
+            `METRICS_PORT must be a port number from 0 to 65535, got ${JSON.stringify(bad)}`,
+        bad,
+      );
+    }
   });
 
   it("records where the cluster nodes came from, for preflight's messages", () => {

@@ -6,8 +6,8 @@ import { after, before, describe, it } from "node:test";
 import { Redis } from "ioredis";
 import { pino } from "pino";
 import { FlushWorker } from "../src/flush/flush-worker.js";
-import { silentLogger } from "../src/observe/logger.js";
-import { LOG_REDACT_PATHS } from "../src/observe/logger.js";
+import { ConfigError } from "../src/config/config.js";
+import { createLogger, LOG_REDACT_PATHS, silentLogger } from "../src/observe/logger.js";
 import { readTotals } from "./support/db-totals.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { Harness } from "./support/harness.js";
@@ -144,6 +144,28 @@ describe("security", () => {
       assert.ok(!r.stdout.includes(secret), `${secret} in ${r.stdout}`);
     assert.match(r.stdout, /redis:\/\/\*\*\*@cache:6379\/0/);
     assert.match(r.stdout, /password=\*\*\*/);
+  });
+
+  it("refuses a log level pino does not know with a ConfigError, not pino's throw", () => {
+    assert.throws(
+      () => createLogger("probe", "verbose"),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        err.message ===
+          'log level must be one of fatal, error, warn, info, debug, trace, silent, got "verbose"',
+    );
+    const saved = process.env.LOG_LEVEL;
+    process.env.LOG_LEVEL = "loud";
+    try {
+      assert.throws(
+        () => createLogger("probe"),
+        /^ConfigError: LOG_LEVEL must be one of .*, got "loud"$/,
+      );
+    } finally {
+      if (saved === undefined) delete process.env.LOG_LEVEL;
+      else process.env.LOG_LEVEL = saved;
+    }
+    assert.equal(createLogger("probe", "silent").level, "silent");
   });
 
   it("puts no ids in metric labels", async () => {

@@ -1,4 +1,4 @@
-import { Command, Option } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import { ConfigError, loadConfig, redact, type AppConfig } from "../config/config.js";
 import { KeyInputError } from "../gateway/virtual-keys.js";
 import { createLogger } from "../observe/logger.js";
@@ -33,9 +33,21 @@ function readConfig(opts: ConfigOption): AppConfig {
 }
 
 function portOption(v: string): number {
+  // Digits only: Number() would also take "", "0x10" and "1e3".
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0 || n > 65_535) throw new Error(`not a port: ${v}`);
+  if (!/^\d{1,5}$/.test(v) || n > 65_535)
+    throw new InvalidArgumentError("Expected a port number from 0 to 65535.");
   return n;
+}
+
+/** Errors whose class the CLI must not import eagerly (BullMQ behind them), known by their code. */
+const BAD_CONFIG_CODES = new Set(["PARTITION_MISMATCH"]);
+
+function isBadConfig(err: unknown): boolean {
+  if (err instanceof ConfigError || err instanceof StartupError || err instanceof KeyInputError)
+    return true;
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && BAD_CONFIG_CODES.has(code);
 }
 
 /** One line, credentials hidden: what goes after `error: `. */
@@ -44,7 +56,10 @@ function oneLine(err: unknown): string {
   return redact(message.replace(/\s*[\r\n]+\s*/g, " ").trim());
 }
 
-/** Runs an action; a bad configuration or an unreachable dependency exits 2 with one line. */
+/**
+ * Runs an action; a bad configuration, an unreachable dependency or a refused
+ * start (a port in use, a flush partition mismatch) exits 2 with one line.
+ */
 function action<A extends unknown[]>(
   fn: (...args: A) => Promise<void>,
 ): (...args: A) => Promise<void> {
@@ -52,16 +67,8 @@ function action<A extends unknown[]>(
     try {
       await fn(...args);
     } catch (err) {
-      if (
-        err instanceof ConfigError ||
-        err instanceof StartupError ||
-        err instanceof KeyInputError
-      ) {
-        process.stderr.write(`error: ${oneLine(err)}\n`);
-        process.exit(EXIT_BAD_CONFIG);
-      }
       process.stderr.write(`error: ${oneLine(err)}\n`);
-      process.exit(1);
+      process.exit(isBadConfig(err) ? EXIT_BAD_CONFIG : 1);
     }
   };
 }
@@ -95,8 +102,18 @@ export function buildProgram(): Command {
     .description(
       "Exact spend accounting for LLM gateways: gateway, flush worker, migrations, keys and status.",
     )
-    .showHelpAfterError()
-    .configureHelp({ sortSubcommands: false });
+    .configureHelp({ sortSubcommands: false })
+    // A usage error is one line on stderr and exit 2, like a bad configuration (commander
+    // would exit 1, and print the help after it); --help and --version still exit 0.
+    // Subcommands inherit both settings from here.
+    .configureOutput({
+      outputError: (str, write) => {
+        write(`${str.replace(/\s*\n\s*/g, " ").trim()} (see --help)\n`);
+      },
+    })
+    .exitOverride((err) => {
+      process.exit(err.exitCode === 0 ? 0 : EXIT_BAD_CONFIG);
+    });
 
   program
     .command("gateway")

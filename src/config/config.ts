@@ -12,7 +12,8 @@ export { redact };
  * proxy_config.yaml works as written; everything this project adds lives in
  * `spend_buffer_settings`. Strings of the form `os.environ/NAME` are replaced
  * by that environment variable (LiteLLM's convention, so secrets stay out of
- * the file), and REDIS_URL / DATABASE_URL override the file.
+ * the file), and REDIS_URL / DATABASE_URL / REDIS_CLUSTER_NODES / LOG_LEVEL /
+ * METRICS_PORT override the file.
  */
 
 export class ConfigError extends Error {
@@ -23,6 +24,14 @@ export class ConfigError extends Error {
 }
 
 const positiveSeconds = z.number().positive().max(86_400);
+
+/** pino's levels: spend_buffer_settings.log_level and LOG_LEVEL take the same. */
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export function isLogLevel(v: string): v is LogLevel {
+  return (LOG_LEVELS as readonly string[]).includes(v);
+}
 
 /**
  * A price per token in USD, as an exact decimal string (LiteLLM's names). A
@@ -98,7 +107,7 @@ const spendBufferSchema = z
     metrics_port: z.number().int().min(0).max(65_535).default(9464),
     flush_partitions: z.number().int().min(1).max(64).default(1),
     worker_concurrency: z.number().int().min(1).max(64).default(1),
-    log_level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).optional(),
+    log_level: z.enum(LOG_LEVELS).optional(),
     /** The gateway's HTTP port (chat completions, ingest, health, metrics). */
     gateway_port: z.number().int().min(0).max(65_535).default(4000),
     /** Per model: USD per input and output token, exact decimal strings. */
@@ -211,8 +220,9 @@ export interface AppConfig {
   /** Flush partitions: producers and workers must agree (recorded in Redis). */
   partitions: number;
   /** pino level; LOG_LEVEL wins. */
-  logLevel: string;
+  logLevel: LogLevel;
   limits: ValidationLimits;
+  /** The worker's HTTP port: METRICS_PORT, else spend_buffer_settings.metrics_port. */
   metricsPort: number;
   /** general_settings.master_key, resolved; undefined when not set. */
   masterKey?: string;
@@ -321,6 +331,18 @@ function parseRedisUrl(name: string, url: string): RedisConfig {
   };
 }
 
+/** Digits only: Number() would also take "", " 1", "0x10" and "1e3". */
+const PORT_TEXT = /^\d{1,5}$/;
+
+function parsePort(name: string, text: string): number {
+  const n = Number(text);
+  if (!PORT_TEXT.test(text) || n > 65_535)
+    throw new ConfigError(
+      `${name} must be a port number from 0 to 65535, got ${JSON.stringify(text)}`,
+    );
+  return n;
+}
+
 function parseDatabaseUrl(name: string, url: string): string {
   // pg reads a libpq key=value string as the name of a database on localhost, then
   // repeats it, password and all, in "database … does not exist".
@@ -379,6 +401,18 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
     redis.clusterSetting = setting;
   }
 
+  let logLevel: LogLevel = s.log_level ?? "info";
+  if (env.LOG_LEVEL !== undefined && env.LOG_LEVEL !== "") {
+    if (!isLogLevel(env.LOG_LEVEL))
+      throw new ConfigError(
+        `LOG_LEVEL must be one of ${LOG_LEVELS.join(", ")}, got ${JSON.stringify(env.LOG_LEVEL)}`,
+      );
+    logLevel = env.LOG_LEVEL;
+  }
+  const metricsPort =
+    env.METRICS_PORT !== undefined && env.METRICS_PORT !== ""
+      ? parsePort("METRICS_PORT", env.METRICS_PORT)
+      : s.metrics_port;
   const databaseUrl =
     env.DATABASE_URL !== undefined && env.DATABASE_URL !== ""
       ? parseDatabaseUrl("DATABASE_URL", env.DATABASE_URL)
@@ -431,14 +465,14 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       concurrency: s.worker_concurrency,
     },
     partitions: s.flush_partitions,
-    logLevel: env.LOG_LEVEL || s.log_level || "info",
+    logLevel,
     limits: {
       ...DEFAULT_LIMITS,
       maxSpendUsd: s.max_spend_usd_per_event,
       maxTokens: s.max_tokens_per_event,
       maxAgeMs: s.max_event_age_hours * 3_600_000,
     },
-    metricsPort: s.metrics_port,
+    metricsPort,
     ...(g.master_key !== undefined ? { masterKey: g.master_key } : {}),
     gateway: {
       port: s.gateway_port,

@@ -1,5 +1,5 @@
 import { pino, type Logger } from "pino";
-import { redact } from "../config/config.js";
+import { ConfigError, LOG_LEVELS, isLogLevel, redact } from "../config/config.js";
 
 export type { Logger };
 
@@ -53,15 +53,19 @@ export function redactLogLine(line: string): string {
  * Structured JSON logs (pino): one object per line with `level`, `time`,
  * `name` and the call's fields. Anything that might carry a credential is
  * redacted at the logger: the fields named above by path, and credentials in
- * any string by redactLogLine. LOG_LEVEL sets the level (default `info`).
+ * any string by redactLogLine. The level is `level`, else LOG_LEVEL, else
+ * `info`; one pino does not know is a ConfigError (one line for the CLI),
+ * never pino's own throw with its stack.
  */
-export function createLogger(
-  name: string,
-  level: string = process.env.LOG_LEVEL ?? "info",
-): Logger {
+export function createLogger(name: string, level?: string): Logger {
+  const chosen = level ?? (process.env.LOG_LEVEL || "info");
+  if (!isLogLevel(chosen))
+    throw new ConfigError(
+      `${level === undefined ? "LOG_LEVEL" : "log level"} must be one of ${LOG_LEVELS.join(", ")}, got ${JSON.stringify(chosen)}`,
+    );
   return pino({
     name,
-    level,
+    level: chosen,
     redact: { paths: LOG_REDACT_PATHS, censor: "***" },
     hooks: { streamWrite: redactLogLine },
   });
