@@ -1,4 +1,5 @@
 import type { TrafficShape } from "../src/demo/traffic.js";
+import type { CrashPlan } from "./crash-loss.js";
 
 /**
  * Realistic cardinality for the benchmark: thousands of keys and users,
@@ -121,6 +122,7 @@ export interface PartitionsPlan {
 
 export interface BenchPlan {
   smoke: boolean;
+  crash: CrashPlan;
   producer: ProducerPlan;
   gateway: GatewayPlan;
   flush: FlushPlan;
@@ -149,6 +151,7 @@ const PIPELINE_COMMON = {
 
 export const FULL_PLAN: BenchPlan = {
   smoke: false,
+  crash: { trials: 5, runMs: 4_000, randomMs: 3_000, litellmRunMs: 12_000, spoolEvents: 100_000 },
   producer: {
     hotPool: 1_000,
     eventsPerRep: 200_000,
@@ -194,6 +197,7 @@ export const FULL_PLAN: BenchPlan = {
 /** Everything runs and reconciles; no figure from it means anything. Under 60 s. */
 export const SMOKE_PLAN: BenchPlan = {
   smoke: true,
+  crash: { trials: 1, runMs: 2_500, randomMs: 500, litellmRunMs: 2_500, spoolEvents: 10_000 },
   producer: {
     hotPool: 1_000,
     eventsPerRep: 20_000,

@@ -5,9 +5,10 @@
  * results go to bench/results/tmp/ so CI or a quick check never overwrites
  * the last full run's figures.
  *
- * Options: --smoke, --only=producer,flush,pipeline,partitions (a subset, for development).
+ * Options: --smoke, --only=producer,flush,pipeline,partitions,crash (a subset, for development).
  */
 import { fileURLToPath } from "node:url";
+import { measureCrashLoss, type CrashLossResult } from "./crash-loss.js";
 import { measureFlushThroughput, type FlushThroughputResult } from "./flush-throughput.js";
 import { machineInfo } from "./machine.js";
 import {
@@ -25,8 +26,8 @@ import { Resources } from "./resources.js";
 import { evaluateBars, summarizeModes, type BenchResults } from "./summary.js";
 import { errorMessage, median, progress, round } from "./util.js";
 
-type Section = "producer" | "flush" | "pipeline" | "partitions";
-const SECTIONS: readonly Section[] = ["producer", "flush", "pipeline", "partitions"];
+type Section = "producer" | "flush" | "pipeline" | "partitions" | "crash";
+const SECTIONS: readonly Section[] = ["producer", "flush", "pipeline", "partitions", "crash"];
 
 function parseArgs(argv: readonly string[]): { plan: BenchPlan; only: Set<Section> } {
   let plan = FULL_PLAN;
@@ -64,6 +65,7 @@ async function main(): Promise<number> {
   const pipeline: PipelineRunResult[] = [];
   const paced: PipelineRunResult[] = [];
   let partitions: PartitionsResult | undefined;
+  let crash: CrashLossResult | undefined;
   const machine = await machineInfo();
   progress(
     "bench",
@@ -150,6 +152,13 @@ async function main(): Promise<number> {
         }
       }
     }
+    if (only.has("crash") && !interrupted) {
+      try {
+        crash = await measureCrashLoss(plan.crash, plan.pipeline.shape, res);
+      } catch (err) {
+        errors.push(`gateway crash loss: ${errorMessage(err)}`);
+      }
+    }
   } finally {
     await res.cleanup();
   }
@@ -180,7 +189,18 @@ async function main(): Promise<number> {
     paced,
     modes,
     ...(partitions !== undefined ? { partitions } : {}),
-    bars: evaluateBars(producer, gateway, flush, modes, partitions, pipeline, paced, plan.pipeline),
+    ...(crash !== undefined ? { crash } : {}),
+    bars: evaluateBars(
+      producer,
+      gateway,
+      flush,
+      modes,
+      partitions,
+      pipeline,
+      paced,
+      plan.pipeline,
+      crash,
+    ),
     errors,
     reconciled,
     ...(partitions !== undefined ? { partitionsReconciled } : {}),
@@ -213,6 +233,10 @@ async function main(): Promise<number> {
       `  e2e P=${x.partitions ?? 1}: ${round(x.eventsPerSec)} events/s recorded, ${round(x.durableEventsPerSec)} durable; drain ${round(x.drainMs)} ms; deadlocks ${x.db.deadlocks}; reconciled ${x.reconciliation.ok ? "exactly" : "NO"}`,
     );
   }
+  for (const c of crash?.configs ?? [])
+    out.push(
+      `  crash ${c.label} (${c.intervalSeconds} s seal interval): lost max ${round(c.maxLostSeconds)} s, median ${round(c.medianLostSeconds)} s of answered traffic over ${c.trials.length} SIGKILLs`,
+    );
   for (const e of errors) out.push(`  ERROR ${e}`);
   out.push(`  wrote ${files.join(", ")}`);
   process.stdout.write(`${out.join("\n")}\n`);

@@ -3,6 +3,7 @@
  * across runs, ratios against the reference measured in the same run, and a
  * verdict per bar from issue 5.
  */
+import type { CrashLossResult } from "./crash-loss.js";
 import type { FlushThroughputResult } from "./flush-throughput.js";
 import type { MachineInfo } from "./machine.js";
 import type { PartitionsResult } from "./partitions.js";
@@ -64,6 +65,8 @@ export interface BenchResults {
   modes: ModeSummary[];
   /** Issue 6: partitioned flush (section 5). */
   partitions?: PartitionsResult;
+  /** Section 6: what a gateway SIGKILL loses. */
+  crash?: CrashLossResult;
   bars: Bar[];
   errors: string[];
   /** Reconciliation held in every end-to-end run (the smoke run's exit code). */
@@ -171,6 +174,7 @@ export function evaluateBars(
   runs: readonly PipelineRunResult[] = [],
   paced: readonly PipelineRunResult[] = [],
   pipelinePlan?: PipelinePlan,
+  crash?: CrashLossResult,
 ): Bar[] {
   const bars: Bar[] = [];
   if (producer !== undefined) {
@@ -252,6 +256,16 @@ export function evaluateBars(
       bar: "0",
       value: `${mismatched} rows, ${addUsd(e2e.map((r) => r.reconciliation.lostSpendUsd))} USD`,
       pass: mismatched === 0 && e2e.every((r) => r.reconciliation.ok),
+    });
+  }
+  const crashDefault = crash?.configs.find((c) => c.label === "default");
+  if (crashDefault !== undefined) {
+    // The interval, and the one send that may be in flight when the process dies.
+    bars.push({
+      name: `gateway SIGKILL: answered traffic lost with the default configuration (max over ${crashDefault.trials.length} kills)`,
+      bar: "<= 1.1 s",
+      value: `${fmt(crashDefault.maxLostSeconds)} s (median ${fmt(crashDefault.medianLostSeconds)} s)`,
+      pass: crashDefault.maxLostSeconds <= 1.1,
     });
   }
   return bars;

@@ -31,7 +31,7 @@ describe("configuration", () => {
     assert.equal(c.useRedisBuffer, true);
     assert.equal(c.redis.host, "127.0.0.1");
     assert.equal(c.redis.port, 6379);
-    assert.equal(c.producer.flushIntervalMs, 10_000);
+    assert.equal(c.producer.flushIntervalMs, 1_000);
   });
 
   it("needs no file: buffer on, local Redis and PostgreSQL", () => {

@@ -86,7 +86,9 @@ const spendBufferSchema = z
       .string()
       .regex(/^[A-Za-z0-9_.-]{1,64}$/)
       .default("haimaker"),
-    flush_jitter_seconds: z.number().min(0).max(3_600).default(5),
+    // Each seal interval is shortened by up to this much at random (at most half of it), so
+    // gateways started together do not seal in lockstep; never lengthened (see proxy_batch_write_at).
+    flush_jitter_seconds: z.number().min(0).max(3_600).default(0.25),
     max_buffered_rows: z.number().int().min(100).default(200_000),
     max_rows_per_job: z.number().int().min(1).max(100_000).default(5_000),
     // 2: daily rows grouped by context (~half the bytes in Redis). 1: the first format, for
@@ -157,13 +159,18 @@ const fileSchema = z
       .object({
         use_redis_transaction_buffer: z.boolean().default(false),
         /** Seconds between a producer's writes of its aggregates (LiteLLM's name). */
-        proxy_batch_write_at: positiveSeconds.default(10),
+        /**
+         * Most seconds between a producer's writes of its aggregates (LiteLLM's name). What a
+         * gateway killed without warning (SIGKILL, OOM) loses: its unsent aggregate is only in
+         * memory. LiteLLM defaults to 10; 1 bounds that loss to a second of traffic.
+         */
+        proxy_batch_write_at: positiveSeconds.default(1),
         database_url: z.string().optional(),
         /** Admin secret of the gateway (LiteLLM's name): key management and batch ingest. */
         master_key: z.string().min(8, "must be at least 8 characters").optional(),
       })
       .strict()
-      .default({ use_redis_transaction_buffer: false, proxy_batch_write_at: 10 }),
+      .default({ use_redis_transaction_buffer: false, proxy_batch_write_at: 1 }),
     litellm_settings: z
       .object({
         cache: z.boolean().default(false),

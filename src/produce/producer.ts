@@ -27,9 +27,19 @@ const SERVED_BATCH = 256;
 export interface ProducerOptions {
   /** Where sealed batches go: QueueSink (Redis buffer) or DirectSink (PostgreSQL). */
   sink: SpendSink;
-  /** Milliseconds between seals of the buffer (LiteLLM's proxy_batch_write_at). Default 10 000. */
+  /**
+   * Most milliseconds between seals of the buffer (LiteLLM's
+   * proxy_batch_write_at): what a gateway killed without warning (SIGKILL,
+   * OOM, a node lost) can lose, since what it has not sealed and sent is only
+   * in its memory. Default 1 000.
+   */
   flushIntervalMs?: number;
-  /** Up to this many extra milliseconds per interval, so instances do not flush in lockstep. Default 5 000. */
+  /**
+   * Each interval is shortened by up to this many milliseconds at random
+   * (at most half of it), so gateways started together do not seal in
+   * lockstep. Shortened, never lengthened: the interval stays the bound on
+   * what a crash loses. Default 250.
+   */
   flushJitterMs?: number;
   /**
    * Most distinct rows (entity + daily, buffered + sealed but not yet sent)
@@ -184,8 +194,8 @@ export class SpendProducer {
 
   constructor(opts: ProducerOptions) {
     this.sink = opts.sink;
-    this.intervalMs = opts.flushIntervalMs ?? 10_000;
-    this.jitterMs = opts.flushJitterMs ?? 5_000;
+    this.intervalMs = opts.flushIntervalMs ?? 1_000;
+    this.jitterMs = Math.min(opts.flushJitterMs ?? 250, (opts.flushIntervalMs ?? 1_000) / 2);
     this.heldRowsWithoutRate = opts.heldRowsWithoutRate ?? 20_000;
     this.maxRows = opts.maxBufferedRows ?? 200_000;
     this.maxRowsPerJob = opts.maxRowsPerJob ?? 5_000;
@@ -250,7 +260,7 @@ export class SpendProducer {
     if (load.flushRowsPerSec === null)
       return load.heldRows > this.heldRowsWithoutRate ? "held_rows_no_rate" : undefined;
     const secondsOfWork = load.heldRows / load.flushRowsPerSec;
-    return secondsOfWork * 1000 > (this.intervalMs + this.jitterMs) / 2 ? "held_rows" : undefined;
+    return secondsOfWork * 1000 > (this.intervalMs - this.jitterMs / 2) / 2 ? "held_rows" : undefined;
   }
 
   private watchBacklog(maxAgeMs: number, everyMs: number): void {
@@ -706,7 +716,7 @@ export class SpendProducer {
         ? Math.min(this.intervalMs, 250 * 2 ** Math.min(this.consecutiveFailures, 6))
         : this.intervalMs;
     const delay =
-      base + Math.floor(Math.random() * (this.consecutiveFailures > 0 ? 0 : this.jitterMs));
+      base - Math.floor(Math.random() * (this.consecutiveFailures > 0 ? 0 : this.jitterMs));
     this.timer = setTimeout(() => {
       void this.flush()
         .catch(() => undefined)

@@ -25,10 +25,14 @@ export interface Spawned {
  * loader (not the tsx CLI, which would put a wrapper process in between and
  * take the signals a fault test sends).
  */
-export function spawnTs(file: string, env: Record<string, string>): Spawned {
+export function spawnTs(
+  file: string,
+  env: Record<string, string>,
+  args: readonly string[] = [],
+): Spawned {
   const child = spawn(
     process.execPath,
-    ["--import", "tsx", fileURLToPath(new URL(file, import.meta.url))],
+    ["--import", "tsx", fileURLToPath(new URL(file, import.meta.url)), ...args],
     {
       env: { ...process.env, ...env },
       stdio: ["ignore", "pipe", "pipe"],
