@@ -83,7 +83,6 @@ export async function measureCrashWindow(o: CrashWindowOptions): Promise<CrashWi
   // Answered requests in the order their answers came, with their cost.
   const answered: { at: number; pico: bigint }[] = [];
   const started = Date.now();
-  let killedAt = 0;
   let stop = false;
   const client = async (c: number): Promise<void> => {
     for (let i = 0; !stop; i++) {
@@ -108,7 +107,7 @@ export async function measureCrashWindow(o: CrashWindowOptions): Promise<CrashWi
   const clients = Array.from({ length: o.concurrency ?? 8 }, (_, c) => client(c));
   await new Promise((r) => setTimeout(r, o.runMs));
   stop = true;
-  killedAt = Date.now();
+  const killedAt = Date.now();
   gw.kill("SIGKILL");
   await Promise.all(clients);
   await gw.done;
