@@ -163,7 +163,15 @@ describe("haimaker-spend CLI", () => {
   });
 
   it("has the operators' subcommands, each with --help naming --config", async () => {
-    assert.deepEqual(subcommands(), ["gateway", "worker", "migrate", "key create", "status"]);
+    assert.deepEqual(subcommands(), [
+      "gateway",
+      "worker",
+      "migrate",
+      "key create",
+      "status",
+      "dead-letter list",
+      "dead-letter replay",
+    ]);
     const [root, ...subs] = await pool([[], ...subcommands().map((c) => c.split(" "))], 3, (args) =>
       runAsync([...args, "--help"]),
     );
@@ -566,16 +574,104 @@ spend_buffer_settings:
   key_prefix: ${prefix}
   flush_partitions: 2
 `);
-      const r = await runAsync(["worker", "--config", two, "--port", "0"]);
+      const [r, gw] = await Promise.all([
+        runAsync(["worker", "--config", two, "--port", "0"]),
+        runAsync(["gateway", "--config", two, "--port", "0"]),
+      ]);
       assertRefused(
         r,
         /^error: Redis records 1 flush partition\(s\).* configured for 2\b.*Drain first/m,
         "worker",
       );
+      // A gateway never switches the count, drained or not.
+      await entity.obliterate({ force: true });
+      const drained = await runAsync(["gateway", "--config", two, "--port", "0"]);
+      for (const [res, what] of [
+        [gw, "gateway"],
+        [drained, "gateway, drained"],
+      ] as const)
+        assertRefused(res, /a gateway never changes the count/, what);
+      assert.equal(await redis.get(keys.partitionCount), "1");
     } finally {
       await entity.close();
       redis.disconnect();
       await cleanRedis(prefix);
+    }
+  });
+
+  it("dead-letter list shows what the flush set aside; replay applies it once, exit 1 while rows are still refused", async () => {
+    const { applyBatches } = await import("../src/persist/apply-batches.js");
+    await t.db.$executeRawUnsafe(
+      `ALTER TABLE "LiteLLM_TagTable" ADD CONSTRAINT cli_no_blocked CHECK (tag_name <> 'blocked-by-cli')`,
+    );
+    try {
+      await t.db.$transaction((tx) =>
+        applyBatches(
+          tx,
+          [
+            {
+              batchId: "cli.dead.1",
+              entity: [
+                ["tag", "fine-by-cli", "", "5"],
+                ["tag", "blocked-by-cli", "", "7000000"],
+              ],
+            },
+          ],
+          { isolate: true, partition: "cli" },
+        ),
+      );
+      const list = await runAsync(["dead-letter", "list", "--config", config]);
+      assert.equal(list.code, 0, list.stderr);
+      assert.match(
+        list.stdout,
+        /^#\d+ \S+ entity batch cli\.dead\.1: 1 row\(s\), database 23514\n/,
+      );
+      const json = await runAsync(["dead-letter", "list", "--json", "--config", config]);
+      const [letter] = JSON.parse(json.stdout) as { id: string; rows: number }[];
+      assert.equal(letter?.rows, 1);
+
+      const still = await runAsync(["dead-letter", "replay", "--all", "--config", config]);
+      assert.equal(still.code, 1, still.stderr);
+      assert.match(still.stdout, /refused, 0 row\(s\) applied, 1 left/);
+
+      await t.db.$executeRawUnsafe(`ALTER TABLE "LiteLLM_TagTable" DROP CONSTRAINT cli_no_blocked`);
+      const done = await runAsync([
+        "dead-letter",
+        "replay",
+        "--id",
+        letter?.id ?? "",
+        "--config",
+        config,
+      ]);
+      assert.equal(done.code, 0, done.stderr);
+      assert.match(done.stdout, /replayed, 1 row\(s\) applied, 0 left/);
+      const tag = await t.db.tagTable.findUnique({ where: { tagName: "blocked-by-cli" } });
+      assert.equal(tag?.spend.toFixed(12), "0.000007000000");
+      const again = await runAsync([
+        "dead-letter",
+        "replay",
+        "--id",
+        letter?.id ?? "",
+        "--config",
+        config,
+      ]);
+      assert.match(again.stdout, /gone, 0 row\(s\) applied/);
+      assert.equal(
+        (await t.db.tagTable.findUnique({ where: { tagName: "blocked-by-cli" } }))?.spend.toFixed(
+          12,
+        ),
+        "0.000007000000",
+        "applied once",
+      );
+      assertRefused(
+        await runAsync(["dead-letter", "replay", "--config", config]),
+        /give either --id/,
+        "replay with neither --id nor --all",
+      );
+    } finally {
+      await t.db.$executeRawUnsafe(
+        `ALTER TABLE "LiteLLM_TagTable" DROP CONSTRAINT IF EXISTS cli_no_blocked`,
+      );
     }
   });
 

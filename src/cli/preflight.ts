@@ -199,13 +199,41 @@ export async function checkPostgres(
   }
 }
 
+/**
+ * That this process's flush partition count agrees with the one Redis
+ * records (queue/partitions.ts): a gateway that disagrees must not start,
+ * its spend would go where no worker drains it. Throws PartitionMismatchError.
+ */
+export async function checkPartitions(config: AppConfig, role: "gateway"): Promise<void> {
+  const { connectRedis, waitUntilReady } = await import("../queue/connection.js");
+  const { ensurePartitionCount } = await import("../queue/partitions.js");
+  const redis = connectRedis(config.redis, "producer");
+  try {
+    await waitUntilReady(redis, PREFLIGHT_TIMEOUT_MS);
+    await ensurePartitionCount(redis, config.keyPrefix, config.partitions, { role });
+  } finally {
+    redis.disconnect();
+  }
+}
+
 /** What each subcommand needs reachable before it starts. */
 export async function preflight(
   config: AppConfig,
-  needs: { redis?: boolean; postgres?: boolean; schema?: boolean; allowMissingDatabase?: boolean },
+  needs: {
+    redis?: boolean;
+    postgres?: boolean;
+    schema?: boolean;
+    allowMissingDatabase?: boolean;
+    /** Also check the partition count as this role (after Redis answered). */
+    partitions?: "gateway" | undefined;
+  },
 ): Promise<void> {
   await Promise.all([
-    needs.redis === true ? checkRedis(config.redis) : Promise.resolve(),
+    needs.redis === true
+      ? checkRedis(config.redis).then(() =>
+          needs.partitions !== undefined ? checkPartitions(config, needs.partitions) : undefined,
+        )
+      : Promise.resolve(),
     needs.postgres === true
       ? checkPostgres(config.databaseUrl, {
           ...(needs.schema !== undefined ? { schema: needs.schema } : {}),

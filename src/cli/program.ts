@@ -74,8 +74,7 @@ function action<A extends unknown[]>(
 }
 
 /** Stops `close` on SIGTERM/SIGINT, then exits: 0 when it drained, 1 when it could not. */
-function onSignals(name: string, close: () => Promise<void>): void {
-  const log = createLogger(name);
+function onSignals(log: ReturnType<typeof createLogger>, close: () => Promise<void>): void {
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
@@ -94,6 +93,9 @@ function onSignals(name: string, close: () => Promise<void>): void {
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  // Started by a parent over IPC (the demo): if the parent dies, stop rather
+  // than run on under its prefix unwatched. A process started otherwise has no channel.
+  if (process.connected === true) process.on("disconnect", () => stop("parent exited"));
 }
 
 /** The whole CLI, without side effects until parsed: tests and docker-compose.yml check it. */
@@ -130,8 +132,13 @@ export function buildProgram(): Command {
     .action(
       action(async (opts: ConfigOption & { port?: number; host: string }) => {
         const config = readConfig(opts);
-        await preflight(config, { redis: config.useRedisBuffer, postgres: true, schema: true });
-        const log = createLogger("gateway");
+        await preflight(config, {
+          redis: config.useRedisBuffer,
+          postgres: true,
+          schema: true,
+          partitions: config.useRedisBuffer ? "gateway" : undefined,
+        });
+        const log = createLogger("gateway", config.logLevel);
         if (config.gateway.modelPrices.size === 0)
           log.warn(
             "no model prices configured (spend_buffer_settings.model_prices): every chat request will be refused",
@@ -155,7 +162,7 @@ export function buildProgram(): Command {
           },
           "gateway listening",
         );
-        onSignals("gateway", () => gw.close());
+        onSignals(log, () => gw.close());
       }),
     );
 
@@ -178,7 +185,7 @@ export function buildProgram(): Command {
             "general_settings.use_redis_transaction_buffer is false: gateways write to PostgreSQL directly and no flush worker is needed",
           );
         await preflight(config, { redis: true, postgres: true, schema: true });
-        const log = createLogger("flush-worker");
+        const log = createLogger("flush-worker", config.logLevel);
         if (
           config.admin.auth &&
           config.admin.username === undefined &&
@@ -195,7 +202,7 @@ export function buildProgram(): Command {
           { port: svc.port, prefix: config.keyPrefix, everyMs: config.worker.flushEveryMs },
           "flush worker running",
         );
-        onSignals("flush-worker", () => svc.close());
+        onSignals(log, () => svc.close());
       }),
     );
 
@@ -277,6 +284,90 @@ export function buildProgram(): Command {
           opts.json === true ? `${JSON.stringify(s, null, 2)}\n` : formatStatus(s),
         );
         process.exit(0);
+      }),
+    );
+
+  const dead = program
+    .command("dead-letter")
+    .description(
+      "Spend the flush set aside (rows PostgreSQL refused, jobs it could not read): list it, replay it once fixed",
+    );
+  dead
+    .command("list")
+    .description("List dead letters not yet replayed (with --all, replayed ones too)")
+    .addOption(configOption())
+    .option("--all", "include dead letters already replayed")
+    .option("--json", "print JSON instead of text")
+    .action(
+      action(async (opts: ConfigOption & { all?: boolean; json?: boolean }) => {
+        const config = readConfig(opts);
+        await preflight(config, { postgres: true, schema: true });
+        const { createDb } = await import("../persist/prisma.js");
+        const { listDeadLetters } = await import("../persist/dead-letters.js");
+        const db = createDb(config.databaseUrl, { max: 1 });
+        try {
+          const letters = await listDeadLetters(db, { all: opts.all === true });
+          if (opts.json === true)
+            process.stdout.write(
+              `${JSON.stringify(
+                letters.map((l) => ({ ...l, id: l.id.toString() })),
+                null,
+                2,
+              )}\n`,
+            );
+          else if (letters.length === 0) process.stdout.write("No dead letters.\n");
+          else
+            for (const l of letters)
+              process.stdout.write(
+                `#${l.id} ${l.createdAt.toISOString()} ${l.kind} batch ${l.batchId}: ${l.rows} row(s), ${l.reason}${l.sqlState !== null ? ` ${l.sqlState}` : ""}${l.replayedAt !== null ? `, replayed ${l.replayedAt.toISOString()}` : ""}\n    ${l.detail}\n`,
+              );
+        } finally {
+          await db.$disconnect();
+        }
+        process.exit(0);
+      }),
+    );
+  dead
+    .command("replay")
+    .description(
+      "Apply dead letters once (their rows read with today's rules); rows still refused stay, with the new reason",
+    )
+    .addOption(configOption())
+    .option("--id <id...>", "dead letter ids (from `dead-letter list`)")
+    .option("--all", "every dead letter not yet replayed")
+    .action(
+      action(async (opts: ConfigOption & { id?: string[]; all?: boolean }) => {
+        const config = readConfig(opts);
+        if ((opts.id === undefined) === (opts.all !== true))
+          throw new StartupError("give either --id <id...> or --all");
+        const ids = (opts.id ?? []).map((v) => {
+          if (!/^\d{1,19}$/.test(v)) throw new StartupError(`not a dead letter id: ${v}`);
+          return BigInt(v);
+        });
+        await preflight(config, { postgres: true, schema: true });
+        const { createDb } = await import("../persist/prisma.js");
+        const { listDeadLetters, replayDeadLetter } = await import("../persist/dead-letters.js");
+        const db = createDb(config.databaseUrl, { max: 1 });
+        let left = 0;
+        try {
+          const todo =
+            opts.all === true
+              ? (await listDeadLetters(db, { limit: 100_000 })).map((l) => l.id)
+              : ids;
+          for (const id of todo) {
+            const r = await replayDeadLetter(db, id, {
+              transactionTimeoutMs: config.worker.transactionTimeoutMs,
+            });
+            left += r.remainingRows;
+            process.stdout.write(
+              `#${id}: ${r.outcome}, ${r.appliedRows} row(s) applied, ${r.remainingRows} left${r.detail !== undefined ? `: ${r.detail}` : ""}\n`,
+            );
+          }
+        } finally {
+          await db.$disconnect();
+        }
+        // Rows still refused: exit 1, so a script replaying after a fix sees it did not take.
+        process.exit(left > 0 ? 1 : 0);
       }),
     );
 

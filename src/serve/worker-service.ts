@@ -12,7 +12,7 @@ import { createApp, listen } from "./http.js";
 import { postgresCheck, readinessHandler, redisCheck } from "./readiness.js";
 
 export interface WorkerServiceOptions {
-  /** Default: METRICS_PORT, else spend_buffer_settings.metrics_port. 0 picks a free port. */
+  /** Default: config.metricsPort (METRICS_PORT, else spend_buffer_settings.metrics_port). 0 picks a free port. */
   port?: number;
   host?: string;
   logger?: Logger;
@@ -94,11 +94,7 @@ export async function startWorkerService(
     config.admin,
     config.masterKey !== undefined ? { masterKey: config.masterKey } : {},
   );
-  const server = await listen(
-    app,
-    opts.port ?? Number(process.env.METRICS_PORT ?? config.metricsPort),
-    opts.host ?? "0.0.0.0",
-  );
+  const server = await listen(app, opts.port ?? config.metricsPort, opts.host ?? "0.0.0.0");
   const port = (server.address() as AddressInfo).port;
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
