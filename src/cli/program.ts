@@ -95,7 +95,7 @@ function onSignals(log: ReturnType<typeof createLogger>, close: () => Promise<vo
   process.on("SIGINT", () => stop("SIGINT"));
   // Started by a parent over IPC (the demo): if the parent dies, stop rather
   // than run on under its prefix unwatched. A process started otherwise has no channel.
-  if (process.connected === true) process.on("disconnect", () => stop("parent exited"));
+  if (process.connected) process.on("disconnect", () => stop("parent exited"));
 }
 
 /** The whole CLI, without side effects until parsed: tests and docker-compose.yml check it. */
