@@ -234,4 +234,23 @@ litellm_settings:
       );
     }
   });
+  it("refuses a model name no spend row could store (the id rules)", () => {
+    for (const model of ["gpt\u0000x", "cafe\u0301", "rtl\u202e"])
+      assert.throws(
+        () =>
+          buildConfig(
+            {
+              spend_buffer_settings: {
+                model_prices: {
+                  [model]: { input_cost_per_token: "0.1", output_cost_per_token: "0.1" },
+                },
+              },
+            },
+            {},
+          ),
+        (err: unknown) =>
+          err instanceof ConfigError && /model_prices: model name/.test(err.message),
+        JSON.stringify(model),
+      );
+  });
 });

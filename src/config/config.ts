@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import { idProblem } from "../contract/ids.js";
 import { MAX_EVENT_USD, usdStringToPico } from "../money.js";
 import { DEFAULT_LIMITS, type ValidationLimits } from "../produce/spend-event.js";
 import { redact } from "./redact.js";
@@ -442,6 +443,12 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
   }
   const modelPrices = new Map<string, ModelPrice>();
   for (const [model, p] of Object.entries(s.model_prices)) {
+    // A model name is charged to (the daily rows' model and model group): the id rules hold.
+    const problem = idProblem(model);
+    if (problem !== undefined)
+      throw new ConfigError(
+        `spend_buffer_settings.model_prices: model name ${JSON.stringify(model)} ${problem.detail}`,
+      );
     modelPrices.set(model, {
       inputPicoPerToken: usdStringToPico(p.input_cost_per_token),
       outputPicoPerToken: usdStringToPico(p.output_cost_per_token),
