@@ -84,7 +84,8 @@ export function idProblem(s: string): IdProblem | undefined {
   if (composable && s.normalize("NFC") !== s)
     return {
       reason: "invalid_unicode",
-      detail: "is not in Unicode Normalization Form C (normalise it with String.prototype.normalize)",
+      detail:
+        "is not in Unicode Normalization Form C (normalise it with String.prototype.normalize)",
     };
   return undefined;
 }

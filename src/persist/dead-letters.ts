@@ -250,7 +250,7 @@ function readRows(kind: string, payload: unknown): ReadRows {
     const text = r.success
       ? (r.data as readonly unknown[]).filter((v) => typeof v === "string")
       : [];
-    if (r.success && text.every((v) => (v).isWellFormed())) {
+    if (r.success && text.every((v) => v.isWellFormed())) {
       if (kind === "entity") out.entity.push(r.data as EntityRow);
       else out.daily.push(r.data as DailyRow);
     } else {

@@ -260,7 +260,9 @@ export class SpendProducer {
     if (load.flushRowsPerSec === null)
       return load.heldRows > this.heldRowsWithoutRate ? "held_rows_no_rate" : undefined;
     const secondsOfWork = load.heldRows / load.flushRowsPerSec;
-    return secondsOfWork * 1000 > (this.intervalMs - this.jitterMs / 2) / 2 ? "held_rows" : undefined;
+    return secondsOfWork * 1000 > (this.intervalMs - this.jitterMs / 2) / 2
+      ? "held_rows"
+      : undefined;
   }
 
   private watchBacklog(maxAgeMs: number, everyMs: number): void {
