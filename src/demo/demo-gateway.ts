@@ -53,7 +53,7 @@ const server = await listen(
 const gen = trafficGenerator(Number(env.SEED ?? String(index + 1)));
 let events = 0;
 let spendPico = 0n;
-const report = (final: boolean): void => {
+const report = (final: boolean): Promise<void> => {
   const msg: GatewayReport = {
     type: "recorded",
     gateway: index,
@@ -61,7 +61,11 @@ const report = (final: boolean): void => {
     spendPico: spendPico.toString(),
     final,
   };
-  process.send?.(msg);
+  // Resolved once the message is handed to the channel: exiting before that loses it.
+  return new Promise((resolve) => {
+    if (process.send === undefined) resolve();
+    else process.send(msg, () => resolve());
+  });
 };
 
 // Traffic in 100 ms ticks; a request's recording failure never stops the gateway.
@@ -78,7 +82,7 @@ const tick = setInterval(() => {
     }
   }
 }, 100);
-const reporter = setInterval(() => report(false), 1_000);
+const reporter = setInterval(() => void report(false), 1_000);
 
 let stopping = false;
 async function stop(): Promise<void> {
@@ -91,7 +95,7 @@ async function stop(): Promise<void> {
   } catch (err) {
     log.error({ err: (err as Error).message }, "buffer not fully drained");
   }
-  report(true);
+  await report(true);
   server.close();
   redis?.disconnect();
   await db?.$disconnect();
