@@ -7,13 +7,13 @@
  */
 import pg from "pg";
 import type { TrafficShape } from "../src/demo/traffic.js";
-import { mergeRows } from "../src/flush/merge.js";
-import { decimalToPico } from "../src/money.js";
+import { mergeRows } from "../src/persist/merge.js";
+import { decimalToPico } from "../src/contract/money.js";
 import { applyBatches, type BatchToApply, type Fence } from "../src/persist/apply-batches.js";
 import { DAILY_TABLES, ENTITY_TABLES } from "../src/persist/tables.js";
 import { Aggregator } from "../src/produce/aggregator.js";
 import { validateSpendEvent } from "../src/produce/spend-event.js";
-import type { DailyRow, EntityRow } from "../src/queue/spend-batch.js";
+import type { DailyRow, EntityRow } from "../src/contract/spend-batch.js";
 import { trafficGenerator } from "../src/demo/traffic.js";
 import type { TestDatabase } from "../test/support/db.js";
 import type { FlushPlan } from "./plan.js";

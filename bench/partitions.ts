@@ -12,7 +12,7 @@ import pg from "pg";
 import type { TrafficShape } from "../src/demo/traffic.js";
 import { applyBatches, type BatchToApply, type Fence } from "../src/persist/apply-batches.js";
 import { dailyIdentity, entityIdentity, partitionOf } from "../src/produce/partition.js";
-import type { DailyRow, EntityRow } from "../src/queue/spend-batch.js";
+import type { DailyRow, EntityRow } from "../src/contract/spend-batch.js";
 import { serverCpuTicks } from "./db-stats.js";
 import { ALL_TABLES, makeRows, tableState, toBatches } from "./flush-throughput.js";
 import type { PipelineRunResult } from "./pipeline.js";

@@ -8,14 +8,15 @@
 import { Redis } from "ioredis";
 import pg from "pg";
 import { trafficGenerator } from "../src/demo/traffic.js";
-import { PICO_PER_USD } from "../src/money.js";
+import { PICO_PER_USD } from "../src/contract/money.js";
 import type { Spawned } from "../test/support/processes.js";
 import { diffTotals, readTotals } from "../test/support/db-totals.js";
 import { Ledger, type Totals } from "../test/support/ledger.js";
 import { TEST_REDIS_URL } from "../test/support/redis.js";
-import { redisKeys } from "../src/queue/keys.js";
+import { redisKeys } from "../src/redis/keys.js";
 import type { SpendQueues } from "../src/queue/spend-queues.js";
-import { createRedis, openPartitionQueues } from "../src/queue/connection.js";
+import { createRedis } from "../src/redis/connection.js";
+import { openPartitionQueues } from "../src/queue/spend-queues.js";
 import { testConfig } from "../test/support/redis.js";
 import { counterDelta, dbCounters, DbSampler, type DbCounters, type DbSample } from "./db-stats.js";
 import { ADMIN_DATABASE_URL } from "./machine.js";

@@ -13,9 +13,10 @@ import { setImmediate as yieldToLoop } from "node:timers/promises";
 import { Redis } from "ioredis";
 import { trafficGenerator, type TrafficShape } from "../src/demo/traffic.js";
 import { SpendMetrics } from "../src/observe/metrics.js";
+import { producerMetrics } from "../src/produce/producer-metrics.js";
 import type { Db } from "../src/persist/prisma.js";
 import { BufferFullError, SpendProducer } from "../src/produce/producer.js";
-import type { SpendSink } from "../src/produce/spend-sink.js";
+import type { SpendSink } from "../src/contract/spend-sink.js";
 import { TEST_REDIS_URL, testConfig } from "../test/support/redis.js";
 import {
   barrierKeys,
@@ -66,8 +67,8 @@ if (mode === "direct") {
   db = createDb(databaseUrl, { max: 2 });
   sink = new DirectSink(db, { transactionTimeoutMs: 30_000 });
 } else {
-  const { createRedis } = await import("../src/queue/connection.js");
-  const { redisKeys } = await import("../src/queue/keys.js");
+  const { createRedis } = await import("../src/redis/connection.js");
+  const { redisKeys } = await import("../src/redis/keys.js");
   const { QueueSink } = await import("../src/queue/queue-sink.js");
   const { openSpendQueues } = await import("../src/queue/spend-queues.js");
   sinkRedis = createRedis(testConfig(prefix, databaseUrl).redis, "producer");
@@ -75,7 +76,8 @@ if (mode === "direct") {
     sink = new QueueSink(openSpendQueues(sinkRedis, redisKeys(prefix)));
   } else {
     // Partitioned flush (issue 6): agree on the count, then one queue pair per partition.
-    const { openPartitionQueues, waitUntilReady } = await import("../src/queue/connection.js");
+    const { waitUntilReady } = await import("../src/redis/connection.js");
+    const { openPartitionQueues } = await import("../src/queue/spend-queues.js");
     const { ensurePartitionCount } = await import("../src/queue/partitions.js");
     // A producer connection fails fast until it is ready (no offline queue).
     await waitUntilReady(sinkRedis, 30_000);
@@ -171,7 +173,7 @@ control.disconnect();
 sinkRedis?.disconnect();
 await db?.$disconnect();
 
-const failures = await metrics.enqueueFailures.get();
+const failures = await producerMetrics(metrics).enqueueFailures.get();
 const report: ProducerReport = {
   index,
   seed,

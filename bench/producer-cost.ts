@@ -9,7 +9,7 @@ import { trafficGenerator, type TrafficShape } from "../src/demo/traffic.js";
 import { Aggregator } from "../src/produce/aggregator.js";
 import { SpendProducer } from "../src/produce/producer.js";
 import { validateSpendEvent, type SpendEvent } from "../src/produce/spend-event.js";
-import type { SpendSink } from "../src/produce/spend-sink.js";
+import type { SpendSink } from "../src/contract/spend-sink.js";
 import { spawnPinned } from "./pinned.js";
 import type { ProducerPlan } from "./plan.js";
 import { progress, spread, timeAsync, timeSync, type Spread, type Timed } from "./util.js";

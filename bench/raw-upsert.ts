@@ -8,7 +8,7 @@
  * the difference between the two is what the project's layer costs.
  */
 import type pg from "pg";
-import { picoToDecimal } from "../src/money.js";
+import { picoToDecimal } from "../src/contract/money.js";
 import type { BatchToApply, Fence } from "../src/persist/apply-batches.js";
 import {
   DAILY_COUNTER_COLUMNS,
@@ -23,7 +23,7 @@ import {
   type DailyRow,
   type EntityKind,
   type EntityRow,
-} from "../src/queue/spend-batch.js";
+} from "../src/contract/spend-batch.js";
 
 const SEP = "\u001f";
 

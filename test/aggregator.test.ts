@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { mergeRows } from "../src/flush/merge.js";
+import { mergeRows } from "../src/persist/merge.js";
 import { Aggregator } from "../src/produce/aggregator.js";
 import { validateSpendEvent, type SpendEvent } from "../src/produce/spend-event.js";
-import type { DailyRow, EntityRow } from "../src/queue/spend-batch.js";
+import type { DailyRow, EntityRow } from "../src/contract/spend-batch.js";
 import { Ledger, type Totals } from "./support/ledger.js";
 
 const NOW = Date.parse("2026-11-26T12:00:00Z");

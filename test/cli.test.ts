@@ -12,7 +12,7 @@ import pg from "pg";
 import { checkRedis } from "../src/cli/preflight.js";
 import { subcommands } from "../src/cli/program.js";
 import { loadConfig } from "../src/config/config.js";
-import { redisKeys } from "../src/queue/keys.js";
+import { redisKeys } from "../src/redis/keys.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { TestRedisServer, testPort } from "./support/redis-server.js";
 import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "./support/redis.js";

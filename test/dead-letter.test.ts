@@ -3,7 +3,7 @@ import { randomInt } from "node:crypto";
 import { after, before, beforeEach, describe, it } from "node:test";
 import { applyBatches } from "../src/persist/apply-batches.js";
 import { listDeadLetters, replayDeadLetter } from "../src/persist/dead-letters.js";
-import type { DailyRow, EntityRow } from "../src/queue/spend-batch.js";
+import type { DailyRow, EntityRow } from "../src/contract/spend-batch.js";
 import { DAILY_JOB, ENTITY_JOB } from "../src/queue/spend-queues.js";
 import { diffTotals, readTotals } from "./support/db-totals.js";
 import { createTestDatabase, truncateAll, type TestDatabase } from "./support/db.js";

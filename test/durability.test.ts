@@ -8,7 +8,7 @@ import { after, before, describe, it } from "node:test";
 import pg from "pg";
 import { trafficGenerator } from "../src/demo/traffic.js";
 import type { GatewayReport } from "../src/demo/demo-gateway.js";
-import { decimalToPico } from "../src/money.js";
+import { decimalToPico } from "../src/contract/money.js";
 import { diffTotals, readTotals } from "./support/db-totals.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { Harness } from "./support/harness.js";

@@ -4,7 +4,7 @@ import { buildConfig, type AppConfig } from "../src/config/config.js";
 import { startGateway, type GatewayService } from "../src/gateway/gateway.js";
 import { countWords } from "../src/gateway/mock-model.js";
 import { createKey, hashKey, type CreatedKey } from "../src/gateway/virtual-keys.js";
-import { picoToDecimal, usdStringToPico } from "../src/money.js";
+import { picoToDecimal, usdStringToPico } from "../src/contract/money.js";
 import type { SpendEvent } from "../src/produce/spend-event.js";
 import { diffTotals, readTotals } from "./support/db-totals.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
@@ -13,7 +13,7 @@ import { Ledger, type Totals } from "./support/ledger.js";
 import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "./support/redis.js";
 import { waitFor } from "./support/wait.js";
 import { Redis } from "ioredis";
-import { redisKeys } from "../src/queue/keys.js";
+import { redisKeys } from "../src/redis/keys.js";
 
 /**
  * The gateway over real HTTP, against real Redis and PostgreSQL: several

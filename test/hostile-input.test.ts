@@ -6,7 +6,7 @@ import { MAX_DAILY_KEY_BYTES, utf8Bytes } from "../src/contract/ids.js";
 import { startGateway, type GatewayService } from "../src/gateway/gateway.js";
 import { createKey, hashKey, type CreatedKey } from "../src/gateway/virtual-keys.js";
 import { listDeadLetters } from "../src/persist/dead-letters.js";
-import type { EntityRow } from "../src/queue/spend-batch.js";
+import type { EntityRow } from "../src/contract/spend-batch.js";
 import { ENTITY_JOB } from "../src/queue/spend-queues.js";
 import { diffTotals, readTotals } from "./support/db-totals.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";

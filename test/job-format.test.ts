@@ -7,7 +7,7 @@ import {
   groupDailyRows,
   ungroupDailyRows,
   type DailyRow,
-} from "../src/queue/spend-batch.js";
+} from "../src/contract/spend-batch.js";
 
 /** Daily job formats: grouping by context loses nothing, in any order of rows. */
 const contexts = [

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { usdStringToPico } from "../src/money.js";
-import { liveSpend, type LiveSpend } from "../src/persist/live-spend.js";
+import { usdStringToPico } from "../src/contract/money.js";
+import { liveSpend, type LiveSpend } from "../src/gateway/live-spend.js";
 import type { SpendProducer } from "../src/produce/producer.js";
-import type { EntityKind } from "../src/queue/spend-batch.js";
+import type { EntityKind } from "../src/contract/spend-batch.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { Harness } from "./support/harness.js";
 import { cleanRedis, testConfig, uniquePrefix } from "./support/redis.js";

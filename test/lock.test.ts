@@ -3,7 +3,7 @@ import { after, before, describe, it } from "node:test";
 import { Redis } from "ioredis";
 import { FlushLock } from "../src/lock/flush-lock.js";
 import { LeaseKeeper, LeaseLostError } from "../src/lock/lease-keeper.js";
-import { redisKeys } from "../src/queue/keys.js";
+import { redisKeys } from "../src/redis/keys.js";
 import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "./support/redis.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

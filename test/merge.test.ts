@@ -1,15 +1,15 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { mergeRows } from "../src/flush/merge.js";
-import { picoToDecimal } from "../src/money.js";
+import { mergeRows } from "../src/persist/merge.js";
+import { picoToDecimal } from "../src/contract/money.js";
 import {
   DAILY_KINDS,
   ENTITY_KINDS,
   type Count,
   type DailyRow,
   type EntityRow,
-} from "../src/queue/spend-batch.js";
+} from "../src/contract/spend-batch.js";
 
 /**
  * What mergeRows must produce, written the obvious way: every row's whole key

@@ -8,7 +8,7 @@ import {
   usdNumberToPico,
   usdStringToPico,
   usdStringToPicoNumber,
-} from "../src/money.js";
+} from "../src/contract/money.js";
 
 /**
  * The rounding rule, written the slow, obvious way: the decimal String(x)

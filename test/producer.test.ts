@@ -3,10 +3,11 @@ import { after, before, describe, it } from "node:test";
 import { collectStatus, formatStatus } from "../src/cli/status.js";
 import { trafficGenerator } from "../src/demo/traffic.js";
 import { SpendMetrics } from "../src/observe/metrics.js";
+import { producerMetrics } from "../src/produce/producer-metrics.js";
 import { BufferFullError, CloseTimeoutError, SpendProducer } from "../src/produce/producer.js";
 import { SpendEventError, type SpendEvent } from "../src/produce/spend-event.js";
-import { createRedis, waitUntilReady } from "../src/queue/connection.js";
-import { redisKeys } from "../src/queue/keys.js";
+import { createRedis, waitUntilReady } from "../src/redis/connection.js";
+import { redisKeys } from "../src/redis/keys.js";
 import { QueueSink } from "../src/queue/queue-sink.js";
 import { openSpendQueues } from "../src/queue/spend-queues.js";
 import { diffTotals, readTotals } from "./support/db-totals.js";
@@ -74,8 +75,8 @@ describe("producer", () => {
     const metrics = new SpendMetrics();
     const p = h.producer({ metrics });
     const seals = async (): Promise<{ count: number; rows: number; seconds: number }> => {
-      const rows = (await metrics.sealRows.get()).values;
-      const time = (await metrics.sealDuration.get()).values;
+      const rows = (await producerMetrics(metrics).sealRows.get()).values;
+      const time = (await producerMetrics(metrics).sealDuration.get()).values;
       const at = (vs: typeof rows, name: string): number =>
         vs.find((v) => v.metricName === name)?.value ?? Number.NaN;
       assert.equal(

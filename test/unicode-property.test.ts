@@ -3,7 +3,7 @@ import { after, before, describe, it } from "node:test";
 import fc from "fast-check";
 import { listDeadLetters } from "../src/persist/dead-letters.js";
 import { SpendEventError, type SpendEvent } from "../src/produce/spend-event.js";
-import type { EntityRow } from "../src/queue/spend-batch.js";
+import type { EntityRow } from "../src/contract/spend-batch.js";
 import { ENTITY_JOB } from "../src/queue/spend-queues.js";
 import { diffTotals, readTotals } from "./support/db-totals.js";
 import { createTestDatabase, truncateAll, type TestDatabase } from "./support/db.js";

@@ -12,10 +12,10 @@ import { Queue } from "bullmq";
 import pg from "pg";
 import { loadConfig, redact } from "../config/config.js";
 import type { GatewayReport } from "../demo/demo-gateway.js";
-import { decimalToPico, picoToDecimal } from "../money.js";
+import { decimalToPico, picoToDecimal } from "../contract/money.js";
 import { migrate } from "../persist/migrate.js";
-import { createRedis } from "../queue/connection.js";
-import { redisKeys } from "../queue/keys.js";
+import { createRedis } from "../redis/connection.js";
+import { redisKeys } from "../redis/keys.js";
 import { pendingJobs } from "../queue/partitions.js";
 
 const HELP = `Usage: npm start -- [options]

@@ -1,8 +1,8 @@
 import { Redis } from "ioredis";
 import pg from "pg";
 import { redact, type AppConfig, type RedisConfig } from "../config/config.js";
-import { redisOptions } from "../queue/connection.js";
-import { StartupError } from "./errors.js";
+import { redisOptions } from "../redis/connection.js";
+import { StartupError } from "../config/startup-error.js";
 
 export { StartupError };
 
@@ -205,7 +205,7 @@ export async function checkPostgres(
  * its spend would go where no worker drains it. Throws PartitionMismatchError.
  */
 export async function checkPartitions(config: AppConfig, role: "gateway"): Promise<void> {
-  const { connectRedis, waitUntilReady } = await import("../queue/connection.js");
+  const { connectRedis, waitUntilReady } = await import("../redis/connection.js");
   const { ensurePartitionCount } = await import("../queue/partitions.js");
   const redis = connectRedis(config.redis, "producer");
   try {

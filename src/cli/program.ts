@@ -2,7 +2,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { ConfigError, loadConfig, redact, type AppConfig } from "../config/config.js";
 import { KeyInputError } from "../gateway/virtual-keys.js";
 import { createLogger } from "../observe/logger.js";
-import { StartupError } from "./errors.js";
+import { StartupError } from "../config/startup-error.js";
 
 async function preflight(
   ...args: Parameters<typeof import("./preflight.js").preflight>

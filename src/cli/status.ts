@@ -2,8 +2,8 @@ import { Queue } from "bullmq";
 import pg from "pg";
 import type { AppConfig } from "../config/config.js";
 import { oldestJobAt, reportedHeldRows, totalFlushRate } from "../queue/backlog.js";
-import { connectRedis } from "../queue/connection.js";
-import { redisKeys } from "../queue/keys.js";
+import { connectRedis } from "../redis/connection.js";
+import { redisKeys } from "../redis/keys.js";
 
 export const JOB_STATES = [
   "wait",

@@ -2,8 +2,8 @@ import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { idProblem } from "../contract/ids.js";
-import { MAX_EVENT_USD, usdStringToPico } from "../money.js";
-import { DEFAULT_LIMITS, type ValidationLimits } from "../produce/spend-event.js";
+import { MAX_EVENT_USD, usdStringToPico } from "../contract/money.js";
+import { MAX_ID_LENGTH } from "../contract/ids.js";
 import { redact } from "./redact.js";
 
 export { redact };
@@ -135,22 +135,21 @@ const spendBufferSchema = z
     admin_token: z.string().min(16, "must be at least 16 characters").optional(),
     /** Bull Board shows queues without retry/clean/remove buttons unless false. */
     bull_board_read_only: z.boolean().default(true),
-    max_spend_usd_per_event: z
-      .number()
-      .positive()
-      .max(MAX_EVENT_USD)
-      .default(DEFAULT_LIMITS.maxSpendUsd),
-    max_tokens_per_event: z
-      .number()
-      .int()
-      .positive()
-      .max(1_000_000_000)
-      .default(DEFAULT_LIMITS.maxTokens),
+    max_spend_usd_per_event: z.number().positive().max(MAX_EVENT_USD).default(1_000),
+    max_tokens_per_event: z.number().int().positive().max(1_000_000_000).default(100_000_000),
     max_event_age_hours: z
       .number()
       .positive()
       .max(24 * 366)
-      .default(DEFAULT_LIMITS.maxAgeMs / 3_600_000),
+      .default(7 * 24),
+    /** Most tags one event may carry (each gets the request's full cost). */
+    max_tags_per_event: z.number().int().min(0).max(1_000).default(32),
+    /** How far ahead of this host's clock an event's start may be (clock skew between hosts). */
+    max_event_future_minutes: z
+      .number()
+      .min(0)
+      .max(24 * 60)
+      .default(60),
   })
   .strict();
 
@@ -184,6 +183,21 @@ const fileSchema = z
     spend_buffer_settings: spendBufferSchema.default(spendBufferSchema.parse({})),
   })
   .strict();
+
+/** What one spend event may carry (spend_buffer_settings.max_*_per_event and friends). */
+export interface ValidationLimits {
+  /** Largest cost accepted for one request, in USD. */
+  maxSpendUsd: number;
+  /** Largest token count accepted in any one token field. */
+  maxTokens: number;
+  /** Longest id, tag or dimension, in UTF-16 code units (contract/ids.ts). */
+  maxIdLength: number;
+  maxTags: number;
+  /** How old a request start may be: late events still land on their own day. */
+  maxAgeMs: number;
+  /** How far in the future a request start may be (clock skew between hosts). */
+  maxFutureMs: number;
+}
 
 export interface RedisConfig {
   host: string;
@@ -481,7 +495,9 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
     partitions: s.flush_partitions,
     logLevel,
     limits: {
-      ...DEFAULT_LIMITS,
+      maxIdLength: MAX_ID_LENGTH,
+      maxTags: s.max_tags_per_event,
+      maxFutureMs: s.max_event_future_minutes * 60_000,
       maxSpendUsd: s.max_spend_usd_per_event,
       maxTokens: s.max_tokens_per_event,
       maxAgeMs: s.max_event_age_hours * 3_600_000,
@@ -534,3 +550,13 @@ export function loadConfig(path?: string, env: NodeJS.ProcessEnv = process.env):
   }
   return buildConfig(doc ?? {}, env);
 }
+
+/**
+ * Every setting at its default: the one source of defaults. Library classes
+ * that take an option fall back to these, so a default is written once, in
+ * the schema above.
+ */
+export const DEFAULT_CONFIG: AppConfig = buildConfig({}, {});
+
+/** The defaults' limits on one spend event. */
+export const DEFAULT_LIMITS: ValidationLimits = DEFAULT_CONFIG.limits;

@@ -22,6 +22,9 @@
  * - the noncharacters U+FFFE and U+FFFF.
  */
 
+/** Longest id, in UTF-16 code units: a bound on memory and logs; the bytes are bounded below. */
+export const MAX_ID_LENGTH = 256;
+
 /**
  * Most UTF-8 bytes of a daily row's unique key: its eight text columns
  * (entity id, date, api key, model, model group, provider, MCP tool,

@@ -8,12 +8,13 @@
 import { loadConfig } from "../config/config.js";
 import { createLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
-import { usdNumberToPico, usdStringToPico } from "../money.js";
+import { usdNumberToPico, usdStringToPico } from "../contract/money.js";
 import { producerSettings, SpendProducer } from "../produce/producer.js";
-import type { SpendSink } from "../produce/spend-sink.js";
+import type { SpendSink } from "../contract/spend-sink.js";
 import { DirectSink } from "../persist/direct-sink.js";
 import { createDb } from "../persist/prisma.js";
-import { createRedis, openPartitionQueues } from "../queue/connection.js";
+import { createRedis } from "../redis/connection.js";
+import { openPartitionQueues } from "../queue/spend-queues.js";
 import { QueueSink } from "../queue/queue-sink.js";
 import { createApp, listen } from "../serve/http.js";
 import { trafficGenerator } from "./traffic.js";

@@ -1,13 +1,15 @@
 import { randomUUID } from "node:crypto";
-import type { RedisClient } from "../queue/connection.js";
+import type { RedisClient } from "../redis/connection.js";
 import { Queue, Worker } from "bullmq";
 import type { AppConfig } from "../config/config.js";
 import { FlushLock } from "../lock/flush-lock.js";
 import type { Logger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
+import { queueGauges } from "../queue/queue-gauges.js";
+import { flushMetrics, REDIS_REPAIRS, type RedisRepair } from "./flush-metrics.js";
 import type { Db } from "../persist/prisma.js";
-import { createRedis } from "../queue/connection.js";
-import { redisKeys, type RedisKeys } from "../queue/keys.js";
+import { createRedis } from "../redis/connection.js";
+import { redisKeys, type RedisKeys } from "../redis/keys.js";
 import {
   ensurePartitionCount,
   heartbeat,
@@ -47,9 +49,7 @@ export interface FlushWorkerDeps {
   maintainEveryMs?: number;
 }
 
-/** Something the worker found missing in Redis and put back (spend_redis_repairs_total{what}). */
-export type RedisRepair = "scheduler" | "partition_count" | "fence";
-export const REDIS_REPAIRS: readonly RedisRepair[] = ["scheduler", "partition_count", "fence"];
+export { REDIS_REPAIRS, type RedisRepair };
 
 /** One flush partition's own pieces: queues, lock, drain and flusher. */
 export interface FlushPartition {
@@ -134,7 +134,7 @@ export class FlushWorker {
     });
     this.flushQueue.on("error", () => undefined);
     for (const p of this.partitions) {
-      metrics.watchQueues(
+      queueGauges(metrics).watch(
         p.keys.partition === 0 ? { ...p.queues, flush: this.flushQueue } : p.queues,
         p.keys.partition,
       );
@@ -271,7 +271,7 @@ export class FlushWorker {
   }
 
   private repaired(what: RedisRepair, partition: number): void {
-    this.deps.metrics.redisRepairs.inc({ what });
+    flushMetrics(this.deps.metrics).redisRepairs.inc({ what });
     this.deps.logger.warn(
       { what, partition },
       "Redis had lost what the flush worker keeps there (restarted empty, keys deleted or evicted): put back",

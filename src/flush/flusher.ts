@@ -4,6 +4,8 @@ import { LeaseKeeper, LeaseLostError } from "../lock/lease-keeper.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
+import { persistMetrics, type PersistMetrics } from "../persist/persist-metrics.js";
+import { flushMetrics, type FlushMetrics } from "./flush-metrics.js";
 import {
   applyBatches,
   FencedOffError,
@@ -94,12 +96,14 @@ export class Flusher {
   private readonly txTimeoutMs: number;
   private readonly maxAttempts: number;
   private readonly idleTxTimeoutMs: number;
+  private readonly metrics: FlushMetrics;
+  private readonly dbMetrics: PersistMetrics;
 
   constructor(
     private readonly db: Db,
     private readonly lock: FlushLock,
     private readonly drain: SpendDrain,
-    private readonly metrics: SpendMetrics,
+    registry: SpendMetrics,
     private readonly opts: FlusherOptions,
     private readonly log: Logger = silentLogger,
   ) {
@@ -109,7 +113,8 @@ export class Flusher {
     this.txTimeoutMs = opts.transactionTimeoutMs ?? 120_000;
     this.maxAttempts = opts.maxAttempts ?? 3;
     this.idleTxTimeoutMs = opts.idleInTransactionTimeoutMs ?? 2 * lock.leaseMs;
-    metrics.attachFlusher();
+    this.metrics = flushMetrics(registry);
+    this.dbMetrics = persistMetrics(registry, "flush");
   }
 
   async flushOnce(): Promise<FlushReport> {
@@ -352,7 +357,7 @@ export class Flusher {
         const reason = retryReason(err);
         if (reason === undefined || attempt >= this.maxAttempts) throw err;
         report.retries++;
-        this.metrics.transactionRetries.inc({ reason, path: "flush" });
+        this.dbMetrics.transactionRetries.inc({ reason, path: "flush" });
         this.log.warn(
           { attempt, reason, err: (err as Error).message },
           "flush transaction failed; retrying",

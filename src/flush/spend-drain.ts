@@ -1,6 +1,6 @@
-import type { RedisClient } from "../queue/connection.js";
+import type { RedisClient } from "../redis/connection.js";
 import { Worker, type Job } from "bullmq";
-import type { RedisKeys } from "../queue/keys.js";
+import type { RedisKeys } from "../redis/keys.js";
 import {
   dailyJobPayloadSchema,
   entityJobSchema,
@@ -8,7 +8,7 @@ import {
   type DailySpendJob,
   type EntityRow,
   type EntitySpendJob,
-} from "../queue/spend-batch.js";
+} from "../contract/spend-batch.js";
 
 /**
  * Rows of a job that cannot be stored as they are (a string that is not

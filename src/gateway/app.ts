@@ -6,10 +6,11 @@ import express, {
   type RequestHandler,
   type Response,
 } from "express";
-import { Counter } from "prom-client";
 import type { AppConfig } from "../config/config.js";
 import type { Logger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
+import { producerMetrics } from "../produce/producer-metrics.js";
+import { gatewayMetrics } from "./gateway-metrics.js";
 import { idProblem } from "../contract/ids.js";
 import { BatchRefusedError, BufferFullError, type SpendProducer } from "../produce/producer.js";
 import {
@@ -22,9 +23,9 @@ import {
   type SpendEvent,
 } from "../produce/spend-event.js";
 import type { Db } from "../persist/prisma.js";
-import { liveSpend } from "../persist/live-spend.js";
-import { picoToDecimal } from "../money.js";
-import { ENTITY_KINDS, type EntityKind } from "../queue/spend-batch.js";
+import { liveSpend } from "./live-spend.js";
+import { picoToDecimal } from "../contract/money.js";
+import { ENTITY_KINDS, type EntityKind } from "../contract/spend-batch.js";
 import type { SpendQueues } from "../queue/spend-queues.js";
 import { bearerToken, secretEquals } from "../serve/admin-auth.js";
 import { createApp } from "../serve/http.js";
@@ -204,7 +205,7 @@ export function createGatewayApp(deps: GatewayDeps): Express {
   /** A validation's error, counted: why the producer would refuse the spend. */
   const refusal = (err: unknown): SpendEventError => {
     if (!(err instanceof SpendEventError)) throw err;
-    metrics.eventsRejected.inc({ reason: err.reason });
+    eventsRejected.inc({ reason: err.reason });
     return err;
   };
   // Whether a key's owners (rows PostgreSQL holds, possibly written by other
@@ -241,17 +242,8 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     return o;
   };
   const app = createApp(metrics);
-  const requests = new Counter({
-    name: "gateway_requests_total",
-    help: "HTTP requests the gateway answered, by route and status code.",
-    labelNames: ["route", "status"] as const,
-    registers: [metrics.registry],
-  });
-  const throttled = new Counter({
-    name: "gateway_key_lookups_throttled_total",
-    help: "Requests answered 503 because PostgreSQL lookups of keys in neither cache were past their rate (a flood of unknown keys).",
-    registers: [metrics.registry],
-  });
+  const { requests, lookupsThrottled: throttled } = gatewayMetrics(metrics);
+  const { eventsRejected } = producerMetrics(metrics);
   app.use((req, res, next) => {
     res.on("finish", () => {
       const route = (req.route as { path?: string } | undefined)?.path ?? "other";
@@ -345,12 +337,12 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     // Everything that could stop the spend from being recorded is checked before the
     // model runs: once it has answered, the cost is incurred and must be recorded.
     if (producer.full) {
-      metrics.eventsRejected.inc({ reason: "buffer_full" });
+      eventsRejected.inc({ reason: "buffer_full" });
       return sendError(res, 503, "service_unavailable", "spend buffer full: retry later");
     }
     const owner = ownersOf(key);
     if (owner.problem !== undefined) {
-      metrics.eventsRejected.inc({ reason: owner.problem.reason });
+      eventsRejected.inc({ reason: owner.problem.reason });
       return sendError(
         res,
         403,

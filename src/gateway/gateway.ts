@@ -4,18 +4,13 @@ import type { AppConfig } from "../config/config.js";
 import { silentLogger, type Logger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
 import { producerSettings, SpendProducer } from "../produce/producer.js";
-import type { SpendSink } from "../produce/spend-sink.js";
+import type { SpendSink } from "../contract/spend-sink.js";
 import { DirectSink } from "../persist/direct-sink.js";
 import { createDb } from "../persist/prisma.js";
-import {
-  connectRedis,
-  openPartitionQueues,
-  waitUntilReady,
-  type RedisClient,
-} from "../queue/connection.js";
+import { connectRedis, waitUntilReady, type RedisClient } from "../redis/connection.js";
 import { ensurePartitionCount, PartitionMismatchError } from "../queue/partitions.js";
 import { QueueSink } from "../queue/queue-sink.js";
-import type { SpendQueues } from "../queue/spend-queues.js";
+import { openPartitionQueues, type SpendQueues } from "../queue/spend-queues.js";
 import { listen } from "../serve/http.js";
 import { postgresCheck, redisCheck, type Check } from "../serve/readiness.js";
 import { createGatewayApp } from "./app.js";

@@ -1,5 +1,5 @@
 import type { ModelPrice } from "../config/config.js";
-import { picoToDecimal } from "../money.js";
+import { picoToDecimal } from "../contract/money.js";
 
 export class UnknownModelError extends Error {
   constructor(

@@ -1,6 +1,6 @@
-import type { RedisClient } from "../queue/connection.js";
+import type { RedisClient } from "../redis/connection.js";
 import { randomUUID } from "node:crypto";
-import type { RedisKeys } from "../queue/keys.js";
+import type { RedisKeys } from "../redis/keys.js";
 import { lockScripts } from "./scripts.js";
 
 /** One successful acquisition of the flush lock. */

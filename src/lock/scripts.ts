@@ -1,4 +1,4 @@
-import { LuaScript } from "../queue/lua.js";
+import { LuaScript } from "../redis/lua.js";
 
 const dir = new URL("./scripts/", import.meta.url);
 

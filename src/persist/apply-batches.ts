@@ -1,5 +1,5 @@
-import { mergeRows } from "../flush/merge.js";
-import type { DailyRow, EntityRow } from "../queue/spend-batch.js";
+import { mergeRows } from "./merge.js";
+import type { DailyRow, EntityRow } from "../contract/spend-batch.js";
 import { insertDeadLetters, type DeadLetter, type DeadLetterReason } from "./dead-letters.js";
 import { applyIsolating, type RefusedRow } from "./isolate.js";
 import type { Tx } from "./prisma.js";

@@ -5,7 +5,7 @@ import {
   entityRowSchema,
   type DailyRow,
   type EntityRow,
-} from "../queue/spend-batch.js";
+} from "../contract/spend-batch.js";
 import { applyIsolating } from "./isolate.js";
 import type { Db, Tx } from "./prisma.js";
 import { retryReason } from "./retryable.js";

@@ -1,5 +1,6 @@
-import type { SealedBatch, SpendSink } from "../produce/spend-sink.js";
+import type { SealedBatch, SpendSink } from "../contract/spend-sink.js";
 import type { SpendMetrics } from "../observe/metrics.js";
+import { persistMetrics } from "./persist-metrics.js";
 import { applyBatches } from "./apply-batches.js";
 import type { Db } from "./prisma.js";
 import { retryReason } from "./retryable.js";
@@ -34,7 +35,11 @@ export class DirectSink implements SpendSink {
       // The producer keeps the batch and sends it again (same id): a retry.
       const reason = retryReason(err);
       if (reason !== undefined)
-        this.opts.metrics?.transactionRetries.inc({ reason, path: "direct" });
+        if (this.opts.metrics !== undefined)
+          persistMetrics(this.opts.metrics, "direct").transactionRetries.inc({
+            reason,
+            path: "direct",
+          });
       throw err;
     }
   }

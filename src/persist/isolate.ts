@@ -1,5 +1,5 @@
-import { mergeRows } from "../flush/merge.js";
-import type { DailyRow, EntityRow } from "../queue/spend-batch.js";
+import { mergeRows } from "./merge.js";
+import type { DailyRow, EntityRow } from "../contract/spend-batch.js";
 import type { Tx } from "./prisma.js";
 import { storageRefusal, type StorageRefusal } from "./retryable.js";
 import { upsertMerged } from "./upsert.js";

@@ -1,4 +1,4 @@
-import type { DailyKind, EntityKind } from "../queue/spend-batch.js";
+import type { DailyKind, EntityKind } from "../contract/spend-batch.js";
 
 /**
  * Where each kind of spend row lands. Table and column names are code

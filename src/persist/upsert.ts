@@ -1,4 +1,4 @@
-import type { MergedRows } from "../flush/merge.js";
+import type { MergedRows } from "./merge.js";
 import { numericArrayLiteral, textArrayLiteral } from "./pg-array.js";
 import type { Tx } from "./prisma.js";
 import {

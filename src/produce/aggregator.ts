@@ -1,4 +1,4 @@
-import { MAX_SAFE_PICO } from "../money.js";
+import { MAX_SAFE_PICO } from "../contract/money.js";
 import {
   encodeCount,
   type Count,
@@ -6,7 +6,7 @@ import {
   type DailyRow,
   type EntityKind,
   type EntityRow,
-} from "../queue/spend-batch.js";
+} from "../contract/spend-batch.js";
 import type { NormalizedEvent } from "./spend-event.js";
 
 /**

@@ -1,4 +1,4 @@
-import type { DailyRow, EntityRow } from "../queue/spend-batch.js";
+import type { DailyRow, EntityRow } from "../contract/spend-batch.js";
 
 /**
  * Which flush partition owns a row: a stable hash (32-bit FNV-1a over the

@@ -4,11 +4,12 @@ import type { AppConfig } from "../config/config.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
-import type { EntityKind } from "../queue/spend-batch.js";
+import { producerMetrics, type ProducerMetrics } from "./producer-metrics.js";
+import type { EntityKind } from "../contract/spend-batch.js";
 import { Aggregator, rowBound } from "./aggregator.js";
 import { CoarseClock } from "./coarse-clock.js";
 import { dailyIdentity, entityIdentity, partitionOf } from "./partition.js";
-import type { PipelineLoad, SealedBatch, SpendSink } from "./spend-sink.js";
+import type { PipelineLoad, SealedBatch, SpendSink } from "../contract/spend-sink.js";
 import {
   DEFAULT_LIMITS,
   SpendEventError,
@@ -169,7 +170,7 @@ export class SpendProducer {
   private readonly closeTimeoutMs: number;
   private readonly sendTimeoutMs: number;
   private readonly limits: ValidationLimits;
-  private readonly metrics: SpendMetrics;
+  private readonly metrics: ProducerMetrics;
   private readonly log: Logger;
   private readonly unwatch: () => void;
   private readonly partitions: number;
@@ -202,7 +203,7 @@ export class SpendProducer {
     this.closeTimeoutMs = opts.closeTimeoutMs ?? 30_000;
     this.sendTimeoutMs = opts.sendTimeoutMs ?? 5_000;
     this.limits = opts.limits ?? DEFAULT_LIMITS;
-    this.metrics = opts.metrics ?? new SpendMetrics();
+    this.metrics = producerMetrics(opts.metrics ?? new SpendMetrics());
     this.log = opts.logger ?? silentLogger;
     this.producerId = opts.producerId ?? randomUUID();
     this.partitions = opts.partitions ?? 1;

@@ -1,5 +1,11 @@
+import { DEFAULT_LIMITS, type ValidationLimits } from "../config/config.js";
 import { DATE_BYTES, MAX_DAILY_KEY_BYTES, idProblem, utf8Bytes } from "../contract/ids.js";
-import { MoneyError, PICO_PER_USD, usdNumberToPico, usdStringToPicoNumber } from "../money.js";
+import {
+  MoneyError,
+  PICO_PER_USD,
+  usdNumberToPico,
+  usdStringToPicoNumber,
+} from "../contract/money.js";
 
 /**
  * One LLM request's cost and usage, as a gateway reports it. Every id is
@@ -100,28 +106,9 @@ export class SpendEventError extends Error {
   }
 }
 
-export interface ValidationLimits {
-  /** Largest cost accepted for one request, in USD. */
-  maxSpendUsd: number;
-  /** Largest token count accepted in any one token field. */
-  maxTokens: number;
-  /** Longest id, tag or dimension, in UTF-16 code units. */
-  maxIdLength: number;
-  maxTags: number;
-  /** How old a request start may be: late events still land on their own day. */
-  maxAgeMs: number;
-  /** How far in the future a request start may be (clock skew between hosts). */
-  maxFutureMs: number;
-}
-
-export const DEFAULT_LIMITS: ValidationLimits = {
-  maxSpendUsd: 1_000,
-  maxTokens: 100_000_000,
-  maxIdLength: 256,
-  maxTags: 32,
-  maxAgeMs: 7 * 86_400_000,
-  maxFutureMs: 3_600_000,
-};
+// The limits are configuration (spend_buffer_settings.max_*_per_event): their
+// type and defaults live with the rest of it.
+export { DEFAULT_LIMITS, type ValidationLimits };
 
 const ALLOWED_FIELDS = new Set<string>([
   "spend",

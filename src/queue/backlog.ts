@@ -1,8 +1,8 @@
 import type { Queue } from "bullmq";
-import type { RedisClient } from "./connection.js";
-import type { RedisKeys } from "./keys.js";
-import { LuaScript } from "./lua.js";
-import type { PipelineLoad } from "../produce/spend-sink.js";
+import type { RedisClient } from "../redis/connection.js";
+import type { RedisKeys } from "../redis/keys.js";
+import { LuaScript } from "../redis/lua.js";
+import type { PipelineLoad } from "../contract/spend-sink.js";
 import type { SpendQueues } from "./spend-queues.js";
 
 const heldRowsScript = LuaScript.load("held-rows-1", new URL("./scripts/", import.meta.url));

@@ -1,6 +1,6 @@
-import type { RedisClient } from "./connection.js";
-import { redisKeys } from "./keys.js";
-import { LuaScript } from "./lua.js";
+import type { RedisClient } from "../redis/connection.js";
+import { redisKeys } from "../redis/keys.js";
+import { LuaScript } from "../redis/lua.js";
 import { openSpendQueues } from "./spend-queues.js";
 
 const switchScript = LuaScript.load(

@@ -1,6 +1,6 @@
-import type { PipelineLoad, SealedBatch, SpendSink } from "../produce/spend-sink.js";
+import type { PipelineLoad, SealedBatch, SpendSink } from "../contract/spend-sink.js";
 import { pipelineLoad } from "./backlog.js";
-import { groupDailyRows, type DailyJobPayload } from "./spend-batch.js";
+import { groupDailyRows, type DailyJobPayload } from "../contract/spend-batch.js";
 import { DAILY_JOB, ENTITY_JOB, type SpendQueues } from "./spend-queues.js";
 
 export interface QueueSinkOptions {

@@ -1,7 +1,7 @@
-import type { RedisClient } from "./connection.js";
+import type { RedisClient } from "../redis/connection.js";
 import { Queue, type JobsOptions } from "bullmq";
-import type { RedisKeys } from "./keys.js";
-import type { DailyJobPayload, EntitySpendJob } from "./spend-batch.js";
+import { redisKeys, type RedisKeys } from "../redis/keys.js";
+import type { DailyJobPayload, EntitySpendJob } from "../contract/spend-batch.js";
 
 /** BullMQ job names inside the spend queues. */
 export const ENTITY_JOB = "spend";
@@ -41,4 +41,15 @@ export function openSpendQueues(connection: RedisClient, keys: RedisKeys): Spend
       await Promise.all([entity.close(), daily.close()]);
     },
   };
+}
+
+/** One SpendQueues per flush partition, indexed by partition. */
+export function openPartitionQueues(
+  connection: RedisClient,
+  prefix: string,
+  partitions: number,
+): SpendQueues[] {
+  return Array.from({ length: partitions }, (_, p) =>
+    openSpendQueues(connection, redisKeys(prefix, p)),
+  );
 }

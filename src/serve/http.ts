@@ -1,6 +1,6 @@
 import express, { type Express } from "express";
 import type { Server } from "node:http";
-import { StartupError } from "../cli/errors.js";
+import { StartupError } from "../config/startup-error.js";
 import type { SpendMetrics } from "../observe/metrics.js";
 
 /**

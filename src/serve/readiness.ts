@@ -1,5 +1,5 @@
 import type { RequestHandler } from "express";
-import type { RedisClient } from "../queue/connection.js";
+import type { RedisClient } from "../redis/connection.js";
 import type { Db } from "../persist/prisma.js";
 
 /** One dependency's check: resolves when it answers, rejects otherwise. */

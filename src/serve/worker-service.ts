@@ -6,7 +6,7 @@ import { FlushWorker, type FlushWorkerDeps } from "../flush/flush-worker.js";
 import { silentLogger, type Logger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
 import { createDb } from "../persist/prisma.js";
-import { connectRedis } from "../queue/connection.js";
+import { connectRedis } from "../redis/connection.js";
 import { mountBullBoard } from "./bull-board.js";
 import { createApp, listen } from "./http.js";
 import { postgresCheck, readinessHandler, redisCheck } from "./readiness.js";

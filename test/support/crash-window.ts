@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createKey } from "../../src/gateway/virtual-keys.js";
-import { decimalToPico, usdStringToPico } from "../../src/money.js";
+import { decimalToPico, usdStringToPico } from "../../src/contract/money.js";
 import { testConfig } from "./redis.js";
 import { Harness } from "./harness.js";
 import type { TestDatabase } from "./db.js";

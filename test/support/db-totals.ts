@@ -1,5 +1,5 @@
 import pg from "pg";
-import { decimalToPico } from "../../src/money.js";
+import { decimalToPico } from "../../src/contract/money.js";
 import { DAILY_TABLES, ENTITY_TABLES } from "../../src/persist/tables.js";
 import type { Totals } from "./ledger.js";
 

@@ -6,10 +6,12 @@ import { SpendDrain } from "../../src/flush/spend-drain.js";
 import { FlushLock } from "../../src/lock/flush-lock.js";
 import { silentLogger } from "../../src/observe/logger.js";
 import { SpendMetrics } from "../../src/observe/metrics.js";
+import { queueGauges } from "../../src/queue/queue-gauges.js";
+import { flushMetrics } from "../../src/flush/flush-metrics.js";
 import { SpendProducer, type ProducerOptions } from "../../src/produce/producer.js";
 import type { Db } from "../../src/persist/prisma.js";
-import { createRedis } from "../../src/queue/connection.js";
-import { redisKeys, type RedisKeys } from "../../src/queue/keys.js";
+import { createRedis } from "../../src/redis/connection.js";
+import { redisKeys, type RedisKeys } from "../../src/redis/keys.js";
 import { QueueSink, type QueueSinkOptions } from "../../src/queue/queue-sink.js";
 import { openSpendQueues, type SpendQueues } from "../../src/queue/spend-queues.js";
 import type { Ledger } from "./ledger.js";
@@ -34,7 +36,9 @@ export class Harness {
     this.redis = createRedis(config.redis, "worker");
     this.queues = openSpendQueues(this.redis, this.keys);
     this.drain = new SpendDrain(this.redis, this.keys, config.worker.lockLeaseMs);
-    this.metrics.watchQueues(this.queues);
+    queueGauges(this.metrics).watch(this.queues);
+    // The worker's side of this process: its metrics exist before its first flush, as in a worker.
+    flushMetrics(this.metrics);
   }
 
   lock(holderId?: string, leaseMs = this.config.worker.lockLeaseMs): FlushLock {

@@ -1,4 +1,4 @@
-import { usdNumberToPico, usdStringToPico } from "../../src/money.js";
+import { usdNumberToPico, usdStringToPico } from "../../src/contract/money.js";
 import type { SpendEvent } from "../../src/produce/spend-event.js";
 
 /**

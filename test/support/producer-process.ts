@@ -7,11 +7,11 @@
 import { buildConfig } from "../../src/config/config.js";
 import { trafficGenerator } from "../../src/demo/traffic.js";
 import { SpendProducer } from "../../src/produce/producer.js";
-import type { SpendSink } from "../../src/produce/spend-sink.js";
+import type { SpendSink } from "../../src/contract/spend-sink.js";
 import { DirectSink } from "../../src/persist/direct-sink.js";
 import { createDb } from "../../src/persist/prisma.js";
-import { createRedis } from "../../src/queue/connection.js";
-import { redisKeys } from "../../src/queue/keys.js";
+import { createRedis } from "../../src/redis/connection.js";
+import { redisKeys } from "../../src/redis/keys.js";
 import { QueueSink } from "../../src/queue/queue-sink.js";
 import { openSpendQueues } from "../../src/queue/spend-queues.js";
 import { Ledger } from "./ledger.js";

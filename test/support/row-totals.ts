@@ -1,5 +1,5 @@
 import pg from "pg";
-import type { DailyRow, EntityRow } from "../../src/queue/spend-batch.js";
+import type { DailyRow, EntityRow } from "../../src/contract/spend-batch.js";
 import type { Totals } from "./ledger.js";
 
 /**

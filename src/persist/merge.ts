@@ -1,4 +1,4 @@
-import { picoDigitsToDecimal, picoToDecimal } from "../money.js";
+import { picoDigitsToDecimal, picoToDecimal } from "../contract/money.js";
 import {
   DAILY_KINDS,
   ENTITY_KINDS,
@@ -7,7 +7,7 @@ import {
   type DailyRow,
   type EntityKind,
   type EntityRow,
-} from "../queue/spend-batch.js";
+} from "../contract/spend-batch.js";
 
 /**
  * Merges the rows of many batches into one row per database row, sorted by

@@ -1,7 +1,5 @@
 import { Cluster, Redis, type RedisOptions } from "ioredis";
 import type { RedisConfig } from "../config/config.js";
-import { redisKeys } from "./keys.js";
-import { openSpendQueues, type SpendQueues } from "./spend-queues.js";
 
 /**
  * ioredis connections for each role. Producers fail fast (no offline queue,
@@ -73,17 +71,6 @@ export function connectRedis(cfg: RedisConfig, role: RedisRole): RedisClient {
   return cfg.cluster !== undefined && cfg.cluster.length > 0
     ? createCluster(cfg.cluster, cfg, role)
     : createRedis(cfg, role);
-}
-
-/** One SpendQueues per flush partition, indexed by partition. */
-export function openPartitionQueues(
-  connection: RedisClient,
-  prefix: string,
-  partitions: number,
-): SpendQueues[] {
-  return Array.from({ length: partitions }, (_, p) =>
-    openSpendQueues(connection, redisKeys(prefix, p)),
-  );
 }
 
 /** Resolves once the connection is ready for commands (a producer's commands fail fast before). */

@@ -1,9 +1,9 @@
 import type { Queue } from "bullmq";
-import { decimalToPico } from "../money.js";
-import { ENTITY_KINDS, type EntityKind } from "../queue/spend-batch.js";
+import { decimalToPico } from "../contract/money.js";
+import { ENTITY_KINDS, type EntityKind } from "../contract/spend-batch.js";
 import type { SpendProducer } from "../produce/producer.js";
-import type { Db } from "./prisma.js";
-import { ENTITY_TABLES } from "./tables.js";
+import type { Db } from "../persist/prisma.js";
+import { ENTITY_TABLES } from "../persist/tables.js";
 
 /** What this process can see of one entity's spend. */
 export interface LiveSpendSources {

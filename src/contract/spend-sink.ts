@@ -1,4 +1,4 @@
-import type { DailyRow, EntityRow } from "../queue/spend-batch.js";
+import type { DailyRow, EntityRow } from "./spend-batch.js";
 
 interface SealedHeader {
   batchId: string;
