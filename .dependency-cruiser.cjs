@@ -20,6 +20,7 @@ const LAYERS = [
   ["persist"],
   ["flush"],
   ["serve"],
+  ["wiring"],
   ["gateway", "demo"],
   ["cli"],
 ];

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { chromium, type BrowserContext } from "playwright-core";
 import { buildConfig, type AppConfig } from "../src/config/config.js";
-import { startWorkerService, type WorkerService } from "../src/serve/worker-service.js";
+import { startFlushWorker, type FlushWorkerService } from "../src/index.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { Harness } from "./support/harness.js";
 import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "./support/redis.js";
@@ -46,7 +46,7 @@ function boardConfig(
 
 describe("Bull Board on the flush worker", () => {
   let t: TestDatabase;
-  let svc: WorkerService;
+  let svc: FlushWorkerService;
   let base: string;
   const prefix = uniquePrefix("board");
   const dirs: string[] = [];
@@ -79,7 +79,7 @@ describe("Bull Board on the flush worker", () => {
     p.record({ spend: "0.5", userId: "u1", model: "m" });
     await p.flush();
     await h.close();
-    svc = await startWorkerService(config, { port: 0, host: "127.0.0.1" });
+    svc = await startFlushWorker(config, { port: 0, host: "127.0.0.1" });
     base = `http://127.0.0.1:${svc.port}/admin/queues`;
   });
   after(async () => {
@@ -161,14 +161,14 @@ describe("Bull Board on the flush worker", () => {
 describe("Bull Board authentication settings", () => {
   it("is open only with admin_auth: false, and locked when no credentials are configured", async () => {
     const t = await createTestDatabase("board_auth");
-    const open = await startWorkerService(
+    const open = await startFlushWorker(
       boardConfig(uniquePrefix("board-open"), t.url, { admin_auth: false }),
       {
         port: 0,
         host: "127.0.0.1",
       },
     );
-    const locked = await startWorkerService(boardConfig(uniquePrefix("board-locked"), t.url, {}), {
+    const locked = await startFlushWorker(boardConfig(uniquePrefix("board-locked"), t.url, {}), {
       port: 0,
       host: "127.0.0.1",
     });

@@ -14,6 +14,7 @@ import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "./support/redis.js";
 import { waitFor } from "./support/wait.js";
 import { Redis } from "ioredis";
 import { redisKeys } from "../src/redis/keys.js";
+import { PartitionMismatchError } from "../src/index.js";
 
 /**
  * The gateway over real HTTP, against real Redis and PostgreSQL: several
@@ -395,7 +396,7 @@ describe("gateway readiness", () => {
 });
 
 describe("gateway partitions and live spend", () => {
-  it("refuses readiness when its partition count disagrees with the one Redis records", async () => {
+  it("refuses to start when its partition count disagrees with the one Redis records", async () => {
     const t = await createTestDatabase("gateway_parts");
     const prefix = uniquePrefix("gwparts");
     const redis = new Redis(TEST_REDIS_URL);
@@ -405,20 +406,14 @@ describe("gateway partitions and live spend", () => {
       `${redisKeys(prefix, 1).bullPrefix}:${redisKeys(prefix, 1).spendQueue}:wait`,
       "pending-job",
     );
-    const gw = await startGateway(gatewayConfig(prefix, t.url, TEST_REDIS_URL), {
-      port: 0,
-      host: "127.0.0.1",
-    });
     try {
-      await waitFor("the partition check", async () => {
-        const res = await fetch(`http://127.0.0.1:${gw.port}/health/readiness`);
-        return (
-          res.status === 503 &&
-          ((await res.json()) as { failed?: string[] }).failed?.includes("partitions") === true
-        );
-      });
+      await assert.rejects(
+        startGateway(gatewayConfig(prefix, t.url, TEST_REDIS_URL), { port: 0, host: "127.0.0.1" }),
+        (err: unknown) =>
+          err instanceof PartitionMismatchError && err.recorded === 3 && err.configured === 1,
+      );
+      assert.equal(await redis.get(redisKeys(prefix).partitionCount), "3", "left as it was");
     } finally {
-      await gw.close();
       await cleanRedis(prefix);
       redis.disconnect();
       await t.drop();

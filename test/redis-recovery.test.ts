@@ -8,7 +8,7 @@ import { createRedis } from "../src/redis/connection.js";
 import { redisKeys } from "../src/redis/keys.js";
 import { QueueSink } from "../src/queue/queue-sink.js";
 import { openSpendQueues } from "../src/queue/spend-queues.js";
-import { startWorkerService, type WorkerService } from "../src/serve/worker-service.js";
+import { startFlushWorker, type FlushWorkerService } from "../src/index.js";
 import { diffTotals, readTotals } from "./support/db-totals.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { Ledger } from "./support/ledger.js";
@@ -25,7 +25,7 @@ import { waitFor } from "./support/wait.js";
 describe("Redis losing its state under live processes", () => {
   let t: TestDatabase;
   let server: TestRedisServer;
-  let svc: WorkerService;
+  let svc: FlushWorkerService;
   let producer: SpendProducer;
   let producerRedis: Redis;
   let admin: Redis;
@@ -80,7 +80,7 @@ describe("Redis losing its state under live processes", () => {
     admin = new Redis(server.port, "127.0.0.1", { maxRetriesPerRequest: null });
     admin.on("error", () => undefined);
     const config = base();
-    svc = await startWorkerService(config, { port: 0, host: "127.0.0.1", maintainEveryMs: 1_000 });
+    svc = await startFlushWorker(config, { port: 0, host: "127.0.0.1", maintainEveryMs: 1_000 });
     producerRedis = createRedis(config.redis, "producer");
     producer = new SpendProducer({
       sink: new QueueSink(openSpendQueues(producerRedis, redisKeys(prefix))),

@@ -193,8 +193,8 @@ export function buildProgram(): Command {
           config.masterKey === undefined
         )
           log.warn("Bull Board is locked: no admin credentials configured");
-        const { startWorkerService } = await import("../serve/worker-service.js");
-        const svc = await startWorkerService(config, {
+        const { startFlushWorker } = await import("../wiring/start-flush-worker.js");
+        const svc = await startFlushWorker(config, {
           logger: log,
           ...(opts.port !== undefined ? { port: opts.port } : {}),
         });

@@ -52,12 +52,7 @@ export interface GatewayDeps {
   checks: Record<string, Check>;
   /** True once shutdown began: readiness answers 503. */
   draining: () => boolean;
-  /**
-   * Why this gateway must not record spend now (its flush partition count
-   * disagrees with the workers'), or undefined: requests that would be
-   * charged are refused with 503 meanwhile.
-   */
-  halted?: () => string | undefined;
+
   /** The spend queues (one set per partition), for live spend; empty with the buffer off. */
   queues?: readonly SpendQueues[];
 }
@@ -311,7 +306,7 @@ export function createGatewayApp(deps: GatewayDeps): Express {
   const chat = (req: Request, res: Response): void => {
     const startTime = Date.now();
     const key = (res.locals as Locals).key;
-    const halted = deps.halted?.();
+    const halted = producer.halted;
     if (halted !== undefined) return sendError(res, 503, "service_unavailable", halted);
     // Refused before the model runs: a request answered is a cost incurred, and
     // the spend pipeline is already further behind than the operator allows.
@@ -432,7 +427,7 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     if (typeof body !== "object" || body === null || !Array.isArray(body.events))
       return sendError(res, 400, "invalid_request_error", 'the body must be { "events": [...] }');
     const events = body.events as unknown[];
-    const halted = deps.halted?.();
+    const halted = producer.halted;
     if (halted !== undefined) return sendError(res, 503, "service_unavailable", halted);
     if (producer.backlogged) return sendBacklogged(res);
     if (events.length > config.gateway.ingestMaxEvents)

@@ -3,16 +3,12 @@ import type { AddressInfo } from "node:net";
 import type { AppConfig } from "../config/config.js";
 import { silentLogger, type Logger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
-import { producerSettings, SpendProducer } from "../produce/producer.js";
-import type { SpendSink } from "../contract/spend-sink.js";
-import { DirectSink } from "../persist/direct-sink.js";
+import type { SpendProducer } from "../produce/producer.js";
 import { createDb } from "../persist/prisma.js";
-import { connectRedis, waitUntilReady, type RedisClient } from "../redis/connection.js";
-import { ensurePartitionCount, PartitionMismatchError } from "../queue/partitions.js";
 import { QueueSink } from "../queue/queue-sink.js";
-import { openPartitionQueues, type SpendQueues } from "../queue/spend-queues.js";
 import { listen } from "../serve/http.js";
 import { postgresCheck, redisCheck, type Check } from "../serve/readiness.js";
+import { createSpendProducer } from "../wiring/create-producer.js";
 import { createGatewayApp } from "./app.js";
 import { KeyCache } from "./virtual-keys.js";
 
@@ -51,65 +47,36 @@ export async function startGateway(
   const logger = opts.logger ?? silentLogger;
   const metrics = opts.metrics ?? new SpendMetrics();
   const db = createDb(config.databaseUrl, { max: 5 });
-  let redis: RedisClient | undefined;
-  let sink: SpendSink;
-  let queues: SpendQueues[] = [];
-  if (config.useRedisBuffer) {
-    redis = connectRedis(config.redis, "producer");
-    queues = openPartitionQueues(redis, config.keyPrefix, config.partitions);
-    sink = new QueueSink(queues, { dailyJobFormat: config.producer.dailyJobFormat });
-  } else {
-    sink = new DirectSink(db, {
-      transactionTimeoutMs: config.worker.transactionTimeoutMs,
+  let producer: SpendProducer;
+  try {
+    producer = await createSpendProducer(config, {
+      db,
       metrics,
+      logger,
+      ...(opts.partitionCheckEveryMs !== undefined
+        ? { partitionCheckEveryMs: opts.partitionCheckEveryMs }
+        : {}),
+      ...(opts.closeTimeoutMs !== undefined
+        ? { options: { closeTimeoutMs: opts.closeTimeoutMs } }
+        : {}),
     });
+  } catch (err) {
+    await db.$disconnect();
+    throw err;
   }
-  const producer = new SpendProducer({
-    sink,
-    ...producerSettings(config),
-    metrics,
-    logger,
-    ...(opts.closeTimeoutMs !== undefined ? { closeTimeoutMs: opts.closeTimeoutMs } : {}),
-  });
+  const queues = producer.sink instanceof QueueSink ? producer.sink.queues : [];
   const keys = new KeyCache(db, config.gateway.keyCacheTtlMs, config.gateway.keyCacheMaxEntries);
   const checks: Record<string, Check> = { postgres: postgresCheck(db) };
-  let partitionError: string | undefined;
-  let partitionTimer: NodeJS.Timeout | undefined;
+  const redis = queues[0]?.connection;
   if (redis !== undefined) {
     checks.redis = redisCheck(redis);
-    // Agree with the workers on the partition count, now and every few seconds:
-    // a worker may switch it (drained, no other worker on the old count) while
-    // this gateway runs. In the background: a gateway starts (and buffers)
-    // while Redis is away. While it disagrees it is unready and refuses
-    // requests (503): its spend would go to partitions nobody drains.
-    const conn = redis;
-    const checkEveryMs = opts.partitionCheckEveryMs ?? 5_000;
-    const check = async (): Promise<void> => {
-      try {
-        await waitUntilReady(conn, 5_000);
-        await ensurePartitionCount(conn, config.keyPrefix, config.partitions, { role: "gateway" });
-        if (partitionError !== undefined) logger.info("flush partition count agrees again");
-        partitionError = undefined;
-      } catch (err) {
-        if (!(err instanceof PartitionMismatchError)) return; // Redis away: try again later.
-        if (partitionError === undefined)
-          logger.fatal(
-            { err: err.message },
-            "flush partition count mismatch: this gateway refuses requests until restarted with the recorded count",
-          );
-        partitionError = err.message;
-      }
+    // While its flush partition count disagrees with the workers', the
+    // gateway is unready and refuses requests (503): its spend would go to
+    // partitions nobody drains (queue/partition-guard.ts).
+    checks.partitions = () => {
+      const why = producer.halted;
+      return why === undefined ? Promise.resolve() : Promise.reject(new Error(why));
     };
-    const loop = (): void => {
-      partitionTimer = setTimeout(() => {
-        if (conn.status === "end") return;
-        void check().finally(loop);
-      }, checkEveryMs);
-      partitionTimer.unref();
-    };
-    void check().finally(loop);
-    checks.partitions = () =>
-      partitionError === undefined ? Promise.resolve() : Promise.reject(new Error(partitionError));
   }
   let draining = false;
   const app = createGatewayApp({
@@ -121,7 +88,6 @@ export async function startGateway(
     logger,
     checks,
     draining: () => draining,
-    halted: () => partitionError,
     queues,
   });
   const server = await listen(app, opts.port ?? config.gateway.port, opts.host ?? "0.0.0.0");
@@ -131,7 +97,6 @@ export async function startGateway(
   const close = (): Promise<void> => {
     closing ??= (async () => {
       draining = true;
-      clearTimeout(partitionTimer);
       // Stop accepting; keep-alive connections with no request in flight go now.
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
@@ -151,7 +116,6 @@ export async function startGateway(
         // Every request that was answered has been recorded: deliver it all.
         await producer.close();
       } finally {
-        redis?.disconnect();
         await db.$disconnect();
       }
     })();

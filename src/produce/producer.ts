@@ -80,6 +80,14 @@ export interface ProducerOptions {
   /** How often the sink's backlog is read while back-pressure is on. Default 1 000 ms. */
   backlogCheckEveryMs?: number;
   /**
+   * Why this producer must not take new spend now, or undefined: e.g. its
+   * flush partition count no longer agrees with the workers' (its spend
+   * would go where nobody drains it). A gateway refuses requests meanwhile.
+   */
+  halted?: () => string | undefined;
+  /** Called at the end of close(), after the sink: closes what the producer's creator owns. */
+  onClose?: () => Promise<void>;
+  /**
    * Back-pressure before any worker has published a flush rate (a new
    * deployment, or one idle for a minute): the most rows every gateway
    * together may hold. The workers' max_rows_per_transaction: one
@@ -161,7 +169,10 @@ export class CloseTimeoutError extends Error {
  */
 export class SpendProducer {
   readonly producerId: string;
-  private readonly sink: SpendSink;
+  /** Where sealed batches go (QueueSink or DirectSink). */
+  readonly sink: SpendSink;
+  private readonly haltedBy: (() => string | undefined) | undefined;
+  private readonly onClose: (() => Promise<void>) | undefined;
   private readonly intervalMs: number;
   private readonly jitterMs: number;
   private readonly heldRowsWithoutRate: number;
@@ -170,7 +181,9 @@ export class SpendProducer {
   private readonly closeTimeoutMs: number;
   private readonly sendTimeoutMs: number;
   private readonly limits: ValidationLimits;
-  private readonly metrics: ProducerMetrics;
+  /** The registry its metrics are on (serve `metrics.registry` at /metrics). */
+  readonly metrics: SpendMetrics;
+  private readonly stats: ProducerMetrics;
   private readonly log: Logger;
   private readonly unwatch: () => void;
   private readonly partitions: number;
@@ -195,6 +208,8 @@ export class SpendProducer {
 
   constructor(opts: ProducerOptions) {
     this.sink = opts.sink;
+    this.haltedBy = opts.halted;
+    this.onClose = opts.onClose;
     this.intervalMs = opts.flushIntervalMs ?? 1_000;
     this.jitterMs = Math.min(opts.flushJitterMs ?? 250, (opts.flushIntervalMs ?? 1_000) / 2);
     this.heldRowsWithoutRate = opts.heldRowsWithoutRate ?? 20_000;
@@ -203,11 +218,12 @@ export class SpendProducer {
     this.closeTimeoutMs = opts.closeTimeoutMs ?? 30_000;
     this.sendTimeoutMs = opts.sendTimeoutMs ?? 5_000;
     this.limits = opts.limits ?? DEFAULT_LIMITS;
-    this.metrics = producerMetrics(opts.metrics ?? new SpendMetrics());
+    this.metrics = opts.metrics ?? new SpendMetrics();
+    this.stats = producerMetrics(this.metrics);
     this.log = opts.logger ?? silentLogger;
     this.producerId = opts.producerId ?? randomUUID();
     this.partitions = opts.partitions ?? 1;
-    this.unwatch = this.metrics.watchBuffer(() => {
+    this.unwatch = this.stats.watchBuffer(() => {
       const rows = this.aggregate().pendingRowCounts();
       return {
         entityRows: rows.entity + this.pendingRowsOf("entity"),
@@ -231,6 +247,11 @@ export class SpendProducer {
    */
   get backlogged(): boolean {
     return this.behind;
+  }
+
+  /** Why this producer must not take new spend now (see ProducerOptions.halted), or undefined. */
+  get halted(): string | undefined {
+    return this.haltedBy?.();
   }
 
   /**
@@ -285,7 +306,7 @@ export class SpendProducer {
       const behind = reason !== undefined;
       if (behind !== this.behind) {
         if (reason !== undefined) {
-          this.metrics.backpressureEpisodes.inc({ reason });
+          this.stats.backpressureEpisodes.inc({ reason });
           // The figures each rule weighs, so an operator seeing 503s can tell which held.
           this.log.warn(
             {
@@ -349,7 +370,7 @@ export class SpendProducer {
     if (refused.length > 0) throw new BatchRefusedError(refused, events.length);
     if (this.heldRows + bound > this.maxRows) this.settleServed();
     if (this.heldRows + bound > this.maxRows) {
-      this.metrics.eventsRejected.inc({ reason: "buffer_full" }, valid.length);
+      this.stats.eventsRejected.inc({ reason: "buffer_full" }, valid.length);
       throw new BufferFullError(this.maxRows);
     }
     let addedRows = false;
@@ -468,7 +489,7 @@ export class SpendProducer {
     this.checkContent(e);
     if (this.heldRows >= this.maxRows) this.settleServed();
     if (this.heldRows >= this.maxRows) {
-      this.metrics.eventsRejected.inc({ reason: "buffer_full" });
+      this.stats.eventsRejected.inc({ reason: "buffer_full" });
       if (this.fullSince === 0) {
         this.fullSince = Date.now();
         this.log.error(
@@ -518,7 +539,7 @@ export class SpendProducer {
   }
 
   private countRejection(err: unknown): void {
-    if (err instanceof SpendEventError) this.metrics.eventsRejected.inc({ reason: err.reason });
+    if (err instanceof SpendEventError) this.stats.eventsRejected.inc({ reason: err.reason });
   }
 
   /** Distinct rows with undelivered spend: aggregated, or sealed but not sent (O(rows held)). */
@@ -630,7 +651,11 @@ export class SpendProducer {
       }
     } finally {
       this.unwatch();
-      await this.sink.close();
+      try {
+        await this.sink.close();
+      } finally {
+        await this.onClose?.();
+      }
     }
   }
 
@@ -649,8 +674,8 @@ export class SpendProducer {
       this.queueBatch({ kind: "entity", batchId: this.nextBatchId(), partition, rows, ...header });
     for (const [partition, rows] of this.jobsOf(daily, dailyIdentity))
       this.queueBatch({ kind: "daily", batchId: this.nextBatchId(), partition, rows, ...header });
-    this.metrics.sealDuration.observe((performance.now() - t0) / 1000);
-    this.metrics.sealRows.observe(entity.length + daily.length);
+    this.stats.sealDuration.observe((performance.now() - t0) / 1000);
+    this.stats.sealRows.observe(entity.length + daily.length);
   }
 
   private queueBatch(batch: SealedBatch): void {
@@ -687,7 +712,7 @@ export class SpendProducer {
       try {
         await withTimeout(this.sink.write(batch), this.sendTimeoutMs);
       } catch (err) {
-        this.metrics.enqueueFailures.inc();
+        this.stats.enqueueFailures.inc();
         this.consecutiveFailures++;
         // One line per outage, not one per retry.
         if (this.consecutiveFailures === 1) {

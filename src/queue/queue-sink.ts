@@ -17,23 +17,24 @@ export interface QueueSinkOptions {
  * spend_applied_batch table makes the copy harmless.
  */
 export class QueueSink implements SpendSink {
-  private readonly partitions: readonly SpendQueues[];
+  /** One SpendQueues per flush partition, indexed by partition. */
+  readonly queues: readonly SpendQueues[];
 
   private readonly ownsQueues: boolean;
   private readonly dailyJobFormat: 1 | 2;
 
   /** One SpendQueues per flush partition, indexed by partition (just one when unpartitioned). */
   constructor(queues: SpendQueues | readonly SpendQueues[], opts: QueueSinkOptions = {}) {
-    this.partitions = Array.isArray(queues) ? queues : [queues as SpendQueues];
+    this.queues = Array.isArray(queues) ? queues : [queues as SpendQueues];
     this.ownsQueues = opts.ownsQueues ?? true;
     this.dailyJobFormat = opts.dailyJobFormat ?? 2;
   }
 
   async write(b: SealedBatch): Promise<void> {
-    const queues = this.partitions[b.partition];
+    const queues = this.queues[b.partition];
     if (queues === undefined) {
       throw new Error(
-        `batch for partition ${b.partition}, but this sink has ${this.partitions.length}`,
+        `batch for partition ${b.partition}, but this sink has ${this.queues.length}`,
       );
     }
     const header = {
@@ -54,10 +55,10 @@ export class QueueSink implements SpendSink {
   }
 
   pipelineLoad(producerId: string, heldRows: number, freshMs: number): Promise<PipelineLoad> {
-    return pipelineLoad(this.partitions, producerId, heldRows, freshMs);
+    return pipelineLoad(this.queues, producerId, heldRows, freshMs);
   }
 
   async close(): Promise<void> {
-    if (this.ownsQueues) await Promise.all(this.partitions.map((q) => q.close()));
+    if (this.ownsQueues) await Promise.all(this.queues.map((q) => q.close()));
   }
 }

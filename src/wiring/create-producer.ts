@@ -1,0 +1,100 @@
+import type { AppConfig } from "../config/config.js";
+import type { SpendSink } from "../contract/spend-sink.js";
+import { createLogger, type Logger } from "../observe/logger.js";
+import { SpendMetrics } from "../observe/metrics.js";
+import { DirectSink } from "../persist/direct-sink.js";
+import { createDb, type Db } from "../persist/prisma.js";
+import { producerSettings, SpendProducer, type ProducerOptions } from "../produce/producer.js";
+import { PartitionGuard } from "../queue/partition-guard.js";
+import { QueueSink } from "../queue/queue-sink.js";
+import { openPartitionQueues } from "../queue/spend-queues.js";
+import { connectRedis, type RedisClient } from "../redis/connection.js";
+
+export interface SpendProducerDeps {
+  /**
+   * A Redis connection to use (a Cluster client included) instead of one made
+   * from the configuration. The caller keeps owning it: close() leaves it open.
+   */
+  redis?: RedisClient;
+  /** A PostgreSQL client for the buffer off (DirectSink); the caller keeps owning it. */
+  db?: Db;
+  /** Where the producer's metrics go. Default: a registry of its own (`producer.metrics`). */
+  metrics?: SpendMetrics;
+  /**
+   * Where refused events, delivery failures and back-pressure are logged.
+   * Default: JSON lines on stdout at the configured log level, never silent.
+   */
+  logger?: Logger;
+  /** A stable id for this process's batches. Default: a random UUID. */
+  producerId?: string;
+  /**
+   * Settings the configuration does not decide (timeouts, the back-pressure
+   * poll), or overrides of what it does, for tests and special cases.
+   */
+  options?: Partial<Omit<ProducerOptions, "sink" | "metrics" | "logger" | "onClose" | "halted">>;
+  /** How long start-up waits for Redis to answer the partition check. Default 5 000 ms. */
+  startupWaitMs?: number;
+  /** How often the partition count is checked again while running. Default 5 000 ms. */
+  partitionCheckEveryMs?: number;
+}
+
+/**
+ * The producer a gateway embeds, wired from a validated configuration: the
+ * Redis buffer (BullMQ queues, one set per flush partition, agreeing with
+ * the workers on the partition count) when use_redis_transaction_buffer is
+ * on, PostgreSQL directly when it is off. Everything it creates, it closes
+ * in `producer.close()`; what the caller passed in, it leaves open.
+ *
+ * Rejects with PartitionMismatchError if Redis answers and records another
+ * flush partition count than the configuration's.
+ */
+export async function createSpendProducer(
+  config: AppConfig,
+  deps: SpendProducerDeps = {},
+): Promise<SpendProducer> {
+  const metrics = deps.metrics ?? new SpendMetrics();
+  const logger = deps.logger ?? createLogger("spend-producer", config.logLevel);
+  let sink: SpendSink;
+  const closers: (() => Promise<void> | void)[] = [];
+  let guard: PartitionGuard | undefined;
+  if (config.useRedisBuffer) {
+    const redis = deps.redis ?? connectRedis(config.redis, "producer");
+    if (deps.redis === undefined) closers.push(() => redis.disconnect());
+    sink = new QueueSink(openPartitionQueues(redis, config.keyPrefix, config.partitions), {
+      dailyJobFormat: config.producer.dailyJobFormat,
+    });
+    guard = new PartitionGuard(
+      redis,
+      config.keyPrefix,
+      config.partitions,
+      logger,
+      deps.partitionCheckEveryMs,
+    );
+    closers.unshift(() => guard?.stop());
+    try {
+      await guard.start(deps.startupWaitMs);
+    } catch (err) {
+      for (const c of closers) await c();
+      throw err;
+    }
+  } else {
+    const db = deps.db ?? createDb(config.databaseUrl, { max: 2 });
+    if (deps.db === undefined) closers.push(() => db.$disconnect());
+    sink = new DirectSink(db, {
+      transactionTimeoutMs: config.worker.transactionTimeoutMs,
+      metrics,
+    });
+  }
+  return new SpendProducer({
+    sink,
+    ...producerSettings(config),
+    ...deps.options,
+    ...(deps.producerId !== undefined ? { producerId: deps.producerId } : {}),
+    metrics,
+    logger,
+    halted: () => guard?.mismatch,
+    onClose: async () => {
+      for (const c of closers) await c();
+    },
+  });
+}
