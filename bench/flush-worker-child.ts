@@ -1,13 +1,12 @@
 /**
  * The flush worker of the end-to-end benchmark, in its own process as it is
- * deployed (workers/flush-worker.ts), so its CPU work never delays the
+ * deployed (startFlushWorker, as `haimaker-spend worker` runs it), so its CPU work never delays the
  * parent's staleness polling. Runs FlushWorker until SIGTERM, then prints a
  * WorkerReport.
  */
 import { Redis } from "ioredis";
-import { FlushWorker } from "../src/flush/flush-worker.js";
+import { startFlushWorker } from "../src/wiring/start-flush-worker.js";
 import { silentLogger } from "../src/observe/logger.js";
-import { SpendMetrics } from "../src/observe/metrics.js";
 import { createDb } from "../src/persist/prisma.js";
 import { TEST_REDIS_URL, testConfig } from "../test/support/redis.js";
 import { barrierKeys, type WorkerReport } from "./protocol.js";
@@ -35,14 +34,11 @@ const report: WorkerReport = {
   commits: [],
   errors: [],
 };
-const worker = await FlushWorker.start({
-  config,
+const worker = await startFlushWorker(config, {
+  port: false,
   db,
-  metrics: new SpendMetrics(),
   logger: silentLogger,
   holderId: "bench-worker",
-  partitions,
-  concurrency: partitions,
   onFlush: (r) => {
     report.outcomes[r.outcome] = (report.outcomes[r.outcome] ?? 0) + 1;
     report.transactions += r.transactions;

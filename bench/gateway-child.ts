@@ -24,14 +24,12 @@
 import type { AddressInfo } from "node:net";
 import { PerformanceObserver } from "node:perf_hooks";
 import { createGatewayApp } from "../src/gateway/app.js";
+import { createSpendProducer } from "../src/wiring/create-producer.js";
 import { KeyCache } from "../src/gateway/virtual-keys.js";
 import { silentLogger } from "../src/observe/logger.js";
 import { SpendMetrics } from "../src/observe/metrics.js";
 import { createDb } from "../src/persist/prisma.js";
-import { connectRedis } from "../src/redis/connection.js";
-import { openPartitionQueues } from "../src/queue/spend-queues.js";
-import { QueueSink } from "../src/queue/queue-sink.js";
-import { producerSettings, SpendProducer } from "../src/produce/producer.js";
+import { SpendProducer } from "../src/produce/producer.js";
 import type { SpendEvent } from "../src/produce/spend-event.js";
 import { gatewayConfig } from "./gateway-traffic.js";
 
@@ -101,20 +99,16 @@ function startProfiling(): void {
 const recording = process.env.RECORDING === "on";
 const config = gatewayConfig(process.env.PREFIX ?? "", process.env.DATABASE_URL ?? "");
 const db = createDb(config.databaseUrl, { max: 2 });
-const redis = connectRedis(config.redis, "producer");
 const metrics = new SpendMetrics();
-const sink = new QueueSink(openPartitionQueues(redis, config.keyPrefix, config.partitions));
 // The longest timeout Node takes: the timer never fires in a run (see above).
 const NO_TIMER_MS = 2 ** 31 - 1;
-const settings = {
-  sink,
-  ...producerSettings(config),
-  flushIntervalMs: NO_TIMER_MS,
-  flushJitterMs: 0,
+// Wired as a gateway wires it, the switchable subclass in place of the plain one.
+const producer = await createSpendProducer(config, {
   metrics,
   logger: silentLogger,
-};
-const producer = new SwitchedProducer(settings);
+  construct: (options) => new SwitchedProducer(options),
+  options: { flushIntervalMs: NO_TIMER_MS, flushJitterMs: 0 },
+});
 producer.recording = recording;
 const app = createGatewayApp({
   config,
@@ -162,7 +156,6 @@ process.on("message", (m) => {
       .close()
       .catch(() => undefined)
       .finally(() => {
-        redis.disconnect();
         void db.$disconnect().finally(() => process.disconnect?.());
       });
   }

@@ -14,9 +14,9 @@ import { Redis } from "ioredis";
 import { trafficGenerator, type TrafficShape } from "../src/demo/traffic.js";
 import { SpendMetrics } from "../src/observe/metrics.js";
 import { producerMetrics } from "../src/produce/producer-metrics.js";
-import type { Db } from "../src/persist/prisma.js";
-import { BufferFullError, SpendProducer } from "../src/produce/producer.js";
-import type { SpendSink } from "../src/contract/spend-sink.js";
+import { BufferFullError } from "../src/produce/producer.js";
+import { silentLogger } from "../src/observe/logger.js";
+import { createSpendProducer } from "../src/wiring/create-producer.js";
 import { TEST_REDIS_URL, testConfig } from "../test/support/redis.js";
 import {
   barrierKeys,
@@ -57,44 +57,24 @@ try {
 }
 
 const metrics = new SpendMetrics();
-let db: Db | undefined;
-let sinkRedis: Redis | undefined;
-let sink: SpendSink;
-// Only the chosen sink's modules are loaded: sixteen of these start at once on two cores.
-if (mode === "direct") {
-  const { createDb } = await import("../src/persist/prisma.js");
-  const { DirectSink } = await import("../src/persist/direct-sink.js");
-  db = createDb(databaseUrl, { max: 2 });
-  sink = new DirectSink(db, { transactionTimeoutMs: 30_000 });
-} else {
-  const { createRedis } = await import("../src/redis/connection.js");
-  const { redisKeys } = await import("../src/redis/keys.js");
-  const { QueueSink } = await import("../src/queue/queue-sink.js");
-  const { openSpendQueues } = await import("../src/queue/spend-queues.js");
-  sinkRedis = createRedis(testConfig(prefix, databaseUrl).redis, "producer");
-  if (partitions === undefined) {
-    sink = new QueueSink(openSpendQueues(sinkRedis, redisKeys(prefix)));
-  } else {
-    // Partitioned flush (issue 6): agree on the count, then one queue pair per partition.
-    const { waitUntilReady } = await import("../src/redis/connection.js");
-    const { openPartitionQueues } = await import("../src/queue/spend-queues.js");
-    const { ensurePartitionCount } = await import("../src/queue/partitions.js");
-    // A producer connection fails fast until it is ready (no offline queue).
-    await waitUntilReady(sinkRedis, 30_000);
-    await ensurePartitionCount(sinkRedis, prefix, partitions);
-    sink = new QueueSink(openPartitionQueues(sinkRedis, prefix, partitions));
-  }
-}
-const producer = new SpendProducer({
-  sink,
-  ...(partitions !== undefined ? { partitions } : {}),
-  flushIntervalMs: Number(need("INTERVAL_MS")),
-  flushJitterMs: Number(need("JITTER_MS")),
-  closeTimeoutMs: 120_000,
-  metrics,
-  backpressureBacklogAgeMs: Number(process.env.BACKPRESSURE_MS ?? "0"),
-  backlogCheckEveryMs: 250,
-});
+// As a gateway wires its producer (createSpendProducer): only the chosen
+// sink's modules load, which matters when sixteen of these start at once.
+const config = testConfig(prefix, databaseUrl, { flush_partitions: partitions ?? 1 });
+const producer = await createSpendProducer(
+  { ...config, useRedisBuffer: mode !== "direct" },
+  {
+    metrics,
+    logger: silentLogger,
+    startupWaitMs: 30_000,
+    options: {
+      flushIntervalMs: Number(need("INTERVAL_MS")),
+      flushJitterMs: Number(need("JITTER_MS")),
+      closeTimeoutMs: 120_000,
+      backpressureBacklogAgeMs: Number(process.env.BACKPRESSURE_MS ?? "0"),
+      backlogCheckEveryMs: 250,
+    },
+  },
+);
 
 const control = new Redis(TEST_REDIS_URL);
 const keys = barrierKeys(prefix);
@@ -170,8 +150,6 @@ try {
 const closeMs = Date.now() - closeStart;
 await control.incr(keys.closed);
 control.disconnect();
-sinkRedis?.disconnect();
-await db?.$disconnect();
 
 const failures = await producerMetrics(metrics).enqueueFailures.get();
 const report: ProducerReport = {

@@ -14,5 +14,12 @@ if [ ! -f src/generated/prisma/client.ts ] || [ prisma/schema.prisma -nt src/gen
   echo "[bootstrap] generating the Prisma client" >&2
   PRISMA_SCHEMA_ENGINE_BINARY=./scripts/no-schema-engine.sh npx prisma generate >/dev/null
 fi
+# The build (dist/), when any source is newer: the tests run the CLI as it ships.
+if [ "${1:-}" = "--browser" ] || [ "${1:-}" = "--build" ]; then
+  if [ ! -f dist/cli/main.js ] || [ -n "$(find src prisma/schema.prisma -newer dist/cli/main.js -print -quit)" ]; then
+    echo "[bootstrap] building dist/ (npm run build)" >&2
+    npm run --silent build
+  fi
+fi
 bash scripts/services.sh "$@"
 npx tsx src/persist/migrate-cli.ts deploy >&2

@@ -75,7 +75,7 @@ describe("Bull Board on the flush worker", () => {
     });
     // Something to look at: one batch waiting in each spend queue.
     const h = new Harness(config, t.db);
-    const p = h.producer();
+    const p = await h.producer();
     p.record({ spend: "0.5", userId: "u1", model: "m" });
     await p.flush();
     await h.close();

@@ -1,17 +1,12 @@
+import { createSpendProducer, startFlushWorker } from "../src/index.js";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { Redis } from "ioredis";
 import { trafficGenerator } from "../src/demo/traffic.js";
-import { FlushWorker } from "../src/flush/flush-worker.js";
 import { silentLogger } from "../src/observe/logger.js";
-import { SpendMetrics } from "../src/observe/metrics.js";
-import { SpendProducer } from "../src/produce/producer.js";
 import { createCluster, waitUntilReady, type ClusterNode } from "../src/redis/connection.js";
 import { redisKeys } from "../src/redis/keys.js";
-import { ensurePartitionCount } from "../src/queue/partitions.js";
-import { QueueSink } from "../src/queue/queue-sink.js";
-import { openSpendQueues } from "../src/queue/spend-queues.js";
 import { diffTotals, readTotals } from "./support/db-totals.js";
 import { createTestDatabase, type TestDatabase } from "./support/db.js";
 import { Ledger } from "./support/ledger.js";
@@ -144,31 +139,31 @@ describe("Redis Cluster", () => {
 
   it("producers and workers on the cluster reconcile exactly, across a master restarted mid-run", async () => {
     const prefix = uniquePrefix("cluster");
-    const config = testConfig(prefix, t.url, { max_jobs_per_flush: 100 });
+    const config = testConfig(prefix, t.url, {
+      max_jobs_per_flush: 100,
+      flush_partitions: P,
+      worker_concurrency: P,
+    });
     const workerConn = createCluster(nodes, config.redis, "worker");
     const producerConn = createCluster(nodes, config.redis, "producer");
     await waitUntilReady(workerConn, 10_000);
     await waitUntilReady(producerConn, 10_000);
-    await ensurePartitionCount(workerConn, prefix, P);
-    const worker = await FlushWorker.start({
-      config,
+    // Both sides as deployed, on connections the test owns (the factories leave them open).
+    const { worker } = await startFlushWorker(config, {
+      port: false,
       db: t.db,
-      metrics: new SpendMetrics(),
       logger: silentLogger,
-      partitions: P,
-      concurrency: P,
-      connection: workerConn,
+      redis: workerConn,
     });
-    const queues = Array.from({ length: P }, (_, p) =>
-      openSpendQueues(producerConn, redisKeys(prefix, p)),
-    );
-    const producer = new SpendProducer({
-      sink: new QueueSink(queues),
-      flushIntervalMs: 200,
-      flushJitterMs: 50,
-      partitions: P,
-      closeTimeoutMs: 60_000,
-      sendTimeoutMs: 2_000,
+    const producer = await createSpendProducer(config, {
+      redis: producerConn,
+      logger: silentLogger,
+      options: {
+        flushIntervalMs: 200,
+        flushJitterMs: 50,
+        closeTimeoutMs: 60_000,
+        sendTimeoutMs: 2_000,
+      },
     });
     const ledger = new Ledger();
     const gen = trafficGenerator(51);

@@ -41,7 +41,7 @@ describe("durability", () => {
     const ledger = new Ledger();
     try {
       let h = new Harness(config, t.db);
-      const p = h.producer({ maxRowsPerJob: 100 });
+      const p = await h.producer({ maxRowsPerJob: 100 });
       const gen = trafficGenerator(31);
       for (let i = 0; i < 1_000; i++) {
         const e = gen();

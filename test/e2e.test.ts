@@ -1,7 +1,7 @@
+import { startFlushWorker } from "../src/index.js";
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { Redis } from "ioredis";
-import { FlushWorker } from "../src/flush/flush-worker.js";
 import { silentLogger } from "../src/observe/logger.js";
 import { SpendMetrics } from "../src/observe/metrics.js";
 import { diffTotals, readTotals } from "./support/db-totals.js";
@@ -34,16 +34,16 @@ describe("end to end, many gateway processes", () => {
     const metricsB = new SpendMetrics();
     const reports: string[] = [];
     const workers = await Promise.all([
-      FlushWorker.start({
-        config,
+      startFlushWorker(config, {
+        port: false,
         db: t.db,
         metrics: metricsA,
         logger: silentLogger,
         holderId: "replica-a",
         onFlush: (r) => reports.push(r.outcome),
       }),
-      FlushWorker.start({
-        config,
+      startFlushWorker(config, {
+        port: false,
         db: t.db,
         metrics: metricsB,
         logger: silentLogger,
@@ -61,7 +61,7 @@ describe("end to end, many gateway processes", () => {
       );
       assert.equal(ledger.events, PRODUCERS * EVENTS_EACH);
 
-      const fw = workers[0];
+      const fw = workers[0]?.worker;
       assert.ok(fw !== undefined);
       await waitFor(
         "the backlog to drain",

@@ -184,7 +184,7 @@ describe("faults", () => {
       await w.waitForEvent((e) => e.event === "ready");
       let exited = false;
       void w.done.then(() => (exited = true));
-      const p = h.producer({ flushIntervalMs: 100, flushJitterMs: 20 });
+      const p = await h.producer({ flushIntervalMs: 100, flushJitterMs: 20 });
       const gen = trafficGenerator(25);
       let recording = true;
       const traffic = (async () => {
@@ -236,7 +236,7 @@ describe("faults", () => {
     const ledger = new Ledger();
     const replicas = ["r1", "r2", "r3"].map((name) => worker({ HOLDER: name, EVERY_S: "0.1" }));
     await Promise.all(replicas.map((r) => r.waitForEvent((e) => e.event === "ready")));
-    const p = h.producer({ flushIntervalMs: 100, flushJitterMs: 20 });
+    const p = await h.producer({ flushIntervalMs: 100, flushJitterMs: 20 });
     const gen = trafficGenerator(24);
     const traffic = async (ms: number): Promise<void> => {
       const end = Date.now() + ms;

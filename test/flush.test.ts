@@ -1,8 +1,7 @@
+import { startFlushWorker } from "../src/index.js";
 import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, it } from "node:test";
-import { FlushWorker } from "../src/flush/flush-worker.js";
 import { silentLogger } from "../src/observe/logger.js";
-import { SpendMetrics } from "../src/observe/metrics.js";
 import { applyBatches, FencedOffError } from "../src/persist/apply-batches.js";
 import { DAILY_JOB, ENTITY_JOB } from "../src/queue/spend-queues.js";
 import { trafficGenerator } from "../src/demo/traffic.js";
@@ -204,7 +203,10 @@ describe("flush", () => {
     const ledger = new Ledger();
     const formats = [1, 2] as const;
     for (const [i, dailyJobFormat] of formats.entries()) {
-      const p = h.producer({}, { dailyJobFormat });
+      const p = await h.producer(
+        {},
+        { ...h.config, producer: { ...h.config.producer, dailyJobFormat } },
+      );
       const gen = trafficGenerator(20 + i);
       for (let n = 0; n < 800; n++) {
         const e = gen();
@@ -252,12 +254,14 @@ describe("flush", () => {
     // The worker service wires it to Redis, where producers read it.
     await h.redis.del(h.keys.flushRate);
     await produce(2_000, 10, ledger, { maxRowsPerJob: 50 });
-    const fw = await FlushWorker.start({
-      config: testConfig(prefix, t.url, { max_rows_per_transaction: 400 }),
-      db: t.db,
-      metrics: new SpendMetrics(),
-      logger: silentLogger,
-    });
+    const fw = await startFlushWorker(
+      testConfig(prefix, t.url, { max_rows_per_transaction: 400 }),
+      {
+        port: false,
+        db: t.db,
+        logger: silentLogger,
+      },
+    );
     try {
       await waitFor(
         "a published flush rate",

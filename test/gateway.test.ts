@@ -539,7 +539,7 @@ describe("gateway back-pressure", () => {
       assert.equal(first.status, 200);
       charged.push(first.headers.get("x-litellm-response-cost") ?? "");
       // Another gateway's job waits in Redis and nothing flushes it: a backlog.
-      const other = h.producer();
+      const other = await h.producer();
       other.record({ spend: "1", userId: "bp-other" });
       await other.close();
       let refused: Response | undefined;

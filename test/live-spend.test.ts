@@ -28,7 +28,7 @@ describe("live spend", () => {
     liveSpend({ db: t.db, queues: h.queues, producer: p }, kind, id, id2);
 
   it("counts spend once wherever it is: local, in Redis, committed", async () => {
-    const p = h.producer({ maxRowsPerJob: 2 });
+    const p = await h.producer({ maxRowsPerJob: 2 });
     p.record({ spend: "1.25", apiKey: "k1", userId: "u1", teamId: "t1", tags: ["a", "b"] });
     p.record({ spend: "0.000000000001", apiKey: "k2", userId: "u1", teamId: "t2", tags: ["a"] });
     p.record({ spend: "3", apiKey: "k3", userId: "u2", teamId: "t1" });
@@ -89,7 +89,7 @@ describe("live spend", () => {
   });
 
   it("counts a job committed but not yet acked once", async () => {
-    const p = h.producer();
+    const p = await h.producer();
     p.record({ spend: "7", userId: "u-ack", tags: ["ack"] });
     await p.flush();
     let during: LiveSpend | undefined;
@@ -114,7 +114,7 @@ describe("live spend", () => {
   });
 
   it("counts a batch sealed while it reads once", async () => {
-    const p = h.producer();
+    const p = await h.producer();
     p.record({ spend: "4", userId: "u-seal" });
     // The read takes its local snapshot, then the producer seals and delivers
     // before the read lists Redis: the job is skipped there.

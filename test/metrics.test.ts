@@ -38,7 +38,7 @@ describe("metrics endpoint", () => {
   });
 
   it("reports the seed's five gauges with the pipeline's real state", async () => {
-    const p = h.producer({ maxRowsPerJob: 3 });
+    const p = await h.producer({ maxRowsPerJob: 3 });
     p.record({ spend: 1, apiKey: "k1", userId: "u1", teamId: "t1", tags: ["a"] });
     p.record({ spend: 2, apiKey: "k2", userId: "u1", model: "m" });
 

@@ -53,7 +53,7 @@ describe("observability assets", () => {
   before(async () => {
     t = await createTestDatabase("obs_assets");
     h = new Harness(testConfig(prefix, t.url), t.db);
-    const p = h.producer();
+    const p = await h.producer();
     p.record({ spend: 1, apiKey: "k", userId: "u", teamId: "t", tags: ["x"] });
     await p.flush();
     assert.equal((await h.flusher().flushOnce()).outcome, "committed");

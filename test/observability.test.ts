@@ -83,7 +83,7 @@ describe("observability: /metrics", () => {
       whileHolding = await scrape(server);
     };
 
-    const p = h.producer({ maxRowsPerJob: 2 });
+    const p = await h.producer({ maxRowsPerJob: 2 });
     p.record({ spend: 1, apiKey: "k1", userId: "u1", teamId: "t1" });
     assert.throws(() => p.record({ spend: -1, userId: "u1" }));
 
@@ -145,7 +145,7 @@ describe("observability: /metrics", () => {
   it("counts a lock lost to a takeover", async () => {
     const lock = h.lock("holder-a", 300);
     const other = h.lock("holder-b", 300);
-    const p = h.producer();
+    const p = await h.producer();
     p.record({ spend: 1, userId: "u-lost" });
     await p.flush();
     const before = (await scrape(server)).samples;

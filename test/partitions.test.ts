@@ -1,16 +1,14 @@
+import { createSpendProducer, startFlushWorker, type FlushWorkerService } from "../src/index.js";
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { collectStatus, formatStatus } from "../src/cli/status.js";
-import { FlushWorker } from "../src/flush/flush-worker.js";
 import { silentLogger } from "../src/observe/logger.js";
 import { SpendMetrics } from "../src/observe/metrics.js";
 import { partitionOf } from "../src/produce/partition.js";
-import { SpendProducer } from "../src/produce/producer.js";
 import { startGateway } from "../src/gateway/gateway.js";
-import { createRedis, waitUntilReady } from "../src/redis/connection.js";
+import { createRedis } from "../src/redis/connection.js";
 import { redisKeys } from "../src/redis/keys.js";
 import { ensurePartitionCount, PartitionMismatchError } from "../src/queue/partitions.js";
-import { QueueSink } from "../src/queue/queue-sink.js";
 import { dailyJobPayloadSchema } from "../src/contract/spend-batch.js";
 import { openSpendQueues } from "../src/queue/spend-queues.js";
 import { trafficGenerator } from "../src/demo/traffic.js";
@@ -29,6 +27,25 @@ describe("partitioned flush", () => {
   const prefix = uniquePrefix("parts");
   const config = (): ReturnType<typeof testConfig> =>
     testConfig(prefix, t?.url ?? "", { max_jobs_per_flush: 100 });
+  /** A worker replica as deployed (startFlushWorker), with `partitions` flush partitions. */
+  const startWorker = (
+    partitions: number,
+    opts: { holderId?: string; concurrency?: number; metrics?: SpendMetrics } = {},
+  ): Promise<FlushWorkerService> =>
+    startFlushWorker(
+      testConfig(prefix, t.url, {
+        max_jobs_per_flush: 100,
+        flush_partitions: partitions,
+        worker_concurrency: opts.concurrency ?? 1,
+      }),
+      {
+        port: false,
+        db: t.db,
+        logger: silentLogger,
+        ...(opts.metrics !== undefined ? { metrics: opts.metrics } : {}),
+        ...(opts.holderId !== undefined ? { holderId: opts.holderId } : {}),
+      },
+    );
   before(async () => {
     t = await createTestDatabase("partitions");
   });
@@ -38,18 +55,15 @@ describe("partitioned flush", () => {
   });
 
   it("routes every row to the one partition that owns it", async () => {
-    const redis = createRedis(config().redis, "producer");
-    // What a gateway does at start: agree on the partition count before producing.
-    await waitUntilReady(redis);
-    await ensurePartitionCount(redis, prefix, P);
-    const queues = Array.from({ length: P }, (_, p) =>
-      openSpendQueues(redis, redisKeys(prefix, p)),
-    );
-    const producer = new SpendProducer({
-      sink: new QueueSink(queues, { ownsQueues: false }),
-      flushIntervalMs: 3_600_000,
-      partitions: P,
+    // What a gateway does: agree on the partition count, then one queue pair per partition.
+    const producer = await createSpendProducer(testConfig(prefix, t.url, { flush_partitions: P }), {
+      logger: silentLogger,
+      options: { flushIntervalMs: 3_600_000 },
     });
+    const inspect = createRedis(config().redis, "worker");
+    const queues = Array.from({ length: P }, (_, p) =>
+      openSpendQueues(inspect, redisKeys(prefix, p)),
+    );
     const gen = trafficGenerator(41);
     for (let i = 0; i < 2_000; i++) producer.record(gen());
     await producer.close();
@@ -74,70 +88,39 @@ describe("partitioned flush", () => {
           assert.equal(partitionOf(r.slice(0, 9).join(SEP), P), p);
     }
     for (const q of queues) await q.close();
-    redis.disconnect();
+    inspect.disconnect();
   });
 
   it("refuses to start with a different partition count while spend is pending, and switches once drained", async () => {
     const metrics = new SpendMetrics();
     await assert.rejects(
-      FlushWorker.start({
-        config: config(),
-        db: t.db,
-        metrics,
-        logger: silentLogger,
-        partitions: 2,
-      }),
+      startWorker(2, { metrics }),
       (err: unknown) =>
         err instanceof PartitionMismatchError && err.recorded === P && err.pendingJobs > 0,
     );
     // Drain under the recorded count.
-    const fw = await FlushWorker.start({
-      config: config(),
-      db: t.db,
-      metrics,
-      logger: silentLogger,
-      partitions: P,
-    });
+    const fw = await startWorker(P, { metrics });
     await waitFor("drain", async () => {
       const counts = await Promise.all(
-        fw.partitions.map((p) =>
+        fw.worker.partitions.map((p) =>
           Promise.all([p.queues.entity.getWaitingCount(), p.queues.daily.getWaitingCount()]),
         ),
       );
       return counts.flat().every((n) => n === 0);
     });
     await fw.close();
-    const switched = await FlushWorker.start({
-      config: config(),
-      db: t.db,
-      metrics,
-      logger: silentLogger,
-      partitions: 2,
-    });
-    assert.equal(switched.partitions.length, 2);
+    const switched = await startWorker(2, { metrics });
+    assert.equal(switched.worker.partitions.length, 2);
     await switched.close();
     // Back to P for the next test: drained, so allowed.
-    const back = await FlushWorker.start({
-      config: config(),
-      db: t.db,
-      metrics,
-      logger: silentLogger,
-      partitions: P,
-    });
+    const back = await startWorker(P, { metrics });
     await back.close();
   });
 
   it("a gateway never changes the recorded count, and a worker does not while another worker runs the old one", async () => {
     const redis = createRedis(config().redis, "worker");
-    const start = (partitions: number, holderId?: string): Promise<FlushWorker> =>
-      FlushWorker.start({
-        config: config(),
-        db: t.db,
-        metrics: new SpendMetrics(),
-        logger: silentLogger,
-        partitions,
-        ...(holderId !== undefined ? { holderId } : {}),
-      });
+    const start = (partitions: number, holderId?: string): Promise<FlushWorkerService> =>
+      startWorker(partitions, holderId !== undefined ? { holderId } : {});
     const running = await start(P, "old-count");
     try {
       // Drained (nothing pending), yet neither may switch while a worker runs with P.
@@ -177,7 +160,7 @@ describe("partitioned flush", () => {
         await gw.producer.flush();
         await waitFor(
           "the probe to be flushed",
-          async () => (await running.flushNow()).outcome === "empty",
+          async () => (await running.worker.flushNow()).outcome === "empty",
         );
         await running.close();
         const switched = await start(P + 1);
@@ -208,17 +191,7 @@ describe("partitioned flush", () => {
     );
     const deadlocks = await deadlockCount(t.name);
     const workers = await Promise.all(
-      ["a", "b"].map((holderId) =>
-        FlushWorker.start({
-          config: config(),
-          db: t.db,
-          metrics: new SpendMetrics(),
-          logger: silentLogger,
-          holderId,
-          partitions: P,
-          concurrency: 2,
-        }),
-      ),
+      ["a", "b"].map((holderId) => startWorker(P, { holderId, concurrency: 2 })),
     );
     try {
       const ledger = new Ledger();
@@ -228,7 +201,7 @@ describe("partitioned flush", () => {
         ledger,
         4000,
       );
-      const fw = workers[0];
+      const fw = workers[0]?.worker;
       assert.ok(fw !== undefined);
       await waitFor(
         "every partition to drain",

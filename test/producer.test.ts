@@ -44,7 +44,7 @@ describe("producer", () => {
 
   it("close() sends everything buffered before it returns, and nothing is lost", async () => {
     const ledger = new Ledger();
-    const p = h.producer({ maxRowsPerJob: 250 });
+    const p = await h.producer({ maxRowsPerJob: 250 });
     const gen = trafficGenerator(11);
     for (let i = 0; i < 4_000; i++) {
       const e = gen();
@@ -61,7 +61,7 @@ describe("producer", () => {
   });
 
   it("sends on its own timer, with a fresh buffer each interval", async () => {
-    const p = h.producer({ flushIntervalMs: 100, flushJitterMs: 20 });
+    const p = await h.producer({ flushIntervalMs: 100, flushJitterMs: 20 });
     p.record({ spend: 1, userId: "timer-user" });
     const deadline = Date.now() + 5_000;
     while (p.bufferedRows > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
@@ -73,7 +73,7 @@ describe("producer", () => {
 
   it("each seal that emits rows is measured: how long it held the event loop, and its rows", async () => {
     const metrics = new SpendMetrics();
-    const p = h.producer({ metrics });
+    const p = await h.producer({ metrics });
     const seals = async (): Promise<{ count: number; rows: number; seconds: number }> => {
       const rows = (await producerMetrics(metrics).sealRows.get()).values;
       const time = (await producerMetrics(metrics).sealDuration.get()).values;
@@ -112,7 +112,7 @@ describe("producer", () => {
 
   it("refuses invalid events with their reason and a metric, and keeps the valid ones", async () => {
     const metrics = new SpendMetrics();
-    const p = h.producer({ metrics });
+    const p = await h.producer({ metrics });
     p.record({ spend: 0.5, userId: "valid-a" });
     assert.throws(
       () => p.record({ spend: Number.NaN, userId: "x" }),
@@ -143,8 +143,8 @@ describe("producer", () => {
   it("back-pressure: backlogged while the oldest waiting job is past the limit, not after the flush", async () => {
     await truncateAll(t.db);
     const ledger = new Ledger();
-    const quiet = h.producer();
-    const p = h.producer({ backpressureBacklogAgeMs: 300, backlogCheckEveryMs: 50 });
+    const quiet = await h.producer();
+    const p = await h.producer({ backpressureBacklogAgeMs: 300, backlogCheckEveryMs: 50 });
     const until = (want: boolean, what: string): Promise<void> => backlogged(p, want, what);
     const e = { spend: "0.25", userId: "bp-user", tags: ["bp"] };
     p.record(e);
@@ -176,7 +176,7 @@ describe("producer", () => {
     await truncateAll(t.db);
     const ledger = new Ledger();
     // An age limit no job reaches here: only held rows can make it behind.
-    const p = h.producer({ backpressureBacklogAgeMs: 60_000, backlogCheckEveryMs: 50 });
+    const p = await h.producer({ backpressureBacklogAgeMs: 60_000, backlogCheckEveryMs: 50 });
     const until = (want: boolean, what: string): Promise<void> => backlogged(p, want, what);
     for (let i = 0; i < 20; i++) {
       const e = { spend: "0.01", userId: `held-${i}`, tags: ["held"] };
@@ -204,7 +204,7 @@ describe("producer", () => {
     await truncateAll(t.db);
     await h.redis.del(h.keys.flushRate, h.keys.heldRows);
     const ledger = new Ledger();
-    const p = h.producer({
+    const p = await h.producer({
       backpressureBacklogAgeMs: 60_000,
       backlogCheckEveryMs: 50,
       heldRowsWithoutRate: 30,
@@ -285,7 +285,7 @@ describe("producer", () => {
   it("recordServed counts and logs the invalid events its batches refuse, and delivers the others exactly", async () => {
     await truncateAll(t.db);
     const metrics = new SpendMetrics();
-    const p = h.producer({ metrics });
+    const p = await h.producer({ metrics });
     const ledger = new Ledger();
     const gen = trafficGenerator(29);
     // More than one batch, with invalid events among them: none throws, the request was served.
@@ -311,7 +311,7 @@ describe("producer", () => {
   });
 
   it("full counts served events still queued for their batch by the rows they add", async () => {
-    const p = h.producer({ maxBufferedRows: 40 });
+    const p = await h.producer({ maxBufferedRows: 40 });
     // Each adds two rows (the user's entity row and its daily row).
     const serve = (from: number, to: number): void => {
       for (let i = from; i < to; i++) p.recordServed({ spend: 0.01, userId: `full-served-${i}` });

@@ -1,3 +1,4 @@
+import { startFlushWorker } from "../src/index.js";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { Writable } from "node:stream";
@@ -5,7 +6,6 @@ import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { Redis } from "ioredis";
 import { pino } from "pino";
-import { FlushWorker } from "../src/flush/flush-worker.js";
 import { ConfigError } from "../src/config/config.js";
 import { createLogger, LOG_REDACT_PATHS, silentLogger } from "../src/observe/logger.js";
 import { readTotals } from "./support/db-totals.js";
@@ -50,15 +50,15 @@ describe("security", () => {
       "é漢🙂",
     ];
     const h = new Harness(config, t.db);
-    const worker = await FlushWorker.start({
-      config,
+    const worker = await startFlushWorker(config, {
+      port: false,
       db: t.db,
       metrics: h.metrics,
       logger: silentLogger,
     });
     const ledger = new Ledger();
     try {
-      const p = h.producer();
+      const p = await h.producer();
       for (const id of hostile) {
         const e = {
           spend: "0.5",
@@ -172,7 +172,7 @@ describe("security", () => {
     const prefix = uniquePrefix("labels");
     const h = new Harness(testConfig(prefix, t.url), t.db);
     try {
-      const p = h.producer();
+      const p = await h.producer();
       p.record({ spend: 1, userId: "user-that-must-not-leak", apiKey: "sk-hash-must-not-leak" });
       assert.throws(() => p.record({ spend: -1, userId: "rejected-user-must-not-leak" }));
       const text = await h.metrics.registry.metrics();

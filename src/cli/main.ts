@@ -1,6 +1,8 @@
+#!/usr/bin/env node
 /**
- * The operators' CLI: `haimaker-spend <gateway|worker|migrate|key create|status> --config proxy_config.yaml`.
- * Run it with `npx haimaker-spend` (bin shim: src/cli/bin.js) or `tsx src/cli/main.ts`.
+ * The operators' CLI: `haimaker-spend <gateway|worker|migrate|key create|status|dead-letter> --config proxy_config.yaml`.
+ * Installed, `haimaker-spend` runs this file compiled (dist/cli/main.js) with plain node;
+ * in a checkout, `npm run build` makes it, and `tsx src/cli/main.ts` runs the source.
  */
 import { buildProgram } from "./program.js";
 

@@ -9,14 +9,8 @@ import { loadConfig } from "../config/config.js";
 import { createLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
 import { usdNumberToPico, usdStringToPico } from "../contract/money.js";
-import { producerSettings, SpendProducer } from "../produce/producer.js";
-import type { SpendSink } from "../contract/spend-sink.js";
-import { DirectSink } from "../persist/direct-sink.js";
-import { createDb } from "../persist/prisma.js";
-import { createRedis } from "../redis/connection.js";
-import { openPartitionQueues } from "../queue/spend-queues.js";
-import { QueueSink } from "../queue/queue-sink.js";
 import { createApp, listen } from "../serve/http.js";
+import { createSpendProducer } from "../wiring/create-producer.js";
 import { trafficGenerator } from "./traffic.js";
 
 export interface GatewayReport {
@@ -34,17 +28,7 @@ const log = createLogger(`gateway-${index}`);
 const config = loadConfig(env.SPEND_CONFIG || undefined);
 const metrics = new SpendMetrics();
 
-const redis = config.useRedisBuffer ? createRedis(config.redis, "producer") : undefined;
-const db = config.useRedisBuffer ? undefined : createDb(config.databaseUrl, { max: 2 });
-const sink: SpendSink =
-  redis !== undefined
-    ? new QueueSink(openPartitionQueues(redis, config.keyPrefix, config.partitions), {
-        dailyJobFormat: config.producer.dailyJobFormat,
-      })
-    : new DirectSink(db ?? createDb(config.databaseUrl), {
-        transactionTimeoutMs: config.worker.transactionTimeoutMs,
-      });
-const producer = new SpendProducer({ sink, ...producerSettings(config), metrics, logger: log });
+const producer = await createSpendProducer(config, { metrics, logger: log });
 const server = await listen(
   createApp(metrics),
   Number(env.METRICS_PORT ?? "0"),
@@ -98,8 +82,6 @@ async function stop(): Promise<void> {
   }
   await report(true);
   server.close();
-  redis?.disconnect();
-  await db?.$disconnect();
   process.exit(0);
 }
 process.on("SIGTERM", () => void stop());

@@ -2,15 +2,12 @@ import type { AppConfig } from "../config/config.js";
 import type { SpendSink } from "../contract/spend-sink.js";
 import { createLogger, type Logger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
-import { DirectSink } from "../persist/direct-sink.js";
-import { createDb, type Db } from "../persist/prisma.js";
+import type { Db } from "../persist/prisma.js";
 import { producerSettings, SpendProducer, type ProducerOptions } from "../produce/producer.js";
-import { PartitionGuard } from "../queue/partition-guard.js";
-import { QueueSink } from "../queue/queue-sink.js";
-import { openPartitionQueues } from "../queue/spend-queues.js";
-import { connectRedis, type RedisClient } from "../redis/connection.js";
+import type { PartitionGuard } from "../queue/partition-guard.js";
+import type { RedisClient } from "../redis/connection.js";
 
-export interface SpendProducerDeps {
+export interface SpendProducerDeps<P extends SpendProducer = SpendProducer> {
   /**
    * A Redis connection to use (a Cluster client included) instead of one made
    * from the configuration. The caller keeps owning it: close() leaves it open.
@@ -32,6 +29,11 @@ export interface SpendProducerDeps {
    * poll), or overrides of what it does, for tests and special cases.
    */
   options?: Partial<Omit<ProducerOptions, "sink" | "metrics" | "logger" | "onClose" | "halted">>;
+  /**
+   * Makes the producer from its wired options: a subclass (a benchmark's
+   * switchable producer, a test's instrumented one). Default: `new SpendProducer`.
+   */
+  construct?: (options: ProducerOptions) => P;
   /** How long start-up waits for Redis to answer the partition check. Default 5 000 ms. */
   startupWaitMs?: number;
   /** How often the partition count is checked again while running. Default 5 000 ms. */
@@ -48,16 +50,25 @@ export interface SpendProducerDeps {
  * Rejects with PartitionMismatchError if Redis answers and records another
  * flush partition count than the configuration's.
  */
-export async function createSpendProducer(
+export async function createSpendProducer<P extends SpendProducer = SpendProducer>(
   config: AppConfig,
-  deps: SpendProducerDeps = {},
-): Promise<SpendProducer> {
+  deps: SpendProducerDeps<P> = {},
+): Promise<P> {
   const metrics = deps.metrics ?? new SpendMetrics();
   const logger = deps.logger ?? createLogger("spend-producer", config.logLevel);
   let sink: SpendSink;
   const closers: (() => Promise<void> | void)[] = [];
   let guard: PartitionGuard | undefined;
+  // Only the chosen sink's modules are loaded: BullMQ or Prisma, not both
+  // (a fleet of processes starting at once on a small machine feels it).
   if (config.useRedisBuffer) {
+    const [{ connectRedis }, { QueueSink }, { openPartitionQueues }, { PartitionGuard }] =
+      await Promise.all([
+        import("../redis/connection.js"),
+        import("../queue/queue-sink.js"),
+        import("../queue/spend-queues.js"),
+        import("../queue/partition-guard.js"),
+      ]);
     const redis = deps.redis ?? connectRedis(config.redis, "producer");
     if (deps.redis === undefined) closers.push(() => redis.disconnect());
     sink = new QueueSink(openPartitionQueues(redis, config.keyPrefix, config.partitions), {
@@ -78,6 +89,10 @@ export async function createSpendProducer(
       throw err;
     }
   } else {
+    const [{ createDb }, { DirectSink }] = await Promise.all([
+      import("../persist/prisma.js"),
+      import("../persist/direct-sink.js"),
+    ]);
     const db = deps.db ?? createDb(config.databaseUrl, { max: 2 });
     if (deps.db === undefined) closers.push(() => db.$disconnect());
     sink = new DirectSink(db, {
@@ -85,7 +100,7 @@ export async function createSpendProducer(
       metrics,
     });
   }
-  return new SpendProducer({
+  const options: ProducerOptions = {
     sink,
     ...producerSettings(config),
     ...deps.options,
@@ -96,5 +111,6 @@ export async function createSpendProducer(
     onClose: async () => {
       for (const c of closers) await c();
     },
-  });
+  };
+  return deps.construct !== undefined ? deps.construct(options) : (new SpendProducer(options) as P);
 }

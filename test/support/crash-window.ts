@@ -6,7 +6,7 @@ import { decimalToPico, usdStringToPico } from "../../src/contract/money.js";
 import { testConfig } from "./redis.js";
 import { Harness } from "./harness.js";
 import type { TestDatabase } from "./db.js";
-import { spawnTs } from "./processes.js";
+import { spawnCli } from "./processes.js";
 
 /**
  * How much traffic a gateway killed without warning (SIGKILL) loses: a real
@@ -72,11 +72,11 @@ export async function measureCrashWindow(o: CrashWindowOptions): Promise<CrashWi
     ].join("\n"),
   );
   const key = await createKey(o.db.db, { userId: `crash-${o.prefix}` });
-  const gw = spawnTs(
-    "../../src/cli/main.ts",
-    { DATABASE_URL: o.db.url, REDIS_URL: o.redisUrl, LOG_LEVEL: "info" },
-    ["gateway", "--config", file, "--port", "0", "--host", "127.0.0.1"],
-  );
+  const gw = spawnCli(["gateway", "--config", file, "--port", "0", "--host", "127.0.0.1"], {
+    DATABASE_URL: o.db.url,
+    REDIS_URL: o.redisUrl,
+    LOG_LEVEL: "info",
+  });
   const listening = await gw.waitForEvent((e) => e.msg === "gateway listening", 30_000);
   const url = `http://127.0.0.1:${String(listening.port)}/v1/chat/completions`;
 

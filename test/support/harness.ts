@@ -8,11 +8,11 @@ import { silentLogger } from "../../src/observe/logger.js";
 import { SpendMetrics } from "../../src/observe/metrics.js";
 import { queueGauges } from "../../src/queue/queue-gauges.js";
 import { flushMetrics } from "../../src/flush/flush-metrics.js";
-import { SpendProducer, type ProducerOptions } from "../../src/produce/producer.js";
+import type { ProducerOptions, SpendProducer } from "../../src/produce/producer.js";
+import { createSpendProducer } from "../../src/wiring/create-producer.js";
 import type { Db } from "../../src/persist/prisma.js";
 import { createRedis } from "../../src/redis/connection.js";
 import { redisKeys, type RedisKeys } from "../../src/redis/keys.js";
-import { QueueSink, type QueueSinkOptions } from "../../src/queue/queue-sink.js";
 import { openSpendQueues, type SpendQueues } from "../../src/queue/spend-queues.js";
 import type { Ledger } from "./ledger.js";
 
@@ -53,26 +53,22 @@ export class Harness {
     });
   }
 
-  /** A producer whose timer never fires on its own: tests call flush()/close(). */
-  producer(opts: Partial<ProducerOptions> = {}, sinkOpts: QueueSinkOptions = {}): SpendProducer {
-    const redis = createRedis(this.config.redis, "producer");
-    const p = new SpendProducer({
-      sink: new QueueSink(openSpendQueues(redis, this.keys), sinkOpts),
-      flushIntervalMs: 3_600_000,
-      flushJitterMs: 0,
-      metrics: this.metrics,
-      logger: silentLogger,
-      ...opts,
+  /**
+   * A producer made as a gateway makes one (createSpendProducer), whose timer
+   * never fires on its own: tests call flush()/close(). `config` overrides
+   * this harness's (e.g. another daily job format).
+   */
+  async producer(
+    opts: Partial<ProducerOptions> = {},
+    config: AppConfig = this.config,
+  ): Promise<SpendProducer> {
+    const { metrics, logger, sink: _sink, onClose: _onClose, halted: _halted, ...options } = opts;
+    const p = await createSpendProducer(config, {
+      metrics: metrics ?? this.metrics,
+      logger: logger ?? silentLogger,
+      options: { flushIntervalMs: 3_600_000, flushJitterMs: 0, ...options },
     });
     this.producers.push(p);
-    const close = p.close.bind(p);
-    p.close = async () => {
-      try {
-        await close();
-      } finally {
-        redis.disconnect();
-      }
-    };
     return p;
   }
 
@@ -86,7 +82,7 @@ export class Harness {
     ledger: Ledger,
     opts: Partial<ProducerOptions> = {},
   ): Promise<void> {
-    const p = this.producer(opts);
+    const p = await this.producer(opts);
     const gen = trafficGenerator(seed);
     for (let i = 0; i < n; i++) {
       const e = gen();

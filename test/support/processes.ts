@@ -30,14 +30,25 @@ export function spawnTs(
   env: Record<string, string>,
   args: readonly string[] = [],
 ): Spawned {
-  const child = spawn(
-    process.execPath,
+  return spawnNode(
     ["--import", "tsx", fileURLToPath(new URL(file, import.meta.url)), ...args],
-    {
-      env: { ...process.env, ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    },
+    env,
   );
+}
+
+/** The CLI as it is installed: the build (dist/cli/main.js) on plain node, as the image runs it. */
+export function spawnCli(args: readonly string[], env: Record<string, string>): Spawned {
+  return spawnNode(
+    [fileURLToPath(new URL("../../dist/cli/main.js", import.meta.url)), ...args],
+    env,
+  );
+}
+
+function spawnNode(argv: readonly string[], env: Record<string, string>): Spawned {
+  const child = spawn(process.execPath, argv, {
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let stdout = "";
   let stderr = "";
   let partial = "";

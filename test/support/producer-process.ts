@@ -6,14 +6,7 @@
  */
 import { buildConfig } from "../../src/config/config.js";
 import { trafficGenerator } from "../../src/demo/traffic.js";
-import { SpendProducer } from "../../src/produce/producer.js";
-import type { SpendSink } from "../../src/contract/spend-sink.js";
-import { DirectSink } from "../../src/persist/direct-sink.js";
-import { createDb } from "../../src/persist/prisma.js";
-import { createRedis } from "../../src/redis/connection.js";
-import { redisKeys } from "../../src/redis/keys.js";
-import { QueueSink } from "../../src/queue/queue-sink.js";
-import { openSpendQueues } from "../../src/queue/spend-queues.js";
+import { createSpendProducer, silentLogger } from "../../src/index.js";
 import { Ledger } from "./ledger.js";
 
 const env = process.env;
@@ -27,30 +20,18 @@ const config = buildConfig(
       proxy_batch_write_at: Number(env.INTERVAL_S ?? "0.1"),
     },
     litellm_settings: { cache: true, cache_params: { type: "redis" } },
-    spend_buffer_settings: { key_prefix: env.PREFIX ?? "t", flush_jitter_seconds: 0.05 },
+    spend_buffer_settings: {
+      key_prefix: env.PREFIX ?? "t",
+      flush_jitter_seconds: 0.05,
+      flush_partitions: Number(env.PARTITIONS ?? "1"),
+    },
   },
   env,
 );
 
-const redis = direct ? undefined : createRedis(config.redis, "producer");
-const db = direct ? createDb(config.databaseUrl, { max: 2 }) : undefined;
-const sink: SpendSink =
-  db !== undefined
-    ? new DirectSink(db, { transactionTimeoutMs: 30_000 })
-    : new QueueSink(
-        Array.from({ length: Number(env.PARTITIONS ?? "1") }, (_, p) =>
-          openSpendQueues(
-            redis ?? createRedis(config.redis, "producer"),
-            redisKeys(config.keyPrefix, p),
-          ),
-        ),
-      );
-const producer = new SpendProducer({
-  sink,
-  flushIntervalMs: config.producer.flushIntervalMs,
-  flushJitterMs: config.producer.flushJitterMs,
-  closeTimeoutMs: 120_000,
-  partitions: Number(env.PARTITIONS ?? "1"),
+const producer = await createSpendProducer(config, {
+  logger: silentLogger,
+  options: { closeTimeoutMs: 120_000 },
 });
 const ledger = new Ledger();
 const gen = trafficGenerator(seed);
@@ -65,7 +46,5 @@ for (let i = 0; i < events; i += slice) {
   await new Promise((r) => setTimeout(r, 1));
 }
 await producer.close();
-redis?.disconnect();
-await db?.$disconnect();
 // Exit only once the pipe has taken the whole line: the ledger is large.
 process.stdout.write(`${JSON.stringify(ledger.toJSON())}\n`, () => process.exit(0));

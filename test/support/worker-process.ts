@@ -6,10 +6,8 @@
  * itself, so the fault lands exactly there). Every flush is reported on
  * stdout as one JSON line.
  */
-import { FlushWorker } from "../../src/flush/flush-worker.js";
 import type { FlushStep } from "../../src/flush/flusher.js";
-import { silentLogger } from "../../src/observe/logger.js";
-import { SpendMetrics } from "../../src/observe/metrics.js";
+import { silentLogger, startFlushWorker } from "../../src/index.js";
 import { createDb } from "../../src/persist/prisma.js";
 import { testConfig } from "./redis.js";
 
@@ -30,10 +28,9 @@ let faulted = false;
 let lockedAt = 0;
 let ackedAt = 0;
 
-const worker = await FlushWorker.start({
-  config,
+const { worker } = await startFlushWorker(config, {
   db,
-  metrics: new SpendMetrics(),
+  port: false,
   logger: silentLogger,
   holderId: holder,
   ...(env.IDLE_TX_TIMEOUT_MS !== undefined
