@@ -63,5 +63,18 @@ export {
 export { SpendMetrics } from "./observe/metrics.js";
 export { createLogger, silentLogger, type Logger } from "./observe/logger.js";
 
-export { startGateway, type GatewayOptions, type GatewayService } from "./gateway/gateway.js";
+export type { GatewayOptions, GatewayService } from "./gateway/gateway.js";
 export { liveSpend, type LiveSpend } from "./gateway/live-spend.js";
+
+/**
+ * The reference gateway (OpenAI-compatible chat completions on a mock model,
+ * batch ingest, key management), as `haimaker-spend gateway` runs it. Loaded
+ * on first use: an embedding process that only records spend never loads
+ * express and the gateway's routes.
+ */
+export async function startGateway(
+  ...args: Parameters<typeof import("./gateway/gateway.js").startGateway>
+): Promise<import("./gateway/gateway.js").GatewayService> {
+  const { startGateway: start } = await import("./gateway/gateway.js");
+  return start(...args);
+}

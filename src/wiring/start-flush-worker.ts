@@ -7,9 +7,6 @@ import { createLogger, type Logger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
 import { createDb, type Db } from "../persist/prisma.js";
 import { connectRedis, type RedisClient } from "../redis/connection.js";
-import { mountBullBoard } from "../serve/bull-board.js";
-import { createApp, listen } from "../serve/http.js";
-import { postgresCheck, readinessHandler, redisCheck } from "../serve/readiness.js";
 
 export interface FlushWorkerOptions {
   /**
@@ -109,6 +106,16 @@ export async function startFlushWorker(
     };
   }
 
+  // The HTTP side (express, Bull Board) loads only for a worker that serves it.
+  const [
+    { mountBullBoard },
+    { createApp, listen },
+    { postgresCheck, readinessHandler, redisCheck },
+  ] = await Promise.all([
+    import("../serve/bull-board.js"),
+    import("../serve/http.js"),
+    import("../serve/readiness.js"),
+  ]);
   // The board's and readiness's own connection: the worker's is busy with blocking commands.
   const redis = connectRedis(config.redis, "producer");
   const flushQueue = new Queue(worker.keys.flushQueue, {

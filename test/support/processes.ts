@@ -1,5 +1,7 @@
 import { spawn } from "node:child_process";
+import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { nodeArgs, REPO_ROOT } from "./paths.js";
 import type { Ledger } from "./ledger.js";
 
 export interface Spawned {
@@ -21,27 +23,25 @@ export interface Spawned {
 }
 
 /**
- * Runs a TypeScript file as its own Node process: node itself with tsx as a
- * loader (not the tsx CLI, which would put a wrapper process in between and
- * take the signals a fault test sends).
+ * Runs a TypeScript file of this checkout as its own Node process: node
+ * itself (not the tsx CLI, which would put a wrapper process in between and
+ * take the signals a fault test sends), with tsx as a loader when the tests
+ * run under it, or on the file's transpiled copy when they run transpiled.
+ * `file` is relative to test/support/.
  */
 export function spawnTs(
   file: string,
   env: Record<string, string>,
   args: readonly string[] = [],
 ): Spawned {
-  return spawnNode(
-    ["--import", "tsx", fileURLToPath(new URL(file, import.meta.url)), ...args],
-    env,
-  );
+  const here = relative(REPO_ROOT, fileURLToPath(new URL(file, import.meta.url)));
+  const source = here.replace(/^\.build\//, "").replace(/\.js$/, ".ts");
+  return spawnNode([...nodeArgs(source), ...args], env);
 }
 
 /** The CLI as it is installed: the build (dist/cli/main.js) on plain node, as the image runs it. */
 export function spawnCli(args: readonly string[], env: Record<string, string>): Spawned {
-  return spawnNode(
-    [fileURLToPath(new URL("../../dist/cli/main.js", import.meta.url)), ...args],
-    env,
-  );
+  return spawnNode([join(REPO_ROOT, "dist/cli/main.js"), ...args], env);
 }
 
 function spawnNode(argv: readonly string[], env: Record<string, string>): Spawned {

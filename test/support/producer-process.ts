@@ -6,7 +6,8 @@
  */
 import { buildConfig } from "../../src/config/config.js";
 import { trafficGenerator } from "../../src/demo/traffic.js";
-import { createSpendProducer, silentLogger } from "../../src/index.js";
+import { silentLogger } from "../../src/observe/logger.js";
+import { createSpendProducer } from "../../src/wiring/create-producer.js";
 import { Ledger } from "./ledger.js";
 
 const env = process.env;

@@ -7,7 +7,8 @@
  * stdout as one JSON line.
  */
 import type { FlushStep } from "../../src/flush/flusher.js";
-import { silentLogger, startFlushWorker } from "../../src/index.js";
+import { silentLogger } from "../../src/observe/logger.js";
+import { startFlushWorker } from "../../src/wiring/start-flush-worker.js";
 import { createDb } from "../../src/persist/prisma.js";
 import { testConfig } from "./redis.js";
 

@@ -1,0 +1,334 @@
+import { startFlushWorker } from "../../src/index.js";
+import assert from "node:assert/strict";
+import { after, before, beforeEach, describe, it } from "node:test";
+import { silentLogger } from "../../src/observe/logger.js";
+import { applyBatches, FencedOffError } from "../../src/persist/apply-batches.js";
+import { DAILY_JOB, ENTITY_JOB } from "../../src/queue/spend-queues.js";
+import { trafficGenerator } from "../../src/demo/traffic.js";
+import { readTotals, diffTotals } from "../support/db-totals.js";
+import { createTestDatabase, truncateAll, type TestDatabase } from "../support/db.js";
+import { Harness } from "../support/harness.js";
+import { Ledger } from "../support/ledger.js";
+import { cleanRedis, testConfig, uniquePrefix } from "../support/redis.js";
+import { waitFor } from "../support/wait.js";
+
+let t: TestDatabase;
+let h: Harness;
+let prefix: string;
+
+async function assertTotals(ledger: Ledger): Promise<void> {
+  const diff = diffTotals(ledger.totals, await readTotals(t.url));
+  assert.deepEqual(diff, [], `PostgreSQL differs from what was recorded:\n${diff.join("\n")}`);
+}
+
+const produce = (n: number, seed: number, ledger: Ledger, opts = {}): Promise<void> =>
+  h.recordTraffic(n, seed, ledger, opts);
+
+describe("flush", () => {
+  before(async () => {
+    t = await createTestDatabase("flush");
+  });
+  beforeEach(async () => {
+    if (h !== undefined) await h.close();
+    if (prefix !== undefined) await cleanRedis(prefix);
+    prefix = uniquePrefix("flush");
+    h = new Harness(testConfig(prefix, t.url, { max_jobs_per_flush: 50 }), t.db);
+    await truncateAll(t.db);
+  });
+  after(async () => {
+    await h.close();
+    await cleanRedis(prefix);
+    await t.drop();
+  });
+
+  it("commits every recorded event's spend exactly", async () => {
+    const ledger = new Ledger();
+    await produce(3_000, 1, ledger);
+    const report = await h.flusher().flushOnce();
+    assert.equal(report.outcome, "committed");
+    assert.equal(await h.waitingJobs(), 0);
+    await assertTotals(ledger);
+  });
+
+  it("applies a batch delivered twice only once", async () => {
+    const ledger = new Ledger();
+    await produce(500, 2, ledger, { maxRowsPerJob: 100 });
+    const jobs = await h.queues.entity.getWaiting();
+    assert.ok(jobs.length > 0);
+    const first = jobs[0];
+    assert.ok(first !== undefined);
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+
+    // The producer's retry after an ambiguous timeout: the same batch id again,
+    // after the first copy was flushed and its job removed.
+    await h.queues.entity.remove(first.id ?? "");
+    await h.queues.entity.add(ENTITY_JOB, first.data, { jobId: first.id ?? "" });
+    const report = await h.flusher().flushOnce();
+    assert.equal(report.duplicates, 1);
+    assert.equal(report.batches, 0);
+    await assertTotals(ledger);
+  });
+
+  it("a flush that dies after commit but before ack is applied once on redelivery", async () => {
+    const ledger = new Ledger();
+    await produce(800, 3, ledger);
+    const crashing = h.flusher({
+      onStep: (step) => {
+        if (step === "committed") throw new Error("simulated crash after commit");
+      },
+    });
+    const r1 = await crashing.flushOnce();
+    assert.equal(r1.outcome, "failed");
+    assert.ok((await h.waitingJobs()) > 0, "unacknowledged jobs are back in the queue");
+
+    const r2 = await h.flusher().flushOnce();
+    assert.equal(r2.outcome, "committed");
+    assert.equal(r2.batches, 0);
+    assert.ok(r2.duplicates > 0);
+    await assertTotals(ledger);
+  });
+
+  it("a flush whose transaction fails leaves its jobs pending and a later flush applies them", async () => {
+    const ledger = new Ledger();
+    await produce(800, 4, ledger);
+    const waiting = await h.waitingJobs();
+    const failing = h.flusher({
+      onStep: (step) => {
+        if (step === "before-commit") throw new Error("simulated failure inside the transaction");
+      },
+    });
+    assert.equal((await failing.flushOnce()).outcome, "failed");
+    assert.equal(await h.waitingJobs(), waiting, "every job is pending again");
+    const rows = await t.db.$queryRawUnsafe<{ n: bigint }[]>(
+      `SELECT count(*) AS n FROM "LiteLLM_UserTable"`,
+    );
+    assert.equal(Number(rows[0]?.n), 0, "nothing was written");
+
+    const r = await h.flusher().flushOnce();
+    assert.equal(r.outcome, "committed");
+    assert.equal(r.batches, waiting);
+    await assertTotals(ledger);
+  });
+
+  it("drains a backlog larger than one transaction in one flush", async () => {
+    const ledger = new Ledger();
+    // Many small batches: 12 producers closing 12 times each.
+    for (let i = 0; i < 12; i++) await produce(40, 100 + i, ledger, { maxRowsPerJob: 7 });
+    const before = await h.waitingJobs();
+    assert.ok(before > 50 * 2, `backlog of ${before} jobs exceeds max_jobs_per_flush`);
+    const r = await h.flusher().flushOnce();
+    assert.equal(r.outcome, "committed");
+    assert.ok(r.transactions >= 3, `took ${r.transactions} transactions`);
+    assert.equal(await h.waitingJobs(), 0);
+    await assertTotals(ledger);
+  });
+
+  it("keeps each transaction near max_rows_per_transaction, whatever the job count allows", async () => {
+    const ledger = new Ledger();
+    await produce(400, 300, ledger, { maxRowsPerJob: 40 });
+    const jobs = await h.waitingJobs();
+    assert.ok(jobs >= 10, `${jobs} jobs`);
+    const held: number[] = [];
+    const r = await h
+      .flusher({
+        maxJobsPerFlush: 1_000,
+        maxRowsPerTransaction: 100,
+        onStep: async (step) => {
+          if (step !== "drained") return;
+          const active = await Promise.all([
+            h.queues.entity.getActiveCount(),
+            h.queues.daily.getActiveCount(),
+          ]);
+          held.push(active[0] + active[1]);
+        },
+      })
+      .flushOnce();
+    assert.equal(r.outcome, "committed");
+    assert.equal(await h.waitingJobs(), 0);
+    // Budget: 50 rows of entity jobs (two 40-row jobs reach it), then what is left for daily
+    // ones (at least one job): never the 1 000 jobs max_jobs_per_flush would allow.
+    assert.ok(Math.max(...held) <= 4, `transactions held ${held.join(", ")} jobs`);
+    assert.ok(r.transactions >= Math.ceil(jobs / 4), `took ${r.transactions} transactions`);
+    await assertTotals(ledger);
+  });
+
+  const malformed = [
+    {
+      what: "an entity job with a spend that is not a number",
+      queue: "entity",
+      job: {
+        v: 1,
+        batchId: "poison",
+        producerId: "x",
+        sealedAt: 0,
+        rows: [["user", "u", "", "NaN"]],
+      },
+      reason: /malformed spend job: rows\.0\.3/,
+    },
+    {
+      what: "a format-2 daily job whose context lacks its endpoint",
+      queue: "daily",
+      job: {
+        v: 2,
+        batchId: "poison-v2",
+        producerId: "x",
+        sealedAt: 0,
+        groups: [
+          [["2026-11-26", "k", "m", "m", "p", ""], [["user", "u", 1, 1, 0, 0, 1, 1, 0, "5"]]],
+        ],
+      },
+      reason: /malformed spend job: groups\.0\.0/,
+    },
+  ] as const;
+  for (const [i, m] of malformed.entries()) {
+    it(`sets ${m.what} aside as failed and flushes everything else`, async () => {
+      const ledger = new Ledger();
+      await produce(300, 5 + i, ledger);
+      const queue = m.queue === "entity" ? h.queues.entity : h.queues.daily;
+      const name = m.queue === "entity" ? ENTITY_JOB : DAILY_JOB;
+      await queue.add(name, m.job as never, { jobId: m.job.batchId });
+      const r = await h.flusher().flushOnce();
+      assert.equal(r.outcome, "committed");
+      assert.equal(r.poisonJobs, 1);
+      const failed = await queue.getFailed();
+      assert.equal(failed.length, 1);
+      assert.match(failed[0]?.failedReason ?? "", m.reason);
+      await assertTotals(ledger);
+      const metrics = await h.metrics.registry.getSingleMetricAsString("spend_poison_jobs_total");
+      assert.match(metrics, new RegExp(`spend_poison_jobs_total\\{queue="${m.queue}"\\} 1`));
+    });
+  }
+
+  it("flushes daily jobs of both formats exactly; format 2 groups rows by context", async () => {
+    const ledger = new Ledger();
+    const formats = [1, 2] as const;
+    for (const [i, dailyJobFormat] of formats.entries()) {
+      const p = await h.producer(
+        {},
+        { ...h.config, producer: { ...h.config.producer, dailyJobFormat } },
+      );
+      const gen = trafficGenerator(20 + i);
+      for (let n = 0; n < 800; n++) {
+        const e = gen();
+        p.record(e);
+        ledger.record(e);
+      }
+      await p.close();
+    }
+    const jobs = await h.queues.daily.getWaiting();
+    const v1 = jobs.filter((j) => j.data.v === 1);
+    const v2 = jobs.flatMap((j) => (j.data.v === 2 ? [j.data] : []));
+    assert.ok(v1.length > 0 && v2.length > 0, "both formats queued");
+    // Grouping that failed (one group per row) would be larger than format 1, not smaller.
+    const rows = v2.reduce((n, d) => n + d.groups.reduce((m, g) => m + g[1].length, 0), 0);
+    const groups = v2.reduce((n, d) => n + d.groups.length, 0);
+    assert.ok(groups < rows / 2, `${groups} groups for ${rows} rows`);
+    const r = await h.flusher().flushOnce();
+    assert.equal(r.outcome, "committed");
+    assert.equal(r.poisonJobs, 0);
+    await assertTotals(ledger);
+  });
+
+  it("reports its rate after sizeable transactions only, and the worker publishes it for producers", async () => {
+    const ledger = new Ledger();
+    await produce(2_000, 8, ledger, { maxRowsPerJob: 50 });
+    const small: number[] = [];
+    await h.flusher({ maxRowsPerTransaction: 1_000_000, onRate: (r) => small.push(r) }).flushOnce();
+    assert.deepEqual(
+      small,
+      [],
+      "a transaction far below the bound measures overheads, not capacity",
+    );
+    await produce(2_000, 9, ledger, { maxRowsPerJob: 50 });
+    const rates: number[] = [];
+    const r = await h
+      .flusher({ maxRowsPerTransaction: 400, onRate: (x) => rates.push(x) })
+      .flushOnce();
+    assert.ok(r.transactions > 1);
+    assert.ok(
+      rates.length > 0 && rates.every((x) => Number.isFinite(x) && x > 0),
+      rates.join(", "),
+    );
+    await assertTotals(ledger);
+
+    // The worker service wires it to Redis, where producers read it.
+    await h.redis.del(h.keys.flushRate);
+    await produce(2_000, 10, ledger, { maxRowsPerJob: 50 });
+    const fw = await startFlushWorker(
+      testConfig(prefix, t.url, { max_rows_per_transaction: 400 }),
+      {
+        port: false,
+        db: t.db,
+        logger: silentLogger,
+      },
+    );
+    try {
+      await waitFor(
+        "a published flush rate",
+        async () => Number(await h.redis.get(h.keys.flushRate)) > 0,
+      );
+      assert.ok((await h.redis.pttl(h.keys.flushRate)) > 0, "it expires if the worker goes quiet");
+    } finally {
+      await fw.close();
+    }
+  });
+
+  it("rejects a write from a lock holder whose fencing token is stale", async () => {
+    const ledger = new Ledger();
+    await produce(200, 6, ledger);
+    const stale = await h.lock("stale", 200).acquire();
+    assert.ok(stale !== null);
+    await new Promise((r) => setTimeout(r, 300)); // its lease lapses
+    const r = await h.flusher().flushOnce(); // a newer holder flushes
+    assert.equal(r.outcome, "committed");
+    assert.ok((r.fence ?? 0n) > stale.fence);
+
+    await assert.rejects(
+      t.db.$transaction((tx) =>
+        applyBatches(tx, [{ batchId: "late", entity: [["user", "late-user", "", "1000"]] }], {
+          fence: { partition: h.keys.fencePartition, token: stale.fence, holder: stale.token },
+        }),
+      ),
+      (err: unknown) => err instanceof FencedOffError && err.committed === r.fence,
+    );
+    const late = await t.db.userTable.findUnique({ where: { userId: "late-user" } });
+    assert.equal(late, null, "the stale holder wrote nothing");
+    await assertTotals(ledger);
+  });
+
+  it("a holder that loses its lease mid-flush does not commit, and its jobs are applied once", async () => {
+    const ledger = new Ledger();
+    await produce(400, 7, ledger);
+    const slowLock = h.lock("slow", 300);
+    const slow = h.flusher(
+      {
+        onStep: async (step) => {
+          if (step === "in-transaction") {
+            // Lose the lock while inside the transaction: someone deletes it, as an expiry would.
+            await h.redis.del(h.keys.flushLock);
+            // Two leases: whether the renewal notices or the local clock does, the lease is gone.
+            await new Promise((r) => setTimeout(r, 700));
+          }
+        },
+      },
+      slowLock,
+    );
+    const r1 = await slow.flushOnce();
+    assert.equal(r1.outcome, "lease_lost");
+    const r2 = await h.flusher().flushOnce();
+    assert.equal(r2.outcome, "committed");
+    await assertTotals(ledger);
+  });
+
+  it("raises Redis's fence counter when PostgreSQL has seen a newer token (Redis lost its data)", async () => {
+    const ledger = new Ledger();
+    await produce(100, 8, ledger);
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    // Redis restarted without persistence: its counter starts again from zero.
+    await h.redis.del(h.keys.flushFence);
+    await produce(100, 9, ledger);
+    assert.equal((await h.flusher().flushOnce()).outcome, "fenced_off");
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    await assertTotals(ledger);
+  });
+});

@@ -1,0 +1,148 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { Redis } from "ioredis";
+import { trafficGenerator } from "../../src/demo/traffic.js";
+import { SpendMetrics } from "../../src/observe/metrics.js";
+import { SpendProducer } from "../../src/produce/producer.js";
+import { createRedis } from "../../src/redis/connection.js";
+import { redisKeys } from "../../src/redis/keys.js";
+import { QueueSink } from "../../src/queue/queue-sink.js";
+import { openSpendQueues } from "../../src/queue/spend-queues.js";
+import { startFlushWorker, type FlushWorkerService } from "../../src/index.js";
+import { diffTotals, readTotals } from "../support/db-totals.js";
+import { createTestDatabase, type TestDatabase } from "../support/db.js";
+import { Ledger } from "../support/ledger.js";
+import { TestRedisServer, testPort } from "../support/redis-server.js";
+import { testConfig, uniquePrefix } from "../support/redis.js";
+import { waitFor } from "../support/wait.js";
+
+/**
+ * Redis losing its state (restarted without persistence, keys deleted or
+ * evicted) while a worker and a gateway's producer run: the worker puts its
+ * schedule and counters back by itself, readiness says so meanwhile, and
+ * spend sent afterwards reaches PostgreSQL with no process restarted.
+ */
+describe("Redis losing its state under live processes", () => {
+  let t: TestDatabase;
+  let server: TestRedisServer;
+  let svc: FlushWorkerService;
+  let producer: SpendProducer;
+  let producerRedis: Redis;
+  let admin: Redis;
+  const prefix = uniquePrefix("recover");
+  const ledger = new Ledger();
+  const gen = trafficGenerator(77);
+
+  const base = (): ReturnType<typeof testConfig> => {
+    const c = testConfig(prefix, t.url);
+    return { ...c, redis: { ...c.redis, port: server.port } };
+  };
+
+  const record = (n: number): void => {
+    for (let i = 0; i < n; i++) {
+      const e = gen();
+      producer.record(e);
+      ledger.record(e);
+    }
+  };
+
+  const readiness = async (): Promise<{ status: number; body: { failed?: string[] } }> => {
+    const res = await fetch(`http://127.0.0.1:${svc.port}/health/readiness`);
+    return { status: res.status, body: (await res.json()) as { failed?: string[] } };
+  };
+
+  /** Nothing waiting or being flushed, and PostgreSQL equals everything recorded. */
+  const settledAndReconciled = async (what: string): Promise<void> => {
+    const keys = redisKeys(prefix);
+    const queues = openSpendQueues(admin, keys);
+    try {
+      await waitFor(
+        what,
+        async () => {
+          const counts = await Promise.all([
+            queues.entity.getJobCounts("wait", "active"),
+            queues.daily.getJobCounts("wait", "active"),
+          ]);
+          if (counts.some((c) => (c.wait ?? 0) + (c.active ?? 0) > 0)) return false;
+          return diffTotals(ledger.totals, await readTotals(t.url)).length === 0;
+        },
+        30_000,
+      );
+    } finally {
+      await queues.close();
+    }
+  };
+
+  before(async () => {
+    t = await createTestDatabase("redis_recovery");
+    server = new TestRedisServer(testPort(5));
+    await server.start();
+    admin = new Redis(server.port, "127.0.0.1", { maxRetriesPerRequest: null });
+    admin.on("error", () => undefined);
+    const config = base();
+    svc = await startFlushWorker(config, { port: 0, host: "127.0.0.1", maintainEveryMs: 1_000 });
+    producerRedis = createRedis(config.redis, "producer");
+    producer = new SpendProducer({
+      sink: new QueueSink(openSpendQueues(producerRedis, redisKeys(prefix))),
+      // The test seals by hand, so it knows what is in Redis at each step.
+      flushIntervalMs: 3_600_000,
+      flushJitterMs: 0,
+      metrics: new SpendMetrics(),
+    });
+  });
+  after(async () => {
+    await producer.close().catch(() => undefined);
+    producerRedis.disconnect();
+    await svc.close();
+    admin.disconnect();
+    await server.destroy();
+    await t.drop();
+  });
+
+  it("the prefix's keys deleted: readiness turns unready, the schedule comes back, new spend arrives", async () => {
+    record(500);
+    await producer.flush();
+    await settledAndReconciled("the first spend to commit");
+    assert.equal((await readiness()).status, 200);
+
+    // Everything committed, so nothing is lost: only the worker's own state goes.
+    await admin.flushall();
+    const unready = await readiness();
+    assert.equal(unready.status, 503);
+    assert.deepEqual(unready.body.failed, ["flush"]);
+
+    await waitFor(
+      "the worker to put its schedule back",
+      async () => (await readiness()).status === 200,
+    );
+    record(500);
+    await producer.flush();
+    await settledAndReconciled("spend sent after the wipe to commit, with no restart");
+    const repairs = await (await fetch(`http://127.0.0.1:${svc.port}/metrics`)).text();
+    assert.match(repairs, /what="scheduler"} [1-9]/);
+    assert.match(repairs, /what="fence"} [1-9]/);
+    assert.match(repairs, /what="partition_count"} [1-9]/);
+  });
+
+  it("Redis restarted empty while the gateway holds spend: it is delivered and flushed, nobody restarted", async () => {
+    record(300);
+    await producer.flush();
+    await settledAndReconciled("spend before the restart to commit");
+    record(300); // held by the producer, not sealed yet
+
+    await server.stop("SIGKILL");
+    await server.start();
+    record(300);
+    // Sends fail until the producer's connection is back, then deliver.
+    await waitFor("the producer to deliver", async () => {
+      try {
+        await producer.flush();
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    await settledAndReconciled("spend held across the restart to commit");
+    assert.equal((await readiness()).status, 200);
+  });
+});

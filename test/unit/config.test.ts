@@ -1,0 +1,256 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { buildConfig, ConfigError, LOG_LEVELS, loadConfig } from "../../src/config/config.js";
+
+function file(text: string): string {
+  const dir = mkdtempSync(join(tmpdir(), "spend-config-"));
+  const p = join(dir, "proxy_config.yaml");
+  writeFileSync(p, text);
+  return p;
+}
+
+// The seed's proxy_config.yaml, as written there.
+const SEED = `
+general_settings:
+  use_redis_transaction_buffer: true
+
+litellm_settings:
+  cache: True
+  cache_params:
+    type: redis
+    supported_call_types: [] # Optional: Set cache for proxy, but not on the actual llm api call
+    max_connections: 100
+`;
+
+describe("configuration", () => {
+  it("accepts the seed's proxy_config.yaml as written", () => {
+    const c = loadConfig(file(SEED), {});
+    assert.equal(c.useRedisBuffer, true);
+    assert.equal(c.redis.host, "127.0.0.1");
+    assert.equal(c.redis.port, 6379);
+    assert.equal(c.producer.flushIntervalMs, 1_000);
+  });
+
+  it("needs no file: buffer on, local Redis and PostgreSQL", () => {
+    const c = loadConfig(undefined, {});
+    assert.equal(c.useRedisBuffer, true);
+    assert.equal(c.databaseUrl, "postgresql://postgres@127.0.0.1:5432/test");
+    assert.equal(c.keyPrefix, "haimaker");
+  });
+
+  it("lets REDIS_URL and DATABASE_URL override the file, and resolves os.environ/ references", () => {
+    const p = file(`
+general_settings:
+  use_redis_transaction_buffer: true
+  proxy_batch_write_at: 2
+litellm_settings:
+  cache: true
+  cache_params: { type: redis, host: redis.internal, port: 6380, password: os.environ/REDIS_PASSWORD }
+`);
+    const fromFile = loadConfig(p, { REDIS_PASSWORD: "s3cret" });
+    assert.equal(fromFile.redis.host, "redis.internal");
+    assert.equal(fromFile.redis.password, "s3cret");
+    assert.equal(fromFile.producer.flushIntervalMs, 2_000);
+    const overridden = loadConfig(p, {
+      REDIS_PASSWORD: "x",
+      REDIS_URL: "rediss://:pw@cache:7000/2",
+      DATABASE_URL: "postgresql://db/spend",
+    });
+    assert.deepEqual(overridden.redis, {
+      host: "cache",
+      port: 7000,
+      password: "pw",
+      db: 2,
+      tls: true,
+    });
+    assert.equal(overridden.databaseUrl, "postgresql://db/spend");
+  });
+
+  it("fails fast and specifically on bad configuration", () => {
+    const cases: [string, RegExp][] = [
+      [
+        "general_settings:\n  use_redis_transaction_buffer: yes please\n",
+        /general_settings\.use_redis_transaction_buffer/,
+      ],
+      ["general_settings:\n  proxy_batch_write_at: -1\n", /proxy_batch_write_at/],
+      ["general_settings:\n  bogus_key: 1\n", /bogus_key/],
+      ["spend_buffer_settings:\n  key_prefix: 'has space'\n", /key_prefix/],
+      ["litellm_settings:\n  cache_params: { type: memcached }\n", /cache_params\.type/],
+      ["general_settings:\n  use_redis_transaction_buffer: true\n", /no Redis is configured/],
+      [
+        "litellm_settings:\n  cache_params: { type: redis, password: os.environ/MISSING_SECRET }\n",
+        /MISSING_SECRET is not set/,
+      ],
+      ["general_settings: [unclosed\n", /not valid YAML/],
+    ];
+    for (const [yaml, message] of cases) {
+      assert.throws(
+        () => loadConfig(file(yaml), {}),
+        (err: unknown) => err instanceof ConfigError && message.test(err.message),
+        yaml,
+      );
+    }
+    assert.throws(
+      () => loadConfig("/nonexistent/proxy_config.yaml", {}),
+      /cannot read config file/,
+    );
+  });
+
+  it("takes REDIS_URL's database index as written, and refuses one that is not a non-negative integer", () => {
+    const db = (url: string): number => loadConfig(undefined, { REDIS_URL: url }).redis.db;
+    assert.equal(db("redis://cache:6379"), 0);
+    assert.equal(db("redis://cache:6379/"), 0);
+    assert.equal(db("redis://cache:6379/3"), 3);
+    // Above the server's `databases` is for the server to say: preflight asks it.
+    assert.equal(db("redis://cache:6379/20"), 20);
+    for (const bad of ["x", "-1", "1.5", "1e1", "0x1", "2/3", "%31"]) {
+      assert.throws(
+        () => db(`redis://cache:6379/${bad}`),
+        (err: unknown) =>
+          err instanceof ConfigError &&
+          /^REDIS_URL database index must be a non-negative integer, got /.test(err.message),
+        bad,
+      );
+    }
+    assert.throws(
+      () =>
+        buildConfig(
+          { litellm_settings: { cache_params: { type: "redis", url: "redis://cache/db" } } },
+          {},
+        ),
+      /litellm_settings\.cache_params\.url database index must be a non-negative integer/,
+    );
+  });
+
+  it("reads LOG_LEVEL and METRICS_PORT here, typed and validated, over the file", () => {
+    const p = file("spend_buffer_settings:\n  log_level: warn\n  metrics_port: 9500\n");
+    const c = loadConfig(p, {});
+    assert.equal(c.logLevel, "warn");
+    assert.equal(c.metricsPort, 9500);
+    const env = loadConfig(p, { LOG_LEVEL: "debug", METRICS_PORT: "9600" });
+    assert.equal(env.logLevel, "debug");
+    assert.equal(env.metricsPort, 9600);
+    // Empty is unset, as for REDIS_URL and DATABASE_URL.
+    const empty = loadConfig(p, { LOG_LEVEL: "", METRICS_PORT: "" });
+    assert.equal(empty.logLevel, "warn");
+    assert.equal(empty.metricsPort, 9500);
+    assert.equal(loadConfig(p, { METRICS_PORT: "0" }).metricsPort, 0);
+    for (const level of LOG_LEVELS)
+      assert.equal(loadConfig(p, { LOG_LEVEL: level }).logLevel, level);
+
+    for (const bad of ["verbose", "INFO", "warning", " info"]) {
+      assert.throws(
+        () => loadConfig(p, { LOG_LEVEL: bad }),
+        (err: unknown) =>
+          err instanceof ConfigError &&
+          err.message ===
+            `LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got ${JSON.stringify(bad)}`,
+        bad,
+      );
+    }
+    for (const bad of ["abc", "99999", "65536", "-1", "1e3", "0x10", " 80", "80.0"]) {
+      assert.throws(
+        () => loadConfig(p, { METRICS_PORT: bad }),
+        (err: unknown) =>
+          err instanceof ConfigError &&
+          err.message ===
+            `METRICS_PORT must be a port number from 0 to 65535, got ${JSON.stringify(bad)}`,
+        bad,
+      );
+    }
+  });
+
+  it("records where the cluster nodes came from, for preflight's messages", () => {
+    const p = file(
+      "litellm_settings:\n  cache_params: { type: redis, cluster_nodes: ['n1:7000', 'n2:7001'] }\n",
+    );
+    const fromFile = loadConfig(p, {}).redis;
+    assert.deepEqual(fromFile.cluster, [
+      { host: "n1", port: 7000 },
+      { host: "n2", port: 7001 },
+    ]);
+    assert.equal(fromFile.clusterSetting, "litellm_settings.cache_params.cluster_nodes");
+    const fromEnv = loadConfig(p, { REDIS_CLUSTER_NODES: "a:1, b:2" }).redis;
+    assert.deepEqual(fromEnv.cluster, [
+      { host: "a", port: 1 },
+      { host: "b", port: 2 },
+    ]);
+    assert.equal(fromEnv.clusterSetting, "REDIS_CLUSTER_NODES");
+    assert.throws(
+      () => loadConfig(p, { REDIS_CLUSTER_NODES: "a:1,b" }),
+      /ConfigError: REDIS_CLUSTER_NODES: a node must be host:port, got "b"$/,
+    );
+    assert.equal(loadConfig(undefined, {}).redis.cluster, undefined);
+  });
+
+  it("reads passwords that hold @, and refuses, without echoing them, URLs a parser would misread", () => {
+    assert.equal(
+      loadConfig(undefined, { REDIS_URL: "redis://:p@ss@cache:6379/1" }).redis.password,
+      "p@ss",
+    );
+    assert.equal(
+      loadConfig(undefined, { REDIS_URL: "redis://:p%2Fss@cache:6379/1" }).redis.password,
+      "p/ss",
+    );
+    const cases: [Record<string, string>, string, RegExp][] = [
+      // A parser takes "p" for the host's port (or "ss@cache" for a path): refused, not misread.
+      [
+        { REDIS_URL: "redis://:p/ss@cache:6379" },
+        "p/ss",
+        /^REDIS_URL: the part before the last "@"/,
+      ],
+      [
+        { REDIS_URL: "redis://u:12?x@cache:6379" },
+        "12?x",
+        /^REDIS_URL: the part before the last "@"/,
+      ],
+      [
+        { REDIS_URL: "redis://u:a#b@cache:6379" },
+        "a#b",
+        /^REDIS_URL: the part before the last "@"/,
+      ],
+      [
+        { DATABASE_URL: "postgresql://u:pa/ss@db:5432/spend" },
+        "pa/ss",
+        /^DATABASE_URL: the part before the last "@"/,
+      ],
+      // pg would take it for a database name on localhost and repeat it, password included.
+      [
+        { DATABASE_URL: "host=db user=u password='s3c ret' dbname=spend" },
+        "s3c ret",
+        /^DATABASE_URL is a key=value connection string \(host=db user=u password=\*\*\* dbname=spend\); use a postgresql:\/\/ URL$/,
+      ],
+      [{ REDIS_URL: "redis://:pa ss%zz@cache:6379" }, "pa ss", /not validly percent-encoded/],
+    ];
+    for (const [env, secret, message] of cases) {
+      assert.throws(
+        () => loadConfig(undefined, env),
+        (err: unknown) =>
+          err instanceof ConfigError && message.test(err.message) && !err.message.includes(secret),
+        JSON.stringify(env),
+      );
+    }
+  });
+  it("refuses a model name no spend row could store (the id rules)", () => {
+    for (const model of ["gpt\u0000x", "cafe\u0301", "rtl\u202e"])
+      assert.throws(
+        () =>
+          buildConfig(
+            {
+              spend_buffer_settings: {
+                model_prices: {
+                  [model]: { input_cost_per_token: "0.1", output_cost_per_token: "0.1" },
+                },
+              },
+            },
+            {},
+          ),
+        (err: unknown) =>
+          err instanceof ConfigError && /model_prices: model name/.test(err.message),
+        JSON.stringify(model),
+      );
+  });
+});

@@ -1,0 +1,65 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import {
+  DAILY_KINDS,
+  dailyJobPayloadSchema,
+  groupDailyRows,
+  ungroupDailyRows,
+  type DailyRow,
+} from "../../src/contract/spend-batch.js";
+
+/** Daily job formats: grouping by context loses nothing, in any order of rows. */
+const contexts = [
+  ["2026-11-26", "key-a", "gpt-4o", "gpt-4o", "openai", "", "/chat/completions"],
+  ["2026-11-26", "key-a", "gpt-4o-mini", "gpt-4o-mini", "openai", "", "/chat/completions"],
+  ["2026-11-27", "key-a", "gpt-4o", "gpt-4o", "openai", "", "/chat/completions"],
+  ["2026-11-26", "", "claude", "claude", "anthropic", "search", "/messages"],
+] as const;
+
+const row = fc
+  .tuple(
+    fc.constantFrom(...DAILY_KINDS),
+    fc.string({ minLength: 1, maxLength: 8 }),
+    fc.integer({ min: 0, max: contexts.length - 1 }),
+    fc.array(fc.nat(), { minLength: 7, maxLength: 7 }),
+    fc.bigInt({ min: 0n, max: 10n ** 30n }),
+  )
+  .map(([kind, id, c, counts, spend]): DailyRow => {
+    const ctx = contexts[c] ?? contexts[0];
+    return [
+      kind,
+      id,
+      ...ctx,
+      ...(counts as [number, number, number, number, number, number, number]),
+      spend.toString(),
+    ];
+  });
+
+describe("daily job formats", () => {
+  it("format 2 round-trips every row, in order, through JSON and the worker's schema", () => {
+    fc.assert(
+      fc.property(fc.array(row, { maxLength: 60 }), (rows) => {
+        const groups = groupDailyRows(rows);
+        assert.deepEqual(ungroupDailyRows(groups), rows);
+        const wire = JSON.parse(
+          JSON.stringify({ v: 2, batchId: "b", producerId: "p", sealedAt: 1, groups }),
+        ) as unknown;
+        assert.deepEqual(dailyJobPayloadSchema.parse(wire).rows, rows);
+      }),
+    );
+  });
+
+  it("consecutive rows of one context share one group", () => {
+    const rows: DailyRow[] = [];
+    for (const ctx of contexts)
+      for (let i = 0; i < 3; i++)
+        rows.push(["user", `u${i}`, ...ctx, 1, 1, 0, 0, 1, 1, 0, "10"] as unknown as DailyRow);
+    const groups = groupDailyRows(rows);
+    assert.equal(groups.length, contexts.length);
+    assert.deepEqual(
+      groups.map((g) => g[1].length),
+      contexts.map(() => 3),
+    );
+  });
+});
