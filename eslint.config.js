@@ -2,7 +2,9 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["node_modules/", "dist/", "src/generated/", "bench/results/", "scratch/"] },
+  {
+    ignores: ["node_modules/", "dist/", ".build/", "src/generated/", "bench/results/", "scratch/"],
+  },
   js.configs.recommended,
   ...tseslint.configs.strictTypeChecked,
   {
