@@ -73,7 +73,7 @@ export class Backpressure {
     private readonly log: Logger,
     private readonly stats: ProducerMetrics,
     /** Called when it turns on: the producer hands over what it holds at once. */
-    private readonly onBehind: () => void,
+    private readonly onBehind: () => Promise<void>,
   ) {}
 
   /** True while a rule holds. */
@@ -93,10 +93,7 @@ export class Backpressure {
 
   private tick(): void {
     if (this.stopped) return;
-    this.timer = this.clock.setTimeout(
-      () => void this.check().finally(() => this.tick()),
-      this.everyMs,
-    );
+    this.timer = this.clock.setTimeout(() => this.check().finally(() => this.tick()), this.everyMs);
   }
 
   /** One reading; exported behaviour is `on`. */
@@ -139,6 +136,6 @@ export class Backpressure {
     // Hand over what is held now rather than at the next interval: the backlog
     // the gateways see then includes it, so they do not resume into a wave of
     // seals still on their way, and these rows wait in one queue, not two.
-    if (behind) this.onBehind();
+    if (behind) await this.onBehind().catch(() => undefined);
   }
 }

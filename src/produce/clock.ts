@@ -7,8 +7,12 @@
 export interface Clock {
   /** Epoch milliseconds. */
   now(): number;
-  /** Calls `fn` once after `ms`; the timer never keeps the process alive. */
-  setTimeout(fn: () => void, ms: number): TimerHandle;
+  /**
+   * Calls `fn` once after `ms`; the timer never keeps the process alive. A
+   * promise `fn` returns is the work the timer started: the system clock
+   * lets it run, a test's clock waits for it before it moves on.
+   */
+  setTimeout(fn: () => unknown, ms: number): TimerHandle;
   clearTimeout(handle: TimerHandle | undefined): void;
 }
 
@@ -21,7 +25,7 @@ export interface TimerHandle {
 export const systemClock: Clock = {
   now: () => Date.now(),
   setTimeout(fn, ms) {
-    const t = setTimeout(fn, ms);
+    const t = setTimeout(() => void fn(), ms);
     // A gateway's exit is decided by the gateway, not by the producer's timers.
     t.unref();
     return { id: t };

@@ -138,7 +138,7 @@ export class SpendProducer {
         this.clock,
         this.log,
         this.stats,
-        () => void this.flush().catch(() => undefined),
+        () => this.flush(),
       );
       this.backpressure.start();
     }
@@ -519,11 +519,13 @@ export class SpendProducer {
       failures > 0
         ? Math.min(this.intervalMs, 250 * 2 ** Math.min(failures, 6))
         : this.intervalMs - Math.floor(Math.random() * this.jitterMs);
-    this.timer = this.clock.setTimeout(() => {
-      void this.flush()
-        .catch(() => undefined)
-        .finally(() => this.schedule());
-    }, delay);
+    this.timer = this.clock.setTimeout(
+      () =>
+        this.flush()
+          .catch(() => undefined)
+          .finally(() => this.schedule()),
+      delay,
+    );
   }
 
   private nextBatchId(): string {

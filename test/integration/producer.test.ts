@@ -15,6 +15,7 @@ import { createTestDatabase, truncateAll, type TestDatabase } from "../support/d
 import { Harness } from "../support/harness.js";
 import { Ledger } from "../support/ledger.js";
 import { cleanRedis, testConfig, uniquePrefix } from "../support/redis.js";
+import { ManualClock } from "../support/manual-clock.js";
 import { TestRedisServer, testPort } from "../support/redis-server.js";
 
 /** Waits up to 5 s for a producer's back-pressure state to become `want`. */
@@ -60,13 +61,21 @@ describe("producer", () => {
     assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
   });
 
-  it("sends on its own timer, with a fresh buffer each interval", async () => {
-    const p = await h.producer({ flushIntervalMs: 100, flushJitterMs: 20 });
+  it("seals on its own timer within the interval (jitter shortens it, never lengthens it), a fresh buffer each time", async () => {
+    const clock = new ManualClock();
+    const p = await h.producer({ clock, flushIntervalMs: 100, flushJitterMs: 20 });
     p.record({ spend: 1, userId: "timer-user" });
-    const deadline = Date.now() + 5_000;
-    while (p.bufferedRows > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    assert.equal(p.bufferedRows, 0);
-    assert.ok((await h.waitingJobs()) >= 1);
+    // The earliest the timer may fire: the interval less all the jitter.
+    await clock.advance(79);
+    assert.ok(p.bufferedRows > 0, "not before the interval less its jitter");
+    assert.equal(await h.waitingJobs(), 0);
+    await clock.advance(21);
+    assert.equal(p.bufferedRows, 0, "sealed and sent by the end of the interval");
+    assert.equal(await h.waitingJobs(), 2, "an entity job and a daily job");
+    p.record({ spend: 2, userId: "timer-user" });
+    await clock.advance(100);
+    assert.equal(p.bufferedRows, 0, "the next interval seals what came since");
+    assert.equal(await h.waitingJobs(), 4);
     await p.close();
     await h.flusher().flushOnce();
   });
@@ -175,24 +184,33 @@ describe("producer", () => {
   it("back-pressure: the rows a gateway holds count, weighed against the flush rate the worker published", async () => {
     await truncateAll(t.db);
     const ledger = new Ledger();
-    // An age limit no job reaches here: only held rows can make it behind.
-    const p = await h.producer({ backpressureBacklogAgeMs: 60_000, backlogCheckEveryMs: 50 });
-    const until = (want: boolean, what: string): Promise<void> => backlogged(p, want, what);
+    // Reports other producers of this file left are not this test's.
+    await h.redis.del(h.keys.heldRows);
+    // An age limit no job reaches here: only held rows can make it behind. The
+    // producer's clock is the test's: each poll runs when the test says.
+    const clock = new ManualClock();
+    const p = await h.producer({
+      clock,
+      backpressureBacklogAgeMs: 60_000,
+      backlogCheckEveryMs: 50,
+    });
     for (let i = 0; i < 20; i++) {
       const e = { spend: "0.01", userId: `held-${i}`, tags: ["held"] };
       p.record(e);
       ledger.record(e);
     }
-    await new Promise((r) => setTimeout(r, 300));
+    await clock.advance(6 * 50);
     assert.equal(p.backlogged, false, "no rate published, and fewer rows than one transaction");
     assert.equal(await h.waitingJobs(), 0);
     // At 0.001 rows/s the flush would need far longer than half an interval (1 h) for
     // these ~40 rows.
     await h.redis.set(h.keys.flushRate, "0.001");
-    await until(true, "behind by the rows it holds");
+    await clock.advance(50);
+    assert.equal(p.backlogged, true, "behind by the rows it holds, at the next poll");
     assert.match(await episodes(), /reason="held_rows"\} [1-9]/);
-    // It hands them over at once, and holding nothing it is behind no more.
-    await until(false, "rows handed over");
+    // It handed them over at once, and holding nothing it is behind no more.
+    await clock.advance(50);
+    assert.equal(p.backlogged, false, "rows handed over");
     assert.ok((await h.waitingJobs()) > 0, "the held rows went to the queue on turning behind");
     await p.close();
     await h.redis.del(h.keys.flushRate);
@@ -204,12 +222,13 @@ describe("producer", () => {
     await truncateAll(t.db);
     await h.redis.del(h.keys.flushRate, h.keys.heldRows);
     const ledger = new Ledger();
+    const clock = new ManualClock();
     const p = await h.producer({
+      clock,
       backpressureBacklogAgeMs: 60_000,
       backlogCheckEveryMs: 50,
       heldRowsWithoutRate: 30,
     });
-    const until = (want: boolean, what: string): Promise<void> => backlogged(p, want, what);
     const record = (i: number): void => {
       const e = { spend: "0.01", userId: `cold-${i}`, tags: ["cold"] };
       p.record(e);
@@ -217,12 +236,18 @@ describe("producer", () => {
     };
     // Each event adds a user row and a daily user row: 10 events hold ~20 rows (under 30).
     for (let i = 0; i < 10; i++) record(i);
-    await new Promise((r) => setTimeout(r, 300));
+    await clock.advance(6 * 50);
     assert.equal(p.backlogged, false, "under one transaction's rows");
     for (let i = 10; i < 30; i++) record(i);
-    await until(true, "past one transaction's rows with no rate to weigh them against");
+    await clock.advance(50);
+    assert.equal(
+      p.backlogged,
+      true,
+      "past one transaction's rows with no rate to weigh them against",
+    );
     assert.match(await episodes(), /reason="held_rows_no_rate"\} [1-9]/);
-    await until(false, "rows handed over");
+    await clock.advance(50);
+    assert.equal(p.backlogged, false, "rows handed over");
     assert.ok((await h.waitingJobs()) > 0, "the held rows went to the queue on turning behind");
     await p.close();
     for (;;) if ((await h.flusher().flushOnce()).outcome !== "committed") break;

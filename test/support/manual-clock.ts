@@ -7,7 +7,7 @@ import type { Clock, TimerHandle } from "../../src/produce/clock.js";
  */
 export class ManualClock implements Clock {
   private time: number;
-  private readonly timers = new Map<number, { at: number; fn: () => void }>();
+  private readonly timers = new Map<number, { at: number; fn: () => unknown }>();
   private nextId = 0;
 
   constructor(start = Date.UTC(2026, 11, 2, 12, 0, 0)) {
@@ -18,7 +18,7 @@ export class ManualClock implements Clock {
     return this.time;
   }
 
-  setTimeout(fn: () => void, ms: number): TimerHandle {
+  setTimeout(fn: () => unknown, ms: number): TimerHandle {
     const id = ++this.nextId;
     this.timers.set(id, { at: this.time + Math.max(0, ms), fn });
     return { id };
@@ -35,19 +35,21 @@ export class ManualClock implements Clock {
 
   /**
    * Moves time forward by `ms`, firing every timer that falls due on the way
-   * (those they set included), each at its own time; awaits what each timer
-   * started between two firings, so their promises settle as they would.
+   * (those they set included), each at its own time, and waits for the work
+   * each one started (the promise it returned: a send, a Redis read) before
+   * the next: what a test then sees is what those timers did.
    */
   async advance(ms: number): Promise<void> {
     const until = this.time + ms;
     for (;;) {
-      let next: [number, { at: number; fn: () => void }] | undefined;
+      let next: [number, { at: number; fn: () => unknown }] | undefined;
       for (const entry of this.timers)
         if (entry[1].at <= until && (next === undefined || entry[1].at < next[1].at)) next = entry;
       if (next === undefined) break;
       this.timers.delete(next[0]);
       this.time = Math.max(this.time, next[1].at);
-      next[1].fn();
+      const work = next[1].fn();
+      if (work instanceof Promise) await work.catch(() => undefined);
       await settle();
     }
     this.time = until;
