@@ -262,13 +262,15 @@ describe("gateway service (HTTP, virtual keys, mock model, spend)", () => {
     for (const key of ["sk-not-a-real-key", undefined]) {
       const res = await chat(key, msg);
       assert.equal(res.status, 401);
-      const body = (await res.json()) as { error: { type: string } };
-      assert.equal(body.error.type, "auth_error");
+      const body = (await res.json()) as { error: { type: string; code: string } };
+      assert.equal(body.error.type, "authentication_error");
+      assert.equal(body.error.code, key === undefined ? "missing_api_key" : "invalid_api_key");
     }
     const k = keys[0]?.key;
     const unknown = await chat(k, { ...msg, model: "gpt-imaginary" });
     assert.equal(unknown.status, 400);
-    const ub = (await unknown.json()) as { error: { message: string } };
+    const ub = (await unknown.json()) as { error: { message: string; code: string } };
+    assert.equal(ub.error.code, "model_not_found");
     assert.match(ub.error.message, /unknown model "gpt-imaginary"/);
     assert.match(ub.error.message, /mock-small/);
     for (const bad of [

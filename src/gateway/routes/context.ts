@@ -1,0 +1,28 @@
+import type { AppConfig } from "../../config/config.js";
+import type { Logger } from "../../observe/logger.js";
+import type { Db } from "../../persist/prisma.js";
+import type { ProducerMetrics } from "../../produce/producer-metrics.js";
+import type { SpendProducer } from "../../produce/producer.js";
+import type { SpendEventError } from "../../produce/spend-event.js";
+import type { SpendQueues } from "../../queue/spend-queues.js";
+import type { ChargeCheck } from "../charge-check.js";
+import type { PriceTable } from "../pricing.js";
+
+/** What every route handler of the gateway works with. */
+export interface RouteContext {
+  config: AppConfig;
+  producer: SpendProducer;
+  db: Db;
+  logger: Logger;
+  prices: PriceTable;
+  charge: ChargeCheck;
+  producerStats: ProducerMetrics;
+  /** The spend queues (one set per partition), for live spend; empty with the buffer off. */
+  queues: readonly SpendQueues[];
+}
+
+/** A validation's refusal, counted: why the producer would refuse the spend. */
+export function counted(ctx: RouteContext, err: SpendEventError): SpendEventError {
+  ctx.producerStats.eventsRejected.inc({ reason: err.reason });
+  return err;
+}
