@@ -18,6 +18,7 @@ export { redact };
  */
 
 export class ConfigError extends Error {
+  readonly code = "CONFIG";
   constructor(message: string) {
     super(message);
     this.name = "ConfigError";

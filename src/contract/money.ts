@@ -21,6 +21,7 @@ export const MAX_EVENT_USD = 4_000;
 const DECIMAL = /^(\d{1,16})(?:\.(\d{1,12}))?$/;
 
 export class MoneyError extends Error {
+  readonly code = "MONEY";
   constructor(message: string) {
     super(message);
     this.name = "MoneyError";

@@ -2,6 +2,7 @@ import type { ModelPrice } from "../config/config.js";
 import { picoToDecimal } from "../contract/money.js";
 
 export class UnknownModelError extends Error {
+  readonly code = "UNKNOWN_MODEL";
   constructor(
     readonly model: string,
     known: readonly string[],

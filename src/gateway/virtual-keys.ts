@@ -43,6 +43,7 @@ const MAX_ID_LENGTH = 256;
 const RESERVED = new Set(["__proto__", "constructor", "prototype"]);
 
 export class KeyInputError extends Error {
+  readonly code = "KEY_INPUT";
   constructor(message: string) {
     super(message);
     this.name = "KeyInputError";
@@ -161,6 +162,7 @@ interface Entry {
  * retry (503, Retry-After: retryAfterSeconds).
  */
 export class KeyLookupThrottledError extends Error {
+  readonly code = "KEY_LOOKUP_THROTTLED";
   constructor(readonly retryAfterSeconds: number) {
     super(`too many lookups of keys not cached: retry in ${retryAfterSeconds} s`);
     this.name = "KeyLookupThrottledError";

@@ -13,7 +13,7 @@
 // adapter with its four @prisma/adapter-pg bug fixes in pg-adapter-fixes.ts, the
 // default paths and MigrationError (which both use) in migration-files.ts.
 //
-// See /work/shared/notes/prisma-offline.md for the measurements behind this.
+// docs/internals.md ("Prisma without its native engines") says why and how.
 
 import { readFile, readdir } from "node:fs/promises";
 import path from "node:path";

@@ -12,6 +12,7 @@ export const DEFAULT_SCHEMA_PATH = path.join(REPO_ROOT, "prisma", "schema.prisma
 export const DEFAULT_MIGRATIONS_DIR = path.join(REPO_ROOT, "prisma", "migrations");
 
 export class MigrationError extends Error {
+  readonly code = "MIGRATION";
   override readonly name = "MigrationError";
 }
 

@@ -1,6 +1,6 @@
 // The driver adapter the schema engine talks to PostgreSQL through: @prisma/adapter-pg,
 // wrapped to work around four bugs in its 7.10 release that the engine hits (all
-// reproduced; see /work/shared/notes/prisma-offline.md). Each fix below is marked
+// reproduced; see docs/internals.md, "Prisma without its native engines"). Each fix below is marked
 // with the number of the bug it works around:
 //   1. the shadow database is aimed at the main one (pgClientConfig);
 //   2. pg's `"char"` and `name` columns cannot be deserialized (CharAsTextClient);

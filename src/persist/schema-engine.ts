@@ -2,7 +2,7 @@
 // connected to PostgreSQL through the fixed adapter of pg-adapter-fixes.ts. This
 // module owns the engine's lifetime: its timers, its connections and freeing it.
 //
-// See /work/shared/notes/prisma-offline.md for the measurements behind this.
+// docs/internals.md ("Prisma without its native engines") says why and how.
 
 import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";

@@ -22,7 +22,7 @@ class Statement {
  * Writes merged rows in ONE statement: a data-modifying CTE per table, each
  * an INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE, each column one
  * array literal (pg-array.ts says why). Through Prisma every statement costs
- * a fixed ~0.3 ms of client CPU plus a round trip; one per table made that
+ * a fixed cost in client CPU plus a round trip; one per table made that
  * the larger part of a small flush. CTEs that the outer query does not read
  * run to completion in an order fixed by the statement's shape, and every
  * writer builds the same shape (tables in kind order, keys sorted), so the

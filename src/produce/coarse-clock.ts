@@ -1,11 +1,12 @@
 import { systemClock, type Clock, type TimerHandle } from "./clock.js";
 
 /**
- * The producer's clock. Date.now() costs ~75 ns on the VMs this runs on
- * (clock_gettime without a vDSO fast path): a tenth of record()'s budget, for
- * a value that only picks the daily row's date and bounds a startTime window
- * of hours. So the time is read once per timer period, and again every
- * `refreshEvery` reads so a long synchronous run of records cannot outrun it.
+ * The producer's view of the wall clock, for event dates. Date.now() is a
+ * system call where the VM gives no fast path for it, and it would run once
+ * per request for a value that only picks the daily row's date and bounds a
+ * startTime window of hours. So the time is read once per timer period, and
+ * again every `refreshEvery` reads so a long synchronous run of records
+ * cannot outrun it.
  */
 export class CoarseClock {
   private now: number;

@@ -22,8 +22,8 @@ export interface BufferStats {
 export const BACKPRESSURE_REASONS = ["backlog_age", "held_rows", "held_rows_no_rate"] as const;
 
 /**
- * A seal holds the gateway's event loop for ~1 µs a row: well under a
- * millisecond for a few rows, seconds only near max_buffered_rows.
+ * A seal holds the gateway's event loop for a time in proportion to its rows:
+ * well under a millisecond for a few, up to seconds near max_buffered_rows.
  */
 const SEAL_DURATION_BUCKETS = [
   0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,

@@ -250,9 +250,9 @@ export class SpendProducer {
    * to throw to, so a gateway checks what a request supplies before serving
    * it. Why not validate here: in a gateway each request's other work evicts
    * the producer's code from the CPU caches between two records, so code run
-   * once per request costs many times what it costs in a batch; on the
-   * reference gateway, validating (and copying) each event before returning
-   * cost ~1.2 % of a request's CPU more than this (bench, A/B in both orders).
+   * once per request costs many times what it costs in a batch (the
+   * benchmark's gateway section measured validating each event before
+   * returning against this, both orders).
    * Its date, if it has no startTime, is the batch's (at most a few seconds
    * later; a batch runs at least once per seal interval).
    */

@@ -96,6 +96,7 @@ export const REJECT_REASONS: readonly RejectReason[] = [
 ];
 
 export class SpendEventError extends Error {
+  readonly code = "SPEND_EVENT_REFUSED";
   constructor(
     readonly reason: RejectReason,
     readonly field: string,
