@@ -55,30 +55,65 @@ const pricePerToken = z.unknown().transform((v, ctx): string => {
 
 const modelPriceSchema = z
   .object({
-    input_cost_per_token: pricePerToken,
-    output_cost_per_token: pricePerToken,
+    input_cost_per_token: pricePerToken.describe("USD per prompt token, a quoted decimal string."),
+    output_cost_per_token: pricePerToken.describe(
+      "USD per completion token, a quoted decimal string.",
+    ),
   })
   .strict();
 
+// Every setting's description is its documentation: docs/configuration.md is
+// generated from these schemas (config-reference.ts), and a test keeps it so.
 const cacheParamsSchema = z
   .object({
-    type: z.literal("redis"),
-    host: z.string().min(1).optional(),
-    port: z.coerce.number().int().min(1).max(65_535).optional(),
-    password: z.string().optional(),
-    username: z.string().optional(),
-    db: z.coerce.number().int().min(0).max(15).optional(),
-    ssl: z.boolean().optional(),
-    url: z.string().optional(),
-    /** Accepted for LiteLLM compatibility: ioredis multiplexes one connection per client, see README. */
-    max_connections: z.number().int().positive().optional(),
-    /** LiteLLM's response-cache setting; irrelevant to the spend buffer. */
-    supported_call_types: z.array(z.string()).optional(),
-    /** Redis Cluster: seed nodes as "host:port" (the rest are discovered). */
+    type: z.literal("redis").describe("Must be `redis`."),
+    host: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("Redis host. Default `127.0.0.1`; `REDIS_URL` wins."),
+    port: z.coerce
+      .number()
+      .int()
+      .min(1)
+      .max(65_535)
+      .optional()
+      .describe("Redis port. Default `6379`."),
+    password: z.string().optional().describe("Redis password; use `os.environ/NAME`."),
+    username: z.string().optional().describe("Redis ACL user name."),
+    db: z.coerce
+      .number()
+      .int()
+      .min(0)
+      .max(15)
+      .optional()
+      .describe(
+        "Redis database index. Default `0`. Start-up checks that the server has it (a `REDIS_URL` may name a higher one, if the server's `databases` allows).",
+      ),
+    ssl: z.boolean().optional().describe("TLS to Redis (as a `rediss://` URL does)."),
+    url: z
+      .string()
+      .optional()
+      .describe("A `redis://` or `rediss://` URL instead of host and port."),
+    max_connections: z
+      .number()
+      .int()
+      .positive()
+      .optional()
+      .describe(
+        "Accepted for LiteLLM compatibility and ignored: ioredis multiplexes every command of a client over one connection, and a process opens a fixed few (a gateway one, a worker three), so there is no pool to size.",
+      ),
+    supported_call_types: z
+      .array(z.string())
+      .optional()
+      .describe("LiteLLM's response-cache setting; no effect on spend."),
     cluster_nodes: z
       .array(z.string().regex(/^[^\s:]+:\d{1,5}$/, "must be host:port"))
       .min(1)
-      .optional(),
+      .optional()
+      .describe(
+        "Redis Cluster seed nodes, `host:port` (the rest are discovered); `REDIS_CLUSTER_NODES` (comma-separated) wins. Start-up checks each answering seed is a cluster node with `cluster_state:ok`.",
+      ),
   })
   .strict();
 
@@ -87,100 +122,266 @@ const spendBufferSchema = z
     key_prefix: z
       .string()
       .regex(/^[A-Za-z0-9_.-]{1,64}$/)
-      .default("haimaker"),
-    // Each seal interval is shortened by up to this much at random (at most half of it), so
-    // gateways started together do not seal in lockstep; never lengthened (see proxy_batch_write_at).
-    flush_jitter_seconds: z.number().min(0).max(3_600).default(0.25),
-    max_buffered_rows: z.number().int().min(100).default(200_000),
-    max_rows_per_job: z.number().int().min(1).max(100_000).default(5_000),
-    // 2: daily rows grouped by context (~half the bytes in Redis). 1: the first format, for
-    // gateways upgraded before their flush workers (workers read both).
-    daily_job_format: z.union([z.literal(1), z.literal(2)]).default(2),
-    // Back-pressure: gateways answer 503 while the oldest spend job not yet committed is older
-    // than this (the flush is that far behind). 0: off, the backlog may grow without bound.
-    backpressure_backlog_age_seconds: z.number().min(0).max(86_400).default(0),
-    worker_flush_every_seconds: positiveSeconds.default(5),
-    lock_lease_seconds: positiveSeconds.default(30),
-    max_jobs_per_flush: z.number().int().min(1).max(100_000).default(1_000),
-    // Jobs are taken until their rows reach this (at least one job): a transaction's size,
-    // and so its duration and the row locks it holds, stays bounded whatever the job sizes.
-    max_rows_per_transaction: z.number().int().min(1).max(10_000_000).default(20_000),
-    max_flush_seconds: positiveSeconds.default(60),
-    applied_batch_retention_days: z.number().int().min(1).max(3_650).default(14),
-    transaction_timeout_seconds: positiveSeconds.default(120),
-    metrics_port: z.number().int().min(0).max(65_535).default(9464),
-    flush_partitions: z.number().int().min(1).max(64).default(1),
-    worker_concurrency: z.number().int().min(1).max(64).default(1),
-    log_level: z.enum(LOG_LEVELS).optional(),
-    /** The gateway's HTTP port (chat completions, ingest, health, metrics). */
-    gateway_port: z.number().int().min(0).max(65_535).default(4000),
-    /** Per model: USD per input and output token, exact decimal strings. */
-    model_prices: z.record(z.string().min(1).max(256), modelPriceSchema).default({}),
-    /** How long a virtual key looked up in PostgreSQL stays cached in a gateway. */
-    key_cache_ttl_seconds: z.number().min(0).max(86_400).default(60),
-    /** Most virtual keys cached in one gateway. */
-    key_cache_max_entries: z.number().int().min(1).max(10_000_000).default(10_000),
-    /** Most events in one POST /spend/events; more is refused with 413. */
-    ingest_max_events: z.number().int().min(1).max(100_000).default(1_000),
-    /** Largest JSON body the gateway reads, in bytes; more is refused with 413. */
+      .default("haimaker")
+      .describe(
+        "Prefix of every Redis key and BullMQ queue: deployments sharing one Redis never mix their buffers.",
+      ),
+    flush_jitter_seconds: z
+      .number()
+      .min(0)
+      .max(3_600)
+      .default(0.25)
+      .describe(
+        "Each seal interval is shortened by up to this much at random (at most half of it), so gateways started together do not seal in lockstep; never lengthened, so `proxy_batch_write_at` stays the bound on what a crash loses.",
+      ),
+    max_buffered_rows: z
+      .number()
+      .int()
+      .min(100)
+      .default(200_000)
+      .describe(
+        "A gateway's memory bound, in distinct rows held (aggregated, or sealed and not yet delivered). At the bound, events that would add rows are refused (`BufferFullError`, 503) instead of growing the heap. It is also what one seal may drain, synchronously, on the gateway's event loop (`spend_producer_seal_duration_seconds`).",
+      ),
+    max_rows_per_job: z
+      .number()
+      .int()
+      .min(1)
+      .max(100_000)
+      .default(5_000)
+      .describe("Most rows in one BullMQ job, so one job stays small in Redis."),
+    daily_job_format: z
+      .union([z.literal(1), z.literal(2)])
+      .default(2)
+      .describe(
+        "How producers write daily spend jobs: `2` groups rows by the context they share (about half the bytes of `1` in Redis). Workers read both: set `1` only while gateways are upgraded before their workers.",
+      ),
+    backpressure_backlog_age_seconds: z
+      .number()
+      .min(0)
+      .max(86_400)
+      .default(0)
+      .describe(
+        "Back-pressure: gateways answer 503 (with `Retry-After`) while the oldest spend job not yet committed is older than this, or the rows all gateways hold would take the flush longer than half a seal interval. `0`: off, and the backlog may grow without bound.",
+      ),
+    worker_flush_every_seconds: positiveSeconds
+      .default(5)
+      .describe("How often each partition's flush job is scheduled."),
+    lock_lease_seconds: positiveSeconds
+      .default(30)
+      .describe(
+        "The flush lock's lease (renewed every third of it while a flush runs) and the BullMQ job lock of taken jobs.",
+      ),
+    max_jobs_per_flush: z
+      .number()
+      .int()
+      .min(1)
+      .max(100_000)
+      .default(1_000)
+      .describe("Most spend jobs one flush transaction applies."),
+    max_rows_per_transaction: z
+      .number()
+      .int()
+      .min(1)
+      .max(10_000_000)
+      .default(20_000)
+      .describe(
+        "Jobs are taken until their rows reach this (at least one job): a transaction's size, duration and row locks stay bounded whatever the job sizes. Also what gateways may hold before any flush rate is known (back-pressure).",
+      ),
+    max_flush_seconds: positiveSeconds
+      .default(60)
+      .describe(
+        "How long one flush keeps draining, transaction after transaction, before leaving the rest to the next tick.",
+      ),
+    applied_batch_retention_days: z
+      .number()
+      .int()
+      .min(1)
+      .max(3_650)
+      .default(14)
+      .describe(
+        "How long applied batch ids are kept (`spend_applied_batch`) to recognise a batch delivered again.",
+      ),
+    transaction_timeout_seconds: positiveSeconds
+      .default(120)
+      .describe("Longest one flush transaction may take before PostgreSQL work is abandoned."),
+    metrics_port: z
+      .number()
+      .int()
+      .min(0)
+      .max(65_535)
+      .default(9464)
+      .describe(
+        "The worker's HTTP port: `/metrics`, `/health/*`, Bull Board (`/admin/queues`). `METRICS_PORT` wins.",
+      ),
+    flush_partitions: z
+      .number()
+      .int()
+      .min(1)
+      .max(64)
+      .default(1)
+      .describe(
+        "Flush partitions, each with its own queues, lock and fence: rows are routed by a stable hash, so partitions write disjoint rows. Gateways and workers must agree: the count is recorded in Redis and only a worker may switch it (drained, no other worker on the old count).",
+      ),
+    worker_concurrency: z
+      .number()
+      .int()
+      .min(1)
+      .max(64)
+      .default(1)
+      .describe("Flushes one worker replica runs at once (of different partitions)."),
+    log_level: z
+      .enum(LOG_LEVELS)
+      .optional()
+      .describe("pino log level. Default `info`; `LOG_LEVEL` wins."),
+    gateway_port: z
+      .number()
+      .int()
+      .min(0)
+      .max(65_535)
+      .default(4000)
+      .describe("The gateway's HTTP port (chat completions, ingest, keys, health, metrics)."),
+    model_prices: z
+      .record(z.string().min(1).max(256), modelPriceSchema)
+      .default({})
+      .describe(
+        'Per model, USD per input and output token as quoted decimal strings with at most 12 decimals: `{ "<model>": { input_cost_per_token: "0.0000025", output_cost_per_token: "0.00001" } }`. A YAML number is refused (already a binary float); model names follow the id rules.',
+      ),
+    key_cache_ttl_seconds: z
+      .number()
+      .min(0)
+      .max(86_400)
+      .default(60)
+      .describe("How long a gateway caches a virtual key it looked up in PostgreSQL."),
+    key_cache_max_entries: z
+      .number()
+      .int()
+      .min(1)
+      .max(10_000_000)
+      .default(10_000)
+      .describe(
+        "Most virtual keys cached in one gateway (unknown keys have a bounded cache of their own of the same size).",
+      ),
+    ingest_max_events: z
+      .number()
+      .int()
+      .min(1)
+      .max(100_000)
+      .default(1_000)
+      .describe("Most events in one `POST /spend/events` (413 beyond)."),
     max_request_body_bytes: z
       .number()
       .int()
       .min(1_024)
       .max(64 * 1024 * 1024)
-      .default(1024 * 1024),
-    /** Bull Board (/admin/queues on the worker) and other admin pages need credentials unless false. */
-    admin_auth: z.boolean().default(true),
-    admin_username: z.string().min(1).optional(),
-    admin_password: z.string().min(1).optional(),
-    admin_token: z.string().min(16, "must be at least 16 characters").optional(),
-    /** Bull Board shows queues without retry/clean/remove buttons unless false. */
-    bull_board_read_only: z.boolean().default(true),
-    max_spend_usd_per_event: z.number().positive().max(MAX_EVENT_USD).default(1_000),
-    max_tokens_per_event: z.number().int().positive().max(1_000_000_000).default(100_000_000),
+      .default(1024 * 1024)
+      .describe("Largest JSON body the gateway reads, in bytes (413 beyond)."),
+    admin_auth: z
+      .boolean()
+      .default(true)
+      .describe("Bull Board needs credentials; only `false` opens it to anyone who reaches it."),
+    admin_username: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("Basic auth user for Bull Board (with `admin_password`)."),
+    admin_password: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("Basic auth password for Bull Board; use `os.environ/NAME`."),
+    admin_token: z
+      .string()
+      .min(16, "must be at least 16 characters")
+      .optional()
+      .describe("A bearer token for Bull Board, at least 16 characters; use `os.environ/NAME`."),
+    bull_board_read_only: z
+      .boolean()
+      .default(true)
+      .describe("Bull Board shows queues without retry, clean or remove buttons unless `false`."),
+    max_spend_usd_per_event: z
+      .number()
+      .positive()
+      .max(MAX_EVENT_USD)
+      .default(1_000)
+      .describe(
+        `Largest cost one event may carry, USD (at most ${MAX_EVENT_USD}); more is refused as \`invalid_spend\`.`,
+      ),
+    max_tokens_per_event: z
+      .number()
+      .int()
+      .positive()
+      .max(1_000_000_000)
+      .default(100_000_000)
+      .describe("Largest count in any one token field of an event."),
     max_event_age_hours: z
       .number()
       .positive()
       .max(24 * 366)
-      .default(7 * 24),
-    /** Most tags one event may carry (each gets the request's full cost). */
-    max_tags_per_event: z.number().int().min(0).max(1_000).default(32),
-    /** How far ahead of this host's clock an event's start may be (clock skew between hosts). */
+      .default(7 * 24)
+      .describe("Oldest request start accepted: late events still land on their own day."),
+    max_tags_per_event: z
+      .number()
+      .int()
+      .min(0)
+      .max(1_000)
+      .default(32)
+      .describe("Most tags one event may carry (each gets the request's full cost)."),
     max_event_future_minutes: z
       .number()
       .min(0)
       .max(24 * 60)
-      .default(60),
+      .default(60)
+      .describe(
+        "How far ahead of the receiving host's clock a request start may be (clock skew between hosts).",
+      ),
   })
   .strict();
 
-const fileSchema = z
+export const CONFIG_FILE_SCHEMA = z
   .object({
     general_settings: z
       .object({
-        use_redis_transaction_buffer: z.boolean().default(false),
-        /** Seconds between a producer's writes of its aggregates (LiteLLM's name). */
-        /**
-         * Most seconds between a producer's writes of its aggregates (LiteLLM's name). What a
-         * gateway killed without warning (SIGKILL, OOM) loses: its unsent aggregate is only in
-         * memory. LiteLLM defaults to 10; 1 bounds that loss to a second of traffic.
-         */
-        proxy_batch_write_at: positiveSeconds.default(1),
-        database_url: z.string().optional(),
-        /** Admin secret of the gateway (LiteLLM's name): key management and batch ingest. */
-        master_key: z.string().min(8, "must be at least 8 characters").optional(),
+        use_redis_transaction_buffer: z
+          .boolean()
+          .default(false)
+          .describe(
+            "Buffer spend in Redis (BullMQ) and let flush workers write it; `false`: each gateway writes its aggregates to PostgreSQL itself. A file that sets `true` must configure Redis. Without any file, `true` against local Redis.",
+          ),
+        proxy_batch_write_at: positiveSeconds
+          .default(1)
+          .describe(
+            "Most seconds between a gateway's writes of its aggregates (LiteLLM's name): what a gateway killed without warning (SIGKILL, OOM) loses, since its unsent aggregate is only in memory. LiteLLM defaults to 10.",
+          ),
+        database_url: z
+          .string()
+          .optional()
+          .describe(
+            "PostgreSQL, as a `postgresql://` URL (`DATABASE_URL` wins). Default `postgresql://postgres@127.0.0.1:5432/test`.",
+          ),
+        master_key: z
+          .string()
+          .min(8, "must be at least 8 characters")
+          .optional()
+          .describe(
+            "The gateway's admin secret (LiteLLM's name): `/spend/events`, `/key/generate`, `/spend/live`, and Bull Board's bearer token. Use `os.environ/NAME`.",
+          ),
       })
       .strict()
       .default({ use_redis_transaction_buffer: false, proxy_batch_write_at: 1 }),
     litellm_settings: z
       .object({
-        cache: z.boolean().default(false),
-        cache_params: cacheParamsSchema.optional(),
+        cache: z
+          .boolean()
+          .default(false)
+          .describe("LiteLLM's response cache switch; no effect on spend."),
+        cache_params: cacheParamsSchema.optional().describe("Where Redis is (LiteLLM's names)."),
       })
       .strict()
       .optional(),
-    // A LiteLLM config carries its model list; this project does not read it.
-    model_list: z.array(z.unknown()).optional(),
+    model_list: z
+      .array(z.unknown())
+      .optional()
+      .describe("A LiteLLM configuration's model list: accepted, not read."),
     spend_buffer_settings: spendBufferSchema.default(spendBufferSchema.parse({})),
   })
   .strict();
@@ -385,7 +586,7 @@ function formatIssues(err: z.ZodError): string {
 
 /** Builds the configuration from a parsed YAML document (or nothing) and the environment. */
 export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env): AppConfig {
-  const parsed = fileSchema.safeParse(resolveEnvRefs(doc ?? {}, env, ""));
+  const parsed = CONFIG_FILE_SCHEMA.safeParse(resolveEnvRefs(doc ?? {}, env, ""));
   if (!parsed.success)
     throw new ConfigError(`invalid configuration: ${formatIssues(parsed.error)}`);
   const f = parsed.data;

@@ -1,0 +1,135 @@
+import { z } from "zod";
+import { CONFIG_FILE_SCHEMA } from "./config.js";
+
+/**
+ * docs/configuration.md, made from the configuration schema itself (every
+ * setting's type, bounds, default and `.describe()` text), so the reference
+ * cannot drift from what the code accepts: `npm run docs:config` writes it,
+ * and a test fails when the file differs from this.
+ */
+
+interface Json {
+  type?: string;
+  description?: string;
+  default?: unknown;
+  minimum?: number;
+  maximum?: number;
+  exclusiveMinimum?: number;
+  minLength?: number;
+  maxLength?: number;
+  pattern?: string;
+  const?: unknown;
+  enum?: unknown[];
+  anyOf?: Json[];
+  items?: Json;
+  properties?: Record<string, Json>;
+  additionalProperties?: Json | boolean;
+}
+
+const SECTIONS: { key: string; path: string[]; intro: string }[] = [
+  {
+    key: "general_settings",
+    path: ["general_settings"],
+    intro:
+      "LiteLLM's own section: the switch for the Redis buffer, the seal interval, PostgreSQL and the admin secret.",
+  },
+  {
+    key: "litellm_settings.cache_params",
+    path: ["litellm_settings", "cache_params"],
+    intro:
+      "Where Redis is, in LiteLLM's names (the seed's `proxy_config.yaml` works as written). `REDIS_URL` and `REDIS_CLUSTER_NODES` win over them.",
+  },
+  {
+    key: "spend_buffer_settings",
+    path: ["spend_buffer_settings"],
+    intro: "Everything this project adds.",
+  },
+];
+
+function bound(n: number | undefined): string | undefined {
+  return n === undefined || Math.abs(n) >= Number.MAX_SAFE_INTEGER ? undefined : String(n);
+}
+
+function typeOf(s: Json): string {
+  if (s.const !== undefined) return `\`${JSON.stringify(s.const)}\``;
+  if (s.enum !== undefined) return `one of ${s.enum.map((v) => `\`${String(v)}\``).join(", ")}`;
+  if (s.anyOf !== undefined) return s.anyOf.map(typeOf).join(" or ");
+  const lo = bound(s.minimum);
+  const hi = bound(s.maximum);
+  const range =
+    s.exclusiveMinimum !== undefined
+      ? `more than ${s.exclusiveMinimum}${hi !== undefined ? `, at most ${hi}` : ""}`
+      : lo !== undefined && hi !== undefined
+        ? `${lo} to ${hi}`
+        : lo !== undefined
+          ? `${lo} or more`
+          : hi !== undefined
+            ? `at most ${hi}`
+            : undefined;
+  switch (s.type) {
+    case "integer":
+      return range !== undefined ? `integer, ${range}` : "integer";
+    case "number":
+      return range !== undefined ? `number, ${range}` : "number";
+    case "string": {
+      const len =
+        s.minLength !== undefined && s.maxLength !== undefined
+          ? `, ${s.minLength} to ${s.maxLength} characters`
+          : s.minLength !== undefined && s.minLength > 1
+            ? `, at least ${s.minLength} characters`
+            : "";
+      return s.pattern !== undefined ? `string matching \`${s.pattern}\`` : `string${len}`;
+    }
+    case "boolean":
+      return "boolean";
+    case "array":
+      return s.items !== undefined ? `list of ${typeOf(s.items)}` : "list";
+    case "object":
+      return "map";
+    default:
+      return "any";
+  }
+}
+
+function setting(name: string, s: Json): string[] {
+  const out = [`### \`${name}\``, ""];
+  const facts = [`Type: ${typeOf(s)}.`];
+  if (s.default !== undefined) facts.push(`Default: \`${JSON.stringify(s.default)}\`.`);
+  out.push(facts.join(" "), "");
+  if (s.description !== undefined) out.push(s.description, "");
+  return out;
+}
+
+/** The whole reference, as Markdown. */
+export function renderConfigReference(): string {
+  const root = z.toJSONSchema(CONFIG_FILE_SCHEMA, { io: "input", unrepresentable: "any" }) as Json;
+  const L: string[] = [
+    "# Configuration reference",
+    "",
+    "<!-- Generated from src/config/config.ts by `npm run docs:config`: edit the schema, not this file. -->",
+    "",
+    "One YAML file (`--config path`, or `SPEND_CONFIG`), LiteLLM's `proxy_config.yaml` shape: the seed's",
+    "file works as written. Unknown keys and wrong types stop the process at start (exit 2, one line naming",
+    "the key). Any string may be `os.environ/NAME`, replaced by that environment variable (keep secrets out",
+    "of the file). With no file at all, the buffer is on against local Redis and PostgreSQL on their",
+    "standard ports.",
+    "",
+    "## Environment",
+    "",
+    "- `DATABASE_URL`: PostgreSQL, wins over `general_settings.database_url`.",
+    "- `REDIS_URL`: Redis (`redis://` or `rediss://`), wins over `cache_params`.",
+    "- `REDIS_CLUSTER_NODES`: comma-separated `host:port` seeds of a Redis Cluster.",
+    "- `SPEND_CONFIG`: the configuration file, when `--config` is not given.",
+    "- `METRICS_PORT`: the worker's HTTP port, wins over `spend_buffer_settings.metrics_port`.",
+    "- `LOG_LEVEL`: wins over `spend_buffer_settings.log_level`.",
+    "",
+  ];
+  for (const section of SECTIONS) {
+    let node: Json | undefined = root;
+    for (const p of section.path) node = node?.properties?.[p];
+    const props = node?.properties ?? {};
+    L.push(`## \`${section.key}\``, "", section.intro, "");
+    for (const [name, s] of Object.entries(props)) L.push(...setting(name, s));
+  }
+  return `${L.join("\n").trimEnd()}\n`;
+}
