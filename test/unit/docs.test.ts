@@ -84,8 +84,7 @@ describe("docs", () => {
       skipLibCheck: true,
       types: ["node"],
       lib: ["lib.es2023.d.ts"],
-      baseUrl: REPO_ROOT,
-      paths: { "haimaker-spend-buffer": ["src/index.ts"] },
+      paths: { "haimaker-spend-buffer": [join(REPO_ROOT, "src/index.ts")] },
     };
     const host = ts.createCompilerHost(options);
     const read = host.readFile.bind(host);
