@@ -7,7 +7,7 @@ import { loadConfig } from "../../src/config/config.js";
 import { redisKeys } from "../../src/redis/keys.js";
 import { assertRefused, configFile, goodConfig, pool, redisUrl, runAsync } from "../support/cli.js";
 import { createTestDatabase, type TestDatabase } from "../support/db.js";
-import { TestRedisServer, testPort } from "../support/redis-server.js";
+import { freePort, TestRedisServer } from "../support/redis-server.js";
 import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "../support/redis.js";
 import { waitFor } from "../support/wait.js";
 
@@ -66,11 +66,11 @@ describe("haimaker-spend CLI: what it checks of Redis before it starts", () => {
 
   it("preflight accepts a Redis Cluster only once its state is ok", async () => {
     // A one-node cluster of this test's own: cluster mode on, no slots yet (state fail).
-    const server = new TestRedisServer(testPort(20), [
+    const server = new TestRedisServer(await freePort(), [
       "--cluster-enabled",
       "yes",
       "--cluster-port",
-      String(testPort(120)),
+      String(await freePort()),
       "--cluster-config-file",
       "nodes.conf",
       "--save",

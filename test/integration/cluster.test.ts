@@ -10,7 +10,7 @@ import { redisKeys } from "../../src/redis/keys.js";
 import { diffTotals, readTotals } from "../support/db-totals.js";
 import { createTestDatabase, type TestDatabase } from "../support/db.js";
 import { Ledger } from "../support/ledger.js";
-import { TestRedisServer, testPort } from "../support/redis-server.js";
+import { freePort, TestRedisServer } from "../support/redis-server.js";
 import { testConfig, uniquePrefix } from "../support/redis.js";
 import { waitFor } from "../support/wait.js";
 
@@ -18,15 +18,17 @@ const P = 3;
 
 /** A real three-master Redis Cluster on loopback ports, owned by this test. */
 async function startCluster(): Promise<TestRedisServer[]> {
-  const servers = [10, 11, 12].map(
-    (o) =>
-      new TestRedisServer(testPort(o), [
+  const ports: [number, number][] = [];
+  for (let i = 0; i < 3; i++) ports.push([await freePort(), await freePort()]);
+  const servers = ports.map(
+    ([port, bus]) =>
+      new TestRedisServer(port, [
         "--cluster-enabled",
         "yes",
         // The bus port defaults to port + 10000, inside Linux's ephemeral range, where an
-        // outgoing connection can hold it: one run's node failed to start that way.
+        // outgoing connection can hold it: the OS picks it too.
         "--cluster-port",
-        String(testPort(o + 100)),
+        String(bus),
         "--cluster-config-file",
         "nodes.conf",
         "--appendonly",

@@ -16,7 +16,7 @@ import { Harness } from "../support/harness.js";
 import { Ledger } from "../support/ledger.js";
 import { cleanRedis, testConfig, uniquePrefix } from "../support/redis.js";
 import { ManualClock } from "../support/manual-clock.js";
-import { TestRedisServer, testPort } from "../support/redis-server.js";
+import { freePort, TestRedisServer } from "../support/redis-server.js";
 
 /** Waits up to 5 s for a producer's back-pressure state to become `want`. */
 async function backlogged(p: SpendProducer, want: boolean, what: string): Promise<void> {
@@ -396,7 +396,7 @@ describe("producer", () => {
   });
 
   it("keeps batches it could not send and delivers them, same ids, once Redis is back", async () => {
-    const server = new TestRedisServer(testPort(1));
+    const server = new TestRedisServer(await freePort());
     await server.start();
     const outageDb = await createTestDatabase("producer_outage");
     const config = testConfig(prefix, outageDb.url);

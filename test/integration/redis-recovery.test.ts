@@ -12,7 +12,7 @@ import { startFlushWorker, type FlushWorkerService } from "../../src/index.js";
 import { diffTotals, readTotals } from "../support/db-totals.js";
 import { createTestDatabase, type TestDatabase } from "../support/db.js";
 import { Ledger } from "../support/ledger.js";
-import { TestRedisServer, testPort } from "../support/redis-server.js";
+import { freePort, TestRedisServer } from "../support/redis-server.js";
 import { testConfig, uniquePrefix } from "../support/redis.js";
 import { waitFor } from "../support/wait.js";
 
@@ -75,7 +75,7 @@ describe("Redis losing its state under live processes", () => {
 
   before(async () => {
     t = await createTestDatabase("redis_recovery");
-    server = new TestRedisServer(testPort(5));
+    server = new TestRedisServer(await freePort());
     await server.start();
     admin = new Redis(server.port, "127.0.0.1", { maxRetriesPerRequest: null });
     admin.on("error", () => undefined);

@@ -11,7 +11,7 @@ import { readTotals } from "../support/db-totals.js";
 import { createTestDatabase, type TestDatabase } from "../support/db.js";
 import { Harness } from "../support/harness.js";
 import { Ledger } from "../support/ledger.js";
-import { TestRedisServer, testPort } from "../support/redis-server.js";
+import { freePort, TestRedisServer } from "../support/redis-server.js";
 import { testConfig, uniquePrefix } from "../support/redis.js";
 import { waitFor } from "../support/wait.js";
 import { REPO_ROOT } from "../support/paths.js";
@@ -22,7 +22,7 @@ describe("security", () => {
   before(async () => {
     t = await createTestDatabase("security");
     // A Redis of this test's own, so every key in it can be accounted for.
-    server = new TestRedisServer(testPort(3));
+    server = new TestRedisServer(await freePort());
     await server.start();
   });
   after(async () => {

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createServer, type AddressInfo } from "node:net";
 import { Redis } from "ioredis";
 
 /**
@@ -77,10 +78,17 @@ export class TestRedisServer {
 }
 
 /**
- * A free-ish port per test file: derived from the pid, so parallel runs do
- * not collide, and below Linux's ephemeral range (32768+), so no outgoing
- * connection can be holding it.
+ * A port the OS says is free now: bound on port 0 and released. Another
+ * process could take it before the caller binds it; TestRedisServer.start()
+ * fails then with the server's own words, and such a race is rare on loopback.
  */
-export function testPort(offset: number): number {
-  return 20_000 + ((process.pid * 7 + offset) % 12_000);
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", resolve);
+  });
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
 }

@@ -13,7 +13,7 @@ import { createTestDatabase, type TestDatabase } from "../support/db.js";
 import { Harness } from "../support/harness.js";
 import { Ledger } from "../support/ledger.js";
 import { nodeArgs } from "../support/paths.js";
-import { TestRedisServer, testPort } from "../support/redis-server.js";
+import { freePort, TestRedisServer } from "../support/redis-server.js";
 import { cleanRedis, TEST_REDIS_URL, testConfig, uniquePrefix } from "../support/redis.js";
 
 describe("durability", () => {
@@ -26,7 +26,7 @@ describe("durability", () => {
   });
 
   it("spend queued in Redis survives a Redis crash when Redis keeps an AOF (appendfsync always)", async () => {
-    const server = new TestRedisServer(testPort(2), [
+    const server = new TestRedisServer(await freePort(), [
       "--save",
       "",
       "--appendonly",
