@@ -17,7 +17,7 @@
  * The producer's seal timer is off: the parent seals at the end of each rep,
  * and a rep lasts one mean seal interval, so each request carries the share
  * of one seal a gateway's requests carry. With the timer on as well, a rep
- * held its timer's seal too (one per 10-15 s, whatever the rep does): two
+ * held its timer's seal too (one per interval, whatever the rep does): two
  * seals per interval, each draining and sending the rows touched on both
  * sides of it.
  */

@@ -46,8 +46,8 @@ export function gatewayRequests(
 }
 
 /**
- * The reference gateway's configuration: the producer's defaults (10 s seal
- * interval + up to 5 s jitter), what a gateway runs. The parent reads its seal
+ * The reference gateway's configuration: the producer's defaults (the seal
+ * interval and jitter of the configuration schema), what a gateway runs. The parent reads its seal
  * interval from here too, to size a rep.
  */
 export function gatewayConfig(keyPrefix: string, databaseUrl: string): AppConfig {

@@ -98,7 +98,7 @@ export function markdown(r: BenchResults): string {
         `CPU is the gateway process's own (process.cpuUsage)${gw.pinnedCpu === null ? "" : `, pinned to CPU ${gw.pinnedCpu}`}; both gateways run side by side on that core with the same requests, swapping roles each rep. Each rep gives a ratio; each two consecutive reps, in which each process recorded once, give one figure, the mean of their ratios, which cancels a fixed difference between the two processes (half the difference of the null reps below). ` +
         `The recording one seals and sends what it holds at the end of its rep (on its CPU)` +
         (gw.repSpansSealInterval
-          ? `; a rep lasts about one mean seal interval of the gateway's producer (${gw.sealIntervalMs / 1000} s: the 10 s interval plus half the 5 s jitter, the rate measured in the warm-up), so each request carries the share of a seal it does in a gateway.`
+          ? `; a rep lasts about one mean seal interval of the gateway's producer (${gw.sealIntervalMs / 1000} s: proxy_batch_write_at less half its jitter, at the rate measured in the warm-up), so each request carries the share of a seal it does in a gateway.`
           : ` (a fixed count in a smoke run: more often than a gateway's timer would).`),
     );
     L.push("");
