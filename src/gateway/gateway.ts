@@ -5,6 +5,7 @@ import { silentLogger, type Logger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
 import type { SpendProducer } from "../produce/producer.js";
 import { createDb } from "../persist/prisma.js";
+import { queueGauges } from "../queue/queue-gauges.js";
 import { QueueSink } from "../queue/queue-sink.js";
 import { listen } from "../serve/http.js";
 import { postgresCheck, redisCheck, type Check } from "../serve/readiness.js";
@@ -65,6 +66,9 @@ export async function startGateway(
     throw err;
   }
   const queues = producer.sink instanceof QueueSink ? producer.sink.queues : [];
+  // The queues' depth and backlog age, read from Redis at each scrape: with
+  // every worker down, the gateways still show what is piling up.
+  for (const q of queues) queueGauges(metrics).watch(q, q.keys.partition);
   const keys = new KeyCache(db, config.gateway.keyCacheTtlMs, config.gateway.keyCacheMaxEntries);
   const checks: Record<string, Check> = { postgres: postgresCheck(db) };
   const redis = queues[0]?.connection;

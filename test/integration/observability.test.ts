@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { startGateway } from "../../src/gateway/gateway.js";
 import { createApp, listen } from "../../src/serve/http.js";
 import { createTestDatabase, type TestDatabase } from "../support/db.js";
 import { Harness } from "../support/harness.js";
@@ -171,5 +172,30 @@ describe("observability: /metrics", () => {
         .reduce((a, [, v]) => a + v, 0);
     assert.equal(lost(after) - lost(before), 1);
     await p.close();
+  });
+  it("a gateway exports what it measures: its producer and the queues it reads, never a worker's lock or flushes", async () => {
+    const gw = await startGateway(testConfig(prefix, t.url), { port: 0, host: "127.0.0.1" });
+    try {
+      // Jobs waiting with no worker running: the gateway's scrape shows them.
+      const p = await h.producer();
+      p.record({ spend: 1, userId: "obs-gateway", tags: ["g"] });
+      await p.flush();
+      const res = await fetch(`http://127.0.0.1:${gw.port}/metrics`);
+      const text = await res.text();
+      assert.match(text, /^litellm_redis_spend_update_queue_size [1-9]/m);
+      assert.match(text, /^litellm_redis_daily_spend_update_queue_size [1-9]/m);
+      assert.match(text, /^spend_backlog_age_seconds\{queue="entity"\} /m);
+      assert.match(text, /^litellm_in_memory_spend_update_queue_size 0/m);
+      for (const workerOnly of [
+        "litellm_pod_lock_manager_size",
+        "spend_flushes_total",
+        "spend_seconds_since_last_successful_flush",
+      ])
+        assert.doesNotMatch(text, new RegExp(`^${workerOnly}`, "m"), workerOnly);
+      await p.close();
+      while ((await h.flusher().flushOnce()).outcome === "committed");
+    } finally {
+      await gw.close();
+    }
   });
 });
