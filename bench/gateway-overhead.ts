@@ -209,8 +209,10 @@ export async function measureGatewayOverhead(
      */
     const sealIntervalMs = meanSealIntervalMs(gatewayConfig(prefix, t.url));
     const warmRps = (warm.on.rps + warm.off.rps) / 2;
+    // One interval's requests, however short the interval: a longer rep would
+    // carry one seal for several intervals' requests and under-count sealing.
     const requestsPerRep = plan.repSpansSealInterval
-      ? Math.max(plan.requestsPerRep, Math.round((warmRps * sealIntervalMs) / 1000))
+      ? Math.max(1_000, Math.round((warmRps * sealIntervalMs) / 1000))
       : plan.requestsPerRep;
     progress(
       S,

@@ -29,6 +29,7 @@ export {
   BatchRefusedError,
   BufferFullError,
   CloseTimeoutError,
+  ProducerClosedError,
   SpendProducer,
   type ProducerOptions,
 } from "./produce/producer.js";

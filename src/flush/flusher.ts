@@ -20,7 +20,7 @@ import type { SpendDrain, Taken } from "./spend-drain.js";
 export interface FlusherOptions {
   /** Most spend jobs one transaction applies. Default 1 000. */
   maxJobsPerFlush?: number;
-  /** Jobs are taken until their rows reach this (at least one job). Default 50 000. */
+  /** Jobs are taken until their rows reach this (at least one job). Default: max_rows_per_transaction's. */
   maxRowsPerTransaction?: number;
   /** A flush keeps draining (transaction after transaction) for at most this long. Default 60 000 ms. */
   maxFlushMs?: number;

@@ -3,7 +3,7 @@
 // reproduced; see docs/internals.md, "Prisma without its native engines"). Each fix below is marked
 // with the number of the bug it works around:
 //   1. the shadow database is aimed at the main one (pgClientConfig);
-//   2. pg's `"char"` and `name` columns cannot be deserialized (CharAsTextClient);
+//   2. pg's `"char"` columns cannot be deserialized (CharAsTextClient);
 //   3. the shadow database is dropped before its pool is closed (connectToShadowDb);
 //   4. executeScript splits a migration on every `;` (executeScript in #track).
 // Bug 4 affects a plain `migrate deploy`; bugs 1–3 affect `migrate dev` and `db push`.
@@ -137,11 +137,13 @@ const PG_NAME_OID = 19;
 const PG_TEXT_OID = 25;
 
 /**
- * Bug 2: adapter-pg cannot map pg's `"char"` (OID 18) and `name` (OID 19), which
- * the engine reads from the catalogs whenever it inspects a live schema (`db
- * push`, `migrate dev`): "Column type 'char' could not be deserialized". Their
- * values already arrive as strings, so reporting them as text is enough. Done on
- * the pg client because adapter-pg maps the types before we could see the result.
+ * Bug 2: adapter-pg cannot map pg's `"char"` (OID 18), which the engine reads
+ * from the catalogs whenever it inspects a live schema (`db push`, `migrate
+ * dev`): "Column type 'char' could not be deserialized". `name` (OID 19) is
+ * reported the same way: the adapter maps it today, earlier versions did not,
+ * and as text it is the same value. Values of both already arrive as strings,
+ * so reporting them as text is enough. Done on the pg client because
+ * adapter-pg maps the types before we could see the result.
  */
 class CharAsTextClient extends pg.Client {
   constructor(config?: string | pg.ClientConfig) {
