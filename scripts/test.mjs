@@ -22,10 +22,31 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const cores = availableParallelism();
 const TIMEOUT_MS = 240_000;
 
+// Files known to take longest start first, so a long one does not start last
+// and run alone while the others are done (the rest follow in name order).
+const LONGEST_FIRST = [
+  "cli-operations",
+  "package",
+  "cli-refusals",
+  "e2e",
+  "faults",
+  "producer",
+  "partitions",
+  "flush",
+  "unicode-property",
+  "direct-mode",
+  "cluster",
+  "bull-board",
+];
+const rank = (f) => {
+  const i = LONGEST_FIRST.indexOf(f.replace(/\.test\.js$/, ""));
+  return i < 0 ? LONGEST_FIRST.length : i;
+};
+
 const files = (tier) =>
   readdirSync(join(root, ".build", "test", tier))
     .filter((f) => f.endsWith(".test.js"))
-    .sort()
+    .sort((a, b) => rank(a) - rank(b) || a.localeCompare(b))
     .map((f) => join(".build", "test", tier, f));
 
 const run = (name, list, concurrency, loader = []) => {
