@@ -197,7 +197,7 @@ describe("producer", () => {
     for (let i = 0; i < 20; i++) {
       const e = { spend: "0.01", userId: `held-${i}`, tags: ["held"] };
       p.record(e);
-      ledger.record(e);
+      ledger.record(e, clock.now());
     }
     await clock.advance(6 * 50);
     assert.equal(p.backlogged, false, "no rate published, and fewer rows than one transaction");
@@ -232,7 +232,8 @@ describe("producer", () => {
     const record = (i: number): void => {
       const e = { spend: "0.01", userId: `cold-${i}`, tags: ["cold"] };
       p.record(e);
-      ledger.record(e);
+      // The day is the producer's clock's, not the machine's.
+      ledger.record(e, clock.now());
     };
     // Each event adds a user row and a daily user row: 10 events hold ~20 rows (under 30).
     for (let i = 0; i < 10; i++) record(i);
