@@ -44,6 +44,8 @@ export interface SpendStatus {
    * (rows/s, summed over the partitions that published one; absent: none did).
    */
   held: { gateways: number; rows: number; flushRowsPerSec?: number };
+  /** The worker that leads the flush (takes the flush jobs) and how long its lease has left; absent: none. */
+  leader?: { worker: string; ttlMs: number };
   /** Every flush partition (one unless spend_buffer_settings.flush_partitions says more). */
   partitions: PartitionStatus[];
   /** When a flush of any partition last committed (the newest spend_flush_fence.updated_at). */
@@ -93,6 +95,10 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
       Promise.all(partitionKeys.map((k) => redis.get(k.flushRate))),
     ]);
     const flushRowsPerSec = totalFlushRate(rates);
+    const [leader, leaderTtl] = await Promise.all([
+      redis.get(keys.flushLeader),
+      redis.pttl(keys.flushLeader),
+    ]);
     const inRedis = await Promise.all(
       partitionKeys.map((k) =>
         Promise.all([redis.get(k.flushLock), redis.pttl(k.flushLock), redis.get(k.flushFence)]),
@@ -155,6 +161,7 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
         ...(Number.isFinite(oldest) ? { oldestAgeMs: at - oldest } : {}),
       },
       held: { ...held, ...(flushRowsPerSec !== null ? { flushRowsPerSec } : {}) },
+      ...(leader !== null ? { leader: { worker: leader, ttlMs: leaderTtl } } : {}),
       partitions,
       ...(Number.isFinite(lastFlush) ? { lastFlushAt: new Date(lastFlush).toISOString() } : {}),
       ...(newest !== null ? { newestAppliedBatchAt: newest.toISOString() } : {}),
@@ -198,6 +205,11 @@ export function formatStatus(s: SpendStatus): string {
       (rate === undefined
         ? "none published (gateways hold at most max_rows_per_transaction rows until one is)"
         : `${Math.round(rate)} rows/s, ${seconds((1000 * s.held.rows) / rate)} of work held`),
+  );
+  lines.push(
+    s.leader !== undefined
+      ? `flush leader: ${s.leader.worker}, lease expires in ${seconds(s.leader.ttlMs)}`
+      : "flush leader: none (no worker running, or its lease ran out)",
   );
   for (const p of s.partitions) {
     // One partition: the plain lines; several: each one's writer on its own lines.

@@ -171,6 +171,12 @@ const spendBufferSchema = z
       .describe(
         "The flush lock's lease (renewed every third of it while a flush runs) and the BullMQ job lock of taken jobs.",
       ),
+    leader_lease_seconds: positiveSeconds
+      .min(1)
+      .default(10)
+      .describe(
+        "The flush leadership lease: one worker replica leads (takes the flush jobs, `litellm_pod_lock_manager_size` 1) and renews it every second; when it dies, another takes over once this has run out. Shorter: faster takeover; longer: a leader may stall that long without losing it.",
+      ),
     max_jobs_per_flush: z
       .number()
       .int()
@@ -228,7 +234,9 @@ const spendBufferSchema = z
       .min(1)
       .max(64)
       .default(1)
-      .describe("Flushes one worker replica runs at once (of different partitions)."),
+      .describe(
+        "Flushes the leading worker replica runs at once (of different partitions). With `flush_partitions` above 1, set it to the partition count to flush them in parallel.",
+      ),
     log_level: z
       .enum(LOG_LEVELS)
       .optional()
@@ -433,6 +441,8 @@ export interface AppConfig {
   worker: {
     flushEveryMs: number;
     lockLeaseMs: number;
+    /** The flush leadership lease (FlushLeadership). */
+    leaderLeaseMs: number;
     maxJobsPerFlush: number;
     maxRowsPerTransaction: number;
     maxFlushMs: number;
@@ -687,6 +697,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
     worker: {
       flushEveryMs: s.worker_flush_every_seconds * 1000,
       lockLeaseMs: s.lock_lease_seconds * 1000,
+      leaderLeaseMs: s.leader_lease_seconds * 1000,
       maxJobsPerFlush: s.max_jobs_per_flush,
       maxRowsPerTransaction: s.max_rows_per_transaction,
       maxFlushMs: s.max_flush_seconds * 1000,

@@ -29,11 +29,9 @@ export type RedisRepair = (typeof REDIS_REPAIRS)[number];
 
 /** The flush worker's metrics: only processes that flush export them. */
 export class FlushMetrics {
-  private readonly lockHeld: Gauge;
-  private readonly lockHolder: Gauge<"holder">;
+  private readonly leader: Gauge;
+  private readonly leaderInfo: Gauge<"holder">;
   private readonly lockLastAcquired: Gauge<"holder">;
-  private lastFlushOk = 0;
-  private readonly startedAt = Date.now();
   readonly flushes: Counter<"outcome">;
   readonly flushDuration: Histogram;
   readonly flushRows: Histogram<"kind">;
@@ -53,15 +51,15 @@ export class FlushMetrics {
 
   constructor(registry: Registry) {
     const registers = [registry];
-    this.lockHeld = new Gauge({
+    this.leader = new Gauge({
       name: "litellm_pod_lock_manager_size",
-      help: "1 while this pod holds the lock to write spend to the database, else 0.",
+      help: "1 while this worker pod leads the flush (holds the leadership lease: the one pod that writes spend to the database), else 0. Summed over workers: 1.",
       registers,
     });
-    this.lockHeld.set(0);
-    this.lockHolder = new Gauge({
+    this.leader.set(0);
+    this.leaderInfo = new Gauge({
       name: "spend_lock_holder_info",
-      help: "1, labelled with this process's lock holder id, while this process holds the flush lock; absent otherwise.",
+      help: "1, labelled with this worker's id, while it leads the flush; absent otherwise.",
       labelNames: ["holder"],
       registers,
     });
@@ -70,16 +68,6 @@ export class FlushMetrics {
       help: "Unix time this process last acquired the flush lock, labelled with its holder id (one series per process).",
       labelNames: ["holder"],
       registers,
-    });
-    const seconds = (): number =>
-      Math.max(0, (Date.now() - (this.lastFlushOk || this.startedAt)) / 1000);
-    new Gauge({
-      name: "spend_seconds_since_last_successful_flush",
-      help: "Seconds since this process's last flush that did its job (committed, or found nothing to do); since start if none yet.",
-      registers,
-      collect() {
-        this.set(seconds());
-      },
     });
     this.flushes = new Counter({
       name: "spend_flushes_total",
@@ -185,23 +173,25 @@ export class FlushMetrics {
   }
 
   /**
-   * Marks whether this process holds the flush lock: litellm_pod_lock_manager_size,
+   * Marks whether this worker leads the flush: litellm_pod_lock_manager_size,
    * and spend_lock_holder_info{holder} while it does.
    */
-  setLockHeld(held: boolean, holder?: string): void {
-    this.lockHeld.set(held ? 1 : 0);
-    this.lockHolder.reset();
-    if (held && holder !== undefined) {
-      this.lockHolder.set({ holder }, 1);
-      this.lockLastAcquired.reset();
-      this.lockLastAcquired.set({ holder }, Date.now() / 1000);
-    }
+  setLeader(leads: boolean, holder: string): void {
+    this.leader.set(leads ? 1 : 0);
+    this.leaderInfo.reset();
+    if (leads) this.leaderInfo.set({ holder }, 1);
   }
 
-  /** Counts a flush by outcome; committed and empty flushes reset the time since the last success. */
+  /** Counts one acquisition of a flush lock (once per flush that runs). */
+  lockAcquired(holder: string): void {
+    this.lockAcquisitions.inc();
+    this.lockLastAcquired.reset();
+    this.lockLastAcquired.set({ holder }, Date.now() / 1000);
+  }
+
+  /** Counts a flush by outcome. */
   recordFlush(outcome: string): void {
     this.flushes.inc({ outcome });
-    if (outcome === "committed" || outcome === "empty") this.lastFlushOk = Date.now();
   }
 }
 

@@ -3,6 +3,7 @@ import type { RedisClient } from "../redis/connection.js";
 import { Queue, Worker } from "bullmq";
 import type { AppConfig } from "../config/config.js";
 import { FlushLock } from "../lock/flush-lock.js";
+import { FlushLeadership } from "../lock/leadership.js";
 import type { Logger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
 import { queueGauges } from "../queue/queue-gauges.js";
@@ -78,6 +79,12 @@ export class FlushWorker {
   readonly workerId: string;
   private readonly flushQueue: Queue<{ partition?: number }>;
   private worker: Worker<{ partition?: number }> | undefined;
+  private readonly leadership: FlushLeadership;
+  /** Whether this replica takes flush jobs now (it leads); its BullMQ worker is paused otherwise. */
+  private leading = false;
+  private workerStarted = false;
+  private leadTimer: NodeJS.Timeout | undefined;
+  private leadTick: Promise<void> | undefined;
   private maintainTimer: NodeJS.Timeout | undefined;
   private maintaining: Promise<void> | undefined;
   private closed = false;
@@ -133,6 +140,13 @@ export class FlushWorker {
       prefix: this.keys.bullPrefix,
     });
     this.flushQueue.on("error", () => undefined);
+    this.leadership = new FlushLeadership(
+      redis,
+      this.keys.flushLeader,
+      this.workerId,
+      config.worker.leaderLeaseMs,
+    );
+    flushMetrics(metrics).setLeader(false, this.workerId);
     for (const p of this.partitions) {
       queueGauges(metrics).watch(
         p.keys.partition === 0 ? { ...p.queues, flush: this.flushQueue } : p.queues,
@@ -187,10 +201,27 @@ export class FlushWorker {
         concurrency: this.deps.concurrency ?? 1,
         // A flush job is cheap to lose (the next tick replaces it): never retry it.
         maxStalledCount: 0,
+        // Only the leader takes flush jobs: started when this replica first leads.
+        autorun: false,
       },
     );
     this.worker.on("error", (err) => logger.warn({ err: err.message }, "flush worker error"));
     this.worker.on("failed", (_job, err) => logger.error({ err: err.message }, "flush job failed"));
+    await this.lead();
+    // Renewed well within the lease; a standby asks as often, so it takes
+    // over within about a second of the lease running out.
+    const leadEvery = Math.min(1_000, config.worker.leaderLeaseMs / 3);
+    const leadLoop = (): void => {
+      if (this.closed) return;
+      this.leadTimer = setTimeout(() => {
+        this.leadTick = this.lead().finally(() => {
+          this.leadTick = undefined;
+          leadLoop();
+        });
+      }, leadEvery);
+      this.leadTimer.unref();
+    };
+    leadLoop();
     const every =
       this.deps.maintainEveryMs ?? Math.min(5_000, Math.max(1_000, config.worker.flushEveryMs));
     const tick = (): void => {
@@ -204,6 +235,49 @@ export class FlushWorker {
       this.maintainTimer.unref();
     };
     tick();
+  }
+
+  /**
+   * Takes or renews the flush leadership and starts or pauses taking flush
+   * jobs to match. Losing it pauses without waiting for a flush under way:
+   * that flush holds its own lock and fence, and ends on its own.
+   */
+  private async lead(): Promise<void> {
+    const leads = await this.leadership.tick();
+    if (this.closed || leads === this.leading) return;
+    this.leading = leads;
+    const worker = this.worker;
+    flushMetrics(this.deps.metrics).setLeader(leads, this.workerId);
+    if (leads) {
+      this.deps.logger.info({ worker: this.workerId }, "leads the flush");
+      if (worker === undefined) return;
+      if (!this.workerStarted) {
+        this.workerStarted = true;
+        worker
+          .run()
+          .catch((err: unknown) =>
+            this.deps.logger.error({ err: (err as Error).message }, "flush worker stopped"),
+          );
+      } else {
+        // Not awaited: it runs until the worker pauses or closes.
+        worker
+          .resume()
+          .catch((err: unknown) =>
+            this.deps.logger.error({ err: (err as Error).message }, "flush worker stopped"),
+          );
+      }
+    } else {
+      this.deps.logger.warn(
+        { worker: this.workerId },
+        "no longer leads the flush: another replica took over or Redis did not answer",
+      );
+      await worker?.pause(true).catch(() => undefined);
+    }
+  }
+
+  /** Whether this replica leads the flush now (takes the flush jobs). */
+  get leads(): boolean {
+    return this.leading;
   }
 
   /** Upsert, not add: every replica declares the same schedules, and re-declaring one with a new interval updates it in place. */
@@ -313,11 +387,19 @@ export class FlushWorker {
   async close(): Promise<void> {
     this.closed = true;
     if (this.maintainTimer !== undefined) clearTimeout(this.maintainTimer);
+    if (this.leadTimer !== undefined) clearTimeout(this.leadTimer);
     await this.maintaining;
+    await this.leadTick;
     await leaveRegistry(this.redis, this.deps.config.keyPrefix, this.workerId).catch(
       () => undefined,
     );
     await this.worker?.close();
+    // After the last flush ended: a standby takes over at its next tick, not after the lease.
+    if (this.leading) {
+      this.leading = false;
+      flushMetrics(this.deps.metrics).setLeader(false, this.workerId);
+      await this.leadership.resign().catch(() => undefined);
+    }
     for (const p of this.partitions) {
       await p.drain.close();
       await p.queues.close();

@@ -140,8 +140,7 @@ export class Flusher {
       return report;
     }
     report.fence = lease.fence;
-    this.metrics.lockAcquisitions.inc();
-    this.metrics.setLockHeld(true, this.lock.holderId);
+    this.metrics.lockAcquired(this.lock.holderId);
     let held: Job[] = [];
     const keeper = new LeaseKeeper(this.lock, lease, () =>
       this.drain.extend(held, lease.token, this.lock.leaseMs),
@@ -213,12 +212,13 @@ export class Flusher {
     } finally {
       keeper.stop();
       const released = await this.lock.release(lease).catch(() => undefined);
-      this.metrics.setLockHeld(false);
       // Lost: the keeper saw it, or the lock was no longer ours to release.
       const lost = keeper.lossReason ?? (released === false ? "expired" : undefined);
       if (lost !== undefined) this.metrics.lockLosses.inc({ reason: lost });
     }
     this.metrics.recordFlush(report.outcome);
+    if (report.outcome === "committed" || report.outcome === "empty")
+      await this.drain.markSuccess().catch(() => undefined);
     // One line per flush that held the lock, with its figures, whatever the outcome.
     report.durationMs = Date.now() - started;
     const figures = {

@@ -51,7 +51,11 @@ export class SpendDrain {
   private readonly entity: Worker;
   private readonly daily: Worker;
 
-  constructor(connection: RedisClient, keys: RedisKeys, jobLockMs: number) {
+  constructor(
+    private readonly connection: RedisClient,
+    private readonly keys: RedisKeys,
+    jobLockMs: number,
+  ) {
     const opts = {
       connection,
       prefix: keys.bullPrefix,
@@ -65,6 +69,16 @@ export class SpendDrain {
     this.daily = new Worker(keys.dailySpendQueue, null, opts);
     this.entity.on("error", () => undefined);
     this.daily.on("error", () => undefined);
+  }
+
+  /**
+   * Records in Redis that a flush of this partition did its job (committed,
+   * or found nothing to do): every gateway and worker reads it for
+   * spend_seconds_since_last_successful_flush, so freshness is visible with
+   * every worker down. Kept a week: long enough to say "very stale".
+   */
+  async markSuccess(at = Date.now()): Promise<void> {
+    await this.connection.set(this.keys.flushLastSuccess, String(at), "PX", 7 * 86_400_000);
   }
 
   /** Starts BullMQ's stalled-job check, which returns jobs of dead flushes to wait. */

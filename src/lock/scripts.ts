@@ -7,4 +7,5 @@ export const lockScripts = {
   extend: LuaScript.load("extend-1", dir),
   release: LuaScript.load("release-1", dir),
   raiseFence: LuaScript.load("raise-fence-1", dir),
+  lead: LuaScript.load("lead-1", dir),
 };

@@ -1,6 +1,8 @@
 import type { Queue } from "bullmq";
 import { Gauge, type Registry } from "prom-client";
 import type { SpendMetrics } from "../observe/metrics.js";
+import type { RedisClient } from "../redis/connection.js";
+import type { RedisKeys } from "../redis/keys.js";
 import { oldestJobAt } from "./backlog.js";
 
 /** The spend queues one process reports on (one set per flush partition). */
@@ -9,6 +11,38 @@ export interface WatchedQueues {
   daily: Queue;
   /** The flush worker's scheduling queue, if this process has it. */
   flush?: Queue;
+  /** Where the partition's last successful flush is recorded, and the connection to read it. */
+  keys: Pick<RedisKeys, "flushLastSuccess">;
+  connection: RedisClient;
+}
+
+/** Longest a scrape waits for Redis: an unreachable Redis must not hang /metrics. */
+const READ_TIMEOUT_MS = 1_000;
+
+/**
+ * A collect() that reads Redis. If Redis does not answer (down, failing over,
+ * timed out) the gauge reports nothing this scrape rather than a stale or
+ * made-up value, and the other metrics of the scrape are served as usual:
+ * a Redis outage is when an operator most needs the gateways' own counters.
+ */
+function fromRedis<T extends string>(
+  read: (g: Gauge<T>) => Promise<void>,
+): (this: Gauge<T>) => Promise<void> {
+  return async function (this: Gauge<T>) {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("Redis did not answer")), READ_TIMEOUT_MS);
+    });
+    try {
+      await Promise.race([read(this), timeout]);
+    } catch {
+      // reset() alone would leave an unlabelled gauge at 0, a made-up value: remove its series.
+      this.reset();
+      this.remove({});
+    } finally {
+      clearTimeout(timer);
+    }
+  };
 }
 
 /** BullMQ job states reported by spend_queue_jobs, and the name BullMQ's getJobCounts uses. */
@@ -22,17 +56,20 @@ const JOB_STATES = {
 } as const;
 
 /**
- * Gauges read from Redis on scrape: the spend jobs queued and the age of the
- * oldest. Exported by the processes that hold the queues (workers), read
- * afresh at each scrape, never a constant: with every worker down the
- * series say what is piling up.
+ * Gauges read from Redis on scrape: the spend jobs queued, the age of the
+ * oldest, and how long since a flush last did its job. Exported by every
+ * process that holds the queues (workers and gateways), read afresh at each
+ * scrape, never a constant: with every worker down the gateways' series say
+ * what is piling up and how stale the ledger is.
  */
 export class QueueGauges {
   private readonly sets = new Map<string, WatchedQueues>();
+  private readonly watchingSince = Date.now();
 
   constructor(registry: Registry) {
     const registers = [registry];
     const sets = this.sets;
+    const since = this.watchingSince;
     const pending = async (pick: (q: WatchedQueues) => Queue): Promise<number> => {
       let total = 0;
       for (const set of sets.values()) {
@@ -45,24 +82,24 @@ export class QueueGauges {
       name: "litellm_redis_spend_update_queue_size",
       help: "Entity spend batches (BullMQ jobs) waiting in Redis to be flushed.",
       registers,
-      async collect() {
-        this.set(await pending((s) => s.entity));
-      },
+      collect: fromRedis(async (g) => {
+        g.set(await pending((s) => s.entity));
+      }),
     });
     new Gauge({
       name: "litellm_redis_daily_spend_update_queue_size",
       help: "Daily spend batches (BullMQ jobs) waiting in Redis to be flushed.",
       registers,
-      async collect() {
-        this.set(await pending((s) => s.daily));
-      },
+      collect: fromRedis(async (g) => {
+        g.set(await pending((s) => s.daily));
+      }),
     });
     new Gauge({
       name: "spend_queue_jobs",
       help: "BullMQ jobs by queue (entity, daily, flush) and state, summed over flush partitions; read from Redis on scrape.",
       labelNames: ["queue", "state"],
       registers,
-      async collect() {
+      collect: fromRedis(async (g) => {
         const totals = new Map<string, number>();
         for (const set of sets.values()) {
           const named: [string, Queue | undefined][] = [
@@ -79,29 +116,45 @@ export class QueueGauges {
             }
           }
         }
-        this.reset();
+        g.reset();
         for (const [k, v] of totals) {
           const [queue = "", state = ""] = k.split("\u0000");
-          this.set({ queue, state }, v);
+          g.set({ queue, state }, v);
         }
-      },
+      }),
     });
     new Gauge({
       name: "spend_backlog_age_seconds",
       help: "Age of the oldest spend job waiting in Redis (0 when none), by queue (entity, daily); read from Redis on scrape.",
       labelNames: ["queue"],
       registers,
-      async collect() {
-        this.reset();
+      collect: fromRedis(async (g) => {
+        g.reset();
         if (sets.size === 0) return;
         const now = Date.now();
         for (const name of ["entity", "daily"] as const) {
           let oldest = now;
           for (const set of sets.values())
             oldest = Math.min(oldest, await oldestJobAt(set[name], now));
-          this.set({ queue: name }, Math.max(0, (now - oldest) / 1000));
+          g.set({ queue: name }, Math.max(0, (now - oldest) / 1000));
         }
-      },
+      }),
+    });
+    new Gauge({
+      name: "spend_seconds_since_last_successful_flush",
+      help: "Seconds since a flush last did its job (committed, or found nothing to do), for the stalest flush partition, by any worker: read from Redis on scrape, by gateways and workers alike. With none recorded, since this process started watching.",
+      registers,
+      collect: fromRedis(async (g) => {
+        g.reset();
+        if (sets.size === 0) return;
+        const now = Date.now();
+        let stalest = now;
+        for (const set of sets.values()) {
+          const at = Number((await set.connection.get(set.keys.flushLastSuccess)) ?? 0);
+          stalest = Math.min(stalest, at > 0 ? at : since);
+        }
+        g.set(Math.max(0, (now - stalest) / 1000));
+      }),
     });
   }
 

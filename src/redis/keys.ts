@@ -35,6 +35,10 @@ export interface RedisKeys {
   readonly flushRate: string;
   /** When a flush of this partition last ran to an end, any outcome (epoch ms): readiness sees a stall. */
   readonly flushLastRun: string;
+  /** When a flush of this partition last committed or found nothing to do (epoch ms): freshness, read by every role. */
+  readonly flushLastSuccess: string;
+  /** The flush leadership lease: the id of the one worker that takes flush jobs. */
+  readonly flushLeader: string;
   /** Hash of worker id -> "<partitions>:<epoch ms>": flush workers alive, and the count each runs with. */
   readonly workers: string;
 }
@@ -65,6 +69,8 @@ export function redisKeys(prefix: string, partition = 0): RedisKeys {
     heldRows: `${prefix}:{spend-held}:rows`,
     flushRate: `${prefix}:{flush${p}}:rate`,
     flushLastRun: `${prefix}:{flush${p}}:last-run`,
+    flushLastSuccess: `${prefix}:{flush${p}}:last-success`,
+    flushLeader: `${prefix}:flush-leader`,
     workers: `${prefix}:workers`,
   };
 }

@@ -145,6 +145,7 @@ describe("haimaker-spend CLI: the operators' commands", () => {
     assert.match(status.stdout, /flush +\{spend-flush\} +wait 0/);
     assert.match(status.stdout, /backlog: 2 jobs waiting, oldest \d+\.\d s old/);
     assert.match(status.stdout, /flush lock: free/);
+    assert.match(status.stdout, /flush leader: none/);
     assert.match(status.stdout, /last successful flush: never/);
     const json = run(["status", "--config", config, "--json"]);
     assert.equal(json.code, 0);
