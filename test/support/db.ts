@@ -49,9 +49,11 @@ async function template(): Promise<string> {
     try {
       const found = await c.query(`SELECT 1 FROM pg_database WHERE datname = $1`, [name]);
       if (found.rowCount === 0) {
-        // Templates of older migrations go: nothing uses them any more.
+        // Templates of older migrations go, but the newest few stay: checkouts
+        // on other branches (worktrees) may be cloning theirs right now.
         const old = await c.query<{ datname: string }>(
-          `SELECT datname FROM pg_database WHERE datname LIKE 'spend\\_template\\_%' AND datname <> $1`,
+          `SELECT datname FROM pg_database WHERE datname LIKE 'spend\\_template\\_%' AND datname <> $1
+           ORDER BY oid DESC OFFSET 3`,
           [name],
         );
         for (const { datname } of old.rows)
