@@ -2,7 +2,7 @@
 # Everything the project needs before it runs, done only where missing:
 # dependencies, the generated Prisma client, local services, migrations.
 # Called by `npm start` and `npm test` (with --browser: the tests also need
-# chromium), so both work on a fresh clone.
+# chromium and promtool), so both work on a fresh clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

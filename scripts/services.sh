@@ -2,12 +2,16 @@
 # Makes sure the local PostgreSQL and Redis the project needs are answering:
 # starts them if they are installed but down, installs them from Debian's
 # packages if they are missing. Idempotent; safe to run on every start.
-# With --browser, also Debian's chromium (the Bull Board test drives it).
+# With --browser (the tests), also Debian's chromium (the Bull Board test
+# drives it) and prometheus (its promtool unit-tests the alert rules).
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
+# apt_install [--no-install-recommends] PACKAGE...
 apt_install() {
+  local flags=""
+  if [ "${1:-}" = "--no-install-recommends" ]; then flags=$1; shift; fi
   if ! command -v apt-get >/dev/null; then
     log "cannot install $*: no apt-get here; install them yourself"
     exit 1
@@ -16,7 +20,7 @@ apt_install() {
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $flags "$@" >/dev/null
 }
 
 redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
@@ -61,4 +65,12 @@ log "PostgreSQL and Redis are answering"
 # --- chromium (tests only) -------------------------------------------------------
 if [ "${1:-}" = "--browser" ] && [ -z "${CHROMIUM_PATH:-}" ] && ! command -v chromium >/dev/null; then
   apt_install chromium
+fi
+
+# --- promtool (tests only) --------------------------------------------------------
+# test/unit/prometheus-rules.test.ts checks and unit-tests deploy/prometheus/
+# with it; Debian ships it in the prometheus package (without the node
+# exporter it recommends).
+if [ "${1:-}" = "--browser" ] && [ -z "${PROMTOOL:-}" ] && ! command -v promtool >/dev/null; then
+  apt_install --no-install-recommends prometheus
 fi
