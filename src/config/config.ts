@@ -62,6 +62,68 @@ const modelPriceSchema = z
   })
   .strict();
 
+/** Per-token prices where LiteLLM puts them: litellm_params or model_info. */
+const priceFields = {
+  input_cost_per_token: pricePerToken
+    .optional()
+    .describe("USD per prompt token, a quoted decimal string."),
+  output_cost_per_token: pricePerToken
+    .optional()
+    .describe("USD per completion token, a quoted decimal string."),
+};
+
+/**
+ * One deployment of LiteLLM's model_list. Only what the gateway uses is
+ * typed; LiteLLM's other parameters (rpm, tpm, max_retries, ...) are
+ * accepted and ignored, so a LiteLLM configuration loads as it is.
+ */
+const deploymentSchema = z
+  .object({
+    model_name: z
+      .string()
+      .min(1)
+      .max(256)
+      .describe("The name clients ask for (`model` in their requests)."),
+    litellm_params: z
+      .looseObject({
+        model: z
+          .string()
+          .min(1)
+          .max(256)
+          .describe(
+            "`<provider>/<model>`: the provider recorded with the spend, and the model sent upstream. Provider `mock`: the built-in mock model, no network.",
+          ),
+        api_base: z
+          .url({ protocol: /^https?$/ })
+          .optional()
+          .describe(
+            "The OpenAI-compatible upstream's base URL (its `/chat/completions` and `/embeddings` are called). Default for provider `openai`: `https://api.openai.com/v1`; required for any other.",
+          ),
+        api_key: z
+          .string()
+          .optional()
+          .describe("Sent upstream as a bearer token. Use `os.environ/NAME`."),
+        timeout: positiveSeconds
+          .optional()
+          .describe("Seconds before an upstream request is abandoned (default 600)."),
+        ...priceFields,
+      })
+      .describe("How to reach the model."),
+    model_info: z
+      .looseObject({
+        ...priceFields,
+        max_input_tokens: z
+          .number()
+          .int()
+          .positive()
+          .optional()
+          .describe("Longest prompt accepted (tokens); longer ones are refused before the call."),
+      })
+      .optional()
+      .describe("Prices and limits (LiteLLM's names)."),
+  })
+  .strict();
+
 // Every setting's description is its documentation: docs/configuration.md is
 // generated from these schemas (config-reference.ts), and a test keeps it so.
 const cacheParamsSchema = z
@@ -387,9 +449,11 @@ export const CONFIG_FILE_SCHEMA = z
       .strict()
       .optional(),
     model_list: z
-      .array(z.unknown())
+      .array(deploymentSchema)
       .optional()
-      .describe("A LiteLLM configuration's model list: accepted, not read."),
+      .describe(
+        "LiteLLM's model list: the models the gateway forwards to OpenAI-compatible upstreams, each priced (`model_info` or `litellm_params`: `input_cost_per_token`, `output_cost_per_token`, quoted decimals). Several entries with one `model_name` share its requests in turn.",
+      ),
     spend_buffer_settings: spendBufferSchema.default(spendBufferSchema.parse({})),
   })
   .strict();
@@ -470,9 +534,30 @@ export interface ModelPrice {
   outputPicoPerToken: bigint;
 }
 
+/**
+ * One way to answer a model name: the built-in mock, or an OpenAI-compatible
+ * upstream (model_list). The mock models of model_prices are deployments too.
+ */
+export interface ModelDeployment {
+  /** What clients ask for; the spend's model group. */
+  name: string;
+  kind: "mock" | "upstream";
+  /** Recorded with the spend (LiteLLM's custom_llm_provider). */
+  provider: string;
+  /** Sent upstream, and recorded as the spend's model. */
+  model: string;
+  apiBase?: string;
+  apiKey?: string;
+  timeoutMs: number;
+  price: ModelPrice;
+  maxInputTokens?: number;
+}
+
 export interface GatewayConfig {
   port: number;
   modelPrices: ReadonlyMap<string, ModelPrice>;
+  /** Every model name clients may ask for, with its deployments (one or more, used in turn). */
+  models: ReadonlyMap<string, readonly ModelDeployment[]>;
   keyCacheTtlMs: number;
   keyCacheMaxEntries: number;
   ingestMaxEvents: number;
@@ -681,6 +766,62 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
     });
   }
 
+  const models = new Map<string, ModelDeployment[]>();
+  for (const [model, price] of modelPrices)
+    models.set(model, [
+      { name: model, kind: "mock", provider: "mock", model, timeoutMs: 600_000, price },
+    ]);
+  for (const [i, d] of (f.model_list ?? []).entries()) {
+    const where = `model_list[${i}] (${JSON.stringify(d.model_name.slice(0, 100))})`;
+    const p = d.litellm_params;
+    const info = d.model_info;
+    for (const [what, value] of [
+      ["model_name", d.model_name],
+      ["litellm_params.model", p.model],
+    ] as const) {
+      const problem = idProblem(value);
+      if (problem !== undefined) throw new ConfigError(`${where}: ${what} ${problem.detail}`);
+    }
+    if (modelPrices.has(d.model_name))
+      throw new ConfigError(
+        `${where}: model_name is also in spend_buffer_settings.model_prices (a mock model): one name, one model`,
+      );
+    const input = info?.input_cost_per_token ?? p.input_cost_per_token;
+    const output = info?.output_cost_per_token ?? p.output_cost_per_token;
+    if (input === undefined || output === undefined)
+      throw new ConfigError(
+        `${where}: no price: set model_info.input_cost_per_token and output_cost_per_token (quoted decimals): every request is charged exactly`,
+      );
+    const slash = p.model.indexOf("/");
+    const provider = slash > 0 ? p.model.slice(0, slash) : "openai";
+    const upstreamModel = slash > 0 ? p.model.slice(slash + 1) : p.model;
+    const kind = provider === "mock" ? "mock" : "upstream";
+    const apiBase = p.api_base ?? (provider === "openai" ? "https://api.openai.com/v1" : undefined);
+    if (kind === "upstream" && apiBase === undefined)
+      throw new ConfigError(
+        `${where}: litellm_params.api_base is required for provider ${JSON.stringify(provider)} (only openai has a default)`,
+      );
+    const deployment: ModelDeployment = {
+      name: d.model_name,
+      kind,
+      provider,
+      model: upstreamModel,
+      ...(kind === "upstream" && apiBase !== undefined
+        ? { apiBase: apiBase.replace(/\/+$/, "") }
+        : {}),
+      ...(p.api_key !== undefined ? { apiKey: p.api_key } : {}),
+      timeoutMs: (p.timeout ?? 600) * 1000,
+      price: {
+        inputPicoPerToken: usdStringToPico(input),
+        outputPicoPerToken: usdStringToPico(output),
+      },
+      ...(info?.max_input_tokens !== undefined ? { maxInputTokens: info.max_input_tokens } : {}),
+    };
+    const list = models.get(d.model_name) ?? [];
+    list.push(deployment);
+    models.set(d.model_name, list);
+  }
+
   return {
     useRedisBuffer: g.use_redis_transaction_buffer,
     databaseUrl,
@@ -720,6 +861,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
     gateway: {
       port: s.gateway_port,
       modelPrices,
+      models,
       keyCacheTtlMs: s.key_cache_ttl_seconds * 1000,
       keyCacheMaxEntries: s.key_cache_max_entries,
       ingestMaxEvents: s.ingest_max_events,

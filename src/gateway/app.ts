@@ -9,18 +9,20 @@ import type { SpendQueues } from "../queue/spend-queues.js";
 import { createApp } from "../serve/http.js";
 import { readinessHandler, type Check } from "../serve/readiness.js";
 import { authenticate, masterOnly } from "./auth.js";
-import { CHAT_ENDPOINT, ChargeCheck } from "./charge-check.js";
+import { CHAT_ENDPOINT, ChargeCheck, EMBEDDINGS_ENDPOINT } from "./charge-check.js";
 import { gatewayMetrics } from "./gateway-metrics.js";
 import { sendError } from "./openai-error.js";
-import { PriceTable } from "./pricing.js";
+import { ModelCatalog } from "./models.js";
 import { chatCompletions } from "./routes/chat-completions.js";
 import type { RouteContext } from "./routes/context.js";
+import { embeddings } from "./routes/embeddings.js";
+import { getModel, listModels } from "./routes/models.js";
 import { keyGenerate } from "./routes/key-generate.js";
 import { spendEvents } from "./routes/spend-events.js";
 import { spendLive } from "./routes/spend-live.js";
 import type { KeyCache } from "./virtual-keys.js";
 
-export { CHAT_ENDPOINT, MOCK_PROVIDER } from "./charge-check.js";
+export { CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, MOCK_PROVIDER } from "./charge-check.js";
 
 export interface GatewayDeps {
   config: AppConfig;
@@ -51,7 +53,7 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     producer: deps.producer,
     db: deps.db,
     logger,
-    prices: new PriceTable(config.gateway.modelPrices),
+    models: new ModelCatalog(config.gateway.models),
     charge: new ChargeCheck(config),
     producerStats: producerMetrics(metrics),
     queues: deps.queues ?? [],
@@ -69,10 +71,18 @@ export function createGatewayApp(deps: GatewayDeps): Express {
   const user = authenticate(keys, logger, gw);
   const admin = masterOnly(config);
 
-  app.get("/health/readiness", readinessHandler(deps.checks, { draining: deps.draining }));
+  const ready = readinessHandler(deps.checks, { draining: deps.draining });
+  app.get("/health/readiness", ready);
+  // LiteLLM's /health answers for the models; ours says whether spend can be recorded.
+  app.get("/health", ready);
   const chat = chatCompletions(ctx);
   app.post(CHAT_ENDPOINT, user, json, chat);
   app.post("/chat/completions", user, json, chat);
+  const embed = embeddings(ctx);
+  app.post(EMBEDDINGS_ENDPOINT, user, json, embed);
+  app.post("/embeddings", user, json, embed);
+  app.get(["/v1/models", "/models"], user, listModels(ctx));
+  app.get(["/v1/models/:model", "/models/:model"], user, getModel(ctx));
   app.post("/spend/events", admin, json, spendEvents(ctx));
   app.post("/key/generate", admin, json, keyGenerate(ctx));
   app.get("/spend/live", admin, spendLive(ctx));

@@ -1,4 +1,4 @@
-import type { AppConfig } from "../config/config.js";
+import type { AppConfig, ModelDeployment } from "../config/config.js";
 import {
   SpendEventError,
   checkEndUserAndTags,
@@ -9,7 +9,10 @@ import {
 import type { KeyInfo } from "./virtual-keys.js";
 
 export const CHAT_ENDPOINT = "/v1/chat/completions";
+export const EMBEDDINGS_ENDPOINT = "/v1/embeddings";
 export const MOCK_PROVIDER = "mock";
+const ENDPOINTS = [CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT] as const;
+export type ChargedEndpoint = (typeof ENDPOINTS)[number];
 
 /**
  * Whether a request can be charged, decided before the model runs: once it
@@ -21,7 +24,10 @@ export const MOCK_PROVIDER = "mock";
  * once: per priced model, and per key looked up.
  */
 export class ChargeCheck {
-  /** Per priced model: the bytes its daily rows share in their key besides the api key. */
+  /**
+   * Per model name and endpoint: the most bytes its daily rows add to their
+   * key besides the api key (over the name's deployments: any may answer).
+   */
   private readonly modelBytes = new Map<string, number>();
   private readonly owners = new WeakMap<
     KeyInfo,
@@ -29,16 +35,12 @@ export class ChargeCheck {
   >();
 
   constructor(private readonly config: AppConfig) {
-    for (const model of config.gateway.modelPrices.keys())
-      this.modelBytes.set(
-        model,
-        dailyContextBytes("", model, model, MOCK_PROVIDER, "", CHAT_ENDPOINT),
-      );
-  }
-
-  /** True for a model with a price. */
-  priced(model: string): boolean {
-    return this.modelBytes.has(model);
+    for (const d of allDeployments(config))
+      for (const endpoint of ENDPOINTS) {
+        const k = bytesKey(d.name, endpoint);
+        const bytes = dailyContextBytes("", d.model, d.name, d.provider, "", endpoint);
+        this.modelBytes.set(k, Math.max(this.modelBytes.get(k) ?? 0, bytes));
+      }
   }
 
   /**
@@ -51,11 +53,17 @@ export class ChargeCheck {
   }
 
   /** Throws the SpendEventError the producer would: nothing this request is charged to may be refused later. */
-  check(key: KeyInfo, model: string, endUserId: unknown, tags: unknown): void {
+  check(
+    key: KeyInfo,
+    model: string,
+    endpoint: ChargedEndpoint,
+    endUserId: unknown,
+    tags: unknown,
+  ): void {
     const owners = this.ownersOf(key).charged;
     checkEndUserAndTags(endUserId, tags, this.config.limits, {
       ...owners,
-      contextBytes: owners.contextBytes + (this.modelBytes.get(model) ?? 0),
+      contextBytes: owners.contextBytes + (this.modelBytes.get(bytesKey(model, endpoint)) ?? 0),
     });
   }
 
@@ -89,4 +97,12 @@ export class ChargeCheck {
     }
     return o;
   }
+}
+
+function bytesKey(model: string, endpoint: string): string {
+  return `${endpoint}\u0000${model}`;
+}
+
+function* allDeployments(config: AppConfig): Iterable<ModelDeployment> {
+  for (const list of config.gateway.models.values()) yield* list;
 }

@@ -8,6 +8,11 @@ export interface ChatRequest {
   user?: string;
   tags?: string[];
   maxTokens?: number;
+  stream: boolean;
+  /** stream_options.include_usage: the client wants the usage chunk at the end of a stream. */
+  includeUsage: boolean;
+  /** The body as sent, for an upstream: every OpenAI field the gateway does not read goes on. */
+  body: Record<string, unknown>;
 }
 
 /** OpenAI message content: a string, or parts of which the text parts count. */
@@ -31,10 +36,8 @@ const chatRequestSchema = z.looseObject({
   messages: z
     .array(z.looseObject({ role: z.string(), content: content.optional() }))
     .min(1, "messages must be a non-empty array"),
-  stream: z
-    .boolean()
-    .optional()
-    .refine((s) => s !== true, "stream: true is not supported by the built-in mock model"),
+  stream: z.boolean().nullish(),
+  stream_options: z.looseObject({ include_usage: z.boolean().nullish() }).nullish(),
   user: z.string().nullish(),
   metadata: z.looseObject({ tags: z.array(z.string()).nullish() }).nullish(),
   max_tokens: z.number().int().min(1, "max_tokens must be a positive integer").nullish(),
@@ -76,6 +79,9 @@ export function parseChatRequest(
       ...(b.user !== undefined && b.user !== null && b.user !== "" ? { user: b.user } : {}),
       ...(tags !== undefined ? { tags } : {}),
       ...(maxTokens !== undefined ? { maxTokens } : {}),
+      stream: b.stream === true,
+      includeUsage: b.stream === true && b.stream_options?.include_usage === true,
+      body: body as Record<string, unknown>,
     },
   };
 }

@@ -36,6 +36,10 @@ export type ErrorCode =
   | "key_lookup_unavailable"
   | "key_lookup_throttled"
   | "model_failed"
+  | "context_length_exceeded"
+  | "upstream_error"
+  | "upstream_timeout"
+  | "upstream_unreachable"
   | "not_found"
   | "internal_error";
 
@@ -64,6 +68,17 @@ export function sendBacklogged(res: Response): void {
     "service_unavailable",
     "backpressure",
     "spend accounting is behind (flush backlog past backpressure_backlog_age_seconds): retry shortly",
+  );
+}
+
+/** OpenAI's answer for a model that does not exist or that the caller may not use: 404. */
+export function sendModelNotFound(res: Response, model: string): void {
+  sendError(
+    res,
+    404,
+    "invalid_request_error",
+    "model_not_found",
+    `The model \`${model.slice(0, 100)}\` does not exist or you do not have access to it.`,
   );
 }
 

@@ -6,7 +6,7 @@ import type { SpendProducer } from "../../produce/producer.js";
 import type { SpendEventError } from "../../produce/spend-event.js";
 import type { SpendQueues } from "../../queue/spend-queues.js";
 import type { ChargeCheck } from "../charge-check.js";
-import type { PriceTable } from "../pricing.js";
+import type { ModelCatalog } from "../models.js";
 
 /** What every route handler of the gateway works with. */
 export interface RouteContext {
@@ -14,7 +14,7 @@ export interface RouteContext {
   producer: SpendProducer;
   db: Db;
   logger: Logger;
-  prices: PriceTable;
+  models: ModelCatalog;
   charge: ChargeCheck;
   producerStats: ProducerMetrics;
   /** The spend queues (one set per partition), for live spend; empty with the buffer off. */
