@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { buildConfig, ConfigError } from "../../src/config/config.js";
 import { runMockModel } from "../../src/gateway/mock-model.js";
-import { PriceTable, UnknownModelError } from "../../src/gateway/pricing.js";
+import { costOf } from "../../src/gateway/pricing.js";
 import { hashKey, KeyCache } from "../../src/gateway/virtual-keys.js";
 import type { Db } from "../../src/persist/prisma.js";
 import { secretEquals } from "../../src/serve/admin-auth.js";
@@ -127,27 +127,27 @@ describe("gateway configuration", () => {
 });
 
 describe("prices and the mock model", () => {
-  const table = new PriceTable(
-    buildConfig(
-      {
-        ...base,
-        spend_buffer_settings: {
-          model_prices: {
-            m: { input_cost_per_token: "0.0000001", output_cost_per_token: "0.0000003" },
-          },
+  const config = buildConfig(
+    {
+      ...base,
+      spend_buffer_settings: {
+        model_prices: {
+          m: { input_cost_per_token: "0.0000001", output_cost_per_token: "0.0000003" },
         },
       },
-      {},
-    ).gateway.modelPrices,
+    },
+    {},
   );
+  const price = config.gateway.models.get("m")?.[0]?.price;
 
   it("computes costs exactly, where float arithmetic would drift", () => {
+    assert.ok(price !== undefined);
     // 0.1 + 0.2 style: 3 x 1e-7 + 7 x 3e-7 in floats is 2.4000000000000003e-6.
-    assert.deepEqual(table.cost("m", 3, 7), { pico: 2_400_000n, usd: "0.000002400000" });
+    assert.deepEqual(costOf(price, 3, 7), { pico: 2_400_000n, usd: "0.000002400000" });
     let sum = 0n;
-    for (let i = 0; i < 1_000; i++) sum += table.cost("m", 1, 1).pico;
+    for (let i = 0; i < 1_000; i++) sum += costOf(price, 1, 1).pico;
     assert.equal(sum, 400_000_000n);
-    assert.throws(() => table.cost("other", 1, 1), UnknownModelError);
+    assert.equal(config.gateway.models.get("other"), undefined);
   });
 
   it("answers deterministically, counting words as tokens", () => {
@@ -163,6 +163,82 @@ describe("prices and the mock model", () => {
       promptTokens: 2,
       completionTokens: 0,
     });
+  });
+});
+
+describe("model_list: upstream models in LiteLLM's shape", () => {
+  const withList = (
+    list: unknown[],
+    env: Record<string, string> = {},
+  ): ReturnType<typeof buildConfig> => buildConfig({ ...base, model_list: list }, env);
+  const priced = { input_cost_per_token: "0.000001", output_cost_per_token: "0.000002" };
+
+  it("reads provider, upstream model, base URL, key, timeout and prices", () => {
+    const c = withList(
+      [
+        {
+          model_name: "fast",
+          litellm_params: {
+            model: "openai/gpt-4o-mini",
+            api_base: "http://127.0.0.1:9/v1/",
+            api_key: "os.environ/UPSTREAM_KEY",
+            timeout: 30,
+            rpm: 100,
+          },
+          model_info: { ...priced, max_input_tokens: 1000 },
+        },
+        { model_name: "default-openai", litellm_params: { model: "gpt-4o", ...priced } },
+      ],
+      { UPSTREAM_KEY: "sk-upstream-secret" },
+    );
+    assert.deepEqual(c.gateway.models.get("fast"), [
+      {
+        name: "fast",
+        kind: "upstream",
+        provider: "openai",
+        model: "gpt-4o-mini",
+        apiBase: "http://127.0.0.1:9/v1",
+        apiKey: "sk-upstream-secret",
+        timeoutMs: 30_000,
+        price: { inputPicoPerToken: 1_000_000n, outputPicoPerToken: 2_000_000n },
+        maxInputTokens: 1000,
+      },
+    ]);
+    assert.equal(c.gateway.models.get("default-openai")?.[0]?.apiBase, "https://api.openai.com/v1");
+  });
+
+  it("refuses a model without a price, a numeric price, a provider without api_base, and a name taken by a mock model", () => {
+    assert.throws(
+      () => withList([{ model_name: "x", litellm_params: { model: "openai/x" } }]),
+      /model_list\[0\] \("x"\): no price/,
+    );
+    assert.throws(
+      () =>
+        withList([
+          {
+            model_name: "x",
+            litellm_params: { model: "openai/x" },
+            model_info: { input_cost_per_token: 0.000001, output_cost_per_token: "1" },
+          },
+        ]),
+      /must be a quoted decimal string/,
+    );
+    assert.throws(
+      () => withList([{ model_name: "x", litellm_params: { model: "vllm/x", ...priced } }]),
+      /api_base is required for provider "vllm"/,
+    );
+    assert.throws(
+      () =>
+        buildConfig(
+          {
+            ...base,
+            model_list: [{ model_name: "m", litellm_params: { model: "openai/m", ...priced } }],
+            spend_buffer_settings: { model_prices: { m: priced } },
+          },
+          {},
+        ),
+      /also in spend_buffer_settings.model_prices/,
+    );
   });
 });
 
