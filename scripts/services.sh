@@ -18,9 +18,16 @@ apt_install() {
   fi
   log "installing $* from Debian's packages"
   local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null; then
+      log "cannot install $*: not root and no sudo; install them yourself"
+      exit 1
+    fi
+    sudo="sudo"
+  fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $flags "$@" >/dev/null
+  # Through env: sudo resets the environment, and a prompt would hang the run.
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $flags "$@" >/dev/null
 }
 
 redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
