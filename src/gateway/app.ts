@@ -56,9 +56,10 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     models: new ModelCatalog(config.gateway.models),
     charge: new ChargeCheck(config),
     producerStats: producerMetrics(metrics),
+    gateway: gatewayMetrics(metrics),
     queues: deps.queues ?? [],
   };
-  const gw = gatewayMetrics(metrics);
+  const gw = ctx.gateway;
   const app = createApp(metrics);
   app.use((req, res, next) => {
     res.on("finish", () => {

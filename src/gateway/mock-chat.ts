@@ -13,8 +13,6 @@ import { sendUnaccountable } from "./routes/admission.js";
 import type { ServedSpend } from "./served-spend.js";
 import { startEventStream, writeEvent } from "./sse.js";
 
-const ZERO = { pico: 0n, usd: "0" };
-
 /**
  * Answers a chat request with the mock model, as OpenAI would: one JSON
  * completion, or (stream: true) a chunk per word, the finish chunk, the usage
@@ -30,7 +28,7 @@ export async function answerWithMock(
   const result = runMockModel(chat.model, chat.messages, chat.maxTokens);
   if (!result.ok) {
     // What a provider bills for an error: nothing; the request counts as failed.
-    spend.settle({ promptTokens: result.promptTokens, completionTokens: 0 }, false, ZERO);
+    spend.failed("model_failed", result.promptTokens);
     return sendError(
       res,
       500,
@@ -51,7 +49,7 @@ export async function answerWithMock(
   };
 
   if (!chat.stream) {
-    const settled = spend.settle(usage, true);
+    const settled = spend.settle(usage, "answered");
     if (settled.refused !== undefined) return sendUnaccountable(res, settled.refused);
     res.set("x-litellm-response-cost", settled.cost.usd);
     res.json({
@@ -68,7 +66,7 @@ export async function answerWithMock(
   }
 
   // Refused spend is known before the first byte: answer it as for a plain request.
-  const refusal = spend.wouldRefuse(usage, true);
+  const refusal = spend.wouldRefuse(usage);
   if (refusal !== undefined) return sendUnaccountable(res, refusal);
   const pieces = streamPieces(result.text);
   let sent = 0;
@@ -77,7 +75,7 @@ export async function answerWithMock(
     if (!spend.done)
       spend.settle(
         { promptTokens: mockPromptTokens(chat.messages), completionTokens: sent },
-        false,
+        "client_left",
       );
   });
   startEventStream(res);
@@ -108,7 +106,7 @@ export async function answerWithMock(
       usage: openAiUsage,
     });
   // Settled before [DONE]: a client that has read [DONE] has been charged.
-  spend.settle(usage, true);
+  spend.settle(usage, "answered");
   await writeEvent(res, "[DONE]");
   res.end();
 }

@@ -6,6 +6,7 @@ import {
   type SpendEvent,
 } from "../produce/spend-event.js";
 import type { ChargedEndpoint } from "./charge-check.js";
+import type { CallOutcome } from "./gateway-metrics.js";
 import { costOf, type Cost } from "./pricing.js";
 import { counted, type RouteContext } from "./routes/context.js";
 import type { KeyInfo } from "./virtual-keys.js";
@@ -53,11 +54,11 @@ export class ServedSpend {
   }
 
   /** The refusal settle() would meet for this usage, recording nothing (undefined: none). */
-  wouldRefuse(usage: Usage, success: boolean): SpendEventError | undefined {
+  wouldRefuse(usage: Usage): SpendEventError | undefined {
     const d = this.req.deployment;
     const charged = costOf(d.price, usage.promptTokens, usage.completionTokens);
     try {
-      validateSpendEvent(this.event(usage, success, charged), this.ctx.config.limits);
+      validateSpendEvent(this.event(usage, true, charged), this.ctx.config.limits);
       return undefined;
     } catch (err) {
       if (!(err instanceof SpendEventError)) throw err;
@@ -66,13 +67,24 @@ export class ServedSpend {
   }
 
   /**
-   * Records the request's spend. A failed request (success false) is recorded
-   * with the cost given, normally zero: what a provider bills for an error.
+   * A call that produced nothing billable: recorded as a failed request at
+   * the cost a provider bills for an error, zero (with the prompt's tokens
+   * when known, for the daily rows).
    */
-  settle(usage: Usage, success: boolean, cost?: Cost): Settled {
+  failed(outcome: Exclude<CallOutcome, "answered">, promptTokens = 0): Settled {
+    return this.settle({ promptTokens, completionTokens: 0 }, outcome, { pico: 0n, usd: "0" });
+  }
+
+  /**
+   * Records the request's spend: only `answered` is a success. Without a
+   * cost, the tokens at the deployment's prices.
+   */
+  settle(usage: Usage, outcome: CallOutcome, cost?: Cost): Settled {
     if (this.settled !== undefined) return this.settled;
     const { ctx, req } = this;
     const d = req.deployment;
+    const success = outcome === "answered";
+    ctx.gateway.modelCalls.inc({ kind: d.kind, outcome });
     const charged = cost ?? costOf(d.price, usage.promptTokens, usage.completionTokens);
     const event = this.event(usage, success, charged);
     // recordServed() validates in its batch, after the request is answered. What

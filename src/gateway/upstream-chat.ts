@@ -12,8 +12,6 @@ import {
   UpstreamUnavailableError,
 } from "./upstream.js";
 
-const ZERO = { pico: 0n, usd: "0" };
-
 interface OpenAiUsage {
   prompt_tokens?: unknown;
   completion_tokens?: unknown;
@@ -73,13 +71,20 @@ export async function answerFromUpstream(
   try {
     upstream = await callUpstream(d, "/chat/completions", upstreamBody(chat, d), cancel.signal);
   } catch (err) {
-    spend.settle({ promptTokens: 0, completionTokens: 0 }, false, ZERO);
-    if (err instanceof UpstreamUnavailableError) return sendUpstreamUnavailable(res, err);
-    return; // the client is gone
+    if (err instanceof UpstreamUnavailableError) {
+      spend.failed(err.code);
+      return sendUpstreamUnavailable(res, err);
+    }
+    // The client left while the upstream read its prompt: charged for the prompt.
+    spend.settle(
+      { promptTokens: await countPromptTokens(chat.messages), completionTokens: 0 },
+      "client_left",
+    );
+    return;
   }
   if (!upstream.ok) {
     // A failed request, charged what the upstream bills for an error: nothing.
-    spend.settle({ promptTokens: 0, completionTokens: 0 }, false, ZERO);
+    spend.failed("upstream_error");
     return relayUpstreamError(res, upstream, d);
   }
   if (!chat.stream) return relayCompletion(res, chat, upstream, spend, cancel.signal);
@@ -100,11 +105,11 @@ async function relayCompletion(
     if (cancel.aborted) {
       spend.settle(
         { promptTokens: await countPromptTokens(chat.messages), completionTokens: 0 },
-        false,
+        "client_left",
       );
       return;
     }
-    spend.settle({ promptTokens: 0, completionTokens: 0 }, false, ZERO);
+    spend.failed("upstream_broke");
     return sendUpstreamUnavailable(res, new UpstreamUnavailableError(false, spend.deployment));
   }
   const usage = reported(body.usage) ?? {
@@ -115,7 +120,7 @@ async function relayCompletion(
         .join(""),
     ),
   };
-  const settled = spend.settle(usage, true);
+  const settled = spend.settle(usage, "answered");
   if (settled.refused !== undefined) return sendUnaccountable(res, settled.refused);
   res.set("x-litellm-response-cost", settled.cost.usd);
   res.json(body);
@@ -169,13 +174,13 @@ async function relayStream(
     finished = false;
   }
   if (finished) {
-    spend.settle(usage ?? (await counted()), true);
+    spend.settle(usage ?? (await counted()), "answered");
     await writeEvent(res, "[DONE]");
     res.end();
     return;
   }
   // Cut short (the client left, or the upstream broke off): charged what was generated.
-  spend.settle(usage ?? (await counted()), false);
+  spend.settle(usage ?? (await counted()), res.destroyed ? "client_left" : "upstream_broke");
   if (!res.destroyed) {
     await writeEvent(res, {
       error: {

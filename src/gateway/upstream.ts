@@ -9,11 +9,11 @@ const MAX_ERROR_BODY = 16_384;
 export class UpstreamUnavailableError extends Error {
   readonly code: "upstream_timeout" | "upstream_unreachable";
   constructor(timedOut: boolean, deployment: ModelDeployment) {
-    // The base URL only: never the key, never the upstream's own words about it.
+    // The model's name only: never the key, nor the base URL (it may carry credentials).
     super(
       timedOut
         ? `the upstream for ${deployment.name} did not answer within ${deployment.timeoutMs / 1000} s`
-        : `the upstream for ${deployment.name} could not be reached (${deployment.apiBase ?? ""})`,
+        : `the upstream for ${deployment.name} could not be reached`,
     );
     this.name = "UpstreamUnavailableError";
     this.code = timedOut ? "upstream_timeout" : "upstream_unreachable";

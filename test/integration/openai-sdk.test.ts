@@ -385,8 +385,24 @@ describe("the gateway through the official OpenAI SDK: mock and upstream models,
   });
 
   it("PostgreSQL holds exactly each case's charge, once", async () => {
-    // Closing drains the gateway's producer to Redis; then everything is flushed.
     await new Promise((r) => setTimeout(r, 300));
+    // How each call ended, as an operator sees it.
+    const text = await (await fetch(`${base}/metrics`)).text();
+    const calls = (kind: string, outcome: string): number =>
+      Number(
+        new RegExp(
+          `^gateway_model_calls_total\\{kind="${kind}",outcome="${outcome}"\\} (\\d+)$`,
+          "m",
+        ).exec(text)?.[1] ?? -1,
+      );
+    assert.equal(calls("mock", "model_failed"), 3, "mock-fail, sent three times by the SDK");
+    assert.equal(calls("mock", "client_left"), 1);
+    assert.equal(calls("upstream", "client_left"), 1);
+    assert.equal(calls("upstream", "upstream_broke"), 1);
+    assert.equal(calls("upstream", "upstream_error"), 2, "a 500 and a 429 relayed");
+    assert.equal(calls("upstream", "upstream_timeout"), 1);
+    assert.equal(calls("upstream", "upstream_unreachable"), 0);
+    // Closing drains the gateway's producer to Redis; then everything is flushed.
     await gw.close();
     const h = new Harness(config, t.db);
     try {

@@ -6,6 +6,7 @@ import type { SpendProducer } from "../../produce/producer.js";
 import type { SpendEventError } from "../../produce/spend-event.js";
 import type { SpendQueues } from "../../queue/spend-queues.js";
 import type { ChargeCheck } from "../charge-check.js";
+import type { GatewayMetrics } from "../gateway-metrics.js";
 import type { ModelCatalog } from "../models.js";
 
 /** What every route handler of the gateway works with. */
@@ -17,6 +18,7 @@ export interface RouteContext {
   models: ModelCatalog;
   charge: ChargeCheck;
   producerStats: ProducerMetrics;
+  gateway: GatewayMetrics;
   /** The spend queues (one set per partition), for live spend; empty with the buffer off. */
   queues: readonly SpendQueues[];
 }

@@ -16,7 +16,6 @@ import type { RouteContext } from "./context.js";
 
 /** OpenAI's limit on inputs per request. */
 const MAX_INPUTS = 2048;
-const ZERO = { pico: 0n, usd: "0" };
 
 const tokenArray = z.array(z.number().int().min(0)).min(1);
 const embeddingRequest = z.looseObject({
@@ -82,7 +81,7 @@ export function embeddings(ctx: RouteContext): RequestHandler {
     if (d.kind === "mock") {
       let tokens = 0;
       for (const i of inputs) tokens += typeof i === "string" ? countWords(i) : i.length;
-      const settled = spend.settle({ promptTokens: tokens, completionTokens: 0 }, true);
+      const settled = spend.settle({ promptTokens: tokens, completionTokens: 0 }, "answered");
       if (settled.refused !== undefined) return sendUnaccountable(res, settled.refused);
       res.set("x-litellm-response-cost", settled.cost.usd);
       res.json({
@@ -110,19 +109,23 @@ export function embeddings(ctx: RouteContext): RequestHandler {
     try {
       upstream = await callUpstream(d, "/embeddings", { ...body, model: d.model }, cancel.signal);
     } catch (err) {
-      spend.settle({ promptTokens: 0, completionTokens: 0 }, false, ZERO);
-      if (err instanceof UpstreamUnavailableError) return sendUpstreamUnavailable(res, err);
+      if (err instanceof UpstreamUnavailableError) {
+        spend.failed(err.code);
+        return sendUpstreamUnavailable(res, err);
+      }
+      // The client left before the upstream answered: what it would have been charged is unknown.
+      spend.failed("client_left");
       return;
     }
     if (!upstream.ok) {
-      spend.settle({ promptTokens: 0, completionTokens: 0 }, false, ZERO);
+      spend.failed("upstream_error");
       return relayUpstreamError(res, upstream, d);
     }
     let answer: { usage?: { prompt_tokens?: unknown } };
     try {
       answer = (await upstream.json()) as typeof answer;
     } catch {
-      spend.settle({ promptTokens: 0, completionTokens: 0 }, false, ZERO);
+      spend.failed("upstream_broke");
       return sendUpstreamUnavailable(res, new UpstreamUnavailableError(false, d));
     }
     const reported = answer.usage?.prompt_tokens;
@@ -132,7 +135,7 @@ export function embeddings(ctx: RouteContext): RequestHandler {
       tokens = 0;
       for (const i of inputs) tokens += typeof i === "string" ? await countTextTokens(i) : i.length;
     }
-    const settled = spend.settle({ promptTokens: tokens, completionTokens: 0 }, true);
+    const settled = spend.settle({ promptTokens: tokens, completionTokens: 0 }, "answered");
     if (settled.refused !== undefined) return sendUnaccountable(res, settled.refused);
     res.set("x-litellm-response-cost", settled.cost.usd);
     res.json(answer);
