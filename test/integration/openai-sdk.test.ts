@@ -369,6 +369,54 @@ describe("the gateway through the official OpenAI SDK: mock and upstream models,
     });
   });
 
+  it("hostile requests on the new routes get a specific 4xx in OpenAI's shape, never a 500", async () => {
+    const key = await newKey("hostile");
+    const call = async (
+      method: string,
+      path: string,
+      body?: unknown,
+    ): Promise<[number, string]> => {
+      const res = await fetch(`${base}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${key.key}`, "content-type": "application/json" },
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+      });
+      const json = (await res.json()) as { error?: { code?: string } };
+      return [res.status, json.error?.code ?? ""];
+    };
+    assert.deepEqual(await call("GET", "/v1/models/%E0%A4%A"), [400, "invalid_body"]);
+    assert.deepEqual(await call("GET", `/v1/models/${"x".repeat(5000)}`), [404, "model_not_found"]);
+    const many = Array.from({ length: 2049 }, () => "a");
+    assert.deepEqual(await call("POST", "/v1/embeddings", { model: "mock-small", input: many }), [
+      400,
+      "invalid_body",
+    ]);
+    for (const bad of [
+      { model: "mock-small", input: "" },
+      { model: "mock-small", input: [] },
+      { model: "mock-small", input: "a", dimensions: 1e9 },
+      { model: "mock-small", input: "a", encoding_format: "hex" },
+      { model: "mock-small", input: [[-1]] },
+    ])
+      assert.deepEqual(
+        await call("POST", "/v1/embeddings", bad),
+        [400, "invalid_body"],
+        JSON.stringify(bad),
+      );
+    const chat = { model: "mock-small", messages: [{ role: "user", content: "hi" }] };
+    for (const bad of [
+      { ...chat, stream: "yes" },
+      { ...chat, stream: true, stream_options: "x" },
+      { ...chat, stream: true, stream_options: { include_usage: "yes" } },
+    ])
+      assert.deepEqual(
+        await call("POST", "/v1/chat/completions", bad),
+        [400, "invalid_body"],
+        JSON.stringify(bad),
+      );
+    expect("hostile", key, { spend: "0", requests: 0, failed: 0 });
+  });
+
   it("refuses a prompt past the model's max_input_tokens before calling the upstream", async () => {
     const key = await newKey("context");
     const before = fake.requests.length;
