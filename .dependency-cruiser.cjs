@@ -18,6 +18,7 @@ const LAYERS = [
   ["produce"],
   ["queue", "lock"],
   ["persist"],
+  ["budget"],
   ["flush"],
   ["serve"],
   ["wiring"],

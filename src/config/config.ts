@@ -316,6 +316,22 @@ const spendBufferSchema = z
       .describe(
         'Per model, USD per input and output token as quoted decimal strings with at most 12 decimals: `{ "<model>": { input_cost_per_token: "0.0000025", output_cost_per_token: "0.00001" } }`. A YAML number is refused (already a binary float); model names follow the id rules.',
       ),
+    budget_refresh_seconds: z
+      .number()
+      .min(0.05)
+      .max(60)
+      .default(0.25)
+      .describe(
+        "How often a gateway reloads changed budgets from PostgreSQL, notices a period's end, and renews half-spent budget leases.",
+      ),
+    budget_lease_fraction: z
+      .number()
+      .positive()
+      .max(1)
+      .default(0.01)
+      .describe(
+        "Each budget lease a gateway takes from Redis is this fraction of the budget (at most what remains). Smaller: less held unspent by each gateway (a crashed gateway's lease is lost to the period), more Redis calls.",
+      ),
     key_cache_ttl_seconds: z
       .number()
       .min(0)
@@ -555,6 +571,8 @@ export interface ModelDeployment {
 
 export interface GatewayConfig {
   port: number;
+  budgetRefreshMs: number;
+  budgetLeaseFraction: number;
   modelPrices: ReadonlyMap<string, ModelPrice>;
   /** Every model name clients may ask for, with its deployments (one or more, used in turn). */
   models: ReadonlyMap<string, readonly ModelDeployment[]>;
@@ -860,6 +878,8 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
     ...(g.master_key !== undefined ? { masterKey: g.master_key } : {}),
     gateway: {
       port: s.gateway_port,
+      budgetRefreshMs: s.budget_refresh_seconds * 1000,
+      budgetLeaseFraction: s.budget_lease_fraction,
       modelPrices,
       models,
       keyCacheTtlMs: s.key_cache_ttl_seconds * 1000,

@@ -2,6 +2,7 @@ import express, { type ErrorRequestHandler, type Express } from "express";
 import type { AppConfig } from "../config/config.js";
 import type { Logger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
+import type { BudgetBook } from "../budget/budget-book.js";
 import type { Db } from "../persist/prisma.js";
 import { producerMetrics } from "../produce/producer-metrics.js";
 import type { SpendProducer } from "../produce/producer.js";
@@ -15,6 +16,7 @@ import { sendError } from "./openai-error.js";
 import { ModelCatalog } from "./models.js";
 import { chatCompletions } from "./routes/chat-completions.js";
 import type { RouteContext } from "./routes/context.js";
+import { mountBudgetRoutes } from "./routes/budgets.js";
 import { embeddings } from "./routes/embeddings.js";
 import { getModel, listModels } from "./routes/models.js";
 import { keyGenerate } from "./routes/key-generate.js";
@@ -37,6 +39,8 @@ export interface GatewayDeps {
   draining: () => boolean;
   /** The spend queues (one set per partition), for live spend; empty with the buffer off. */
   queues?: readonly SpendQueues[];
+  /** Budget enforcement; without it budgets are stored but not enforced. */
+  budgets?: BudgetBook;
 }
 
 /**
@@ -58,6 +62,7 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     producerStats: producerMetrics(metrics),
     gateway: gatewayMetrics(metrics),
     queues: deps.queues ?? [],
+    ...(deps.budgets !== undefined ? { budgets: deps.budgets } : {}),
   };
   const gw = ctx.gateway;
   const app = createApp(metrics);
@@ -87,6 +92,7 @@ export function createGatewayApp(deps: GatewayDeps): Express {
   app.post("/spend/events", admin, json, spendEvents(ctx));
   app.post("/key/generate", admin, json, keyGenerate(ctx));
   app.get("/spend/live", admin, spendLive(ctx));
+  mountBudgetRoutes(app, ctx, admin, json);
 
   app.use((_req, res) => sendError(res, 404, "not_found_error", "not_found", "no such route"));
   // express tells an error handler by its four parameters.

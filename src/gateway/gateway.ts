@@ -10,7 +10,10 @@ import { QueueSink } from "../queue/queue-sink.js";
 import { listen } from "../serve/http.js";
 import { postgresCheck, redisCheck, type Check } from "../serve/readiness.js";
 import { createSpendProducer } from "../wiring/create-producer.js";
+import { BudgetBook } from "../budget/budget-book.js";
+import { budgetMetrics } from "../budget/budget-metrics.js";
 import { createGatewayApp } from "./app.js";
+import { liveSpend } from "./live-spend.js";
 import { KeyCache } from "./virtual-keys.js";
 
 export interface GatewayOptions {
@@ -82,6 +85,28 @@ export async function startGateway(
       return why === undefined ? Promise.resolve() : Promise.reject(new Error(why));
     };
   }
+  // Budgets need Redis for their leases: with the buffer off they are stored, not enforced.
+  let budgets: BudgetBook | undefined;
+  if (redis !== undefined) {
+    budgets = new BudgetBook({
+      db,
+      redis,
+      keyPrefix: config.keyPrefix,
+      logger,
+      metrics: budgetMetrics(metrics),
+      liveSpend: async (kind, id) =>
+        (await liveSpend({ db, queues, producer }, kind, id)).totalPico,
+      refreshMs: config.gateway.budgetRefreshMs,
+      leaseFraction: config.gateway.budgetLeaseFraction,
+    });
+    try {
+      await budgets.start();
+    } catch (err) {
+      await producer.close().catch(() => undefined);
+      await db.$disconnect();
+      throw err;
+    }
+  }
   let draining = false;
   const app = createGatewayApp({
     config,
@@ -93,6 +118,7 @@ export async function startGateway(
     checks,
     draining: () => draining,
     queues,
+    ...(budgets !== undefined ? { budgets } : {}),
   });
   const server = await listen(app, opts.port ?? config.gateway.port, opts.host ?? "0.0.0.0");
   const port = (server.address() as AddressInfo).port;
@@ -117,6 +143,8 @@ export async function startGateway(
       ]);
       clearTimeout(timer);
       try {
+        // What this gateway leased and did not spend goes back to the others.
+        await budgets?.close();
         // Every request that was answered has been recorded: deliver it all.
         await producer.close();
       } finally {

@@ -13,7 +13,8 @@ export type ErrorType =
   | "not_found_error"
   | "rate_limit_error"
   | "api_error"
-  | "service_unavailable";
+  | "service_unavailable"
+  | "budget_exceeded";
 
 /** The codes this gateway answers with: OpenAI's own where it has one. */
 export type ErrorCode =
@@ -36,6 +37,8 @@ export type ErrorCode =
   | "key_lookup_unavailable"
   | "key_lookup_throttled"
   | "model_failed"
+  | "budget_exceeded"
+  | "budget_pending"
   | "context_length_exceeded"
   | "upstream_error"
   | "upstream_timeout"

@@ -5,6 +5,7 @@ import {
   validateSpendEvent,
   type SpendEvent,
 } from "../produce/spend-event.js";
+import type { ChargedEntity } from "../budget/budget-book.js";
 import type { ChargedEndpoint } from "./charge-check.js";
 import type { CallOutcome } from "./gateway-metrics.js";
 import { costOf, type Cost } from "./pricing.js";
@@ -19,6 +20,8 @@ export interface Usage {
 
 export interface ServedRequest {
   key: KeyInfo;
+  /** What the request's cost counts against (budgets). */
+  entities: readonly ChargedEntity[];
   deployment: ModelDeployment;
   endpoint: ChargedEndpoint;
   endUserId?: string;
@@ -111,6 +114,7 @@ export class ServedSpend {
       }
     }
     ctx.producer.recordServed(event);
+    ctx.budgets?.charge(req.entities, charged.pico);
     this.settled = { cost: charged };
     return this.settled;
   }

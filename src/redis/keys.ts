@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 /**
  * Every Redis key and BullMQ queue name the project uses is built here, under
  * the deployment's prefix, so two deployments sharing one Redis never mix
@@ -73,4 +74,14 @@ export function redisKeys(prefix: string, partition = 0): RedisKeys {
     flushLeader: `${prefix}:flush-leader`,
     workers: `${prefix}:workers`,
   };
+}
+
+/**
+ * One entity's budget state for its current period (a hash: period, epoch,
+ * remaining). The hash tag is a digest of the entity, not its id: ids may hold
+ * braces, and a hash tag must not be cut short by one.
+ */
+export function budgetKey(prefix: string, kind: string, id: string): string {
+  const tag = createHash("sha256").update(`${kind}\u0000${id}`).digest("hex").slice(0, 20);
+  return `${prefix}:budget:{${tag}}`;
 }

@@ -1,5 +1,7 @@
 import type { Request, Response } from "express";
+import type { ChargedEntity } from "../../budget/budget-book.js";
 import type { ModelDeployment } from "../../config/config.js";
+import { picoToDecimal } from "../../contract/money.js";
 import { SpendEventError } from "../../produce/spend-event.js";
 import type { AuthLocals } from "../auth.js";
 import type { ChargedEndpoint } from "../charge-check.js";
@@ -11,6 +13,23 @@ import { counted, type RouteContext } from "./context.js";
 export interface Admitted {
   key: KeyInfo;
   deployment: ModelDeployment;
+  /** Everything the request is charged to that can carry a budget. */
+  entities: ChargedEntity[];
+}
+
+/** The entities a request by `key` for `endUserId` with `tags` is charged to. */
+export function chargedEntities(
+  key: KeyInfo,
+  endUserId: string | undefined,
+  tags: readonly string[] | undefined,
+): ChargedEntity[] {
+  const out: ChargedEntity[] = [{ kind: "key", id: key.token }];
+  if (key.userId !== undefined) out.push({ kind: "user", id: key.userId });
+  if (key.teamId !== undefined) out.push({ kind: "team", id: key.teamId });
+  if (key.organizationId !== undefined) out.push({ kind: "org", id: key.organizationId });
+  if (endUserId !== undefined) out.push({ kind: "end_user", id: endUserId });
+  for (const tag of tags ?? []) out.push({ kind: "tag", id: tag });
+  return out;
 }
 
 /**
@@ -71,7 +90,39 @@ export function admit(
     sendUnaccountable(res, counted(ctx, err));
     return undefined;
   }
-  return { key, deployment };
+  const entities = chargedEntities(key, endUserId, tags);
+  // In memory: each gateway spends a lease of the budget it took from Redis.
+  const over = ctx.budgets?.check(entities);
+  if (over?.reason === "pending") {
+    sendError(
+      res,
+      503,
+      "service_unavailable",
+      "budget_pending",
+      `this gateway's share of the ${over.kind}'s budget is spent and more is being leased: retry in a moment`,
+    );
+    return undefined;
+  }
+  if (over !== undefined) {
+    const max = picoToDecimal(over.maxPico);
+    sendError(
+      res,
+      400,
+      "budget_exceeded",
+      "budget_exceeded",
+      `Budget has been exceeded! ${over.kind} ${JSON.stringify(over.id.slice(0, 100))}: max budget ${max} USD` +
+        (over.resetAt !== null ? `, resets at ${over.resetAt.toISOString()}` : ""),
+      {
+        budget: {
+          entity_kind: over.kind,
+          max_budget: max,
+          budget_reset_at: over.resetAt?.toISOString() ?? null,
+        },
+      },
+    );
+    return undefined;
+  }
+  return { key, deployment, entities };
 }
 
 /** A request whose spend the producer would refuse: never served uncharged. */

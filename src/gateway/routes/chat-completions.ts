@@ -43,6 +43,7 @@ export function chatCompletions(ctx: RouteContext): RequestHandler {
     }
     const spend = new ServedSpend(ctx, {
       key: admitted.key,
+      entities: admitted.entities,
       deployment: d,
       endpoint: CHAT_ENDPOINT,
       ...(chat.user !== undefined ? { endUserId: chat.user } : {}),

@@ -5,6 +5,7 @@ import type { ProducerMetrics } from "../../produce/producer-metrics.js";
 import type { SpendProducer } from "../../produce/producer.js";
 import type { SpendEventError } from "../../produce/spend-event.js";
 import type { SpendQueues } from "../../queue/spend-queues.js";
+import type { BudgetBook } from "../../budget/budget-book.js";
 import type { ChargeCheck } from "../charge-check.js";
 import type { GatewayMetrics } from "../gateway-metrics.js";
 import type { ModelCatalog } from "../models.js";
@@ -21,6 +22,8 @@ export interface RouteContext {
   gateway: GatewayMetrics;
   /** The spend queues (one set per partition), for live spend; empty with the buffer off. */
   queues: readonly SpendQueues[];
+  /** Budget enforcement (with the buffer on: its leases live in Redis). */
+  budgets?: BudgetBook;
 }
 
 /** A validation's refusal, counted: why the producer would refuse the spend. */

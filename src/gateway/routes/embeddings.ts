@@ -65,6 +65,7 @@ export function embeddings(ctx: RouteContext): RequestHandler {
     const d = admitted.deployment;
     const spend = new ServedSpend(ctx, {
       key: admitted.key,
+      entities: admitted.entities,
       deployment: d,
       endpoint: EMBEDDINGS_ENDPOINT,
       ...(user !== undefined ? { endUserId: user } : {}),

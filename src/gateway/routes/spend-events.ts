@@ -2,6 +2,7 @@ import type { RequestHandler } from "express";
 import { z } from "zod";
 import { BatchRefusedError, BufferFullError } from "../../produce/producer.js";
 import { sendBacklogged, sendError, sendHalted } from "../openai-error.js";
+import { chargeIngested } from "./budgets.js";
 import type { RouteContext } from "./context.js";
 
 // The envelope only: each event is validated by the producer, with a reason per event.
@@ -60,6 +61,7 @@ export function spendEvents(ctx: RouteContext): RequestHandler {
         );
       throw err;
     }
+    chargeIngested(ctx, events);
     res.json({ accepted: events.length, rejected: [] });
   };
 }

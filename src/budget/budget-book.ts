@@ -1,0 +1,378 @@
+import { randomUUID } from "node:crypto";
+import type { Logger } from "../observe/logger.js";
+import type { Db } from "../persist/prisma.js";
+import type { RedisClient } from "../redis/connection.js";
+import { budgetKey } from "../redis/keys.js";
+import type { BudgetMetrics } from "./budget-metrics.js";
+import {
+  loadBudget,
+  loadBudgetsSince,
+  rollOver,
+  type BudgetDef,
+  type BudgetKind,
+} from "./budget-store.js";
+import { periodAt } from "./duration.js";
+import { budgetScripts } from "./scripts.js";
+
+/** One entity a request is charged to. */
+export interface ChargedEntity {
+  kind: BudgetKind;
+  id: string;
+}
+
+/**
+ * Why a request is refused: the first budgeted entity with nothing left
+ * (`exhausted`), or whose lease this gateway is renewing while its share is
+ * spent (`pending`: a moment, answered 503 with Retry-After).
+ */
+export interface BudgetRefusal {
+  reason: "exhausted" | "pending";
+  kind: BudgetKind;
+  id: string;
+  maxPico: bigint;
+  periodStart: Date;
+  resetAt: Date | null;
+}
+
+export interface BudgetBookOptions {
+  db: Db;
+  redis: RedisClient;
+  keyPrefix: string;
+  logger: Logger;
+  metrics: BudgetMetrics;
+  /** An entity's live spend (committed, in Redis, in this process), picodollars. */
+  liveSpend: (kind: BudgetKind, id: string) => Promise<bigint>;
+  /** How often definitions are reloaded, boundaries checked and leases renewed. */
+  refreshMs: number;
+  /** Each lease is this fraction of the budget (at most what remains). */
+  leaseFraction: number;
+}
+
+/** This gateway's part of one entity's budget, for one period. */
+interface Allowance {
+  /** The period it belongs to (its start, epoch ms). */
+  period: number;
+  /** The seeding its leases came from: leases of an older one are void. */
+  epoch: string;
+  /** Leased and not yet spent, picodollars; below zero by what requests in flight overran. */
+  pico: bigint;
+  /** The last lease left this gateway's share at or below zero: Redis had nothing more. */
+  exhausted: boolean;
+  /** Requests let through since the share ran out, while a lease is taken (at most one). */
+  optimistic: number;
+  refill?: Promise<void>;
+}
+
+const PICO_PER_NANO = 1_000n;
+/** Leases are whole nanodollars below 2^53 in Redis (Lua numbers are doubles). */
+const MAX_NANO = 2n ** 53n - 1n;
+
+/**
+ * Budgets enforced by every gateway with no I/O on the request path.
+ *
+ * Each entity's remaining budget for the period lives in Redis; a gateway
+ * leases a slice of it (an atomic script) and spends the slice in memory: the
+ * check before a request is a map lookup and a comparison, the charge after
+ * it a subtraction. Slices are renewed in the background when half spent.
+ * A gateway admits a request while its slice is above zero or still being
+ * leased, so the spend committed for a period stays within
+ *
+ *   max_budget + N × F × C
+ *
+ * for N gateways, F requests in flight on one gateway, C the largest cost of
+ * one request: every slice was taken from what remained, and once a slice is
+ * gone a gateway admits nothing more than what is already in flight.
+ *
+ * Seeding (first use, a new period, Redis restarted empty) reads the entity's
+ * live spend once and is done by one gateway (the script refuses a second);
+ * leases of an older seeding are void, so a restart never releases budget
+ * that was already leased. Spend recorded in the seal interval before a seed
+ * by other gateways is not yet visible to it: it adds N × (spend per gateway
+ * per proxy_batch_write_at) to the bound after such an event.
+ */
+export class BudgetBook {
+  private readonly defs = new Map<string, BudgetDef>();
+  private readonly allowances = new Map<string, Allowance>();
+  private loadedUntil = new Date(0);
+  private timer: NodeJS.Timeout | undefined;
+  private ticking: Promise<void> | undefined;
+  private closed = false;
+
+  constructor(private readonly o: BudgetBookOptions) {}
+
+  /**
+   * Loads every budget and takes a first lease of each, so requests find a
+   * share already held; then keeps them fresh.
+   */
+  async start(): Promise<void> {
+    await this.reload();
+    const first = [...this.allowances.values()].map((a) => a.refill);
+    await Promise.race([Promise.all(first), new Promise((r) => setTimeout(r, 2_000).unref())]);
+    const loop = (): void => {
+      if (this.closed) return;
+      this.timer = setTimeout(() => {
+        this.ticking = this.tick()
+          .catch((err: unknown) =>
+            this.o.logger.warn({ err: (err as Error).message }, "budget refresh failed"),
+          )
+          .finally(() => {
+            this.ticking = undefined;
+            loop();
+          });
+      }, this.o.refreshMs);
+      this.timer.unref();
+    };
+    loop();
+  }
+
+  /** How many budgets this gateway enforces. */
+  get size(): number {
+    return this.defs.size;
+  }
+
+  /**
+   * The first entity with no budget left, or undefined: the request may go.
+   * No I/O: an entity this gateway holds nothing for yet is let through while
+   * its first lease is taken.
+   */
+  check(entities: readonly ChargedEntity[], now = Date.now()): BudgetRefusal | undefined {
+    if (this.defs.size === 0) return undefined;
+    for (const e of entities) {
+      const k = entityKey(e.kind, e.id);
+      const def = this.defs.get(k);
+      if (def === undefined || def.maxPico === null) continue;
+      const a = this.current(k, def, now);
+      if (a.pico > 0n) continue;
+      let reason: BudgetRefusal["reason"] = "exhausted";
+      if (!a.exhausted) {
+        // Its share is spent and a lease is on its way: one request goes
+        // ahead (so a gateway's first request for an entity is not refused),
+        // the rest wait for the lease. Never more than one on debt: the bound.
+        this.refill(k, def, a);
+        if (a.optimistic === 0) {
+          a.optimistic = 1;
+          continue;
+        }
+        reason = "pending";
+      }
+      this.o.metrics.refusals.inc({ kind: e.kind, reason });
+      return {
+        reason,
+        kind: e.kind,
+        id: e.id,
+        maxPico: def.maxPico,
+        periodStart: def.periodStart,
+        resetAt: def.resetAt,
+      };
+    }
+    return undefined;
+  }
+
+  /** Charges a served request's cost to every budgeted entity it was charged to. */
+  charge(entities: readonly ChargedEntity[], costPico: bigint, now = Date.now()): void {
+    if (this.defs.size === 0 || costPico === 0n) return;
+    for (const e of entities) {
+      const k = entityKey(e.kind, e.id);
+      const def = this.defs.get(k);
+      if (def === undefined || def.maxPico === null) continue;
+      const a = this.current(k, def, now);
+      a.pico -= costPico;
+      if (a.pico < this.slicePico(def) / 2n) this.refill(k, def, a);
+    }
+  }
+
+  /** Gives back what this gateway leased and did not spend, so other gateways can. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    await this.ticking;
+    // Leases under way land first, so what they bring is given back too.
+    for (const a of this.allowances.values()) if (a.refill !== undefined) await a.refill;
+    for (const [k, a] of this.allowances) {
+      const nano = a.pico / PICO_PER_NANO;
+      if (nano <= 0n || a.epoch === "") continue;
+      const [kind, id] = splitKey(k);
+      await budgetScripts.giveBack
+        .run(
+          this.o.redis,
+          [budgetKey(this.o.keyPrefix, kind, id)],
+          [a.period, a.epoch, nano.toString()],
+        )
+        .catch(() => undefined);
+    }
+    this.allowances.clear();
+  }
+
+  /** This gateway's allowance for the entity's current period (a fresh one if the period moved). */
+  private current(k: string, def: BudgetDef, now: number): Allowance {
+    const period = this.periodOf(def, now);
+    let a = this.allowances.get(k);
+    if (a === undefined || a.period !== period) {
+      a = { period, epoch: "", pico: 0n, exhausted: false, optimistic: 0 };
+      this.allowances.set(k, a);
+    }
+    return a;
+  }
+
+  /** The start of the period `now` falls in (epoch ms). */
+  private periodOf(def: BudgetDef, now: number): number {
+    if (def.duration === null || def.resetAt === null || now < def.resetAt.getTime())
+      return def.periodStart.getTime();
+    return periodAt(def.periodStart, def.duration, new Date(now)).start.getTime();
+  }
+
+  private slicePico(def: BudgetDef): bigint {
+    const max = def.maxPico ?? 0n;
+    const slice = (max * BigInt(Math.round(this.o.leaseFraction * 1e6))) / 1_000_000n;
+    // At least a nanodollar: leases are whole nanodollars.
+    return slice > PICO_PER_NANO ? slice : PICO_PER_NANO;
+  }
+
+  /** Starts a lease for the entity unless one is under way. */
+  private refill(k: string, def: BudgetDef, a: Allowance): void {
+    if (a.refill !== undefined || this.closed) return;
+    a.refill = this.lease(k, def, a)
+      .catch((err: unknown) => {
+        this.o.metrics.leases.inc({ outcome: "failed" });
+        this.o.logger.warn({ err: (err as Error).message, kind: def.kind }, "budget lease failed");
+      })
+      .finally(() => {
+        a.refill = undefined;
+      });
+  }
+
+  private async lease(k: string, initial: BudgetDef, a: Allowance): Promise<void> {
+    let def = initial;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      // The period moved on (a boundary passed): one gateway records it in
+      // PostgreSQL, every gateway reloads the definition before seeding.
+      if (def.resetAt !== null && a.period >= def.resetAt.getTime()) {
+        def = await this.rollOver(def, a.period);
+        if (a.period !== def.periodStart.getTime()) return;
+      }
+      const key = budgetKey(this.o.keyPrefix, def.kind, def.id);
+      // A slice, and what this gateway overran (requests in flight went past its share).
+      const debt = a.pico < 0n ? -a.pico : 0n;
+      const want = (this.slicePico(def) + debt + PICO_PER_NANO - 1n) / PICO_PER_NANO;
+      const ttl = this.ttlMs(def);
+      const [status, grant, epoch] = (await budgetScripts.lease.run(
+        this.o.redis,
+        [key],
+        [a.period, want.toString(), ttl],
+      )) as [number, number, string];
+      if (status === 2) {
+        // Redis is in a later period than this gateway's clock: the next tick catches up.
+        this.o.metrics.leases.inc({ outcome: "period_over" });
+        return;
+      }
+      if (status === 0) {
+        await this.seed(key, def, a, ttl);
+        continue;
+      }
+      if (epoch !== a.epoch) {
+        // Seeded again (Redis lost its state, or the budget changed): what was
+        // leased before is void, the new seed counted the spend itself.
+        if (a.epoch !== "") this.o.metrics.leases.inc({ outcome: "forfeited" });
+        a.pico = 0n;
+        a.epoch = epoch;
+      }
+      a.pico += BigInt(grant) * PICO_PER_NANO;
+      // Less than its debt and a slice means Redis had no more: nothing more is admitted.
+      a.exhausted = a.pico <= 0n;
+      a.optimistic = 0;
+      this.o.metrics.leases.inc({ outcome: grant === 0 ? "exhausted" : "granted" });
+      return;
+    }
+  }
+
+  /** Seeds the period's state from the entity's live spend: only the first seeder wins. */
+  private async seed(key: string, def: BudgetDef, a: Allowance, ttl: number): Promise<void> {
+    const spent = (await this.o.liveSpend(def.kind, def.id)) - def.periodStartSpendPico;
+    let remaining = ((def.maxPico ?? 0n) - (spent > 0n ? spent : 0n)) / PICO_PER_NANO;
+    if (remaining < 0n) remaining = 0n;
+    if (remaining > MAX_NANO) remaining = MAX_NANO;
+    const won = await budgetScripts.seed.run(
+      this.o.redis,
+      [key],
+      [a.period, remaining.toString(), randomUUID(), ttl],
+    );
+    if (won === 1) this.o.metrics.leases.inc({ outcome: "seeded" });
+  }
+
+  /** Past the period's end, and a period of slack: a budget's state outlives no period by much. */
+  private ttlMs(def: BudgetDef): number {
+    const day = 86_400_000;
+    if (def.resetAt === null || def.duration === null) return 30 * day;
+    const len = def.resetAt.getTime() - def.periodStart.getTime();
+    return Math.max(60_000, Math.min(2 * len + 60_000, 400 * day));
+  }
+
+  /** Ends the period in PostgreSQL (one gateway does; the rest find it done), and reloads it. */
+  private async rollOver(def: BudgetDef, period: number): Promise<BudgetDef> {
+    if (def.duration !== null && def.periodStart.getTime() < period) {
+      const next = periodAt(def.periodStart, def.duration, new Date(period));
+      const live = await this.o.liveSpend(def.kind, def.id);
+      if (await rollOver(this.o.db, def, next, live)) {
+        this.o.metrics.periods.inc({ kind: def.kind });
+        this.o.logger.info(
+          { kind: def.kind, period: next.start.toISOString() },
+          "budget period reset",
+        );
+      }
+    }
+    const fresh = await loadBudget(this.o.db, def.kind, def.id);
+    if (fresh === null) {
+      this.defs.delete(entityKey(def.kind, def.id));
+      return def;
+    }
+    this.defs.set(entityKey(def.kind, def.id), fresh);
+    return fresh;
+  }
+
+  /** One refresh: changed definitions, boundaries passed, exhausted budgets asked again. */
+  private async tick(): Promise<void> {
+    await this.reload();
+    const now = Date.now();
+    for (const [k, def] of this.defs) {
+      if (def.maxPico === null) continue;
+      const a = this.allowances.get(k);
+      if (a === undefined) continue;
+      const cur = this.current(k, def, now);
+      // A new period, an exhausted budget (another gateway may give back, the
+      // limit may rise), or a slice half spent: lease now, not on the next request.
+      if (cur !== a || cur.exhausted || cur.pico < this.slicePico(def) / 2n)
+        this.refill(k, def, cur);
+    }
+  }
+
+  private async reload(): Promise<void> {
+    const changed = await loadBudgetsSince(this.o.db, this.loadedUntil);
+    for (const def of changed) {
+      const k = entityKey(def.kind, def.id);
+      const old = this.defs.get(k);
+      this.defs.set(k, def);
+      if (def.updatedAt > this.loadedUntil) this.loadedUntil = def.updatedAt;
+      // A changed limit or period: what this gateway holds is re-leased from the new seed.
+      if (
+        old !== undefined &&
+        (old.maxPico !== def.maxPico || old.periodStart.getTime() !== def.periodStart.getTime())
+      ) {
+        const a = this.allowances.get(k);
+        if (a !== undefined) a.exhausted = false;
+      }
+      // A budget new to this gateway (or changed): lease a share now, not on its first request.
+      if (def.maxPico !== null && !this.closed)
+        this.refill(k, def, this.current(k, def, Date.now()));
+    }
+    this.o.metrics.enforced.set(this.defs.size);
+  }
+}
+
+function entityKey(kind: string, id: string): string {
+  return `${kind}\u0000${id}`;
+}
+
+function splitKey(k: string): [BudgetKind, string] {
+  const i = k.indexOf("\u0000");
+  return [k.slice(0, i) as BudgetKind, k.slice(i + 1)];
+}

@@ -1,0 +1,247 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { buildConfig, type AppConfig } from "../../src/config/config.js";
+import { picoToDecimal, usdStringToPico } from "../../src/contract/money.js";
+import { startGateway, type GatewayService } from "../../src/gateway/gateway.js";
+import { createKey, type CreatedKey } from "../../src/gateway/virtual-keys.js";
+import { createTestDatabase, type TestDatabase } from "../support/db.js";
+import { Harness } from "../support/harness.js";
+import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "../support/redis.js";
+import { waitFor } from "../support/wait.js";
+
+/**
+ * Budgets on two gateways sharing Redis and PostgreSQL: set through
+ * LiteLLM's routes, enforced in memory from leases, refused in LiteLLM's
+ * shape once spent, raised, reset at a period's boundary, and charged by
+ * ingested spend too. The bound under concurrency, with gateway processes, is
+ * test/system/budgets.test.ts.
+ */
+
+const MASTER = "sk-master-budget-test";
+/** 4 words in, 4 out: 4 × 0.0000001 + 4 × 0.0000003. */
+const COST = usdStringToPico("0.0000016");
+
+describe("budgets: routes, refusal, raise, reset, ingest", () => {
+  let t: TestDatabase;
+  let config: AppConfig;
+  let key: CreatedKey;
+  const gateways: GatewayService[] = [];
+  const prefix = uniquePrefix("budgets");
+  const base = (i: number): string => `http://127.0.0.1:${gateways[i]?.port ?? 0}`;
+
+  const admin = async (
+    i: number,
+    path: string,
+    body?: unknown,
+  ): Promise<[number, Record<string, unknown>]> => {
+    const res = await fetch(`${base(i)}${path}`, {
+      method: body === undefined ? "GET" : "POST",
+      headers: { authorization: `Bearer ${MASTER}`, "content-type": "application/json" },
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+    });
+    return [res.status, (await res.json()) as Record<string, unknown>];
+  };
+  const chat = async (
+    i: number,
+    tags?: string[],
+  ): Promise<[number, { error?: { type: string; code: string; message: string } }]> => {
+    const res = await fetch(`${base(i)}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key.key}`, "content-type": "application/json" },
+      body: JSON.stringify({
+        model: "mock-small",
+        messages: [{ role: "user", content: "a b c d" }],
+        ...(tags !== undefined ? { metadata: { tags } } : {}),
+      }),
+    });
+    return [
+      res.status,
+      (await res.json()) as { error?: { type: string; code: string; message: string } },
+    ];
+  };
+  /** Requests alternating between the gateways until one is refused: how many were served. */
+  const spendUntilRefused = async (tags?: string[]): Promise<number> => {
+    let served = 0;
+    for (let n = 0; n < 1_000; n++) {
+      const [status, body] = await chat(served % 2, tags);
+      if (status === 400 && body.error?.code === "budget_exceeded") return served;
+      // A gateway renewing its share answers 503 for a moment: retry it.
+      if (status === 503 && body.error?.code === "budget_pending") {
+        await new Promise((r) => setTimeout(r, 5));
+        continue;
+      }
+      assert.equal(status, 200, JSON.stringify(body));
+      served++;
+    }
+    assert.fail("never refused");
+  };
+
+  before(async () => {
+    t = await createTestDatabase("budgets");
+    config = buildConfig(
+      {
+        general_settings: {
+          use_redis_transaction_buffer: true,
+          proxy_batch_write_at: 0.2,
+          master_key: MASTER,
+        },
+        litellm_settings: { cache: true, cache_params: { type: "redis" } },
+        spend_buffer_settings: {
+          key_prefix: prefix,
+          flush_jitter_seconds: 0,
+          budget_refresh_seconds: 0.05,
+          budget_lease_fraction: 0.1,
+          model_prices: {
+            "mock-small": { input_cost_per_token: "0.0000001", output_cost_per_token: "0.0000003" },
+          },
+        },
+      },
+      { REDIS_URL: TEST_REDIS_URL, DATABASE_URL: t.url },
+    );
+    key = await createKey(t.db, { userId: "bu-user", teamId: "bu-team" });
+    for (let i = 0; i < 2; i++)
+      gateways.push(await startGateway(config, { port: 0, host: "127.0.0.1" }));
+  });
+  after(async () => {
+    for (const g of gateways) await g.close().catch(() => undefined);
+    await cleanRedis(prefix);
+    await t.drop();
+  });
+
+  it("refuses once a team's budget is spent, on every gateway, within the stated bound", async () => {
+    const [status, view] = await admin(0, "/team/new", {
+      team_id: "bu-team",
+      max_budget: "0.00002",
+    });
+    assert.equal(status, 200, JSON.stringify(view));
+    assert.equal(view.max_budget, "0.000020000000");
+    assert.equal(view.budget_duration, null);
+    // Both gateways load it within a refresh.
+    await new Promise((r) => setTimeout(r, 200));
+    const served = await spendUntilRefused();
+    const budget = usdStringToPico("0.00002");
+    // Every lease was spent before the refusal; sequential requests (F = 1) on N = 2 gateways.
+    assert.ok(BigInt(served) * COST >= budget, `${served} served: under the budget`);
+    assert.ok(
+      BigInt(served) * COST <= budget + 2n * COST,
+      `${served} served: past max_budget + N × F × C`,
+    );
+    for (const i of [0, 1]) {
+      const [s, body] = await chat(i);
+      assert.equal(s, 400);
+      assert.equal(body.error?.type, "budget_exceeded");
+      assert.match(
+        body.error?.message ?? "",
+        /Budget has been exceeded! team "bu-team": max budget 0\.000020000000 USD/,
+      );
+    }
+    const [, info] = await admin(1, "/team/info?team_id=bu-team");
+    assert.equal(
+      info.spend,
+      picoToDecimal(BigInt(served) * COST),
+      "live spend: committed and pending",
+    );
+    assert.equal(info.remaining_budget, "0.000000000000");
+  });
+
+  it("a raised budget is spendable again on every gateway within a refresh", async () => {
+    const [status] = await admin(1, "/team/update", { team_id: "bu-team", max_budget: 0.0001 });
+    assert.equal(status, 200);
+    for (const i of [0, 1])
+      await waitFor(
+        `gateway ${i} to admit again`,
+        async () => (await chat(i))[0] === 200,
+        3_000,
+        50,
+      );
+    assert.deepEqual(
+      await admin(0, "/team/update", { team_id: "nobody", max_budget: 1 }).then((r) => r[0]),
+      404,
+    );
+  });
+
+  it("resets at the period's boundary for every gateway, keeping the closed period's spend", async () => {
+    const [status, view] = await admin(0, "/user/new", {
+      user_id: "bu-user",
+      max_budget: "0.000008",
+      budget_duration: "2s",
+    });
+    assert.equal(status, 200, JSON.stringify(view));
+    const resetAt = Date.parse(String(view.budget_reset_at));
+    await new Promise((r) => setTimeout(r, 200));
+    await spendUntilRefused();
+    assert.ok(Date.now() < resetAt, "spent within the period");
+    await new Promise((r) => setTimeout(r, resetAt - Date.now() + 50));
+    for (const i of [0, 1])
+      await waitFor(
+        `gateway ${i} to admit in the new period`,
+        async () => (await chat(i))[0] === 200,
+        2_000,
+        20,
+      );
+    // One gateway closed the period in PostgreSQL (the others found it done).
+    let periods: { spend: string; max_budget: string }[] = [];
+    await waitFor(
+      "the closed period in PostgreSQL",
+      async () => {
+        periods = (await admin(1, "/user/info?user_id=bu-user"))[1]
+          .previous_periods as typeof periods;
+        return periods.length >= 1;
+      },
+      3_000,
+      20,
+    );
+    assert.equal(periods[0]?.max_budget, "0.000008000000");
+    assert.ok(
+      usdStringToPico(periods[0]?.spend ?? "0") >= usdStringToPico("0.000008"),
+      JSON.stringify(periods),
+    );
+  });
+
+  it("spend ingested from other gateways counts against the same budgets", async () => {
+    const [status] = await admin(0, "/tag/new", { name: "bu-tag", max_budget: "0.5" });
+    assert.equal(status, 200);
+    await new Promise((r) => setTimeout(r, 200));
+    const [ingested, body] = await admin(0, "/spend/events", {
+      events: [{ spend: "0.75", tags: ["bu-tag"] }],
+    });
+    assert.equal(ingested, 200, JSON.stringify(body));
+    for (const i of [0, 1])
+      await waitFor(
+        `gateway ${i} to refuse the tag`,
+        async () => (await chat(i, ["bu-tag"]))[0] === 400,
+        3_000,
+        20,
+      );
+  });
+
+  it("refuses bad budget input with a specific 400", async () => {
+    for (const bad of [
+      { team_id: "t", max_budget: -1 },
+      { team_id: "t", max_budget: "1e3" },
+      { team_id: "t", max_budget: "0.0000000000001" },
+      { team_id: "t", max_budget: 1e12 },
+      { team_id: "t", budget_duration: "1w" },
+      { team_id: "bad\u0000id", max_budget: 1 },
+      { max_budget: 1 },
+    ]) {
+      const [status, body] = await admin(0, "/team/new", bad);
+      assert.equal(status, 400, JSON.stringify(bad));
+      assert.ok(typeof (body.error as { message?: unknown }).message === "string");
+    }
+    const [s] = await admin(0, "/team/info?team_id=unknown-team");
+    assert.equal(s, 404);
+  });
+
+  it("the flush commits what was served: PostgreSQL agrees with the budgets' view", async () => {
+    for (const g of gateways.splice(0)) await g.close();
+    const h = new Harness(config, t.db);
+    try {
+      for (let i = 0; i < 20 && (await h.waitingJobs()) > 0; i++) await h.flusher().flushOnce();
+    } finally {
+      await h.close();
+    }
+    const team = await t.db.teamTable.findUnique({ where: { teamId: "bu-team" } });
+    assert.ok(team !== null && team.spend.toNumber() > 0);
+  });
+});
