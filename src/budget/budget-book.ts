@@ -106,7 +106,9 @@ export class BudgetBook {
    */
   async start(): Promise<void> {
     await this.reload();
-    const first = [...this.allowances.values()].map((a) => a.refill);
+    const first: Promise<void>[] = [];
+    for (const a of this.allowances.values()) if (a.refill !== undefined) first.push(a.refill);
+    // Bounded: a Redis that does not answer must not hold the gateway's start.
     await Promise.race([Promise.all(first), new Promise((r) => setTimeout(r, 2_000).unref())]);
     const loop = (): void => {
       if (this.closed) return;
