@@ -1,3 +1,4 @@
+import { budgetMetrics } from "../../src/budget/budget-metrics.js";
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { join, posix } from "node:path";
@@ -131,6 +132,7 @@ async function registeredSeries(): Promise<Map<string, string>> {
   const m = new SpendMetrics();
   producerMetrics(m);
   gatewayMetrics(m);
+  budgetMetrics(m);
   flushMetrics(m);
   queueGauges(m);
   persistMetrics(m, "flush");
