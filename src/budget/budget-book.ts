@@ -105,7 +105,11 @@ export class BudgetBook {
    * share already held; then keeps them fresh.
    */
   async start(): Promise<void> {
-    await this.reload();
+    // PostgreSQL away at start is not fatal: the gateway starts unready, and
+    // the budgets load at the next refresh that reaches it.
+    await this.reload().catch((err: unknown) =>
+      this.o.logger.warn({ err: (err as Error).message }, "budgets not loaded yet"),
+    );
     const first: Promise<void>[] = [];
     for (const a of this.allowances.values()) if (a.refill !== undefined) first.push(a.refill);
     // Bounded: a Redis that does not answer must not hold the gateway's start.

@@ -135,11 +135,18 @@ describe("budgets: routes, refusal, raise, reset, ingest", () => {
         /Budget has been exceeded! team "bu-team": max budget 0\.000020000000 USD/,
       );
     }
-    const [, info] = await admin(1, "/team/info?team_id=bu-team");
-    assert.equal(
-      info.spend,
-      picoToDecimal(BigInt(served) * COST),
-      "live spend: committed and pending",
+    // Live spend: committed, in Redis, and this gateway's own; the other
+    // gateway's is seen once it has sealed it (proxy_batch_write_at, 0.2 s).
+    let info: Record<string, unknown> = {};
+    await waitFor(
+      "the team's live spend to include both gateways'",
+      async () => {
+        info = (await admin(1, "/team/info?team_id=bu-team"))[1];
+        return info.spend === picoToDecimal(BigInt(served) * COST);
+      },
+      3_000,
+      50,
+      () => JSON.stringify(info),
     );
     assert.equal(info.remaining_budget, "0.000000000000");
   });

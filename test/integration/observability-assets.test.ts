@@ -5,6 +5,8 @@ import { pathToFileURL } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { parse } from "yaml";
 import { createTestDatabase, type TestDatabase } from "../support/db.js";
+import { budgetMetrics } from "../../src/budget/budget-metrics.js";
+import { gatewayMetrics } from "../../src/gateway/gateway-metrics.js";
 import { Harness } from "../support/harness.js";
 import { cleanRedis, testConfig, uniquePrefix } from "../support/redis.js";
 import { REPO_ROOT } from "../support/paths.js";
@@ -60,6 +62,9 @@ describe("observability assets", () => {
     p.record({ spend: 1, apiKey: "k", userId: "u", teamId: "t", tags: ["x"] });
     await p.flush();
     assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    // What a gateway registers besides its producer's (the harness is a producer and a worker).
+    gatewayMetrics(h.metrics);
+    budgetMetrics(h.metrics);
     for (const m of await h.metrics.registry.getMetricsAsJSON()) {
       live.add(m.name);
       if (m.type.toString() === "histogram")
