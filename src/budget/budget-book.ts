@@ -3,6 +3,7 @@ import type { Logger } from "../observe/logger.js";
 import type { Db } from "../persist/prisma.js";
 import type { RedisClient } from "../redis/connection.js";
 import { budgetKey } from "../redis/keys.js";
+import type { BudgetAlerts } from "./budget-alerts.js";
 import type { BudgetMetrics } from "./budget-metrics.js";
 import {
   loadBudget,
@@ -46,6 +47,9 @@ export interface BudgetBookOptions {
   refreshMs: number;
   /** Each lease is this fraction of the budget (at most what remains). */
   leaseFraction: number;
+  /** Shares of max_budget that raise an alert when crossed (soft_budget is one more). */
+  alertThresholds?: readonly number[];
+  alerts?: BudgetAlerts;
 }
 
 /** This gateway's part of one entity's budget, for one period. */
@@ -60,6 +64,8 @@ interface Allowance {
   exhausted: boolean;
   /** Requests let through since the share ran out, while a lease is taken (at most one). */
   optimistic: number;
+  /** Spent and not yet reported to Redis for the period's spend (threshold alerts). */
+  unreported: bigint;
   refill?: Promise<void>;
 }
 
@@ -180,9 +186,10 @@ export class BudgetBook {
     for (const e of entities) {
       const k = entityKey(e.kind, e.id);
       const def = this.defs.get(k);
-      if (def === undefined || def.maxPico === null) continue;
+      if (def === undefined || (def.maxPico === null && def.softPico === null)) continue;
       const a = this.current(k, def, now);
       a.pico -= costPico;
+      a.unreported += costPico;
       if (a.pico < this.slicePico(def) / 2n) this.refill(k, def, a);
     }
   }
@@ -194,6 +201,13 @@ export class BudgetBook {
     await this.ticking;
     // Leases under way land first, so what they bring is given back too.
     for (const a of this.allowances.values()) if (a.refill !== undefined) await a.refill;
+    // The last spend reported, so a threshold it crossed is not missed.
+    for (const [k, a] of this.allowances) {
+      const def = this.defs.get(k);
+      if (def !== undefined && a.epoch !== "" && a.unreported >= PICO_PER_NANO)
+        await this.report(def, a).catch(() => undefined);
+    }
+    await this.o.alerts?.close();
     for (const [k, a] of this.allowances) {
       const nano = a.pico / PICO_PER_NANO;
       if (nano <= 0n || a.epoch === "") continue;
@@ -214,7 +228,7 @@ export class BudgetBook {
     const period = this.periodOf(def, now);
     let a = this.allowances.get(k);
     if (a === undefined || a.period !== period) {
-      a = { period, epoch: "", pico: 0n, exhausted: false, optimistic: 0 };
+      a = { period, epoch: "", pico: 0n, exhausted: false, optimistic: 0, unreported: 0n };
       this.allowances.set(k, a);
     }
     return a;
@@ -297,10 +311,11 @@ export class BudgetBook {
     let remaining = ((def.maxPico ?? 0n) - (spent > 0n ? spent : 0n)) / PICO_PER_NANO;
     if (remaining < 0n) remaining = 0n;
     if (remaining > MAX_NANO) remaining = MAX_NANO;
+    const spentNano = (spent > 0n ? spent : 0n) / PICO_PER_NANO;
     const won = await budgetScripts.seed.run(
       this.o.redis,
       [key],
-      [a.period, remaining.toString(), randomUUID(), ttl],
+      [a.period, remaining.toString(), randomUUID(), ttl, spentNano.toString()],
     );
     if (won === 1) this.o.metrics.leases.inc({ outcome: "seeded" });
   }
@@ -340,15 +355,55 @@ export class BudgetBook {
     await this.reload();
     const now = Date.now();
     for (const [k, def] of this.defs) {
-      if (def.maxPico === null) continue;
+      if (def.maxPico === null && def.softPico === null) continue;
       const a = this.allowances.get(k);
       if (a === undefined) continue;
       const cur = this.current(k, def, now);
       // A new period, an exhausted budget (another gateway may give back, the
       // limit may rise), or a slice half spent: lease now, not on the next request.
-      if (cur !== a || cur.exhausted || cur.pico < this.slicePico(def) / 2n)
+      if (
+        def.maxPico !== null &&
+        (cur !== a || cur.exhausted || cur.pico < this.slicePico(def) / 2n)
+      )
         this.refill(k, def, cur);
+      else if (cur.epoch === "") this.refill(k, def, cur);
+      if (cur.unreported >= PICO_PER_NANO && cur.epoch !== "") await this.report(def, cur);
     }
+  }
+
+  /**
+   * Adds this gateway's spend since its last report to the period's spend in
+   * Redis; a threshold the sum crossed is claimed there by exactly one
+   * gateway, which raises the alert.
+   */
+  private async report(def: BudgetDef, a: Allowance): Promise<void> {
+    const nano = a.unreported / PICO_PER_NANO;
+    a.unreported -= nano * PICO_PER_NANO;
+    const thresholds: string[] = [];
+    if (def.softPico !== null)
+      thresholds.push("soft_budget", (def.softPico / PICO_PER_NANO).toString());
+    if (def.maxPico !== null)
+      for (const f of this.o.alertThresholds ?? []) {
+        const at = (def.maxPico * BigInt(Math.round(f * 1e6))) / 1_000_000n / PICO_PER_NANO;
+        thresholds.push(`${Math.round(f * 100)}%`, at.toString());
+      }
+    const out = (await budgetScripts.report.run(
+      this.o.redis,
+      [budgetKey(this.o.keyPrefix, def.kind, def.id)],
+      [a.period, a.epoch, nano.toString(), ...thresholds],
+    )) as string[];
+    const [spent, ...crossed] = out;
+    for (const threshold of crossed)
+      await this.o.alerts?.emit({
+        kind: def.kind,
+        id: def.id,
+        threshold,
+        spendPico: BigInt(spent ?? "0") * PICO_PER_NANO,
+        maxPico: def.maxPico,
+        softPico: def.softPico,
+        periodStart: new Date(a.period),
+        resetAt: def.resetAt,
+      });
   }
 
   private async reload(): Promise<void> {
@@ -367,7 +422,7 @@ export class BudgetBook {
         if (a !== undefined) a.exhausted = false;
       }
       // A budget new to this gateway (or changed): lease a share now, not on its first request.
-      if (def.maxPico !== null && !this.closed)
+      if ((def.maxPico !== null || def.softPico !== null) && !this.closed)
         this.refill(k, def, this.current(k, def, Date.now()));
     }
     this.o.metrics.enforced.set(this.defs.size);

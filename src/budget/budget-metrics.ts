@@ -18,6 +18,8 @@ export class BudgetMetrics {
   readonly leases: Counter<"outcome">;
   readonly periods: Counter<"kind">;
   readonly enforced: Gauge;
+  readonly alerts: Counter<"kind" | "threshold">;
+  readonly webhooks: Counter<"outcome">;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -44,7 +46,22 @@ export class BudgetMetrics {
       help: "Budgets (entities with a max_budget or soft_budget) this gateway enforces.",
       registers,
     });
+    this.alerts = new Counter({
+      name: "budget_alerts_total",
+      help: "Budget threshold alerts this gateway raised (once per entity, period and threshold across the fleet), by the entity's kind and threshold: soft_budget or max_budget_share (budget_alert_thresholds).",
+      labelNames: ["kind", "threshold"],
+      registers,
+    });
+    this.webhooks = new Counter({
+      name: "budget_webhook_deliveries_total",
+      help: "Attempts to POST budget alerts to budget_webhook_url, by outcome: delivered, retried, failed (gave up).",
+      labelNames: ["outcome"],
+      registers,
+    });
+    for (const outcome of ["delivered", "retried", "failed"]) this.webhooks.inc({ outcome }, 0);
     for (const kind of BUDGET_KINDS) {
+      for (const threshold of ["soft_budget", "max_budget_share"])
+        this.alerts.inc({ kind, threshold }, 0);
       for (const reason of ["exhausted", "pending"]) this.refusals.inc({ kind, reason }, 0);
       this.periods.inc({ kind }, 0);
     }

@@ -6,4 +6,5 @@ export const budgetScripts = {
   lease: LuaScript.load("lease-1", dir),
   seed: LuaScript.load("seed-1", dir),
   giveBack: LuaScript.load("give-back-1", dir),
+  report: LuaScript.load("report-1", dir),
 };

@@ -324,6 +324,19 @@ const spendBufferSchema = z
       .describe(
         "How often a gateway reloads changed budgets from PostgreSQL, notices a period's end, and renews half-spent budget leases.",
       ),
+    budget_alert_thresholds: z
+      .array(z.number().positive().max(10))
+      .max(10)
+      .default([0.8, 1])
+      .describe(
+        "Shares of max_budget whose crossing raises an alert (logged, counted, and sent to budget_webhook_url), once per entity and period across all gateways; soft_budget, where set, is one more.",
+      ),
+    budget_webhook_url: z
+      .url({ protocol: /^https?$/ })
+      .optional()
+      .describe(
+        "Where budget alerts are POSTed as JSON (retried with backoff; the payload's `id` is the same for every attempt). Use `os.environ/NAME` if it holds a token.",
+      ),
     budget_lease_fraction: z
       .number()
       .positive()
@@ -573,6 +586,8 @@ export interface GatewayConfig {
   port: number;
   budgetRefreshMs: number;
   budgetLeaseFraction: number;
+  budgetAlertThresholds: readonly number[];
+  budgetWebhookUrl?: string;
   modelPrices: ReadonlyMap<string, ModelPrice>;
   /** Every model name clients may ask for, with its deployments (one or more, used in turn). */
   models: ReadonlyMap<string, readonly ModelDeployment[]>;
@@ -880,6 +895,8 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       port: s.gateway_port,
       budgetRefreshMs: s.budget_refresh_seconds * 1000,
       budgetLeaseFraction: s.budget_lease_fraction,
+      budgetAlertThresholds: s.budget_alert_thresholds,
+      ...(s.budget_webhook_url !== undefined ? { budgetWebhookUrl: s.budget_webhook_url } : {}),
       modelPrices,
       models,
       keyCacheTtlMs: s.key_cache_ttl_seconds * 1000,

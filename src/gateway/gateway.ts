@@ -10,6 +10,7 @@ import { QueueSink } from "../queue/queue-sink.js";
 import { listen } from "../serve/http.js";
 import { postgresCheck, redisCheck, type Check } from "../serve/readiness.js";
 import { createSpendProducer } from "../wiring/create-producer.js";
+import { BudgetAlerts } from "../budget/budget-alerts.js";
 import { BudgetBook } from "../budget/budget-book.js";
 import { budgetMetrics } from "../budget/budget-metrics.js";
 import { createGatewayApp } from "./app.js";
@@ -98,6 +99,15 @@ export async function startGateway(
         (await liveSpend({ db, queues, producer }, kind, id)).totalPico,
       refreshMs: config.gateway.budgetRefreshMs,
       leaseFraction: config.gateway.budgetLeaseFraction,
+      alertThresholds: config.gateway.budgetAlertThresholds,
+      alerts: new BudgetAlerts({
+        db,
+        logger,
+        metrics: budgetMetrics(metrics),
+        ...(config.gateway.budgetWebhookUrl !== undefined
+          ? { webhookUrl: config.gateway.budgetWebhookUrl }
+          : {}),
+      }),
     });
     try {
       await budgets.start();

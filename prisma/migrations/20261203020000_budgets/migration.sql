@@ -28,3 +28,16 @@ CREATE TABLE "spend_budget_period" (
 
 -- CreateIndex
 CREATE INDEX "spend_budget_updated_at_idx" ON "spend_budget"("updated_at");
+
+-- CreateTable
+CREATE TABLE "spend_budget_alert" (
+    "entity_kind" TEXT NOT NULL,
+    "entity_id" TEXT NOT NULL,
+    "period_start" TIMESTAMPTZ(3) NOT NULL,
+    "threshold" TEXT NOT NULL,
+    "spend" DECIMAL(38,12) NOT NULL,
+    "created_at" TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    "delivered_at" TIMESTAMPTZ(3),
+
+    CONSTRAINT "spend_budget_alert_pkey" PRIMARY KEY ("entity_kind","entity_id","period_start","threshold")
+);

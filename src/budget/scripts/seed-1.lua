@@ -9,6 +9,7 @@
   ARGV[2] what remains (whole nanodollars, may be 0)
   ARGV[3] an id for this seeding (epoch): leases from an older one are void
   ARGV[4] time to live (ms)
+  ARGV[5] the period's spend so far (whole nanodollars): where threshold reports start
 
   Returns 1 if seeded, 0 if this period (or a later one) was already there.
 ]]
@@ -17,6 +18,6 @@ if period and tonumber(period) >= tonumber(ARGV[1]) then
   return 0
 end
 redis.call("DEL", KEYS[1])
-redis.call("HSET", KEYS[1], "period", ARGV[1], "remaining", ARGV[2], "epoch", ARGV[3])
+redis.call("HSET", KEYS[1], "period", ARGV[1], "remaining", ARGV[2], "epoch", ARGV[3], "spent", ARGV[5])
 redis.call("PEXPIRE", KEYS[1], ARGV[4])
 return 1
