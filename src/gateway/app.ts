@@ -11,11 +11,14 @@ import { readinessHandler, type Check } from "../serve/readiness.js";
 import { authenticate, masterOnly } from "./auth.js";
 import { CHAT_ENDPOINT, ChargeCheck } from "./charge-check.js";
 import { gatewayMetrics } from "./gateway-metrics.js";
+import type { IdempotencyStore } from "./idempotency.js";
+import { modelAccess } from "./model-access.js";
 import { sendError } from "./openai-error.js";
 import { PriceTable } from "./pricing.js";
 import { chatCompletions } from "./routes/chat-completions.js";
 import type { RouteContext } from "./routes/context.js";
 import { keyGenerate } from "./routes/key-generate.js";
+import { keyBlock, keyDelete, keyInfo, keyList, keyUpdate } from "./routes/keys.js";
 import { spendEvents } from "./routes/spend-events.js";
 import { spendLive } from "./routes/spend-live.js";
 import type { KeyCache } from "./virtual-keys.js";
@@ -35,6 +38,10 @@ export interface GatewayDeps {
   draining: () => boolean;
   /** The spend queues (one set per partition), for live spend; empty with the buffer off. */
   queues?: readonly SpendQueues[];
+  /** Tells every gateway that keys changed (key-sync.ts). Default: nobody to tell. */
+  announceKeyChanges?: (tokens: readonly string[]) => Promise<void>;
+  /** Idempotency-Key claims (with the buffer on). */
+  idempotency?: IdempotencyStore;
 }
 
 /**
@@ -46,6 +53,7 @@ export interface GatewayDeps {
  */
 export function createGatewayApp(deps: GatewayDeps): Express {
   const { config, keys, metrics, logger } = deps;
+  const gw = gatewayMetrics(metrics);
   const ctx: RouteContext = {
     config,
     producer: deps.producer,
@@ -55,8 +63,10 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     charge: new ChargeCheck(config),
     producerStats: producerMetrics(metrics),
     queues: deps.queues ?? [],
+    gatewayStats: gw,
+    announceKeyChanges: deps.announceKeyChanges ?? (() => Promise.resolve()),
+    ...(deps.idempotency !== undefined ? { idempotency: deps.idempotency } : {}),
   };
-  const gw = gatewayMetrics(metrics);
   const app = createApp(metrics);
   app.use((req, res, next) => {
     res.on("finish", () => {
@@ -68,13 +78,21 @@ export function createGatewayApp(deps: GatewayDeps): Express {
   const json = express.json({ limit: config.gateway.maxRequestBodyBytes });
   const user = authenticate(keys, logger, gw);
   const admin = masterOnly(config);
+  // A key's `models`, on every route that names a model (add it to new ones).
+  const models = modelAccess(gw);
 
   app.get("/health/readiness", readinessHandler(deps.checks, { draining: deps.draining }));
   const chat = chatCompletions(ctx);
-  app.post(CHAT_ENDPOINT, user, json, chat);
-  app.post("/chat/completions", user, json, chat);
+  app.post(CHAT_ENDPOINT, user, json, models, chat);
+  app.post("/chat/completions", user, json, models, chat);
   app.post("/spend/events", admin, json, spendEvents(ctx));
   app.post("/key/generate", admin, json, keyGenerate(ctx));
+  app.get("/key/info", admin, keyInfo(ctx));
+  app.get("/key/list", admin, keyList(ctx));
+  app.post("/key/update", admin, json, keyUpdate(ctx));
+  app.post("/key/block", admin, json, keyBlock(ctx, true));
+  app.post("/key/unblock", admin, json, keyBlock(ctx, false));
+  app.post("/key/delete", admin, json, keyDelete(ctx));
   app.get("/spend/live", admin, spendLive(ctx));
 
   app.use((_req, res) => sendError(res, 404, "not_found_error", "not_found", "no such route"));

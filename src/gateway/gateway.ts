@@ -11,7 +11,11 @@ import { listen } from "../serve/http.js";
 import { postgresCheck, redisCheck, type Check } from "../serve/readiness.js";
 import { createSpendProducer } from "../wiring/create-producer.js";
 import { createGatewayApp } from "./app.js";
-import { KeyCache } from "./virtual-keys.js";
+import { gatewayMetrics } from "./gateway-metrics.js";
+import { IdempotencyStore } from "./idempotency.js";
+import { announceKeyChanges, KeySync } from "./key-sync.js";
+import { KeyCache, type KeySyncState } from "./virtual-keys.js";
+import { redisKeys } from "../redis/keys.js";
 
 export interface GatewayOptions {
   /** Default: spend_buffer_settings.gateway_port. 0 picks a free port. */
@@ -69,9 +73,26 @@ export async function startGateway(
   // The queues' depth and backlog age, read from Redis at each scrape: with
   // every worker down, the gateways still show what is piling up.
   for (const q of queues) queueGauges(metrics).watch(q, q.keys.partition);
-  const keys = new KeyCache(db, config.gateway.keyCacheTtlMs, config.gateway.keyCacheMaxEntries);
-  const checks: Record<string, Check> = { postgres: postgresCheck(db) };
   const redis = queues[0]?.connection;
+  const gw = gatewayMetrics(metrics);
+  const names = redisKeys(config.keyPrefix);
+  const boundMs = config.gateway.keySyncMs;
+  // Key changes reach every gateway through Redis (key-sync.ts). Without
+  // Redis there is nobody to hear from: a cached key is re-read from
+  // PostgreSQL once its entry is older than the bound.
+  const keySync =
+    redis !== undefined
+      ? new KeySync(redis, names, boundMs, logger, (n) => gw.keyChangesApplied.inc(n))
+      : undefined;
+  const sync: KeySyncState = keySync ?? { boundMs, syncedThrough: () => -Infinity };
+  const keys = new KeyCache(db, config.gateway.keyCacheTtlMs, config.gateway.keyCacheMaxEntries, {
+    sync,
+  });
+  if (keySync !== undefined) {
+    gw.watchKeySync(() => keySync.ageSeconds());
+    await keySync.start(keys);
+  }
+  const checks: Record<string, Check> = { postgres: postgresCheck(db) };
   if (redis !== undefined) {
     checks.redis = redisCheck(redis);
     // While its flush partition count disagrees with the workers', the
@@ -93,6 +114,13 @@ export async function startGateway(
     checks,
     draining: () => draining,
     queues,
+    ...(redis !== undefined
+      ? {
+          announceKeyChanges: (tokens: readonly string[]) =>
+            announceKeyChanges(redis, names, tokens),
+          idempotency: new IdempotencyStore(redis, names, config.gateway.ingestIdempotencyTtlMs),
+        }
+      : {}),
   });
   const server = await listen(app, opts.port ?? config.gateway.port, opts.host ?? "0.0.0.0");
   const port = (server.address() as AddressInfo).port;
@@ -116,6 +144,7 @@ export async function startGateway(
         }),
       ]);
       clearTimeout(timer);
+      keySync?.stop();
       try {
         // Every request that was answered has been recorded: deliver it all.
         await producer.close();

@@ -183,6 +183,9 @@ describe("virtual key cache", () => {
                 userId: row.userId,
                 teamId: null,
                 organizationId: null,
+                models: [],
+                expires: null,
+                blocked: false,
               };
         },
       },

@@ -6,6 +6,8 @@ import type { SpendProducer } from "../../produce/producer.js";
 import type { SpendEventError } from "../../produce/spend-event.js";
 import type { SpendQueues } from "../../queue/spend-queues.js";
 import type { ChargeCheck } from "../charge-check.js";
+import type { GatewayMetrics } from "../gateway-metrics.js";
+import type { IdempotencyStore } from "../idempotency.js";
 import type { PriceTable } from "../pricing.js";
 
 /** What every route handler of the gateway works with. */
@@ -19,6 +21,14 @@ export interface RouteContext {
   producerStats: ProducerMetrics;
   /** The spend queues (one set per partition), for live spend; empty with the buffer off. */
   queues: readonly SpendQueues[];
+  gatewayStats: GatewayMetrics;
+  /**
+   * Tells every gateway that these keys (hashes) changed, after the change
+   * committed; rejects if it could not (key-sync.ts).
+   */
+  announceKeyChanges: (tokens: readonly string[]) => Promise<void>;
+  /** Idempotency-Key claims for POST /spend/events; absent with the buffer off (no Redis). */
+  idempotency?: IdempotencyStore;
 }
 
 /** A validation's refusal, counted: why the producer would refuse the spend. */
