@@ -294,6 +294,14 @@ const spendBufferSchema = z
       .describe(
         "How long `POST /spend/events` remembers an `Idempotency-Key`: a batch sent again with the same key within it is applied once. At most `applied_batch_retention_days`.",
       ),
+    ingest_idempotency_lease_seconds: z
+      .number()
+      .min(0.1)
+      .max(600)
+      .default(10)
+      .describe(
+        "How long an attempt of `POST /spend/events` holds its `Idempotency-Key` before another attempt may resume it (a gateway that died mid-request): meanwhile retries are told 409 with `Retry-After`. Longer than a send to Redis may take.",
+      ),
     ingest_max_events: z
       .number()
       .int()
@@ -504,6 +512,7 @@ export interface GatewayConfig {
   keySyncMs: number;
   keyMetadataMaxBytes: number;
   ingestIdempotencyTtlMs: number;
+  ingestIdempotencyLeaseMs: number;
   ingestMaxEvents: number;
   maxRequestBodyBytes: number;
 }
@@ -761,6 +770,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       keySyncMs: Math.round(s.key_sync_seconds * 1000),
       keyMetadataMaxBytes: s.key_metadata_max_bytes,
       ingestIdempotencyTtlMs: Math.round(s.ingest_idempotency_ttl_hours * 3_600_000),
+      ingestIdempotencyLeaseMs: Math.round(s.ingest_idempotency_lease_seconds * 1000),
       ingestMaxEvents: s.ingest_max_events,
       maxRequestBodyBytes: s.max_request_body_bytes,
     },

@@ -118,7 +118,12 @@ export async function startGateway(
       ? {
           announceKeyChanges: (tokens: readonly string[]) =>
             announceKeyChanges(redis, names, tokens),
-          idempotency: new IdempotencyStore(redis, names, config.gateway.ingestIdempotencyTtlMs),
+          idempotency: new IdempotencyStore(
+            redis,
+            names,
+            config.gateway.ingestIdempotencyTtlMs,
+            config.gateway.ingestIdempotencyLeaseMs,
+          ),
         }
       : {}),
   });

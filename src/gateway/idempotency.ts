@@ -23,7 +23,7 @@ import type { RedisKeys } from "../redis/keys.js";
  *    then the claim is marked done with the answer.
  *
  * A gateway that dies after claiming leaves a pending claim; once its lease
- * (10 s) runs out, the client's next attempt, on any gateway, takes the
+ * (ingest_idempotency_lease_seconds, 10 s) runs out, the client's next attempt, on any gateway, takes the
  * claim over and sends the same batches again. Whatever the first attempt
  * got into Redis is a copy under the same id: BullMQ ignores it while the
  * job exists, PostgreSQL's spend_applied_batch skips it after. So the batch
@@ -32,7 +32,7 @@ import type { RedisKeys } from "../redis/keys.js";
  * (retry), one with another body under the key 422.
  */
 
-/** How long an attempt holds a claim before another may resume it. */
+/** How long an attempt holds a claim before another may resume it (ingest_idempotency_lease_seconds). */
 export const DEFAULT_LEASE_MS = 10_000;
 
 /** The most characters an Idempotency-Key may have (Stripe's bound). */
