@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import fc from "fast-check";
 import { buildConfig, type AppConfig } from "../../src/config/config.js";
 import { startGateway, type GatewayService } from "../../src/gateway/gateway.js";
 import { hashKey } from "../../src/gateway/virtual-keys.js";
@@ -302,6 +303,86 @@ describe("key lifecycle (LiteLLM's /key routes, several gateways)", () => {
     assert.equal((await chat(key)).status, 200, "nothing was deleted");
     assert.equal((await admin("POST", "/key/delete", { keys: [] })).status, 400);
     assert.equal((await admin("POST", "/key/block", { key: 42 })).status, 400);
+  });
+
+  it("answers no input to a key route, or to an idempotent ingest, with a 500: each is a 4xx in OpenAI's shape or a success", async () => {
+    const key = await generate({ user_id: "fuzz" });
+    const value = fc.oneof(
+      fc.jsonValue({ maxDepth: 3 }),
+      fc.string({ unit: "binary", maxLength: 40 }),
+      fc.constantFrom(key, hashKey(key), "sk-", "", null, "30d", "0s", ["mock-small"], {}),
+    );
+    const fields = fc.constantFrom(
+      "key",
+      "keys",
+      "user_id",
+      "team_id",
+      "models",
+      "duration",
+      "metadata",
+      "key_alias",
+      "blocked",
+      "__proto__",
+      "events",
+    );
+    const body = fc.oneof(fc.dictionary(fields, value, { maxKeys: 4 }), value);
+    const problems: string[] = [];
+    const check = async (what: string, res: Response): Promise<void> => {
+      const text = await res.text();
+      if (res.status >= 500 && res.status !== 503) problems.push(`${what}: ${res.status} ${text}`);
+      if (res.status >= 400) {
+        const e = (JSON.parse(text) as Partial<ErrorBody>).error;
+        if (typeof e?.message !== "string" || typeof e.code !== "string")
+          problems.push(`${what}: not OpenAI's shape: ${text}`);
+      }
+    };
+    const paths = ["/key/generate", "/key/update", "/key/block", "/key/unblock", "/key/delete"];
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom(...paths), body, async (path, b) => {
+        const res = await fetch(`${bases[0] ?? ""}${path}`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${MASTER}`, "content-type": "application/json" },
+          body: JSON.stringify(b) ?? "null",
+        });
+        await check(`${path} ${JSON.stringify(b)}`, res);
+      }),
+      { numRuns: 150 },
+    );
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom("/key/info", "/key/list"),
+        fc.dictionary(fields, fc.string({ unit: "binary", maxLength: 30 }), { maxKeys: 3 }),
+        async (path, q) => {
+          const qs = new URLSearchParams(q).toString();
+          const res = await fetch(`${bases[1] ?? ""}${path}?${qs}`, {
+            headers: { authorization: `Bearer ${MASTER}` },
+          });
+          await check(`${path}?${qs}`, res);
+        },
+      ),
+      { numRuns: 100 },
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.string({ unit: "binary-ascii", maxLength: 300 }), value, async (k, b) => {
+        let res: Response;
+        try {
+          res = await fetch(`${bases[2] ?? ""}/spend/events`, {
+            method: "POST",
+            headers: {
+              authorization: `Bearer ${MASTER}`,
+              "content-type": "application/json",
+              "idempotency-key": k,
+            },
+            body: JSON.stringify({ events: Array.isArray(b) ? b : [b] }),
+          });
+        } catch {
+          return; // a header value fetch itself will not send
+        }
+        await check(`/spend/events ${JSON.stringify(k)}`, res);
+      }),
+      { numRuns: 100 },
+    );
+    assert.deepEqual(problems, []);
   });
 
   /** Polls `ok` on every gateway until each has said yes; the ms each took. */
