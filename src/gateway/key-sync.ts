@@ -146,6 +146,8 @@ export class KeySync implements KeySyncState {
   }
 
   private failed(err: unknown): void {
+    // Stopping closes the connection under a read that may still run: no outage.
+    if (this.stopped) return;
     // One line per outage, not one per poll.
     if (this.failures++ === 0)
       this.log.warn(
