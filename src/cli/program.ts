@@ -239,14 +239,33 @@ export function buildProgram(): Command {
     .option("--team <id>", "team id (LiteLLM_TeamTable, created if new)")
     .option("--org <id>", "organization id (LiteLLM_OrganizationTable, created if new)")
     .option("--alias <alias>", "key alias")
+    .option("--models <names>", "comma-separated models the key may call (default: every model)")
+    .option("--duration <d>", 'how long the key works: "30s", "1h", "30d", "1mo" (default: no end)')
     .action(
       action(
         async (
-          opts: ConfigOption & { user?: string; team?: string; org?: string; alias?: string },
+          opts: ConfigOption & {
+            user?: string;
+            team?: string;
+            org?: string;
+            alias?: string;
+            models?: string;
+            duration?: string;
+          },
         ) => {
           const config = readConfig(opts);
           if (opts.user === undefined && opts.team === undefined && opts.org === undefined)
             throw new KeyInputError("give at least one of --user, --team, --org");
+          const { keyChanges } = await import("../gateway/key-admin.js");
+          const changes = keyChanges(
+            {
+              ...(opts.models !== undefined
+                ? { models: opts.models.split(",").map((m) => m.trim()) }
+                : {}),
+              ...(opts.duration !== undefined ? { duration: opts.duration } : {}),
+            },
+            { metadataMaxBytes: config.gateway.keyMetadataMaxBytes, now: Date.now() },
+          );
           await preflight(config, { postgres: true, schema: true });
           const { createDb } = await import("../persist/prisma.js");
           const { createKey, keyResponse } = await import("../gateway/virtual-keys.js");
@@ -257,6 +276,8 @@ export function buildProgram(): Command {
               ...(opts.team !== undefined ? { teamId: opts.team } : {}),
               ...(opts.org !== undefined ? { organizationId: opts.org } : {}),
               ...(opts.alias !== undefined ? { keyAlias: opts.alias } : {}),
+              ...(changes.models !== undefined ? { models: changes.models } : {}),
+              ...(changes.expires != null ? { expires: changes.expires } : {}),
             });
             process.stdout.write(`${JSON.stringify(keyResponse(k), null, 2)}\n`);
           } finally {

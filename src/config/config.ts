@@ -360,6 +360,39 @@ const spendBufferSchema = z
       .describe(
         "Most virtual keys cached in one gateway (unknown keys have a bounded cache of their own of the same size).",
       ),
+    key_sync_seconds: z
+      .number()
+      .min(0.1)
+      .max(60)
+      .default(1)
+      .describe(
+        "Bound on how long a gateway keeps acting on a key changed through the admin routes (blocked, unblocked, updated, deleted): changes are announced on a Redis stream every gateway reads every quarter of this; a gateway that has not read it for this long re-reads a cached key from PostgreSQL when its entry is older than this.",
+      ),
+    key_metadata_max_bytes: z
+      .number()
+      .int()
+      .min(2)
+      .max(1024 * 1024)
+      .default(16 * 1024)
+      .describe(
+        "Largest `metadata` object a virtual key may carry, in bytes of its JSON (400 beyond).",
+      ),
+    ingest_idempotency_ttl_hours: z
+      .number()
+      .positive()
+      .max(24 * 14)
+      .default(24)
+      .describe(
+        "How long `POST /spend/events` remembers an `Idempotency-Key`: a batch sent again with the same key within it is applied once. At most `applied_batch_retention_days`.",
+      ),
+    ingest_idempotency_lease_seconds: z
+      .number()
+      .min(0.1)
+      .max(600)
+      .default(10)
+      .describe(
+        "How long an attempt of `POST /spend/events` holds its `Idempotency-Key` before another attempt may resume it (a gateway that died mid-request): meanwhile retries are told 409 with `Retry-After`. Longer than a send to Redis may take.",
+      ),
     ingest_max_events: z
       .number()
       .int()
@@ -462,7 +495,7 @@ export const CONFIG_FILE_SCHEMA = z
           .min(8, "must be at least 8 characters")
           .optional()
           .describe(
-            "The gateway's admin secret (LiteLLM's name): `/spend/events`, `/key/generate`, `/spend/live`, and Bull Board's bearer token. Use `os.environ/NAME`.",
+            "The gateway's admin secret (LiteLLM's name): `/spend/events`, the `/key/...` routes, `/spend/live`, and Bull Board's bearer token. Use `os.environ/NAME`.",
           ),
       })
       .strict()
@@ -593,6 +626,11 @@ export interface GatewayConfig {
   models: ReadonlyMap<string, readonly ModelDeployment[]>;
   keyCacheTtlMs: number;
   keyCacheMaxEntries: number;
+  /** Bound on acting on a changed key (key_sync_seconds), ms. */
+  keySyncMs: number;
+  keyMetadataMaxBytes: number;
+  ingestIdempotencyTtlMs: number;
+  ingestIdempotencyLeaseMs: number;
   ingestMaxEvents: number;
   maxRequestBodyBytes: number;
 }
@@ -785,6 +823,13 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       "spend_buffer_settings.admin_username and admin_password must be set together",
     );
   }
+  // A takeover re-sends an idempotent batch's ids up to the key's lifetime
+  // after the first attempt: PostgreSQL must still know them by then.
+  if (s.ingest_idempotency_ttl_hours > s.applied_batch_retention_days * 24) {
+    throw new ConfigError(
+      `spend_buffer_settings.ingest_idempotency_ttl_hours (${s.ingest_idempotency_ttl_hours}) must not exceed applied_batch_retention_days (${s.applied_batch_retention_days}) in hours`,
+    );
+  }
   const modelPrices = new Map<string, ModelPrice>();
   for (const [model, p] of Object.entries(s.model_prices)) {
     // A model name is charged to (the daily rows' model and model group): the id rules hold.
@@ -901,6 +946,10 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       models,
       keyCacheTtlMs: s.key_cache_ttl_seconds * 1000,
       keyCacheMaxEntries: s.key_cache_max_entries,
+      keySyncMs: Math.round(s.key_sync_seconds * 1000),
+      keyMetadataMaxBytes: s.key_metadata_max_bytes,
+      ingestIdempotencyTtlMs: Math.round(s.ingest_idempotency_ttl_hours * 3_600_000),
+      ingestIdempotencyLeaseMs: Math.round(s.ingest_idempotency_lease_seconds * 1000),
       ingestMaxEvents: s.ingest_max_events,
       maxRequestBodyBytes: s.max_request_body_bytes,
     },

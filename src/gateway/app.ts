@@ -12,6 +12,8 @@ import { readinessHandler, type Check } from "../serve/readiness.js";
 import { authenticate, masterOnly } from "./auth.js";
 import { CHAT_ENDPOINT, ChargeCheck, EMBEDDINGS_ENDPOINT } from "./charge-check.js";
 import { gatewayMetrics } from "./gateway-metrics.js";
+import type { IdempotencyStore } from "./idempotency.js";
+import { modelAccess } from "./model-access.js";
 import { sendError } from "./openai-error.js";
 import { ModelCatalog } from "./models.js";
 import { chatCompletions } from "./routes/chat-completions.js";
@@ -20,6 +22,7 @@ import { mountBudgetRoutes } from "./routes/budgets.js";
 import { embeddings } from "./routes/embeddings.js";
 import { getModel, listModels } from "./routes/models.js";
 import { keyGenerate } from "./routes/key-generate.js";
+import { keyBlock, keyDelete, keyInfo, keyList, keyUpdate } from "./routes/keys.js";
 import { spendEvents } from "./routes/spend-events.js";
 import { spendLive } from "./routes/spend-live.js";
 import type { KeyCache } from "./virtual-keys.js";
@@ -41,6 +44,10 @@ export interface GatewayDeps {
   queues?: readonly SpendQueues[];
   /** Budget enforcement; without it budgets are stored but not enforced. */
   budgets?: BudgetBook;
+  /** Tells every gateway that keys changed (key-sync.ts). Default: nobody to tell. */
+  announceKeyChanges?: (tokens: readonly string[]) => Promise<void>;
+  /** Idempotency-Key claims (with the buffer on). */
+  idempotency?: IdempotencyStore;
 }
 
 /**
@@ -52,6 +59,7 @@ export interface GatewayDeps {
  */
 export function createGatewayApp(deps: GatewayDeps): Express {
   const { config, keys, metrics, logger } = deps;
+  const gw = gatewayMetrics(metrics);
   const ctx: RouteContext = {
     config,
     producer: deps.producer,
@@ -60,11 +68,12 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     models: new ModelCatalog(config.gateway.models),
     charge: new ChargeCheck(config),
     producerStats: producerMetrics(metrics),
-    gateway: gatewayMetrics(metrics),
     queues: deps.queues ?? [],
+    gatewayStats: gw,
+    announceKeyChanges: deps.announceKeyChanges ?? (() => Promise.resolve()),
+    ...(deps.idempotency !== undefined ? { idempotency: deps.idempotency } : {}),
     ...(deps.budgets !== undefined ? { budgets: deps.budgets } : {}),
   };
-  const gw = ctx.gateway;
   const app = createApp(metrics);
   app.use((req, res, next) => {
     res.on("finish", () => {
@@ -76,21 +85,29 @@ export function createGatewayApp(deps: GatewayDeps): Express {
   const json = express.json({ limit: config.gateway.maxRequestBodyBytes });
   const user = authenticate(keys, logger, gw);
   const admin = masterOnly(config);
+  // A key's `models`, on every route that names a model (add it to new ones).
+  const models = modelAccess(gw);
 
   const ready = readinessHandler(deps.checks, { draining: deps.draining });
   app.get("/health/readiness", ready);
   // LiteLLM's /health answers for the models; ours says whether spend can be recorded.
   app.get("/health", ready);
   const chat = chatCompletions(ctx);
-  app.post(CHAT_ENDPOINT, user, json, chat);
-  app.post("/chat/completions", user, json, chat);
+  app.post(CHAT_ENDPOINT, user, json, models, chat);
+  app.post("/chat/completions", user, json, models, chat);
   const embed = embeddings(ctx);
-  app.post(EMBEDDINGS_ENDPOINT, user, json, embed);
-  app.post("/embeddings", user, json, embed);
+  app.post(EMBEDDINGS_ENDPOINT, user, json, models, embed);
+  app.post("/embeddings", user, json, models, embed);
   app.get(["/v1/models", "/models"], user, listModels(ctx));
   app.get(["/v1/models/:model", "/models/:model"], user, getModel(ctx));
   app.post("/spend/events", admin, json, spendEvents(ctx));
   app.post("/key/generate", admin, json, keyGenerate(ctx));
+  app.get("/key/info", admin, keyInfo(ctx));
+  app.get("/key/list", admin, keyList(ctx));
+  app.post("/key/update", admin, json, keyUpdate(ctx));
+  app.post("/key/block", admin, json, keyBlock(ctx, true));
+  app.post("/key/unblock", admin, json, keyBlock(ctx, false));
+  app.post("/key/delete", admin, json, keyDelete(ctx));
   app.get("/spend/live", admin, spendLive(ctx));
   mountBudgetRoutes(app, ctx, admin, json);
 

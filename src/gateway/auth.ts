@@ -41,6 +41,30 @@ export function authenticate(
       (info) => {
         if (info === null)
           return sendError(res, 401, "authentication_error", "invalid_api_key", "invalid API key");
+        // LiteLLM's refusals, in its words, for a key that exists.
+        if (info.blocked) {
+          metrics.keyRefusals.inc({ reason: "blocked" });
+          return sendError(
+            res,
+            401,
+            "authentication_error",
+            "key_blocked",
+            "Authentication Error, Key is blocked. Update via `/key/unblock` if you're an admin.",
+          );
+        }
+        if (info.expiresAt !== undefined) {
+          const now = Date.now();
+          if (now >= info.expiresAt) {
+            metrics.keyRefusals.inc({ reason: "expired" });
+            return sendError(
+              res,
+              401,
+              "authentication_error",
+              "expired_key",
+              `Authentication Error - Expired Key. Key Expiry time ${new Date(info.expiresAt).toISOString()} and current time ${new Date(now).toISOString()}`,
+            );
+          }
+        }
         (res.locals as AuthLocals).key = info;
         next();
       },

@@ -15,7 +15,11 @@ import { BudgetBook } from "../budget/budget-book.js";
 import { budgetMetrics } from "../budget/budget-metrics.js";
 import { createGatewayApp } from "./app.js";
 import { liveSpend } from "./live-spend.js";
-import { KeyCache } from "./virtual-keys.js";
+import { gatewayMetrics } from "./gateway-metrics.js";
+import { IdempotencyStore } from "./idempotency.js";
+import { announceKeyChanges, KeySync } from "./key-sync.js";
+import { KeyCache, type KeySyncState } from "./virtual-keys.js";
+import { redisKeys } from "../redis/keys.js";
 
 export interface GatewayOptions {
   /** Default: spend_buffer_settings.gateway_port. 0 picks a free port. */
@@ -73,9 +77,26 @@ export async function startGateway(
   // The queues' depth and backlog age, read from Redis at each scrape: with
   // every worker down, the gateways still show what is piling up.
   for (const q of queues) queueGauges(metrics).watch(q, q.keys.partition);
-  const keys = new KeyCache(db, config.gateway.keyCacheTtlMs, config.gateway.keyCacheMaxEntries);
-  const checks: Record<string, Check> = { postgres: postgresCheck(db) };
   const redis = queues[0]?.connection;
+  const gw = gatewayMetrics(metrics);
+  const names = redisKeys(config.keyPrefix);
+  const boundMs = config.gateway.keySyncMs;
+  // Key changes reach every gateway through Redis (key-sync.ts). Without
+  // Redis there is nobody to hear from: a cached key is re-read from
+  // PostgreSQL once its entry is older than the bound.
+  const keySync =
+    redis !== undefined
+      ? new KeySync(redis, names, boundMs, logger, (n) => gw.keyChangesApplied.inc(n))
+      : undefined;
+  const sync: KeySyncState = keySync ?? { boundMs, syncedThrough: () => -Infinity };
+  const keys = new KeyCache(db, config.gateway.keyCacheTtlMs, config.gateway.keyCacheMaxEntries, {
+    sync,
+  });
+  if (keySync !== undefined) {
+    gw.watchKeySync(() => keySync.ageSeconds());
+    await keySync.start(keys);
+  }
+  const checks: Record<string, Check> = { postgres: postgresCheck(db) };
   if (redis !== undefined) {
     checks.redis = redisCheck(redis);
     // While its flush partition count disagrees with the workers', the
@@ -129,6 +150,18 @@ export async function startGateway(
     draining: () => draining,
     queues,
     ...(budgets !== undefined ? { budgets } : {}),
+    ...(redis !== undefined
+      ? {
+          announceKeyChanges: (tokens: readonly string[]) =>
+            announceKeyChanges(redis, names, tokens),
+          idempotency: new IdempotencyStore(
+            redis,
+            names,
+            config.gateway.ingestIdempotencyTtlMs,
+            config.gateway.ingestIdempotencyLeaseMs,
+          ),
+        }
+      : {}),
   });
   const server = await listen(app, opts.port ?? config.gateway.port, opts.host ?? "0.0.0.0");
   const port = (server.address() as AddressInfo).port;
@@ -152,6 +185,7 @@ export async function startGateway(
         }),
       ]);
       clearTimeout(timer);
+      keySync?.stop();
       try {
         // What this gateway leased and did not spend goes back to the others.
         await budgets?.close();

@@ -44,7 +44,19 @@ export type ErrorCode =
   | "upstream_timeout"
   | "upstream_unreachable"
   | "not_found"
-  | "internal_error";
+  | "internal_error"
+  // Virtual keys (issue 19): LiteLLM's refusals, and its key routes.
+  | "key_blocked"
+  | "expired_key"
+  | "key_model_access_denied"
+  | "key_not_found"
+  | "key_change_not_announced"
+  // POST /spend/events with an Idempotency-Key (issue 19).
+  | "invalid_idempotency_key"
+  | "idempotency_key_reused"
+  | "idempotency_key_in_use"
+  | "idempotency_unavailable"
+  | "ingest_unavailable";
 
 /**
  * Sends an error. Every 503 says when to come back (Retry-After): each is a

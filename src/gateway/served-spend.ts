@@ -87,7 +87,7 @@ export class ServedSpend {
     const { ctx, req } = this;
     const d = req.deployment;
     const success = outcome === "answered";
-    ctx.gateway.modelCalls.inc({ kind: d.kind, outcome });
+    ctx.gatewayStats.modelCalls.inc({ kind: d.kind, outcome });
     const charged = cost ?? costOf(d.price, usage.promptTokens, usage.completionTokens);
     const event = this.event(usage, success, charged);
     // recordServed() validates in its batch, after the request is answered. What

@@ -16,6 +16,12 @@ export interface KeyInfo {
   userId?: string;
   teamId?: string;
   organizationId?: string;
+  /** The models the key may call (`models`); empty: every model. */
+  models: readonly string[];
+  /** When the key stops working (`expires`, epoch ms); absent: never. */
+  expiresAt?: number;
+  /** Refused until unblocked (`blocked`). */
+  blocked: boolean;
 }
 
 export function hashKey(plaintext: string): string {
@@ -32,26 +38,47 @@ export interface CreateKeyInput {
   teamId?: string;
   organizationId?: string;
   keyAlias?: string;
+  /** The models the key may call; absent or empty: every model. */
+  models?: readonly string[];
+  /** When the key stops working; absent: never. */
+  expires?: Date;
+  /** A JSON object, stored as given (the caller bounds its size). */
+  metadata?: Record<string, unknown>;
 }
 
 export interface CreatedKey extends KeyInfo {
   /** The plaintext key: returned once, never stored. */
   key: string;
+  /** `sk-...` and the key's last four characters. */
+  keyName: string;
+  metadata: Record<string, unknown>;
 }
+
+/** LiteLLM's `key_name`: enough of a key to tell it apart in a list, never enough to use it. */
+export function abbreviateKey(key: string): string {
+  return `sk-...${key.slice(-4)}`;
+}
+
+/** Most models one key may list. */
+export const MAX_KEY_MODELS = 1_000;
 
 const MAX_ID_LENGTH = 256;
 const RESERVED = new Set(["__proto__", "constructor", "prototype"]);
 
 export class KeyInputError extends Error {
   readonly code = "KEY_INPUT";
-  constructor(message: string) {
+  /** "id": an id breaks the id rules; "field": another field is wrong (answered invalid_body). */
+  constructor(
+    message: string,
+    readonly kind: "id" | "field" = "id",
+  ) {
     super(message);
     this.name = "KeyInputError";
   }
 }
 
 /** The rules every id the flush stores follows (contract/ids.ts), so a key's owners can always be charged. */
-function checkId(value: string | undefined, name: string): string | undefined {
+export function checkId(value: string | undefined, name: string): string | undefined {
   if (value === undefined || value === "") return undefined;
   if (value.length > MAX_ID_LENGTH)
     throw new KeyInputError(`${name} is longer than ${MAX_ID_LENGTH} characters`);
@@ -76,7 +103,10 @@ export async function createKey(db: Db, input: CreateKeyInput): Promise<CreatedK
   const keyAlias = checkId(input.keyAlias, "key_alias");
   if (userId === undefined && teamId === undefined && organizationId === undefined)
     throw new KeyInputError("a key needs a user_id, team_id or organization_id");
+  const models = checkModels(input.models ?? []);
+  const metadata = input.metadata ?? {};
   const key = newKey();
+  const keyName = abbreviateKey(key);
   const token = hashKey(key);
   // Rows in the order the flush locks them (user, team, membership,
   // organization: ENTITY_KINDS), so a key created for owners whose spend a
@@ -111,6 +141,10 @@ export async function createKey(db: Db, input: CreateKeyInput): Promise<CreatedK
     db.verificationToken.create({
       data: {
         token,
+        keyName,
+        models: [...models],
+        metadata: metadata as Prisma.InputJsonObject,
+        ...(input.expires !== undefined ? { expires: input.expires } : {}),
         ...(keyAlias !== undefined ? { keyAlias } : {}),
         ...(userId !== undefined ? { userId } : {}),
         ...(teamId !== undefined ? { teamId } : {}),
@@ -123,6 +157,11 @@ export async function createKey(db: Db, input: CreateKeyInput): Promise<CreatedK
   return {
     key,
     token,
+    keyName,
+    models,
+    metadata,
+    blocked: false,
+    ...(input.expires !== undefined ? { expiresAt: input.expires.getTime() } : {}),
     ...(keyAlias !== undefined ? { keyAlias } : {}),
     ...(userId !== undefined ? { userId } : {}),
     ...(teamId !== undefined ? { teamId } : {}),
@@ -130,29 +169,73 @@ export async function createKey(db: Db, input: CreateKeyInput): Promise<CreatedK
   };
 }
 
+/** A key's model list, checked: each name follows the id rules; duplicates go. */
+export function checkModels(models: readonly string[]): string[] {
+  if (models.length > MAX_KEY_MODELS)
+    throw new KeyInputError(
+      `models lists ${models.length} models: at most ${MAX_KEY_MODELS}`,
+      "field",
+    );
+  const out: string[] = [];
+  for (const [i, m] of models.entries()) {
+    if (m === "") throw new KeyInputError(`models[${i}] is empty`);
+    checkId(m, `models[${i}]`);
+    if (!out.includes(m)) out.push(m);
+  }
+  return out;
+}
+
 /** /key/generate's answer, in LiteLLM's field names. */
-export function keyResponse(k: {
-  key: string;
-  token: string;
-  keyAlias?: string;
-  userId?: string;
-  teamId?: string;
-  organizationId?: string;
-}): Record<string, string | null> {
+export function keyResponse(k: CreatedKey): Record<string, unknown> {
   return {
     key: k.key,
     token: k.token,
+    key_name: k.keyName,
     key_alias: k.keyAlias ?? null,
     user_id: k.userId ?? null,
     team_id: k.teamId ?? null,
     organization_id: k.organizationId ?? null,
+    models: k.models,
+    expires: k.expiresAt !== undefined ? new Date(k.expiresAt).toISOString() : null,
+    metadata: k.metadata,
+    blocked: k.blocked,
   };
+}
+
+/**
+ * Whether a key may call `model`: any model when its list is empty or holds
+ * `all-proxy-models` or `*` (LiteLLM's), else a name on the list, or one
+ * matching an entry that ends in `*` (`mock-*`: every model starting `mock-`).
+ */
+export function keyAllowsModel(models: readonly string[], model: string): boolean {
+  if (models.length === 0) return true;
+  for (const m of models) {
+    if (m === model || m === "*" || m === "all-proxy-models") return true;
+    if (m.endsWith("*") && model.startsWith(m.slice(0, -1))) return true;
+  }
+  return false;
 }
 
 /** A valid key's answer, and until when it may be given without asking PostgreSQL. */
 interface Entry {
   info: KeyInfo;
   expires: number;
+  /** When the query that read it started: the state it holds is at least this recent. */
+  readAt: number;
+}
+
+/**
+ * How far this process has followed the changes announced for keys (see
+ * key-sync.ts): every change announced before `syncedThrough()` (epoch ms,
+ * this process's clock) has been applied to the cache. A cached key is
+ * answered from memory only while the cache is in sync within `boundMs`, or
+ * its entry was read within `boundMs`; otherwise it is read again from
+ * PostgreSQL. So a change is acted on within `boundMs` even when the
+ * announcements stop arriving.
+ */
+export interface KeySyncState {
+  readonly boundMs: number;
+  syncedThrough(): number;
 }
 
 /**
@@ -182,12 +265,21 @@ export interface KeyCacheOptions {
   lookupsPerSecond?: number;
   /** How many of those lookups may run back to back after a quiet spell. Default: one second's worth. */
   lookupBurst?: number;
+  /**
+   * How far the cache follows announced key changes; without it a cached
+   * key is answered from memory for the whole TTL (a change made elsewhere is
+   * seen when its entry expires).
+   */
+  sync?: KeySyncState;
 }
 
 export const DEFAULT_KEY_LOOKUPS_PER_SECOND = 300;
 
 /** Unknown keys are remembered at most this long, so a key created a moment ago works at once. */
 const UNKNOWN_TTL_MS = 1_000;
+
+/** How long a change announcement is remembered against lookups that were running: longer than any query. */
+const CHANGE_MEMORY_MS = 60_000;
 
 /**
  * Looks keys up by hash, with bounded in-memory TTL caches in front of
@@ -219,6 +311,11 @@ export class KeyCache {
   private readonly burst: number;
   private tokens: number;
   private refilledAt: number;
+  private readonly sync: KeySyncState | undefined;
+  /** Keys announced as changed, to when (this clock); oldest first, pruned as they age. */
+  private readonly changedAt = new Map<string, number>();
+  /** When every entry was last declared stale (the announcements lapsed). */
+  private allStaleAt = -Infinity;
 
   /** `options` may also be just the clock (the cache's older signature). */
   constructor(
@@ -237,6 +334,7 @@ export class KeyCache {
     this.perSecond = perSecond;
     this.tokens = this.burst;
     this.refilledAt = this.now();
+    this.sync = o.sync;
   }
 
   /** Valid keys cached (expired ones included until refreshed or evicted). */
@@ -258,7 +356,7 @@ export class KeyCache {
     const token = hashKey(plaintext);
     const now = this.now();
     const known = this.known.get(token);
-    if (known !== undefined && known.expires > now) return known.info;
+    if (known !== undefined && known.expires > now && this.inSync(known, now)) return known.info;
     const unknownUntil = this.unknown.get(token);
     if (unknownUntil !== undefined) {
       if (unknownUntil > now) return null;
@@ -271,6 +369,46 @@ export class KeyCache {
     const p = this.fetch(token).finally(() => this.inflight.delete(token));
     this.inflight.set(token, p);
     return p;
+  }
+
+  /** An entry may be answered from memory: it is recent, or the cache has followed every change recently. */
+  private inSync(e: Entry, now: number): boolean {
+    const sync = this.sync;
+    if (sync === undefined) return true;
+    const since = now - sync.boundMs;
+    return e.readAt > since || sync.syncedThrough() > since;
+  }
+
+  /**
+   * Keys changed elsewhere (their hashes): forgotten, so the next request
+   * reads them from PostgreSQL; a lookup running now is not cached.
+   */
+  invalidate(tokens: Iterable<string>): void {
+    const now = this.now();
+    for (const token of tokens) {
+      this.known.delete(token);
+      this.unknown.delete(token);
+      this.inflight.delete(token);
+      this.changedAt.delete(token);
+      this.changedAt.set(token, now);
+    }
+    // Older marks can no longer matter: no lookup runs that long.
+    for (const [token, at] of this.changedAt) {
+      if (now - at < CHANGE_MEMORY_MS) break;
+      this.changedAt.delete(token);
+    }
+  }
+
+  /**
+   * Every entry must be read again before it is answered (the change
+   * announcements lapsed, some may have been missed). Entries stay, expired,
+   * so they are refreshed without a token of the lookup bucket.
+   */
+  expireAll(): void {
+    this.allStaleAt = this.now();
+    for (const e of this.known.values()) e.expires = 0;
+    this.unknown.clear();
+    this.inflight.clear();
   }
 
   private takeToken(now: number): boolean {
@@ -289,9 +427,18 @@ export class KeyCache {
   }
 
   private async fetch(token: string): Promise<KeyInfo | null> {
+    const readAt = this.now();
     const row = await this.db.verificationToken.findUnique({
       where: { token },
-      select: { keyAlias: true, userId: true, teamId: true, organizationId: true },
+      select: {
+        keyAlias: true,
+        userId: true,
+        teamId: true,
+        organizationId: true,
+        models: true,
+        expires: true,
+        blocked: true,
+      },
     });
     // A row is not proof that a key was issued: the flush creates the key row
     // for spend charged to any hash (so no spend is dropped), so spend ingested
@@ -307,8 +454,15 @@ export class KeyCache {
           ...(row.userId !== null ? { userId: row.userId } : {}),
           ...(row.teamId !== null ? { teamId: row.teamId } : {}),
           ...(row.organizationId !== null ? { organizationId: row.organizationId } : {}),
+          models: row.models,
+          blocked: row.blocked,
+          ...(row.expires !== null ? { expiresAt: row.expires.getTime() } : {}),
         };
     const now = this.now();
+    // Changed (or everything declared stale) while the query ran: what it
+    // read may predate the change. Answered, never cached.
+    const changed = this.changedAt.get(token);
+    if ((changed !== undefined && changed >= readAt) || this.allStaleAt >= readAt) return info;
     if (info === null) {
       // Revoked, or never issued: a valid entry left from before must not answer again.
       this.known.delete(token);
@@ -316,7 +470,7 @@ export class KeyCache {
       if (ttl > 0) remember(this.unknown, token, now + ttl, this.maxUnknownEntries);
     } else if (this.ttlMs > 0) {
       this.unknown.delete(token);
-      remember(this.known, token, { info, expires: now + this.ttlMs }, this.maxEntries);
+      remember(this.known, token, { info, expires: now + this.ttlMs, readAt }, this.maxEntries);
     }
     return info;
   }

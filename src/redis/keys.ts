@@ -42,6 +42,18 @@ export interface RedisKeys {
   readonly flushLeader: string;
   /** Hash of worker id -> "<partitions>:<epoch ms>": flush workers alive, and the count each runs with. */
   readonly workers: string;
+  /**
+   * Stream of virtual keys changed through the admin routes (blocked,
+   * unblocked, updated, deleted): every gateway reads it and drops those keys
+   * from its cache. Entries hold the keys' hashes, never a key.
+   */
+  readonly keyEvents: string;
+  /**
+   * One `Idempotency-Key` of `POST /spend/events`: its claim and, once the
+   * batch is in the queues, the answer. `keyHash`: the SHA-256 (hex) of the
+   * client's key, so any key the client may send makes a well-formed name.
+   */
+  idempotencyClaim(keyHash: string): string;
 }
 
 const PREFIX = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -73,6 +85,12 @@ export function redisKeys(prefix: string, partition = 0): RedisKeys {
     flushLastSuccess: `${prefix}:{flush${p}}:last-success`,
     flushLeader: `${prefix}:flush-leader`,
     workers: `${prefix}:workers`,
+    keyEvents: `${prefix}:key-events`,
+    idempotencyClaim: (keyHash: string) => {
+      if (!/^[0-9a-f]{64}$/.test(keyHash))
+        throw new Error("an idempotency claim is named by a SHA-256 in hex");
+      return `${prefix}:idempotency:${keyHash}`;
+    },
   };
 }
 

@@ -8,9 +8,15 @@ import {
   KeyLookupThrottledError,
   newKey,
 } from "../../src/gateway/virtual-keys.js";
+import { Redis } from "ioredis";
+import { announceKeyChanges, KeySync } from "../../src/gateway/key-sync.js";
+import { silentLogger } from "../../src/observe/logger.js";
+import { redisKeys } from "../../src/redis/keys.js";
 import { createTestDatabase, truncateAll, type TestDatabase } from "../support/db.js";
+import { ManualClock } from "../support/manual-clock.js";
+import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "../support/redis.js";
 
-/** Virtual keys against a real PostgreSQL: creation under concurrency. */
+/** Virtual keys against a real PostgreSQL: creation under concurrency; the cache, and how it follows key changes. */
 
 describe("createKey", () => {
   let t: TestDatabase;
@@ -213,5 +219,77 @@ describe("KeyCache", () => {
     const before = queries();
     await cache.lookup(valid.key);
     assert.equal(queries(), before);
+  });
+});
+
+describe("KeyCache following key changes (KeySync over a real Redis)", () => {
+  let t: TestDatabase;
+  const prefix = uniquePrefix("keysync");
+  let redis: Redis;
+  before(async () => {
+    t = await createTestDatabase("virtual_keys_sync");
+    redis = new Redis(TEST_REDIS_URL);
+  });
+  after(async () => {
+    redis.disconnect();
+    await cleanRedis(prefix);
+    await t.drop();
+  });
+
+  it("drops a key announced as changed at its next read of the stream, and re-reads keys older than the bound while the stream is not read", async () => {
+    const clock = new ManualClock(Date.now());
+    const names = redisKeys(prefix);
+    let applied = 0;
+    const sync = new KeySync(redis, names, 1_000, silentLogger, (n) => (applied += n), clock);
+    const { db, queries } = counted(t.db);
+    const cache = new KeyCache(db, 60_000, 100, { now: () => clock.now(), sync });
+    await sync.start(cache);
+    const k = await createKey(t.db, { userId: "synced" });
+    assert.equal((await cache.lookup(k.key))?.blocked, false);
+    assert.equal((await cache.lookup(k.key))?.blocked, false);
+    assert.equal(queries(), 1);
+
+    await t.db.verificationToken.update({ where: { token: k.token }, data: { blocked: true } });
+    await announceKeyChanges(redis, names, [k.token]);
+    assert.equal((await cache.lookup(k.key))?.blocked, false, "not read yet");
+    await clock.advance(250);
+    assert.equal(applied, 1);
+    assert.equal((await cache.lookup(k.key))?.blocked, true, "read again after the announcement");
+    assert.equal(queries(), 2);
+
+    // The stream not read for longer than the bound (a pause, Redis away):
+    // an entry older than the bound is read again.
+    await t.db.verificationToken.update({ where: { token: k.token }, data: { blocked: false } });
+    clock.skip(1_500);
+    assert.equal((await cache.lookup(k.key))?.blocked, false, "re-read without an announcement");
+    assert.equal(queries(), 3);
+    assert.equal((await cache.lookup(k.key))?.blocked, false);
+    assert.equal(queries(), 3, "a fresh entry is answered from memory");
+    // Back in sync after a lapse: everything cached is read again once.
+    await clock.advance(250);
+    await cache.lookup(k.key);
+    assert.equal(queries(), 4);
+    await cache.lookup(k.key);
+    assert.equal(queries(), 4);
+    sync.stop();
+  });
+
+  it("does not cache what a lookup read while its key was announced as changed", async () => {
+    const k = await createKey(t.db, { userId: "racing" });
+    const { db, queries } = counted(t.db);
+    const cache = new KeyCache(db, 60_000, 100);
+    const running = cache.lookup(k.key);
+    cache.invalidate([k.token]);
+    assert.equal((await running)?.userId, "racing", "answered");
+    // A lookup starting in the same millisecond as the announcement is not cached either.
+    await new Promise((r) => setTimeout(r, 5));
+    await cache.lookup(k.key);
+    assert.equal(queries(), 2, "but not cached: it may predate the change");
+    await cache.lookup(k.key);
+    assert.equal(queries(), 2);
+    cache.expireAll();
+    await new Promise((r) => setTimeout(r, 5));
+    await cache.lookup(k.key);
+    assert.equal(queries(), 3, "expireAll: read again");
   });
 });

@@ -259,6 +259,9 @@ describe("virtual key cache", () => {
                 userId: row.userId,
                 teamId: null,
                 organizationId: null,
+                models: [],
+                expires: null,
+                blocked: false,
               };
         },
       },

@@ -252,3 +252,36 @@ export function chargeIngested(ctx: RouteContext, events: readonly unknown[]): v
     book.charge(entities, BigInt(e.spendPico), now);
   }
 }
+
+/** The budget fields of a key request, if it names any (undefined: none). */
+export function budgetPart(b: BudgetBody): BudgetBody | undefined {
+  const part: BudgetBody = {
+    ...(b.max_budget !== undefined ? { max_budget: b.max_budget } : {}),
+    ...(b.soft_budget !== undefined ? { soft_budget: b.soft_budget } : {}),
+    ...(b.budget_duration !== undefined ? { budget_duration: b.budget_duration } : {}),
+  };
+  return Object.keys(part).length > 0 ? part : undefined;
+}
+
+/** Why a budget_duration is refused (undefined: it is fine or absent). */
+export function durationProblem(b: BudgetBody): string | undefined {
+  if (b.budget_duration === undefined || b.budget_duration === null) return undefined;
+  try {
+    parseDuration(b.budget_duration);
+    return undefined;
+  } catch (err) {
+    if (err instanceof BudgetDurationError) return err.message;
+    throw err;
+  }
+}
+
+/** A key's budget for /key/info and the key routes' answers (null: none). */
+export async function keyBudgetView(
+  ctx: RouteContext,
+  token: string,
+): Promise<Record<string, unknown> | null> {
+  const def = await loadBudget(ctx.db, "key", token);
+  if (def === null) return null;
+  const { token: _id, ...view } = await budgetView(ctx, def, "token");
+  return view;
+}

@@ -8,6 +8,7 @@ import type { SpendQueues } from "../../queue/spend-queues.js";
 import type { BudgetBook } from "../../budget/budget-book.js";
 import type { ChargeCheck } from "../charge-check.js";
 import type { GatewayMetrics } from "../gateway-metrics.js";
+import type { IdempotencyStore } from "../idempotency.js";
 import type { ModelCatalog } from "../models.js";
 
 /** What every route handler of the gateway works with. */
@@ -19,11 +20,18 @@ export interface RouteContext {
   models: ModelCatalog;
   charge: ChargeCheck;
   producerStats: ProducerMetrics;
-  gateway: GatewayMetrics;
   /** The spend queues (one set per partition), for live spend; empty with the buffer off. */
   queues: readonly SpendQueues[];
   /** Budget enforcement (with the buffer on: its leases live in Redis). */
   budgets?: BudgetBook;
+  gatewayStats: GatewayMetrics;
+  /**
+   * Tells every gateway that these keys (hashes) changed, after the change
+   * committed; rejects if it could not (key-sync.ts).
+   */
+  announceKeyChanges: (tokens: readonly string[]) => Promise<void>;
+  /** Idempotency-Key claims for POST /spend/events; absent with the buffer off (no Redis). */
+  idempotency?: IdempotencyStore;
 }
 
 /** A validation's refusal, counted: why the producer would refuse the spend. */

@@ -1,47 +1,62 @@
 import type { RequestHandler } from "express";
-import { z } from "zod";
+import { describeIssue, GENERATE_FIELDS, generateBody, keyChanges } from "../key-admin.js";
 import { sendError } from "../openai-error.js";
 import { createKey, KeyInputError, keyResponse } from "../virtual-keys.js";
+import { budgetPart, durationProblem, keyBudgetView, writeBudget } from "./budgets.js";
 import type { RouteContext } from "./context.js";
-
-const body = z.object({
-  user_id: z.string().nullish(),
-  team_id: z.string().nullish(),
-  organization_id: z.string().nullish(),
-  key_alias: z.string().nullish(),
-});
 
 /**
  * POST /key/generate (master key), in LiteLLM's field names: a key for a
- * user, team and/or organization, whose rows are created if new. The
- * plaintext key is in the answer, once; PostgreSQL keeps only its hash.
+ * user, team and/or organization, whose rows are created if new, with the
+ * models it may call, how long it lasts (`duration`) and metadata. Unknown
+ * fields are refused, named. The plaintext key is in the answer, once;
+ * PostgreSQL keeps only its hash.
  */
 export function keyGenerate(ctx: RouteContext): RequestHandler {
   return async (req, res) => {
-    const parsed = body.safeParse(req.body ?? {});
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
+    const parsed = generateBody.safeParse(req.body ?? {});
+    if (!parsed.success)
       return sendError(
         res,
         400,
         "invalid_request_error",
         "invalid_body",
-        `${issue?.path.map(String).join(".") ?? ""}: ${issue?.message ?? "invalid"}`,
+        describeIssue(parsed.error, GENERATE_FIELDS),
       );
-    }
     const b = parsed.data;
+    const budget = budgetPart(b);
+    const problem = budget !== undefined ? durationProblem(budget) : undefined;
+    if (problem !== undefined)
+      return sendError(res, 400, "invalid_request_error", "invalid_body", problem);
     try {
+      const c = keyChanges(b, {
+        metadataMaxBytes: ctx.config.gateway.keyMetadataMaxBytes,
+        now: Date.now(),
+      });
       const k = await createKey(ctx.db, {
         ...(b.user_id != null ? { userId: b.user_id } : {}),
         ...(b.team_id != null ? { teamId: b.team_id } : {}),
         ...(b.organization_id != null ? { organizationId: b.organization_id } : {}),
-        ...(b.key_alias != null ? { keyAlias: b.key_alias } : {}),
+        ...(c.keyAlias != null ? { keyAlias: c.keyAlias } : {}),
+        ...(c.models !== undefined ? { models: c.models } : {}),
+        ...(c.expires != null ? { expires: c.expires } : {}),
+        ...(c.metadata !== undefined ? { metadata: c.metadata } : {}),
       });
       ctx.logger.info({ keyAlias: k.keyAlias, userId: k.userId, teamId: k.teamId }, "key created");
-      res.json(keyResponse(k));
+      if (budget !== undefined) await writeBudget(ctx, "key", k.token, budget);
+      res.json({
+        ...keyResponse(k),
+        ...(budget !== undefined ? { budget: await keyBudgetView(ctx, k.token) } : {}),
+      });
     } catch (err) {
       if (err instanceof KeyInputError)
-        return sendError(res, 400, "invalid_request_error", "invalid_id", err.message);
+        return sendError(
+          res,
+          400,
+          "invalid_request_error",
+          err.kind === "id" ? "invalid_id" : "invalid_body",
+          err.message,
+        );
       throw err;
     }
   };
