@@ -1,21 +1,21 @@
 /**
- * LiteLLM's budget durations: `<n><unit>` with unit s, m, h, d or mo
- * ("30s", "1h", "1d", "30d", "1mo"). A period of n months ends on the same
- * day of the month (UTC), clamped to the month's last day.
+ * LiteLLM's durations, for budgets and keys: `<n><unit>` with unit s, m, h,
+ * d, w or mo ("30s", "1h", "1d", "2w", "30d", "1mo"). A period of n months
+ * ends on the same day of the month (UTC), clamped to the month's last day.
  */
 export interface BudgetDuration {
   n: number;
-  unit: "s" | "m" | "h" | "d" | "mo";
+  unit: "s" | "m" | "h" | "d" | "w" | "mo";
 }
 
-const FORM = /^([1-9]\d{0,5})(s|m|h|d|mo)$/;
-const MS = { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+const FORM = /^([1-9]\d{0,6})(s|m|h|d|w|mo)$/;
+const MS = { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 } as const;
 
 export class BudgetDurationError extends Error {
   readonly code = "BUDGET_DURATION";
   constructor(text: string) {
     super(
-      `budget_duration must be a positive whole number and a unit (s, m, h, d, mo), e.g. "30d" or "1mo"; got ${JSON.stringify(text.slice(0, 40))}`,
+      `budget_duration must be a positive whole number and a unit (s, m, h, d, w, mo), e.g. "30d" or "1mo"; got ${JSON.stringify(text.slice(0, 40))}`,
     );
     this.name = "BudgetDurationError";
   }
@@ -24,10 +24,7 @@ export class BudgetDurationError extends Error {
 export function parseDuration(text: string): BudgetDuration {
   const m = FORM.exec(text);
   if (m === null) throw new BudgetDurationError(text);
-  const d = { n: Number(m[1]), unit: m[2] as BudgetDuration["unit"] };
-  // A period shorter than a second could not be enforced by leases renewed every 100 ms.
-  if (d.unit === "s" && d.n < 1) throw new BudgetDurationError(text);
-  return d;
+  return { n: Number(m[1]), unit: m[2] as BudgetDuration["unit"] };
 }
 
 /** `from` plus the duration, in UTC. */

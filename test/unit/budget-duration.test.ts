@@ -5,10 +5,11 @@ import { addDuration, parseDuration, periodAt } from "../../src/budget/duration.
 const at = (iso: string): Date => new Date(iso);
 
 describe("budget durations (LiteLLM's budget_duration)", () => {
-  it("reads s, m, h, d and mo, and refuses anything else", () => {
+  it("reads s, m, h, d, w and mo, and refuses anything else", () => {
     assert.deepEqual(parseDuration("30s"), { n: 30, unit: "s" });
     assert.deepEqual(parseDuration("1mo"), { n: 1, unit: "mo" });
-    for (const bad of ["", "0d", "1w", "1.5h", "-1d", "1 d", "1000000d", "d"])
+    assert.deepEqual(parseDuration("2w"), { n: 2, unit: "w" });
+    for (const bad of ["", "0d", "1y", "1.5h", "-1d", "1 d", "10000000d", "d"])
       assert.throws(() => parseDuration(bad), /budget_duration must be/, bad);
   });
 
