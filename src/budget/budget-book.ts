@@ -137,6 +137,11 @@ export class BudgetBook {
     loop();
   }
 
+  /** Reads changed budgets now (this gateway just wrote one), not at the next refresh. */
+  async refresh(): Promise<void> {
+    await this.reload();
+  }
+
   /** How many budgets this gateway enforces. */
   get size(): number {
     return this.defs.size;

@@ -195,6 +195,8 @@ export async function writeBudget(
   );
   const redis = ctx.queues[0]?.connection;
   if (redis !== undefined) await redis.del(budgetKey(ctx.config.keyPrefix, kind, id));
+  // This gateway enforces it from now; the others within budget_refresh_seconds.
+  await ctx.budgets?.refresh();
   return def;
 }
 
