@@ -191,7 +191,7 @@ describe("budgets: routes, refusal, raise, reset, ingest", () => {
         20,
       );
     // One gateway closed the period in PostgreSQL (the others found it done).
-    let periods: { spend: string; max_budget: string }[] = [];
+    let periods: { spend: string; max_budget: string; period_end: string }[] = [];
     await waitFor(
       "the closed period in PostgreSQL",
       async () => {
@@ -202,9 +202,19 @@ describe("budgets: routes, refusal, raise, reset, ingest", () => {
       3_000,
       20,
     );
-    assert.equal(periods[0]?.max_budget, "0.000008000000");
+    const closed = periods[0];
+    assert.equal(closed?.max_budget, "0.000008000000");
+    // The period closed at its exact boundary, with what was spent in it: most
+    // of the budget (gateways may still have held a slice each, and a seal
+    // interval of the other gateway's spend may land in the next period), never
+    // more than the bound over it.
+    assert.equal(
+      Date.parse((closed as { period_end?: string } | undefined)?.period_end ?? ""),
+      resetAt,
+    );
+    const spent = usdStringToPico(closed?.spend ?? "0");
     assert.ok(
-      usdStringToPico(periods[0]?.spend ?? "0") >= usdStringToPico("0.000008"),
+      spent > 0n && spent <= usdStringToPico("0.000008") + 4n * COST,
       JSON.stringify(periods),
     );
   });
