@@ -22,7 +22,7 @@
  * sides of it.
  */
 import type { AddressInfo } from "node:net";
-import { PerformanceObserver } from "node:perf_hooks";
+import { monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks";
 import { createGatewayApp } from "../src/gateway/app.js";
 import { createSpendProducer } from "../src/wiring/create-producer.js";
 import { KeyCache } from "../src/gateway/virtual-keys.js";
@@ -125,7 +125,33 @@ const server = app.listen(0, "127.0.0.1", () => {
 });
 server.keepAliveTimeout = 60_000;
 
+/** The event loop's delay since "eld-start" (issue 22, goal 2: seals must not stall it). */
+let eld: ReturnType<typeof monitorEventLoopDelay> | undefined;
+
 process.on("message", (m) => {
+  if (typeof m === "string" && m.startsWith("preload:")) {
+    // Rows pending before a stall rep: each event adds an end user's entity and daily row.
+    const rows = Number(m.slice("preload:".length));
+    const was = producer.recording;
+    producer.recording = true;
+    for (let i = 0; i < rows / 2; i++)
+      producer.record({ spend: "0.000001", endUserId: `preload-${Date.now()}-${i}`, model: "m" });
+    producer.recording = was;
+    process.send?.({ bufferedRows: producer.bufferedRows });
+    return;
+  }
+  if (m === "eld-start") {
+    eld?.disable();
+    eld = monitorEventLoopDelay({ resolution: 1 });
+    eld.enable();
+    process.send?.({ started: true });
+    return;
+  }
+  if (m === "eld") {
+    eld?.disable();
+    process.send?.({ maxMs: (eld?.max ?? 0) / 1e6, p99Ms: (eld?.percentile(99) ?? 0) / 1e6 });
+    return;
+  }
   // Rows held tell the parent that "off" really records nothing.
   if (m === "cpu")
     process.send?.({

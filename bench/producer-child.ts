@@ -95,6 +95,7 @@ const markers: { id: string; at: number }[] = [];
 const perSecond: number[] = [];
 let events = 0;
 let pausedMs = 0;
+let stoppedMs = 0;
 let nextMarker = goAt;
 for (;;) {
   const now = Date.now();
@@ -105,6 +106,8 @@ for (;;) {
     const t0 = Date.now();
     await new Promise((r) => setTimeout(r, Math.min(50, markerEveryMs)));
     pausedMs += Date.now() - t0;
+    // On/off back-pressure admits nothing while on: every pause is a full stop.
+    stoppedMs += Date.now() - t0;
     // A marker due while refused is skipped, not recorded late.
     while (nextMarker <= Date.now()) nextMarker += markerEveryMs;
     continue;
@@ -164,6 +167,7 @@ const report: ProducerReport = {
   closeMs,
   enqueueFailures: failures.values[0]?.value ?? 0,
   pausedMs,
+  stoppedMs,
   ...(closeError !== undefined ? { closeError } : {}),
 };
 // Exit only once the pipe has the whole line.
