@@ -131,11 +131,16 @@ let eld: ReturnType<typeof monitorEventLoopDelay> | undefined;
 process.on("message", (m) => {
   if (typeof m === "string" && m.startsWith("preload:")) {
     // Rows pending before a stall rep: each event adds an end user's entity and daily row.
-    const rows = Number(m.slice("preload:".length));
+    // Up to the memory bound (max_buffered_rows), less room for the rep's own rows.
+    const rows = Math.min(
+      Number(m.slice("preload:".length)),
+      config.producer.maxBufferedRows - 10_000 - producer.bufferedRows,
+    );
     const was = producer.recording;
     producer.recording = true;
+    const run = Date.now();
     for (let i = 0; i < rows / 2; i++)
-      producer.record({ spend: "0.000001", endUserId: `preload-${Date.now()}-${i}`, model: "m" });
+      producer.record({ spend: "0.000001", endUserId: `preload-${run}-${i}`, model: "m" });
     producer.recording = was;
     process.send?.({ bufferedRows: producer.bufferedRows });
     return;

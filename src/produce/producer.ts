@@ -1,12 +1,13 @@
 import { randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
+import { setImmediate as nextTurn } from "node:timers/promises";
 import { DEFAULT_CONFIG } from "../config/config.js";
 import type { EntityKind } from "../contract/spend-batch.js";
 import type { SpendSink } from "../contract/spend-sink.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
-import { Aggregator, rowBound } from "./aggregator.js";
+import { Aggregator, rowBound, type DrainedRows } from "./aggregator.js";
 import { Backpressure } from "./backpressure.js";
 import { sleep, systemClock, withTimeout, type Clock, type TimerHandle } from "./clock.js";
 import { CoarseClock } from "./coarse-clock.js";
@@ -19,7 +20,7 @@ import {
 } from "./errors.js";
 import type { ProducerOptions } from "./producer-options.js";
 import { producerMetrics, type ProducerMetrics } from "./producer-metrics.js";
-import { sealBatches } from "./sealer.js";
+import { jobSteps, numberBatches, type UnnumberedBatch } from "./sealer.js";
 import {
   DEFAULT_LIMITS,
   SpendEventError,
@@ -40,6 +41,23 @@ export type { BackpressureReason } from "./backpressure.js";
 const SERVED_BATCH = 256;
 
 const DEFAULTS = DEFAULT_CONFIG.producer;
+
+// Longest one slice of a seal may hold the event loop before it yields, ms
+// (issue 22: a seal at max_buffered_rows used to hold it for ~0.3 s at once).
+const SEAL_SLICE_MS = 2;
+
+/** A seal under way: the aggregator it drains (no longer recorded into), in steps. */
+interface Drain {
+  agg: Aggregator;
+  /** What its steps have drained so far. */
+  out: DrainedRows;
+  steps: Generator<void, UnnumberedBatch[]>;
+  sealedAt: number;
+  rows: number;
+  /** Its synchronous work so far, ms (the seal duration metric). */
+  busyMs: number;
+  finished: boolean;
+}
 
 /**
  * Runs inside each gateway process. record() validates one request's spend
@@ -72,7 +90,20 @@ export class SpendProducer {
   private readonly delivery: Delivery;
   private readonly backpressure: Backpressure | undefined;
 
-  private readonly agg = new Aggregator();
+  /**
+   * Two aggregators take turns: events go to `agg`, and a seal swaps it with
+   * `spare` (O(1)) and drains the old one in slices across turns of the event
+   * loop, while events go on into the other. Each keeps its rows across its
+   * drains (zeroed, dropped only when idle for its whole interval), so in
+   * steady state a request finds its rows and allocates nothing.
+   */
+  private agg = new Aggregator();
+  private spare = new Aggregator();
+  /** The seal under way, if any. */
+  private drain: Drain | undefined;
+  /** Seals run one after another: each waits for the one before. */
+  private sealQueue: Promise<void> = Promise.resolve();
+  private sealsQueued = 0;
   /** Event dates: the wall clock, read cheaply (coarse-clock.ts). */
   private readonly eventClock: CoarseClock;
   /** recordServed()'s events, as given, not validated or aggregated yet. */
@@ -110,7 +141,7 @@ export class SpendProducer {
       this.stats,
     );
     this.unwatch = this.stats.watchBuffer(() => {
-      const rows = this.aggregate().pendingRowCounts();
+      const rows = this.unsentRowCounts();
       return {
         entityRows: rows.entity + this.delivery.rowsOf("entity"),
         dailyRows: rows.daily + this.delivery.rowsOf("daily"),
@@ -126,7 +157,8 @@ export class SpendProducer {
       this.backpressure = new Backpressure(
         readLoad,
         this.producerId,
-        () => this.aggregate().pendingRowEstimate + this.delivery.pendingRows,
+        () =>
+          this.aggregate().pendingRowEstimate + (this.drain?.rows ?? 0) + this.delivery.pendingRows,
         {
           maxBacklogAgeMs,
           intervalMs: this.intervalMs,
@@ -230,7 +262,12 @@ export class SpendProducer {
    * can add); exact after settleServed().
    */
   private get heldRows(): number {
-    return this.agg.heldRowCount + this.delivery.pendingRows + this.servedRowBound;
+    return (
+      this.agg.heldRowCount +
+      this.spare.heldRowCount +
+      this.delivery.pendingRows +
+      this.servedRowBound
+    );
   }
 
   /**
@@ -341,6 +378,7 @@ export class SpendProducer {
   private sealEarlyIfHalfFull(): void {
     if (
       this.heldRows >= this.maxRows / 2 &&
+      this.sealsQueued === 0 &&
       !this.delivery.busy &&
       this.delivery.consecutiveFailures === 0
     ) {
@@ -372,8 +410,26 @@ export class SpendProducer {
 
   /** Distinct rows with undelivered spend: aggregated, or sealed but not sent (O(rows held)). */
   get bufferedRows(): number {
-    const rows = this.aggregate().pendingRowCounts();
+    const rows = this.unsentRowCounts();
     return rows.entity + rows.daily + this.delivery.pendingRows;
+  }
+
+  /**
+   * Distinct rows aggregated and not yet handed to delivery: the recording
+   * aggregator's, and a seal's under way. O(rows held), for scrapes and
+   * tests; it does not wait for the seal (the rows it has drained so far
+   * are counted from its output, the rest from the aggregator).
+   */
+  private unsentRowCounts(): { entity: number; daily: number } {
+    const rows = this.aggregate().pendingRowCounts();
+    const d = this.drain;
+    if (d !== undefined) {
+      const left = d.agg.pendingRowCounts();
+      // Entity rows are all emitted before any is zeroed; a daily row is emitted as it is zeroed.
+      rows.entity += Math.max(d.out.entity.length, left.entity);
+      rows.daily += d.out.daily.length + left.daily;
+    }
+    return rows;
   }
 
   /** Sealed batches still waiting to be delivered. */
@@ -410,6 +466,8 @@ export class SpendProducer {
     batches: Map<string, bigint>;
     sealedLater: (batchId: string) => boolean;
   } {
+    // A seal under way is finished first, so its rows are in delivery's batches, counted once.
+    this.finishDrain();
     const bufferedPico = this.aggregate().entitySpendFor(kind, id, id2);
     const seq = this.seq;
     const prefix = `${this.producerId}.`;
@@ -431,7 +489,7 @@ export class SpendProducer {
    * batch could not be sent (it stays pending and the timer retries it).
    */
   async flush(): Promise<void> {
-    this.seal();
+    await this.seal();
     await this.delivery.sendAll();
     if (this.fullSince !== 0 && this.delivery.pending.length === 0) {
       this.log.info(
@@ -470,8 +528,8 @@ export class SpendProducer {
       // (one waiting for a connection that never comes takes sendTimeoutMs).
       await withTimeout(this.clock, deliver(), this.closeTimeoutMs, "close").catch(() => undefined);
       gaveUp = true;
-      if (this.delivery.pending.length > 0 || this.agg.hasPending) {
-        this.seal();
+      if (this.delivery.pending.length > 0 || this.agg.hasPending || this.drain !== undefined) {
+        this.sealNow();
         this.log.error(
           { batches: this.delivery.pending.length, rows: this.delivery.pendingRows },
           "close: spend not delivered",
@@ -489,23 +547,105 @@ export class SpendProducer {
   }
 
   /**
-   * Synchronous and O(rows touched since the last seal): its duration is
-   * how long it holds the gateway's event loop (spend_producer_seal_duration_seconds).
+   * Seals what was recorded before the call: waits for a seal under way,
+   * then flips the aggregators (O(1)) and drains the old one in slices of
+   * at most SEAL_SLICE_MS, yielding to the event loop between them, so a seal
+   * of any size never holds a gateway's event loop for long. Events recorded
+   * meanwhile go into the other aggregator: they are in the next seal, once.
    */
-  private seal(): void {
+  private seal(): Promise<void> {
+    this.sealsQueued++;
+    const run = this.sealQueue.then(async () => {
+      try {
+        await this.sealSliced();
+      } finally {
+        this.sealsQueued--;
+      }
+    });
+    this.sealQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async sealSliced(): Promise<void> {
+    // Finished synchronously by another path (close's last seal) while this waited.
+    this.finishDrain();
+    const d = this.flip();
+    if (d === undefined) return;
+    for (;;) {
+      if (d.finished) return;
+      const t0 = performance.now();
+      let r = d.steps.next();
+      // At least one step per slice, then as many as fit in the slice.
+      while (r.done !== true && performance.now() - t0 < SEAL_SLICE_MS) r = d.steps.next();
+      d.busyMs += performance.now() - t0;
+      if (r.done === true) {
+        this.complete(d, r.value);
+        return;
+      }
+      await nextTurn();
+    }
+  }
+
+  /** Swaps the aggregators and starts draining the old one; undefined if it has nothing. */
+  private flip(): Drain | undefined {
+    const old = this.aggregate();
+    if (!old.hasPending) return undefined;
+    this.agg = this.spare;
+    this.spare = old;
+    const out: DrainedRows = { entity: [], daily: [] };
+    const partitions = this.partitions;
+    const maxRowsPerJob = this.maxRowsPerJob;
+    const steps = (function* (): Generator<void, UnnumberedBatch[]> {
+      yield* old.drainSteps(out);
+      return yield* jobSteps(out, partitions, maxRowsPerJob);
+    })();
+    const d: Drain = {
+      agg: old,
+      out,
+      steps,
+      sealedAt: this.clock.now(),
+      rows: old.pendingRowEstimate,
+      busyMs: 0,
+      finished: false,
+    };
+    this.drain = d;
+    return d;
+  }
+
+  /** The seal under way, finished now, synchronously (reads that must see it whole). */
+  private finishDrain(): void {
+    const d = this.drain;
+    if (d === undefined || d.finished) return;
     const t0 = performance.now();
-    const agg = this.aggregate();
-    if (!agg.hasPending) return;
-    const drained = agg.drain();
+    let r = d.steps.next();
+    while (r.done !== true) r = d.steps.next();
+    d.busyMs += performance.now() - t0;
+    this.complete(d, r.value);
+  }
+
+  /** Everything recorded, sealed now and synchronously (close's last word when it gives up). */
+  private sealNow(): void {
+    this.finishDrain();
+    this.flip();
+    this.finishDrain();
+  }
+
+  /** A drained seal's jobs numbered and queued for delivery, in order. */
+  private complete(d: Drain, jobs: UnnumberedBatch[]): void {
+    d.finished = true;
+    if (this.drain === d) this.drain = undefined;
     const header = {
       producerId: this.producerId,
-      sealedAt: this.clock.now(),
+      sealedAt: d.sealedAt,
       partitions: this.partitions,
     };
-    for (const batch of sealBatches(drained, header, this.maxRowsPerJob, () => this.nextBatchId()))
+    let rows = 0;
+    for (const batch of numberBatches(jobs, header, () => this.nextBatchId())) {
       this.delivery.queue(batch);
-    this.stats.sealDuration.observe((performance.now() - t0) / 1000);
-    this.stats.sealRows.observe(drained.entity.length + drained.daily.length);
+      rows += batch.rows.length;
+    }
+    this.stats.sealDuration.observe(d.busyMs / 1000);
+    this.stats.sealRows.observe(rows);
   }
 
   /**
