@@ -560,6 +560,11 @@ export class Aggregator {
     return Math.ceil(this.dailyTouched * this.rowsPerDailyRow);
   }
 
+  /** Events added since the last drain (O(1)). */
+  get eventCount(): number {
+    return this.events;
+  }
+
   /** Whether anything was added since the last drain (O(1)). */
   get hasPending(): boolean {
     return this.events > 0;

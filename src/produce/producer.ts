@@ -54,6 +54,8 @@ interface Drain {
   steps: Generator<void, UnnumberedBatch[]>;
   sealedAt: number;
   rows: number;
+  /** Events the drained aggregator held. */
+  events: number;
   /** Its synchronous work so far, ms (the seal duration metric). */
   busyMs: number;
   finished: boolean;
@@ -115,6 +117,8 @@ export class SpendProducer {
   private closed = false;
   private fullSince = 0;
   private recorded = 0;
+  /** Rows a seal hands over per event it holds, smoothed over seals (back-pressure's rate). */
+  private rowsPerEvent = 5;
 
   constructor(opts: ProducerOptions) {
     this.sink = opts.sink;
@@ -148,7 +152,7 @@ export class SpendProducer {
         undeliveredRows: this.delivery.pendingRows,
         undeliveredBatches: this.delivery.pending.length,
         recordedEvents: this.recorded,
-        backlogged: this.backlogged ? 1 : 0,
+        backlogged: this.backpressure?.on === true ? 1 : 0,
       };
     });
     const maxBacklogAgeMs = opts.backpressureBacklogAgeMs ?? DEFAULTS.backpressureBacklogAgeMs;
@@ -159,6 +163,7 @@ export class SpendProducer {
         this.producerId,
         () =>
           this.aggregate().pendingRowEstimate + (this.drain?.rows ?? 0) + this.delivery.pendingRows,
+        () => this.rowsPerEvent,
         {
           maxBacklogAgeMs,
           intervalMs: this.intervalMs,
@@ -168,6 +173,7 @@ export class SpendProducer {
         },
         opts.backlogCheckEveryMs ?? 1_000,
         this.clock,
+        () => this.eventClock.read(),
         this.log,
         this.stats,
         () => this.flush(),
@@ -178,15 +184,29 @@ export class SpendProducer {
   }
 
   /**
-   * True while the flush is behind by more than backpressure_backlog_age_seconds,
-   * or the rows every gateway holds are more than it commits in half a seal
-   * interval (backpressure.ts). A gateway stops taking new requests
-   * meanwhile: once the sink accepts spend faster than the database commits
-   * it, every further event only adds to the backlog and to staleness.
-   * O(1): a field read.
+   * Whether to refuse this request because the flush is behind: an
+   * admission decision, read once per request. While the pipeline is within
+   * its limits (backpressure_backlog_age_seconds, and the rows every gateway
+   * holds within half a seal interval of flush work) it is false. Past them
+   * the producer admits requests at a rate that falls in proportion to how
+   * far behind the flush is, from its share of the flush rate down to none
+   * at twice the limits (backpressure.ts): each read that finds no token
+   * left is true, and the gateway answers that request 503. So a gateway
+   * slows down rather than stopping while the flush keeps up: once the sink
+   * accepts spend faster than the database commits it, every further event
+   * only adds to the backlog and to staleness. O(1): a token bucket.
    */
   get backlogged(): boolean {
-    return this.backpressure?.on ?? false;
+    const bp = this.backpressure;
+    return bp !== undefined && !bp.admit();
+  }
+
+  /**
+   * Requests per second back-pressure admits now: Infinity while it is off,
+   * 0 while it admits none (read-only, unlike `backlogged`).
+   */
+  get admittedPerSecond(): number {
+    return this.backpressure?.admittedPerSecond ?? Number.POSITIVE_INFINITY;
   }
 
   /** Why this producer must not take new spend now (see ProducerOptions.halted), or undefined. */
@@ -605,6 +625,7 @@ export class SpendProducer {
       steps,
       sealedAt: this.clock.now(),
       rows: old.pendingRowEstimate,
+      events: old.eventCount,
       busyMs: 0,
       finished: false,
     };
@@ -646,6 +667,7 @@ export class SpendProducer {
     }
     this.stats.sealDuration.observe(d.busyMs / 1000);
     this.stats.sealRows.observe(rows);
+    if (d.events > 0) this.rowsPerEvent = 0.7 * this.rowsPerEvent + (0.3 * rows) / d.events;
   }
 
   /**
