@@ -10,6 +10,7 @@
  * where recording's CPU goes.
  */
 import http from "node:http";
+import { performance } from "node:perf_hooks";
 import type { TrafficShape } from "../src/demo/traffic.js";
 import { createKey } from "../src/gateway/virtual-keys.js";
 import {
@@ -22,7 +23,7 @@ import { ask, spawnPinned, type PinnedChild } from "./pinned.js";
 import type { GatewayPlan } from "./plan.js";
 import { referenceExchange } from "./producer-cost.js";
 import type { Resources } from "./resources.js";
-import { progress, sleep, spread, type Spread } from "./util.js";
+import { progress, quantile, sleep, spread, type Spread } from "./util.js";
 
 export interface GatewayOverheadResult {
   description: string;
@@ -47,6 +48,11 @@ export interface GatewayOverheadResult {
   addedPct: Spread;
   /** Each rep's own ratio, recording process alternating. */
   addedPctByRep: Spread;
+  /**
+   * CPU per request added by recording, absolute µs (issue 22, goal 1b): one
+   * value per two consecutive reps, as addedPct.
+   */
+  addedUs: Spread;
   /** addedPct with neither gateway recording: the harness's resolution (~0 if it is sound). */
   nullPct: Spread;
   /** Each null rep's own ratio: half their difference is what the two processes differ by. */
@@ -55,6 +61,26 @@ export interface GatewayOverheadResult {
   offRps: Spread;
   onRps: Spread;
   breakdown: RecordingBreakdown;
+  /** Issue 22, goal 2: a seal of many held rows during traffic. */
+  stall: GatewayStall;
+}
+
+/**
+ * Reps in which the recording gateway holds `heldRows` pending rows (recorded
+ * straight into its producer before the rep) and seals them half way through,
+ * while both gateways serve the same requests: the client's request latency,
+ * p99, on vs off, and each gateway's longest event-loop delay
+ * (monitorEventLoopDelay, 1 ms resolution).
+ */
+export interface GatewayStall {
+  reps: number;
+  heldRows: number;
+  onP99Ms: Spread;
+  offP99Ms: Spread;
+  /** p99 latency on / off per rep, minus 1, percent. */
+  p99AddedPct: Spread;
+  onMaxDelayMs: Spread;
+  offMaxDelayMs: Spread;
 }
 
 type Mode = "on" | "off";
@@ -221,6 +247,7 @@ export async function measureGatewayOverhead(
     const off: number[] = [];
     const on: number[] = [];
     const added: number[] = [];
+    const addedUsByRep: number[] = [];
     const offRps: number[] = [];
     const onRps: number[] = [];
     for (let rep = 0; rep < plan.reps; rep++) {
@@ -230,6 +257,7 @@ export async function measureGatewayOverhead(
       offRps.push(got.off.rps);
       onRps.push(got.on.rps);
       added.push((100 * (got.on.cpuUs - got.off.cpuUs)) / got.off.cpuUs);
+      addedUsByRep.push(got.on.cpuUs - got.off.cpuUs);
     }
     // The harness's own resolution: the same pairs with neither gateway recording.
     const nullPct: number[] = [];
@@ -256,6 +284,50 @@ export async function measureGatewayOverhead(
       sendUs.push(p.sealAndSendUs - p.sealUs);
       gcAdded.push(p.gcPauseUs - got.off.profile.gcPauseUs);
     }
+    // Goal 2: a seal of plan.stallRows rows half way through a rep, latency on vs off.
+    progress(
+      S,
+      `reference gateway: ${plan.stallReps} reps sealing ${plan.stallRows} held rows mid-rep, request latency on vs off`,
+    );
+    const stallOn: number[] = [];
+    const stallOff: number[] = [];
+    const stallAdded: number[] = [];
+    const eldOn: number[] = [];
+    const eldOff: number[] = [];
+    let stallHeld = 0;
+    const warmRpsEach = warmRps;
+    for (let rep = 0; rep < plan.stallReps; rep++) {
+      const [on, off] = roles(rep);
+      await Promise.all([ask(on.c.child, "on"), ask(off.c.child, "off")]);
+      stallHeld = (await ask<{ bufferedRows: number }>(on.c.child, `preload:${plan.stallRows}`))
+        .bufferedRows;
+      await Promise.all([ask(on.c.child, "eld-start"), ask(off.c.child, "eld-start")]);
+      const latOn: number[] = [];
+      const latOff: number[] = [];
+      const halfMs = (requestsPerRep / warmRpsEach / 2) * 1000;
+      const sealed = sleep(halfMs).then(() =>
+        ask<{ sealed: boolean; error?: string }>(on.c.child, "seal"),
+      );
+      await Promise.all([
+        sendAll(on.port, requests, requestsPerRep, plan.concurrency, latOn),
+        sendAll(off.port, requests, requestsPerRep, plan.concurrency, latOff),
+      ]);
+      const s = await sealed;
+      if (!s.sealed) throw new Error(`gateway seal failed: ${s.error ?? "?"}`);
+      // What the rep itself recorded after the seal, out of the way of the next rep.
+      await ask(on.c.child, "seal");
+      const [eOn, eOff] = await Promise.all([
+        ask<{ maxMs: number }>(on.c.child, "eld"),
+        ask<{ maxMs: number }>(off.c.child, "eld"),
+      ]);
+      const pOn = quantile(latOn, 0.99);
+      const pOff = quantile(latOff, 0.99);
+      stallOn.push(pOn);
+      stallOff.push(pOff);
+      stallAdded.push(100 * (pOn / pOff - 1));
+      eldOn.push(eOn.maxMs);
+      eldOff.push(eOff.maxMs);
+    }
     // Reps 2k and 2k+1 swapped roles: their mean cancels what process a costs more than b.
     const balanced = (byRep: number[]): number[] => {
       const out: number[] = [];
@@ -276,6 +348,7 @@ export async function measureGatewayOverhead(
       onCpuUs: spread(on),
       addedPct: spread(balanced(added)),
       addedPctByRep: spread(added),
+      addedUs: spread(balanced(addedUsByRep)),
       nullPct: spread(balanced(nullPct)),
       nullPctByRep: spread(nullPct),
       offRps: spread(offRps),
@@ -288,6 +361,15 @@ export async function measureGatewayOverhead(
         sealUs: spread(sealUs),
         sendUs: spread(sendUs),
         gcPauseAddedUs: spread(gcAdded),
+      },
+      stall: {
+        reps: plan.stallReps,
+        heldRows: stallHeld,
+        onP99Ms: spread(stallOn),
+        offP99Ms: spread(stallOff),
+        p99AddedPct: spread(stallAdded),
+        onMaxDelayMs: spread(eldOn),
+        offMaxDelayMs: spread(eldOff),
       },
     };
   } finally {
@@ -322,13 +404,16 @@ async function sendAll(
   requests: readonly GatewayRequest[],
   n: number,
   concurrency: number,
+  latenciesMs?: number[],
 ): Promise<void> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
   let next = 0;
   const lane = async (): Promise<void> => {
     while (next < n) {
       const r = requests[next++ % requests.length] as GatewayRequest;
+      const t0 = performance.now();
       await post(agent, port, r);
+      latenciesMs?.push(performance.now() - t0);
     }
   };
   try {

@@ -104,6 +104,8 @@ export interface PipelineRunResult {
   closeErrors: string[];
   /** Producer-seconds spent held back by back-pressure (sum over producers), ms. */
   pausedMs: number;
+  /** The part of pausedMs in which producers admitted nothing at all, ms (sum over producers). */
+  stoppedMs: number;
   worker?: {
     outcomes: Record<string, number>;
     transactions: number;
@@ -455,6 +457,7 @@ export async function runPipeline(
       enqueueFailures: reports.reduce((a, r) => a + r.enqueueFailures, 0),
       closeErrors: reports.flatMap((r) => (r.closeError !== undefined ? [r.closeError] : [])),
       pausedMs: reports.reduce((a, r) => a + r.pausedMs, 0),
+      stoppedMs: reports.reduce((a, r) => a + r.stoppedMs, 0),
       ...(workerReport !== undefined
         ? {
             worker: {

@@ -32,6 +32,12 @@ export interface ProducerPlan {
   /** Simulated requests per timed loop of the gateway reference workload. */
   gatewayRequests: number;
   gatewayReps: number;
+  /** Goal 1a: realistic events per timed rep of the steady-state all-in loop, and a seal every this many. */
+  allInEvents: number;
+  allInSealEvery: number;
+  /** Goal 2: rows held when the seal whose event-loop block is measured starts. */
+  stallRows: number;
+  stallReps: number;
 }
 
 /** Section 1 against the reference gateway (bench/gateway-overhead.ts). */
@@ -57,6 +63,9 @@ export interface GatewayPlan {
   nullReps: number;
   /** Reps after those, with recording's parts timed (where its CPU goes). */
   profileReps: number;
+  /** Goal 2: reps in which the recording gateway seals this many held rows mid-rep. */
+  stallReps: number;
+  stallRows: number;
 }
 
 export interface FlushPlan {
@@ -163,6 +172,11 @@ export const FULL_PLAN: BenchPlan = {
     heapReps: 3,
     gatewayRequests: 20_000,
     gatewayReps: 9,
+    allInEvents: 100_000,
+    // One 1 s seal interval (proxy_batch_write_at's default) of a gateway at 2,000 requests/s.
+    allInSealEvery: 2_000,
+    stallRows: 200_000,
+    stallReps: 3,
   },
   gateway: {
     keys: 200,
@@ -175,6 +189,8 @@ export const FULL_PLAN: BenchPlan = {
     reps: 12,
     nullReps: 4,
     profileReps: 4,
+    stallReps: 4,
+    stallRows: 200_000,
   },
   flush: {
     sizes: [
@@ -209,6 +225,10 @@ export const SMOKE_PLAN: BenchPlan = {
     heapReps: 1,
     gatewayRequests: 2_000,
     gatewayReps: 3,
+    allInEvents: 10_000,
+    allInSealEvery: 2_000,
+    stallRows: 20_000,
+    stallReps: 1,
   },
   gateway: {
     keys: 20,
@@ -221,6 +241,8 @@ export const SMOKE_PLAN: BenchPlan = {
     reps: 2,
     nullReps: 2,
     profileReps: 2,
+    stallReps: 2,
+    stallRows: 20_000,
   },
   flush: {
     sizes: [

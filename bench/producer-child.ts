@@ -95,16 +95,22 @@ const markers: { id: string; at: number }[] = [];
 const perSecond: number[] = [];
 let events = 0;
 let pausedMs = 0;
+let stoppedMs = 0;
 let nextMarker = goAt;
 for (;;) {
   const now = Date.now();
   if (now >= endAt) break;
-  // Back-pressure: a gateway answers 503 now, so no request is served and none is
+  // Back-pressure: a gateway answers this request 503, so it is neither served nor
   // recorded, markers included (their staleness is that of events a gateway accepts).
+  // Proportional back-pressure admits requests at a rate: the next is due a token later.
   if (producer.backlogged) {
+    const rate = producer.admittedPerSecond;
+    const stopped = rate <= 0;
     const t0 = Date.now();
-    await new Promise((r) => setTimeout(r, Math.min(50, markerEveryMs)));
+    const waitMs = stopped ? Math.min(50, markerEveryMs) : Math.min(50, Math.max(1, 1000 / rate));
+    await new Promise((r) => setTimeout(r, waitMs));
     pausedMs += Date.now() - t0;
+    if (stopped) stoppedMs += Date.now() - t0;
     // A marker due while refused is skipped, not recorded late.
     while (nextMarker <= Date.now()) nextMarker += markerEveryMs;
     continue;
@@ -121,6 +127,8 @@ for (;;) {
   }
   const before = events;
   for (let i = 0; i < SLICE; i++) {
+    // Each request is admitted on its own; a refused one ends the slice (above, next turn).
+    if (i > 0 && producer.backlogged) break;
     const e = gen();
     try {
       producer.record(e);
@@ -164,6 +172,7 @@ const report: ProducerReport = {
   closeMs,
   enqueueFailures: failures.values[0]?.value ?? 0,
   pausedMs,
+  stoppedMs,
   ...(closeError !== undefined ? { closeError } : {}),
 };
 // Exit only once the pipe has the whole line.

@@ -3,13 +3,16 @@
  * event (hot, cold and a realistic interval), heap per aggregated row, and
  * the cost relative to a reference request workload, recording on vs off.
  */
+import { monitorEventLoopDelay, performance } from "node:perf_hooks";
+import { setImmediate as yieldToLoop } from "node:timers/promises";
 import v8 from "node:v8";
 import vm from "node:vm";
 import { trafficGenerator, type TrafficShape } from "../src/demo/traffic.js";
 import { Aggregator } from "../src/produce/aggregator.js";
 import { SpendProducer } from "../src/produce/producer.js";
 import { validateSpendEvent, type SpendEvent } from "../src/produce/spend-event.js";
-import type { SpendSink } from "../src/contract/spend-sink.js";
+import { groupDailyRows } from "../src/contract/spend-batch.js";
+import type { SealedBatch, SpendSink } from "../src/contract/spend-sink.js";
 import { spawnPinned } from "./pinned.js";
 import type { ProducerPlan } from "./plan.js";
 import { progress, spread, timeAsync, timeSync, type Spread, type Timed } from "./util.js";
@@ -34,7 +37,34 @@ export interface ProducerCostResult {
    */
   interval: PerEvent & { newRowsPerEvent: number; sealShare: Spread };
   heap: { bytesPerRow: Spread; rowsPerRun: number; eventsPerRun: number };
+  /**
+   * Issue 22, goal 1a: what a gateway pays per event in steady state, all
+   * in. One long-lived producer (rows outlive a seal, as in a gateway) fed
+   * the benchmark's realistic traffic (Zipf-like ids, fresh strings per event
+   * as a gateway parses them), sealed every `sealEvery` events (one seal
+   * interval of a busy gateway), and every job encoded as QueueSink encodes
+   * it for BullMQ (format 2 daily groups, JSON): record + seal + the send's
+   * CPU short of Redis I/O, per event.
+   */
+  allIn: PerEvent & { sealEvery: number; rowsSentPerEvent: number; newRowsPerEvent: number };
+  /**
+   * Issue 22, goal 2: the longest the producer blocks its event loop, with
+   * `heldRows` rows pending, while flush() seals and sends them (the sink
+   * encodes each job and yields as Redis I/O would). monitorEventLoopDelay's
+   * max (1 ms resolution), and the longest gap between 1 ms ticks.
+   */
+  stall: StallResult;
   gateway: GatewayOverhead;
+}
+
+export interface StallResult {
+  heldRows: number;
+  /** monitorEventLoopDelay max during the seal and send, ms (median over reps). */
+  maxDelayMs: Spread;
+  /** The longest gap between two 1 ms interval ticks, less the 1 ms, ms. */
+  maxGapMs: Spread;
+  /** flush() from call to last job encoded, ms. */
+  flushMs: Spread;
 }
 
 export interface GatewayOverhead {
@@ -79,10 +109,40 @@ const NULL_SINK: SpendSink = {
   close: () => Promise.resolve(),
 };
 
-function newProducer(): SpendProducer {
+/**
+ * A sink that does the CPU work QueueSink.write does before Redis: the job
+ * payload (format 2 groups for daily jobs) and its JSON, as BullMQ's add
+ * serialises it. With `yieldEach`, it yields to the event loop after each job
+ * as a send awaiting Redis would.
+ */
+class EncodingSink implements SpendSink {
+  rows = 0;
+  bytes = 0;
+  constructor(private readonly yieldEach = false) {}
+  async write(b: SealedBatch): Promise<void> {
+    const header = {
+      batchId: b.batchId,
+      producerId: b.producerId,
+      sealedAt: b.sealedAt,
+      partitions: b.partitions,
+    };
+    const payload =
+      b.kind === "entity"
+        ? { v: 1, ...header, rows: b.rows }
+        : { v: 2, ...header, groups: groupDailyRows(b.rows) };
+    this.bytes += JSON.stringify(payload).length;
+    this.rows += b.rows.length;
+    if (this.yieldEach) await yieldToLoop();
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+function newProducer(sink: SpendSink = NULL_SINK): SpendProducer {
   // Timer, bound and early flush all out of the way: nothing but record() runs.
   return new SpendProducer({
-    sink: NULL_SINK,
+    sink,
     flushIntervalMs: 3_600_000,
     flushJitterMs: 0,
     maxBufferedRows: 1_000_000_000,
@@ -220,6 +280,8 @@ export async function measureProducerCost(
     await p.close();
   }
 
+  const allIn = await measureAllIn(plan, shape, now, gc);
+  const stall = await measureStall(plan, gc);
   const gateway = await measureGatewayOverhead(plan, shape, now, gc);
   return {
     typicalEvent: pool[0] as SpendEvent,
@@ -231,7 +293,113 @@ export async function measureProducerCost(
       sealShare: spread(sealShares),
     },
     heap: { bytesPerRow: spread(bytesPerRow), rowsPerRun, eventsPerRun: plan.heapEvents },
+    allIn,
+    stall,
     gateway,
+  };
+}
+
+/** Goal 1a (see ProducerCostResult.allIn). */
+async function measureAllIn(
+  plan: ProducerPlan,
+  shape: TrafficShape,
+  now: number,
+  gc: () => void,
+): Promise<ProducerCostResult["allIn"]> {
+  const n = plan.allInEvents;
+  const every = plan.allInSealEvery;
+  progress(
+    "producer",
+    `all in, steady state: ${plan.reps} x ${n} realistic events, sealed every ${every}, jobs encoded`,
+  );
+  const gen = trafficGenerator(500, shape, () => now);
+  // Generated before timing; the generator builds fresh id strings per event, as parsing does.
+  const events = Array.from({ length: n }, gen);
+  const sink = new EncodingSink();
+  const p = newProducer(sink);
+  const loop = async (): Promise<void> => {
+    for (let i = 0; i < n; i += every) {
+      const end = Math.min(n, i + every);
+      for (let j = i; j < end; j++) p.record(events[j] as SpendEvent);
+      await p.flush();
+    }
+  };
+  for (let i = 0; i < plan.warmupReps; i++) await loop();
+  const runs: Timed[] = [];
+  let rows = 0;
+  for (let i = 0; i < plan.reps; i++) {
+    gc();
+    const before = sink.rows;
+    runs.push(await timeAsync(loop));
+    rows = sink.rows - before;
+  }
+  await p.close();
+  // Rows a steady-state interval creates per event, counted outside the timing.
+  const agg = new Aggregator();
+  let created = 0;
+  for (let i = 0; i < n; i += every) {
+    for (let j = i; j < Math.min(n, i + every); j++) {
+      const e = validateSpendEvent(events[j], undefined, now);
+      const before = agg.heldRowCount;
+      if (!agg.addIfKnown(e)) agg.add(e);
+      if (i >= n / 2) created += agg.heldRowCount - before;
+    }
+    agg.drain();
+  }
+  return {
+    ...perEvent(runs, n),
+    sealEvery: every,
+    rowsSentPerEvent: rows / n,
+    newRowsPerEvent: created / (n - Math.ceil(n / 2 / every) * every),
+  };
+}
+
+/** Goal 2 (see ProducerCostResult.stall). */
+async function measureStall(plan: ProducerPlan, gc: () => void): Promise<StallResult> {
+  progress(
+    "producer",
+    `event-loop block of a seal at ${plan.stallRows} held rows: ${plan.stallReps} reps`,
+  );
+  const maxDelay: number[] = [];
+  const maxGap: number[] = [];
+  const flushMs: number[] = [];
+  let held = 0;
+  for (let rep = 0; rep < plan.stallReps; rep++) {
+    const sink = new EncodingSink(true);
+    const p = newProducer(sink);
+    // Each event adds two rows: an end user's entity row and its daily row.
+    for (let i = 0; i < plan.stallRows / 2; i++)
+      p.record({ spend: "0.000001", endUserId: `stall-${rep}-${i}`, model: "m", promptTokens: 1 });
+    held = p.bufferedRows;
+    gc();
+    const h = monitorEventLoopDelay({ resolution: 1 });
+    let last = performance.now();
+    let gap = 0;
+    const tick = setInterval(() => {
+      const t = performance.now();
+      gap = Math.max(gap, t - last - 1);
+      last = t;
+    }, 1);
+    h.enable();
+    // The histogram records a delay only from its second sample on: let it take a few first.
+    await new Promise((r) => setTimeout(r, 10));
+    last = performance.now();
+    gap = 0;
+    const t0 = performance.now();
+    await p.flush();
+    flushMs.push(performance.now() - t0);
+    await new Promise((r) => setTimeout(r, 5));
+    h.disable();
+    clearInterval(tick);
+    maxDelay.push(h.max / 1e6);
+    maxGap.push(gap);
+    await p.close();
+  }
+  return {
+    heldRows: held,
+    maxDelayMs: spread(maxDelay),
+    maxGapMs: spread(maxGap),
+    flushMs: spread(flushMs),
   };
 }
 

@@ -42,6 +42,11 @@ export interface ProducerReport {
   enqueueFailures: number;
   /** Time spent not recording because the producer was backlogged (back-pressure). */
   pausedMs: number;
+  /**
+   * The part of pausedMs in which the producer admitted nothing at all
+   * (issue 22, goal 3): with on/off back-pressure every pause is a full stop.
+   */
+  stoppedMs: number;
   /** Set when close() gave up: that spend never reached the sink. */
   closeError?: string;
 }

@@ -41,7 +41,7 @@ export function markdown(r: BenchResults): string {
   L.push(`| Load average at start | ${m.loadAverageAtStart.join(" / ")} |`);
   L.push("");
 
-  L.push("## Bars (issue 5)");
+  L.push("## Bars (issues 5 and 22)");
   L.push("");
   L.push("| Figure | Bar | Measured | |");
   L.push("|---|---|---|---|");
@@ -211,6 +211,9 @@ export function markdown(r: BenchResults): string {
     row(
       `producer time held back by back-pressure (backlog > ${pl.backpressureMs / 1000} s)`,
       (s) => (s.mode === "buffered" ? `${n(100 * s.pausedShare)} %` : "n/a"),
+    );
+    row("of which fully stopped (back-pressure admitting nothing)", (s) =>
+      s.mode === "buffered" ? `${n(100 * (s.stoppedShare ?? s.pausedShare))} %` : "n/a",
     );
     row(
       "window end → all spend in PostgreSQL, ms",

@@ -22,6 +22,8 @@ export interface ModeSummary {
   rejectedEvents: number;
   /** Share of the producers' window spent held back by back-pressure (buffered runs). */
   pausedShare: number;
+  /** Share of the producers' window in which back-pressure admitted nothing at all. */
+  stoppedShare: number;
   drainMs: number;
   maxBacklogJobs: number;
   backlogAtWindowEnd: number;
@@ -102,6 +104,7 @@ export function summarizeModes(runs: readonly PipelineRunResult[]): ModeSummary[
       durableEventsPerSec: m((r) => r.durableEventsPerSec),
       rejectedEvents: sum((r) => r.rejectedEvents),
       pausedShare: m((r) => r.pausedMs / (r.producers * r.durationMs)),
+      stoppedShare: m((r) => r.stoppedMs / (r.producers * r.durationMs)),
       drainMs: m((r) => r.drainMs),
       maxBacklogJobs: Math.max(...rs.map((r) => r.maxBacklogJobs)),
       backlogAtWindowEnd: m((r) => r.backlogAtWindowEnd),
@@ -186,7 +189,36 @@ export function evaluateBars(
       pass: hot <= 1000,
     });
   }
+  if (producer !== undefined) {
+    const allIn = producer.allIn.wallNs.median;
+    bars.push({
+      name: `issue 22 goal 1a: recording all in at realistic cardinality, per event: record() + seal + job encoding, one long-lived producer, realistic traffic (${fmt(producer.allIn.newRowsPerEvent, 2)} new rows per event), sealed every ${producer.allIn.sealEvery} events (wall, median)`,
+      bar: "<= 2 µs",
+      value: `${fmt(allIn / 1000, 3)} µs (CPU ${fmt(producer.allIn.cpuNs.median / 1000, 3)} µs; fresh-producer interval incl. seal ${fmt(producer.interval.wallNs.median / 1000, 2)} µs)`,
+      pass: allIn <= 2000,
+    });
+    const st = producer.stall;
+    bars.push({
+      name: `issue 22 goal 2: longest event-loop block while a producer seals and sends ${st.heldRows} held rows (monitorEventLoopDelay max, median over reps)`,
+      bar: "<= 5 ms",
+      value: `${fmt(st.maxDelayMs.median, 1)} ms (reps ${st.maxDelayMs.runs.map((x) => fmt(x, 1)).join(", ")}; flush ${fmt(st.flushMs.median, 0)} ms)`,
+      pass: st.maxDelayMs.median <= 5,
+    });
+  }
   if (gateway !== undefined) {
+    bars.push({
+      name: "issue 22 goal 1b: recording's added CPU per request of the reference gateway, absolute (median over pairs of reps)",
+      bar: "<= 2 µs",
+      value: `${fmt(gateway.addedUs.median, 1)} µs (${fmt(gateway.addedPct.median, 2)} % of ${fmt(gateway.offCpuUs.median, 0)} µs)`,
+      pass: gateway.addedUs.median <= 2,
+    });
+    const st = gateway.stall;
+    bars.push({
+      name: `issue 22 goal 2: reference gateway sealing ${st.heldRows} held rows mid-rep: p99 request latency, recording on vs off (median over reps)`,
+      bar: "<= +10 %",
+      value: `${fmt(st.p99AddedPct.median, 1)} % (${fmt(st.offP99Ms.median, 1)} → ${fmt(st.onP99Ms.median, 1)} ms; longest event-loop delay ${fmt(st.onMaxDelayMs.median, 1)} ms on, ${fmt(st.offMaxDelayMs.median, 1)} ms off)`,
+      pass: st.p99AddedPct.median <= 10,
+    });
     bars.push({
       name: "recording's added CPU per request of the reference gateway (median over pairs of reps, each process recording in one)",
       bar: "< 2 %",
@@ -212,6 +244,12 @@ export function evaluateBars(
       bar: "0",
       value: String(buffered.deadlocks),
       pass: buffered.deadlocks === 0,
+    });
+    bars.push({
+      name: "issue 22 goal 3: buffered, flat out: share of the window producers were fully stopped by back-pressure (nothing admitted)",
+      bar: "< 1 %",
+      value: `${fmt(100 * buffered.stoppedShare, 1)} % (held back at all ${fmt(100 * buffered.pausedShare, 1)} %; durable ${fmt(buffered.durableEventsPerSec, 0)} events/s)`,
+      pass: buffered.stoppedShare < 0.01,
     });
     bars.push({
       name: "buffered: spend lost (rows differing from the replayed ledger)",

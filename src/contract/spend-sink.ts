@@ -21,6 +21,8 @@ export interface PipelineLoad {
   backlogAgeMs: number;
   /** Rows held by every producer that reported within the freshness window, this one's included. */
   heldRows: number;
+  /** Producers that reported within the freshness window, this one included (at least 1). */
+  producers: number;
   /** Rows per second the flush commits, summed over partitions; null until a sizeable flush said. */
   flushRowsPerSec: number | null;
 }

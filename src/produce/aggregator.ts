@@ -37,6 +37,9 @@ const COUNT_SPILL_REQUESTS = 4_000_000;
 // A key's distinct daily contexts are scanned linearly up to this many, then indexed.
 const CONTEXT_SCAN_LIMIT = 8;
 const SEP = "\u001f";
+// Rows (or contexts) a drain step handles before it yields: well under a
+// millisecond of work, so a driver can check its time budget often.
+const DRAIN_STEP = 256;
 const DAY_MS = 86_400_000;
 
 export interface DrainedRows {
@@ -557,6 +560,11 @@ export class Aggregator {
     return Math.ceil(this.dailyTouched * this.rowsPerDailyRow);
   }
 
+  /** Events added since the last drain (O(1)). */
+  get eventCount(): number {
+    return this.events;
+  }
+
   /** Whether anything was added since the last drain (O(1)). */
   get hasPending(): boolean {
     return this.events > 0;
@@ -745,29 +753,46 @@ export class Aggregator {
    * next interval; rows untouched for the whole interval are dropped.
    */
   drain(): DrainedRows {
+    const out: DrainedRows = { entity: [], daily: [] };
+    const steps = this.drainSteps(out);
+    while (steps.next().done !== true);
+    return out;
+  }
+
+  /**
+   * drain() in steps: appends to `out`, and yields after every DRAIN_STEP
+   * rows or so, so a caller can spread a large drain over several turns of
+   * the event loop. Nothing may be added to this aggregator until the steps
+   * are done: the producer drains one aggregator while the other records.
+   */
+  *drainSteps(out: DrainedRows): Generator<void, void> {
     // 1. Entity rows, read before their daily parts are zeroed.
-    const entity: EntityRow[] = [];
-    const emit = (kind: EntityKind, m: Map<string, EntityAcc>): void => {
+    const entity = out.entity;
+    let work = 0;
+    const emitKind = function* (kind: EntityKind, m: Map<string, EntityAcc>): Generator<void> {
       for (const [id, acc] of m) {
         acc.keep = acc.touched();
         if (acc.keep) entity.push([kind, id, "", acc.total().toString()]);
+        if (++work % DRAIN_STEP === 0) yield;
       }
     };
-    emit("key", this.keys);
-    emit("user", this.users);
-    emit("team", this.teams);
-    emit("org", this.orgs);
-    emit("end_user", this.endUsers);
-    emit("tag", this.tags);
+    yield* emitKind("key", this.keys);
+    yield* emitKind("user", this.users);
+    yield* emitKind("team", this.teams);
+    yield* emitKind("org", this.orgs);
+    yield* emitKind("end_user", this.endUsers);
+    yield* emitKind("tag", this.tags);
     for (const [user, teams] of this.members) {
       for (const [team, acc] of teams) {
         acc.keep = acc.touched();
         if (acc.keep) entity.push(["team_member", user, team, acc.total().toString()]);
+        if (++work % DRAIN_STEP === 0) yield;
       }
     }
 
     // 2. Daily rows: emitted and zeroed, or dropped.
-    const daily: DailyRow[] = [];
+    const daily = out.daily;
+    const dailyBefore = daily.length;
     const sweepKind = (kind: DailyKind, c: DailyContext, slots: DailySlots, ownerId = ""): void => {
       // The owner's share of this kind's row for ownerId, merged with the
       // slot's own share if other requests charged that id too.
@@ -790,7 +815,7 @@ export class Aggregator {
         return true;
       });
     };
-    const sweepContexts = (index: ContextIndex): void => {
+    const sweepContexts = function* (this: Aggregator, index: ContextIndex): Generator<void> {
       for (const c of index.list) {
         sweepKind("user", c, c.users, c.ownerUser);
         sweepKind("team", c, c.teams, c.ownerTeam);
@@ -806,6 +831,7 @@ export class Aggregator {
             this.dailyRowsHeld -= c.ownerRows();
           }
         }
+        if (++work % DRAIN_STEP === 0) yield;
       }
       // A context no request reached this interval has no rows left.
       index.sweep((c) => c.hits > 0);
@@ -815,29 +841,34 @@ export class Aggregator {
         c.member = undefined;
       }
     };
-    sweepContexts(this.keyless);
-    for (const k of this.keys.values()) sweepContexts(k.contexts);
+    yield* sweepContexts.call(this, this.keyless);
+    for (const k of this.keys.values()) yield* sweepContexts.call(this, k.contexts);
 
     // 3. Entity rows: zeroed, or dropped.
-    const sweep = <A extends EntityAcc>(m: Map<string, A>): void => {
+    const sweep = function* <A extends EntityAcc>(
+      this: Aggregator,
+      m: Map<string, A>,
+    ): Generator<void> {
+      // Deleting the entry being visited is safe in a Map's iteration.
       for (const [id, acc] of m) {
         if (acc.keep) acc.reset();
         else {
           m.delete(id);
           this.entityRowsHeld--;
         }
+        if (++work % DRAIN_STEP === 0) yield;
       }
     };
     for (const m of [this.keys, this.users, this.teams, this.orgs, this.endUsers, this.tags])
-      sweep(m);
+      yield* sweep.call(this, m);
     for (const [user, teams] of this.members) {
-      sweep(teams);
+      yield* sweep.call(this, teams);
       if (teams.size === 0) this.members.delete(user);
     }
     this.events = 0;
     this.dailyTouched = 0;
-    if (daily.length > 0) this.rowsPerDailyRow = (entity.length + daily.length) / daily.length;
-    return { entity, daily };
+    const dailyRows = daily.length - dailyBefore;
+    if (dailyRows > 0) this.rowsPerDailyRow = (entity.length + dailyRows) / dailyRows;
   }
 
   private forEachContext(f: (c: DailyContext) => void): void {

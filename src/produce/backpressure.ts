@@ -17,30 +17,77 @@ export interface BackpressureRules {
 }
 
 /**
- * Behind means either of:
- * - the oldest spend job not yet committed is older than the limit;
- * - the rows every gateway holds would take the flush, at the rate it last
- *   reported, longer than half a seal interval. Gateways seal on their own
- *   timers, so at any moment they hold half an interval's rows on average:
- *   past that, each interval brings more than the flush commits in one.
- *   Without this a fleet saw the backlog only when its seals landed, an
- *   interval late, and then handed the flush a wave of them at once.
- *   Until a worker has measured its rate, the gateways may hold one flush
- *   transaction's rows: a fleet that starts (or wakes) flat out otherwise
- *   records a whole interval unchecked, and its first seals arrive as one
- *   wave that takes the flush many intervals to commit. Handed over early,
- *   those rows are also what gives the worker its first rate.
+ * How far behind the pipeline is, as a multiple of what is allowed, and the
+ * rule that weighs most. 1 is the limit of each rule:
+ * - `backlog_age`: the oldest spend job not yet committed, over
+ *   backpressure_backlog_age_seconds;
+ * - `held_rows`: the seconds the flush, at the rate it last reported, needs
+ *   for the rows every gateway holds, over half a mean seal interval.
+ *   Gateways seal on their own timers, so at any moment they hold half an
+ *   interval's rows on average: past that, each interval brings more than
+ *   the flush commits in one. Without this a fleet saw the backlog only when
+ *   its seals landed, an interval late, and then handed the flush a wave of
+ *   them at once;
+ * - `held_rows_no_rate`: until a worker has measured its rate, the rows
+ *   gateways hold over one flush transaction's (heldRowsWithoutRate): a
+ *   fleet that starts (or wakes) flat out otherwise records a whole interval
+ *   unchecked, and its first seals arrive as one wave that takes the flush
+ *   many intervals to commit. Handed over early, those rows are also what
+ *   gives the worker its first rate.
  */
+export function pressureOf(
+  load: PipelineLoad,
+  rules: BackpressureRules,
+): { pressure: number; reason: BackpressureReason } {
+  const age = load.backlogAgeMs / rules.maxBacklogAgeMs;
+  let held: number;
+  let heldReason: BackpressureReason;
+  if (load.flushRowsPerSec === null) {
+    held = load.heldRows / Math.max(1, rules.heldRowsWithoutRate);
+    heldReason = "held_rows_no_rate";
+  } else {
+    const meanHoldMs = (rules.intervalMs - rules.jitterMs / 2) / 2;
+    held = (1000 * load.heldRows) / load.flushRowsPerSec / meanHoldMs;
+    heldReason = "held_rows";
+  }
+  return age >= held
+    ? { pressure: age, reason: "backlog_age" }
+    : { pressure: held, reason: heldReason };
+}
+
+/** Which rule makes the pipeline behind, if any: pressure past 1 (see pressureOf). */
 export function behindBecause(
   load: PipelineLoad,
   rules: BackpressureRules,
 ): BackpressureReason | undefined {
-  if (load.backlogAgeMs > rules.maxBacklogAgeMs) return "backlog_age";
-  if (load.flushRowsPerSec === null)
-    return load.heldRows > rules.heldRowsWithoutRate ? "held_rows_no_rate" : undefined;
-  const secondsOfWork = load.heldRows / load.flushRowsPerSec;
-  const meanHoldMs = (rules.intervalMs - rules.jitterMs / 2) / 2;
-  return secondsOfWork * 1000 > meanHoldMs ? "held_rows" : undefined;
+  const { pressure, reason } = pressureOf(load, rules);
+  return pressure > 1 ? reason : undefined;
+}
+
+/**
+ * Pressure at which admission stops entirely: twice every limit. Between 1
+ * and this, a producer admits a rate that falls in proportion, from its
+ * share of the flush rate down to nothing.
+ */
+export const STOP_PRESSURE = 2;
+
+/**
+ * The events per second a producer may admit under back-pressure: unlimited
+ * (Infinity) at pressure 1 or less; none at STOP_PRESSURE or more; in
+ * between, its share of what the flush commits (the flush's rate over the
+ * producers reporting, in events at this producer's rows per event), scaled
+ * down in proportion as the pressure rises. A fleet admitted at its share
+ * of the flush rate adds about what the flush takes away, so while the flush
+ * keeps up the pressure settles between the two and producers slow down
+ * without stopping; only a flush that falls twice as far behind as allowed
+ * (or none that has reported a rate) stops them. Without a rate to share,
+ * the rule is on/off as it was: nothing to derive a rate from.
+ */
+export function admissionRate(load: PipelineLoad, pressure: number, rowsPerEvent: number): number {
+  if (pressure <= 1) return Number.POSITIVE_INFINITY;
+  if (pressure >= STOP_PRESSURE || load.flushRowsPerSec === null) return 0;
+  const share = load.flushRowsPerSec / Math.max(1, load.producers) / Math.max(1, rowsPerEvent);
+  return (share * (STOP_PRESSURE - pressure)) / (STOP_PRESSURE - 1);
 }
 
 /** How a producer reads the pipeline's load (SpendSink.pipelineLoad), publishing its own held rows. */
@@ -52,13 +99,16 @@ export type LoadReader = (
 
 /**
  * A producer's back-pressure: every `everyMs` it reads how far behind the
- * flush is (and publishes the rows it holds), and says whether the gateway
- * should stop taking requests. Nothing recorded is ever dropped because of
- * it; it only tells callers to stop adding. `on` is a field read: O(1) on
- * the request path.
+ * flush is (and publishes the rows it holds), and sets the rate at which the
+ * gateway may admit requests (admissionRate). admit() spends a token of a
+ * bucket refilled at that rate: O(1) on the request path. Nothing recorded
+ * is ever dropped because of it; it only tells callers to refuse new work.
  */
 export class Backpressure {
-  private behind = false;
+  /** Events per second admitted: Infinity while not behind, 0 stopped. */
+  private rate = Number.POSITIVE_INFINITY;
+  private tokens = 0;
+  private refilledAt = 0;
   private timer: TimerHandle | undefined;
   private stopped = false;
 
@@ -67,18 +117,46 @@ export class Backpressure {
     private readonly producerId: string,
     /** Rows this producer will hand over that no queue shows yet. */
     private readonly workRows: () => number,
+    /** Rows this producer hands over per event it records (its last seals'). */
+    private readonly rowsPerEvent: () => number,
     private readonly rules: BackpressureRules,
     private readonly everyMs: number,
     private readonly clock: Clock,
+    /** Cheap wall-clock reads for the token bucket (the producer's coarse clock). */
+    private readonly now: () => number,
     private readonly log: Logger,
     private readonly stats: ProducerMetrics,
     /** Called when it turns on: the producer hands over what it holds at once. */
     private readonly onBehind: () => Promise<void>,
   ) {}
 
-  /** True while a rule holds. */
+  /** True while a rule holds: requests are admitted at a limited rate, or not at all. */
   get on(): boolean {
-    return this.behind;
+    return this.rate !== Number.POSITIVE_INFINITY;
+  }
+
+  /** The admitted rate, events per second (Infinity while off, 0 while stopped). */
+  get admittedPerSecond(): number {
+    return this.rate;
+  }
+
+  /** Whether one more request may be admitted now; spends a token if so (O(1)). */
+  admit(): boolean {
+    const rate = this.rate;
+    if (rate === Number.POSITIVE_INFINITY) return true;
+    if (rate <= 0) return false;
+    const now = this.now();
+    if (now !== this.refilledAt) {
+      // At most a tenth of a second's worth banked: a burst, not a backlog of admissions.
+      this.tokens = Math.min(
+        Math.max(1, rate / 10),
+        this.tokens + ((now - this.refilledAt) * rate) / 1000,
+      );
+      this.refilledAt = now;
+    }
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
   }
 
   start(): void {
@@ -87,7 +165,7 @@ export class Backpressure {
 
   stop(): void {
     this.stopped = true;
-    this.behind = false;
+    this.rate = Number.POSITIVE_INFINITY;
     this.clock.clearTimeout(this.timer);
   }
 
@@ -96,7 +174,7 @@ export class Backpressure {
     this.timer = this.clock.setTimeout(() => this.check().finally(() => this.tick()), this.everyMs);
   }
 
-  /** One reading; exported behaviour is `on`. */
+  /** One reading; exported behaviour is `on` and admit(). */
   async check(): Promise<void> {
     // A producer that stopped reporting drops out of the others' sums after this long.
     const freshMs = 3 * this.everyMs;
@@ -115,27 +193,36 @@ export class Backpressure {
       return;
     }
     if (this.stopped) return;
-    const reason = behindBecause(load, this.rules);
-    const behind = reason !== undefined;
-    if (behind === this.behind) return;
-    if (reason !== undefined) {
+    const { pressure, reason } = pressureOf(load, this.rules);
+    const wasOn = this.on;
+    const rate = admissionRate(load, pressure, this.rowsPerEvent());
+    if (rate !== this.rate && rate !== Number.POSITIVE_INFINITY && !wasOn) {
+      // A new episode starts with an empty bucket: what it admits is the rate's.
+      this.tokens = 0;
+      this.refilledAt = this.now();
+    }
+    this.rate = rate;
+    if (this.on === wasOn) return;
+    if (this.on) {
       this.stats.backpressureEpisodes.inc({ reason });
       // The figures each rule weighs, so an operator seeing 503s can tell which held.
       this.log.warn(
         {
           reason,
+          pressure,
+          admittedPerSecond: rate,
           backlogAgeMs: load.backlogAgeMs,
           backlogAgeLimitMs: this.rules.maxBacklogAgeMs,
           heldRows: load.heldRows,
+          producers: load.producers,
           flushRowsPerSec: load.flushRowsPerSec,
         },
         "flush falling behind: back-pressure on until it catches up",
       );
     } else this.log.info("flush caught up: back-pressure off");
-    this.behind = behind;
     // Hand over what is held now rather than at the next interval: the backlog
     // the gateways see then includes it, so they do not resume into a wave of
     // seals still on their way, and these rows wait in one queue, not two.
-    if (behind) await this.onBehind().catch(() => undefined);
+    if (this.on) await this.onBehind().catch(() => undefined);
   }
 }

@@ -22,8 +22,8 @@ export interface BufferStats {
 export const BACKPRESSURE_REASONS = ["backlog_age", "held_rows", "held_rows_no_rate"] as const;
 
 /**
- * A seal holds the gateway's event loop for a time in proportion to its rows:
- * well under a millisecond for a few, up to seconds near max_buffered_rows.
+ * A seal's work is in proportion to its rows: well under a millisecond for a
+ * few, up to seconds near max_buffered_rows (spread over slices of 2 ms).
  */
 const SEAL_DURATION_BUCKETS = [
   0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
@@ -79,7 +79,7 @@ export class ProducerMetrics {
     );
     gauge(
       "spend_producer_backpressure",
-      "Producers in this process with back-pressure on (the gateway answers 503 meanwhile): see spend_producer_backpressure_episodes_total for the rules.",
+      "Producers in this process with back-pressure on (the gateway admits requests at a limited rate, or none, and answers the others 503): see spend_producer_backpressure_episodes_total for the rules.",
       (s) => s.backlogged,
     );
     const retired = (): number => this.retiredEvents;
@@ -115,7 +115,7 @@ export class ProducerMetrics {
     for (const reason of BACKPRESSURE_REASONS) this.backpressureEpisodes.inc({ reason }, 0);
     this.sealDuration = new Histogram({
       name: "spend_producer_seal_duration_seconds",
-      help: "Time one seal of a producer's buffer held its event loop: the rows touched since the last seal drained and split into jobs, synchronously (sending them is asynchronous and not counted).",
+      help: "Synchronous work of one seal of a producer's buffer, summed over its slices (it yields to the event loop every 2 ms): the rows touched since the last seal drained and split into jobs (sending them is asynchronous and not counted).",
       buckets: SEAL_DURATION_BUCKETS,
       registers,
     });

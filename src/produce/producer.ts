@@ -1,12 +1,13 @@
 import { randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
+import { setImmediate as nextTurn } from "node:timers/promises";
 import { DEFAULT_CONFIG } from "../config/config.js";
 import type { EntityKind } from "../contract/spend-batch.js";
 import type { SpendSink } from "../contract/spend-sink.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
-import { Aggregator, rowBound } from "./aggregator.js";
+import { Aggregator, rowBound, type DrainedRows } from "./aggregator.js";
 import { Backpressure } from "./backpressure.js";
 import { sleep, systemClock, withTimeout, type Clock, type TimerHandle } from "./clock.js";
 import { CoarseClock } from "./coarse-clock.js";
@@ -19,7 +20,7 @@ import {
 } from "./errors.js";
 import type { ProducerOptions } from "./producer-options.js";
 import { producerMetrics, type ProducerMetrics } from "./producer-metrics.js";
-import { sealBatches } from "./sealer.js";
+import { jobSteps, numberBatches, type UnnumberedBatch } from "./sealer.js";
 import {
   DEFAULT_LIMITS,
   SpendEventError,
@@ -40,6 +41,25 @@ export type { BackpressureReason } from "./backpressure.js";
 const SERVED_BATCH = 256;
 
 const DEFAULTS = DEFAULT_CONFIG.producer;
+
+// Longest one slice of a seal may hold the event loop before it yields, ms
+// (issue 22: a seal at max_buffered_rows used to hold it for ~0.3 s at once).
+const SEAL_SLICE_MS = 2;
+
+/** A seal under way: the aggregator it drains (no longer recorded into), in steps. */
+interface Drain {
+  agg: Aggregator;
+  /** What its steps have drained so far. */
+  out: DrainedRows;
+  steps: Generator<void, UnnumberedBatch[]>;
+  sealedAt: number;
+  rows: number;
+  /** Events the drained aggregator held. */
+  events: number;
+  /** Its synchronous work so far, ms (the seal duration metric). */
+  busyMs: number;
+  finished: boolean;
+}
 
 /**
  * Runs inside each gateway process. record() validates one request's spend
@@ -72,7 +92,20 @@ export class SpendProducer {
   private readonly delivery: Delivery;
   private readonly backpressure: Backpressure | undefined;
 
-  private readonly agg = new Aggregator();
+  /**
+   * Two aggregators take turns: events go to `agg`, and a seal swaps it with
+   * `spare` (O(1)) and drains the old one in slices across turns of the event
+   * loop, while events go on into the other. Each keeps its rows across its
+   * drains (zeroed, dropped only when idle for its whole interval), so in
+   * steady state a request finds its rows and allocates nothing.
+   */
+  private agg = new Aggregator();
+  private spare = new Aggregator();
+  /** The seal under way, if any. */
+  private drain: Drain | undefined;
+  /** Seals run one after another: each waits for the one before. */
+  private sealQueue: Promise<void> = Promise.resolve();
+  private sealsQueued = 0;
   /** Event dates: the wall clock, read cheaply (coarse-clock.ts). */
   private readonly eventClock: CoarseClock;
   /** recordServed()'s events, as given, not validated or aggregated yet. */
@@ -84,6 +117,8 @@ export class SpendProducer {
   private closed = false;
   private fullSince = 0;
   private recorded = 0;
+  /** Rows a seal hands over per event it holds, smoothed over seals (back-pressure's rate). */
+  private rowsPerEvent = 5;
 
   constructor(opts: ProducerOptions) {
     this.sink = opts.sink;
@@ -110,14 +145,14 @@ export class SpendProducer {
       this.stats,
     );
     this.unwatch = this.stats.watchBuffer(() => {
-      const rows = this.aggregate().pendingRowCounts();
+      const rows = this.unsentRowCounts();
       return {
         entityRows: rows.entity + this.delivery.rowsOf("entity"),
         dailyRows: rows.daily + this.delivery.rowsOf("daily"),
         undeliveredRows: this.delivery.pendingRows,
         undeliveredBatches: this.delivery.pending.length,
         recordedEvents: this.recorded,
-        backlogged: this.backlogged ? 1 : 0,
+        backlogged: this.backpressure?.on === true ? 1 : 0,
       };
     });
     const maxBacklogAgeMs = opts.backpressureBacklogAgeMs ?? DEFAULTS.backpressureBacklogAgeMs;
@@ -126,7 +161,9 @@ export class SpendProducer {
       this.backpressure = new Backpressure(
         readLoad,
         this.producerId,
-        () => this.aggregate().pendingRowEstimate + this.delivery.pendingRows,
+        () =>
+          this.aggregate().pendingRowEstimate + (this.drain?.rows ?? 0) + this.delivery.pendingRows,
+        () => this.rowsPerEvent,
         {
           maxBacklogAgeMs,
           intervalMs: this.intervalMs,
@@ -136,6 +173,7 @@ export class SpendProducer {
         },
         opts.backlogCheckEveryMs ?? 1_000,
         this.clock,
+        () => this.eventClock.read(),
         this.log,
         this.stats,
         () => this.flush(),
@@ -146,15 +184,29 @@ export class SpendProducer {
   }
 
   /**
-   * True while the flush is behind by more than backpressure_backlog_age_seconds,
-   * or the rows every gateway holds are more than it commits in half a seal
-   * interval (backpressure.ts). A gateway stops taking new requests
-   * meanwhile: once the sink accepts spend faster than the database commits
-   * it, every further event only adds to the backlog and to staleness.
-   * O(1): a field read.
+   * Whether to refuse this request because the flush is behind: an
+   * admission decision, read once per request. While the pipeline is within
+   * its limits (backpressure_backlog_age_seconds, and the rows every gateway
+   * holds within half a seal interval of flush work) it is false. Past them
+   * the producer admits requests at a rate that falls in proportion to how
+   * far behind the flush is, from its share of the flush rate down to none
+   * at twice the limits (backpressure.ts): each read that finds no token
+   * left is true, and the gateway answers that request 503. So a gateway
+   * slows down rather than stopping while the flush keeps up: once the sink
+   * accepts spend faster than the database commits it, every further event
+   * only adds to the backlog and to staleness. O(1): a token bucket.
    */
   get backlogged(): boolean {
-    return this.backpressure?.on ?? false;
+    const bp = this.backpressure;
+    return bp !== undefined && !bp.admit();
+  }
+
+  /**
+   * Requests per second back-pressure admits now: Infinity while it is off,
+   * 0 while it admits none (read-only, unlike `backlogged`).
+   */
+  get admittedPerSecond(): number {
+    return this.backpressure?.admittedPerSecond ?? Number.POSITIVE_INFINITY;
   }
 
   /** Why this producer must not take new spend now (see ProducerOptions.halted), or undefined. */
@@ -230,7 +282,12 @@ export class SpendProducer {
    * can add); exact after settleServed().
    */
   private get heldRows(): number {
-    return this.agg.heldRowCount + this.delivery.pendingRows + this.servedRowBound;
+    return (
+      this.agg.heldRowCount +
+      this.spare.heldRowCount +
+      this.delivery.pendingRows +
+      this.servedRowBound
+    );
   }
 
   /**
@@ -341,6 +398,7 @@ export class SpendProducer {
   private sealEarlyIfHalfFull(): void {
     if (
       this.heldRows >= this.maxRows / 2 &&
+      this.sealsQueued === 0 &&
       !this.delivery.busy &&
       this.delivery.consecutiveFailures === 0
     ) {
@@ -372,8 +430,26 @@ export class SpendProducer {
 
   /** Distinct rows with undelivered spend: aggregated, or sealed but not sent (O(rows held)). */
   get bufferedRows(): number {
-    const rows = this.aggregate().pendingRowCounts();
+    const rows = this.unsentRowCounts();
     return rows.entity + rows.daily + this.delivery.pendingRows;
+  }
+
+  /**
+   * Distinct rows aggregated and not yet handed to delivery: the recording
+   * aggregator's, and a seal's under way. O(rows held), for scrapes and
+   * tests; it does not wait for the seal (the rows it has drained so far
+   * are counted from its output, the rest from the aggregator).
+   */
+  private unsentRowCounts(): { entity: number; daily: number } {
+    const rows = this.aggregate().pendingRowCounts();
+    const d = this.drain;
+    if (d !== undefined) {
+      const left = d.agg.pendingRowCounts();
+      // Entity rows are all emitted before any is zeroed; a daily row is emitted as it is zeroed.
+      rows.entity += Math.max(d.out.entity.length, left.entity);
+      rows.daily += d.out.daily.length + left.daily;
+    }
+    return rows;
   }
 
   /** Sealed batches still waiting to be delivered. */
@@ -410,6 +486,8 @@ export class SpendProducer {
     batches: Map<string, bigint>;
     sealedLater: (batchId: string) => boolean;
   } {
+    // A seal under way is finished first, so its rows are in delivery's batches, counted once.
+    this.finishDrain();
     const bufferedPico = this.aggregate().entitySpendFor(kind, id, id2);
     const seq = this.seq;
     const prefix = `${this.producerId}.`;
@@ -431,7 +509,7 @@ export class SpendProducer {
    * batch could not be sent (it stays pending and the timer retries it).
    */
   async flush(): Promise<void> {
-    this.seal();
+    await this.seal();
     await this.delivery.sendAll();
     if (this.fullSince !== 0 && this.delivery.pending.length === 0) {
       this.log.info(
@@ -470,8 +548,8 @@ export class SpendProducer {
       // (one waiting for a connection that never comes takes sendTimeoutMs).
       await withTimeout(this.clock, deliver(), this.closeTimeoutMs, "close").catch(() => undefined);
       gaveUp = true;
-      if (this.delivery.pending.length > 0 || this.agg.hasPending) {
-        this.seal();
+      if (this.delivery.pending.length > 0 || this.agg.hasPending || this.drain !== undefined) {
+        this.sealNow();
         this.log.error(
           { batches: this.delivery.pending.length, rows: this.delivery.pendingRows },
           "close: spend not delivered",
@@ -489,23 +567,107 @@ export class SpendProducer {
   }
 
   /**
-   * Synchronous and O(rows touched since the last seal): its duration is
-   * how long it holds the gateway's event loop (spend_producer_seal_duration_seconds).
+   * Seals what was recorded before the call: waits for a seal under way,
+   * then flips the aggregators (O(1)) and drains the old one in slices of
+   * at most SEAL_SLICE_MS, yielding to the event loop between them, so a seal
+   * of any size never holds a gateway's event loop for long. Events recorded
+   * meanwhile go into the other aggregator: they are in the next seal, once.
    */
-  private seal(): void {
+  private seal(): Promise<void> {
+    this.sealsQueued++;
+    const run = this.sealQueue.then(async () => {
+      try {
+        await this.sealSliced();
+      } finally {
+        this.sealsQueued--;
+      }
+    });
+    this.sealQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async sealSliced(): Promise<void> {
+    // Finished synchronously by another path (close's last seal) while this waited.
+    this.finishDrain();
+    const d = this.flip();
+    if (d === undefined) return;
+    for (;;) {
+      if (d.finished) return;
+      const t0 = performance.now();
+      let r = d.steps.next();
+      // At least one step per slice, then as many as fit in the slice.
+      while (r.done !== true && performance.now() - t0 < SEAL_SLICE_MS) r = d.steps.next();
+      d.busyMs += performance.now() - t0;
+      if (r.done === true) {
+        this.complete(d, r.value);
+        return;
+      }
+      await nextTurn();
+    }
+  }
+
+  /** Swaps the aggregators and starts draining the old one; undefined if it has nothing. */
+  private flip(): Drain | undefined {
+    const old = this.aggregate();
+    if (!old.hasPending) return undefined;
+    this.agg = this.spare;
+    this.spare = old;
+    const out: DrainedRows = { entity: [], daily: [] };
+    const partitions = this.partitions;
+    const maxRowsPerJob = this.maxRowsPerJob;
+    const steps = (function* (): Generator<void, UnnumberedBatch[]> {
+      yield* old.drainSteps(out);
+      return yield* jobSteps(out, partitions, maxRowsPerJob);
+    })();
+    const d: Drain = {
+      agg: old,
+      out,
+      steps,
+      sealedAt: this.clock.now(),
+      rows: old.pendingRowEstimate,
+      events: old.eventCount,
+      busyMs: 0,
+      finished: false,
+    };
+    this.drain = d;
+    return d;
+  }
+
+  /** The seal under way, finished now, synchronously (reads that must see it whole). */
+  private finishDrain(): void {
+    const d = this.drain;
+    if (d === undefined || d.finished) return;
     const t0 = performance.now();
-    const agg = this.aggregate();
-    if (!agg.hasPending) return;
-    const drained = agg.drain();
+    let r = d.steps.next();
+    while (r.done !== true) r = d.steps.next();
+    d.busyMs += performance.now() - t0;
+    this.complete(d, r.value);
+  }
+
+  /** Everything recorded, sealed now and synchronously (close's last word when it gives up). */
+  private sealNow(): void {
+    this.finishDrain();
+    this.flip();
+    this.finishDrain();
+  }
+
+  /** A drained seal's jobs numbered and queued for delivery, in order. */
+  private complete(d: Drain, jobs: UnnumberedBatch[]): void {
+    d.finished = true;
+    if (this.drain === d) this.drain = undefined;
     const header = {
       producerId: this.producerId,
-      sealedAt: this.clock.now(),
+      sealedAt: d.sealedAt,
       partitions: this.partitions,
     };
-    for (const batch of sealBatches(drained, header, this.maxRowsPerJob, () => this.nextBatchId()))
+    let rows = 0;
+    for (const batch of numberBatches(jobs, header, () => this.nextBatchId())) {
       this.delivery.queue(batch);
-    this.stats.sealDuration.observe((performance.now() - t0) / 1000);
-    this.stats.sealRows.observe(drained.entity.length + drained.daily.length);
+      rows += batch.rows.length;
+    }
+    this.stats.sealDuration.observe(d.busyMs / 1000);
+    this.stats.sealRows.observe(rows);
+    if (d.events > 0) this.rowsPerEvent = 0.7 * this.rowsPerEvent + (0.3 * rows) / d.events;
   }
 
   /**

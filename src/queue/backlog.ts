@@ -5,7 +5,7 @@ import { LuaScript } from "../redis/lua.js";
 import type { PipelineLoad } from "../contract/spend-sink.js";
 import type { SpendQueues } from "./spend-queues.js";
 
-const heldRowsScript = LuaScript.load("held-rows-1", new URL("./scripts/", import.meta.url));
+const heldRowsScript = LuaScript.load("held-producers-1", new URL("./scripts/", import.meta.url));
 
 /**
  * When the oldest job waiting in a queue (or, with "active", also being
@@ -72,7 +72,13 @@ export async function pipelineLoad(
     ),
     Promise.all(partitions.map((p) => p.connection.get(p.keys.flushRate))),
   ]);
-  return { backlogAgeMs: age, heldRows: Number(held), flushRowsPerSec: totalFlushRate(rates) };
+  const [rows, producers] = held as [unknown, unknown];
+  return {
+    backlogAgeMs: age,
+    heldRows: Number(rows),
+    producers: Math.max(1, Number(producers)),
+    flushRowsPerSec: totalFlushRate(rates),
+  };
 }
 
 /**

@@ -61,6 +61,65 @@ describe("producer", () => {
     assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
   });
 
+  it("a large seal drains in slices: events recorded meanwhile are in the next seal, exactly once", async () => {
+    await truncateAll(t.db);
+    const ledger = new Ledger();
+    const p = await h.producer();
+    const charge = (i: number, tag: string): void => {
+      const e: SpendEvent = {
+        spend: "0.000001234567",
+        apiKey: "slice-key",
+        userId: "slice-user",
+        teamId: "slice-team",
+        endUserId: `slice-${tag}-${i}`,
+        model: "m",
+        promptTokens: 3,
+      };
+      p.record(e);
+      ledger.record(e);
+    };
+    // Two rows per event (an end user's entity and daily row): a seal of ~30k rows.
+    for (let i = 0; i < 15_000; i++) charge(i, "before");
+    const sealing = p.flush();
+    // Until the seal has queued its batches, every turn of the event loop is one it gave back.
+    let during = 0;
+    while (p.undeliveredBatches === 0 && during < 10_000) {
+      await new Promise((r) => setImmediate(r));
+      if (p.undeliveredBatches === 0) charge(during++, "during");
+    }
+    assert.ok(during > 0, "events were recorded while the seal was draining");
+    await sealing;
+    await p.flush();
+    await p.close();
+    assert.equal(p.bufferedRows, 0);
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+    await truncateAll(t.db);
+  });
+
+  it("close() during a sliced seal delivers everything: what the seal drains and what came after", async () => {
+    await truncateAll(t.db);
+    const ledger = new Ledger();
+    const p = await h.producer();
+    const charge = (i: number, tag: string): void => {
+      const e: SpendEvent = { spend: 0.25, userId: "close-user", endUserId: `close-${tag}-${i}` };
+      p.record(e);
+      ledger.record(e);
+    };
+    for (let i = 0; i < 15_000; i++) charge(i, "before");
+    const sealing = p.flush();
+    await new Promise((r) => setImmediate(r));
+    assert.equal(p.undeliveredBatches, 0, "the seal is still draining");
+    for (let i = 0; i < 100; i++) charge(i, "after");
+    await p.close();
+    await sealing;
+    assert.equal(p.bufferedRows, 0);
+    assert.equal(p.undeliveredBatches, 0);
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+    await truncateAll(t.db);
+  });
+
   it("seals on its own timer within the interval (jitter shortens it, never lengthens it), a fresh buffer each time", async () => {
     const clock = new ManualClock();
     const p = await h.producer({ clock, flushIntervalMs: 100, flushJitterMs: 20 });

@@ -10,7 +10,9 @@
   ARGV[2] rows it holds
   ARGV[3] freshness window, ms
 
-  Returns the sum of fresh entries, this one included.
+  Returns { the sum of fresh entries, how many there are }, this one
+  included: proportional back-pressure gives each producer its share of the
+  flush rate.
 ]]
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -18,6 +20,7 @@ local fresh = tonumber(ARGV[3])
 redis.call("HSET", KEYS[1], ARGV[1], ARGV[2] .. ":" .. now)
 redis.call("PEXPIRE", KEYS[1], fresh * 2)
 local sum = 0
+local count = 0
 local all = redis.call("HGETALL", KEYS[1])
 for i = 1, #all, 2 do
   local v = all[i + 1]
@@ -28,6 +31,7 @@ for i = 1, #all, 2 do
     redis.call("HDEL", KEYS[1], all[i])
   else
     sum = sum + rows
+    count = count + 1
   end
 end
-return sum
+return { sum, count }
