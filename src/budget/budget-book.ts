@@ -98,6 +98,12 @@ const MAX_NANO = 2n ** 53n - 1n;
  */
 export class BudgetBook {
   private readonly defs = new Map<string, BudgetDef>();
+  /**
+   * The request path's way in: kind, then id, to the entity's key in `defs`
+   * and `allowances`, so a check builds no string (it runs for every entity
+   * of every request).
+   */
+  private readonly index = new Map<string, Map<string, string>>();
   private readonly allowances = new Map<string, Allowance>();
   private loadedUntil = new Date(0);
   private timer: NodeJS.Timeout | undefined;
@@ -155,7 +161,8 @@ export class BudgetBook {
   check(entities: readonly ChargedEntity[], now = Date.now()): BudgetRefusal | undefined {
     if (this.defs.size === 0) return undefined;
     for (const e of entities) {
-      const k = entityKey(e.kind, e.id);
+      const k = this.index.get(e.kind)?.get(e.id);
+      if (k === undefined) continue;
       const def = this.defs.get(k);
       if (def === undefined || def.maxPico === null) continue;
       const a = this.current(k, def, now);
@@ -189,7 +196,8 @@ export class BudgetBook {
   charge(entities: readonly ChargedEntity[], costPico: bigint, now = Date.now()): void {
     if (this.defs.size === 0 || costPico === 0n) return;
     for (const e of entities) {
-      const k = entityKey(e.kind, e.id);
+      const k = this.index.get(e.kind)?.get(e.id);
+      if (k === undefined) continue;
       const def = this.defs.get(k);
       if (def === undefined || (def.maxPico === null && def.softPico === null)) continue;
       const a = this.current(k, def, now);
@@ -349,6 +357,7 @@ export class BudgetBook {
     const fresh = await loadBudget(this.o.db, def.kind, def.id);
     if (fresh === null) {
       this.defs.delete(entityKey(def.kind, def.id));
+      this.index.get(def.kind)?.delete(def.id);
       return def;
     }
     this.defs.set(entityKey(def.kind, def.id), fresh);
@@ -417,6 +426,9 @@ export class BudgetBook {
       const k = entityKey(def.kind, def.id);
       const old = this.defs.get(k);
       this.defs.set(k, def);
+      let ids = this.index.get(def.kind);
+      if (ids === undefined) this.index.set(def.kind, (ids = new Map()));
+      ids.set(def.id, k);
       if (def.updatedAt > this.loadedUntil) this.loadedUntil = def.updatedAt;
       // A changed limit or period: what this gateway holds is re-leased from the new seed.
       if (
