@@ -427,7 +427,7 @@ export class BudgetBook {
       const old = this.defs.get(k);
       this.defs.set(k, def);
       let ids = this.index.get(def.kind);
-      if (ids === undefined) this.index.set(def.kind, (ids = new Map()));
+      if (ids === undefined) this.index.set(def.kind, (ids = new Map<string, string>()));
       ids.set(def.id, k);
       if (def.updatedAt > this.loadedUntil) this.loadedUntil = def.updatedAt;
       // A changed limit or period: what this gateway holds is re-leased from the new seed.
