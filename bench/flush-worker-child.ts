@@ -15,12 +15,24 @@ const prefix = process.env.PREFIX ?? "";
 const databaseUrl = process.env.DATABASE_URL ?? "";
 /** Flush partitions, each flushed concurrently (concurrency = partitions). Default 1. */
 const partitions = Number(process.env.PARTITIONS ?? "1");
+/**
+ * DEFAULTS=1 (the drain and recovery sections): the product's defaults for
+ * the schedule and the leases, what a fresh deployment runs, rather than the
+ * tests' short ones.
+ */
+const defaults = process.env.DEFAULTS === "1";
 const config = testConfig(prefix, databaseUrl, {
-  worker_flush_every_seconds: Number(process.env.WORKER_EVERY_MS ?? "500") / 1000,
+  worker_flush_every_seconds: defaults
+    ? undefined
+    : Number(process.env.WORKER_EVERY_MS ?? "500") / 1000,
   // A flush of a large backlog outlives the tests' 2 s lease; the lease keeper renews it either way.
-  lock_lease_seconds: 15,
+  lock_lease_seconds: defaults ? undefined : 15,
+  leader_lease_seconds: defaults ? undefined : 1,
   flush_partitions: partitions,
   worker_concurrency: partitions,
+  ...(process.env.MAX_ROWS !== undefined
+    ? { max_rows_per_transaction: Number(process.env.MAX_ROWS) }
+    : {}),
 });
 // One connection per concurrent flush transaction, plus room for the drain's bookkeeping.
 const db = createDb(databaseUrl, { max: Math.max(4, partitions + 2) });
@@ -33,12 +45,13 @@ const report: WorkerReport = {
   dailyRows: 0,
   commits: [],
   errors: [],
+  cpuSeconds: 0,
 };
 const worker = await startFlushWorker(config, {
   port: false,
   db,
   logger: silentLogger,
-  holderId: "bench-worker",
+  holderId: process.env.HOLDER ?? "bench-worker",
   onFlush: (r) => {
     report.outcomes[r.outcome] = (report.outcomes[r.outcome] ?? 0) + 1;
     report.transactions += r.transactions;
@@ -67,6 +80,8 @@ process.on("SIGTERM", () => {
   void (async () => {
     await worker.close();
     await db.$disconnect();
+    const cpu = process.cpuUsage();
+    report.cpuSeconds = (cpu.user + cpu.system) / 1e6;
     process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0));
   })();
 });
