@@ -34,6 +34,20 @@ export async function upsertMerged(
   merged: MergedRows,
   alsoPurgeBatchesOlderThanDays?: number,
 ): Promise<void> {
+  await runUpsert(tx, buildUpsert(merged, alsoPurgeBatchesOlderThanDays));
+}
+
+/** upsertMerged's statement, ready to run: built ahead of its transaction, it costs nothing there. */
+export interface UpsertStatement {
+  sql: string;
+  params: string[];
+}
+
+/** upsertMerged's statement, or undefined when there is nothing to write. */
+export function buildUpsert(
+  merged: MergedRows,
+  alsoPurgeBatchesOlderThanDays?: number,
+): UpsertStatement | undefined {
   const st = new Statement();
   for (const [kind, cols] of merged.entity) {
     const { table, keyColumns } = ENTITY_TABLES[kind];
@@ -76,7 +90,11 @@ export async function upsertMerged(
        WHERE applied_at < now() - make_interval(days => ${st.param(String(alsoPurgeBatchesOlderThanDays), "int")})`,
     );
   }
-  if (st.parts.length === 0) return;
+  if (st.parts.length === 0) return undefined;
   const ctes = st.parts.map((sql, i) => `w${i} AS (${sql})`).join(",\n");
-  await tx.$executeRawUnsafe(`WITH ${ctes}\nSELECT 1`, ...st.params);
+  return { sql: `WITH ${ctes}\nSELECT 1`, params: st.params };
+}
+
+export async function runUpsert(tx: Tx, statement: UpsertStatement | undefined): Promise<void> {
+  if (statement !== undefined) await tx.$executeRawUnsafe(statement.sql, ...statement.params);
 }
