@@ -1,5 +1,5 @@
 import type { RedisClient } from "../redis/connection.js";
-import { Worker, type Job } from "bullmq";
+import { Job, Queue, Worker } from "bullmq";
 import type { RedisKeys } from "../redis/keys.js";
 import {
   dailyJobPayloadSchema,
@@ -50,6 +50,9 @@ export interface Taken {
 export class SpendDrain {
   private readonly entity: Worker;
   private readonly daily: Worker;
+  /** The same queues, for reading which jobs are active (reclaim). */
+  private readonly entityQueue: Queue;
+  private readonly dailyQueue: Queue;
 
   constructor(
     private readonly connection: RedisClient,
@@ -69,6 +72,11 @@ export class SpendDrain {
     this.daily = new Worker(keys.dailySpendQueue, null, opts);
     this.entity.on("error", () => undefined);
     this.daily.on("error", () => undefined);
+    const queueOpts = { connection, prefix: keys.bullPrefix };
+    this.entityQueue = new Queue(keys.spendQueue, queueOpts);
+    this.dailyQueue = new Queue(keys.dailySpendQueue, queueOpts);
+    this.entityQueue.on("error", () => undefined);
+    this.dailyQueue.on("error", () => undefined);
   }
 
   /**
@@ -88,16 +96,24 @@ export class SpendDrain {
 
   /**
    * Takes up to `max` jobs under `token`, entity first (up to half of each
-   * bound), then daily, stopping once their rows reach `maxRows`.
+   * bound), then daily, stopping once their rows reach `maxRows`. `onTaken`
+   * hears of each job the moment it is active under the token, so a take that
+   * fails halfway still leaves the caller knowing every job it must give back.
    */
-  async take(max: number, maxRows: number, token: string): Promise<Taken> {
+  async take(
+    max: number,
+    maxRows: number,
+    token: string,
+    onTaken: (job: Job) => void = () => undefined,
+  ): Promise<Taken> {
     const half = Math.max(1, Math.ceil(max / 2));
-    const entity = await takeFrom(this.entity, half, Math.ceil(maxRows / 2), token);
+    const entity = await takeFrom(this.entity, half, Math.ceil(maxRows / 2), token, onTaken);
     const daily = await takeFrom(
       this.daily,
       max - entity.jobs.length,
       Math.max(1, maxRows - entity.rows),
       token,
+      onTaken,
     );
     const taken: Taken = { jobs: [], poison: [], more: !entity.empty || !daily.empty, rows: 0 };
     for (const job of entity.jobs) {
@@ -133,9 +149,56 @@ export class SpendDrain {
     await inChunks(jobs, (j) => j.moveToCompleted("flushed", token, false));
   }
 
-  /** Puts jobs back in wait after a flush that did not commit. */
+  /**
+   * Puts back in wait every job of this partition's queues left active by an
+   * earlier holder of the flush lock; returns how many. Call it holding the
+   * lock, before taking anything under `token`: only the lock holder takes
+   * spend jobs, so any job active then was taken by a holder whose lease has
+   * lapsed (dead, paused, cut off from Redis). Without it those jobs wait for
+   * BullMQ's stalled check, up to two job lock durations. Giving them to the
+   * new holder at once is safe because of what PostgreSQL checks: a resumed
+   * old holder is fenced off and cannot commit, and a batch it did commit
+   * before losing the lease is recorded and skipped (its batch id).
+   */
+  async reclaim(token: string): Promise<number> {
+    let reclaimed = 0;
+    for (const [queue, worker] of [
+      [this.entityQueue, this.entity],
+      [this.dailyQueue, this.daily],
+    ] as const) {
+      const ids = await queue.getRanges(["active"], 0, -1);
+      await inChunks(ids, async (id) => {
+        const lock = await this.connection.get(this.keys.jobLock(worker.name, id));
+        if (lock === token) return;
+        const job = await Job.fromId(worker, id);
+        if (job === undefined) return;
+        // BullMQ's moveToWait compares and deletes the lock with the token it is
+        // given, and skips that check for "0": the old holder's token when the
+        // lock is still there (so it goes too), "0" when it has expired.
+        try {
+          await job.moveToWait(lock ?? "0");
+          reclaimed++;
+        } catch {
+          // Moved on meanwhile (the stalled check returned it, or it finished): nothing to give back.
+        }
+      });
+    }
+    return reclaimed;
+  }
+
+  /**
+   * Puts jobs back in wait after a flush that did not commit. Every job is
+   * tried even if some fail (a job the next holder already reclaimed refuses
+   * this token); rejects with the first failure once all were tried.
+   */
   async giveBack(jobs: readonly Job[], token: string): Promise<void> {
-    await inChunks(jobs, (j) => j.moveToWait(token));
+    let first: Error | undefined;
+    await inChunks(jobs, (j) =>
+      j.moveToWait(token).catch((err: unknown) => {
+        first ??= err instanceof Error ? err : new Error(String(err));
+      }),
+    );
+    if (first !== undefined) throw first;
   }
 
   /**
@@ -169,7 +232,12 @@ export class SpendDrain {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.entity.close(), this.daily.close()]);
+    await Promise.all([
+      this.entity.close(),
+      this.daily.close(),
+      this.entityQueue.close(),
+      this.dailyQueue.close(),
+    ]);
   }
 }
 
@@ -197,6 +265,7 @@ async function takeFrom(
   max: number,
   maxRows: number,
   token: string,
+  onTaken: (job: Job) => void,
 ): Promise<{ jobs: Job[]; rows: number; empty: boolean }> {
   const out: Job[] = [];
   let rows = 0;
@@ -207,7 +276,11 @@ async function takeFrom(
     const perJob = out.length === 0 ? maxRows : Math.max(1, rows / out.length);
     const n = Math.min(PARALLEL, max - out.length, Math.ceil((maxRows - rows) / perJob));
     const got = await Promise.all(
-      Array.from({ length: n }, () => worker.getNextJob(token, { block: false })),
+      Array.from({ length: n }, async () => {
+        const j = await worker.getNextJob(token, { block: false });
+        if (j !== undefined && j !== null) onTaken(j);
+        return j;
+      }),
     );
     for (const j of got) {
       if (j === undefined || j === null) empty = true;

@@ -41,6 +41,12 @@ export interface RedisKeys {
   readonly flushLeader: string;
   /** Hash of worker id -> "<partitions>:<epoch ms>": flush workers alive, and the count each runs with. */
   readonly workers: string;
+  /**
+   * BullMQ's lock of one job taken from a queue under this prefix (its value
+   * is the taking flush's token): a new flush lock holder reads it to give
+   * back the jobs a lapsed holder left active.
+   */
+  jobLock(queue: string, jobId: string): string;
 }
 
 const PREFIX = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -55,8 +61,9 @@ export function redisKeys(prefix: string, partition = 0): RedisKeys {
     throw new Error(`partition must be a non-negative integer, got ${partition}`);
   }
   const p = partition === 0 ? "" : `-p${partition}`;
+  const bullPrefix = `${prefix}:bull`;
   return {
-    bullPrefix: `${prefix}:bull`,
+    bullPrefix,
     spendQueue: `{spend-update${p}}`,
     dailySpendQueue: `{daily-spend-update${p}}`,
     flushQueue: "{spend-flush}",
@@ -72,5 +79,7 @@ export function redisKeys(prefix: string, partition = 0): RedisKeys {
     flushLastSuccess: `${prefix}:{flush${p}}:last-success`,
     flushLeader: `${prefix}:flush-leader`,
     workers: `${prefix}:workers`,
+    // BullMQ's own layout: <prefix>:<queue>:<job id>, and ":lock" after it.
+    jobLock: (queue, jobId) => `${bullPrefix}:${queue}:${jobId}:lock`,
   };
 }
