@@ -86,6 +86,9 @@ export class FlushWorker {
   private leadTimer: NodeJS.Timeout | undefined;
   private leadTick: Promise<void> | undefined;
   private maintainTimer: NodeJS.Timeout | undefined;
+  /** Each partition's flush running in this process: a scheduled one and a takeover's never overlap. */
+  private readonly running = new Map<number, Promise<FlushReport>>();
+  private takingOver: Promise<void> | undefined;
   private maintaining: Promise<void> | undefined;
   private closed = false;
   private readonly startedAt = Date.now();
@@ -187,12 +190,7 @@ export class FlushWorker {
         if (p === undefined) return { outcome: "unknown_partition" };
         // The count changed under this worker: its partitions are not the ones producers use.
         if (this.mismatch !== undefined) return { outcome: "partition_mismatch" };
-        const report = await p.flusher.flushOnce();
-        // Any outcome, even "lock_busy": the schedule fires and flushes end (readiness).
-        void this.redis
-          .set(p.keys.flushLastRun, String(Date.now()), "PX", 86_400_000)
-          .catch(() => undefined);
-        this.deps.onFlush?.(report);
+        const report = await this.flushPartition(p);
         return { ...report, fence: report.fence?.toString() };
       },
       {
@@ -251,6 +249,7 @@ export class FlushWorker {
     if (leads) {
       this.deps.logger.info({ worker: this.workerId }, "leads the flush");
       if (worker === undefined) return;
+      this.takingOver ??= this.takeOver().finally(() => (this.takingOver = undefined));
       if (!this.workerStarted) {
         this.workerStarted = true;
         worker
@@ -273,6 +272,51 @@ export class FlushWorker {
       );
       await worker?.pause(true).catch(() => undefined);
     }
+  }
+
+  /**
+   * Runs one flush of a partition, or joins the one this process is already
+   * running: the schedule's job and a takeover would otherwise race for the
+   * same lock, and one of them would only count a "lock_busy".
+   */
+  private flushPartition(p: FlushPartition): Promise<FlushReport> {
+    const current = this.running.get(p.keys.partition);
+    if (current !== undefined) return current;
+    const run = (async (): Promise<FlushReport> => {
+      const report = await p.flusher.flushOnce();
+      // Any outcome, even "lock_busy": the schedule fires and flushes end (readiness).
+      void this.redis
+        .set(p.keys.flushLastRun, String(Date.now()), "PX", 86_400_000)
+        .catch(() => undefined);
+      this.deps.onFlush?.(report);
+      return report;
+    })().finally(() => this.running.delete(p.keys.partition));
+    this.running.set(p.keys.partition, run);
+    return run;
+  }
+
+  /**
+   * Flushes every partition the moment this replica starts leading, rather
+   * than at the schedule's next tick (up to worker_flush_every_seconds away):
+   * after a leader dies, its backlog moves again at once, and the first flush
+   * gives back the jobs the dead leader had taken (SpendDrain.reclaim). A
+   * partition whose lock the old leader still holds is tried again when that
+   * lock's lease runs out; a holder still renewing it is alive and finishing
+   * its flush, and the schedule takes over from there.
+   */
+  private async takeOver(): Promise<void> {
+    await Promise.all(
+      this.partitions.map(async (p) => {
+        for (let attempt = 0; attempt < 3; attempt++) {
+          if (this.closed || !this.leading || this.mismatch !== undefined) return;
+          const report = await this.flushPartition(p).catch(() => undefined);
+          if (report?.outcome !== "lock_busy") return;
+          const holder = await p.lock.holder().catch(() => null);
+          const waitMs = Math.min((holder?.ttlMs ?? 0) + 50, p.lock.leaseMs);
+          await new Promise((r) => setTimeout(r, waitMs).unref());
+        }
+      }),
+    );
   }
 
   /** Whether this replica leads the flush now (takes the flush jobs). */
@@ -394,6 +438,8 @@ export class FlushWorker {
       () => undefined,
     );
     await this.worker?.close();
+    await this.takingOver;
+    await Promise.allSettled([...this.running.values()]);
     // After the last flush ended: a standby takes over at its next tick, not after the lease.
     if (this.leading) {
       this.leading = false;

@@ -127,4 +127,51 @@ describe("flush leadership", () => {
     await waitFor("the backlog to drain", () => h.settled(), 30_000);
     assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
   });
+
+  it("a leader killed between COMMIT and acknowledging is replaced by one that flushes at once", async () => {
+    for (const s of services.splice(0)) await s.close();
+    await truncateAll(t.db);
+    const ledger = new Ledger();
+    await h.recordTraffic(300, 9, ledger);
+    // A schedule far longer than the test: only a takeover flush can explain a quick commit.
+    const every = { EVERY_S: "60" };
+    const leader = spawnTs("./worker-process.ts", {
+      REDIS_URL: TEST_REDIS_URL,
+      DATABASE_URL: t.url,
+      PREFIX: prefix,
+      HOLDER: "dies-after-commit",
+      FAULT_STEP: "committed",
+      FAULT_ACTION: "kill",
+      ...every,
+    });
+    procs.push(leader);
+    await leader.waitForEvent((e) => e.event === "fault", 20_000);
+    const killed = Date.now();
+    await leader.done;
+    assert.equal(
+      await h.settled(),
+      false,
+      "the dead leader left its committed jobs unacknowledged",
+    );
+    const standby = await startFlushWorker(
+      testConfig(prefix, t.url, { worker_flush_every_seconds: 60 }),
+      {
+        port: false,
+        holderId: "successor",
+        logger: silentLogger,
+      },
+    );
+    services.push(standby);
+    await waitFor(
+      "the successor to commit everything",
+      () => h.settled(),
+      15_000,
+      20,
+      () => h.describe(),
+    );
+    const took = Date.now() - killed;
+    // Lease 2 s and leadership 1 s (testConfig), then one flush: not the 60 s schedule.
+    assert.ok(took < 6_000, `everything committed ${took} ms after the leader died`);
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+  });
 });
