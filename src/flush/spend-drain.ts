@@ -1,6 +1,7 @@
 import type { RedisClient } from "../redis/connection.js";
 import { Job, Queue, Worker } from "bullmq";
 import type { RedisKeys } from "../redis/keys.js";
+import { checkDailyJob, checkEntityJob } from "../contract/job-check.js";
 import {
   dailyJobPayloadSchema,
   entityJobSchema,
@@ -117,7 +118,12 @@ export class SpendDrain {
     );
     const taken: Taken = { jobs: [], poison: [], more: !entity.empty || !daily.empty, rows: 0 };
     for (const job of entity.jobs) {
-      const r = entityJobSchema.safeParse(job.data);
+      // The hand-written check first; the schema only for what it refuses (and why).
+      const fast = checkEntityJob(job.data);
+      const r =
+        fast !== undefined
+          ? { success: true as const, data: fast }
+          : entityJobSchema.safeParse(job.data);
       if (r.success) {
         const illFormed = splitIllFormed(r.data.rows, ENTITY_TEXT_COLUMNS);
         taken.jobs.push({
@@ -130,7 +136,11 @@ export class SpendDrain {
       } else taken.poison.push({ queue: "entity", job, reason: summarize(r.error.issues) });
     }
     for (const job of daily.jobs) {
-      const r = dailyJobPayloadSchema.safeParse(job.data);
+      const fast = checkDailyJob(job.data);
+      const r =
+        fast !== undefined
+          ? { success: true as const, data: fast }
+          : dailyJobPayloadSchema.safeParse(job.data);
       if (r.success) {
         const illFormed = splitIllFormed(r.data.rows, DAILY_TEXT_COLUMNS);
         taken.jobs.push({
