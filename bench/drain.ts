@@ -159,7 +159,8 @@ export async function setUpBacklog(
 
 /**
  * A flush worker process with the product's defaults (flush-worker-child.ts);
- * resolves once it is ready. BENCH_CPU_PROF_DIR profiles it (node --cpu-prof).
+ * resolves once it is ready. BENCH_CPU_PROF_DIR=<dir> writes its CPU profile
+ * there (<name>.cpuprofile) when it stops.
  */
 export async function startWorker(
   s: BacklogSetup,
@@ -182,7 +183,7 @@ export async function startWorker(
         ? { MAX_ROWS: String(plan.maxRowsPerTransaction) }
         : {}),
       ...(profDir !== undefined && profDir !== ""
-        ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profDir}` }
+        ? { CPU_PROFILE: `${profDir}/${name}.cpuprofile` }
         : {}),
     });
     let exited: string | undefined;

@@ -4,6 +4,8 @@
  * parent's staleness polling. Runs FlushWorker until SIGTERM, then prints a
  * WorkerReport.
  */
+import { writeFileSync } from "node:fs";
+import { Session } from "node:inspector/promises";
 import { Redis } from "ioredis";
 import { startFlushWorker } from "../src/wiring/start-flush-worker.js";
 import { silentLogger } from "../src/observe/logger.js";
@@ -47,6 +49,31 @@ const report: WorkerReport = {
   errors: [],
   cpuSeconds: 0,
 };
+/**
+ * CPU_PROFILE=<file>: V8's CPU profile of this worker from here to its
+ * report (node --cpu-prof is refused in NODE_OPTIONS, and the bench starts
+ * children through their env), to open in Chrome's DevTools. With
+ * HEAP_SAMPLE=1 also <file>.heap: where it allocated, objects the GC has
+ * collected since included (what the GC's time is spent on).
+ */
+const profileTo = process.env.CPU_PROFILE;
+const profiler = profileTo !== undefined && profileTo !== "" ? new Session() : undefined;
+if (profiler !== undefined) {
+  profiler.connect();
+  await profiler.post("Profiler.enable");
+  await profiler.post("Profiler.setSamplingInterval", { interval: 200 });
+  await profiler.post("Profiler.start");
+  if (process.env.HEAP_SAMPLE === "1") {
+    await profiler.post("HeapProfiler.enable");
+    // V8 takes these two flags; Node's typings do not list them yet.
+    const sampling = {
+      samplingInterval: 65_536,
+      includeObjectsCollectedByMajorGC: true,
+      includeObjectsCollectedByMinorGC: true,
+    };
+    await profiler.post("HeapProfiler.startSampling", sampling);
+  }
+}
 const worker = await startFlushWorker(config, {
   port: false,
   db,
@@ -80,6 +107,14 @@ process.on("SIGTERM", () => {
   void (async () => {
     await worker.close();
     await db.$disconnect();
+    if (profiler !== undefined && profileTo !== undefined) {
+      if (process.env.HEAP_SAMPLE === "1") {
+        const hp = await profiler.post("HeapProfiler.stopSampling");
+        writeFileSync(`${profileTo}.heap`, JSON.stringify(hp.profile));
+      }
+      const { profile } = await profiler.post("Profiler.stop");
+      writeFileSync(profileTo, JSON.stringify(profile));
+    }
     const cpu = process.cpuUsage();
     report.cpuSeconds = (cpu.user + cpu.system) / 1e6;
     process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0));
