@@ -28,20 +28,26 @@ import {
 
 const SEP = "\u001f";
 
-function entitySql(kind: EntityKind): string {
+/**
+ * `pico`: the spend parameter holds picodollars (mergeRows' columns), scaled
+ * to USD in SQL as upsert.ts does; otherwise it holds USD decimal text.
+ */
+function entitySql(kind: EntityKind, pico = false): string {
   const { table, keyColumns } = ENTITY_TABLES[kind];
   const keyList = keyColumns.join(", ");
   const params = keyColumns.map((_, i) => `$${i + 1}::text[]`).join(", ");
+  const spend = pico ? "spend * 0.000000000001" : "spend";
   return `INSERT INTO "${table}" AS t (${keyList}, spend, updated_at)
-    SELECT ${keyList}, spend, now() FROM unnest(${params}, $${keyColumns.length + 1}::numeric[]) AS u(${keyList}, spend)
+    SELECT ${keyList}, ${spend}, now() FROM unnest(${params}, $${keyColumns.length + 1}::numeric[]) AS u(${keyList}, spend)
     ON CONFLICT (${keyList}) DO UPDATE SET spend = t.spend + EXCLUDED.spend, updated_at = now()`;
 }
 
-function dailySql(kind: DailyKind): string {
+function dailySql(kind: DailyKind, pico = false): string {
   const { table, entityColumn } = DAILY_TABLES[kind];
   const dims = DAILY_DIMENSION_COLUMNS.join(", ");
   const counters = DAILY_COUNTER_COLUMNS.join(", ");
   const all = `${entityColumn}, ${dims}, ${counters}, spend`;
+  const values = pico ? `${entityColumn}, ${dims}, ${counters}, spend * 0.000000000001` : all;
   const params = [
     "$1::text[]",
     ...DAILY_DIMENSION_COLUMNS.map((_, i) => `$${i + 2}::text[]`),
@@ -50,7 +56,7 @@ function dailySql(kind: DailyKind): string {
   ].join(", ");
   const updates = DAILY_COUNTER_COLUMNS.map((c) => `${c} = t.${c} + EXCLUDED.${c}`).join(", ");
   return `INSERT INTO "${table}" AS t (${all}, updated_at)
-    SELECT ${all}, now() FROM unnest(${params}) AS u(${all})
+    SELECT ${values}, now() FROM unnest(${params}) AS u(${all})
     ON CONFLICT (${entityColumn}, ${dims}) DO UPDATE SET ${updates}, spend = t.spend + EXCLUDED.spend, updated_at = now()`;
 }
 
@@ -96,12 +102,12 @@ export async function rawApplyMerged(
     await fenceAndRecord(client, batchIds, fence);
     for (const kind of ENTITY_KINDS) {
       const cols = merged.entity.get(kind);
-      if (cols !== undefined) await client.query(entitySql(kind), [...cols.keys, cols.spend]);
+      if (cols !== undefined) await client.query(entitySql(kind, true), [...cols.keys, cols.spend]);
     }
     for (const kind of DAILY_KINDS) {
       const cols = merged.daily.get(kind);
       if (cols !== undefined)
-        await client.query(dailySql(kind), [
+        await client.query(dailySql(kind, true), [
           cols.entityId,
           ...cols.dims,
           ...cols.counters,

@@ -8,6 +8,14 @@ import {
   ENTITY_TABLES,
 } from "./tables.js";
 
+/**
+ * Spend arrives in picodollars (integer digits, the jobs' own strings) and is
+ * scaled here: multiplying NUMERIC by 10^-12 is exact (the scales add up to
+ * 12, spend's own), and costs PostgreSQL less than building the decimal text
+ * of every row cost the worker.
+ */
+const PICO_TO_USD = "u.pico * 0.000000000001";
+
 /** One SQL statement assembled from parts, numbering its parameters as they are added. */
 class Statement {
   readonly parts: string[] = [];
@@ -58,7 +66,7 @@ export function buildUpsert(
     ].join(", ");
     st.parts.push(
       `INSERT INTO "${table}" AS t (${keyList}, spend, updated_at)
-       SELECT ${keyList}, spend, now() FROM unnest(${params}) AS u(${keyList}, spend)
+       SELECT ${keyList}, ${PICO_TO_USD}, now() FROM unnest(${params}) AS u(${keyList}, pico)
        ON CONFLICT (${keyList}) DO UPDATE SET spend = t.spend + EXCLUDED.spend, updated_at = now()`,
     );
   }
@@ -69,7 +77,7 @@ export function buildUpsert(
   );
   for (const [kind, cols] of merged.daily) {
     const { table, entityColumn } = DAILY_TABLES[kind];
-    const all = `${entityColumn}, ${dims}, ${counters}, spend`;
+    const all = `${entityColumn}, ${dims}, ${counters}`;
     const params = [
       st.param(textArrayLiteral(cols.entityId), "text[]"),
       ...cols.dims.map((d) => st.param(textArrayLiteral(d), "text[]")),
@@ -77,8 +85,8 @@ export function buildUpsert(
       st.param(numericArrayLiteral(cols.spend), "numeric[]"),
     ].join(", ");
     st.parts.push(
-      `INSERT INTO "${table}" AS t (${all}, updated_at)
-       SELECT ${all}, now() FROM unnest(${params}) AS u(${all})
+      `INSERT INTO "${table}" AS t (${all}, spend, updated_at)
+       SELECT ${all}, ${PICO_TO_USD}, now() FROM unnest(${params}) AS u(${all}, pico)
        ON CONFLICT (${entityColumn}, ${dims}) DO UPDATE SET ${counterUpdates},
          spend = t.spend + EXCLUDED.spend, updated_at = now()`,
     );
