@@ -279,11 +279,11 @@ export class FlushWorker {
    * running: the schedule's job and a takeover would otherwise race for the
    * same lock, and one of them would only count a "lock_busy".
    */
-  private flushPartition(p: FlushPartition): Promise<FlushReport> {
+  private flushPartition(p: FlushPartition, takeOverFrom?: string): Promise<FlushReport> {
     const current = this.running.get(p.keys.partition);
     if (current !== undefined) return current;
     const run = (async (): Promise<FlushReport> => {
-      const report = await p.flusher.flushOnce();
+      const report = await p.flusher.flushOnce(takeOverFrom !== undefined ? { takeOverFrom } : {});
       // Any outcome, even "lock_busy": the schedule fires and flushes end (readiness).
       void this.redis
         .set(p.keys.flushLastRun, String(Date.now()), "PX", 86_400_000)
@@ -300,9 +300,12 @@ export class FlushWorker {
    * than at the schedule's next tick (up to worker_flush_every_seconds away):
    * after a leader dies, its backlog moves again at once, and the first flush
    * gives back the jobs the dead leader had taken (SpendDrain.reclaim). A
-   * partition whose lock the old leader still holds is tried again when that
-   * lock's lease runs out; a holder still renewing it is alive and finishing
-   * its flush, and the schedule takes over from there.
+   * partition whose lock is held by a replica that no longer leads (the dead
+   * leader: its lock outlives its leadership by up to the difference of the
+   * two leases) is taken over rather than waited for; that is safe whoever
+   * the holder is, because PostgreSQL's fence refuses a displaced holder's
+   * commit and the batch ids skip what it committed before. A lock this
+   * replica itself holds (a flush it runs, e.g. flushNow) is waited for.
    */
   private async takeOver(): Promise<void> {
     await Promise.all(
@@ -312,6 +315,16 @@ export class FlushWorker {
           const report = await this.flushPartition(p).catch(() => undefined);
           if (report?.outcome !== "lock_busy") return;
           const holder = await p.lock.holder().catch(() => null);
+          if (holder !== null && FlushLock.holderOf(holder.token) !== this.workerId) {
+            if (this.closed || !this.leading) return;
+            this.deps.logger.warn(
+              { partition: p.keys.partition, holder: FlushLock.holderOf(holder.token) },
+              "the flush lock is held by a replica that no longer leads: taking it over",
+            );
+            const taken = await this.flushPartition(p, holder.token).catch(() => undefined);
+            if (taken?.outcome !== "lock_busy") return;
+            continue;
+          }
           const waitMs = Math.min((holder?.ttlMs ?? 0) + 50, p.lock.leaseMs);
           await new Promise((r) => setTimeout(r, waitMs).unref());
         }

@@ -128,7 +128,11 @@ export class Flusher {
     this.dbMetrics = persistMetrics(registry, "flush");
   }
 
-  async flushOnce(): Promise<FlushReport> {
+  /**
+   * `takeOverFrom`: a lock token whose holder no longer leads the flush (it
+   * died holding the lock): the lock is taken from it rather than waited for.
+   */
+  async flushOnce(opts: { takeOverFrom?: string } = {}): Promise<FlushReport> {
     const report: FlushReport = {
       outcome: "empty",
       transactions: 0,
@@ -144,7 +148,10 @@ export class Flusher {
       reclaimed: 0,
       durationMs: 0,
     };
-    const lease = await this.lock.acquire();
+    const lease =
+      opts.takeOverFrom !== undefined
+        ? await this.lock.takeOver(opts.takeOverFrom)
+        : await this.lock.acquire();
     if (lease === null) {
       report.outcome = "lock_busy";
       this.metrics.recordFlush(report.outcome);
