@@ -31,6 +31,8 @@ export interface RecoveryResult {
   pendingAtKill: number;
   /** Second worker spawned (right after the kill) to ready. */
   startMs: number;
+  /** Second worker spawned to its first committing flush taking the lock: the wait for leases. */
+  resumedMs: number;
   /** Second worker spawned to every job committed and acknowledged: the figure. */
   recoveredMs: number;
   /** Batches the second worker found already applied (the dead one committed them, never acked). */
@@ -73,6 +75,10 @@ export async function measureRecovery(
       killedAfterMs: killedAt - first.readyAt,
       pendingAtKill,
       startMs: second.readyAt - second.spawnedAt,
+      resumedMs:
+        report.commits.length > 0
+          ? Math.min(...report.commits.map((c) => c.at - c.ms)) - second.spawnedAt
+          : Number.NaN,
       recoveredMs: recoveredAt - second.spawnedAt,
       duplicates: report.duplicates,
       outcomes: report.outcomes,
@@ -81,7 +87,7 @@ export async function measureRecovery(
     };
     progress(
       S,
-      `everything committed ${(result.recoveredMs / 1000).toFixed(2)} s after the new worker was spawned (${result.duplicates} batches it found already applied); ${reconciliation.ok ? "reconciled exactly" : `RECONCILIATION FAILED: ${reconciliation.mismatchedRows} rows differ`}`,
+      `everything committed ${(result.recoveredMs / 1000).toFixed(2)} s after the new worker was spawned (its first flush took the lock after ${(result.resumedMs / 1000).toFixed(2)} s; ${result.duplicates} batches it found already applied); ${reconciliation.ok ? "reconciled exactly" : `RECONCILIATION FAILED: ${reconciliation.mismatchedRows} rows differ`}`,
     );
     return result;
   } finally {

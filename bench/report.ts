@@ -358,7 +358,7 @@ function recoveryMarkdown(r: RecoveryResult): string[] {
   L.push(
     `The same backlog (${r.backlog.jobs} jobs); a worker with the default configuration drains it and is SIGKILLed once half the jobs are acknowledged ` +
       `(${n(r.killedAfterMs / 1000)} s in, ${r.pendingAtKill} jobs pending); a new worker process is spawned at once. ` +
-      `It was ready ${n(r.startMs / 1000)} s after its spawn, and **everything was committed ${n(r.recoveredMs / 1000)} s after its spawn**; ` +
+      `It was ready ${n(r.startMs / 1000)} s after its spawn, its first flush took the lock ${n(r.resumedMs / 1000)} s after its spawn, and **everything was committed ${n(r.recoveredMs / 1000)} s after its spawn**; ` +
       `it found ${r.duplicates} batches already applied by the dead worker (committed, not acknowledged). ` +
       `PostgreSQL ${r.reconciliation.ok ? "reconciled exactly with the producers' ledger" : "**did not reconcile**"}.`,
   );

@@ -18,7 +18,7 @@ import {
   PartitionMismatchError,
 } from "../queue/partitions.js";
 import { openSpendQueues, type SpendQueues } from "../queue/spend-queues.js";
-import { Flusher, type FlushReport, type FlushStep } from "./flusher.js";
+import { Flusher, type FlusherOptions, type FlushReport } from "./flusher.js";
 import { SpendDrain } from "./spend-drain.js";
 
 export interface FlushWorkerDeps {
@@ -28,7 +28,7 @@ export interface FlushWorkerDeps {
   logger: Logger;
   /** Identifies this replica in the lock's value. */
   holderId?: string;
-  onStep?: (step: FlushStep) => Promise<void> | void;
+  onStep?: FlusherOptions["onStep"];
   /** See FlusherOptions.idleInTransactionTimeoutMs. */
   idleInTransactionTimeoutMs?: number;
   /** Called after every flush, e.g. by tests waiting for the backlog to clear. */
