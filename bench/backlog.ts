@@ -23,6 +23,8 @@ import { SpendMetrics } from "../src/observe/metrics.js";
 import type { SpendQueues } from "../src/queue/spend-queues.js";
 import { createSpendProducer } from "../src/wiring/create-producer.js";
 import { Ledger } from "../test/support/ledger.js";
+import { RowMerger } from "../src/persist/merge.js";
+import type { TakeLimits } from "../src/flush/spend-drain.js";
 
 export interface BacklogPlan {
   /** Gateways, each with its own producer (id, seed, Redis connection). */
@@ -129,39 +131,47 @@ async function readBacklog(queues: SpendQueues): Promise<{
 
 /**
  * Groups jobs into transactions the way SpendDrain.take does: entity jobs
- * first up to half the rows, then daily jobs with the rest, at least one job,
- * at most maxJobs. The raw reference then writes the same transactions.
+ * first until the rows they merge into reach half of maxRows, then daily
+ * jobs until all reach maxRows (at least one job of each), never more than
+ * maxJobs jobs or maxSealedRows rows as sealed. The raw reference then writes
+ * the same transactions. (The flush fetches a few jobs at a time, so its
+ * transactions can end a job or two later: close, not identical.)
  */
 export function groupAsTaken(
   jobs: { entity: BacklogJob[]; daily: BacklogJob[] },
-  maxJobs: number,
-  maxRows: number,
+  limits: TakeLimits,
 ): BacklogJob[][] {
   const out: BacklogJob[][] = [];
   let e = 0;
   let d = 0;
   while (e < jobs.entity.length || d < jobs.daily.length) {
     const group: BacklogJob[] = [];
-    const half = Math.max(1, Math.ceil(maxJobs / 2));
-    let rows = 0;
-    let taken = 0;
-    while (e < jobs.entity.length && taken < half && rows < Math.ceil(maxRows / 2)) {
+    const merger = new RowMerger();
+    const half = Math.max(1, Math.ceil(limits.maxJobs / 2));
+    let sealed = 0;
+    while (
+      e < jobs.entity.length &&
+      group.length < half &&
+      (group.length === 0 ||
+        (merger.entityRows < Math.ceil(limits.maxRows / 2) &&
+          sealed < Math.ceil(limits.maxSealedRows / 2)))
+    ) {
       const j = jobs.entity[e++] as BacklogJob;
       group.push(j);
-      rows += j.rows;
-      taken++;
+      sealed += j.rows;
+      merger.addEntity(j.entity ?? []);
     }
-    const entityRows = rows;
-    let dailyRows = 0;
+    const fromDaily = group.length;
     while (
       d < jobs.daily.length &&
-      taken < maxJobs &&
-      dailyRows < Math.max(1, maxRows - entityRows)
+      group.length < limits.maxJobs &&
+      (group.length === fromDaily ||
+        (merger.entityRows + merger.dailyRows < limits.maxRows && sealed < limits.maxSealedRows))
     ) {
       const j = jobs.daily[d++] as BacklogJob;
       group.push(j);
-      dailyRows += j.rows;
-      taken++;
+      sealed += j.rows;
+      merger.addDaily(j.daily ?? []);
     }
     out.push(group);
   }

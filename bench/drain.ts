@@ -11,6 +11,7 @@
 import pg from "pg";
 import type { TrafficShape } from "../src/demo/traffic.js";
 import { mergeRows } from "../src/persist/merge.js";
+import { SEALED_ROWS_PER_ROW_WRITTEN } from "../src/flush/flusher.js";
 import type { SpendQueues } from "../src/queue/spend-queues.js";
 import { openSpendQueues } from "../src/queue/spend-queues.js";
 import { createRedis, type RedisClient } from "../src/redis/connection.js";
@@ -230,11 +231,12 @@ async function rawReference(
   const client = new pg.Client({ connectionString: t.url });
   await client.connect();
   try {
-    const groups = groupAsTaken(
-      backlog,
-      config.worker.maxJobsPerFlush,
-      plan.maxRowsPerTransaction ?? config.worker.maxRowsPerTransaction,
-    );
+    const maxRows = plan.maxRowsPerTransaction ?? config.worker.maxRowsPerTransaction;
+    const groups = groupAsTaken(backlog, {
+      maxJobs: config.worker.maxJobsPerFlush,
+      maxRows,
+      maxSealedRows: SEALED_ROWS_PER_ROW_WRITTEN * maxRows,
+    });
     // Merged before the clock starts: the reference measures PostgreSQL, not the merge.
     const txs = groups.map((g) => ({
       ids: g.map((j) => j.batchId),

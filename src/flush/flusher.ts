@@ -16,7 +16,10 @@ import type { SpendDrain, Taken } from "./spend-drain.js";
 export interface FlusherOptions {
   /** Most spend jobs one transaction applies. Default 1 000. */
   maxJobsPerFlush?: number;
-  /** Jobs are taken until their rows reach this (at least one job). Default: max_rows_per_transaction's. */
+  /**
+   * Jobs are taken until the rows they merge into (what the transaction
+   * writes) reach this, at least one job. Default: max_rows_per_transaction's.
+   */
   maxRowsPerTransaction?: number;
   /** A flush keeps draining (transaction after transaction) for at most this long. Default 60 000 ms. */
   maxFlushMs?: number;
@@ -48,6 +51,27 @@ export interface FlusherOptions {
 }
 
 /**
+ * A transaction writes at most max_rows_per_transaction rows (merged: one per
+ * database row), and takes jobs holding at most this many times that as
+ * sealed: in a backlog, gateways' batches repeat keys, and merging more of
+ * them per transaction writes fewer rows for the same spend; the factor
+ * bounds the jobs held in memory (at most three transactions' worth: one
+ * being acknowledged, one open, one prepared).
+ */
+export const SEALED_ROWS_PER_ROW_WRITTEN = 4;
+
+/** A prepared transaction's size, for the steps that report it. */
+function sizeOf(t: PreparedTransaction, n: number): StepInfo {
+  const m = t.premerged.merged;
+  return {
+    transaction: n,
+    jobs: t.jobs.length,
+    rows: t.taken.rows,
+    writes: m.entityRowCount + m.dailyRowCount,
+  };
+}
+
+/**
  * Points of a flush a test can stop at: "prepared" when a transaction's jobs
  * are taken and merged (the next one's, while the current transaction runs),
  * "drained" when a prepared transaction is about to open, "in-transaction"
@@ -61,8 +85,12 @@ export type FlushStep =
 /** Where a step is: `transaction` numbers the flush's transactions from 1 (0 for "locked"). */
 export interface StepInfo {
   transaction: number;
-  /** For "prepared" and "drained": the jobs (valid and poison) that transaction applies. */
+  /** For "prepared" and "drained": the jobs (valid and poison) that transaction applies, */
   jobs?: number;
+  /** their rows as sealed, */
+  rows?: number;
+  /** and the rows they merge into: what the transaction writes. */
+  writes?: number;
 }
 
 export type FlushOutcome =
@@ -190,7 +218,7 @@ export class Flusher {
         const cur = await ahead.result();
         ahead = undefined;
         if (cur.jobs.length === 0) break;
-        await this.opts.onStep?.("drained", { transaction: n, jobs: cur.jobs.length });
+        await this.opts.onStep?.("drained", sizeOf(cur, n));
         if (cur.taken.more && Date.now() - started < this.maxFlushMs)
           ahead = this.prepareAhead(lease, keeper, held, n + 1);
 
@@ -304,15 +332,18 @@ export class Flusher {
       // Taking jobs under a lease already lost would only strand them.
       keeper.assertHeld();
       const prepared = await prepareTransaction(this.drain, {
-        maxJobs: this.maxJobs,
-        maxRows: this.maxRows,
+        limits: {
+          maxJobs: this.maxJobs,
+          maxRows: this.maxRows,
+          maxSealedRows: SEALED_ROWS_PER_ROW_WRITTEN * this.maxRows,
+        },
         token: lease.token,
         ...(this.opts.appliedBatchRetentionDays !== undefined
           ? { retentionDays: this.opts.appliedBatchRetentionDays }
           : {}),
         onTaken: (job) => held.add(job),
       });
-      await this.opts.onStep?.("prepared", { transaction: n, jobs: prepared.jobs.length });
+      await this.opts.onStep?.("prepared", sizeOf(prepared, n));
       return prepared;
     };
     return new InFlight(work());

@@ -1,14 +1,15 @@
 import type { Job } from "bullmq";
 import type { BatchToApply } from "../persist/apply-batches.js";
 import { storable } from "../persist/dead-letters.js";
+import { RowMerger } from "../persist/merge.js";
 import { premerge, type Premerged } from "../persist/premerge.js";
-import type { SpendDrain, Taken } from "./spend-drain.js";
+import type { SpendDrain, Taken, TakeLimits } from "./spend-drain.js";
 
 /**
  * One flush transaction's work, done before the transaction opens: its jobs
- * taken (active under the lease's token), validated, turned into batches,
- * merged to one row per database row and written out as the upsert
- * statement. The flush prepares the next transaction this way while
+ * taken (active under the lease's token), validated and merged to one row
+ * per database row as they arrive, turned into batches, and the merged rows
+ * written out as the upsert statement. The flush prepares the next transaction this way while
  * PostgreSQL writes the current one.
  */
 export interface PreparedTransaction {
@@ -22,8 +23,7 @@ export interface PreparedTransaction {
 }
 
 export interface PrepareOptions {
-  maxJobs: number;
-  maxRows: number;
+  limits: TakeLimits;
   token: string;
   retentionDays?: number;
   /** Hears of each job the moment it is taken (the flush's set of jobs it must give back on failure). */
@@ -35,12 +35,15 @@ export async function prepareTransaction(
   opts: PrepareOptions,
 ): Promise<PreparedTransaction> {
   const startedAt = performance.now();
-  const taken = await drain.take(opts.maxJobs, opts.maxRows, opts.token, opts.onTaken);
+  // Rows are merged as their jobs arrive: the take stops on what the
+  // transaction will write, and the merge is done by the time it has.
+  const merger = new RowMerger();
+  const taken = await drain.take(opts.limits, opts.token, opts.onTaken, merger);
   const batches = toBatches(taken);
   return {
     taken,
     batches,
-    premerged: premerge(batches, opts.retentionDays),
+    premerged: premerge(batches, merger.finish(), opts.retentionDays),
     jobs: [...taken.jobs.map((t) => t.job), ...taken.poison.map((p) => p.job)],
     startedAt,
   };

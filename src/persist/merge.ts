@@ -63,47 +63,83 @@ export function mergeRows(
   entityRows: Iterable<readonly EntityRow[]>,
   dailyRows: Iterable<readonly DailyRow[]>,
 ): MergedRows {
+  const m = new RowMerger();
+  for (const rows of entityRows) m.addEntity(rows);
+  for (const rows of dailyRows) m.addDaily(rows);
+  return m.finish();
+}
+
+/**
+ * mergeRows one batch at a time: a flush adds jobs as it takes them and
+ * stops once the rows they merge into (what its transaction will write and
+ * lock) reach its bound.
+ */
+export class RowMerger {
   // Keyed by the first id only, never by a key string built per row: with a
   // backlog of hundreds of thousands of rows, building and hashing those
   // strings was most of the merge's time and memory. The second id (a team
   // member's team; "" for every other kind) is compared in a short list.
-  const entityAcc = new Map<EntityKind, Map<string, EntityAcc | EntityAcc[]>>();
-  for (const k of ENTITY_KINDS) entityAcc.set(k, new Map());
-  for (const rows of entityRows) {
+  private readonly entityAcc = new Map<EntityKind, Map<string, EntityAcc | EntityAcc[]>>();
+  // Keyed by entity id, then api key: the other dimensions (date, model, ...)
+  // usually have one value per such pair; a pair with several keeps a short
+  // list, compared field by field.
+  private readonly dailyAcc = new Map<DailyKind, Map<string, Map<string, DailyAcc | DailyAcc[]>>>();
+  /** Distinct entity rows so far. */
+  entityRows = 0;
+  /** Distinct daily rows so far. */
+  dailyRows = 0;
+
+  constructor() {
+    for (const k of ENTITY_KINDS) this.entityAcc.set(k, new Map());
+    for (const k of DAILY_KINDS) this.dailyAcc.set(k, new Map());
+  }
+
+  addEntity(rows: readonly EntityRow[]): void {
     for (const row of rows) {
-      const m = entityAcc.get(row[0]);
+      const m = this.entityAcc.get(row[0]);
       if (m === undefined) continue;
       const found = m.get(row[1]);
       let acc: EntityAcc | undefined;
-      if (found === undefined) m.set(row[1], { row, spend: undefined });
-      else if (Array.isArray(found)) {
+      if (found === undefined) {
+        m.set(row[1], { row, spend: undefined });
+        this.entityRows++;
+      } else if (Array.isArray(found)) {
         acc = found.find((x) => x.row[2] === row[2]);
-        if (acc === undefined) found.push({ row, spend: undefined });
+        if (acc === undefined) {
+          found.push({ row, spend: undefined });
+          this.entityRows++;
+        }
       } else if (found.row[2] === row[2]) acc = found;
-      else m.set(row[1], [found, { row, spend: undefined }]);
+      else {
+        m.set(row[1], [found, { row, spend: undefined }]);
+        this.entityRows++;
+      }
       if (acc !== undefined) acc.spend = add(acc.spend ?? sumOf(acc.row[3]), row[3]);
     }
   }
 
-  // Keyed by entity id, then api key: the other dimensions (date, model, ...)
-  // usually have one value per such pair; a pair with several keeps a short
-  // list, compared field by field.
-  const dailyAcc = new Map<DailyKind, Map<string, Map<string, DailyAcc | DailyAcc[]>>>();
-  for (const k of DAILY_KINDS) dailyAcc.set(k, new Map());
-  for (const rows of dailyRows) {
+  addDaily(rows: readonly DailyRow[]): void {
     for (const row of rows) {
-      const byEntity = dailyAcc.get(row[0]);
+      const byEntity = this.dailyAcc.get(row[0]);
       if (byEntity === undefined) continue;
       let m = byEntity.get(row[1]);
       if (m === undefined) byEntity.set(row[1], (m = new Map<string, DailyAcc | DailyAcc[]>()));
       const found = m.get(row[3]);
       let acc: DailyAcc | undefined;
-      if (found === undefined) m.set(row[3], { row, sums: undefined });
-      else if (Array.isArray(found)) {
+      if (found === undefined) {
+        m.set(row[3], { row, sums: undefined });
+        this.dailyRows++;
+      } else if (Array.isArray(found)) {
         acc = found.find((x) => sameContext(x.row, row));
-        if (acc === undefined) found.push({ row, sums: undefined });
+        if (acc === undefined) {
+          found.push({ row, sums: undefined });
+          this.dailyRows++;
+        }
       } else if (sameContext(found.row, row)) acc = found;
-      else m.set(row[3], [found, { row, sums: undefined }]);
+      else {
+        m.set(row[3], [found, { row, sums: undefined }]);
+        this.dailyRows++;
+      }
       if (acc !== undefined) {
         const sums = (acc.sums ??= countsOf(acc.row));
         for (let i = 0; i < 8; i++) sums[i] = add(sums[i] as Sum, row[9 + i] as Count);
@@ -111,6 +147,16 @@ export function mergeRows(
     }
   }
 
+  /** The merged rows, each table's sorted by key. */
+  finish(): MergedRows {
+    return columns(this.entityAcc, this.dailyAcc);
+  }
+}
+
+function columns(
+  entityAcc: ReadonlyMap<EntityKind, Map<string, EntityAcc | EntityAcc[]>>,
+  dailyAcc: ReadonlyMap<DailyKind, Map<string, Map<string, DailyAcc | DailyAcc[]>>>,
+): MergedRows {
   const merged: MergedRows = {
     entity: new Map(),
     daily: new Map(),

@@ -1,5 +1,5 @@
 import type { DailyRow, EntityRow } from "../contract/spend-batch.js";
-import { mergeRows, type MergedRows } from "./merge.js";
+import type { MergedRows } from "./merge.js";
 import { buildUpsert, type UpsertStatement } from "./upsert.js";
 
 /**
@@ -25,11 +25,15 @@ export interface PremergeBatch {
   daily?: readonly DailyRow[];
 }
 
-export function premerge(batches: readonly PremergeBatch[], retentionDays?: number): Premerged {
-  const merged = mergeRows(
-    batches.map((b) => b.entity ?? []),
-    batches.map((b) => b.daily ?? []),
-  );
+/**
+ * `merged`: the rows of exactly these batches, merged (mergeRows, or a
+ * RowMerger fed each batch's rows as it was taken).
+ */
+export function premerge(
+  batches: readonly PremergeBatch[],
+  merged: MergedRows,
+  retentionDays?: number,
+): Premerged {
   return {
     batchIds: batches.map((b) => b.batchId),
     merged,

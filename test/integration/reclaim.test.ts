@@ -32,7 +32,10 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 async function lapsedHolder(): Promise<{ lease: Lease; taken: Taken }> {
   const lease = await h.lock("old-holder", 300).acquire();
   assert.ok(lease !== null);
-  const taken = await h.drain.take(1_000, 1_000_000, lease.token);
+  const taken = await h.drain.take(
+    { maxJobs: 1_000, maxRows: 1_000_000, maxSealedRows: 1_000_000 },
+    lease.token,
+  );
   assert.equal(taken.more, false, "it took every job");
   return { lease, taken };
 }
