@@ -177,6 +177,14 @@ export class FlushWorker {
 
   private async run(): Promise<void> {
     const { config, logger } = this.deps;
+    // The first transaction of a process opens its connection and readies
+    // Prisma's query path: a few hundred ms, better spent now than in the
+    // first flush (after a takeover, the flush a backlog is waiting for).
+    // PostgreSQL away or slow: the first flush will say so; start-up waits 2 s at most.
+    const warm = this.deps.db
+      .$transaction((tx) => tx.$executeRawUnsafe("SELECT 1"))
+      .catch(() => undefined);
+    await Promise.race([warm, new Promise((r) => setTimeout(r, 2_000).unref())]);
     await Promise.all(this.partitions.map((p) => p.drain.start()));
     // Upsert, not add: every replica declares the same schedules, and
     // re-declaring one with a new interval updates it in place.

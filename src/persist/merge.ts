@@ -167,12 +167,20 @@ function columns(
     if (m.size === 0) continue;
     const sorted = flatten(m.values(), []);
     sorted.sort(compareEntity);
+    // Columns sized once and filled in place: grown push by push, they were
+    // copied over and over, a large share of a flush's garbage.
+    const n = sorted.length;
     const twoKeys = kind === "team_member";
-    const cols: EntityColumns = { keys: twoKeys ? [[], []] : [[]], spend: [] };
-    for (const { row, spend } of sorted) {
-      cols.keys[0]?.push(row[1]);
-      if (twoKeys) cols.keys[1]?.push(row[2]);
-      cols.spend.push(spend === undefined ? row[3] : countOf(spend));
+    const cols: EntityColumns = {
+      keys: twoKeys ? [new Array<string>(n), new Array<string>(n)] : [new Array<string>(n)],
+      spend: new Array<Count>(n),
+    };
+    const [first, second = []] = cols.keys as [string[], string[]?];
+    for (let r = 0; r < n; r++) {
+      const { row, spend } = sorted[r] as EntityAcc;
+      first[r] = row[1];
+      if (twoKeys) second[r] = row[2];
+      cols.spend[r] = spend === undefined ? row[3] : countOf(spend);
     }
     merged.entity.set(kind, cols);
     merged.entityRowCount += sorted.length;
@@ -182,21 +190,25 @@ function columns(
     const sorted: DailyAcc[] = [];
     for (const m of byEntity.values()) flatten(m.values(), sorted);
     sorted.sort(compareDaily);
+    const n = sorted.length;
     const cols: DailyColumns = {
-      entityId: [],
-      dims: Array.from({ length: 7 }, () => []),
-      counters: Array.from({ length: 7 }, () => []),
-      spend: [],
+      entityId: new Array<string>(n),
+      dims: Array.from({ length: 7 }, () => new Array<string>(n)),
+      counters: Array.from({ length: 7 }, () => new Array<Count>(n)),
+      spend: new Array<Count>(n),
     };
-    for (const { row, sums } of sorted) {
-      cols.entityId.push(row[1]);
-      for (let i = 0; i < 7; i++) cols.dims[i]?.push(row[2 + i] as string);
+    const dims = cols.dims;
+    const counters = cols.counters;
+    for (let r = 0; r < n; r++) {
+      const { row, sums } = sorted[r] as DailyAcc;
+      cols.entityId[r] = row[1];
+      for (let i = 0; i < 7; i++) (dims[i] as string[])[r] = row[2 + i] as string;
       if (sums === undefined) {
-        for (let i = 0; i < 7; i++) cols.counters[i]?.push(row[9 + i] as Count);
-        cols.spend.push(row[16]);
+        for (let i = 0; i < 7; i++) (counters[i] as Count[])[r] = row[9 + i] as Count;
+        cols.spend[r] = row[16];
       } else {
-        for (let i = 0; i < 7; i++) cols.counters[i]?.push(countOf(sums[i] as Sum));
-        cols.spend.push(countOf(sums[7] as Sum));
+        for (let i = 0; i < 7; i++) (counters[i] as Count[])[r] = countOf(sums[i] as Sum);
+        cols.spend[r] = countOf(sums[7] as Sum);
       }
     }
     merged.daily.set(kind, cols);
