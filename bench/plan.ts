@@ -1,5 +1,6 @@
 import type { TrafficShape } from "../src/demo/traffic.js";
 import type { CrashPlan } from "./crash-loss.js";
+import type { DrainPlan } from "./drain.js";
 
 /**
  * Realistic cardinality for the benchmark: thousands of keys and users,
@@ -132,6 +133,8 @@ export interface PartitionsPlan {
 export interface BenchPlan {
   smoke: boolean;
   crash: CrashPlan;
+  /** Sections 7 and 8: one backlog, drained by one worker, and drained across a SIGKILL. */
+  drain: DrainPlan;
   producer: ProducerPlan;
   gateway: GatewayPlan;
   flush: FlushPlan;
@@ -162,6 +165,8 @@ const PIPELINE_COMMON = {
 export const FULL_PLAN: BenchPlan = {
   smoke: false,
   crash: { trials: 5, runMs: 4_000, randomMs: 3_000, litellmRunMs: 12_000, spoolEvents: 100_000 },
+  // 16 gateways × 30 seal intervals of 300 events: 960 jobs, the backlog of issue 23.
+  drain: { producers: 16, intervals: 30, eventsPerInterval: 300, timeoutMs: 300_000 },
   producer: {
     hotPool: 1_000,
     eventsPerRep: 200_000,
@@ -215,6 +220,13 @@ export const FULL_PLAN: BenchPlan = {
 export const SMOKE_PLAN: BenchPlan = {
   smoke: true,
   crash: { trials: 1, runMs: 2_500, randomMs: 500, litellmRunMs: 2_500, spoolEvents: 10_000 },
+  drain: {
+    producers: 4,
+    intervals: 5,
+    eventsPerInterval: 100,
+    timeoutMs: 60_000,
+    maxRowsPerTransaction: 1_000,
+  },
   producer: {
     hotPool: 1_000,
     eventsPerRep: 20_000,

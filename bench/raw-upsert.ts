@@ -10,6 +10,7 @@
 import type pg from "pg";
 import { picoToDecimal } from "../src/contract/money.js";
 import type { BatchToApply, Fence } from "../src/persist/apply-batches.js";
+import type { MergedRows } from "../src/persist/merge.js";
 import {
   DAILY_COUNTER_COLUMNS,
   DAILY_DIMENSION_COLUMNS,
@@ -27,20 +28,26 @@ import {
 
 const SEP = "\u001f";
 
-function entitySql(kind: EntityKind): string {
+/**
+ * `pico`: the spend parameter holds picodollars (mergeRows' columns), scaled
+ * to USD in SQL as upsert.ts does; otherwise it holds USD decimal text.
+ */
+function entitySql(kind: EntityKind, pico = false): string {
   const { table, keyColumns } = ENTITY_TABLES[kind];
   const keyList = keyColumns.join(", ");
   const params = keyColumns.map((_, i) => `$${i + 1}::text[]`).join(", ");
+  const spend = pico ? "spend * 0.000000000001" : "spend";
   return `INSERT INTO "${table}" AS t (${keyList}, spend, updated_at)
-    SELECT ${keyList}, spend, now() FROM unnest(${params}, $${keyColumns.length + 1}::numeric[]) AS u(${keyList}, spend)
+    SELECT ${keyList}, ${spend}, now() FROM unnest(${params}, $${keyColumns.length + 1}::numeric[]) AS u(${keyList}, spend)
     ON CONFLICT (${keyList}) DO UPDATE SET spend = t.spend + EXCLUDED.spend, updated_at = now()`;
 }
 
-function dailySql(kind: DailyKind): string {
+function dailySql(kind: DailyKind, pico = false): string {
   const { table, entityColumn } = DAILY_TABLES[kind];
   const dims = DAILY_DIMENSION_COLUMNS.join(", ");
   const counters = DAILY_COUNTER_COLUMNS.join(", ");
   const all = `${entityColumn}, ${dims}, ${counters}, spend`;
+  const values = pico ? `${entityColumn}, ${dims}, ${counters}, spend * 0.000000000001` : all;
   const params = [
     "$1::text[]",
     ...DAILY_DIMENSION_COLUMNS.map((_, i) => `$${i + 2}::text[]`),
@@ -49,8 +56,70 @@ function dailySql(kind: DailyKind): string {
   ].join(", ");
   const updates = DAILY_COUNTER_COLUMNS.map((c) => `${c} = t.${c} + EXCLUDED.${c}`).join(", ");
   return `INSERT INTO "${table}" AS t (${all}, updated_at)
-    SELECT ${all}, now() FROM unnest(${params}) AS u(${all})
+    SELECT ${values}, now() FROM unnest(${params}) AS u(${all})
     ON CONFLICT (${entityColumn}, ${dims}) DO UPDATE SET ${updates}, spend = t.spend + EXCLUDED.spend, updated_at = now()`;
+}
+
+/** The fence check and the batch ids, as applyBatches does first. */
+async function fenceAndRecord(
+  client: pg.Client,
+  batchIds: readonly string[],
+  fence: Fence,
+): Promise<void> {
+  const fenced = await client.query(
+    `INSERT INTO spend_flush_fence AS f (partition, token, holder, updated_at)
+     VALUES ($1, $2::int8, $3, now())
+     ON CONFLICT (partition) DO UPDATE SET token = EXCLUDED.token, holder = EXCLUDED.holder, updated_at = now()
+       WHERE f.token < EXCLUDED.token OR (f.token = EXCLUDED.token AND f.holder = EXCLUDED.holder)
+     RETURNING token::text`,
+    [fence.partition, fence.token.toString(), fence.holder],
+  );
+  if (fenced.rowCount !== 1) throw new Error("raw baseline fenced off");
+  await client.query(
+    `INSERT INTO spend_applied_batch (batch_id, fence)
+     SELECT id, $2::int8 FROM unnest($1::text[]) AS t(id)
+     ON CONFLICT (batch_id) DO NOTHING
+     RETURNING batch_id`,
+    [batchIds, fence.token.toString()],
+  );
+}
+
+/**
+ * The drain section's reference: rows already merged (one per database row,
+ * keys sorted, as mergeRows leaves them) written in one transaction with the
+ * fence and the batch ids, one hand-written multi-row upsert per table, the
+ * arrays passed as pg's own array parameters. What PostgreSQL needs to absorb
+ * a transaction's rows when nothing else (Redis, parsing, merging) is in the way.
+ */
+export async function rawApplyMerged(
+  client: pg.Client,
+  merged: MergedRows,
+  batchIds: readonly string[],
+  fence: Fence,
+): Promise<number> {
+  await client.query("BEGIN");
+  try {
+    await fenceAndRecord(client, batchIds, fence);
+    for (const kind of ENTITY_KINDS) {
+      const cols = merged.entity.get(kind);
+      if (cols !== undefined) await client.query(entitySql(kind, true), [...cols.keys, cols.spend]);
+    }
+    for (const kind of DAILY_KINDS) {
+      const cols = merged.daily.get(kind);
+      if (cols !== undefined)
+        await client.query(dailySql(kind, true), [
+          cols.entityId,
+          ...cols.dims,
+          ...cols.counters,
+          cols.spend,
+        ]);
+    }
+    await client.query("COMMIT");
+  } catch (err) {
+    await client.query("ROLLBACK").catch(() => undefined);
+    throw err;
+  }
+  return merged.entityRowCount + merged.dailyRowCount;
 }
 
 const byKey = <T>(a: [string, T], b: [string, T]): number =>
@@ -80,21 +149,10 @@ export async function rawApply(
   let rows = 0;
   await client.query("BEGIN");
   try {
-    const fenced = await client.query(
-      `INSERT INTO spend_flush_fence AS f (partition, token, holder, updated_at)
-       VALUES ($1, $2::int8, $3, now())
-       ON CONFLICT (partition) DO UPDATE SET token = EXCLUDED.token, holder = EXCLUDED.holder, updated_at = now()
-         WHERE f.token < EXCLUDED.token OR (f.token = EXCLUDED.token AND f.holder = EXCLUDED.holder)
-       RETURNING token::text`,
-      [fence.partition, fence.token.toString(), fence.holder],
-    );
-    if (fenced.rowCount !== 1) throw new Error("raw baseline fenced off");
-    await client.query(
-      `INSERT INTO spend_applied_batch (batch_id, fence)
-       SELECT id, $2::int8 FROM unnest($1::text[]) AS t(id)
-       ON CONFLICT (batch_id) DO NOTHING
-       RETURNING batch_id`,
-      [batches.map((b) => b.batchId), fence.token.toString()],
+    await fenceAndRecord(
+      client,
+      batches.map((b) => b.batchId),
+      fence,
     );
     // Same lock order as upsertMerged: tables in kind order, keys sorted.
     for (const kind of ENTITY_KINDS) {

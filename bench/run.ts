@@ -5,10 +5,11 @@
  * results go to bench/results/tmp/ so CI or a quick check never overwrites
  * the last full run's figures.
  *
- * Options: --smoke, --only=producer,flush,pipeline,partitions,crash (a subset, for development).
+ * Options: --smoke, --only=producer,flush,pipeline,partitions,crash,drain,recovery (a subset, for development).
  */
 import { fileURLToPath } from "node:url";
 import { measureCrashLoss, type CrashLossResult } from "./crash-loss.js";
+import { measureDrain, type DrainResult } from "./drain.js";
 import { measureFlushThroughput, type FlushThroughputResult } from "./flush-throughput.js";
 import { machineInfo } from "./machine.js";
 import {
@@ -20,14 +21,23 @@ import { runPipeline, type PipelineRunResult } from "./pipeline.js";
 import { FULL_PLAN, SMOKE_PLAN, type BenchPlan } from "./plan.js";
 import { measureGatewayOverhead, type GatewayOverheadResult } from "./gateway-overhead.js";
 import { measureProducerCostPinned, type PinnedProducerCost } from "./producer-cost.js";
+import { measureRecovery, type RecoveryResult } from "./recovery.js";
 import type { SinkMode } from "./protocol.js";
 import { writeResults } from "./report.js";
 import { Resources } from "./resources.js";
 import { evaluateBars, summarizeModes, type BenchResults } from "./summary.js";
 import { errorMessage, median, progress, round } from "./util.js";
 
-type Section = "producer" | "flush" | "pipeline" | "partitions" | "crash";
-const SECTIONS: readonly Section[] = ["producer", "flush", "pipeline", "partitions", "crash"];
+type Section = "producer" | "flush" | "pipeline" | "partitions" | "crash" | "drain" | "recovery";
+const SECTIONS: readonly Section[] = [
+  "producer",
+  "flush",
+  "pipeline",
+  "partitions",
+  "crash",
+  "drain",
+  "recovery",
+];
 
 function parseArgs(argv: readonly string[]): { plan: BenchPlan; only: Set<Section> } {
   let plan = FULL_PLAN;
@@ -66,6 +76,8 @@ async function main(): Promise<number> {
   const paced: PipelineRunResult[] = [];
   let partitions: PartitionsResult | undefined;
   let crash: CrashLossResult | undefined;
+  let drain: DrainResult | undefined;
+  let recovery: RecoveryResult | undefined;
   const machine = await machineInfo();
   progress(
     "bench",
@@ -159,6 +171,20 @@ async function main(): Promise<number> {
         errors.push(`gateway crash loss: ${errorMessage(err)}`);
       }
     }
+    if (only.has("drain") && !interrupted) {
+      try {
+        drain = await measureDrain(plan.drain, plan.pipeline.shape, res);
+      } catch (err) {
+        errors.push(`drain: ${errorMessage(err)}`);
+      }
+    }
+    if (only.has("recovery") && !interrupted) {
+      try {
+        recovery = await measureRecovery(plan.drain, plan.pipeline.shape, res);
+      } catch (err) {
+        errors.push(`recovery: ${errorMessage(err)}`);
+      }
+    }
   } finally {
     await res.cleanup();
   }
@@ -190,6 +216,8 @@ async function main(): Promise<number> {
     modes,
     ...(partitions !== undefined ? { partitions } : {}),
     ...(crash !== undefined ? { crash } : {}),
+    ...(drain !== undefined ? { drain } : {}),
+    ...(recovery !== undefined ? { recovery } : {}),
     bars: evaluateBars(
       producer,
       gateway,
@@ -200,6 +228,8 @@ async function main(): Promise<number> {
       paced,
       plan.pipeline,
       crash,
+      drain,
+      recovery,
     ),
     errors,
     reconciled,
@@ -237,6 +267,14 @@ async function main(): Promise<number> {
     out.push(
       `  crash ${c.label} (${c.intervalSeconds} s seal interval): lost max ${round(c.maxLostSeconds)} s, median ${round(c.medianLostSeconds)} s of answered traffic over ${c.trials.length} SIGKILLs`,
     );
+  if (drain !== undefined)
+    out.push(
+      `  drain of ${drain.backlog.jobs} jobs (${drain.backlog.sealedRows} sealed rows): ${round(drain.drain.sealedRowsPerSec)} sealed rows/s in ${round(drain.drain.wallMs / 1000)} s; raw pg ${round(drain.raw.sealedRowsPerSec)} sealed rows/s; reconciled ${drain.drain.reconciliation.ok && drain.raw.reconciled ? "exactly" : "NO"}`,
+    );
+  if (recovery !== undefined)
+    out.push(
+      `  recovery after a SIGKILL at half the drain: everything committed ${round(recovery.recoveredMs / 1000)} s after the new worker's spawn (ready after ${round(recovery.startMs / 1000)} s); reconciled ${recovery.reconciliation.ok ? "exactly" : "NO"}`,
+    );
   for (const e of errors) out.push(`  ERROR ${e}`);
   out.push(`  wrote ${files.join(", ")}`);
   process.stdout.write(`${out.join("\n")}\n`);
@@ -245,6 +283,8 @@ async function main(): Promise<number> {
   // The smoke run's contract: exit non-zero unless every run reconciled exactly.
   if (only.has("pipeline") && !reconciled) return 1;
   if (only.has("partitions") && !partitionsReconciled) return 1;
+  if (drain !== undefined && !(drain.drain.reconciliation.ok && drain.raw.reconciled)) return 1;
+  if (recovery !== undefined && !recovery.reconciliation.ok) return 1;
   return 0;
 }
 

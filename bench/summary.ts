@@ -4,6 +4,7 @@
  * verdict per bar from issue 5.
  */
 import type { CrashLossResult } from "./crash-loss.js";
+import type { DrainResult } from "./drain.js";
 import type { FlushThroughputResult } from "./flush-throughput.js";
 import type { MachineInfo } from "./machine.js";
 import type { PartitionsResult } from "./partitions.js";
@@ -11,6 +12,7 @@ import type { PipelineRunResult } from "./pipeline.js";
 import type { BenchPlan, PipelinePlan } from "./plan.js";
 import type { GatewayOverheadResult } from "./gateway-overhead.js";
 import type { PinnedProducerCost } from "./producer-cost.js";
+import type { RecoveryResult } from "./recovery.js";
 import type { SinkMode } from "./protocol.js";
 import { median } from "./util.js";
 
@@ -69,6 +71,10 @@ export interface BenchResults {
   partitions?: PartitionsResult;
   /** Section 6: what a gateway SIGKILL loses. */
   crash?: CrashLossResult;
+  /** Section 7: one worker draining a backlog, next to raw pg. */
+  drain?: DrainResult;
+  /** Section 8: the same backlog drained across a worker SIGKILL. */
+  recovery?: RecoveryResult;
   bars: Bar[];
   errors: string[];
   /** Reconciliation held in every end-to-end run (the smoke run's exit code). */
@@ -178,6 +184,8 @@ export function evaluateBars(
   paced: readonly PipelineRunResult[] = [],
   pipelinePlan?: PipelinePlan,
   crash?: CrashLossResult,
+  drain?: DrainResult,
+  recovery?: RecoveryResult,
 ): Bar[] {
   const bars: Bar[] = [];
   if (producer !== undefined) {
@@ -304,6 +312,24 @@ export function evaluateBars(
       bar: "<= 1.1 s",
       value: `${fmt(crashDefault.maxLostSeconds)} s (median ${fmt(crashDefault.medianLostSeconds)} s)`,
       pass: crashDefault.maxLostSeconds <= 1.1,
+    });
+  }
+  if (drain !== undefined) {
+    const d = drain.drain;
+    const b = drain.backlog;
+    bars.push({
+      name: `drain: one worker draining ${b.jobs} jobs (${b.sealedRows} sealed rows, ${b.distinctRows} distinct) from ${b.producers} producers: sealed rows/s, exact`,
+      bar: "recorded",
+      value: `${fmt(d.sealedRowsPerSec, 0)} rows/s in ${fmt(d.wallMs / 1000, 2)} s (raw pg, same rows: ${fmt(drain.raw.sealedRowsPerSec, 0)} rows/s); ${d.reconciliation.ok ? "reconciled" : "NOT reconciled"}`,
+      pass: d.reconciliation.ok && drain.raw.reconciled,
+    });
+  }
+  if (recovery !== undefined) {
+    bars.push({
+      name: `recovery: worker SIGKILLed at half the drain (${recovery.pendingAtKill} of ${recovery.backlog.jobs} jobs pending), a new one started: all committed after its spawn, exact`,
+      bar: "<= 10 s",
+      value: `${fmt(recovery.recoveredMs / 1000, 2)} s (ready after ${fmt(recovery.startMs / 1000, 2)} s); ${recovery.reconciliation.ok ? "reconciled" : "NOT reconciled"}`,
+      pass: recovery.recoveredMs <= 10_000 && recovery.reconciliation.ok,
     });
   }
   return bars;

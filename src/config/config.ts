@@ -229,15 +229,15 @@ const spendBufferSchema = z
       .default(5)
       .describe("How often each partition's flush job is scheduled."),
     lock_lease_seconds: positiveSeconds
-      .default(30)
+      .default(5)
       .describe(
-        "The flush lock's lease (renewed every third of it while a flush runs) and the BullMQ job lock of taken jobs.",
+        "The flush lock's lease (renewed every third of it while a flush runs) and the BullMQ job lock of taken jobs. When a worker dies mid-flush, the next flush of its partition can start once this has run out, and gives back at once the jobs the dead one had taken. Shorter: faster recovery; longer: a worker may stall (GC, CPU starvation, Redis unreachable) that long without losing the lock. Safe either way: a holder that resumes after its lease lapsed is fenced off by PostgreSQL.",
       ),
     leader_lease_seconds: positiveSeconds
       .min(1)
-      .default(10)
+      .default(3)
       .describe(
-        "The flush leadership lease: one worker replica leads (takes the flush jobs, `litellm_pod_lock_manager_size` 1) and renews it every second; when it dies, another takes over once this has run out. Shorter: faster takeover; longer: a leader may stall that long without losing it.",
+        "The flush leadership lease: one worker replica leads (takes the flush jobs, `litellm_pod_lock_manager_size` 1) and renews it every second; when it dies, another takes over once this has run out, and flushes at once. Shorter: faster takeover; longer: a leader may stall that long without losing it.",
       ),
     max_jobs_per_flush: z
       .number()

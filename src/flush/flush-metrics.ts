@@ -39,6 +39,7 @@ export class FlushMetrics {
   readonly rowsCommitted: Counter<"kind">;
   readonly batchesCommitted: Counter;
   readonly duplicateBatches: Counter;
+  readonly jobsReclaimed: Counter;
   readonly poisonJobs: Counter<"queue">;
   readonly deadLetters: Counter<"queue" | "reason">;
   readonly deadLetteredRows: Counter<"queue" | "reason">;
@@ -110,6 +111,11 @@ export class FlushMetrics {
     this.duplicateBatches = new Counter({
       name: "spend_duplicate_batches_total",
       help: "Batches delivered again after they were applied, and skipped.",
+      registers,
+    });
+    this.jobsReclaimed = new Counter({
+      name: "spend_jobs_reclaimed_total",
+      help: "Spend jobs a flush found left active by an earlier lock holder whose lease had lapsed (a worker that died or stalled mid-flush), and put back in the queue at once when it took the lock.",
       registers,
     });
     this.poisonJobs = new Counter({

@@ -18,7 +18,7 @@ import {
   PartitionMismatchError,
 } from "../queue/partitions.js";
 import { openSpendQueues, type SpendQueues } from "../queue/spend-queues.js";
-import { Flusher, type FlushReport, type FlushStep } from "./flusher.js";
+import { Flusher, type FlusherOptions, type FlushReport } from "./flusher.js";
 import { SpendDrain } from "./spend-drain.js";
 
 export interface FlushWorkerDeps {
@@ -28,7 +28,7 @@ export interface FlushWorkerDeps {
   logger: Logger;
   /** Identifies this replica in the lock's value. */
   holderId?: string;
-  onStep?: (step: FlushStep) => Promise<void> | void;
+  onStep?: FlusherOptions["onStep"];
   /** See FlusherOptions.idleInTransactionTimeoutMs. */
   idleInTransactionTimeoutMs?: number;
   /** Called after every flush, e.g. by tests waiting for the backlog to clear. */
@@ -86,6 +86,9 @@ export class FlushWorker {
   private leadTimer: NodeJS.Timeout | undefined;
   private leadTick: Promise<void> | undefined;
   private maintainTimer: NodeJS.Timeout | undefined;
+  /** Each partition's flush running in this process: a scheduled one and a takeover's never overlap. */
+  private readonly running = new Map<number, Promise<FlushReport>>();
+  private takingOver: Promise<void> | undefined;
   private maintaining: Promise<void> | undefined;
   private closed = false;
   private readonly startedAt = Date.now();
@@ -174,6 +177,14 @@ export class FlushWorker {
 
   private async run(): Promise<void> {
     const { config, logger } = this.deps;
+    // The first transaction of a process opens its connection and readies
+    // Prisma's query path: a few hundred ms, better spent now than in the
+    // first flush (after a takeover, the flush a backlog is waiting for).
+    // PostgreSQL away or slow: the first flush will say so; start-up waits 2 s at most.
+    const warm = this.deps.db
+      .$transaction((tx) => tx.$executeRawUnsafe("SELECT 1"))
+      .catch(() => undefined);
+    await Promise.race([warm, new Promise((r) => setTimeout(r, 2_000).unref())]);
     await Promise.all(this.partitions.map((p) => p.drain.start()));
     // Upsert, not add: every replica declares the same schedules, and
     // re-declaring one with a new interval updates it in place.
@@ -187,12 +198,7 @@ export class FlushWorker {
         if (p === undefined) return { outcome: "unknown_partition" };
         // The count changed under this worker: its partitions are not the ones producers use.
         if (this.mismatch !== undefined) return { outcome: "partition_mismatch" };
-        const report = await p.flusher.flushOnce();
-        // Any outcome, even "lock_busy": the schedule fires and flushes end (readiness).
-        void this.redis
-          .set(p.keys.flushLastRun, String(Date.now()), "PX", 86_400_000)
-          .catch(() => undefined);
-        this.deps.onFlush?.(report);
+        const report = await this.flushPartition(p);
         return { ...report, fence: report.fence?.toString() };
       },
       {
@@ -251,6 +257,7 @@ export class FlushWorker {
     if (leads) {
       this.deps.logger.info({ worker: this.workerId }, "leads the flush");
       if (worker === undefined) return;
+      this.takingOver ??= this.takeOver().finally(() => (this.takingOver = undefined));
       if (!this.workerStarted) {
         this.workerStarted = true;
         worker
@@ -273,6 +280,64 @@ export class FlushWorker {
       );
       await worker?.pause(true).catch(() => undefined);
     }
+  }
+
+  /**
+   * Runs one flush of a partition, or joins the one this process is already
+   * running: the schedule's job and a takeover would otherwise race for the
+   * same lock, and one of them would only count a "lock_busy".
+   */
+  private flushPartition(p: FlushPartition, takeOverFrom?: string): Promise<FlushReport> {
+    const current = this.running.get(p.keys.partition);
+    if (current !== undefined) return current;
+    const run = (async (): Promise<FlushReport> => {
+      const report = await p.flusher.flushOnce(takeOverFrom !== undefined ? { takeOverFrom } : {});
+      // Any outcome, even "lock_busy": the schedule fires and flushes end (readiness).
+      void this.redis
+        .set(p.keys.flushLastRun, String(Date.now()), "PX", 86_400_000)
+        .catch(() => undefined);
+      this.deps.onFlush?.(report);
+      return report;
+    })().finally(() => this.running.delete(p.keys.partition));
+    this.running.set(p.keys.partition, run);
+    return run;
+  }
+
+  /**
+   * Flushes every partition the moment this replica starts leading, rather
+   * than at the schedule's next tick (up to worker_flush_every_seconds away):
+   * after a leader dies, its backlog moves again at once, and the first flush
+   * gives back the jobs the dead leader had taken (SpendDrain.reclaim). A
+   * partition whose lock is held by a replica that no longer leads (the dead
+   * leader: its lock outlives its leadership by up to the difference of the
+   * two leases) is taken over rather than waited for; that is safe whoever
+   * the holder is, because PostgreSQL's fence refuses a displaced holder's
+   * commit and the batch ids skip what it committed before. A lock this
+   * replica itself holds (a flush it runs, e.g. flushNow) is waited for.
+   */
+  private async takeOver(): Promise<void> {
+    await Promise.all(
+      this.partitions.map(async (p) => {
+        for (let attempt = 0; attempt < 3; attempt++) {
+          if (this.closed || !this.leading || this.mismatch !== undefined) return;
+          const report = await this.flushPartition(p).catch(() => undefined);
+          if (report?.outcome !== "lock_busy") return;
+          const holder = await p.lock.holder().catch(() => null);
+          if (holder !== null && FlushLock.holderOf(holder.token) !== this.workerId) {
+            if (this.closed || !this.leading) return;
+            this.deps.logger.warn(
+              { partition: p.keys.partition, holder: FlushLock.holderOf(holder.token) },
+              "the flush lock is held by a replica that no longer leads: taking it over",
+            );
+            const taken = await this.flushPartition(p, holder.token).catch(() => undefined);
+            if (taken?.outcome !== "lock_busy") return;
+            continue;
+          }
+          const waitMs = Math.min((holder?.ttlMs ?? 0) + 50, p.lock.leaseMs);
+          await new Promise((r) => setTimeout(r, waitMs).unref());
+        }
+      }),
+    );
   }
 
   /** Whether this replica leads the flush now (takes the flush jobs). */
@@ -394,6 +459,8 @@ export class FlushWorker {
       () => undefined,
     );
     await this.worker?.close();
+    await this.takingOver;
+    await Promise.allSettled([...this.running.values()]);
     // After the last flush ended: a standby takes over at its next tick, not after the lease.
     if (this.leading) {
       this.leading = false;

@@ -1,4 +1,6 @@
 import type { Job } from "bullmq";
+import { InFlight } from "./in-flight.js";
+import { prepareTransaction, type PreparedTransaction } from "./prepared-transaction.js";
 import { FlushLock, type Lease } from "../lock/flush-lock.js";
 import { LeaseKeeper, LeaseLostError } from "../lock/lease-keeper.js";
 import type { Logger } from "../observe/logger.js";
@@ -6,21 +8,18 @@ import { silentLogger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
 import { persistMetrics, type PersistMetrics } from "../persist/persist-metrics.js";
 import { flushMetrics, type FlushMetrics } from "./flush-metrics.js";
-import {
-  applyBatches,
-  FencedOffError,
-  type ApplyResult,
-  type BatchToApply,
-} from "../persist/apply-batches.js";
+import { applyBatches, FencedOffError, type ApplyResult } from "../persist/apply-batches.js";
 import type { Db } from "../persist/prisma.js";
-import { storable } from "../persist/dead-letters.js";
 import { retryReason, storageRefusal } from "../persist/retryable.js";
 import type { SpendDrain, Taken } from "./spend-drain.js";
 
 export interface FlusherOptions {
   /** Most spend jobs one transaction applies. Default 1 000. */
   maxJobsPerFlush?: number;
-  /** Jobs are taken until their rows reach this (at least one job). Default: max_rows_per_transaction's. */
+  /**
+   * Jobs are taken until the rows they merge into (what the transaction
+   * writes) reach this, at least one job. Default: max_rows_per_transaction's.
+   */
   maxRowsPerTransaction?: number;
   /** A flush keeps draining (transaction after transaction) for at most this long. Default 60 000 ms. */
   maxFlushMs?: number;
@@ -41,7 +40,7 @@ export interface FlusherOptions {
    * Test hook: called at named points of a flush (e.g. "before-commit"), so a
    * fault test can pause or kill the process exactly there.
    */
-  onStep?: (step: FlushStep) => Promise<void> | void;
+  onStep?: (step: FlushStep, at: StepInfo) => Promise<void> | void;
   /**
    * Called after a transaction of at least a quarter of
    * maxRowsPerTransaction rows (as sealed), with the rows per second it took
@@ -52,12 +51,47 @@ export interface FlusherOptions {
 }
 
 /**
- * Points of a flush a test can stop at: "in-transaction" is just after BEGIN
- * (before the fence check), "before-commit" after every write and the last
- * lease check, "committed" after COMMIT and before the jobs are acked.
+ * A transaction writes at most max_rows_per_transaction rows (merged: one per
+ * database row), and takes jobs holding at most this many times that as
+ * sealed: in a backlog, gateways' batches repeat keys, and merging more of
+ * them per transaction writes fewer rows for the same spend; the factor
+ * bounds the jobs held in memory (at most three transactions' worth: one
+ * being acknowledged, one open, one prepared).
+ */
+export const SEALED_ROWS_PER_ROW_WRITTEN = 4;
+
+/** A prepared transaction's size, for the steps that report it. */
+function sizeOf(t: PreparedTransaction, n: number): StepInfo {
+  const m = t.premerged.merged;
+  return {
+    transaction: n,
+    jobs: t.jobs.length,
+    rows: t.taken.rows,
+    writes: m.entityRowCount + m.dailyRowCount,
+  };
+}
+
+/**
+ * Points of a flush a test can stop at: "prepared" when a transaction's jobs
+ * are taken and merged (the next one's, while the current transaction runs),
+ * "drained" when a prepared transaction is about to open, "in-transaction"
+ * just after BEGIN (before the fence check), "before-commit" after every
+ * write and the last lease check, "committed" after COMMIT and before the
+ * jobs are acked, "acked" once they are (while the next transaction runs).
  */
 export type FlushStep =
-  "locked" | "drained" | "in-transaction" | "before-commit" | "committed" | "acked";
+  "locked" | "prepared" | "drained" | "in-transaction" | "before-commit" | "committed" | "acked";
+
+/** Where a step is: `transaction` numbers the flush's transactions from 1 (0 for "locked"). */
+export interface StepInfo {
+  transaction: number;
+  /** For "prepared" and "drained": the jobs (valid and poison) that transaction applies, */
+  jobs?: number;
+  /** their rows as sealed, */
+  rows?: number;
+  /** and the rows they merge into: what the transaction writes. */
+  writes?: number;
+}
 
 export type FlushOutcome =
   "committed" | "empty" | "lock_busy" | "fenced_off" | "lease_lost" | "failed";
@@ -77,6 +111,8 @@ export interface FlushReport {
   isolations: number;
   /** Transactions retried after a transient error (connection, serialization, deadlock). */
   retries: number;
+  /** Jobs an earlier holder had left active, put back in the queue when this flush took the lock. */
+  reclaimed: number;
   /** Lock taken to lock released, ms (0 when the lock was busy). */
   durationMs: number;
   fence?: bigint;
@@ -84,10 +120,13 @@ export interface FlushReport {
 }
 
 /**
- * One flush: take the lock, then drain → apply in one transaction → ack,
- * repeated while a backlog remains and time allows, then release the lock.
- * The flush never acks a job before its transaction commits, and never
- * commits without its fencing token being the newest.
+ * One flush: take the lock, give back what a lapsed holder left active, then
+ * drain → apply in one transaction → ack, pipelined (the next transaction's
+ * jobs are taken and merged, and the last one's acknowledged, while
+ * PostgreSQL writes the current one), while a backlog remains and time
+ * allows; then release the lock. The flush never acks a job before its
+ * transaction commits, and never commits without its fencing token being the
+ * newest.
  */
 export class Flusher {
   private readonly maxJobs: number;
@@ -117,7 +156,11 @@ export class Flusher {
     this.dbMetrics = persistMetrics(registry, "flush");
   }
 
-  async flushOnce(): Promise<FlushReport> {
+  /**
+   * `takeOverFrom`: a lock token whose holder no longer leads the flush (it
+   * died holding the lock): the lock is taken from it rather than waited for.
+   */
+  async flushOnce(opts: { takeOverFrom?: string } = {}): Promise<FlushReport> {
     const report: FlushReport = {
       outcome: "empty",
       transactions: 0,
@@ -130,9 +173,13 @@ export class Flusher {
       deadLetteredRows: 0,
       isolations: 0,
       retries: 0,
+      reclaimed: 0,
       durationMs: 0,
     };
-    const lease = await this.lock.acquire();
+    const lease =
+      opts.takeOverFrom !== undefined
+        ? await this.lock.takeOver(opts.takeOverFrom)
+        : await this.lock.acquire();
     if (lease === null) {
       report.outcome = "lock_busy";
       this.metrics.recordFlush(report.outcome);
@@ -141,36 +188,56 @@ export class Flusher {
     }
     report.fence = lease.fence;
     this.metrics.lockAcquired(this.lock.holderId);
-    let held: Job[] = [];
+    // Every job taken under this lease and not yet acknowledged: their BullMQ
+    // locks are renewed with the lease, and a flush that fails gives them all back.
+    const held = new Set<Job>();
     const keeper = new LeaseKeeper(this.lock, lease, () =>
-      this.drain.extend(held, lease.token, this.lock.leaseMs),
+      this.drain.extend([...held], lease.token, this.lock.leaseMs),
     );
     const started = Date.now();
+    // The pipeline: while transaction N runs, N + 1's jobs are taken and
+    // merged (`ahead`) and N - 1's are acknowledged (`acking`). Never more than
+    // one transaction prepared ahead (bounded memory), one transaction open
+    // (one fenced writer, sorted keys), one acknowledgement in flight, and no
+    // job acknowledged before its own transaction commits.
+    let ahead: InFlight<PreparedTransaction> | undefined;
+    let acking: InFlight<void> | undefined;
     try {
-      await this.opts.onStep?.("locked");
-      for (;;) {
-        keeper.assertHeld();
-        const txStarted = performance.now();
-        const taken = await this.drain.take(this.maxJobs, this.maxRows, lease.token);
-        held = [...taken.jobs.map((t) => t.job), ...taken.poison.map((p) => p.job)];
-        if (held.length === 0) break;
-        await this.opts.onStep?.("drained");
-
-        const result = await this.applyWithRetry(taken, lease, keeper, report);
-        report.transactions++;
-        await this.opts.onStep?.("committed");
-        await this.drain.complete(
-          taken.jobs.map((t) => t.job),
-          lease.token,
+      await this.opts.onStep?.("locked", { transaction: 0 });
+      report.reclaimed = await this.drain.reclaim(lease.token);
+      if (report.reclaimed > 0) {
+        this.metrics.jobsReclaimed.inc(report.reclaimed);
+        this.log.info(
+          { reclaimed: report.reclaimed, fence: lease.fence.toString() },
+          "spend jobs left active by an earlier lock holder whose lease lapsed: back in the queue for this flush",
         );
-        await this.drain.setAside(taken.poison, lease.token);
-        held = [];
-        await this.opts.onStep?.("acked");
-        this.reportSetAside(taken, result, report);
+      }
+      ahead = this.prepareAhead(lease, keeper, held, 1);
+      let lastCommitAt = 0;
+      for (let n = 1; ; n++) {
+        const cur = await ahead.result();
+        ahead = undefined;
+        if (cur.jobs.length === 0) break;
+        await this.opts.onStep?.("drained", sizeOf(cur, n));
+        if (cur.taken.more && Date.now() - started < this.maxFlushMs)
+          ahead = this.prepareAhead(lease, keeper, held, n + 1);
 
-        // In the producers' units: rows as sealed, before batches merge.
-        if (taken.rows >= this.maxRows / 4)
-          this.opts.onRate?.((1000 * taken.rows) / Math.max(1, performance.now() - txStarted));
+        const result = await this.applyWithRetry(cur, lease, keeper, report, n);
+        const committedAt = performance.now();
+        report.transactions++;
+        await this.opts.onStep?.("committed", { transaction: n });
+        this.reportSetAside(cur.taken, result, report);
+        // N - 1's acknowledgement has had N's transaction to finish in.
+        await acking?.result();
+        acking = new InFlight(this.acknowledge(cur, lease.token, held, n));
+
+        // In the producers' units (rows as sealed, before batches merge), over
+        // the time this transaction added to the pipeline: from the later of
+        // its jobs being taken and the previous commit, to its own commit.
+        const from = Math.max(cur.startedAt, lastCommitAt);
+        lastCommitAt = committedAt;
+        if (cur.taken.rows >= this.maxRows / 4)
+          this.opts.onRate?.((1000 * cur.taken.rows) / Math.max(1, committedAt - from));
 
         report.outcome = "committed";
         report.batches += result.applied.length;
@@ -183,8 +250,9 @@ export class Flusher {
         this.metrics.rowsCommitted.inc({ kind: "daily" }, result.dailyRows);
         this.metrics.lastSuccessfulFlush.set(Date.now() / 1000);
 
-        if (!taken.more || Date.now() - started >= this.maxFlushMs) break;
+        if (ahead === undefined) break;
       }
+      await acking?.result();
       if (report.outcome === "committed") {
         this.metrics.flushDuration.observe((Date.now() - started) / 1000);
         this.metrics.flushRows.observe({ kind: "entity" }, report.entityRows);
@@ -202,13 +270,19 @@ export class Flusher {
       if (err instanceof FencedOffError) {
         this.metrics.fencingRejections.inc();
         // If PostgreSQL has seen a newer token than Redis hands out, Redis lost
-        // its counter: raise it so the next holder can write again.
+        // its counter: raise it so the next holder can write.
         if (err.committed >= lease.fence)
           await this.lock.raiseFence(err.committed).catch(() => undefined);
       }
-      // Jobs go back to wait at once; if this fails (Redis away, lock lost),
-      // BullMQ's stalled check returns them when their locks expire.
-      await this.drain.giveBack(held, lease.token).catch(() => undefined);
+      // Whatever is in flight ends first: then every job taken is in `held`,
+      // and no acknowledgement can follow the give-back.
+      await ahead?.settled;
+      await acking?.settled;
+      // Jobs go back to wait at once; any this fails for (Redis away, lock
+      // lost) the next lock holder reclaims, or BullMQ's stalled check returns.
+      // A job whose transaction committed but whose acknowledgement failed
+      // goes back too: its batch id makes the next flush skip it.
+      await this.drain.giveBack([...held], lease.token).catch(() => undefined);
     } finally {
       keeper.stop();
       const released = await this.lock.release(lease).catch(() => undefined);
@@ -235,6 +309,7 @@ export class Flusher {
       deadLetteredRows: report.deadLetteredRows,
       isolations: report.isolations,
       retries: report.retries,
+      reclaimed: report.reclaimed,
     };
     if (report.outcome === "committed") this.log.info(figures, "flush committed");
     else if (report.outcome === "empty") this.log.debug(figures, "flush found nothing to do");
@@ -244,6 +319,50 @@ export class Flusher {
         "flush did not commit; its jobs return to the queue",
       );
     return report;
+  }
+
+  /** Starts taking and merging transaction `n`'s jobs, to be awaited later. */
+  private prepareAhead(
+    lease: Lease,
+    keeper: LeaseKeeper,
+    held: Set<Job>,
+    n: number,
+  ): InFlight<PreparedTransaction> {
+    const work = async (): Promise<PreparedTransaction> => {
+      // Taking jobs under a lease already lost would only strand them.
+      keeper.assertHeld();
+      const prepared = await prepareTransaction(this.drain, {
+        limits: {
+          maxJobs: this.maxJobs,
+          maxRows: this.maxRows,
+          maxSealedRows: SEALED_ROWS_PER_ROW_WRITTEN * this.maxRows,
+        },
+        token: lease.token,
+        ...(this.opts.appliedBatchRetentionDays !== undefined
+          ? { retentionDays: this.opts.appliedBatchRetentionDays }
+          : {}),
+        onTaken: (job) => held.add(job),
+      });
+      await this.opts.onStep?.("prepared", sizeOf(prepared, n));
+      return prepared;
+    };
+    return new InFlight(work());
+  }
+
+  /** After its transaction committed: marks its jobs completed (poison ones failed). */
+  private async acknowledge(
+    cur: PreparedTransaction,
+    token: string,
+    held: Set<Job>,
+    n: number,
+  ): Promise<void> {
+    await this.drain.complete(
+      cur.taken.jobs.map((t) => t.job),
+      token,
+    );
+    await this.drain.setAside(cur.taken.poison, token);
+    for (const j of cur.jobs) held.delete(j);
+    await this.opts.onStep?.("acked", { transaction: n });
   }
 
   /** Counts and logs, once committed, what a transaction set aside. */
@@ -273,39 +392,14 @@ export class Flusher {
   }
 
   private async applyWithRetry(
-    taken: Taken,
+    cur: PreparedTransaction,
     lease: Lease,
     keeper: LeaseKeeper,
     report: FlushReport,
+    n: number,
   ): Promise<ApplyResult> {
-    const batches: BatchToApply[] = taken.jobs.map((t): BatchToApply => {
-      const refused =
-        t.illFormed !== undefined
-          ? {
-              refused: {
-                kind: t.kind,
-                reason: "invalid_unicode" as const,
-                detail: t.illFormed.detail,
-                payload: t.illFormed.rows,
-                rows: t.illFormed.rows.length,
-              },
-            }
-          : {};
-      return t.kind === "entity"
-        ? { batchId: t.data.batchId, entity: t.data.rows, ...refused }
-        : { batchId: t.data.batchId, daily: t.data.rows, ...refused };
-    });
-    for (const p of taken.poison)
-      batches.push({
-        batchId: storable(p.job.id ?? `${p.queue}:${p.job.timestamp}`),
-        refused: {
-          kind: "job",
-          reason: "malformed",
-          detail: `${p.queue} job: ${p.reason}`,
-          payload: p.job.data,
-          rows: 0,
-        },
-      });
+    const { batches } = cur;
+    const at: StepInfo = { transaction: n };
     // Set once a refusal by PostgreSQL shows rows no retry can store: the
     // transaction is then run again finding and setting those rows aside.
     let isolate = false;
@@ -318,7 +412,7 @@ export class Flusher {
               `SELECT set_config('idle_in_transaction_session_timeout', $1, true)`,
               `${this.idleTxTimeoutMs}ms`,
             );
-            await this.opts.onStep?.("in-transaction");
+            await this.opts.onStep?.("in-transaction", at);
             const r = await applyBatches(tx, batches, {
               fence: {
                 partition: this.opts.fencePartition,
@@ -326,6 +420,7 @@ export class Flusher {
                 holder: lease.token,
               },
               isolate,
+              premerged: cur.premerged,
               beforeStatement: () => keeper.assertHeld(),
               ...(this.opts.appliedBatchRetentionDays !== undefined
                 ? { retentionDays: this.opts.appliedBatchRetentionDays }
@@ -335,7 +430,7 @@ export class Flusher {
             // until PostgreSQL's idle timeout ends the session; a writer that
             // resumes after another has committed is refused by the fence.
             keeper.assertHeld();
-            await this.opts.onStep?.("before-commit");
+            await this.opts.onStep?.("before-commit", at);
             return r;
           },
           { timeout: this.txTimeoutMs, maxWait: this.txTimeoutMs },

@@ -1,6 +1,8 @@
 import type { RedisClient } from "../redis/connection.js";
-import { Worker, type Job } from "bullmq";
+import { Job, Queue, Worker } from "bullmq";
 import type { RedisKeys } from "../redis/keys.js";
+import { checkDailyJob, checkEntityJob } from "../contract/job-check.js";
+import { RowMerger } from "../persist/merge.js";
 import {
   dailyJobPayloadSchema,
   entityJobSchema,
@@ -31,6 +33,15 @@ export interface MalformedJob {
   reason: string;
 }
 
+/** What one take may hold (SpendDrain.take). */
+export interface TakeLimits {
+  maxJobs: number;
+  /** Rows the taken jobs merge into: what their transaction writes. */
+  maxRows: number;
+  /** Rows as sealed: what the taken jobs hold in memory. */
+  maxSealedRows: number;
+}
+
 export interface Taken {
   jobs: TakenJob[];
   poison: MalformedJob[];
@@ -50,6 +61,9 @@ export interface Taken {
 export class SpendDrain {
   private readonly entity: Worker;
   private readonly daily: Worker;
+  /** The same queues, for reading which jobs are active (reclaim). */
+  private readonly entityQueue: Queue;
+  private readonly dailyQueue: Queue;
 
   constructor(
     private readonly connection: RedisClient,
@@ -69,6 +83,11 @@ export class SpendDrain {
     this.daily = new Worker(keys.dailySpendQueue, null, opts);
     this.entity.on("error", () => undefined);
     this.daily.on("error", () => undefined);
+    const queueOpts = { connection, prefix: keys.bullPrefix };
+    this.entityQueue = new Queue(keys.spendQueue, queueOpts);
+    this.dailyQueue = new Queue(keys.dailySpendQueue, queueOpts);
+    this.entityQueue.on("error", () => undefined);
+    this.dailyQueue.on("error", () => undefined);
   }
 
   /**
@@ -87,22 +106,43 @@ export class SpendDrain {
   }
 
   /**
-   * Takes up to `max` jobs under `token`, entity first (up to half of each
-   * bound), then daily, stopping once their rows reach `maxRows`.
+   * Takes jobs under `token` and merges their rows into `merger` as they
+   * arrive: entity jobs first, until the rows they merge into reach half of
+   * `maxRows`, then daily ones until all reach `maxRows` (at least one job of
+   * each queue that has any, at most `maxJobs`), and never more than
+   * `maxSealedRows` rows as sealed (what they hold in memory). Bounding the
+   * merged rows bounds what the transaction writes and locks, and lets a
+   * backlog's repeated keys (the same key, user or team in many gateways'
+   * batches) merge into fewer writes. `onTaken` hears of each job the moment
+   * it is active under the token, so a take that fails halfway still leaves
+   * the caller knowing every job it must give back.
    */
-  async take(max: number, maxRows: number, token: string): Promise<Taken> {
-    const half = Math.max(1, Math.ceil(max / 2));
-    const entity = await takeFrom(this.entity, half, Math.ceil(maxRows / 2), token);
-    const daily = await takeFrom(
-      this.daily,
-      max - entity.jobs.length,
-      Math.max(1, maxRows - entity.rows),
-      token,
-    );
-    const taken: Taken = { jobs: [], poison: [], more: !entity.empty || !daily.empty, rows: 0 };
-    for (const job of entity.jobs) {
-      const r = entityJobSchema.safeParse(job.data);
-      if (r.success) {
+  async take(
+    limits: TakeLimits,
+    token: string,
+    onTaken: (job: Job) => void = () => undefined,
+    merger: RowMerger = new RowMerger(),
+  ): Promise<Taken> {
+    const taken: Taken = { jobs: [], poison: [], more: false, rows: 0 };
+    const half = Math.max(1, Math.ceil(limits.maxJobs / 2));
+    const entityEmpty = await takeFrom(this.entity, token, onTaken, {
+      taken,
+      maxJobs: half,
+      // Rows this transaction writes (merged) and holds (sealed), so far.
+      rows: () => merger.entityRows,
+      maxRows: Math.ceil(limits.maxRows / 2),
+      maxSealedRows: Math.ceil(limits.maxSealedRows / 2),
+      read: (job) => {
+        // The hand-written check first; the schema only for what it refuses (and why).
+        const fast = checkEntityJob(job.data);
+        const r =
+          fast !== undefined
+            ? { success: true as const, data: fast }
+            : entityJobSchema.safeParse(job.data);
+        if (!r.success) {
+          taken.poison.push({ queue: "entity", job, reason: summarize(r.error.issues) });
+          return;
+        }
         const illFormed = splitIllFormed(r.data.rows, ENTITY_TEXT_COLUMNS);
         taken.jobs.push({
           kind: "entity",
@@ -111,11 +151,25 @@ export class SpendDrain {
           ...(illFormed !== undefined ? { illFormed } : {}),
         });
         taken.rows += r.data.rows.length;
-      } else taken.poison.push({ queue: "entity", job, reason: summarize(r.error.issues) });
-    }
-    for (const job of daily.jobs) {
-      const r = dailyJobPayloadSchema.safeParse(job.data);
-      if (r.success) {
+        merger.addEntity(r.data.rows);
+      },
+    });
+    const dailyEmpty = await takeFrom(this.daily, token, onTaken, {
+      taken,
+      maxJobs: limits.maxJobs,
+      rows: () => merger.entityRows + merger.dailyRows,
+      maxRows: limits.maxRows,
+      maxSealedRows: limits.maxSealedRows,
+      read: (job) => {
+        const fast = checkDailyJob(job.data);
+        const r =
+          fast !== undefined
+            ? { success: true as const, data: fast }
+            : dailyJobPayloadSchema.safeParse(job.data);
+        if (!r.success) {
+          taken.poison.push({ queue: "daily", job, reason: summarize(r.error.issues) });
+          return;
+        }
         const illFormed = splitIllFormed(r.data.rows, DAILY_TEXT_COLUMNS);
         taken.jobs.push({
           kind: "daily",
@@ -124,8 +178,10 @@ export class SpendDrain {
           ...(illFormed !== undefined ? { illFormed } : {}),
         });
         taken.rows += r.data.rows.length;
-      } else taken.poison.push({ queue: "daily", job, reason: summarize(r.error.issues) });
-    }
+        merger.addDaily(r.data.rows);
+      },
+    });
+    taken.more = !entityEmpty || !dailyEmpty;
     return taken;
   }
 
@@ -133,9 +189,56 @@ export class SpendDrain {
     await inChunks(jobs, (j) => j.moveToCompleted("flushed", token, false));
   }
 
-  /** Puts jobs back in wait after a flush that did not commit. */
+  /**
+   * Puts back in wait every job of this partition's queues left active by an
+   * earlier holder of the flush lock; returns how many. Call it holding the
+   * lock, before taking anything under `token`: only the lock holder takes
+   * spend jobs, so any job active then was taken by a holder whose lease has
+   * lapsed (dead, paused, cut off from Redis). Without it those jobs wait for
+   * BullMQ's stalled check, up to two job lock durations. Giving them to the
+   * new holder at once is safe because of what PostgreSQL checks: a resumed
+   * old holder is fenced off and cannot commit, and a batch it did commit
+   * before losing the lease is recorded and skipped (its batch id).
+   */
+  async reclaim(token: string): Promise<number> {
+    let reclaimed = 0;
+    for (const [queue, worker] of [
+      [this.entityQueue, this.entity],
+      [this.dailyQueue, this.daily],
+    ] as const) {
+      const ids = await queue.getRanges(["active"], 0, -1);
+      await inChunks(ids, async (id) => {
+        const lock = await this.connection.get(this.keys.jobLock(worker.name, id));
+        if (lock === token) return;
+        const job = await Job.fromId(worker, id);
+        if (job === undefined) return;
+        // BullMQ's moveToWait compares and deletes the lock with the token it is
+        // given, and skips that check for "0": the old holder's token when the
+        // lock is still there (so it goes too), "0" when it has expired.
+        try {
+          await job.moveToWait(lock ?? "0");
+          reclaimed++;
+        } catch {
+          // Moved on meanwhile (the stalled check returned it, or it finished): nothing to give back.
+        }
+      });
+    }
+    return reclaimed;
+  }
+
+  /**
+   * Puts jobs back in wait after a flush that did not commit. Every job is
+   * tried even if some fail (a job the next holder already reclaimed refuses
+   * this token); rejects with the first failure once all were tried.
+   */
   async giveBack(jobs: readonly Job[], token: string): Promise<void> {
-    await inChunks(jobs, (j) => j.moveToWait(token));
+    let first: Error | undefined;
+    await inChunks(jobs, (j) =>
+      j.moveToWait(token).catch((err: unknown) => {
+        first ??= err instanceof Error ? err : new Error(String(err));
+      }),
+    );
+    if (first !== undefined) throw first;
   }
 
   /**
@@ -169,55 +272,77 @@ export class SpendDrain {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.entity.close(), this.daily.close()]);
+    await Promise.all([
+      this.entity.close(),
+      this.daily.close(),
+      this.entityQueue.close(),
+      this.dailyQueue.close(),
+    ]);
   }
 }
 
 // Each getNextJob is one round trip; a few dozen in flight keep it fast without flooding Redis.
 const PARALLEL = 32;
 
-/**
- * Rows a job says it carries, in either format, before validation (a malformed
- * job counts as none; it is set aside anyway).
- */
-function rowsOf(job: Job): number {
-  const data = job.data as { rows?: unknown; groups?: unknown } | null;
-  if (Array.isArray(data?.rows)) return data.rows.length;
-  if (!Array.isArray(data?.groups)) return 0;
-  let n = 0;
-  for (const g of data.groups as unknown[]) {
-    const rows = Array.isArray(g) ? (g[1] as unknown) : undefined;
-    if (Array.isArray(rows)) n += rows.length;
-  }
-  return n;
+/** What one queue's part of a take stops at, and what it does with each job. */
+interface TakeFromQueue {
+  /** The whole take so far (both queues): its jobs and rows as sealed. */
+  taken: Taken;
+  /** Stops when the take holds this many jobs... */
+  maxJobs: number;
+  /** ...or `rows()` (merged rows so far) reaches `maxRows`, or the rows as sealed reach `maxSealedRows`. */
+  rows: () => number;
+  maxRows: number;
+  maxSealedRows: number;
+  /** Validates a job and adds it to the take (as a valid job or a poison one). */
+  read: (job: Job) => void;
 }
 
+/** Takes from one queue until its bounds are reached or it is empty; returns whether it ran empty. */
 async function takeFrom(
   worker: Worker,
-  max: number,
-  maxRows: number,
   token: string,
-): Promise<{ jobs: Job[]; rows: number; empty: boolean }> {
-  const out: Job[] = [];
-  let rows = 0;
-  let empty = false;
-  while (!empty && out.length < max && rows < maxRows) {
+  onTaken: (job: Job) => void,
+  q: TakeFromQueue,
+): Promise<boolean> {
+  const jobsAtStart = q.taken.jobs.length + q.taken.poison.length;
+  const rowsAtStart = q.rows();
+  const sealedAtStart = q.taken.rows;
+  const jobs = (): number => q.taken.jobs.length + q.taken.poison.length;
+  for (let first = true; ; first = false) {
+    const fromHere = jobs() - jobsAtStart;
+    const rows = q.rows();
+    const sealed = q.taken.rows;
+    if (jobs() >= q.maxJobs) return false;
+    // At least one job from this queue; then until a bound is reached.
+    if (!first && (rows >= q.maxRows || sealed >= q.maxSealedRows)) return false;
     // A fetched job cannot be given back cheaply, so fetch about as many as
-    // the rows left allow, judged by the jobs taken so far (one to start).
-    const perJob = out.length === 0 ? maxRows : Math.max(1, rows / out.length);
-    const n = Math.min(PARALLEL, max - out.length, Math.ceil((maxRows - rows) / perJob));
+    // the bounds still allow, judged by what each job added so far (one to start).
+    let n = 1;
+    if (fromHere > 0) {
+      const perJob = Math.max(1, (rows - rowsAtStart) / fromHere);
+      const perJobSealed = Math.max(1, (sealed - sealedAtStart) / fromHere);
+      n = Math.min(
+        PARALLEL,
+        q.maxJobs - jobs(),
+        Math.ceil((q.maxRows - rows) / perJob),
+        Math.ceil((q.maxSealedRows - sealed) / perJobSealed),
+      );
+    }
     const got = await Promise.all(
-      Array.from({ length: n }, () => worker.getNextJob(token, { block: false })),
+      Array.from({ length: Math.max(1, n) }, async () => {
+        const j = await worker.getNextJob(token, { block: false });
+        if (j !== undefined && j !== null) onTaken(j);
+        return j;
+      }),
     );
+    let empty = false;
     for (const j of got) {
       if (j === undefined || j === null) empty = true;
-      else {
-        out.push(j);
-        rows += rowsOf(j);
-      }
+      else q.read(j);
     }
+    if (empty) return true;
   }
-  return { jobs: out, rows, empty };
 }
 
 async function inChunks<T>(items: readonly T[], fn: (item: T) => Promise<unknown>): Promise<void> {

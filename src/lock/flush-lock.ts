@@ -38,6 +38,31 @@ export class FlushLock {
     return { token, fence: BigInt(fence as number | string), acquiredAt: Date.now() };
   }
 
+  /**
+   * Takes the lock from the holder whose token is `from` (compare-and-set),
+   * with a new fencing token; null if the lock no longer holds `from`. For a
+   * new flush leader whose predecessor stopped leading while still holding
+   * the lock (died mid-flush): it need not wait out the lease, because the
+   * fence refuses the displaced holder's commits and the batch ids skip what
+   * it did commit.
+   */
+  async takeOver(from: string): Promise<Lease | null> {
+    const token = `${this.holderId}:${randomUUID()}`;
+    const fence = await lockScripts.takeOver.run(
+      this.redis,
+      [this.keys.flushLock, this.keys.flushFence],
+      [from, token, this.leaseMs],
+    );
+    if (fence === 0 || fence === null) return null;
+    return { token, fence: BigInt(fence as number | string), acquiredAt: Date.now() };
+  }
+
+  /** The holder id part of a lock token (`<holderId>:<uuid>`). */
+  static holderOf(token: string): string {
+    const at = token.lastIndexOf(":");
+    return at < 0 ? token : token.slice(0, at);
+  }
+
   async extend(lease: Lease): Promise<boolean> {
     return (
       (await lockScripts.extend.run(

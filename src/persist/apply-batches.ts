@@ -3,7 +3,8 @@ import type { DailyRow, EntityRow } from "../contract/spend-batch.js";
 import { insertDeadLetters, type DeadLetter, type DeadLetterReason } from "./dead-letters.js";
 import { applyIsolating, type RefusedRow } from "./isolate.js";
 import type { Tx } from "./prisma.js";
-import { upsertMerged } from "./upsert.js";
+import type { Premerged } from "./premerge.js";
+import { runUpsert, upsertMerged } from "./upsert.js";
 
 export { upsertMerged };
 
@@ -45,6 +46,11 @@ export interface ApplyOptions {
   /** See IsolationOptions. */
   maxIsolationStatements?: number;
   beforeStatement?: () => void;
+  /**
+   * The batches merged ahead (premerge.ts), used when every batch is fresh;
+   * otherwise the fresh ones are merged here, as without it.
+   */
+  premerged?: Premerged;
 }
 
 /** A batch (or part of one) set aside in this transaction. */
@@ -149,6 +155,10 @@ export async function applyBatches(
     letters.push(...lettersOf(iso.refused, letters));
     if (opts.retentionDays !== undefined)
       await upsertMerged(tx, mergeRows([], []), opts.retentionDays);
+  } else if (premergedFits(opts.premerged, todo, batches, opts.retentionDays)) {
+    await runUpsert(tx, opts.premerged.statement);
+    entityRows = opts.premerged.merged.entityRowCount;
+    dailyRows = opts.premerged.merged.dailyRowCount;
   } else {
     const merged = mergeRows(
       todo.map((b) => b.entity ?? []),
@@ -173,6 +183,22 @@ export async function applyBatches(
       ...(l.sqlState !== undefined ? { sqlState: l.sqlState } : {}),
     })),
   };
+}
+
+/**
+ * Whether rows merged ahead are exactly what this call must write: built from
+ * these batches, all of them fresh (a batch applied before must not be added
+ * again), with the same retention.
+ */
+function premergedFits(
+  p: Premerged | undefined,
+  todo: readonly BatchToApply[],
+  batches: readonly BatchToApply[],
+  retentionDays: number | undefined,
+): p is Premerged {
+  if (p === undefined || todo.length !== batches.length) return false;
+  if (p.retentionDays !== retentionDays || p.batchIds.length !== batches.length) return false;
+  return batches.every((b, i) => b.batchId === p.batchIds[i]);
 }
 
 /**

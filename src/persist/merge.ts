@@ -1,4 +1,3 @@
-import { picoDigitsToDecimal, picoToDecimal } from "../contract/money.js";
 import {
   DAILY_KINDS,
   ENTITY_KINDS,
@@ -19,17 +18,21 @@ import {
 export interface EntityColumns {
   /** One array per key column (1 or 2), aligned with spend. */
   keys: string[][];
-  /** NUMERIC text, exact. */
-  spend: string[];
+  /**
+   * Spend in picodollars, a row's own digits or an exact sum (upsert.ts
+   * scales it to NUMERIC in SQL, exactly): a row seen once costs no new value.
+   */
+  spend: Count[];
 }
 
 export interface DailyColumns {
   entityId: string[];
   /** date, api_key, model, model_group, provider, mcp tool, endpoint. */
   dims: string[][];
-  /** The seven counters as int8 text. */
-  counters: string[][];
-  spend: string[];
+  /** The seven counters: the rows' own numbers or digit strings, int8 to PostgreSQL. */
+  counters: Count[][];
+  /** Picodollars, as EntityColumns.spend. */
+  spend: Count[];
 }
 
 export interface MergedRows {
@@ -39,69 +42,121 @@ export interface MergedRows {
   dailyRowCount: number;
 }
 
-const SEP = "\u001f";
-const compareKeys = (a: [string, unknown], b: [string, unknown]): number =>
-  a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0;
-
 /**
- * A database row's spend so far. Most keys occur once per flush (a producer
+ * A database row's spend so far. Many keys occur once per flush (a producer
  * seals each row once per interval), so a key seen once keeps only its row and
- * is written from the row's own text; a repeated key sums into bigints.
+ * is written from the row's own text; a repeated key sums, in plain numbers
+ * while they stay exact (no allocation), in bigints past that.
  */
 interface EntityAcc {
   row: EntityRow;
-  spend: bigint | undefined;
+  spend: Sum | undefined;
 }
 
 interface DailyAcc {
   row: DailyRow;
   /** The seven counters and the spend, once a second row for the key arrived. */
-  sums: bigint[] | undefined;
+  sums: Sum[] | undefined;
 }
 
 export function mergeRows(
   entityRows: Iterable<readonly EntityRow[]>,
   dailyRows: Iterable<readonly DailyRow[]>,
 ): MergedRows {
-  const entityAcc = new Map<EntityKind, Map<string, EntityAcc>>();
-  for (const k of ENTITY_KINDS) entityAcc.set(k, new Map());
-  for (const rows of entityRows) {
+  const m = new RowMerger();
+  for (const rows of entityRows) m.addEntity(rows);
+  for (const rows of dailyRows) m.addDaily(rows);
+  return m.finish();
+}
+
+/**
+ * mergeRows one batch at a time: a flush adds jobs as it takes them and
+ * stops once the rows they merge into (what its transaction will write and
+ * lock) reach its bound.
+ */
+export class RowMerger {
+  // Keyed by the first id only, never by a key string built per row: with a
+  // backlog of hundreds of thousands of rows, building and hashing those
+  // strings was most of the merge's time and memory. The second id (a team
+  // member's team; "" for every other kind) is compared in a short list.
+  private readonly entityAcc = new Map<EntityKind, Map<string, EntityAcc | EntityAcc[]>>();
+  // Keyed by entity id, then api key: the other dimensions (date, model, ...)
+  // usually have one value per such pair; a pair with several keeps a short
+  // list, compared field by field.
+  private readonly dailyAcc = new Map<DailyKind, Map<string, Map<string, DailyAcc | DailyAcc[]>>>();
+  /** Distinct entity rows so far. */
+  entityRows = 0;
+  /** Distinct daily rows so far. */
+  dailyRows = 0;
+
+  constructor() {
+    for (const k of ENTITY_KINDS) this.entityAcc.set(k, new Map());
+    for (const k of DAILY_KINDS) this.dailyAcc.set(k, new Map());
+  }
+
+  addEntity(rows: readonly EntityRow[]): void {
     for (const row of rows) {
-      const m = entityAcc.get(row[0]);
+      const m = this.entityAcc.get(row[0]);
       if (m === undefined) continue;
-      const key = row[1] + SEP + row[2];
-      const acc = m.get(key);
-      if (acc === undefined) m.set(key, { row, spend: undefined });
-      else acc.spend = (acc.spend ?? BigInt(acc.row[3])) + BigInt(row[3]);
+      const found = m.get(row[1]);
+      let acc: EntityAcc | undefined;
+      if (found === undefined) {
+        m.set(row[1], { row, spend: undefined });
+        this.entityRows++;
+      } else if (Array.isArray(found)) {
+        acc = found.find((x) => x.row[2] === row[2]);
+        if (acc === undefined) {
+          found.push({ row, spend: undefined });
+          this.entityRows++;
+        }
+      } else if (found.row[2] === row[2]) acc = found;
+      else {
+        m.set(row[1], [found, { row, spend: undefined }]);
+        this.entityRows++;
+      }
+      if (acc !== undefined) acc.spend = add(acc.spend ?? sumOf(acc.row[3]), row[3]);
     }
   }
 
-  // Keyed by entity id and api key only: building and hashing the whole
-  // eight-part key of every row cost more than the rest of the merge. The
-  // other dimensions (date, model, ...) usually have one value per such pair;
-  // a pair with several keeps a short list, compared field by field.
-  const dailyAcc = new Map<DailyKind, Map<string, DailyAcc | DailyAcc[]>>();
-  for (const k of DAILY_KINDS) dailyAcc.set(k, new Map());
-  for (const rows of dailyRows) {
+  addDaily(rows: readonly DailyRow[]): void {
     for (const row of rows) {
-      const m = dailyAcc.get(row[0]);
-      if (m === undefined) continue;
-      const key = row[1] + SEP + row[3];
-      const found = m.get(key);
+      const byEntity = this.dailyAcc.get(row[0]);
+      if (byEntity === undefined) continue;
+      let m = byEntity.get(row[1]);
+      if (m === undefined) byEntity.set(row[1], (m = new Map<string, DailyAcc | DailyAcc[]>()));
+      const found = m.get(row[3]);
       let acc: DailyAcc | undefined;
-      if (found === undefined) m.set(key, { row, sums: undefined });
-      else if (Array.isArray(found)) {
+      if (found === undefined) {
+        m.set(row[3], { row, sums: undefined });
+        this.dailyRows++;
+      } else if (Array.isArray(found)) {
         acc = found.find((x) => sameContext(x.row, row));
-        if (acc === undefined) found.push({ row, sums: undefined });
+        if (acc === undefined) {
+          found.push({ row, sums: undefined });
+          this.dailyRows++;
+        }
       } else if (sameContext(found.row, row)) acc = found;
-      else m.set(key, [found, { row, sums: undefined }]);
+      else {
+        m.set(row[3], [found, { row, sums: undefined }]);
+        this.dailyRows++;
+      }
       if (acc !== undefined) {
         const sums = (acc.sums ??= countsOf(acc.row));
-        for (let i = 0; i < 8; i++) sums[i] = (sums[i] as bigint) + BigInt(row[9 + i] as Count);
+        for (let i = 0; i < 8; i++) sums[i] = add(sums[i] as Sum, row[9 + i] as Count);
       }
     }
   }
 
+  /** The merged rows, each table's sorted by key. */
+  finish(): MergedRows {
+    return columns(this.entityAcc, this.dailyAcc);
+  }
+}
+
+function columns(
+  entityAcc: ReadonlyMap<EntityKind, Map<string, EntityAcc | EntityAcc[]>>,
+  dailyAcc: ReadonlyMap<DailyKind, Map<string, Map<string, DailyAcc | DailyAcc[]>>>,
+): MergedRows {
   const merged: MergedRows = {
     entity: new Map(),
     daily: new Map(),
@@ -110,46 +165,77 @@ export function mergeRows(
   };
   for (const [kind, m] of entityAcc) {
     if (m.size === 0) continue;
-    const sorted = [...m.entries()].sort(compareKeys);
+    const sorted = flatten(m.values(), []);
+    sorted.sort(compareEntity);
+    // Columns sized once and filled in place: grown push by push, they were
+    // copied over and over, a large share of a flush's garbage.
+    const n = sorted.length;
     const twoKeys = kind === "team_member";
-    const cols: EntityColumns = { keys: twoKeys ? [[], []] : [[]], spend: [] };
-    for (const [, { row, spend }] of sorted) {
-      cols.keys[0]?.push(row[1]);
-      if (twoKeys) cols.keys[1]?.push(row[2]);
-      cols.spend.push(spend === undefined ? picoDigitsToDecimal(row[3]) : picoToDecimal(spend));
+    const cols: EntityColumns = {
+      keys: twoKeys ? [new Array<string>(n), new Array<string>(n)] : [new Array<string>(n)],
+      spend: new Array<Count>(n),
+    };
+    const [first, second = []] = cols.keys as [string[], string[]?];
+    for (let r = 0; r < n; r++) {
+      const { row, spend } = sorted[r] as EntityAcc;
+      first[r] = row[1];
+      if (twoKeys) second[r] = row[2];
+      cols.spend[r] = spend === undefined ? row[3] : countOf(spend);
     }
     merged.entity.set(kind, cols);
     merged.entityRowCount += sorted.length;
   }
-  for (const [kind, m] of dailyAcc) {
-    if (m.size === 0) continue;
+  for (const [kind, byEntity] of dailyAcc) {
+    if (byEntity.size === 0) continue;
     const sorted: DailyAcc[] = [];
-    for (const v of m.values()) {
-      if (Array.isArray(v)) for (const x of v) sorted.push(x);
-      else sorted.push(v);
-    }
+    for (const m of byEntity.values()) flatten(m.values(), sorted);
     sorted.sort(compareDaily);
+    const n = sorted.length;
     const cols: DailyColumns = {
-      entityId: [],
-      dims: Array.from({ length: 7 }, () => []),
-      counters: Array.from({ length: 7 }, () => []),
-      spend: [],
+      entityId: new Array<string>(n),
+      dims: Array.from({ length: 7 }, () => new Array<string>(n)),
+      counters: Array.from({ length: 7 }, () => new Array<Count>(n)),
+      spend: new Array<Count>(n),
     };
-    for (const { row, sums } of sorted) {
-      cols.entityId.push(row[1]);
-      for (let i = 0; i < 7; i++) cols.dims[i]?.push(row[2 + i] as string);
+    const dims = cols.dims;
+    const counters = cols.counters;
+    for (let r = 0; r < n; r++) {
+      const { row, sums } = sorted[r] as DailyAcc;
+      cols.entityId[r] = row[1];
+      for (let i = 0; i < 7; i++) (dims[i] as string[])[r] = row[2 + i] as string;
       if (sums === undefined) {
-        for (let i = 0; i < 7; i++) cols.counters[i]?.push(countText(row[9 + i] as Count));
-        cols.spend.push(picoDigitsToDecimal(row[16]));
+        for (let i = 0; i < 7; i++) (counters[i] as Count[])[r] = row[9 + i] as Count;
+        cols.spend[r] = row[16];
       } else {
-        for (let i = 0; i < 7; i++) cols.counters[i]?.push((sums[i] as bigint).toString());
-        cols.spend.push(picoToDecimal(sums[7] as bigint));
+        for (let i = 0; i < 7; i++) (counters[i] as Count[])[r] = countOf(sums[i] as Sum);
+        cols.spend[r] = countOf(sums[7] as Sum);
       }
     }
     merged.daily.set(kind, cols);
     merged.dailyRowCount += sorted.length;
   }
   return merged;
+}
+
+/** Appends to `out` the accumulators of a map whose values are one or a short list of them. */
+function flatten<T extends object>(values: Iterable<T | T[]>, out: T[]): T[] {
+  for (const v of values) {
+    if (Array.isArray(v)) for (const x of v) out.push(x);
+    else out.push(v);
+  }
+  return out;
+}
+
+/**
+ * By id, then second id, each by UTF-16 code units (the order `<` gives):
+ * the order every writer locks entity rows in.
+ */
+function compareEntity(x: EntityAcc, y: EntityAcc): number {
+  const a = x.row;
+  const b = y.row;
+  if (a[1] !== b[1]) return a[1] < b[1] ? -1 : 1;
+  if (a[2] !== b[2]) return a[2] < b[2] ? -1 : 1;
+  return 0;
 }
 
 /** Same date, api key, model, model group, provider, MCP tool and endpoint. */
@@ -159,9 +245,8 @@ function sameContext(a: DailyRow, b: DailyRow): boolean {
 }
 
 /**
- * By entity id, then date, api key, model, ...: the order of the eight
- * columns joined with a separator below every character an id may hold, as
- * every writer sorts them (the lock order).
+ * By entity id, then date, api key, model, ...: column by column, each by
+ * UTF-16 code units, as every writer sorts them (the lock order).
  */
 function compareDaily(x: DailyAcc, y: DailyAcc): number {
   const a = x.row;
@@ -174,13 +259,33 @@ function compareDaily(x: DailyAcc, y: DailyAcc): number {
   return 0;
 }
 
-function countsOf(row: DailyRow): bigint[] {
-  const out: bigint[] = [];
-  for (let i = 9; i < 17; i++) out.push(BigInt(row[i] as Count));
+function countsOf(row: DailyRow): Sum[] {
+  const out: Sum[] = [];
+  for (let i = 9; i < 17; i++) out.push(sumOf(row[i] as Count));
   return out;
 }
 
-/** A counter as int8 text: a number prints as its digits, a string count already is them. */
-function countText(c: Count): string {
-  return typeof c === "number" ? String(c) : String(BigInt(c));
+/** A running sum: a number while it is an exact integer, a bigint past 2^53. */
+type Sum = number | bigint;
+
+/** A count or picodollar digits (validated: a safe integer, or 1-38 digits) as a Sum. */
+function sumOf(c: Count): Sum {
+  if (typeof c === "number") return c;
+  // Up to 15 digits is below 2^53: exact as a number.
+  return c.length <= 15 ? Number(c) : BigInt(c);
+}
+
+function add(a: Sum, b: Count): Sum {
+  const n = sumOf(b);
+  if (typeof a === "number" && typeof n === "number") {
+    // Both below 2^53: a sum past it cannot round down to it, so this check is exact.
+    const s = a + n;
+    if (s <= Number.MAX_SAFE_INTEGER) return s;
+  }
+  return BigInt(a) + BigInt(n);
+}
+
+/** A Sum as PostgreSQL reads it: a number as it is, a bigint as its digits. */
+function countOf(s: Sum): Count {
+  return typeof s === "number" ? s : s.toString();
 }

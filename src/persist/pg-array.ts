@@ -13,20 +13,23 @@ const ESCAPES = /["\\]/g;
 
 /** Every element double-quoted: ids may hold commas, braces, spaces or the word NULL. */
 export function textArrayLiteral(values: readonly string[]): string {
-  let out = "{";
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i] as string;
-    if (i > 0) out += ",";
-    out += NEEDS_ESCAPE.test(v) ? `"${v.replace(ESCAPES, "\\$&")}"` : `"${v}"`;
-  }
-  return out + "}";
+  if (values.length === 0) return "{}";
+  // Almost always nothing to escape: one join then builds the literal in one
+  // allocation, where appending element by element made a string per step.
+  for (const v of values) if (NEEDS_ESCAPE.test(v)) return escapedTextArrayLiteral(values);
+  return `{"${values.join('","')}"}`;
+}
+
+function escapedTextArrayLiteral(values: readonly string[]): string {
+  const quoted = values.map((v) => `"${v.replace(ESCAPES, "\\$&")}"`);
+  return `{${quoted.join(",")}}`;
 }
 
 /**
- * Elements written bare: only for text already known to be a number
- * (int8 counters, NUMERIC from picoToDecimal), which holds no quote,
- * comma, brace or space.
+ * Elements written bare: only for values already known to be numbers
+ * (int8 counters, picodollar digits), which hold no quote, comma, brace or
+ * space. Numbers are joined as they are, never first made strings one by one.
  */
-export function numericArrayLiteral(values: readonly string[]): string {
+export function numericArrayLiteral(values: readonly (string | number)[]): string {
   return `{${values.join(",")}}`;
 }

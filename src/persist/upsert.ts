@@ -8,6 +8,14 @@ import {
   ENTITY_TABLES,
 } from "./tables.js";
 
+/**
+ * Spend arrives in picodollars (integer digits, the jobs' own strings) and is
+ * scaled here: multiplying NUMERIC by 10^-12 is exact (the scales add up to
+ * 12, spend's own), and costs PostgreSQL less than building the decimal text
+ * of every row cost the worker.
+ */
+const PICO_TO_USD = "u.pico * 0.000000000001";
+
 /** One SQL statement assembled from parts, numbering its parameters as they are added. */
 class Statement {
   readonly parts: string[] = [];
@@ -34,6 +42,20 @@ export async function upsertMerged(
   merged: MergedRows,
   alsoPurgeBatchesOlderThanDays?: number,
 ): Promise<void> {
+  await runUpsert(tx, buildUpsert(merged, alsoPurgeBatchesOlderThanDays));
+}
+
+/** upsertMerged's statement, ready to run: built ahead of its transaction, it costs nothing there. */
+export interface UpsertStatement {
+  sql: string;
+  params: string[];
+}
+
+/** upsertMerged's statement, or undefined when there is nothing to write. */
+export function buildUpsert(
+  merged: MergedRows,
+  alsoPurgeBatchesOlderThanDays?: number,
+): UpsertStatement | undefined {
   const st = new Statement();
   for (const [kind, cols] of merged.entity) {
     const { table, keyColumns } = ENTITY_TABLES[kind];
@@ -44,7 +66,7 @@ export async function upsertMerged(
     ].join(", ");
     st.parts.push(
       `INSERT INTO "${table}" AS t (${keyList}, spend, updated_at)
-       SELECT ${keyList}, spend, now() FROM unnest(${params}) AS u(${keyList}, spend)
+       SELECT ${keyList}, ${PICO_TO_USD}, now() FROM unnest(${params}) AS u(${keyList}, pico)
        ON CONFLICT (${keyList}) DO UPDATE SET spend = t.spend + EXCLUDED.spend, updated_at = now()`,
     );
   }
@@ -55,7 +77,7 @@ export async function upsertMerged(
   );
   for (const [kind, cols] of merged.daily) {
     const { table, entityColumn } = DAILY_TABLES[kind];
-    const all = `${entityColumn}, ${dims}, ${counters}, spend`;
+    const all = `${entityColumn}, ${dims}, ${counters}`;
     const params = [
       st.param(textArrayLiteral(cols.entityId), "text[]"),
       ...cols.dims.map((d) => st.param(textArrayLiteral(d), "text[]")),
@@ -63,8 +85,8 @@ export async function upsertMerged(
       st.param(numericArrayLiteral(cols.spend), "numeric[]"),
     ].join(", ");
     st.parts.push(
-      `INSERT INTO "${table}" AS t (${all}, updated_at)
-       SELECT ${all}, now() FROM unnest(${params}) AS u(${all})
+      `INSERT INTO "${table}" AS t (${all}, spend, updated_at)
+       SELECT ${all}, ${PICO_TO_USD}, now() FROM unnest(${params}) AS u(${all}, pico)
        ON CONFLICT (${entityColumn}, ${dims}) DO UPDATE SET ${counterUpdates},
          spend = t.spend + EXCLUDED.spend, updated_at = now()`,
     );
@@ -76,7 +98,11 @@ export async function upsertMerged(
        WHERE applied_at < now() - make_interval(days => ${st.param(String(alsoPurgeBatchesOlderThanDays), "int")})`,
     );
   }
-  if (st.parts.length === 0) return;
+  if (st.parts.length === 0) return undefined;
   const ctes = st.parts.map((sql, i) => `w${i} AS (${sql})`).join(",\n");
-  await tx.$executeRawUnsafe(`WITH ${ctes}\nSELECT 1`, ...st.params);
+  return { sql: `WITH ${ctes}\nSELECT 1`, params: st.params };
+}
+
+export async function runUpsert(tx: Tx, statement: UpsertStatement | undefined): Promise<void> {
+  if (statement !== undefined) await tx.$executeRawUnsafe(statement.sql, ...statement.params);
 }

@@ -54,6 +54,12 @@ export interface RedisKeys {
    * client's key, so any key the client may send makes a well-formed name.
    */
   idempotencyClaim(keyHash: string): string;
+  /**
+   * BullMQ's lock of one job taken from a queue under this prefix (its value
+   * is the taking flush's token): a new flush lock holder reads it to give
+   * back the jobs a lapsed holder left active.
+   */
+  jobLock(queue: string, jobId: string): string;
 }
 
 const PREFIX = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -68,8 +74,9 @@ export function redisKeys(prefix: string, partition = 0): RedisKeys {
     throw new Error(`partition must be a non-negative integer, got ${partition}`);
   }
   const p = partition === 0 ? "" : `-p${partition}`;
+  const bullPrefix = `${prefix}:bull`;
   return {
-    bullPrefix: `${prefix}:bull`,
+    bullPrefix,
     spendQueue: `{spend-update${p}}`,
     dailySpendQueue: `{daily-spend-update${p}}`,
     flushQueue: "{spend-flush}",
@@ -91,6 +98,8 @@ export function redisKeys(prefix: string, partition = 0): RedisKeys {
         throw new Error("an idempotency claim is named by a SHA-256 in hex");
       return `${prefix}:idempotency:${keyHash}`;
     },
+    // BullMQ's own layout: <prefix>:<queue>:<job id>, and ":lock" after it.
+    jobLock: (queue, jobId) => `${bullPrefix}:${queue}:${jobId}:lock`,
   };
 }
 

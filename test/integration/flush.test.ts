@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, it } from "node:test";
 import { silentLogger } from "../../src/observe/logger.js";
 import { applyBatches, FencedOffError } from "../../src/persist/apply-batches.js";
+import type { FlusherOptions } from "../../src/flush/flusher.js";
 import { DAILY_JOB, ENTITY_JOB } from "../../src/queue/spend-queues.js";
 import { trafficGenerator } from "../../src/demo/traffic.js";
 import { readTotals, diffTotals } from "../support/db-totals.js";
@@ -133,13 +134,8 @@ describe("flush", () => {
       .flusher({
         maxJobsPerFlush: 1_000,
         maxRowsPerTransaction: 100,
-        onStep: async (step) => {
-          if (step !== "drained") return;
-          const active = await Promise.all([
-            h.queues.entity.getActiveCount(),
-            h.queues.daily.getActiveCount(),
-          ]);
-          held.push(active[0] + active[1]);
+        onStep: (step, at) => {
+          if (step === "drained") held.push(at.jobs ?? 0);
         },
       })
       .flushOnce();
@@ -149,6 +145,55 @@ describe("flush", () => {
     // ones (at least one job): never the 1 000 jobs max_jobs_per_flush would allow.
     assert.ok(Math.max(...held) <= 4, `transactions held ${held.join(", ")} jobs`);
     assert.ok(r.transactions >= Math.ceil(jobs / 4), `took ${r.transactions} transactions`);
+    await assertTotals(ledger);
+  });
+
+  /** Each "drained" transaction's jobs, rows as sealed and rows it writes. */
+  const sizesOf = (
+    sizes: { jobs: number; rows: number; writes: number }[],
+  ): Partial<FlusherOptions> => ({
+    onStep: (step, at) => {
+      if (step === "drained")
+        sizes.push({ jobs: at.jobs ?? 0, rows: at.rows ?? 0, writes: at.writes ?? 0 });
+    },
+  });
+
+  it("bounds a transaction by the rows it writes: gateways' repeated keys merge into one transaction", async () => {
+    const ledger = new Ledger();
+    // Four gateways with the same traffic: every row repeats in four jobs.
+    for (let i = 0; i < 4; i++) await produce(40, 310, ledger, { maxRowsPerJob: 40 });
+    const sizes: { jobs: number; rows: number; writes: number }[] = [];
+    const r = await h
+      .flusher({ maxJobsPerFlush: 1_000, maxRowsPerTransaction: 1_000, ...sizesOf(sizes) })
+      .flushOnce();
+    assert.equal(r.outcome, "committed", r.error ?? "");
+    assert.ok(await h.settled(), await h.describe());
+    const first = sizes[0];
+    assert.ok(first !== undefined);
+    assert.ok(
+      first.rows >= 3 * first.writes,
+      `the first transaction took every gateway's copy and wrote each row once: ${JSON.stringify(sizes)}`,
+    );
+    await assertTotals(ledger);
+  });
+
+  it("bounds the rows a transaction holds as sealed too, however well they merge", async () => {
+    const ledger = new Ledger();
+    for (let i = 0; i < 12; i++) await produce(5, 311, ledger, { maxRowsPerJob: 40 });
+    const sizes: { jobs: number; rows: number; writes: number }[] = [];
+    const r = await h
+      .flusher({ maxJobsPerFlush: 1_000, maxRowsPerTransaction: 100, ...sizesOf(sizes) })
+      .flushOnce();
+    assert.equal(r.outcome, "committed", r.error ?? "");
+    assert.ok(await h.settled(), await h.describe());
+    const seen = JSON.stringify(sizes);
+    // Four times the rows it writes, and the last job fetched (at most 40 rows) past it.
+    for (const x of sizes) assert.ok(x.rows <= 4 * 100 + 40, `held too many rows: ${seen}`);
+    assert.ok(
+      sizes.length >= 2 && (sizes[0]?.rows ?? 0) >= 4 * 100,
+      `the cap split the backlog: ${seen}`,
+    );
+    assert.ok((sizes[0]?.writes ?? 0) < 100, `though it wrote far less than its bound: ${seen}`);
     await assertTotals(ledger);
   });
 

@@ -127,4 +127,94 @@ describe("flush leadership", () => {
     await waitFor("the backlog to drain", () => h.settled(), 30_000);
     assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
   });
+
+  it("a leader killed between COMMIT and acknowledging is replaced by one that flushes at once", async () => {
+    for (const s of services.splice(0)) await s.close();
+    await truncateAll(t.db);
+    const ledger = new Ledger();
+    await h.recordTraffic(300, 9, ledger);
+    // A schedule far longer than the test: only a takeover flush can explain a quick commit.
+    const every = { EVERY_S: "60" };
+    const leader = spawnTs("./worker-process.ts", {
+      REDIS_URL: TEST_REDIS_URL,
+      DATABASE_URL: t.url,
+      PREFIX: prefix,
+      HOLDER: "dies-after-commit",
+      FAULT_STEP: "committed",
+      FAULT_ACTION: "kill",
+      ...every,
+    });
+    procs.push(leader);
+    await leader.waitForEvent((e) => e.event === "fault", 20_000);
+    const killed = Date.now();
+    await leader.done;
+    assert.equal(
+      await h.settled(),
+      false,
+      "the dead leader left its committed jobs unacknowledged",
+    );
+    const standby = await startFlushWorker(
+      testConfig(prefix, t.url, { worker_flush_every_seconds: 60 }),
+      {
+        port: false,
+        holderId: "successor",
+        logger: silentLogger,
+      },
+    );
+    services.push(standby);
+    await waitFor(
+      "the successor to commit everything",
+      () => h.settled(),
+      15_000,
+      20,
+      () => h.describe(),
+    );
+    const took = Date.now() - killed;
+    // Lease 2 s and leadership 1 s (testConfig), then one flush: not the 60 s schedule.
+    assert.ok(took < 6_000, `everything committed ${took} ms after the leader died`);
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+  });
+
+  it("a leader killed inside its transaction holding a long lock lease is taken over at once", async () => {
+    for (const s of services.splice(0)) await s.close();
+    await truncateAll(t.db);
+    const ledger = new Ledger();
+    await h.recordTraffic(300, 10, ledger);
+    // Its flush lock and its jobs' locks last 30 s: only a takeover (of the
+    // lock, and of the jobs) lets the next leader flush before then.
+    const leader = spawnTs("./worker-process.ts", {
+      REDIS_URL: TEST_REDIS_URL,
+      DATABASE_URL: t.url,
+      PREFIX: prefix,
+      HOLDER: "dies-in-transaction",
+      FAULT_STEP: "in-transaction",
+      FAULT_ACTION: "kill",
+      LEASE_S: "30",
+      EVERY_S: "60",
+    });
+    procs.push(leader);
+    await leader.waitForEvent((e) => e.event === "fault", 20_000);
+    const killed = Date.now();
+    await leader.done;
+    assert.match(String(await h.redis.get(h.keys.flushLock)), /^dies-in-transaction:/);
+    const next = await startFlushWorker(
+      testConfig(prefix, t.url, { worker_flush_every_seconds: 60, lock_lease_seconds: 30 }),
+      { port: 0, host: "127.0.0.1", holderId: "next-leader", logger: silentLogger },
+    );
+    services.push(next);
+    await waitFor(
+      "the next leader to commit everything",
+      () => h.settled(),
+      15_000,
+      20,
+      () => h.describe(),
+    );
+    const took = Date.now() - killed;
+    // Leadership lapses within 1 s (testConfig), the standby's tick adds at most one.
+    assert.ok(took < 5_000, `everything committed ${took} ms after the leader died`);
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+    const text = await (await fetch(`http://127.0.0.1:${next.port}/metrics`)).text();
+    const reclaimed = Number(/^spend_jobs_reclaimed_total (\d+)$/m.exec(text)?.[1]);
+    assert.ok(reclaimed > 0, "the jobs the dead leader had taken were reclaimed");
+  });
 });

@@ -47,6 +47,24 @@ describe("flush lock", () => {
     for (let i = 1; i < fences.length; i++) assert.ok((fences[i] ?? 0n) > (fences[i - 1] ?? 0n));
   });
 
+  it("is taken over only from the holder named, with a newer fence, and the old holder can no longer renew", async () => {
+    const dead = new FlushLock(redis, keys, 30_000, "dead-leader");
+    const next = new FlushLock(redis, keys, 5_000, "next-leader");
+    const old = await dead.acquire();
+    assert.ok(old !== null);
+    assert.equal(FlushLock.holderOf(old.token), "dead-leader");
+    assert.equal(await next.takeOver("dead-leader:someone-else"), null, "not the holder named");
+    const lease = await next.takeOver(old.token);
+    assert.ok(lease !== null);
+    assert.ok(lease.fence > old.fence, "a newer fencing token");
+    assert.equal((await next.holder())?.token, lease.token);
+    assert.ok(((await next.holder())?.ttlMs ?? 0) <= 5_000, "the new holder's own lease");
+    assert.equal(await dead.extend(old), false);
+    assert.equal(await dead.release(old), false);
+    assert.equal(await next.takeOver(old.token), null, "a second taker finds it gone");
+    assert.equal(await next.release(lease), true);
+  });
+
   it("releases and extends only with the holder's own token", async () => {
     const a = new FlushLock(redis, keys, 5_000, "a");
     const b = new FlushLock(redis, keys, 5_000, "b");

@@ -16,9 +16,8 @@ function totalsOf(entity: EntityRow[][], daily: DailyRow[][]): Totals {
   for (const [kind, cols] of m.entity) {
     cols.spend.forEach((s, i) => {
       const id2 = kind === "team_member" ? (cols.keys[1]?.[i] ?? "") : "";
-      out.set(["entity", kind, cols.keys[0]?.[i] ?? "", id2].join("|"), [
-        BigInt(s.replace(".", "")),
-      ]);
+      // Spend columns hold picodollars.
+      out.set(["entity", kind, cols.keys[0]?.[i] ?? "", id2].join("|"), [BigInt(s)]);
     });
   }
   for (const [kind, cols] of m.daily) {
@@ -26,7 +25,7 @@ function totalsOf(entity: EntityRow[][], daily: DailyRow[][]): Totals {
       const key = ["daily", kind, id, ...cols.dims.map((d) => d[i] ?? "")].join("|");
       out.set(key, [
         ...cols.counters.map((c) => BigInt(c[i] ?? "0")),
-        BigInt((cols.spend[i] ?? "0").replace(".", "")),
+        BigInt(cols.spend[i] ?? "0"),
       ]);
     });
   }
