@@ -125,7 +125,7 @@ export class QueueGauges {
     });
     new Gauge({
       name: "spend_backlog_age_seconds",
-      help: "Age of the oldest spend job waiting in Redis (0 when none), by queue (entity, daily); read from Redis on scrape.",
+      help: "Age of the oldest spend job not yet committed (waiting, or taken by a flush: a dead worker's jobs stay taken until another worker runs), 0 when none, by queue (entity, daily); read from Redis on scrape.",
       labelNames: ["queue"],
       registers,
       collect: fromRedis(async (g) => {
@@ -135,7 +135,8 @@ export class QueueGauges {
         for (const name of ["entity", "daily"] as const) {
           let oldest = now;
           for (const set of sets.values())
-            oldest = Math.min(oldest, await oldestJobAt(set[name], now));
+            // Taken jobs count: with every worker dead they sit in active, not committed.
+            oldest = Math.min(oldest, await oldestJobAt(set[name], now, ["wait", "active"]));
           g.set({ queue: name }, Math.max(0, (now - oldest) / 1000));
         }
       }),

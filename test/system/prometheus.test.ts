@@ -214,8 +214,11 @@ spend_buffer_settings:
       );
       // The state five minutes of this outage leave (see the comment above).
       const fiveMinutesAgo = Date.now() - 5 * 60_000;
-      const oldest = (await redis.lrange(`${keys.bullPrefix}:${keys.spendQueue}:wait`, -1, -1))[0];
-      assert.ok(oldest !== undefined, "a waiting entity job");
+      // The oldest entity job not committed: waiting, or taken by the worker that died.
+      const list = async (state: string): Promise<string | undefined> =>
+        (await redis.lrange(`${keys.bullPrefix}:${keys.spendQueue}:${state}`, -1, -1))[0];
+      const oldest = (await list("wait")) ?? (await list("active"));
+      assert.ok(oldest !== undefined, "an entity job not committed");
       await redis.hset(
         `${keys.bullPrefix}:${keys.spendQueue}:${oldest}`,
         "timestamp",
