@@ -68,11 +68,15 @@ export interface DrainRun {
   startMs: number;
   sealedRowsPerSec: number;
   transactions: number;
+  /** Rows the transactions wrote (merged: one per database row per transaction). */
+  rowsWritten: number;
   duplicates: number;
   outcomes: Record<string, number>;
   /** The worker process's CPU over its life, and PostgreSQL's backends' over the drain. */
   workerCpuSeconds: number;
   dbCpuSeconds: number;
+  /** The worker's peak resident memory, MB. */
+  workerMaxRssMb: number;
   errors: string[];
   reconciliation: Reconciliation;
 }
@@ -302,16 +306,18 @@ export async function measureDrain(
       startMs: w.readyAt - w.spawnedAt,
       sealedRowsPerSec: (1000 * s.backlog.sealedRows) / wallMs,
       transactions: report.transactions,
+      rowsWritten: report.entityRows + report.dailyRows,
       duplicates: report.duplicates,
       outcomes: report.outcomes,
       workerCpuSeconds: report.cpuSeconds,
+      workerMaxRssMb: report.maxRssMb,
       dbCpuSeconds: cpu.backendCpuSeconds,
       errors: report.errors,
       reconciliation,
     };
     progress(
       S,
-      `drained in ${(wallMs / 1000).toFixed(2)} s: ${Math.round(drain.sealedRowsPerSec)} sealed rows/s in ${drain.transactions} transactions (${(raw.sealedRowsPerSec / drain.sealedRowsPerSec).toFixed(2)}x slower than raw pg); worker CPU ${drain.workerCpuSeconds.toFixed(1)} s, PostgreSQL CPU ${drain.dbCpuSeconds.toFixed(1)} s; ${reconciliation.ok ? "reconciled exactly" : `RECONCILIATION FAILED: ${reconciliation.mismatchedRows} rows differ`}`,
+      `drained in ${(wallMs / 1000).toFixed(2)} s: ${Math.round(drain.sealedRowsPerSec)} sealed rows/s in ${drain.transactions} transactions writing ${drain.rowsWritten} rows (${(raw.sealedRowsPerSec / drain.sealedRowsPerSec).toFixed(2)}x slower than raw pg); worker CPU ${drain.workerCpuSeconds.toFixed(1)} s (peak RSS ${Math.round(drain.workerMaxRssMb)} MB), PostgreSQL CPU ${drain.dbCpuSeconds.toFixed(1)} s; ${reconciliation.ok ? "reconciled exactly" : `RECONCILIATION FAILED: ${reconciliation.mismatchedRows} rows differ`}`,
     );
     return { backlog: summarize(plan, s.backlog), raw, drain };
   } finally {
