@@ -8,6 +8,9 @@
  * with a hand-written multi-row upsert (raw-upsert.ts): what PostgreSQL
  * alone needs. Both are reconciled exactly against the producers' ledger.
  */
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import pg from "pg";
 import type { TrafficShape } from "../src/demo/traffic.js";
 import { mergeRows } from "../src/persist/merge.js";
@@ -24,7 +27,7 @@ import { reconcile, type Reconciliation } from "./pipeline.js";
 import { barrierKeys, lastJsonLine, waitForCount, type WorkerReport } from "./protocol.js";
 import { rawApplyMerged } from "./raw-upsert.js";
 import type { Resources } from "./resources.js";
-import { progress, sleep } from "./util.js";
+import { progress, sleep, spread, type Spread } from "./util.js";
 import type { Spawned } from "../test/support/processes.js";
 import type { AppConfig } from "../src/config/config.js";
 import { Redis } from "ioredis";
@@ -33,6 +36,14 @@ import { TEST_REDIS_URL } from "../test/support/redis.js";
 export interface DrainPlan extends BacklogPlan {
   /** Longest the drain (or the recovery) may take before the section fails. */
   timeoutMs: number;
+  /** Repetitions, each on a fresh backlog: the figures are their medians. */
+  reps: number;
+  /**
+   * The drain before the pipelined flush, to hold this one to twice it when
+   * no baseline checkout runs in the same run (BENCH_DRAIN_BASELINE): its
+   * median sealed rows/s on the machine the full runs use, and where from.
+   */
+  before?: { commit: string; sealedRowsPerSec: number; measured: string };
   /**
    * max_rows_per_transaction of the workers; unset: the default. The smoke
    * run's small backlog sets it low, so its drain still spans several
@@ -68,19 +79,35 @@ export interface DrainRun {
   startMs: number;
   sealedRowsPerSec: number;
   transactions: number;
+  /** Rows the transactions wrote (merged: one per database row per transaction). */
+  rowsWritten: number;
   duplicates: number;
   outcomes: Record<string, number>;
   /** The worker process's CPU over its life, and PostgreSQL's backends' over the drain. */
   workerCpuSeconds: number;
   dbCpuSeconds: number;
+  /** The worker's peak resident memory, MB. */
+  workerMaxRssMb: number;
   errors: string[];
   reconciliation: Reconciliation;
 }
 
-export interface DrainResult {
-  backlog: BacklogSummary;
+/** One repetition: a fresh backlog, the raw reference, this checkout's worker, and maybe the baseline's. */
+export interface DrainRep {
   raw: RawReference;
   drain: DrainRun;
+  /** The same backlog drained by the baseline checkout's worker (BENCH_DRAIN_BASELINE). */
+  baseline?: DrainRun;
+}
+
+export interface DrainResult {
+  backlog: BacklogSummary;
+  reps: DrainRep[];
+  sealedRowsPerSec: Spread;
+  rawSealedRowsPerSec: Spread;
+  /** Set when a baseline checkout was measured in the same run, alternating with this one. */
+  baseline?: { dir: string; commit: string; sealedRowsPerSec: Spread };
+  reconciled: boolean;
 }
 
 export function summarize(plan: BacklogPlan, b: Backlog): BacklogSummary {
@@ -128,6 +155,7 @@ export async function setUpBacklog(
   const config = testConfig(prefix, t.url);
   const redis = createRedis(config.redis, "worker");
   const queues = openSpendQueues(redis, redisKeys(prefix));
+  let closing: Promise<void> | undefined;
   try {
     const built = Date.now();
     const backlog = await buildBacklog(plan, shape, config, queues, built);
@@ -144,11 +172,15 @@ export async function setUpBacklog(
       redis,
       queues,
       backlog,
-      async close() {
-        await queues.close().catch(() => undefined);
-        redis.disconnect();
-        await res.dropDatabase(t).catch(() => undefined);
-        await res.cleanPrefix(prefix).catch(() => undefined);
+      // Idempotent: a repetition's finally closes what its arms may have closed.
+      close() {
+        closing ??= (async () => {
+          await queues.close().catch(() => undefined);
+          redis.disconnect();
+          await res.dropDatabase(t).catch(() => undefined);
+          await res.cleanPrefix(prefix).catch(() => undefined);
+        })();
+        return closing;
       },
     };
   } catch (err) {
@@ -168,6 +200,8 @@ export async function startWorker(
   plan: DrainPlan,
   res: Resources,
   name: string,
+  /** A checkout to run the worker of (its bench/flush-worker-child.ts); default this one. */
+  dir?: string,
 ): Promise<{ child: Spawned; spawnedAt: number; readyAt: number }> {
   const profDir = process.env.BENCH_CPU_PROF_DIR;
   const control = new Redis(TEST_REDIS_URL);
@@ -175,7 +209,7 @@ export async function startWorker(
   try {
     const before = Number((await control.get(keys.workerReady)) ?? "0");
     const spawnedAt = Date.now();
-    const child = res.spawn("flush-worker-child.ts", {
+    const env = {
       PREFIX: s.prefix,
       DATABASE_URL: s.url,
       DEFAULTS: "1",
@@ -186,7 +220,11 @@ export async function startWorker(
       ...(profDir !== undefined && profDir !== ""
         ? { CPU_PROFILE: `${profDir}/${name}.cpuprofile` }
         : {}),
-    });
+    };
+    const child =
+      dir === undefined
+        ? res.spawn("flush-worker-child.ts", env)
+        : res.spawnAt(join(dir, "bench/flush-worker-child.ts"), env);
     let exited: string | undefined;
     void child.done.then((r) => {
       exited = `${name} exited ${String(r.code ?? r.signal)}: ${r.stderr.slice(-1500)}`;
@@ -270,51 +308,138 @@ async function rawReference(
   }
 }
 
+/** Drains the backlog in `s` with one worker (this checkout's, or `dir`'s); reconciles it. */
+async function drainOnce(
+  s: BacklogSetup,
+  plan: DrainPlan,
+  res: Resources,
+  name: string,
+  dir?: string,
+): Promise<DrainRun> {
+  const sampler = new DbSampler(s.dbName, 250, () => Date.now());
+  await sampler.start();
+  const w = await startWorker(s, plan, res, name, dir);
+  let last = 0;
+  const drainedAt = await waitDrained(s, plan.timeoutMs, (pending) => {
+    if (Date.now() - last < 2_000) return;
+    last = Date.now();
+    progress("drain", `${name}: ${pending} jobs left`);
+  });
+  const cpu = await sampler.stop();
+  const report = await stopWorker(w.child);
+  const wallMs = drainedAt - w.readyAt;
+  return {
+    wallMs,
+    startMs: w.readyAt - w.spawnedAt,
+    sealedRowsPerSec: (1000 * s.backlog.sealedRows) / wallMs,
+    transactions: report.transactions,
+    rowsWritten: report.entityRows + report.dailyRows,
+    duplicates: report.duplicates,
+    outcomes: report.outcomes,
+    workerCpuSeconds: report.cpuSeconds,
+    // A baseline checkout's worker may not report it.
+    workerMaxRssMb: report.maxRssMb ?? Number.NaN,
+    dbCpuSeconds: cpu.backendCpuSeconds,
+    errors: report.errors,
+    reconciliation: reconcile(s.backlog.ledger.totals, await readTotals(s.url)),
+  };
+}
+
+function describe(d: DrainRun): string {
+  return `drained in ${(d.wallMs / 1000).toFixed(2)} s: ${Math.round(d.sealedRowsPerSec)} sealed rows/s in ${d.transactions} transactions writing ${d.rowsWritten} rows; worker CPU ${d.workerCpuSeconds.toFixed(1)} s (peak RSS ${Math.round(d.workerMaxRssMb)} MB), PostgreSQL CPU ${d.dbCpuSeconds.toFixed(1)} s; ${d.reconciliation.ok ? "reconciled exactly" : `RECONCILIATION FAILED: ${d.reconciliation.mismatchedRows} rows differ`}`;
+}
+
+/**
+ * BENCH_DRAIN_BASELINE=<dir>: a checkout of another commit (with its
+ * node_modules and generated Prisma client) whose worker drains the same
+ * backlog in every repetition, alternating with this checkout's: the
+ * before and after of a change, measured in one run on one machine.
+ */
+function baselineDir(): { dir: string; commit: string } | undefined {
+  const dir = process.env.BENCH_DRAIN_BASELINE;
+  if (dir === undefined || dir === "") return undefined;
+  let commit = "unknown";
+  try {
+    commit = execFileSync("git", ["-C", dir, "rev-parse", "--short", "HEAD"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    }).trim();
+  } catch {
+    // Not a git checkout (an exported tree): its BASELINE_COMMIT file, if any, names it.
+    commit = readFileSafe(join(dir, "BASELINE_COMMIT")) ?? commit;
+  }
+  return { dir, commit };
+}
+
+function readFileSafe(path: string): string | undefined {
+  try {
+    return readFileSync(path, "utf8").trim();
+  } catch {
+    return undefined;
+  }
+}
+
 export async function measureDrain(
   plan: DrainPlan,
   shape: TrafficShape,
   res: Resources,
 ): Promise<DrainResult> {
   const S = "drain";
-  const s = await setUpBacklog("drain", plan, shape, res);
-  try {
-    const raw = await rawReference(s.backlog, s.config, plan, res);
-    progress(
-      S,
-      `raw pg reference: ${raw.transactions} transactions, ${raw.rowsWritten} rows written in ${(raw.wallMs / 1000).toFixed(2)} s: ${Math.round(raw.sealedRowsPerSec)} sealed rows/s${raw.reconciled ? "" : " (DID NOT RECONCILE)"}`,
-    );
-
-    const sampler = new DbSampler(s.dbName, 250, () => Date.now());
-    await sampler.start();
-    const w = await startWorker(s, plan, res, "drain-worker");
-    let last = 0;
-    const drainedAt = await waitDrained(s, plan.timeoutMs, (pending) => {
-      if (Date.now() - last < 2_000) return;
-      last = Date.now();
-      progress(S, `${pending} jobs left`);
-    });
-    const cpu = await sampler.stop();
-    const report = await stopWorker(w.child);
-    const wallMs = drainedAt - w.readyAt;
-    const reconciliation = reconcile(s.backlog.ledger.totals, await readTotals(s.url));
-    const drain: DrainRun = {
-      wallMs,
-      startMs: w.readyAt - w.spawnedAt,
-      sealedRowsPerSec: (1000 * s.backlog.sealedRows) / wallMs,
-      transactions: report.transactions,
-      duplicates: report.duplicates,
-      outcomes: report.outcomes,
-      workerCpuSeconds: report.cpuSeconds,
-      dbCpuSeconds: cpu.backendCpuSeconds,
-      errors: report.errors,
-      reconciliation,
-    };
-    progress(
-      S,
-      `drained in ${(wallMs / 1000).toFixed(2)} s: ${Math.round(drain.sealedRowsPerSec)} sealed rows/s in ${drain.transactions} transactions (${(raw.sealedRowsPerSec / drain.sealedRowsPerSec).toFixed(2)}x slower than raw pg); worker CPU ${drain.workerCpuSeconds.toFixed(1)} s, PostgreSQL CPU ${drain.dbCpuSeconds.toFixed(1)} s; ${reconciliation.ok ? "reconciled exactly" : `RECONCILIATION FAILED: ${reconciliation.mismatchedRows} rows differ`}`,
-    );
-    return { backlog: summarize(plan, s.backlog), raw, drain };
-  } finally {
-    await s.close();
+  const base = baselineDir();
+  const reps: DrainRep[] = [];
+  let backlog: BacklogSummary | undefined;
+  for (let rep = 1; rep <= plan.reps; rep++) {
+    const s = await setUpBacklog("drain", plan, shape, res);
+    let raw: RawReference;
+    let drain: DrainRun | undefined;
+    let baseline: DrainRun | undefined;
+    try {
+      backlog = summarize(plan, s.backlog);
+      raw = await rawReference(s.backlog, s.config, plan, res);
+      progress(
+        S,
+        `rep ${rep}/${plan.reps}: raw pg reference: ${raw.transactions} transactions, ${raw.rowsWritten} rows written in ${(raw.wallMs / 1000).toFixed(2)} s: ${Math.round(raw.sealedRowsPerSec)} sealed rows/s${raw.reconciled ? "" : " (DID NOT RECONCILE)"}`,
+      );
+      // With a baseline, each arm drains a backlog of its own, built the same
+      // way, and which goes first alternates, so drift in the machine's load hits both.
+      const arms: ("this" | "baseline")[] =
+        base === undefined ? ["this"] : rep % 2 === 0 ? ["baseline", "this"] : ["this", "baseline"];
+      for (const [i, arm] of arms.entries()) {
+        const target = i === 0 ? s : await setUpBacklog("drain", plan, shape, res);
+        try {
+          if (arm === "this") drain = await drainOnce(target, plan, res, "drain-worker");
+          else {
+            baseline = await drainOnce(target, plan, res, "baseline-worker", base?.dir);
+            progress(S, `rep ${rep}/${plan.reps}: baseline ${describe(baseline)}`);
+          }
+        } finally {
+          if (target !== s) await target.close();
+        }
+      }
+    } finally {
+      await s.close();
+    }
+    if (drain === undefined) throw new Error("this checkout's worker did not run");
+    progress(S, `rep ${rep}/${plan.reps}: this checkout ${describe(drain)}`);
+    reps.push({ raw, drain, ...(baseline !== undefined ? { baseline } : {}) });
   }
+  if (backlog === undefined) throw new Error("no repetition ran");
+  const result: DrainResult = {
+    backlog,
+    reps,
+    sealedRowsPerSec: spread(reps.map((r) => r.drain.sealedRowsPerSec)),
+    rawSealedRowsPerSec: spread(reps.map((r) => r.raw.sealedRowsPerSec)),
+    reconciled: reps.every(
+      (r) =>
+        r.raw.reconciled &&
+        r.drain.reconciliation.ok &&
+        (r.baseline === undefined || r.baseline.reconciliation.ok),
+    ),
+  };
+  if (base !== undefined)
+    result.baseline = {
+      ...base,
+      sealedRowsPerSec: spread(reps.flatMap((r) => r.baseline?.sealedRowsPerSec ?? [])),
+    };
+  return result;
 }

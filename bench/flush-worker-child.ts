@@ -48,6 +48,7 @@ const report: WorkerReport = {
   commits: [],
   errors: [],
   cpuSeconds: 0,
+  maxRssMb: 0,
 };
 /**
  * CPU_PROFILE=<file>: V8's CPU profile of this worker from here to its
@@ -117,6 +118,7 @@ process.on("SIGTERM", () => {
     }
     const cpu = process.cpuUsage();
     report.cpuSeconds = (cpu.user + cpu.system) / 1e6;
+    report.maxRssMb = process.resourceUsage().maxRSS / 1024;
     process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0));
   })();
 });

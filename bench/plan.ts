@@ -166,7 +166,7 @@ export const FULL_PLAN: BenchPlan = {
   smoke: false,
   crash: { trials: 5, runMs: 4_000, randomMs: 3_000, litellmRunMs: 12_000, spoolEvents: 100_000 },
   // 16 gateways × 30 seal intervals of 300 events: 960 jobs, the backlog of issue 23.
-  drain: { producers: 16, intervals: 30, eventsPerInterval: 300, timeoutMs: 300_000 },
+  drain: { producers: 16, intervals: 30, eventsPerInterval: 300, timeoutMs: 300_000, reps: 3 },
   producer: {
     hotPool: 1_000,
     eventsPerRep: 200_000,
@@ -225,6 +225,7 @@ export const SMOKE_PLAN: BenchPlan = {
     intervals: 5,
     eventsPerInterval: 100,
     timeoutMs: 60_000,
+    reps: 1,
     maxRowsPerTransaction: 1_000,
   },
   producer: {

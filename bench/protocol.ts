@@ -63,6 +63,8 @@ export interface WorkerReport {
   errors: string[];
   /** The worker process's CPU (user + system) from its start to its report, seconds. */
   cpuSeconds: number;
+  /** Its peak resident memory, MB: what the jobs it held in memory cost at most. */
+  maxRssMb: number;
 }
 
 /** The child's report is its last stdout line (pino or a stray log above it is ignored). */

@@ -21,9 +21,10 @@ import {
 } from "./drain.js";
 import { reconcile, type Reconciliation } from "./pipeline.js";
 import type { Resources } from "./resources.js";
-import { progress, sleep } from "./util.js";
+import { progress, sleep, spread, type Spread } from "./util.js";
 
-export interface RecoveryResult {
+/** One SIGKILL and recovery, on a fresh backlog. */
+export interface RecoveryRun {
   backlog: BacklogSummary;
   /** First worker ready to its SIGKILL. */
   killedAfterMs: number;
@@ -42,12 +43,38 @@ export interface RecoveryResult {
   reconciliation: Reconciliation;
 }
 
+export interface RecoveryResult {
+  backlog: BacklogSummary;
+  runs: RecoveryRun[];
+  /** Spawn of the new worker to everything committed, over the runs. */
+  recoveredMs: Spread;
+  reconciled: boolean;
+}
+
 export async function measureRecovery(
   plan: DrainPlan,
   shape: TrafficShape,
   res: Resources,
 ): Promise<RecoveryResult> {
-  const S = "recovery";
+  const runs: RecoveryRun[] = [];
+  for (let rep = 1; rep <= plan.reps; rep++) runs.push(await recoverOnce(plan, shape, res, rep));
+  const first = runs[0];
+  if (first === undefined) throw new Error("no repetition ran");
+  return {
+    backlog: first.backlog,
+    runs,
+    recoveredMs: spread(runs.map((r) => r.recoveredMs)),
+    reconciled: runs.every((r) => r.reconciliation.ok),
+  };
+}
+
+async function recoverOnce(
+  plan: DrainPlan,
+  shape: TrafficShape,
+  res: Resources,
+  rep: number,
+): Promise<RecoveryRun> {
+  const S = `recovery ${rep}/${plan.reps}`;
   const s = await setUpBacklog("recovery", plan, shape, res);
   try {
     const first = await startWorker(s, plan, res, "recovery-victim");
@@ -70,7 +97,7 @@ export async function measureRecovery(
     const recoveredAt = await waitDrained(s, plan.timeoutMs);
     const report = await stopWorker(second.child);
     const reconciliation = reconcile(s.backlog.ledger.totals, await readTotals(s.url));
-    const result: RecoveryResult = {
+    const result: RecoveryRun = {
       backlog: summarize(plan, s.backlog),
       killedAfterMs: killedAt - first.readyAt,
       pendingAtKill,

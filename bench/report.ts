@@ -7,7 +7,7 @@ import { join } from "node:path";
 import type { PartitionsResult } from "./partitions.js";
 import type { ModeSummary } from "./summary.js";
 import type { CrashLossResult } from "./crash-loss.js";
-import type { DrainResult } from "./drain.js";
+import type { DrainResult, DrainRun } from "./drain.js";
 import type { RecoveryResult } from "./recovery.js";
 import type { BenchResults } from "./summary.js";
 import { round, type Spread } from "./util.js";
@@ -328,7 +328,6 @@ function crashMarkdown(c: CrashLossResult): string[] {
 /** Section 7: one worker draining a backlog, next to raw pg writing the same rows. */
 function drainMarkdown(d: DrainResult): string[] {
   const b = d.backlog;
-  const w = d.drain;
   const L: string[] = [];
   L.push("## 7. Draining a backlog");
   L.push("");
@@ -336,19 +335,34 @@ function drainMarkdown(d: DrainResult): string[] {
     `${b.producers} producers each recorded ${b.intervals} seal intervals of ${b.eventsPerInterval} events of the traffic shape above with no worker running: ` +
       `${n(b.events)} events, ${b.jobs} jobs, ${n(b.sealedRows)} sealed rows, ${n(b.distinctRows)} distinct database rows. ` +
       "Then one flush worker process started with the default configuration and drained it. Wall time runs from the worker being ready to every job committed and acknowledged. " +
-      "The raw pg reference writes the same rows, merged per transaction as the flush takes them, one hand-written multi-row upsert per table, into an empty database, in the same run.",
+      "The raw pg reference writes the same rows, merged per transaction as the flush takes them, one hand-written multi-row upsert per table, into an empty database, in the same run. " +
+      `${d.reps.length} repetitions, each on a fresh backlog` +
+      (d.baseline !== undefined
+        ? `; in each, the worker of the baseline checkout (${d.baseline.commit}) drained a backlog built the same way, the two taking turns to go first.`
+        : "."),
   );
   L.push("");
   L.push(
-    "| | wall, s | sealed rows/s | transactions | worker CPU, s | PostgreSQL CPU, s | reconciled |",
+    `Sealed rows/s: **${sp(d.sealedRowsPerSec)}**; raw pg ${sp(d.rawSealedRowsPerSec)}` +
+      (d.baseline !== undefined
+        ? `; baseline ${d.baseline.commit} ${sp(d.baseline.sealedRowsPerSec)}, so **${n(d.sealedRowsPerSec.median / d.baseline.sealedRowsPerSec.median, 3)}x**.`
+        : "."),
   );
-  L.push("|---|---|---|---|---|---|---|");
+  L.push("");
   L.push(
-    `| flush worker | ${n(w.wallMs / 1000)} | **${n(w.sealedRowsPerSec)}** | ${w.transactions} | ${n(w.workerCpuSeconds)} | ${n(w.dbCpuSeconds)} | ${w.reconciliation.ok ? "yes" : "**NO**"} |`,
+    "| rep | worker | wall, s | sealed rows/s | transactions | rows written | worker CPU, s | worker peak RSS, MB | PostgreSQL CPU, s | reconciled |",
   );
-  L.push(
-    `| raw pg reference | ${n(d.raw.wallMs / 1000)} | ${n(d.raw.sealedRowsPerSec)} | ${d.raw.transactions} | | | ${d.raw.reconciled ? "yes" : "**NO**"} |`,
-  );
+  L.push("|---|---|---|---|---|---|---|---|---|---|");
+  const row = (rep: number, who: string, w: DrainRun): string =>
+    `| ${rep} | ${who} | ${n(w.wallMs / 1000)} | ${n(w.sealedRowsPerSec)} | ${w.transactions} | ${n(w.rowsWritten)} | ${n(w.workerCpuSeconds)} | ${n(w.workerMaxRssMb)} | ${n(w.dbCpuSeconds)} | ${w.reconciliation.ok ? "yes" : "**NO**"} |`;
+  d.reps.forEach((r, i) => {
+    L.push(row(i + 1, "this commit", r.drain));
+    if (r.baseline !== undefined && d.baseline !== undefined)
+      L.push(row(i + 1, `baseline ${d.baseline.commit}`, r.baseline));
+    L.push(
+      `| ${i + 1} | raw pg reference | ${n(r.raw.wallMs / 1000)} | ${n(r.raw.sealedRowsPerSec)} | ${r.raw.transactions} | ${n(r.raw.rowsWritten)} | | | | ${r.raw.reconciled ? "yes" : "**NO**"} |`,
+    );
+  });
   L.push("");
   return L;
 }
@@ -359,11 +373,19 @@ function recoveryMarkdown(r: RecoveryResult): string[] {
   L.push("## 8. Recovery from a dead worker");
   L.push("");
   L.push(
-    `The same backlog (${r.backlog.jobs} jobs); a worker with the default configuration drains it and is SIGKILLed once half the jobs are acknowledged ` +
-      `(${n(r.killedAfterMs / 1000)} s in, ${r.pendingAtKill} jobs pending); a new worker process is spawned at once. ` +
-      `It was ready ${n(r.startMs / 1000)} s after its spawn, its first flush took the lock ${n(r.resumedMs / 1000)} s after its spawn, and **everything was committed ${n(r.recoveredMs / 1000)} s after its spawn**; ` +
-      `it found ${r.duplicates} batches already applied by the dead worker (committed, not acknowledged). ` +
-      `PostgreSQL ${r.reconciliation.ok ? "reconciled exactly with the producers' ledger" : "**did not reconcile**"}.`,
+    `The same backlog (${r.backlog.jobs} jobs), fresh for each run; a worker with the default configuration drains it and is SIGKILLed once half the jobs are acknowledged, ` +
+      "whatever it is doing then; a new worker process is spawned at once. Timed from that spawn: when it was ready, when its first flush took the lock (the wait for the dead worker's leases), and when everything was committed. " +
+      "Then PostgreSQL is reconciled exactly with the producers' ledger.",
+  );
+  L.push("");
+  L.push(
+    "| run | killed after, s | jobs pending | ready, s | first flush took the lock, s | **all committed, s** | batches already applied | reconciled |",
+  );
+  L.push("|---|---|---|---|---|---|---|---|");
+  r.runs.forEach((x, i) =>
+    L.push(
+      `| ${i + 1} | ${n(x.killedAfterMs / 1000)} | ${x.pendingAtKill} | ${n(x.startMs / 1000)} | ${n(x.resumedMs / 1000)} | **${n(x.recoveredMs / 1000)}** | ${x.duplicates} | ${x.reconciliation.ok ? "yes" : "**NO**"} |`,
+    ),
   );
   L.push("");
   return L;

@@ -1,3 +1,5 @@
+import { relative } from "node:path";
+import { fileURLToPath } from "node:url";
 import { createTestDatabase, type TestDatabase } from "../test/support/db.js";
 import { spawnTs, type Spawned } from "../test/support/processes.js";
 import { cleanRedis, uniquePrefix } from "../test/support/redis.js";
@@ -45,6 +47,16 @@ export class Resources {
   spawn(file: string, env: Record<string, string>): Spawned {
     // spawnTs resolves paths against test/support/.
     const child = spawnTs(`../../bench/${file}`, env);
+    this.children.add(child);
+    void child.done.then(() => this.children.delete(child));
+    return child;
+  }
+
+  /** As spawn, for a TypeScript file anywhere (an absolute path), e.g. another checkout's. */
+  spawnAt(path: string, env: Record<string, string>): Spawned {
+    // spawnTs resolves paths against test/support/.
+    const here = fileURLToPath(new URL("../test/support/", import.meta.url));
+    const child = spawnTs(relative(here, path), env);
     this.children.add(child);
     void child.done.then(() => this.children.delete(child));
     return child;

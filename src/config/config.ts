@@ -253,7 +253,7 @@ const spendBufferSchema = z
       .max(10_000_000)
       .default(20_000)
       .describe(
-        "Jobs are taken until their rows reach this (at least one job): a transaction's size, duration and row locks stay bounded whatever the job sizes. Also what gateways may hold before any flush rate is known (back-pressure).",
+        "Most rows one flush transaction writes, merged (one per database row): jobs are taken, and merged as they arrive, until their rows reach this (at least one job), so a transaction's size, duration and row locks stay bounded whatever the job sizes, while the same keys sent by many gateways merge into one write. The jobs of one transaction hold at most four times this many rows as sealed. Also what gateways may hold before any flush rate is known (back-pressure).",
       ),
     max_flush_seconds: positiveSeconds
       .default(60)
