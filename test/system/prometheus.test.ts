@@ -217,8 +217,16 @@ spend_buffer_settings:
       // The oldest entity job not committed: waiting, or taken by the worker that died.
       const list = async (state: string): Promise<string | undefined> =>
         (await redis.lrange(`${keys.bullPrefix}:${keys.spendQueue}:${state}`, -1, -1))[0];
-      const oldest = (await list("wait")) ?? (await list("active"));
-      assert.ok(oldest !== undefined, "an entity job not committed");
+      // (Prometheus may have read the queue size before the kill: wait for a job sent after it.)
+      let oldest: string | undefined;
+      await waitFor(
+        "an entity job not committed",
+        async () => (oldest = (await list("wait")) ?? (await list("active"))) !== undefined,
+        10_000,
+        50,
+        context,
+      );
+      assert.ok(oldest !== undefined);
       await redis.hset(
         `${keys.bullPrefix}:${keys.spendQueue}:${oldest}`,
         "timestamp",
