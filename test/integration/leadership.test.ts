@@ -34,7 +34,9 @@ describe("flush leadership", () => {
   let t: TestDatabase;
   let h: Harness;
   const prefix = uniquePrefix("leader");
-  const config = (): ReturnType<typeof testConfig> => testConfig(prefix, t.url);
+  // A 1 s leadership lease: a standby takes over a dead leader's flush within about 1.3 s.
+  const config = (): ReturnType<typeof testConfig> =>
+    testConfig(prefix, t.url, { leader_lease_seconds: 1 });
   const services: FlushWorkerService[] = [];
   const procs: Spawned[] = [];
   const start = async (id: string): Promise<FlushWorkerService> => {
@@ -104,6 +106,7 @@ describe("flush leadership", () => {
       DATABASE_URL: t.url,
       PREFIX: prefix,
       HOLDER: "doomed",
+      LEADER_LEASE_S: "1",
     });
     procs.push(leader);
     await leader.waitForEvent((e) => e.event === "ready", 20_000);

@@ -18,6 +18,7 @@ const faultStep = env.FAULT_STEP as FlushStep | undefined;
 const faultAction = env.FAULT_ACTION ?? "kill";
 const config = testConfig(env.PREFIX ?? "t", env.DATABASE_URL ?? "", {
   lock_lease_seconds: Number(env.LEASE_S ?? "1"),
+  leader_lease_seconds: Number(env.LEADER_LEASE_S ?? "3"),
   worker_flush_every_seconds: Number(env.EVERY_S ?? "0.2"),
   max_jobs_per_flush: Number(env.MAX_JOBS ?? "1000"),
 });
