@@ -4,6 +4,7 @@ import type { Db } from "../persist/prisma.js";
 import type { RedisClient } from "../redis/connection.js";
 import { budgetKey } from "../redis/keys.js";
 import type { BudgetAlerts } from "./budget-alerts.js";
+import type { BudgetGuard, BudgetRefusal, ChargedEntity } from "./budget-guard.js";
 import type { BudgetMetrics } from "./budget-metrics.js";
 import {
   loadBudget,
@@ -14,26 +15,6 @@ import {
 } from "./budget-store.js";
 import { periodAt } from "./duration.js";
 import { budgetScripts } from "./scripts.js";
-
-/** One entity a request is charged to. */
-export interface ChargedEntity {
-  kind: BudgetKind;
-  id: string;
-}
-
-/**
- * Why a request is refused: the first budgeted entity with nothing left
- * (`exhausted`), or whose lease this gateway is renewing while its share is
- * spent (`pending`: a moment, answered 503 with Retry-After).
- */
-export interface BudgetRefusal {
-  reason: "exhausted" | "pending";
-  kind: BudgetKind;
-  id: string;
-  maxPico: bigint;
-  periodStart: Date;
-  resetAt: Date | null;
-}
 
 export interface BudgetBookOptions {
   db: Db;
@@ -96,7 +77,7 @@ const MAX_NANO = 2n ** 53n - 1n;
  * by other gateways is not yet visible to it: it adds N × (spend per gateway
  * per proxy_batch_write_at) to the bound after such an event.
  */
-export class BudgetBook {
+export class BudgetBook implements BudgetGuard {
   private readonly defs = new Map<string, BudgetDef>();
   /**
    * The request path's way in: kind, then id, to the entity's key in `defs`

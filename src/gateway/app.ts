@@ -2,7 +2,7 @@ import express, { type ErrorRequestHandler, type Express } from "express";
 import type { AppConfig } from "../config/config.js";
 import type { Logger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
-import type { BudgetBook } from "../budget/budget-book.js";
+import type { BudgetGuard } from "../budget/budget-guard.js";
 import type { Db } from "../persist/prisma.js";
 import { producerMetrics } from "../produce/producer-metrics.js";
 import type { SpendProducer } from "../produce/producer.js";
@@ -43,7 +43,7 @@ export interface GatewayDeps {
   /** The spend queues (one set per partition), for live spend; empty with the buffer off. */
   queues?: readonly SpendQueues[];
   /** Budget enforcement; without it budgets are stored but not enforced. */
-  budgets?: BudgetBook;
+  budgets?: BudgetGuard;
   /** Tells every gateway that keys changed (key-sync.ts). Default: nobody to tell. */
   announceKeyChanges?: (tokens: readonly string[]) => Promise<void>;
   /** Idempotency-Key claims (with the buffer on). */

@@ -5,7 +5,7 @@ import {
   validateSpendEvent,
   type SpendEvent,
 } from "../produce/spend-event.js";
-import type { ChargedEntity } from "../budget/budget-book.js";
+import type { ChargedEntity } from "../budget/budget-guard.js";
 import type { ChargedEndpoint } from "./charge-check.js";
 import type { CallOutcome } from "./gateway-metrics.js";
 import { costOf, type Cost } from "./pricing.js";

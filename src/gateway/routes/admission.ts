@@ -1,5 +1,5 @@
 import type { Request, Response } from "express";
-import type { ChargedEntity } from "../../budget/budget-book.js";
+import type { ChargedEntity } from "../../budget/budget-guard.js";
 import type { ModelDeployment } from "../../config/config.js";
 import { picoToDecimal } from "../../contract/money.js";
 import { SpendEventError } from "../../produce/spend-event.js";

@@ -10,7 +10,7 @@ import {
   type BudgetKind,
 } from "../../budget/budget-store.js";
 import { BudgetDurationError, parseDuration } from "../../budget/duration.js";
-import type { ChargedEntity } from "../../budget/budget-book.js";
+import type { ChargedEntity } from "../../budget/budget-guard.js";
 import { normalizeSpendEvent } from "../../produce/spend-event.js";
 import { budgetKey } from "../../redis/keys.js";
 import { liveSpend } from "../live-spend.js";

@@ -5,7 +5,7 @@ import type { ProducerMetrics } from "../../produce/producer-metrics.js";
 import type { SpendProducer } from "../../produce/producer.js";
 import type { SpendEventError } from "../../produce/spend-event.js";
 import type { SpendQueues } from "../../queue/spend-queues.js";
-import type { BudgetBook } from "../../budget/budget-book.js";
+import type { BudgetGuard } from "../../budget/budget-guard.js";
 import type { ChargeCheck } from "../charge-check.js";
 import type { GatewayMetrics } from "../gateway-metrics.js";
 import type { IdempotencyStore } from "../idempotency.js";
@@ -23,7 +23,7 @@ export interface RouteContext {
   /** The spend queues (one set per partition), for live spend; empty with the buffer off. */
   queues: readonly SpendQueues[];
   /** Budget enforcement (with the buffer on: its leases live in Redis). */
-  budgets?: BudgetBook;
+  budgets?: BudgetGuard;
   gatewayStats: GatewayMetrics;
   /**
    * Tells every gateway that these keys (hashes) changed, after the change
