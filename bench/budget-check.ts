@@ -1,4 +1,5 @@
-import { BudgetBook, type ChargedEntity } from "../src/budget/budget-book.js";
+import { BudgetBook } from "../src/budget/budget-book.js";
+import type { ChargedEntity } from "../src/budget/budget-guard.js";
 import { budgetMetrics } from "../src/budget/budget-metrics.js";
 import { setBudget } from "../src/budget/budget-store.js";
 import { usdStringToPico } from "../src/contract/money.js";

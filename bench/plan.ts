@@ -1,5 +1,6 @@
 import type { TrafficShape } from "../src/demo/traffic.js";
 import type { CrashPlan } from "./crash-loss.js";
+import type { BudgetOvershootPlan } from "./budget-overshoot.js";
 import type { DrainPlan } from "./drain.js";
 
 /**
@@ -140,6 +141,14 @@ export interface BenchPlan {
   flush: FlushPlan;
   pipeline: PipelinePlan;
   partitions: PartitionsPlan;
+  /** Section 9 (issue 20): the budget check's cost, and the overshoot of one budget. */
+  budgets: BudgetsPlan;
+}
+
+export interface BudgetsPlan {
+  /** The check and charge timed in one process: budgets held (keys, users, teams), requests per rep. */
+  check: { budgets: number; requests: number; reps: number };
+  overshoot: BudgetOvershootPlan;
 }
 
 const PIPELINE_COMMON = {
@@ -214,6 +223,11 @@ export const FULL_PLAN: BenchPlan = {
     producers: 8,
     durationMs: 20_000,
   },
+  budgets: {
+    check: { budgets: 3_000, requests: 200_000, reps: 9 },
+    // 8 gateways flat out, as the issue asks; the budget lasts a few seconds of them.
+    overshoot: { gateways: 8, inFlight: 8, budgetRequests: 3_000, timeoutMs: 120_000 },
+  },
 };
 
 /** Everything runs and reconciles; no figure from it means anything. Under 60 s. */
@@ -280,5 +294,9 @@ export const SMOKE_PLAN: BenchPlan = {
     rowsPerJob: 5_000,
     producers: 2,
     durationMs: 3_000,
+  },
+  budgets: {
+    check: { budgets: 300, requests: 20_000, reps: 3 },
+    overshoot: { gateways: 3, inFlight: 4, budgetRequests: 200, timeoutMs: 60_000 },
   },
 };

@@ -5,9 +5,11 @@
  * results go to bench/results/tmp/ so CI or a quick check never overwrites
  * the last full run's figures.
  *
- * Options: --smoke, --only=producer,flush,pipeline,partitions,crash,drain,recovery (a subset, for development).
+ * Options: --smoke, --only=producer,flush,pipeline,partitions,crash,drain,recovery,budgets (a subset, for development).
  */
 import { fileURLToPath } from "node:url";
+import { measureBudgetCheck, type BudgetCheckResult } from "./budget-check.js";
+import { measureBudgetOvershoot, type BudgetOvershootResult } from "./budget-overshoot.js";
 import { measureCrashLoss, type CrashLossResult } from "./crash-loss.js";
 import { measureDrain, type DrainResult } from "./drain.js";
 import { measureFlushThroughput, type FlushThroughputResult } from "./flush-throughput.js";
@@ -28,7 +30,8 @@ import { Resources } from "./resources.js";
 import { evaluateBars, summarizeModes, type BenchResults } from "./summary.js";
 import { errorMessage, median, progress, round } from "./util.js";
 
-type Section = "producer" | "flush" | "pipeline" | "partitions" | "crash" | "drain" | "recovery";
+type Section =
+  "producer" | "flush" | "pipeline" | "partitions" | "crash" | "drain" | "recovery" | "budgets";
 const SECTIONS: readonly Section[] = [
   "producer",
   "flush",
@@ -37,6 +40,7 @@ const SECTIONS: readonly Section[] = [
   "crash",
   "drain",
   "recovery",
+  "budgets",
 ];
 
 function parseArgs(argv: readonly string[]): { plan: BenchPlan; only: Set<Section> } {
@@ -78,6 +82,8 @@ async function main(): Promise<number> {
   let crash: CrashLossResult | undefined;
   let drain: DrainResult | undefined;
   let recovery: RecoveryResult | undefined;
+  let budgetCheck: BudgetCheckResult | undefined;
+  let budgetOvershoot: BudgetOvershootResult | undefined;
   const machine = await machineInfo();
   progress(
     "bench",
@@ -185,6 +191,18 @@ async function main(): Promise<number> {
         errors.push(`recovery: ${errorMessage(err)}`);
       }
     }
+    if (only.has("budgets") && !interrupted) {
+      try {
+        budgetCheck = await measureBudgetCheck(res, plan.budgets.check);
+      } catch (err) {
+        errors.push(`budget check: ${errorMessage(err)}`);
+      }
+      try {
+        budgetOvershoot = await measureBudgetOvershoot(plan.budgets.overshoot, res);
+      } catch (err) {
+        errors.push(`budget overshoot: ${errorMessage(err)}`);
+      }
+    }
   } finally {
     await res.cleanup();
   }
@@ -218,6 +236,14 @@ async function main(): Promise<number> {
     ...(crash !== undefined ? { crash } : {}),
     ...(drain !== undefined ? { drain } : {}),
     ...(recovery !== undefined ? { recovery } : {}),
+    ...(budgetCheck !== undefined || budgetOvershoot !== undefined
+      ? {
+          budgets: {
+            ...(budgetCheck !== undefined ? { check: budgetCheck } : {}),
+            ...(budgetOvershoot !== undefined ? { overshoot: budgetOvershoot } : {}),
+          },
+        }
+      : {}),
     bars: evaluateBars(
       producer,
       gateway,
@@ -231,6 +257,7 @@ async function main(): Promise<number> {
       drain,
       recovery,
       plan,
+      { check: budgetCheck, overshoot: budgetOvershoot },
     ),
     errors,
     reconciled,
@@ -280,6 +307,10 @@ async function main(): Promise<number> {
     out.push(
       `  recovery after a SIGKILL at half the drain: everything committed ${recovery.runs.map((r) => round(r.recoveredMs / 1000)).join(", ")} s after the new worker's spawn; reconciled ${recovery.reconciled ? "exactly" : "NO"}`,
     );
+  for (const r of budgetOvershoot?.runs ?? [])
+    out.push(
+      `  budgets ${r.mode}: ${r.served} served (${r.servedPerSec}/s), ${round(r.overshootRequests)} requests past the budget of ${plan.budgets.overshoot.budgetRequests}; ${r.leaseCalls} lease calls; ${r.exact ? "exact" : "NOT exact"}`,
+    );
   for (const e of errors) out.push(`  ERROR ${e}`);
   out.push(`  wrote ${files.join(", ")}`);
   process.stdout.write(`${out.join("\n")}\n`);
@@ -290,6 +321,7 @@ async function main(): Promise<number> {
   if (only.has("partitions") && !partitionsReconciled) return 1;
   if (drain !== undefined && !drain.reconciled) return 1;
   if (recovery !== undefined && !recovery.reconciled) return 1;
+  if (budgetOvershoot !== undefined && !budgetOvershoot.runs.every((r) => r.exact)) return 1;
   return 0;
 }
 

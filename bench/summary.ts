@@ -3,6 +3,8 @@
  * across runs, ratios against the reference measured in the same run, and a
  * verdict per bar from issue 5.
  */
+import type { BudgetCheckResult } from "./budget-check.js";
+import type { BudgetOvershootResult } from "./budget-overshoot.js";
 import type { CrashLossResult } from "./crash-loss.js";
 import type { DrainResult } from "./drain.js";
 import type { FlushThroughputResult } from "./flush-throughput.js";
@@ -75,6 +77,8 @@ export interface BenchResults {
   drain?: DrainResult;
   /** Section 8: the same backlog drained across a worker SIGKILL. */
   recovery?: RecoveryResult;
+  /** Section 9: the budget check's cost, and how far 8 gateways go past one budget. */
+  budgets?: { check?: BudgetCheckResult; overshoot?: BudgetOvershootResult };
   bars: Bar[];
   errors: string[];
   /** Reconciliation held in every end-to-end run (the smoke run's exit code). */
@@ -187,6 +191,10 @@ export function evaluateBars(
   drain?: DrainResult,
   recovery?: RecoveryResult,
   plan?: BenchPlan,
+  budgets?: {
+    check?: BudgetCheckResult | undefined;
+    overshoot?: BudgetOvershootResult | undefined;
+  },
 ): Bar[] {
   const bars: Bar[] = [];
   if (producer !== undefined) {
@@ -357,6 +365,39 @@ export function evaluateBars(
       bar: "<= 10 s",
       value: `${fmt(worst / 1000, 2)} s (median ${fmt(recovery.recoveredMs.median / 1000, 2)} s; its first flush took the lock after ${recovery.runs.map((r) => fmt(r.resumedMs / 1000, 1)).join(", ")} s); ${recovery.reconciled ? "reconciled" : "NOT reconciled"}`,
       pass: worst <= 10_000 && recovery.reconciled,
+    });
+  }
+  bars.push(...budgetBars(budgets?.check, budgets?.overshoot));
+  return bars;
+}
+
+/** Issue 20's bars: the check's cost per request, and the overshoot against the bound and naive. */
+function budgetBars(
+  check: BudgetCheckResult | undefined,
+  overshoot: BudgetOvershootResult | undefined,
+): Bar[] {
+  const bars: Bar[] = [];
+  if (check !== undefined)
+    bars.push({
+      name: `budgets: the check before a request and the charge after it, added per request with ${check.budgets} budgets held vs none (the gateway's BudgetBook in one process; synchronous: no round trip, median)`,
+      bar: "<= 1 µs",
+      value: `${fmt(check.addedNs / 1000, 3)} µs (${fmt(check.nsPerRequestOn, 0)} ns on, ${fmt(check.nsPerRequestOff, 0)} ns off)`,
+      pass: check.addedNs <= 1000,
+    });
+  const leases = overshoot?.runs.find((r) => r.mode === "leases");
+  const naive = overshoot?.runs.find((r) => r.mode === "naive");
+  if (overshoot !== undefined && leases !== undefined) {
+    const c = Number(overshoot.costPico);
+    const boundRequests = Number(overshoot.boundPico) / c;
+    const budgetRequests = Number(overshoot.budgetPico) / c;
+    const perRequest = leases.leaseCalls / Math.max(1, leases.served + leases.refused);
+    bars.push({
+      name: `budgets: ${overshoot.gateways} gateways × ${overshoot.inFlight} in flight, flat out on one key's budget of ${fmt(budgetRequests, 0)} requests: committed past the budget with leases, against the bound N × (F + 1) × C = ${fmt(boundRequests, 0)} requests, exact`,
+      bar: "<= bound",
+      value: `${fmt(leases.overshootRequests, 1)} requests (${leases.served} served at ${leases.servedPerSec}/s; ${fmt(perRequest, 3)} lease calls to Redis per request)${naive !== undefined ? `; naive per-gateway check against committed spend, same run: ${fmt(naive.overshootRequests, 1)} requests (${naive.served} served, ${fmt((naive.overshootRequests / Math.max(1, budgetRequests)) * 100, 0)} % of the budget)` : ""}; ${overshoot.runs.every((r) => r.exact) ? "exact" : "NOT exact"}`,
+      pass:
+        BigInt(leases.overshootPico) <= BigInt(overshoot.boundPico) &&
+        overshoot.runs.every((r) => r.exact),
     });
   }
   return bars;
