@@ -48,6 +48,15 @@ interface Allowance {
   /** Spent and not yet reported to Redis for the period's spend (threshold alerts). */
   unreported: bigint;
   refill?: Promise<void>;
+  /** Half a slice of the budget it was made for: spent below it, the next lease starts. */
+  half: bigint;
+}
+
+/** What the request path finds for one entity in one lookup: its definition and allowance. */
+interface Slot {
+  k: string;
+  def: BudgetDef;
+  a: Allowance | undefined;
 }
 
 const PICO_PER_NANO = 1_000n;
@@ -84,7 +93,7 @@ export class BudgetBook implements BudgetGuard {
    * and `allowances`, so a check builds no string (it runs for every entity
    * of every request).
    */
-  private readonly index = new Map<string, Map<string, string>>();
+  private readonly index = new Map<string, Map<string, Slot>>();
   private readonly allowances = new Map<string, Allowance>();
   private loadedUntil = new Date(0);
   private timer: NodeJS.Timeout | undefined;
@@ -142,11 +151,11 @@ export class BudgetBook implements BudgetGuard {
   check(entities: readonly ChargedEntity[], now = Date.now()): BudgetRefusal | undefined {
     if (this.defs.size === 0) return undefined;
     for (const e of entities) {
-      const k = this.index.get(e.kind)?.get(e.id);
-      if (k === undefined) continue;
-      const def = this.defs.get(k);
-      if (def === undefined || def.maxPico === null) continue;
-      const a = this.current(k, def, now);
+      const slot = this.index.get(e.kind)?.get(e.id);
+      if (slot === undefined) continue;
+      const { k, def } = slot;
+      if (def.maxPico === null) continue;
+      const a = this.current(slot, now);
       if (a.pico > 0n) continue;
       let reason: BudgetRefusal["reason"] = "exhausted";
       if (!a.exhausted) {
@@ -177,14 +186,14 @@ export class BudgetBook implements BudgetGuard {
   charge(entities: readonly ChargedEntity[], costPico: bigint, now = Date.now()): void {
     if (this.defs.size === 0 || costPico === 0n) return;
     for (const e of entities) {
-      const k = this.index.get(e.kind)?.get(e.id);
-      if (k === undefined) continue;
-      const def = this.defs.get(k);
-      if (def === undefined || (def.maxPico === null && def.softPico === null)) continue;
-      const a = this.current(k, def, now);
+      const slot = this.index.get(e.kind)?.get(e.id);
+      if (slot === undefined) continue;
+      const { k, def } = slot;
+      if (def.maxPico === null && def.softPico === null) continue;
+      const a = this.current(slot, now);
       a.pico -= costPico;
       a.unreported += costPico;
-      if (a.pico < this.slicePico(def) / 2n) this.refill(k, def, a);
+      if (a.pico < a.half) this.refill(k, def, a);
     }
   }
 
@@ -215,17 +224,40 @@ export class BudgetBook implements BudgetGuard {
         .catch(() => undefined);
     }
     this.allowances.clear();
+    for (const ids of this.index.values()) for (const slot of ids.values()) slot.a = undefined;
   }
 
   /** This gateway's allowance for the entity's current period (a fresh one if the period moved). */
-  private current(k: string, def: BudgetDef, now: number): Allowance {
-    const period = this.periodOf(def, now);
-    let a = this.allowances.get(k);
+  private current(slot: Slot, now: number): Allowance {
+    const period = this.periodOf(slot.def, now);
+    let a = slot.a;
     if (a === undefined || a.period !== period) {
-      a = { period, epoch: "", pico: 0n, exhausted: false, optimistic: 0, unreported: 0n };
-      this.allowances.set(k, a);
+      a = {
+        period,
+        epoch: "",
+        pico: 0n,
+        exhausted: false,
+        optimistic: 0,
+        unreported: 0n,
+        half: this.slicePico(slot.def) / 2n,
+      };
+      slot.a = a;
+      this.allowances.set(slot.k, a);
     }
     return a;
+  }
+
+  /** The entity's slot, made or updated for a definition just loaded. */
+  private place(def: BudgetDef): Slot {
+    const k = entityKey(def.kind, def.id);
+    this.defs.set(k, def);
+    let ids = this.index.get(def.kind);
+    if (ids === undefined) this.index.set(def.kind, (ids = new Map<string, Slot>()));
+    let slot = ids.get(def.id);
+    if (slot === undefined) ids.set(def.id, (slot = { k, def, a: this.allowances.get(k) }));
+    slot.def = def;
+    if (slot.a !== undefined) slot.a.half = this.slicePico(def) / 2n;
+    return slot;
   }
 
   /** The start of the period `now` falls in (epoch ms). */
@@ -341,7 +373,7 @@ export class BudgetBook implements BudgetGuard {
       this.index.get(def.kind)?.delete(def.id);
       return def;
     }
-    this.defs.set(entityKey(def.kind, def.id), fresh);
+    this.place(fresh);
     return fresh;
   }
 
@@ -353,13 +385,12 @@ export class BudgetBook implements BudgetGuard {
       if (def.maxPico === null && def.softPico === null) continue;
       const a = this.allowances.get(k);
       if (a === undefined) continue;
-      const cur = this.current(k, def, now);
+      const slot = this.index.get(def.kind)?.get(def.id);
+      if (slot === undefined) continue;
+      const cur = this.current(slot, now);
       // A new period, an exhausted budget (another gateway may give back, the
       // limit may rise), or a slice half spent: lease now, not on the next request.
-      if (
-        def.maxPico !== null &&
-        (cur !== a || cur.exhausted || cur.pico < this.slicePico(def) / 2n)
-      )
+      if (def.maxPico !== null && (cur !== a || cur.exhausted || cur.pico < cur.half))
         this.refill(k, def, cur);
       else if (cur.epoch === "") this.refill(k, def, cur);
       if (cur.unreported >= PICO_PER_NANO && cur.epoch !== "") await this.report(def, cur);
@@ -406,10 +437,7 @@ export class BudgetBook implements BudgetGuard {
     for (const def of changed) {
       const k = entityKey(def.kind, def.id);
       const old = this.defs.get(k);
-      this.defs.set(k, def);
-      let ids = this.index.get(def.kind);
-      if (ids === undefined) this.index.set(def.kind, (ids = new Map<string, string>()));
-      ids.set(def.id, k);
+      const slot = this.place(def);
       if (def.updatedAt > this.loadedUntil) this.loadedUntil = def.updatedAt;
       // A changed limit or period: what this gateway holds is re-leased from the new seed.
       if (
@@ -421,7 +449,7 @@ export class BudgetBook implements BudgetGuard {
       }
       // A budget new to this gateway (or changed): lease a share now, not on its first request.
       if ((def.maxPico !== null || def.softPico !== null) && !this.closed)
-        this.refill(k, def, this.current(k, def, Date.now()));
+        this.refill(k, def, this.current(slot, Date.now()));
     }
     this.o.metrics.enforced.set(this.defs.size);
   }
