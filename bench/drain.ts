@@ -336,7 +336,7 @@ async function drainOnce(
     rowsWritten: report.entityRows + report.dailyRows,
     duplicates: report.duplicates,
     outcomes: report.outcomes,
-    workerCpuSeconds: report.cpuSeconds,
+    workerCpuSeconds: report.cpuSeconds ?? Number.NaN,
     // A baseline checkout's worker may not report it.
     workerMaxRssMb: report.maxRssMb ?? Number.NaN,
     dbCpuSeconds: cpu.backendCpuSeconds,

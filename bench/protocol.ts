@@ -61,10 +61,14 @@ export interface WorkerReport {
   /** Committed flushes: epoch ms when onFlush saw them, the rows they wrote, how long they held the lock, in how many transactions. */
   commits: { at: number; rows: number; ms: number; transactions: number }[];
   errors: string[];
-  /** The worker process's CPU (user + system) from its start to its report, seconds. */
-  cpuSeconds: number;
+  /**
+   * The worker process's CPU (user + system) from its start to its report,
+   * seconds. Absent from the reports of workers of older checkouts
+   * (BENCH_DRAIN_BASELINE), like maxRssMb.
+   */
+  cpuSeconds?: number;
   /** Its peak resident memory, MB: what the jobs it held in memory cost at most. */
-  maxRssMb: number;
+  maxRssMb?: number;
 }
 
 /** The child's report is its last stdout line (pino or a stray log above it is ignored). */
