@@ -20,10 +20,19 @@
  * held its timer's seal too (one per interval, whatever the rep does): two
  * seals per interval, each draining and sending the rows touched on both
  * sides of it.
+ *
+ * BUDGETS=1 (the budgets section): the gateway also enforces every budget the
+ * parent defined, through the product's BudgetBook, switched on and off by
+ * the IPC messages "budgets:on" and "budgets:off".
  */
 import type { AddressInfo } from "node:net";
 import { monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks";
+import { BudgetBook } from "../src/budget/budget-book.js";
+import type { BudgetGuard, BudgetRefusal, ChargedEntity } from "../src/budget/budget-guard.js";
+import { budgetMetrics } from "../src/budget/budget-metrics.js";
 import { createGatewayApp } from "../src/gateway/app.js";
+import { liveSpend } from "../src/gateway/live-spend.js";
+import { QueueSink } from "../src/queue/queue-sink.js";
 import { createSpendProducer } from "../src/wiring/create-producer.js";
 import { KeyCache } from "../src/gateway/virtual-keys.js";
 import { silentLogger } from "../src/observe/logger.js";
@@ -48,6 +57,28 @@ class SwitchedProducer extends SpendProducer {
   }
   override recordServed(event: SpendEvent): void {
     if (this.recording) super.recordServed(event);
+  }
+}
+
+/**
+ * Budget enforcement that can be switched off while the gateway runs
+ * (BUDGETS=1; the budgets section's gateway figure): off, it enforces
+ * nothing and the request path skips it as it does with no budget defined.
+ */
+class SwitchedBudgets implements BudgetGuard {
+  on = false;
+  constructor(readonly book: BudgetBook) {}
+  get size(): number {
+    return this.on ? this.book.size : 0;
+  }
+  check(entities: readonly ChargedEntity[], now?: number): BudgetRefusal | undefined {
+    return this.on ? this.book.check(entities, now) : undefined;
+  }
+  charge(entities: readonly ChargedEntity[], costPico: bigint, now?: number): void {
+    if (this.on) this.book.charge(entities, costPico, now);
+  }
+  refresh(): Promise<void> {
+    return this.book.refresh();
   }
 }
 
@@ -127,6 +158,24 @@ const producer = await createSpendProducer(config, {
   options: { flushIntervalMs: NO_TIMER_MS, flushJitterMs: 0, maxBufferedRows: 1_000_000 },
 });
 producer.recording = recording;
+const queues = producer.sink instanceof QueueSink ? producer.sink.queues : [];
+const redis = queues[0]?.connection;
+let budgets: SwitchedBudgets | undefined;
+if (process.env.BUDGETS === "1" && redis !== undefined) {
+  // Wired as gateway.ts wires it; every budget the parent defined is loaded and leased at start.
+  const book = new BudgetBook({
+    db,
+    redis,
+    keyPrefix: config.keyPrefix,
+    logger: silentLogger,
+    metrics: budgetMetrics(metrics),
+    liveSpend: async (kind, id) => (await liveSpend({ db, queues, producer }, kind, id)).totalPico,
+    refreshMs: config.gateway.budgetRefreshMs,
+    leaseFraction: config.gateway.budgetLeaseFraction,
+  });
+  await book.start();
+  budgets = new SwitchedBudgets(book);
+}
 const app = createGatewayApp({
   config,
   producer,
@@ -136,6 +185,7 @@ const app = createGatewayApp({
   logger: silentLogger,
   checks: {},
   draining: () => false,
+  ...(budgets !== undefined ? { budgets, queues } : {}),
 });
 const server = app.listen(0, "127.0.0.1", () => {
   process.stdout.write(`${JSON.stringify({ port: (server.address() as AddressInfo).port })}\n`);
@@ -173,6 +223,11 @@ process.on("message", (m) => {
   if (m === "eld") {
     eld?.disable();
     process.send?.({ maxMs: (eld?.max ?? 0) / 1e6, p99Ms: (eld?.percentile(99) ?? 0) / 1e6 });
+    return;
+  }
+  if (m === "budgets:on" || m === "budgets:off") {
+    if (budgets !== undefined) budgets.on = m === "budgets:on";
+    process.send?.({ budgets: budgets?.on ?? false, enforced: budgets?.book.size ?? 0 });
     return;
   }
   // Rows held tell the parent that "off" really records nothing.

@@ -373,13 +373,13 @@ export async function measureGatewayOverhead(
       },
     };
   } finally {
-    await Promise.all(children.map((c) => stop(c)));
+    await Promise.all(children.map((c) => stopChild(c)));
     await res.cleanPrefix(prefix);
     await res.dropDatabase(t);
   }
 }
 
-async function waitForPort(c: PinnedChild): Promise<number> {
+export async function waitForPort(c: PinnedChild): Promise<number> {
   const deadline = Date.now() + 30_000;
   for (;;) {
     const line = c.stdout().split("\n")[0] ?? "";
@@ -390,7 +390,7 @@ async function waitForPort(c: PinnedChild): Promise<number> {
   }
 }
 
-async function stop(c: PinnedChild): Promise<void> {
+export async function stopChild(c: PinnedChild): Promise<void> {
   if (c.child.exitCode !== null) return;
   c.child.send("stop");
   const timer = setTimeout(() => c.child.kill("SIGKILL"), 10_000);
@@ -399,7 +399,7 @@ async function stop(c: PinnedChild): Promise<void> {
 }
 
 /** n requests, `concurrency` in flight on keep-alive connections; any non-200 fails the run. */
-async function sendAll(
+export async function sendAll(
   port: number,
   requests: readonly GatewayRequest[],
   n: number,

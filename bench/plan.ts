@@ -1,5 +1,6 @@
 import type { TrafficShape } from "../src/demo/traffic.js";
 import type { CrashPlan } from "./crash-loss.js";
+import type { BudgetGatewayPlan } from "./budget-gateway.js";
 import type { BudgetOvershootPlan } from "./budget-overshoot.js";
 import type { DrainPlan } from "./drain.js";
 
@@ -148,6 +149,8 @@ export interface BenchPlan {
 export interface BudgetsPlan {
   /** The check and charge timed in one process: budgets held (keys, users, teams), requests per rep. */
   check: { budgets: number; requests: number; reps: number };
+  /** The reference gateway's CPU per request, budgets on vs off. */
+  gateway: BudgetGatewayPlan;
   overshoot: BudgetOvershootPlan;
 }
 
@@ -225,6 +228,16 @@ export const FULL_PLAN: BenchPlan = {
   },
   budgets: {
     check: { budgets: 3_000, requests: 200_000, reps: 9 },
+    gateway: {
+      keys: 200,
+      budgets: 3_000,
+      distinctRequests: 2_000,
+      concurrency: 16,
+      warmupRequests: 5_000,
+      requestsPerRep: 10_000,
+      reps: 8,
+      nullReps: 4,
+    },
     // 8 gateways flat out, as the issue asks; the budget lasts a few seconds of them.
     overshoot: { gateways: 8, inFlight: 8, budgetRequests: 3_000, timeoutMs: 120_000 },
   },
@@ -297,6 +310,16 @@ export const SMOKE_PLAN: BenchPlan = {
   },
   budgets: {
     check: { budgets: 300, requests: 20_000, reps: 3 },
+    gateway: {
+      keys: 20,
+      budgets: 300,
+      distinctRequests: 200,
+      concurrency: 8,
+      warmupRequests: 300,
+      requestsPerRep: 500,
+      reps: 2,
+      nullReps: 2,
+    },
     overshoot: { gateways: 3, inFlight: 4, budgetRequests: 200, timeoutMs: 60_000 },
   },
 };

@@ -9,6 +9,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { measureBudgetCheck, type BudgetCheckResult } from "./budget-check.js";
+import { measureBudgetGateway, type BudgetGatewayResult } from "./budget-gateway.js";
 import { measureBudgetOvershoot, type BudgetOvershootResult } from "./budget-overshoot.js";
 import { measureCrashLoss, type CrashLossResult } from "./crash-loss.js";
 import { measureDrain, type DrainResult } from "./drain.js";
@@ -83,6 +84,7 @@ async function main(): Promise<number> {
   let drain: DrainResult | undefined;
   let recovery: RecoveryResult | undefined;
   let budgetCheck: BudgetCheckResult | undefined;
+  let budgetGateway: BudgetGatewayResult | undefined;
   let budgetOvershoot: BudgetOvershootResult | undefined;
   const machine = await machineInfo();
   progress(
@@ -198,6 +200,11 @@ async function main(): Promise<number> {
         errors.push(`budget check: ${errorMessage(err)}`);
       }
       try {
+        budgetGateway = await measureBudgetGateway(plan.budgets.gateway, plan.pipeline.shape, res);
+      } catch (err) {
+        errors.push(`budget check on the reference gateway: ${errorMessage(err)}`);
+      }
+      try {
         budgetOvershoot = await measureBudgetOvershoot(plan.budgets.overshoot, res);
       } catch (err) {
         errors.push(`budget overshoot: ${errorMessage(err)}`);
@@ -236,10 +243,11 @@ async function main(): Promise<number> {
     ...(crash !== undefined ? { crash } : {}),
     ...(drain !== undefined ? { drain } : {}),
     ...(recovery !== undefined ? { recovery } : {}),
-    ...(budgetCheck !== undefined || budgetOvershoot !== undefined
+    ...(budgetCheck !== undefined || budgetGateway !== undefined || budgetOvershoot !== undefined
       ? {
           budgets: {
             ...(budgetCheck !== undefined ? { check: budgetCheck } : {}),
+            ...(budgetGateway !== undefined ? { gateway: budgetGateway } : {}),
             ...(budgetOvershoot !== undefined ? { overshoot: budgetOvershoot } : {}),
           },
         }
@@ -257,7 +265,7 @@ async function main(): Promise<number> {
       drain,
       recovery,
       plan,
-      { check: budgetCheck, overshoot: budgetOvershoot },
+      { check: budgetCheck, gateway: budgetGateway, overshoot: budgetOvershoot },
     ),
     errors,
     reconciled,

@@ -4,6 +4,7 @@
  * verdict per bar from issue 5.
  */
 import type { BudgetCheckResult } from "./budget-check.js";
+import type { BudgetGatewayResult } from "./budget-gateway.js";
 import type { BudgetOvershootResult } from "./budget-overshoot.js";
 import type { CrashLossResult } from "./crash-loss.js";
 import type { DrainResult } from "./drain.js";
@@ -78,7 +79,11 @@ export interface BenchResults {
   /** Section 8: the same backlog drained across a worker SIGKILL. */
   recovery?: RecoveryResult;
   /** Section 9: the budget check's cost, and how far 8 gateways go past one budget. */
-  budgets?: { check?: BudgetCheckResult; overshoot?: BudgetOvershootResult };
+  budgets?: {
+    check?: BudgetCheckResult;
+    gateway?: BudgetGatewayResult;
+    overshoot?: BudgetOvershootResult;
+  };
   bars: Bar[];
   errors: string[];
   /** Reconciliation held in every end-to-end run (the smoke run's exit code). */
@@ -193,6 +198,7 @@ export function evaluateBars(
   plan?: BenchPlan,
   budgets?: {
     check?: BudgetCheckResult | undefined;
+    gateway?: BudgetGatewayResult | undefined;
     overshoot?: BudgetOvershootResult | undefined;
   },
 ): Bar[] {
@@ -367,16 +373,24 @@ export function evaluateBars(
       pass: worst <= 10_000 && recovery.reconciled,
     });
   }
-  bars.push(...budgetBars(budgets?.check, budgets?.overshoot));
+  bars.push(...budgetBars(budgets?.check, budgets?.gateway, budgets?.overshoot));
   return bars;
 }
 
 /** Issue 20's bars: the check's cost per request, and the overshoot against the bound and naive. */
 function budgetBars(
   check: BudgetCheckResult | undefined,
+  gateway: BudgetGatewayResult | undefined,
   overshoot: BudgetOvershootResult | undefined,
 ): Bar[] {
   const bars: Bar[] = [];
+  if (gateway !== undefined)
+    bars.push({
+      name: `budgets: the reference gateway's CPU per request with ${gateway.budgets} budgets enforced vs budgets off, both recording, roles swapped each rep (median over pairs of reps)`,
+      bar: "<= 1 µs",
+      value: `${fmt(gateway.addedUs.median, 2)} µs (${fmt(gateway.offCpuUs.median, 0)} → ${fmt(gateway.onCpuUs.median, 0)} µs; the harness's resolution, budgets off in both: ${fmt(gateway.nullUs.median, 2)} µs, range ${fmt(gateway.nullUs.min, 2)} to ${fmt(gateway.nullUs.max, 2)})`,
+      pass: gateway.addedUs.median <= 1,
+    });
   if (check !== undefined)
     bars.push({
       name: `budgets: the check before a request and the charge after it, added per request with ${check.budgets} budgets held vs none (the gateway's BudgetBook in one process; synchronous: no round trip, median)`,
