@@ -316,6 +316,8 @@ export class BudgetBook implements BudgetGuard {
   private async lease(k: string, initial: BudgetDef, a: Allowance): Promise<void> {
     let def = initial;
     for (let attempt = 0; attempt < 3; attempt++) {
+      // The newest definition this gateway has (a reload may have brought one while it waited).
+      def = this.defs.get(k) ?? def;
       // The period moved on (a boundary passed): one gateway records it in
       // PostgreSQL, every gateway reloads the definition before seeding.
       if (def.resetAt !== null && a.period >= def.resetAt.getTime()) {
@@ -330,14 +332,22 @@ export class BudgetBook implements BudgetGuard {
       const [status, grant, epoch] = (await budgetScripts.lease.run(
         this.o.redis,
         [key],
-        [a.period, want.toString(), ttl],
+        [a.period, want.toString(), ttl, def.updatedAt.getTime()],
       )) as [number, number, string];
+      if (status === 3) {
+        // Seeded from a newer definition (the limit changed) than this gateway
+        // holds: read it, then lease under it.
+        await this.reload();
+        continue;
+      }
       if (status === 2) {
         // Redis is in a later period than this gateway's clock: the next tick catches up.
         this.o.metrics.leases.inc({ outcome: "period_over" });
         return;
       }
       if (status === 0) {
+        // None for this period, or one made from an older definition: seed it
+        // (the script keeps the first seed of a definition, and a newer one's).
         await this.seed(key, def, a, ttl);
         continue;
       }
@@ -367,7 +377,14 @@ export class BudgetBook implements BudgetGuard {
     const won = await budgetScripts.seed.run(
       this.o.redis,
       [key],
-      [a.period, remaining.toString(), randomUUID(), ttl, spentNano.toString()],
+      [
+        a.period,
+        remaining.toString(),
+        randomUUID(),
+        ttl,
+        spentNano.toString(),
+        def.updatedAt.getTime(),
+      ],
     );
     if (won === 1) this.o.metrics.leases.inc({ outcome: "seeded" });
   }
