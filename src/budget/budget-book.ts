@@ -114,6 +114,14 @@ export class BudgetBook implements BudgetGuard {
    */
   private readonly index = new Map<string, Map<string, Slot>>();
   private readonly allowances = new Map<string, Allowance>();
+  /**
+   * What a refresh looks at, so its cost follows what needs work rather than
+   * how many budgets exist: slots whose share is exhausted (another gateway
+   * may give back, the limit may rise), or whose last lease failed.
+   */
+  private readonly attention = new Set<Slot>();
+  /** Slots of budgets with a period, so a refresh leases at each boundary. */
+  private readonly periodic = new Set<Slot>();
   private loadedUntil = new Date(0);
   private timer: NodeJS.Timeout | undefined;
   private ticking: Promise<void> | undefined;
@@ -281,6 +289,8 @@ export class BudgetBook implements BudgetGuard {
     };
     if (slot === undefined) ids.set(def.id, (slot = { k, a: this.allowances.get(k), ...flat }));
     else Object.assign(slot, flat);
+    if (def.duration !== null && def.maxPico !== null) this.periodic.add(slot);
+    else this.periodic.delete(slot);
     if (slot.a !== undefined) slot.a.half = this.slicePico(def) / 2n;
     return slot;
   }
@@ -305,6 +315,7 @@ export class BudgetBook implements BudgetGuard {
     if (a.refill !== undefined || this.closed) return;
     a.refill = this.lease(k, def, a)
       .catch((err: unknown) => {
+        this.needsAttention(def, true);
         this.o.metrics.leases.inc({ outcome: "failed" });
         this.o.logger.warn({ err: (err as Error).message, kind: def.kind }, "budget lease failed");
       })
@@ -362,7 +373,17 @@ export class BudgetBook implements BudgetGuard {
       // Less than its debt and a slice means Redis had no more: nothing more is admitted.
       a.exhausted = a.pico <= 0n;
       a.optimistic = 0;
+      this.needsAttention(def, a.exhausted);
       this.o.metrics.leases.inc({ outcome: grant === 0 ? "exhausted" : "granted" });
+      // What it spent since the last lease (about half a slice) counts towards
+      // the thresholds: reported at the lease's pace, not per request.
+      if (a.unreported >= PICO_PER_NANO)
+        await this.report(def, a).catch((err: unknown) =>
+          this.o.logger.warn(
+            { err: (err as Error).message, kind: def.kind },
+            "budget report failed",
+          ),
+        );
       return;
     }
   }
@@ -412,6 +433,8 @@ export class BudgetBook implements BudgetGuard {
     }
     const fresh = await loadBudget(this.o.db, def.kind, def.id);
     if (fresh === null) {
+      const gone = this.index.get(def.kind)?.get(def.id);
+      if (gone !== undefined) this.periodic.delete(gone);
       this.defs.delete(entityKey(def.kind, def.id));
       this.index.get(def.kind)?.delete(def.id);
       return def;
@@ -424,28 +447,38 @@ export class BudgetBook implements BudgetGuard {
   private async tick(): Promise<void> {
     await this.reload();
     const now = Date.now();
-    for (const [k, def] of this.defs) {
-      if (def.maxPico === null && def.softPico === null) continue;
-      const a = this.allowances.get(k);
-      if (a === undefined) continue;
-      const slot = this.index.get(def.kind)?.get(def.id);
-      if (slot === undefined) continue;
+    // A boundary passed: lease the new period's share now, not on its first request.
+    for (const slot of this.periodic)
+      if (now >= slot.until && slot.a !== undefined && slot.a.period < now) {
+        const cur = this.current(slot, now);
+        if (cur.epoch === "") this.refill(slot.k, slot.def, cur);
+      }
+    for (const slot of this.attention) {
+      const a = slot.a;
+      if (a === undefined || !this.defs.has(slot.k)) {
+        this.attention.delete(slot);
+        continue;
+      }
       const cur = this.current(slot, now);
-      // A new period, an exhausted budget (another gateway may give back, the
-      // limit may rise), or a slice half spent: lease now, not on the next request.
-      if (def.maxPico !== null && (cur !== a || cur.exhausted || cur.pico < cur.half))
-        this.refill(k, def, cur);
-      else if (cur.epoch === "") this.refill(k, def, cur);
-      // Reported in steps of half a slice (a round trip per entity per refresh
-      // cost the gateway ~12 µs a request at 3,000 budgets), and all of it once
-      // the share is exhausted, so the sum reaches the limit's own threshold.
+      if ((slot.hasMax && (cur.exhausted || cur.pico < cur.half)) || cur.epoch === "")
+        this.refill(slot.k, slot.def, cur);
+      // All of it once the share is exhausted, so the sum reaches the limit's
+      // own threshold; a soft budget alone (never leased) in half-slice steps.
       if (
         cur.epoch !== "" &&
         (cur.unreported >= cur.half ||
-          (def.maxPico !== null && cur.exhausted && cur.unreported >= PICO_PER_NANO))
+          (slot.hasMax && cur.exhausted && cur.unreported >= PICO_PER_NANO))
       )
-        await this.report(def, cur);
+        await this.report(slot.def, cur);
     }
+  }
+
+  /** Puts the entity's slot in (or takes it out of) what each refresh looks at. */
+  private needsAttention(def: BudgetDef, needs: boolean): void {
+    const slot = this.index.get(def.kind)?.get(def.id);
+    if (slot === undefined) return;
+    if (needs) this.attention.add(slot);
+    else this.attention.delete(slot);
   }
 
   /**
