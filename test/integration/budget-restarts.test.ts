@@ -173,20 +173,30 @@ describe("budgets across a cold start and a Redis restart", () => {
     await startGateways();
 
     // Spend 24 of 40 and let it commit: both gateways hold slices of this seeding.
-    let before = 0;
-    for (let n = 0; before < 24; n++) {
+    let spentBefore = 0;
+    for (let n = 0; spentBefore < 24; n++) {
       const [status] = await chat(n % N, key);
-      if (status === 200) before++;
+      if (status === 200) spentBefore++;
       else await new Promise((r) => setTimeout(r, 10));
     }
-    await committed(key, BigInt(before) * C);
+    await committed(key, BigInt(spentBefore) * C);
 
+    // Its state before the kill: seeded, with what this period has left.
+    assert.equal(await admin.exists(budgetKey(prefix, "key", key.token)), 1);
+    const runId = async (): Promise<string> =>
+      /run_id:(\w+)/.exec(await admin.info("server"))?.[1] ?? "";
+    const before = await runId();
     await server.stop("SIGKILL");
     await server.start();
-    assert.equal(await admin.exists(budgetKey(prefix, "key", key.token)), 0);
+    // A new server with nothing (a gateway may have re-seeded the key since it answered).
+    await waitFor(
+      "the admin connection to be back",
+      async () => (await runId()) !== before,
+      10_000,
+    );
 
     const after = await spendUntilRefused(key);
-    const spend = await committed(key, BigInt(before + after) * C);
+    const spend = await committed(key, BigInt(spentBefore + after) * C);
     // Counted twice (24 + 24 ≥ 40), the new seed would release nothing: refused early.
     assert.ok(spend >= BUDGET * C, `refused at ${picoToDecimal(spend)}, before the budget`);
     // Released again in full, 24 + 40 would be spent. The bound after a restart
