@@ -663,7 +663,17 @@ export class Aggregator {
   }
 
   private dayZero(d: number): void {
-    this.day.fill(0, d * DW, d * DW + DW);
+    // Stores, not fill(): a builtin call costs more than the eight writes.
+    const f = this.day;
+    const o = d * DW;
+    f[o] = 0;
+    f[o + 1] = 0;
+    f[o + 2] = 0;
+    f[o + 3] = 0;
+    f[o + 4] = 0;
+    f[o + 5] = 0;
+    f[o + 6] = 0;
+    f[o + 7] = 0;
     if (this.dayOver.size > 0) this.dayOver.delete(d);
   }
 
@@ -810,7 +820,7 @@ export class Aggregator {
           this.dayEnt = grown(this.dayEnt, d + 1);
         }
       }
-      this.day.fill(0, d * DW, d * DW + DW);
+      this.dayZero(d);
       this.dayMark[d] = 0;
       this.dayKind[d] = k;
       this.dayEnt[d] = this.entity(entities, ENTITY_OF_DAILY[k] as number, id);
