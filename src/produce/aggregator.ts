@@ -79,6 +79,10 @@ const REQUESTS = 5;
 const SUCCESSES = 6;
 
 const INITIAL_ROWS = 1_024;
+// Dropped contexts (and keys' context indexes) kept for reuse, at most this
+// many: a context lives an interval or two, and allocating one per new
+// context was most of what the garbage collector copied and promoted.
+const POOL_LIMIT = 4_096;
 
 export interface DrainedRows {
   entity: EntityRow[];
@@ -128,16 +132,37 @@ class DailyContext {
   memberTeam = "";
   member = -1;
 
-  constructor(
-    readonly index: ContextIndex,
-    readonly date: string,
-    readonly apiKey: string,
-    readonly model: string,
-    readonly modelGroup: string,
-    readonly provider: string,
-    readonly endpoint: string,
-    readonly mcpToolName: string,
-  ) {}
+  // Its dimensions and index: set by ContextIndex.open, reset when pooled.
+  index: ContextIndex | undefined = undefined;
+  date = "";
+  apiKey = "";
+  model = "";
+  modelGroup = "";
+  provider = "";
+  endpoint = "";
+  mcpToolName = "";
+
+  /** Forgets everything (its rows are released by the caller), ready for reuse. */
+  clear(): void {
+    for (let k = 0; k < 5; k++) {
+      this.firstId[k] = "";
+      this.firstRow[k] = -1;
+    }
+    this.more = undefined;
+    this.rows.length = 0;
+    this.mark = 0;
+    this.member = -1;
+    this.memberUser = "";
+    this.memberTeam = "";
+    this.index = undefined;
+    this.date = "";
+    this.apiKey = "";
+    this.model = "";
+    this.modelGroup = "";
+    this.provider = "";
+    this.endpoint = "";
+    this.mcpToolName = "";
+  }
 
   matches(e: NormalizedEvent, date: string): boolean {
     // Equal strings from the same source are usually the same object, so
@@ -201,17 +226,17 @@ class ContextIndex {
     return undefined;
   }
 
-  open(e: NormalizedEvent, date: string): DailyContext {
-    const c = new DailyContext(
-      this,
-      date,
-      e.apiKey,
-      e.model,
-      e.modelGroup,
-      e.provider,
-      e.endpoint,
-      e.mcpToolName,
-    );
+  /** A new context for the event's dimensions on `date` (a pooled one if `pool` has one). */
+  open(e: NormalizedEvent, date: string, pool: DailyContext[]): DailyContext {
+    const c = pool.pop() ?? new DailyContext();
+    c.index = this;
+    c.date = date;
+    c.apiKey = e.apiKey;
+    c.model = e.model;
+    c.modelGroup = e.modelGroup;
+    c.provider = e.provider;
+    c.endpoint = e.endpoint;
+    c.mcpToolName = e.mcpToolName;
     c.pos = this.list.length;
     this.list.push(c);
     if (this.index !== undefined) this.index.set(contextKey(e, date), c);
@@ -220,6 +245,11 @@ class ContextIndex {
       for (const x of this.list) this.index.set(contextKey(x, x.date), x);
     }
     return c;
+  }
+
+  /** Whether it holds no context: then it can be pooled. */
+  get empty(): boolean {
+    return this.list.length === 0;
   }
 
   /** Removes a context (O(1): the last one takes its place). */
@@ -304,6 +334,8 @@ export class Aggregator {
   private readonly members = new Map<string, Map<string, number>>();
   /** Daily contexts of requests that name no key. */
   private readonly keyless = new ContextIndex();
+  private readonly contextPool: DailyContext[] = [];
+  private readonly indexPool: ContextIndex[] = [];
 
   /** The current interval: a row's mark equals it once touched in it. */
   private epoch = 1;
@@ -464,13 +496,13 @@ export class Aggregator {
       if (k === undefined) {
         k = this.newEntity(E_KEY, e.apiKey, "");
         this.keys.set(e.apiKey, k);
-        this.entContexts[k] = new ContextIndex();
+        this.entContexts[k] = this.indexPool.pop() ?? new ContextIndex();
       }
       this.entAdd(k, pico);
       contexts = this.entContexts[k] as ContextIndex;
     }
     const date = this.dateOf(e.startMs);
-    const ctx = contexts.find(e, date) ?? contexts.open(e, date);
+    const ctx = contexts.find(e, date) ?? contexts.open(e, date, this.contextPool);
     this.touchContext(ctx);
     this.events++;
 
@@ -511,63 +543,31 @@ export class Aggregator {
    * are done: the producer drains one aggregator while the other records.
    */
   *drainSteps(out: DrainedRows): Generator<void, void> {
+    // The loops run in plain methods, a chunk at a time: locals that live
+    // across a yield are slower to reach than a method's.
     const epoch = this.epoch;
     const entityBefore = out.entity.length;
     const dailyBefore = out.daily.length;
 
     // 1. Entity rows touched this interval: emitted and zeroed.
-    const entity = out.entity;
     const touched = this.entTouched;
-    for (let j = 0; j < touched.length; j++) {
-      const i = touched[j] as number;
-      entity.push(this.entityRow(i));
-      this.entSpend[i] = 0;
-      if (this.entOver.size > 0) this.entOver.delete(i);
-      this.entityPending--;
-      if ((j + 1) % DRAIN_STEP === 0) yield;
+    for (let j = 0; j < touched.length; j += DRAIN_STEP) {
+      this.emitEntities(touched, j, Math.min(touched.length, j + DRAIN_STEP), out.entity);
+      yield;
     }
 
     // 2. Daily rows, context by context (a job groups a context's rows):
     // touched ones emitted and zeroed, the others dropped.
-    const daily = out.daily;
-    let work = 0;
     const ctxs = this.ctxTouched;
-    for (let j = 0; j < ctxs.length; j++) {
-      const c = ctxs[j] as DailyContext;
-      c.member = -1;
-      const rows = c.rows;
-      let kept = 0;
-      for (let r = 0; r < rows.length; r++) {
-        const d = rows[r] as number;
-        if (this.dayMark[d] === epoch) {
-          daily.push(this.dailyRow(d, c));
-          this.dayZero(d);
-          this.dailyPending--;
-          rows[kept++] = d;
-        } else {
-          c.unset(this.dayKind[d] as number, this.dayId[d] as string);
-          this.releaseDaily(d);
-        }
-      }
-      rows.length = kept;
-      work += kept + 1;
-      if (work >= DRAIN_STEP) {
-        work = 0;
-        yield;
-      }
+    for (let j = 0; j < ctxs.length;) {
+      j = this.emitContexts(ctxs, j, epoch, out.daily);
+      yield;
     }
     // Contexts touched last interval and not this one: dropped with their rows.
     const prevCtxs = this.ctxPrev;
-    for (let j = 0; j < prevCtxs.length; j++) {
-      const c = prevCtxs[j] as DailyContext;
-      if (c.mark === epoch) continue;
-      for (const d of c.rows) this.releaseDaily(d);
-      c.rows.length = 0;
-      c.index.remove(c);
-      if (++work >= DRAIN_STEP) {
-        work = 0;
-        yield;
-      }
+    for (let j = 0; j < prevCtxs.length; j += DRAIN_STEP) {
+      this.dropContexts(prevCtxs, j, Math.min(prevCtxs.length, j + DRAIN_STEP), epoch);
+      yield;
     }
     prevCtxs.length = 0;
     this.ctxPrev = ctxs;
@@ -575,10 +575,9 @@ export class Aggregator {
 
     // 3. Entity rows touched last interval and not this one: dropped.
     const prev = this.entPrev;
-    for (let j = 0; j < prev.length; j++) {
-      const i = prev[j] as number;
-      if (this.entMark[i] !== epoch) this.releaseEntity(i);
-      if ((j + 1) % DRAIN_STEP === 0) yield;
+    for (let j = 0; j < prev.length; j += DRAIN_STEP) {
+      this.dropEntities(prev, j, Math.min(prev.length, j + DRAIN_STEP), epoch);
+      yield;
     }
     prev.length = 0;
     this.entPrev = touched;
@@ -587,9 +586,79 @@ export class Aggregator {
     this.epoch = epoch + 1;
     this.events = 0;
     this.dailyTouched = 0;
-    const dailyRows = daily.length - dailyBefore;
+    const dailyRows = out.daily.length - dailyBefore;
     if (dailyRows > 0)
-      this.rowsPerDailyRow = (entity.length - entityBefore + dailyRows) / dailyRows;
+      this.rowsPerDailyRow = (out.entity.length - entityBefore + dailyRows) / dailyRows;
+  }
+
+  /** Emits and zeroes entity rows list[from..to). */
+  private emitEntities(list: number[], from: number, to: number, entity: EntityRow[]): void {
+    const spend = this.entSpend;
+    for (let j = from; j < to; j++) {
+      const i = list[j] as number;
+      entity.push(this.entityRow(i));
+      spend[i] = 0;
+      if (this.entOver.size > 0) this.entOver.delete(i);
+    }
+    this.entityPending -= to - from;
+  }
+
+  /**
+   * From list[from] on, each context's touched daily rows emitted and
+   * zeroed, its others dropped, until about DRAIN_STEP rows; returns where
+   * it stopped.
+   */
+  private emitContexts(
+    list: DailyContext[],
+    from: number,
+    epoch: number,
+    daily: DailyRow[],
+  ): number {
+    const mark = this.dayMark;
+    let work = 0;
+    let j = from;
+    while (j < list.length && work < DRAIN_STEP) {
+      const c = list[j++] as DailyContext;
+      c.member = -1;
+      const rows = c.rows;
+      let kept = 0;
+      for (let r = 0; r < rows.length; r++) {
+        const d = rows[r] as number;
+        if (mark[d] === epoch) {
+          daily.push(this.dailyRow(d, c));
+          this.dayZero(d);
+          rows[kept++] = d;
+        } else {
+          c.unset(this.dayKind[d] as number, this.dayId[d] as string);
+          this.releaseDaily(d);
+        }
+      }
+      rows.length = kept;
+      this.dailyPending -= kept;
+      work += kept + 1;
+    }
+    return j;
+  }
+
+  /** Drops the contexts of list[from..to) not touched in `epoch`, with their rows. */
+  private dropContexts(list: DailyContext[], from: number, to: number, epoch: number): void {
+    for (let j = from; j < to; j++) {
+      const c = list[j] as DailyContext;
+      if (c.mark === epoch) continue;
+      for (const d of c.rows) this.releaseDaily(d);
+      (c.index as ContextIndex).remove(c);
+      c.clear();
+      if (this.contextPool.length < POOL_LIMIT) this.contextPool.push(c);
+    }
+  }
+
+  /** Drops the entity rows of list[from..to) not touched in `epoch`. */
+  private dropEntities(list: number[], from: number, to: number, epoch: number): void {
+    const mark = this.entMark;
+    for (let j = from; j < to; j++) {
+      const i = list[j] as number;
+      if (mark[i] !== epoch) this.releaseEntity(i);
+    }
   }
 
   private touchContext(c: DailyContext): void {
@@ -777,7 +846,12 @@ export class Aggregator {
     } else this.entityMap(ENTITY_KINDS[kind] as Exclude<EntityKind, "team_member">).delete(id);
     this.entId[i] = "";
     this.entId2[i] = "";
-    this.entContexts[i] = undefined;
+    const contexts = this.entContexts[i];
+    if (contexts !== undefined) {
+      this.entContexts[i] = undefined;
+      // Its contexts were dropped before it (a key is touched with each of them).
+      if (contexts.empty && this.indexPool.length < POOL_LIMIT) this.indexPool.push(contexts);
+    }
     this.entFree.push(i);
     this.entityRowsHeld--;
   }
