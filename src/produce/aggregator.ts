@@ -455,11 +455,17 @@ export class Aggregator {
     }
     if (org !== "" && (o = ctx.row(D_ORG, org)) < 0) return false;
     if (endUser !== "" && (eu = ctx.row(D_END_USER, endUser)) < 0) return false;
+    // The daily rows to add to, gathered first: nothing is added unless all exist.
     const scratch = this.scratch;
+    let n = 0;
+    if (u >= 0) scratch[n++] = u;
+    if (t >= 0) scratch[n++] = t;
+    if (o >= 0) scratch[n++] = o;
+    if (eu >= 0) scratch[n++] = eu;
     for (let i = 0; i < tags.length; i++) {
       const d = ctx.row(D_TAG, tags[i] as string);
       if (d < 0) return false;
-      scratch[i] = d;
+      scratch[n++] = d;
     }
 
     // Everything exists: add.
@@ -472,13 +478,43 @@ export class Aggregator {
       ctx.memberTeam = team;
       this.entAdd(member, pico);
     }
-    if (u >= 0) this.dayAdd(u, e);
-    if (t >= 0) this.dayAdd(t, e);
-    if (o >= 0) this.dayAdd(o, e);
-    if (eu >= 0) this.dayAdd(eu, e);
-    for (let i = 0; i < tags.length; i++) this.dayAdd(scratch[i] as number, e);
+    this.dayAddAll(scratch, n, e);
     this.events++;
     return true;
+  }
+
+  /** Adds the event to daily rows rows[0..n) and to the entity row each belongs to. */
+  private dayAddAll(rows: readonly number[], n: number, e: NormalizedEvent): void {
+    const epoch = this.epoch;
+    const f = this.day;
+    const dayMark = this.dayMark;
+    const dayEnt = this.dayEnt;
+    const pico = e.spendPico;
+    const prompt = e.promptTokens;
+    const completion = e.completionTokens;
+    const cacheRead = e.cacheReadInputTokens;
+    const cacheCreation = e.cacheCreationInputTokens;
+    const success = e.success ? 1 : 0;
+    for (let i = 0; i < n; i++) {
+      const d = rows[i] as number;
+      if (dayMark[d] !== epoch) {
+        dayMark[d] = epoch;
+        this.dailyTouched++;
+        this.dailyPending++;
+      }
+      const o = d * DW;
+      const spend = (f[o + SPEND] as number) + pico;
+      f[o + SPEND] = spend;
+      f[o + PROMPT] = (f[o + PROMPT] as number) + prompt;
+      f[o + COMPLETION] = (f[o + COMPLETION] as number) + completion;
+      f[o + CACHE_READ] = (f[o + CACHE_READ] as number) + cacheRead;
+      f[o + CACHE_CREATION] = (f[o + CACHE_CREATION] as number) + cacheCreation;
+      const requests = (f[o + REQUESTS] as number) + 1;
+      f[o + REQUESTS] = requests;
+      f[o + SUCCESSES] = (f[o + SUCCESSES] as number) + success;
+      if (spend >= MAX_SAFE_PICO || requests >= COUNT_SPILL_REQUESTS) this.daySpill(d);
+      this.entAdd(dayEnt[d] as number, pico);
+    }
   }
 
   /** Adds the event, creating the rows it touches that do not exist yet. */
@@ -506,9 +542,11 @@ export class Aggregator {
     this.touchContext(ctx);
     this.events++;
 
-    if (user !== "") this.dayAdd(this.daily(ctx, D_USER, this.users, user), e);
+    const rows = this.scratch;
+    let n = 0;
+    if (user !== "") rows[n++] = this.daily(ctx, D_USER, this.users, user);
     if (team !== "") {
-      this.dayAdd(this.daily(ctx, D_TEAM, this.teams, team), e);
+      rows[n++] = this.daily(ctx, D_TEAM, this.teams, team);
       if (user !== "") {
         if (ctx.member < 0 || ctx.memberUser !== user || ctx.memberTeam !== team) {
           ctx.member = this.member(user, team);
@@ -518,11 +556,11 @@ export class Aggregator {
         this.entAdd(ctx.member, pico);
       }
     }
-    if (org !== "") this.dayAdd(this.daily(ctx, D_ORG, this.orgs, org), e);
-    if (endUser !== "") this.dayAdd(this.daily(ctx, D_END_USER, this.endUsers, endUser), e);
-    for (let i = 0; i < tags.length; i++) {
-      this.dayAdd(this.daily(ctx, D_TAG, this.tags, tags[i] as string), e);
-    }
+    if (org !== "") rows[n++] = this.daily(ctx, D_ORG, this.orgs, org);
+    if (endUser !== "") rows[n++] = this.daily(ctx, D_END_USER, this.endUsers, endUser);
+    for (let i = 0; i < tags.length; i++)
+      rows[n++] = this.daily(ctx, D_TAG, this.tags, tags[i] as string);
+    this.dayAddAll(rows, n, e);
   }
 
   /**
@@ -680,28 +718,6 @@ export class Aggregator {
       this.entOver.set(i, (this.entOver.get(i) ?? 0n) + BigInt(v));
       s[i] = 0;
     } else s[i] = v;
-  }
-
-  /** Adds the event to daily row d and to the entity row it belongs to. */
-  private dayAdd(d: number, e: NormalizedEvent): void {
-    if (this.dayMark[d] !== this.epoch) {
-      this.dayMark[d] = this.epoch;
-      this.dailyTouched++;
-      this.dailyPending++;
-    }
-    const f = this.day;
-    const o = d * DW;
-    const spend = (f[o + SPEND] as number) + e.spendPico;
-    f[o + SPEND] = spend;
-    f[o + PROMPT] = (f[o + PROMPT] as number) + e.promptTokens;
-    f[o + COMPLETION] = (f[o + COMPLETION] as number) + e.completionTokens;
-    f[o + CACHE_READ] = (f[o + CACHE_READ] as number) + e.cacheReadInputTokens;
-    f[o + CACHE_CREATION] = (f[o + CACHE_CREATION] as number) + e.cacheCreationInputTokens;
-    const requests = (f[o + REQUESTS] as number) + 1;
-    f[o + REQUESTS] = requests;
-    if (e.success) f[o + SUCCESSES] = (f[o + SUCCESSES] as number) + 1;
-    if (spend >= MAX_SAFE_PICO || requests >= COUNT_SPILL_REQUESTS) this.daySpill(d);
-    this.entAdd(this.dayEnt[d] as number, e.spendPico);
   }
 
   /** Moves daily row d's counters into its bigint overflow. */
