@@ -1,7 +1,8 @@
 import { MAX_SAFE_PICO } from "../contract/money.js";
 import {
+  DAILY_KINDS,
+  ENTITY_KINDS,
   encodeCount,
-  type Count,
   type DailyKind,
   type DailyRow,
   type EntityKind,
@@ -15,20 +16,27 @@ import type { NormalizedEvent } from "./spend-event.js";
  * Each event adds to the rows it touches directly: ~8 entity rows (key, user,
  * team, team member, org, end user, tags) and ~5 daily rows (user, team, org,
  * end user, tags for the request's date, key, model, group, provider,
- * endpoint and MCP tool). The cost per event is the same whether its
- * combination of ids is new or not; only a new *row* allocates.
+ * endpoint and MCP tool).
  *
- * No composite key string is ever built on the request path: every map is
- * keyed by one id the event already holds (V8 caches a string's hash on the
- * string), and the daily dimensions a request shares with its key's earlier
- * requests are found by comparing references (DailyContext).
+ * Counters live in typed-array slabs, not in an object per row: a daily row
+ * is eight doubles (one cache line) in one Float64Array, an entity row one
+ * double in another, and a row is its index there. A new row takes a free
+ * index instead of allocating, and the garbage collector never walks the
+ * counters. A row finds its place through maps keyed by one id the event
+ * already holds (V8 caches a string's hash on the string): no composite key
+ * string is built on the request path. The daily dimensions a request shares
+ * with its key's earlier requests are found by comparing references
+ * (DailyContext), and a context keeps the index of each daily row it holds,
+ * with the index of the entity row that row adds to, so a request adds to
+ * its entity rows without looking them up again.
  *
  * Rows outlive a seal: drain() emits the rows touched since the last one
  * and zeroes them, and drops only rows that went a whole interval untouched.
  * A gateway's ids recur interval after interval, so in steady state a
- * request finds its rows already there (addIfKnown) instead of allocating
- * them again every interval. Memory grows with the rows of the last two
- * intervals, never with requests.
+ * request finds its rows already there (addIfKnown). A drain visits only the
+ * rows touched in its interval or the one before (lists kept as rows are
+ * first touched), never every row held. Memory grows with the rows of the
+ * last two intervals, never with requests.
  */
 
 // Tokens per event are capped (config), so a row that has seen fewer requests
@@ -42,69 +50,43 @@ const SEP = "\u001f";
 const DRAIN_STEP = 256;
 const DAY_MS = 86_400_000;
 
+// Entity kinds, as indexes into ENTITY_KINDS.
+const E_KEY = 0;
+const E_USER = 1;
+const E_TEAM = 2;
+const E_MEMBER = 3;
+const E_ORG = 4;
+const E_END_USER = 5;
+const E_TAG = 6;
+// Daily kinds, as indexes into DAILY_KINDS.
+const D_USER = 0;
+const D_TEAM = 1;
+const D_ORG = 2;
+const D_END_USER = 3;
+const D_TAG = 4;
+/** The entity kind each daily kind adds to. */
+const ENTITY_OF_DAILY = [E_USER, E_TEAM, E_ORG, E_END_USER, E_TAG] as const;
+
+// A daily row's doubles: spend, the five counters, successes, and one spare
+// so that a row is one 64-byte cache line.
+const DW = 8;
+const SPEND = 0;
+const PROMPT = 1;
+const COMPLETION = 2;
+const CACHE_READ = 3;
+const CACHE_CREATION = 4;
+const REQUESTS = 5;
+const SUCCESSES = 6;
+
+const INITIAL_ROWS = 1_024;
+// Dropped contexts (and keys' context indexes) kept for reuse, at most this
+// many: a context lives an interval or two, and allocating one per new
+// context was most of what the garbage collector copied and promoted.
+const POOL_LIMIT = 4_096;
+
 export interface DrainedRows {
   entity: EntityRow[];
   daily: DailyRow[];
-}
-
-/**
- * One entity row's spend. Keys and team memberships are added to directly (an
- * exact integer number while below 2^52, then spilled); the other kinds are
- * the sum of their daily rows, added up only when read, so a request touches
- * one object per row kind instead of two.
- */
-class EntityAcc {
-  spend = 0;
-  over = 0n;
-  /** Direct adds since the last drain (keys and memberships). */
-  hits = 0;
-  parts: DailyAcc[] = [];
-  /** Set by drain(): touched in the interval it drains. */
-  keep = false;
-
-  add(pico: number): void {
-    this.hits++;
-    this.spend += pico;
-    if (this.spend >= MAX_SAFE_PICO) {
-      this.over += BigInt(this.spend);
-      this.spend = 0;
-    }
-  }
-
-  total(): bigint {
-    // Summed as a number while that is exact: a bigint per part made the
-    // seal of a busy interval spend most of its time here.
-    let big = this.over;
-    let n = this.spend;
-    for (const d of this.parts) {
-      if (d.over !== undefined) big += d.over.spend;
-      const x = d.spend;
-      if (n > Number.MAX_SAFE_INTEGER - x) {
-        big += BigInt(n);
-        n = x;
-      } else n += x;
-    }
-    return big + BigInt(n);
-  }
-
-  touched(): boolean {
-    if (this.hits > 0) return true;
-    for (const d of this.parts) if (d.touched()) return true;
-    return false;
-  }
-
-  reset(): void {
-    this.spend = 0;
-    this.over = 0n;
-    this.hits = 0;
-    // Parts dropped by the drain are gone for good; the others were zeroed with it.
-    if (this.parts.some((d) => !d.alive)) this.parts = this.parts.filter((d) => d.alive);
-  }
-}
-
-/** A virtual key's row, which also holds the daily contexts of its requests. */
-class KeyAcc extends EntityAcc {
-  readonly contexts = new ContextIndex();
 }
 
 /** Where a daily row's counters spill before a plain number could round. */
@@ -118,229 +100,69 @@ interface DailyOverflow {
   successes: bigint;
 }
 
-/** A daily row's columns after its dimensions: the six counters, failures, and spend. */
-type DailyColumns = [Count, Count, Count, Count, Count, Count, Count, string];
-
-class DailyAcc {
-  /** False once a drain dropped it (idle for a whole interval). */
-  alive = true;
-  spend = 0;
-  prompt = 0;
-  completion = 0;
-  cacheRead = 0;
-  cacheCreation = 0;
-  requests = 0;
-  successes = 0;
-  over: DailyOverflow | undefined = undefined;
-
-  /** Adds the event; returns 1 if it is the row's first since it was last zeroed, else 0. */
-  add(e: NormalizedEvent): number {
-    const first = this.requests === 0 && this.over === undefined ? 1 : 0;
-    this.spend += e.spendPico;
-    this.prompt += e.promptTokens;
-    this.completion += e.completionTokens;
-    this.cacheRead += e.cacheReadInputTokens;
-    this.cacheCreation += e.cacheCreationInputTokens;
-    this.requests += 1;
-    if (e.success) this.successes += 1;
-    if (this.spend >= MAX_SAFE_PICO || this.requests >= COUNT_SPILL_REQUESTS) this.spill();
-    return first;
-  }
-
-  touched(): boolean {
-    return this.requests > 0 || this.over !== undefined;
-  }
-
-  /** Zero for the next interval. */
-  reset(): void {
-    this.zeroCounters();
-    this.over = undefined;
-  }
-
-  private zeroCounters(): void {
-    this.spend = 0;
-    this.prompt = 0;
-    this.completion = 0;
-    this.cacheRead = 0;
-    this.cacheCreation = 0;
-    this.requests = 0;
-    this.successes = 0;
-  }
-
-  spill(): void {
-    const o = (this.over ??= {
-      spend: 0n,
-      prompt: 0n,
-      completion: 0n,
-      cacheRead: 0n,
-      cacheCreation: 0n,
-      requests: 0n,
-      successes: 0n,
-    });
-    o.spend += BigInt(this.spend);
-    o.prompt += BigInt(this.prompt);
-    o.completion += BigInt(this.completion);
-    o.cacheRead += BigInt(this.cacheRead);
-    o.cacheCreation += BigInt(this.cacheCreation);
-    o.requests += BigInt(this.requests);
-    o.successes += BigInt(this.successes);
-    this.zeroCounters();
-  }
-
-  /** Its counters and spend as exact bigints: prompt, completion, cache read/creation, requests, successes, spend. */
-  bigCounters(): bigint[] {
-    const o = this.over;
-    return [
-      (o?.prompt ?? 0n) + BigInt(this.prompt),
-      (o?.completion ?? 0n) + BigInt(this.completion),
-      (o?.cacheRead ?? 0n) + BigInt(this.cacheRead),
-      (o?.cacheCreation ?? 0n) + BigInt(this.cacheCreation),
-      (o?.requests ?? 0n) + BigInt(this.requests),
-      (o?.successes ?? 0n) + BigInt(this.successes),
-      (o?.spend ?? 0n) + BigInt(this.spend),
-    ];
-  }
-
-  /** Its row as `id`'s in context c: the context's dimensions, then its counters and spend, exact. */
-  row(kind: DailyKind, id: string, c: DailyContext): DailyRow {
-    if (this.over === undefined) {
-      // No spill: every counter is an exact integer number below 2^53.
-      return dailyRow(
-        kind,
-        id,
-        c,
-        this.prompt,
-        this.completion,
-        this.cacheRead,
-        this.cacheCreation,
-        this.requests,
-        this.successes,
-        this.requests - this.successes,
-        String(this.spend),
-      );
-    }
-    this.spill();
-    const o = this.over;
-    return dailyRow(
-      kind,
-      id,
-      c,
-      encodeCount(o.prompt),
-      encodeCount(o.completion),
-      encodeCount(o.cacheRead),
-      encodeCount(o.cacheCreation),
-      encodeCount(o.requests),
-      encodeCount(o.successes),
-      encodeCount(o.requests - o.successes),
-      o.spend.toString(),
-    );
-  }
-}
-
-/**
- * A context's rows of one entity kind. The first id is held inline: a key
- * belongs to one user, team and org, so in a key's context those kinds have
- * exactly one row and need no Map at all; other ids (end users, tags) go to
- * a Map behind it.
- */
-class DailySlots {
-  private firstId = "";
-  private first: DailyAcc | undefined = undefined;
-  private more: Map<string, DailyAcc> | undefined = undefined;
-
-  get(id: string): DailyAcc | undefined {
-    if (id === this.firstId) return this.first;
-    return this.more?.get(id);
-  }
-
-  set(id: string, acc: DailyAcc): void {
-    if (this.first === undefined) {
-      this.firstId = id;
-      this.first = acc;
-    } else (this.more ??= new Map()).set(id, acc);
-  }
-
-  /** Each entry, the inline one first, then the others in the order they were set. */
-  forEach(f: (acc: DailyAcc, id: string) => void): void {
-    if (this.first === undefined) return;
-    f(this.first, this.firstId);
-    this.more?.forEach(f);
-  }
-
-  /**
-   * Keeps the entries `keep` says to keep, asked in forEach's order; returns
-   * how many were dropped. In place: a seal sweeps every slot set it holds.
-   */
-  sweep(keep: (id: string, acc: DailyAcc) => boolean): number {
-    if (this.first === undefined) return 0;
-    const keepFirst = keep(this.firstId, this.first);
-    let dropped = 0;
-    const more = this.more;
-    if (more !== undefined) {
-      // Deleting the entry being visited is safe in a Map's iteration.
-      more.forEach((acc, id) => {
-        if (!keep(id, acc)) {
-          more.delete(id);
-          dropped++;
-        }
-      });
-    }
-    if (!keepFirst) {
-      dropped++;
-      this.firstId = "";
-      this.first = undefined;
-      // The next entry, if any, moves inline: the inline one is set whenever any is.
-      if (more !== undefined)
-        for (const [id, acc] of more) {
-          more.delete(id);
-          this.firstId = id;
-          this.first = acc;
-          break;
-        }
-    }
-    if (more?.size === 0) this.more = undefined;
-    return dropped;
-  }
+function grown<A extends Float64Array | Int32Array | Uint8Array>(a: A, length: number): A {
+  if (a.length >= length) return a;
+  const b = new (a.constructor as new (n: number) => A)(Math.max(length, a.length * 2));
+  b.set(a);
+  return b;
 }
 
 /**
  * The dimensions a daily row shares with the other daily rows of one request
- * (date, key, model, group, provider, endpoint, MCP tool), and those rows,
- * one slot set per entity kind.
+ * (date, key, model, group, provider, endpoint, MCP tool), and the indexes
+ * of those rows. Per daily kind, the first id is held inline (a key belongs
+ * to one user, team and org, so in a key's context those kinds have one row
+ * and need no Map), others in a Map behind it.
  */
 class DailyContext {
-  readonly users = new DailySlots();
-  readonly teams = new DailySlots();
-  readonly orgs = new DailySlots();
-  readonly endUsers = new DailySlots();
-  readonly tags = new DailySlots();
-  /**
-   * The user, team and org of the context's first request, and one
-   * accumulator for every request that names exactly these three. A key
-   * belongs to one user, team and org, so its requests add to one object
-   * instead of four (three daily rows and the membership); the rows are
-   * written out from it at drain. Other requests use the slots above.
-   */
-  ownerUser = "";
-  ownerTeam = "";
-  ownerOrg = "";
-  owner: DailyAcc | undefined = undefined;
-  // The team-membership row this context's other requests last charged.
+  /** The inline id per daily kind ("" when none). */
+  readonly firstId: string[] = ["", "", "", "", ""];
+  /** The inline id's daily row per daily kind (-1 when none). */
+  readonly firstRow: number[] = [-1, -1, -1, -1, -1];
+  /** The other ids' daily rows, per daily kind. */
+  more: (Map<string, number> | undefined)[] | undefined = undefined;
+  /** Every daily row this context holds. */
+  readonly rows: number[] = [];
+  /** The drain epoch this context was last touched in. */
+  mark = 0;
+  /** Where it sits in its index's list. */
+  pos = 0;
+  // The team-membership row this context's requests last charged (reset at drains).
   memberUser = "";
   memberTeam = "";
-  member: EntityAcc | undefined = undefined;
-  /** Requests since the last drain. */
-  hits = 0;
+  member = -1;
 
-  constructor(
-    readonly date: string,
-    readonly apiKey: string,
-    readonly model: string,
-    readonly modelGroup: string,
-    readonly provider: string,
-    readonly endpoint: string,
-    readonly mcpToolName: string,
-  ) {}
+  // Its dimensions and index: set by ContextIndex.open, reset when pooled.
+  index: ContextIndex | undefined = undefined;
+  date = "";
+  apiKey = "";
+  model = "";
+  modelGroup = "";
+  provider = "";
+  endpoint = "";
+  mcpToolName = "";
+
+  /** Forgets everything (its rows are released by the caller), ready for reuse. */
+  clear(): void {
+    for (let k = 0; k < 5; k++) {
+      this.firstId[k] = "";
+      this.firstRow[k] = -1;
+    }
+    this.more = undefined;
+    this.rows.length = 0;
+    this.mark = 0;
+    this.member = -1;
+    this.memberUser = "";
+    this.memberTeam = "";
+    this.index = undefined;
+    this.date = "";
+    this.apiKey = "";
+    this.model = "";
+    this.modelGroup = "";
+    this.provider = "";
+    this.endpoint = "";
+    this.mcpToolName = "";
+  }
 
   matches(e: NormalizedEvent, date: string): boolean {
     // Equal strings from the same source are usually the same object, so
@@ -355,22 +177,33 @@ class DailyContext {
     );
   }
 
-  isOwner(e: NormalizedEvent): boolean {
-    return (
-      this.owner !== undefined &&
-      this.ownerUser === e.userId &&
-      this.ownerTeam === e.teamId &&
-      this.ownerOrg === e.organizationId
-    );
+  /** The daily row of `id` of daily kind k, or -1. */
+  row(k: number, id: string): number {
+    if (this.firstId[k] === id) return this.firstRow[k] as number;
+    const m = this.more?.[k];
+    if (m === undefined) return -1;
+    return m.get(id) ?? -1;
   }
 
-  /** Daily rows the owner accumulator stands for. */
-  ownerRows(): number {
-    return (
-      (this.ownerUser !== "" ? 1 : 0) +
-      (this.ownerTeam !== "" ? 1 : 0) +
-      (this.ownerOrg !== "" ? 1 : 0)
-    );
+  set(k: number, id: string, d: number): void {
+    this.rows.push(d);
+    if (this.firstId[k] === "") {
+      this.firstId[k] = id;
+      this.firstRow[k] = d;
+      return;
+    }
+    const more = (this.more ??= [undefined, undefined, undefined, undefined, undefined]);
+    let m = more[k];
+    if (m === undefined) more[k] = m = new Map();
+    m.set(id, d);
+  }
+
+  /** Forgets `id`'s row of daily kind k (the caller removes it from `rows`). */
+  unset(k: number, id: string): void {
+    if (this.firstId[k] === id) {
+      this.firstId[k] = "";
+      this.firstRow[k] = -1;
+    } else this.more?.[k]?.delete(id);
   }
 }
 
@@ -393,29 +226,18 @@ class ContextIndex {
     return undefined;
   }
 
-  /** Keeps the contexts `keep` says to keep, and re-indexes them. */
-  sweep(keep: (c: DailyContext) => boolean): void {
-    const kept = this.list.filter(keep);
-    if (kept.length === this.list.length) return;
-    this.list.length = 0;
-    this.index = undefined;
-    for (const c of kept) this.list.push(c);
-    if (kept.length > CONTEXT_SCAN_LIMIT) {
-      this.index = new Map();
-      for (const x of kept) this.index.set(contextKey(x, x.date), x);
-    }
-  }
-
-  open(e: NormalizedEvent, date: string): DailyContext {
-    const c = new DailyContext(
-      date,
-      e.apiKey,
-      e.model,
-      e.modelGroup,
-      e.provider,
-      e.endpoint,
-      e.mcpToolName,
-    );
+  /** A new context for the event's dimensions on `date` (a pooled one if `pool` has one). */
+  open(e: NormalizedEvent, date: string, pool: DailyContext[]): DailyContext {
+    const c = pool.pop() ?? new DailyContext();
+    c.index = this;
+    c.date = date;
+    c.apiKey = e.apiKey;
+    c.model = e.model;
+    c.modelGroup = e.modelGroup;
+    c.provider = e.provider;
+    c.endpoint = e.endpoint;
+    c.mcpToolName = e.mcpToolName;
+    c.pos = this.list.length;
     this.list.push(c);
     if (this.index !== undefined) this.index.set(contextKey(e, date), c);
     else if (this.list.length > CONTEXT_SCAN_LIMIT) {
@@ -424,67 +246,25 @@ class ContextIndex {
     }
     return c;
   }
-}
 
-/** The columns of one daily row charged through two accumulators, exact. */
-function sumColumns(a: DailyAcc, b: DailyAcc): DailyColumns {
-  const x = a.bigCounters();
-  const y = b.bigCounters();
-  const c = x.map((v, i) => v + (y[i] ?? 0n));
-  const [
-    prompt = 0n,
-    completion = 0n,
-    cacheRead = 0n,
-    cacheCreation = 0n,
-    requests = 0n,
-    successes = 0n,
-    spend = 0n,
-  ] = c;
-  return [
-    encodeCount(prompt),
-    encodeCount(completion),
-    encodeCount(cacheRead),
-    encodeCount(cacheCreation),
-    encodeCount(requests),
-    encodeCount(successes),
-    encodeCount(requests - successes),
-    spend.toString(),
-  ];
-}
+  /** Whether it holds no context: then it can be pooled. */
+  get empty(): boolean {
+    return this.list.length === 0;
+  }
 
-/** A daily row: its entity, its context's dimensions, then its counters and spend. */
-function dailyRow(
-  kind: DailyKind,
-  id: string,
-  c: DailyContext,
-  prompt: Count,
-  completion: Count,
-  cacheRead: Count,
-  cacheCreation: Count,
-  requests: Count,
-  successes: Count,
-  failures: Count,
-  spend: string,
-): DailyRow {
-  return [
-    kind,
-    id,
-    c.date,
-    c.apiKey,
-    c.model,
-    c.modelGroup,
-    c.provider,
-    c.mcpToolName,
-    c.endpoint,
-    prompt,
-    completion,
-    cacheRead,
-    cacheCreation,
-    requests,
-    successes,
-    failures,
-    spend,
-  ];
+  /** Removes a context (O(1): the last one takes its place). */
+  remove(c: DailyContext): void {
+    const list = this.list;
+    const last = list.pop() as DailyContext;
+    if (last !== c) {
+      last.pos = c.pos;
+      list[c.pos] = last;
+    }
+    if (this.index !== undefined) {
+      this.index.delete(contextKey(c, c.date));
+      if (list.length === 0) this.index = undefined;
+    }
+  }
 }
 
 /**
@@ -518,24 +298,62 @@ function contextKey(e: ContextDims, date: string): string {
 }
 
 export class Aggregator {
-  private readonly keys = new Map<string, KeyAcc>();
-  // Entity rows other than keys and memberships are sums of their daily rows
-  // (EntityAcc.parts): these maps are touched only when a daily row is
-  // created, and when read.
-  private readonly users = new Map<string, EntityAcc>();
-  private readonly teams = new Map<string, EntityAcc>();
-  private readonly orgs = new Map<string, EntityAcc>();
-  private readonly endUsers = new Map<string, EntityAcc>();
-  private readonly tags = new Map<string, EntityAcc>();
+  // Entity rows: index → spend (a double, exact below 2^52, then spilled to `entOver`).
+  private entSpend = new Float64Array(INITIAL_ROWS);
+  private entMark = new Int32Array(INITIAL_ROWS);
+  private entKind = new Uint8Array(INITIAL_ROWS);
+  private readonly entId: string[] = [];
+  /** The team of a membership row, else "". */
+  private readonly entId2: string[] = [];
+  /** A key row's daily contexts. */
+  private readonly entContexts: (ContextIndex | undefined)[] = [];
+  private readonly entOver = new Map<number, bigint>();
+  /** Released entity rows, taken before the slab grows; then the next never used. */
+  private readonly entFree: number[] = [];
+  private entNext = 0;
+
+  // Daily rows: index → DW doubles in `day`.
+  private day = new Float64Array(INITIAL_ROWS * DW);
+  private dayMark = new Int32Array(INITIAL_ROWS);
+  private dayKind = new Uint8Array(INITIAL_ROWS);
+  /** The entity row each daily row adds to. */
+  private dayEnt = new Int32Array(INITIAL_ROWS);
+  private readonly dayId: string[] = [];
+  private readonly dayOver = new Map<number, DailyOverflow>();
+  private readonly dayFree: number[] = [];
+  private dayNext = 0;
+
+  /** id → entity row, per entity kind but memberships. */
+  private readonly keys = new Map<string, number>();
+  private readonly users = new Map<string, number>();
+  private readonly teams = new Map<string, number>();
+  private readonly orgs = new Map<string, number>();
+  private readonly endUsers = new Map<string, number>();
+  private readonly tags = new Map<string, number>();
   /** user → team → membership row (the user's spend within that team). */
-  private readonly members = new Map<string, Map<string, EntityAcc>>();
+  private readonly members = new Map<string, Map<string, number>>();
   /** Daily contexts of requests that name no key. */
   private readonly keyless = new ContextIndex();
+  private readonly contextPool: DailyContext[] = [];
+  private readonly indexPool: ContextIndex[] = [];
+
+  /** The current interval: a row's mark equals it once touched in it. */
+  private epoch = 1;
+  /** Entity rows touched this interval, and in the last one. */
+  private entTouched: number[] = [];
+  private entPrev: number[] = [];
+  /** Contexts touched this interval, and in the last one. */
+  private ctxTouched: DailyContext[] = [];
+  private ctxPrev: DailyContext[] = [];
+
   /** Rows allocated (pending or kept from the last interval): what the memory bound counts. */
   private entityRowsHeld = 0;
   private dailyRowsHeld = 0;
   /** Events added since the last drain. */
   private events = 0;
+  /** Rows with pending spend: touched since the last drain and not yet zeroed by one. */
+  private entityPending = 0;
+  private dailyPending = 0;
   /** Daily rows touched since the last drain (counted as they are first touched). */
   private dailyTouched = 0;
   /** Rows (entity + daily) per daily row in the last drain: scales the estimate. */
@@ -543,7 +361,7 @@ export class Aggregator {
   private lastDay = -1;
   private lastDate = "";
   // Reused by addIfKnown so the request path allocates nothing.
-  private readonly tagScratch: DailyAcc[] = [];
+  private readonly scratch: number[] = [];
 
   /** Rows held in memory, pending or kept from the last interval (O(1)): the buffer bound's measure. */
   get heldRowCount(): number {
@@ -553,8 +371,7 @@ export class Aggregator {
   /**
    * Rows the next drain will emit, estimated in O(1): the daily rows touched
    * since the last drain (counted exactly, as they are first touched), times
-   * the last drain's rows per daily row (its entity rows are sums of daily
-   * ones, not counted on the request path). What back-pressure weighs.
+   * the last drain's rows per daily row. What back-pressure weighs.
    */
   get pendingRowEstimate(): number {
     return Math.ceil(this.dailyTouched * this.rowsPerDailyRow);
@@ -572,33 +389,11 @@ export class Aggregator {
 
   /**
    * Distinct rows with spend not drained yet, entity and daily (the seed's
-   * in-memory queue gauges). O(rows held): read at scrape time, not per request.
+   * in-memory queue gauges), O(1). During a drain, rows it has zeroed no
+   * longer count.
    */
   pendingRowCounts(): { entity: number; daily: number } {
-    let entity = 0;
-    for (const m of [this.keys, this.users, this.teams, this.orgs, this.endUsers, this.tags])
-      for (const acc of m.values()) if (acc.touched()) entity++;
-    for (const teams of this.members.values())
-      for (const acc of teams.values()) if (acc.touched()) entity++;
-    let daily = 0;
-    this.forEachContext((c) => {
-      const owner = c.owner?.touched() === true;
-      const kinds: [DailySlots, string][] = [
-        [c.users, owner ? c.ownerUser : ""],
-        [c.teams, owner ? c.ownerTeam : ""],
-        [c.orgs, owner ? c.ownerOrg : ""],
-        [c.endUsers, ""],
-        [c.tags, ""],
-      ];
-      for (const [slots, ownerId] of kinds) {
-        // The owner's row for this kind, unless a slot holds the same row.
-        if (ownerId !== "" && slots.get(ownerId)?.touched() !== true) daily++;
-        slots.forEach((acc) => {
-          if (acc.touched()) daily++;
-        });
-      }
-    });
-    return { entity, daily };
+    return { entity: this.entityPending, daily: this.dailyPending };
   }
 
   /**
@@ -610,12 +405,16 @@ export class Aggregator {
     if (kind === "team_member") {
       const teams = this.members.get(id);
       if (teams === undefined) return 0n;
-      if (id2 !== undefined) return teams.get(id2)?.total() ?? 0n;
+      if (id2 !== undefined) {
+        const i = teams.get(id2);
+        return i === undefined ? 0n : this.entTotal(i);
+      }
       let sum = 0n;
-      for (const acc of teams.values()) sum += acc.total();
+      for (const i of teams.values()) sum += this.entTotal(i);
       return sum;
     }
-    return this.entityMap(kind).get(id)?.total() ?? 0n;
+    const i = this.entityMap(kind).get(id);
+    return i === undefined ? 0n : this.entTotal(i);
   }
 
   /**
@@ -626,63 +425,96 @@ export class Aggregator {
    */
   addIfKnown(e: NormalizedEvent): boolean {
     let contexts = this.keyless;
-    let key: KeyAcc | undefined;
+    let key = -1;
     if (e.apiKey !== "") {
-      key = this.keys.get(e.apiKey);
-      if (key === undefined) return false;
-      contexts = key.contexts;
+      const k = this.keys.get(e.apiKey);
+      if (k === undefined) return false;
+      key = k;
+      contexts = this.entContexts[k] as ContextIndex;
     }
     const ctx = contexts.find(e, this.dateOf(e.startMs));
     if (ctx === undefined) return false;
     const user = e.userId;
     const team = e.teamId;
-    let owner: DailyAcc | undefined;
-    let u: DailyAcc | undefined;
-    let t: DailyAcc | undefined;
-    let o: DailyAcc | undefined;
-    let eu: DailyAcc | undefined;
-    let member: EntityAcc | undefined;
-    if (ctx.isOwner(e)) owner = ctx.owner;
-    else {
-      // Only a request naming none of them needs no owner; any other one sets it up in add().
-      if (ctx.owner === undefined && (user !== "" || team !== "" || e.organizationId !== ""))
-        return false;
-      if (user !== "" && (u = ctx.users.get(user)) === undefined) return false;
-      if (team !== "" && (t = ctx.teams.get(team)) === undefined) return false;
-      if (user !== "" && team !== "") {
-        member =
-          ctx.member !== undefined && ctx.memberUser === user && ctx.memberTeam === team
-            ? ctx.member
-            : this.members.get(user)?.get(team);
-        if (member === undefined) return false;
-      }
-      if (e.organizationId !== "" && (o = ctx.orgs.get(e.organizationId)) === undefined)
-        return false;
-    }
-    if (e.endUserId !== "" && (eu = ctx.endUsers.get(e.endUserId)) === undefined) return false;
+    const org = e.organizationId;
+    const endUser = e.endUserId;
     const tags = e.tags;
-    const tagAccs = this.tagScratch;
+    let u = -1;
+    let t = -1;
+    let o = -1;
+    let eu = -1;
+    let member = -1;
+    if (user !== "" && (u = ctx.row(D_USER, user)) < 0) return false;
+    if (team !== "" && (t = ctx.row(D_TEAM, team)) < 0) return false;
+    if (u >= 0 && t >= 0) {
+      member =
+        ctx.member >= 0 && ctx.memberUser === user && ctx.memberTeam === team
+          ? ctx.member
+          : (this.members.get(user)?.get(team) ?? -1);
+      if (member < 0) return false;
+    }
+    if (org !== "" && (o = ctx.row(D_ORG, org)) < 0) return false;
+    if (endUser !== "" && (eu = ctx.row(D_END_USER, endUser)) < 0) return false;
+    // The daily rows to add to, gathered first: nothing is added unless all exist.
+    const scratch = this.scratch;
+    let n = 0;
+    if (u >= 0) scratch[n++] = u;
+    if (t >= 0) scratch[n++] = t;
+    if (o >= 0) scratch[n++] = o;
+    if (eu >= 0) scratch[n++] = eu;
     for (let i = 0; i < tags.length; i++) {
-      const acc = ctx.tags.get(tags[i] as string);
-      if (acc === undefined) return false;
-      tagAccs[i] = acc;
+      const d = ctx.row(D_TAG, tags[i] as string);
+      if (d < 0) return false;
+      scratch[n++] = d;
     }
 
     // Everything exists: add.
+    this.touchContext(ctx);
+    const pico = e.spendPico;
+    if (key >= 0) this.entAdd(key, pico);
+    if (member >= 0) {
+      ctx.member = member;
+      ctx.memberUser = user;
+      ctx.memberTeam = team;
+      this.entAdd(member, pico);
+    }
+    this.dayAddAll(scratch, n, e);
     this.events++;
-    ctx.hits++;
-    key?.add(e.spendPico);
-    member?.add(e.spendPico);
-    // Daily rows touched for the first time since the last drain: the estimate's count.
-    let first = 0;
-    if (owner !== undefined && owner.add(e) === 1) first += ctx.ownerRows();
-    if (u !== undefined) first += u.add(e);
-    if (t !== undefined) first += t.add(e);
-    if (o !== undefined) first += o.add(e);
-    if (eu !== undefined) first += eu.add(e);
-    for (let i = 0; i < tags.length; i++) first += (tagAccs[i] as DailyAcc).add(e);
-    this.dailyTouched += first;
     return true;
+  }
+
+  /** Adds the event to daily rows rows[0..n) and to the entity row each belongs to. */
+  private dayAddAll(rows: readonly number[], n: number, e: NormalizedEvent): void {
+    const epoch = this.epoch;
+    const f = this.day;
+    const dayMark = this.dayMark;
+    const dayEnt = this.dayEnt;
+    const pico = e.spendPico;
+    const prompt = e.promptTokens;
+    const completion = e.completionTokens;
+    const cacheRead = e.cacheReadInputTokens;
+    const cacheCreation = e.cacheCreationInputTokens;
+    const success = e.success ? 1 : 0;
+    for (let i = 0; i < n; i++) {
+      const d = rows[i] as number;
+      if (dayMark[d] !== epoch) {
+        dayMark[d] = epoch;
+        this.dailyTouched++;
+        this.dailyPending++;
+      }
+      const o = d * DW;
+      const spend = (f[o + SPEND] as number) + pico;
+      f[o + SPEND] = spend;
+      f[o + PROMPT] = (f[o + PROMPT] as number) + prompt;
+      f[o + COMPLETION] = (f[o + COMPLETION] as number) + completion;
+      f[o + CACHE_READ] = (f[o + CACHE_READ] as number) + cacheRead;
+      f[o + CACHE_CREATION] = (f[o + CACHE_CREATION] as number) + cacheCreation;
+      const requests = (f[o + REQUESTS] as number) + 1;
+      f[o + REQUESTS] = requests;
+      f[o + SUCCESSES] = (f[o + SUCCESSES] as number) + success;
+      if (spend >= MAX_SAFE_PICO || requests >= COUNT_SPILL_REQUESTS) this.daySpill(d);
+      this.entAdd(dayEnt[d] as number, pico);
+    }
   }
 
   /** Adds the event, creating the rows it touches that do not exist yet. */
@@ -690,62 +522,45 @@ export class Aggregator {
     const pico = e.spendPico;
     const user = e.userId;
     const team = e.teamId;
+    const org = e.organizationId;
+    const endUser = e.endUserId;
     const tags = e.tags;
 
     let contexts = this.keyless;
     if (e.apiKey !== "") {
       let k = this.keys.get(e.apiKey);
       if (k === undefined) {
-        k = new KeyAcc();
+        k = this.newEntity(E_KEY, e.apiKey, "");
         this.keys.set(e.apiKey, k);
-        this.entityRowsHeld++;
+        this.entContexts[k] = this.indexPool.pop() ?? new ContextIndex();
       }
-      k.add(pico);
-      contexts = k.contexts;
+      this.entAdd(k, pico);
+      contexts = this.entContexts[k] as ContextIndex;
     }
     const date = this.dateOf(e.startMs);
-    const ctx = contexts.find(e, date) ?? contexts.open(e, date);
+    const ctx = contexts.find(e, date) ?? contexts.open(e, date, this.contextPool);
+    this.touchContext(ctx);
     this.events++;
-    ctx.hits++;
 
-    const org = e.organizationId;
-    if (ctx.owner === undefined && (user !== "" || team !== "" || org !== "")) {
-      // The context's first request naming a user, team or org sets its owner.
-      const acc = new DailyAcc();
-      ctx.owner = acc;
-      ctx.ownerUser = user;
-      ctx.ownerTeam = team;
-      ctx.ownerOrg = org;
-      if (user !== "") this.entity(this.users, user).parts.push(acc);
-      if (team !== "") this.entity(this.teams, team).parts.push(acc);
-      if (org !== "") this.entity(this.orgs, org).parts.push(acc);
-      if (user !== "" && team !== "") this.member(user, team).parts.push(acc);
-      this.dailyRowsHeld += ctx.ownerRows();
-    }
-    let first = 0;
-    if (ctx.isOwner(e)) {
-      if ((ctx.owner as DailyAcc).add(e) === 1) first += ctx.ownerRows();
-    } else {
-      if (user !== "") first += this.daily(ctx.users, this.users, user).add(e);
-      if (team !== "") {
-        first += this.daily(ctx.teams, this.teams, team).add(e);
-        if (user !== "") {
-          if (ctx.member === undefined || ctx.memberUser !== user || ctx.memberTeam !== team) {
-            ctx.member = this.member(user, team);
-            ctx.memberUser = user;
-            ctx.memberTeam = team;
-          }
-          ctx.member.add(pico);
+    const rows = this.scratch;
+    let n = 0;
+    if (user !== "") rows[n++] = this.daily(ctx, D_USER, this.users, user);
+    if (team !== "") {
+      rows[n++] = this.daily(ctx, D_TEAM, this.teams, team);
+      if (user !== "") {
+        if (ctx.member < 0 || ctx.memberUser !== user || ctx.memberTeam !== team) {
+          ctx.member = this.member(user, team);
+          ctx.memberUser = user;
+          ctx.memberTeam = team;
         }
+        this.entAdd(ctx.member, pico);
       }
-      if (org !== "") first += this.daily(ctx.orgs, this.orgs, org).add(e);
     }
-    const endUser = e.endUserId;
-    if (endUser !== "") first += this.daily(ctx.endUsers, this.endUsers, endUser).add(e);
-    for (let i = 0; i < tags.length; i++) {
-      first += this.daily(ctx.tags, this.tags, tags[i] as string).add(e);
-    }
-    this.dailyTouched += first;
+    if (org !== "") rows[n++] = this.daily(ctx, D_ORG, this.orgs, org);
+    if (endUser !== "") rows[n++] = this.daily(ctx, D_END_USER, this.endUsers, endUser);
+    for (let i = 0; i < tags.length; i++)
+      rows[n++] = this.daily(ctx, D_TAG, this.tags, tags[i] as string);
+    this.dayAddAll(rows, n, e);
   }
 
   /**
@@ -766,117 +581,304 @@ export class Aggregator {
    * are done: the producer drains one aggregator while the other records.
    */
   *drainSteps(out: DrainedRows): Generator<void, void> {
-    // 1. Entity rows, read before their daily parts are zeroed.
-    const entity = out.entity;
-    let work = 0;
-    const emitKind = function* (kind: EntityKind, m: Map<string, EntityAcc>): Generator<void> {
-      for (const [id, acc] of m) {
-        acc.keep = acc.touched();
-        if (acc.keep) entity.push([kind, id, "", acc.total().toString()]);
-        if (++work % DRAIN_STEP === 0) yield;
-      }
-    };
-    yield* emitKind("key", this.keys);
-    yield* emitKind("user", this.users);
-    yield* emitKind("team", this.teams);
-    yield* emitKind("org", this.orgs);
-    yield* emitKind("end_user", this.endUsers);
-    yield* emitKind("tag", this.tags);
-    for (const [user, teams] of this.members) {
-      for (const [team, acc] of teams) {
-        acc.keep = acc.touched();
-        if (acc.keep) entity.push(["team_member", user, team, acc.total().toString()]);
-        if (++work % DRAIN_STEP === 0) yield;
-      }
+    // The loops run in plain methods, a chunk at a time: locals that live
+    // across a yield are slower to reach than a method's.
+    const epoch = this.epoch;
+    const entityBefore = out.entity.length;
+    const dailyBefore = out.daily.length;
+
+    // 1. Entity rows touched this interval: emitted and zeroed.
+    const touched = this.entTouched;
+    for (let j = 0; j < touched.length; j += DRAIN_STEP) {
+      this.emitEntities(touched, j, Math.min(touched.length, j + DRAIN_STEP), out.entity);
+      yield;
     }
 
-    // 2. Daily rows: emitted and zeroed, or dropped.
-    const daily = out.daily;
-    const dailyBefore = daily.length;
-    const sweepKind = (kind: DailyKind, c: DailyContext, slots: DailySlots, ownerId = ""): void => {
-      // The owner's share of this kind's row for ownerId, merged with the
-      // slot's own share if other requests charged that id too.
-      const owner = ownerId !== "" && c.owner?.touched() === true ? c.owner : undefined;
-      if (owner !== undefined) {
-        const same = slots.get(ownerId);
-        daily.push(
-          same?.touched() === true
-            ? dailyRow(kind, ownerId, c, ...sumColumns(owner, same))
-            : owner.row(kind, ownerId, c),
-        );
-      }
-      this.dailyRowsHeld -= slots.sweep((id, acc) => {
-        if (!acc.touched()) {
-          acc.alive = false;
-          return false;
-        }
-        if (owner === undefined || id !== ownerId) daily.push(acc.row(kind, id, c));
-        acc.reset();
-        return true;
-      });
-    };
-    const sweepContexts = function* (this: Aggregator, index: ContextIndex): Generator<void> {
-      for (const c of index.list) {
-        sweepKind("user", c, c.users, c.ownerUser);
-        sweepKind("team", c, c.teams, c.ownerTeam);
-        sweepKind("org", c, c.orgs, c.ownerOrg);
-        sweepKind("end_user", c, c.endUsers);
-        sweepKind("tag", c, c.tags);
-        const owner = c.owner;
-        if (owner !== undefined) {
-          if (owner.touched()) owner.reset();
-          else {
-            owner.alive = false;
-            c.owner = undefined;
-            this.dailyRowsHeld -= c.ownerRows();
-          }
-        }
-        if (++work % DRAIN_STEP === 0) yield;
-      }
-      // A context no request reached this interval has no rows left.
-      index.sweep((c) => c.hits > 0);
-      for (const c of index.list) {
-        c.hits = 0;
-        // Its membership row may be dropped below; the next request looks it up again.
-        c.member = undefined;
-      }
-    };
-    yield* sweepContexts.call(this, this.keyless);
-    for (const k of this.keys.values()) yield* sweepContexts.call(this, k.contexts);
-
-    // 3. Entity rows: zeroed, or dropped.
-    const sweep = function* <A extends EntityAcc>(
-      this: Aggregator,
-      m: Map<string, A>,
-    ): Generator<void> {
-      // Deleting the entry being visited is safe in a Map's iteration.
-      for (const [id, acc] of m) {
-        if (acc.keep) acc.reset();
-        else {
-          m.delete(id);
-          this.entityRowsHeld--;
-        }
-        if (++work % DRAIN_STEP === 0) yield;
-      }
-    };
-    for (const m of [this.keys, this.users, this.teams, this.orgs, this.endUsers, this.tags])
-      yield* sweep.call(this, m);
-    for (const [user, teams] of this.members) {
-      yield* sweep.call(this, teams);
-      if (teams.size === 0) this.members.delete(user);
+    // 2. Daily rows, context by context (a job groups a context's rows):
+    // touched ones emitted and zeroed, the others dropped.
+    const ctxs = this.ctxTouched;
+    for (let j = 0; j < ctxs.length;) {
+      j = this.emitContexts(ctxs, j, epoch, out.daily);
+      yield;
     }
+    // Contexts touched last interval and not this one: dropped with their rows.
+    const prevCtxs = this.ctxPrev;
+    for (let j = 0; j < prevCtxs.length; j += DRAIN_STEP) {
+      this.dropContexts(prevCtxs, j, Math.min(prevCtxs.length, j + DRAIN_STEP), epoch);
+      yield;
+    }
+    prevCtxs.length = 0;
+    this.ctxPrev = ctxs;
+    this.ctxTouched = prevCtxs;
+
+    // 3. Entity rows touched last interval and not this one: dropped.
+    const prev = this.entPrev;
+    for (let j = 0; j < prev.length; j += DRAIN_STEP) {
+      this.dropEntities(prev, j, Math.min(prev.length, j + DRAIN_STEP), epoch);
+      yield;
+    }
+    prev.length = 0;
+    this.entPrev = touched;
+    this.entTouched = prev;
+
+    this.epoch = epoch + 1;
     this.events = 0;
     this.dailyTouched = 0;
-    const dailyRows = daily.length - dailyBefore;
-    if (dailyRows > 0) this.rowsPerDailyRow = (entity.length + dailyRows) / dailyRows;
+    const dailyRows = out.daily.length - dailyBefore;
+    if (dailyRows > 0)
+      this.rowsPerDailyRow = (out.entity.length - entityBefore + dailyRows) / dailyRows;
   }
 
-  private forEachContext(f: (c: DailyContext) => void): void {
-    for (const c of this.keyless.list) f(c);
-    for (const k of this.keys.values()) for (const c of k.contexts.list) f(c);
+  /** Emits and zeroes entity rows list[from..to). */
+  private emitEntities(list: number[], from: number, to: number, entity: EntityRow[]): void {
+    const spend = this.entSpend;
+    for (let j = from; j < to; j++) {
+      const i = list[j] as number;
+      entity.push(this.entityRow(i));
+      spend[i] = 0;
+      if (this.entOver.size > 0) this.entOver.delete(i);
+    }
+    this.entityPending -= to - from;
   }
 
-  private entityMap(kind: Exclude<EntityKind, "team_member">): Map<string, EntityAcc> {
+  /**
+   * From list[from] on, each context's touched daily rows emitted and
+   * zeroed, its others dropped, until about DRAIN_STEP rows; returns where
+   * it stopped.
+   */
+  private emitContexts(
+    list: DailyContext[],
+    from: number,
+    epoch: number,
+    daily: DailyRow[],
+  ): number {
+    const mark = this.dayMark;
+    let work = 0;
+    let j = from;
+    while (j < list.length && work < DRAIN_STEP) {
+      const c = list[j++] as DailyContext;
+      c.member = -1;
+      const rows = c.rows;
+      let kept = 0;
+      for (let r = 0; r < rows.length; r++) {
+        const d = rows[r] as number;
+        if (mark[d] === epoch) {
+          daily.push(this.dailyRow(d, c));
+          this.dayZero(d);
+          rows[kept++] = d;
+        } else {
+          c.unset(this.dayKind[d] as number, this.dayId[d] as string);
+          this.releaseDaily(d);
+        }
+      }
+      rows.length = kept;
+      this.dailyPending -= kept;
+      work += kept + 1;
+    }
+    return j;
+  }
+
+  /** Drops the contexts of list[from..to) not touched in `epoch`, with their rows. */
+  private dropContexts(list: DailyContext[], from: number, to: number, epoch: number): void {
+    for (let j = from; j < to; j++) {
+      const c = list[j] as DailyContext;
+      if (c.mark === epoch) continue;
+      for (const d of c.rows) this.releaseDaily(d);
+      (c.index as ContextIndex).remove(c);
+      c.clear();
+      if (this.contextPool.length < POOL_LIMIT) this.contextPool.push(c);
+    }
+  }
+
+  /** Drops the entity rows of list[from..to) not touched in `epoch`. */
+  private dropEntities(list: number[], from: number, to: number, epoch: number): void {
+    const mark = this.entMark;
+    for (let j = from; j < to; j++) {
+      const i = list[j] as number;
+      if (mark[i] !== epoch) this.releaseEntity(i);
+    }
+  }
+
+  private touchContext(c: DailyContext): void {
+    if (c.mark !== this.epoch) {
+      c.mark = this.epoch;
+      this.ctxTouched.push(c);
+    }
+  }
+
+  private entAdd(i: number, pico: number): void {
+    if (this.entMark[i] !== this.epoch) {
+      this.entMark[i] = this.epoch;
+      this.entTouched.push(i);
+      this.entityPending++;
+    }
+    const s = this.entSpend;
+    const v = (s[i] as number) + pico;
+    if (v >= MAX_SAFE_PICO) {
+      this.entOver.set(i, (this.entOver.get(i) ?? 0n) + BigInt(v));
+      s[i] = 0;
+    } else s[i] = v;
+  }
+
+  /** Moves daily row d's counters into its bigint overflow. */
+  private daySpill(d: number): void {
+    let over = this.dayOver.get(d);
+    if (over === undefined) {
+      over = {
+        spend: 0n,
+        prompt: 0n,
+        completion: 0n,
+        cacheRead: 0n,
+        cacheCreation: 0n,
+        requests: 0n,
+        successes: 0n,
+      };
+      this.dayOver.set(d, over);
+    }
+    const f = this.day;
+    const o = d * DW;
+    over.spend += BigInt(f[o + SPEND] as number);
+    over.prompt += BigInt(f[o + PROMPT] as number);
+    over.completion += BigInt(f[o + COMPLETION] as number);
+    over.cacheRead += BigInt(f[o + CACHE_READ] as number);
+    over.cacheCreation += BigInt(f[o + CACHE_CREATION] as number);
+    over.requests += BigInt(f[o + REQUESTS] as number);
+    over.successes += BigInt(f[o + SUCCESSES] as number);
+    f.fill(0, o, o + DW);
+  }
+
+  private dayZero(d: number): void {
+    // Stores, not fill(): a builtin call costs more than the eight writes.
+    const f = this.day;
+    const o = d * DW;
+    f[o] = 0;
+    f[o + 1] = 0;
+    f[o + 2] = 0;
+    f[o + 3] = 0;
+    f[o + 4] = 0;
+    f[o + 5] = 0;
+    f[o + 6] = 0;
+    f[o + 7] = 0;
+    if (this.dayOver.size > 0) this.dayOver.delete(d);
+  }
+
+  private entTotal(i: number): bigint {
+    return (this.entOver.get(i) ?? 0n) + BigInt(this.entSpend[i] as number);
+  }
+
+  /** Entity row i as emitted: its kind, ids and spend, exact. */
+  private entityRow(i: number): EntityRow {
+    const over = this.entOver.size > 0 ? this.entOver.get(i) : undefined;
+    const s = this.entSpend[i] as number;
+    return [
+      ENTITY_KINDS[this.entKind[i] as number] as EntityKind,
+      this.entId[i] as string,
+      this.entId2[i] as string,
+      over === undefined ? String(s) : (over + BigInt(s)).toString(),
+    ];
+  }
+
+  /** Daily row d of context c as emitted: its dimensions, counters and spend, exact. */
+  private dailyRow(d: number, c: DailyContext): DailyRow {
+    const kind = DAILY_KINDS[this.dayKind[d] as number] as DailyKind;
+    const id = this.dayId[d] as string;
+    const over = this.dayOver.size > 0 ? this.dayOver.get(d) : undefined;
+    if (over === undefined) {
+      // No spill: every counter is an exact integer number below 2^53.
+      const f = this.day;
+      const o = d * DW;
+      const requests = f[o + REQUESTS] as number;
+      const successes = f[o + SUCCESSES] as number;
+      return [
+        kind,
+        id,
+        c.date,
+        c.apiKey,
+        c.model,
+        c.modelGroup,
+        c.provider,
+        c.mcpToolName,
+        c.endpoint,
+        f[o + PROMPT] as number,
+        f[o + COMPLETION] as number,
+        f[o + CACHE_READ] as number,
+        f[o + CACHE_CREATION] as number,
+        requests,
+        successes,
+        requests - successes,
+        String(f[o + SPEND]),
+      ];
+    }
+    this.daySpill(d);
+    return [
+      kind,
+      id,
+      c.date,
+      c.apiKey,
+      c.model,
+      c.modelGroup,
+      c.provider,
+      c.mcpToolName,
+      c.endpoint,
+      encodeCount(over.prompt),
+      encodeCount(over.completion),
+      encodeCount(over.cacheRead),
+      encodeCount(over.cacheCreation),
+      encodeCount(over.requests),
+      encodeCount(over.successes),
+      encodeCount(over.requests - over.successes),
+      over.spend.toString(),
+    ];
+  }
+
+  private newEntity(kind: number, id: string, id2: string): number {
+    let i = this.entFree.pop();
+    if (i === undefined) {
+      i = this.entNext++;
+      if (i >= this.entSpend.length) {
+        this.entSpend = grown(this.entSpend, i + 1);
+        this.entMark = grown(this.entMark, i + 1);
+        this.entKind = grown(this.entKind, i + 1);
+      }
+    }
+    this.entSpend[i] = 0;
+    this.entMark[i] = 0;
+    this.entKind[i] = kind;
+    this.entId[i] = id;
+    this.entId2[i] = id2;
+    this.entityRowsHeld++;
+    return i;
+  }
+
+  private releaseEntity(i: number): void {
+    const kind = this.entKind[i] as number;
+    const id = this.entId[i] as string;
+    if (kind === E_MEMBER) {
+      const teams = this.members.get(id);
+      if (teams !== undefined) {
+        teams.delete(this.entId2[i] as string);
+        if (teams.size === 0) this.members.delete(id);
+      }
+    } else this.entityMap(ENTITY_KINDS[kind] as Exclude<EntityKind, "team_member">).delete(id);
+    this.entId[i] = "";
+    this.entId2[i] = "";
+    const contexts = this.entContexts[i];
+    if (contexts !== undefined) {
+      this.entContexts[i] = undefined;
+      // Its contexts were dropped before it (a key is touched with each of them).
+      if (contexts.empty && this.indexPool.length < POOL_LIMIT) this.indexPool.push(contexts);
+    }
+    this.entFree.push(i);
+    this.entityRowsHeld--;
+  }
+
+  private releaseDaily(d: number): void {
+    this.dayId[d] = "";
+    this.dayFree.push(d);
+    this.dailyRowsHeld--;
+  }
+
+  private entityMap(kind: Exclude<EntityKind, "team_member">): Map<string, number> {
     switch (kind) {
       case "key":
         return this.keys;
@@ -893,36 +895,54 @@ export class Aggregator {
     }
   }
 
-  /** The daily row for `id` in a context, created (with its entity row if new) on first use. */
-  private daily(slots: DailySlots, entities: Map<string, EntityAcc>, id: string): DailyAcc {
-    let acc = slots.get(id);
-    if (acc === undefined) {
-      acc = new DailyAcc();
-      this.entity(entities, id).parts.push(acc);
-      slots.set(id, acc);
+  /** Context c's daily row of kind k for `id`, created (with its entity row if new) on first use. */
+  private daily(c: DailyContext, k: number, entities: Map<string, number>, id: string): number {
+    let d = c.row(k, id);
+    if (d < 0) {
+      const free = this.dayFree.pop();
+      if (free !== undefined) d = free;
+      else {
+        d = this.dayNext++;
+        if (d >= this.dayMark.length) {
+          this.day = grown(this.day, (d + 1) * DW);
+          this.dayMark = grown(this.dayMark, d + 1);
+          this.dayKind = grown(this.dayKind, d + 1);
+          this.dayEnt = grown(this.dayEnt, d + 1);
+        }
+      }
+      this.dayZero(d);
+      this.dayMark[d] = 0;
+      this.dayKind[d] = k;
+      this.dayEnt[d] = this.entity(entities, ENTITY_OF_DAILY[k] as number, id);
+      this.dayId[d] = id;
+      c.set(k, id, d);
       this.dailyRowsHeld++;
     }
-    return acc;
+    return d;
   }
 
   /** The entity row for `id` in `entities`, created on first use. */
-  private entity(entities: Map<string, EntityAcc>, id: string): EntityAcc {
-    let ent = entities.get(id);
-    if (ent === undefined) {
-      ent = new EntityAcc();
-      entities.set(id, ent);
-      this.entityRowsHeld++;
+  private entity(entities: Map<string, number>, kind: number, id: string): number {
+    let i = entities.get(id);
+    if (i === undefined) {
+      i = this.newEntity(kind, id, "");
+      entities.set(id, i);
     }
-    return ent;
+    return i;
   }
 
-  private member(user: string, team: string): EntityAcc {
+  private member(user: string, team: string): number {
     let teams = this.members.get(user);
     if (teams === undefined) {
       teams = new Map();
       this.members.set(user, teams);
     }
-    return this.entity(teams, team);
+    let i = teams.get(team);
+    if (i === undefined) {
+      i = this.newEntity(E_MEMBER, user, team);
+      teams.set(team, i);
+    }
+    return i;
   }
 
   /** UTC YYYY-MM-DD, cached per day: formatting a date per event would cost more than the rest. */

@@ -445,8 +445,8 @@ export class SpendProducer {
     const d = this.drain;
     if (d !== undefined) {
       const left = d.agg.pendingRowCounts();
-      // Entity rows are all emitted before any is zeroed; a daily row is emitted as it is zeroed.
-      rows.entity += Math.max(d.out.entity.length, left.entity);
+      // A row is emitted as it is zeroed, and is then no longer pending there.
+      rows.entity += d.out.entity.length + left.entity;
       rows.daily += d.out.daily.length + left.daily;
     }
     return rows;

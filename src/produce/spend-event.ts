@@ -451,6 +451,23 @@ export function checkIdsContent(e: NormalizedEvent): void {
   if (e.provider !== "") checkIdContent(e.provider, "provider");
   if (e.endpoint !== "") checkIdContent(e.endpoint, "endpoint");
   if (e.mcpToolName !== "") checkIdContent(e.mcpToolName, "mcpToolName");
+  // A UTF-16 code unit is at most 3 UTF-8 bytes: when even that bound fits,
+  // as for any id of ordinary length, no string needs scanning for its bytes.
+  let longest = Math.max(
+    e.userId.length,
+    e.teamId.length,
+    e.organizationId.length,
+    e.endUserId.length,
+  );
+  for (let i = 0; i < e.tags.length; i++) longest = Math.max(longest, (e.tags[i] as string).length);
+  const contextUnits =
+    e.apiKey.length +
+    e.model.length +
+    e.modelGroup.length +
+    e.provider.length +
+    e.mcpToolName.length +
+    e.endpoint.length;
+  if (DATE_BYTES + 3 * (contextUnits + longest) <= MAX_DAILY_KEY_BYTES) return;
   checkDailyKeyBytes(
     dailyContextBytes(e.apiKey, e.model, e.modelGroup, e.provider, e.mcpToolName, e.endpoint),
     e.userId,
