@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { randomUUID } from "node:crypto";
 import { Redis } from "ioredis";
-import { budgetScripts } from "../../src/budget/scripts.js";
 import { loadBudget } from "../../src/budget/budget-store.js";
 import { buildConfig, type AppConfig } from "../../src/config/config.js";
 import { picoToDecimal, usdStringToPico } from "../../src/contract/money.js";
@@ -175,12 +174,20 @@ describe("budgets: routes, refusal, raise, reset, ingest", () => {
     const redis = new Redis(TEST_REDIS_URL);
     try {
       const key = budgetKey(prefix, "team", "bu-team");
-      await redis.del(key);
-      const stale = [old.periodStart.getTime(), "0", randomUUID(), 60_000, "0"];
-      assert.equal(
-        await budgetScripts.seed.run(redis, [key], [...stale, old.updatedAt.getTime()]),
-        1,
-      );
+      // What seed-1.lua writes for a seeder holding the old definition, in one
+      // step with the delete, so no up-to-date gateway can seed in between.
+      await redis
+        .multi()
+        .del(key)
+        .hset(key, {
+          period: old.periodStart.getTime(),
+          remaining: 0,
+          epoch: randomUUID(),
+          spent: 0,
+          version: old.updatedAt.getTime(),
+        })
+        .pexpire(key, 60_000)
+        .exec();
     } finally {
       redis.disconnect();
     }
