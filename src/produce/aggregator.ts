@@ -84,6 +84,13 @@ const INITIAL_ROWS = 1_024;
 // context was most of what the garbage collector copied and promoted.
 const POOL_LIMIT = 4_096;
 
+/** Where a sliced drain of daily contexts stopped: a context, a row in it, rows kept so far. */
+interface ContextCursor {
+  j: number;
+  r: number;
+  kept: number;
+}
+
 export interface DrainedRows {
   entity: EntityRow[];
   daily: DailyRow[];
@@ -597,8 +604,9 @@ export class Aggregator {
     // 2. Daily rows, context by context (a job groups a context's rows):
     // touched ones emitted and zeroed, the others dropped.
     const ctxs = this.ctxTouched;
-    for (let j = 0; j < ctxs.length;) {
-      j = this.emitContexts(ctxs, j, epoch, out.daily);
+    const at: ContextCursor = { j: 0, r: 0, kept: 0 };
+    while (at.j < ctxs.length) {
+      this.emitContexts(ctxs, at, epoch, out.daily);
       yield;
     }
     // Contexts touched last interval and not this one: dropped with their rows.
@@ -642,25 +650,30 @@ export class Aggregator {
   }
 
   /**
-   * From list[from] on, each context's touched daily rows emitted and
-   * zeroed, its others dropped, until about DRAIN_STEP rows; returns where
-   * it stopped.
+   * From `at` on, each context's touched daily rows emitted and zeroed, its
+   * others dropped, until about DRAIN_STEP rows; `at` is left where it
+   * stopped, inside a context if need be: one context can hold most of a
+   * gateway's rows (every request of one key on one day and model), and
+   * draining it whole blocked the event loop for as long as it took.
    */
   private emitContexts(
     list: DailyContext[],
-    from: number,
+    at: ContextCursor,
     epoch: number,
     daily: DailyRow[],
-  ): number {
+  ): void {
     const mark = this.dayMark;
     let work = 0;
-    let j = from;
-    while (j < list.length && work < DRAIN_STEP) {
-      const c = list[j++] as DailyContext;
-      c.member = -1;
+    while (at.j < list.length && work < DRAIN_STEP) {
+      const c = list[at.j] as DailyContext;
+      if (at.r === 0) c.member = -1;
       const rows = c.rows;
-      let kept = 0;
-      for (let r = 0; r < rows.length; r++) {
+      // Rows are kept in place (compacted towards the front): nothing is added
+      // to this aggregator while it drains, so the list holds still between steps.
+      let kept = at.kept;
+      let r = at.r;
+      const end = Math.min(rows.length, r + DRAIN_STEP - work);
+      for (; r < end; r++) {
         const d = rows[r] as number;
         if (mark[d] === epoch) {
           daily.push(this.dailyRow(d, c));
@@ -671,11 +684,18 @@ export class Aggregator {
           this.releaseDaily(d);
         }
       }
+      work += r - at.r + 1;
+      if (r < rows.length) {
+        at.r = r;
+        at.kept = kept;
+        return;
+      }
       rows.length = kept;
       this.dailyPending -= kept;
-      work += kept + 1;
+      at.j++;
+      at.r = 0;
+      at.kept = 0;
     }
-    return j;
   }
 
   /** Drops the contexts of list[from..to) not touched in `epoch`, with their rows. */

@@ -207,6 +207,39 @@ describe("aggregation", () => {
     ]);
   });
 
+  it("a drain steps through one context's rows in slices, emitting the touched and dropping the rest", () => {
+    const agg = new Aggregator();
+    const ev = (endUserId: string) =>
+      validateSpendEvent({ spend: 1, apiKey: "k", model: "m", endUserId }, undefined, NOW);
+    // One key, day and model: one context holding 1,000 daily rows.
+    const users = Array.from({ length: 1_000 }, (_, i) => `e${i}`);
+    for (const u of users) agg.add(ev(u));
+    agg.drain();
+    // Interval 2 touches every third end user, then drains in steps.
+    const touched = users.filter((_, i) => i % 3 === 0);
+    for (const u of touched) assert.equal(agg.addIfKnown(ev(u)), true);
+    const out = { entity: [] as EntityRow[], daily: [] as DailyRow[] };
+    // No step handles much more than 256 rows, even inside one context
+    // (1,000 rows in it, 334 of them emitted).
+    let mostPerStep = 0;
+    let before = 0;
+    for (const _ of agg.drainSteps(out)) {
+      mostPerStep = Math.max(mostPerStep, out.daily.length - before);
+      before = out.daily.length;
+    }
+    assert.ok(mostPerStep <= 100, `${mostPerStep} daily rows emitted in one step`);
+    assert.deepEqual(
+      out.daily.map((r) => r[1]),
+      touched,
+    );
+    // The untouched ones are gone (their daily and entity rows); the touched ones are held.
+    assert.equal(agg.addIfKnown(ev("e1")), false);
+    assert.equal(agg.addIfKnown(ev("e999")), true);
+    assert.equal(agg.addIfKnown(ev("e3")), true);
+    const d = agg.drain();
+    assert.deepEqual(d.daily.map((r) => r[1]).sort(), ["e3", "e999"]);
+  });
+
   it("grows with distinct rows, not with requests", () => {
     const agg = new Aggregator();
     const e = validateSpendEvent(
