@@ -120,7 +120,15 @@ describe("Redis losing its state under live processes", () => {
     await settledAndReconciled("spend sent after the wipe to commit, with no restart");
     const repairs = await (await fetch(`http://127.0.0.1:${svc.port}/metrics`)).text();
     assert.match(repairs, /what="scheduler"} [1-9]/);
-    assert.match(repairs, /what="fence"} [1-9]/);
+    // The fencing counter comes back one of two ways: the maintenance pass
+    // raises it from PostgreSQL's newest token, or (when the first flush after
+    // the wipe ran between that pass's schedule check and its fence check) that
+    // flush is fenced off and raises it itself; either way spend committed above.
+    assert.ok(
+      /what="fence"} [1-9]/.test(repairs) ||
+        /spend_flushes_total\{outcome="fenced_off"\} [1-9]/.test(repairs),
+      "the fence was put back",
+    );
     assert.match(repairs, /what="partition_count"} [1-9]/);
   });
 
