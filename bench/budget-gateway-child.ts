@@ -9,11 +9,10 @@
  * holds, prints {"leaseCalls"} (the Redis calls its budgets made) and exits.
  */
 import type { AddressInfo } from "node:net";
-import { BudgetBook } from "../src/budget/budget-book.js";
 import type { BudgetGuard } from "../src/budget/budget-guard.js";
 import { budgetMetrics } from "../src/budget/budget-metrics.js";
+import { gatewayBudgetBook } from "../src/gateway/gateway-budgets.js";
 import { createGatewayApp } from "../src/gateway/app.js";
-import { liveSpend } from "../src/gateway/live-spend.js";
 import { KeyCache } from "../src/gateway/virtual-keys.js";
 import { silentLogger } from "../src/observe/logger.js";
 import { SpendMetrics } from "../src/observe/metrics.js";
@@ -35,15 +34,13 @@ if (redis === undefined) throw new Error("the budgets section needs the buffer o
 let budgets: BudgetGuard;
 let closeBudgets: () => Promise<void>;
 if (mode === "leases") {
-  const book = new BudgetBook({
+  const book = gatewayBudgetBook(config, {
     db,
     redis,
-    keyPrefix: config.keyPrefix,
+    queues,
+    producer,
+    metrics,
     logger: silentLogger,
-    metrics: budgetMetrics(metrics),
-    liveSpend: async (kind, id) => (await liveSpend({ db, queues, producer }, kind, id)).totalPico,
-    refreshMs: config.gateway.budgetRefreshMs,
-    leaseFraction: config.gateway.budgetLeaseFraction,
   });
   await book.start();
   budgets = book;

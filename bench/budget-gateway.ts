@@ -12,9 +12,8 @@
  */
 import { setBudget, type BudgetKind } from "../src/budget/budget-store.js";
 import type { TrafficShape } from "../src/demo/traffic.js";
-import { createKey } from "../src/gateway/virtual-keys.js";
 import { sendAll, stopChild, waitForPort } from "./gateway-overhead.js";
-import { gatewayRequests } from "./gateway-traffic.js";
+import { createGatewayKeys, gatewayRequests } from "./gateway-traffic.js";
 import { ask, spawnPinned, type PinnedChild } from "./pinned.js";
 import { referenceExchange } from "./producer-cost.js";
 import type { Resources } from "./resources.js";
@@ -67,18 +66,12 @@ export async function measureBudgetGateway(
       seen.add(`${kind}:${id}`);
       budgeted.push([kind, id]);
     };
-    for (let k = 0; k < plan.keys; k++) {
-      const team = k % shape.teams;
-      const created = await createKey(t.db, {
-        userId: `user-${k % shape.users}`,
-        teamId: `team-${team}`,
-        organizationId: `org-${team % shape.orgs}`,
-      });
+    for (const created of await createGatewayKeys(t.db, plan.keys, shape)) {
       keys.push(created.key);
       budget("key", created.token);
-      budget("user", `user-${k % shape.users}`);
-      budget("team", `team-${team}`);
-      budget("org", `org-${team % shape.orgs}`);
+      budget("user", created.userId ?? "");
+      budget("team", created.teamId ?? "");
+      budget("org", created.organizationId ?? "");
     }
     budget("tag", "env:prod");
     budget("tag", "env:dev");

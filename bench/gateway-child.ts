@@ -27,11 +27,10 @@
  */
 import type { AddressInfo } from "node:net";
 import { monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks";
-import { BudgetBook } from "../src/budget/budget-book.js";
+import type { BudgetBook } from "../src/budget/budget-book.js";
 import type { BudgetGuard, BudgetRefusal, ChargedEntity } from "../src/budget/budget-guard.js";
-import { budgetMetrics } from "../src/budget/budget-metrics.js";
 import { createGatewayApp } from "../src/gateway/app.js";
-import { liveSpend } from "../src/gateway/live-spend.js";
+import { gatewayBudgetBook } from "../src/gateway/gateway-budgets.js";
 import { QueueSink } from "../src/queue/queue-sink.js";
 import { createSpendProducer } from "../src/wiring/create-producer.js";
 import { KeyCache } from "../src/gateway/virtual-keys.js";
@@ -162,16 +161,14 @@ const queues = producer.sink instanceof QueueSink ? producer.sink.queues : [];
 const redis = queues[0]?.connection;
 let budgets: SwitchedBudgets | undefined;
 if (process.env.BUDGETS === "1" && redis !== undefined) {
-  // Wired as gateway.ts wires it; every budget the parent defined is loaded and leased at start.
-  const book = new BudgetBook({
+  // Wired as the gateway service wires it; every budget the parent defined is loaded and leased at start.
+  const book = gatewayBudgetBook(config, {
     db,
     redis,
-    keyPrefix: config.keyPrefix,
+    queues,
+    producer,
+    metrics,
     logger: silentLogger,
-    metrics: budgetMetrics(metrics),
-    liveSpend: async (kind, id) => (await liveSpend({ db, queues, producer }, kind, id)).totalPico,
-    refreshMs: config.gateway.budgetRefreshMs,
-    leaseFraction: config.gateway.budgetLeaseFraction,
   });
   await book.start();
   budgets = new SwitchedBudgets(book);

@@ -12,8 +12,8 @@
 import http from "node:http";
 import { performance } from "node:perf_hooks";
 import type { TrafficShape } from "../src/demo/traffic.js";
-import { createKey } from "../src/gateway/virtual-keys.js";
 import {
+  createGatewayKeys,
   gatewayConfig,
   gatewayRequests,
   meanSealIntervalMs,
@@ -138,16 +138,7 @@ export async function measureGatewayOverhead(
   const children: PinnedChild[] = [];
   try {
     progress(S, `reference gateway: ${plan.keys} virtual keys`);
-    const keys: string[] = [];
-    for (let k = 0; k < plan.keys; k++) {
-      const team = k % shape.teams;
-      const created = await createKey(t.db, {
-        userId: `user-${k % shape.users}`,
-        teamId: `team-${team}`,
-        organizationId: `org-${team % shape.orgs}`,
-      });
-      keys.push(created.key);
-    }
+    const keys = (await createGatewayKeys(t.db, plan.keys, shape)).map((k) => k.key);
     const requests = gatewayRequests(
       plan.distinctRequests,
       7,

@@ -6,6 +6,8 @@
  */
 import { buildConfig, type AppConfig } from "../src/config/config.js";
 import { rng, skewed, type TrafficShape } from "../src/demo/traffic.js";
+import { createKey, type CreatedKey } from "../src/gateway/virtual-keys.js";
+import type { Db } from "../src/persist/prisma.js";
 import { TEST_REDIS_URL } from "../test/support/redis.js";
 
 /** A model the mock answers, priced like gpt-4o. */
@@ -18,6 +20,26 @@ export const GATEWAY_PRICE = {
 export interface GatewayRequest {
   authorization: string;
   body: Buffer;
+}
+
+/** The reference gateway's virtual keys: key k belongs to user k, team k and that team's org (modulo the shape). */
+export async function createGatewayKeys(
+  db: Db,
+  n: number,
+  shape: TrafficShape,
+): Promise<CreatedKey[]> {
+  const keys: CreatedKey[] = [];
+  for (let k = 0; k < n; k++) {
+    const team = k % shape.teams;
+    keys.push(
+      await createKey(db, {
+        userId: `user-${k % shape.users}`,
+        teamId: `team-${team}`,
+        organizationId: `org-${team % shape.orgs}`,
+      }),
+    );
+  }
+  return keys;
 }
 
 export function gatewayRequests(

@@ -10,11 +10,9 @@ import { QueueSink } from "../queue/queue-sink.js";
 import { listen } from "../serve/http.js";
 import { postgresCheck, redisCheck, type Check } from "../serve/readiness.js";
 import { createSpendProducer } from "../wiring/create-producer.js";
-import { BudgetAlerts } from "../budget/budget-alerts.js";
-import { BudgetBook } from "../budget/budget-book.js";
-import { budgetMetrics } from "../budget/budget-metrics.js";
+import type { BudgetBook } from "../budget/budget-book.js";
 import { createGatewayApp } from "./app.js";
-import { liveSpend } from "./live-spend.js";
+import { gatewayBudgetBook } from "./gateway-budgets.js";
 import { gatewayMetrics } from "./gateway-metrics.js";
 import { IdempotencyStore } from "./idempotency.js";
 import { announceKeyChanges, KeySync } from "./key-sync.js";
@@ -110,26 +108,7 @@ export async function startGateway(
   // Budgets need Redis for their leases: with the buffer off they are stored, not enforced.
   let budgets: BudgetBook | undefined;
   if (redis !== undefined) {
-    budgets = new BudgetBook({
-      db,
-      redis,
-      keyPrefix: config.keyPrefix,
-      logger,
-      metrics: budgetMetrics(metrics),
-      liveSpend: async (kind, id) =>
-        (await liveSpend({ db, queues, producer }, kind, id)).totalPico,
-      refreshMs: config.gateway.budgetRefreshMs,
-      leaseFraction: config.gateway.budgetLeaseFraction,
-      alertThresholds: config.gateway.budgetAlertThresholds,
-      alerts: new BudgetAlerts({
-        db,
-        logger,
-        metrics: budgetMetrics(metrics),
-        ...(config.gateway.budgetWebhookUrl !== undefined
-          ? { webhookUrl: config.gateway.budgetWebhookUrl }
-          : {}),
-      }),
-    });
+    budgets = gatewayBudgetBook(config, { db, redis, queues, producer, metrics, logger });
     try {
       await budgets.start();
     } catch (err) {
