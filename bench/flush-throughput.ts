@@ -17,6 +17,7 @@ import type { DailyRow, EntityRow } from "../src/contract/spend-batch.js";
 import { trafficGenerator } from "../src/demo/traffic.js";
 import type { TestDatabase } from "../test/support/db.js";
 import type { FlushPlan } from "./plan.js";
+import { prepareCopyStaging, rawCopyApply } from "./raw-copy.js";
 import { rawApply } from "./raw-upsert.js";
 import type { Resources } from "./resources.js";
 import { progress, spread, timeAsync, timeSync, type Spread } from "./util.js";
@@ -26,9 +27,15 @@ export interface PhaseResult {
   prismaRowsPerSec: Spread;
   /** Rows per second, raw pg, same statements. */
   rawRowsPerSec: Spread;
-  /** prisma / raw per repetition (both measured back to back), median. Bar: >= 0.7. */
+  /** prisma / raw per repetition (all arms measured back to back), median. */
   ratio: Spread;
+  /** Rows per second, raw pg with COPY into staging tables (raw-copy.ts). */
+  copyRowsPerSec: Spread;
+  /** prisma / COPY per repetition, median. */
+  ratioCopy: Spread;
 }
+
+type Arm = "prisma" | "raw" | "copy";
 
 export interface SizeResult {
   rows: number;
@@ -111,24 +118,33 @@ export async function measureFlushThroughput(
     // Connections and prepared plans warm on both sides before anything is timed.
     await t.db.$queryRawUnsafe("SELECT 1");
     await client.query("SELECT 1");
+    await prepareCopyStaging(client);
     const now = Date.now();
     for (const { rows: n, reps } of plan.sizes) {
       const rows = makeRows(n, shape, now);
       const rowSpend =
         rows.entity.reduce((a, r) => a + BigInt(r[3]), 0n) +
         rows.daily.reduce((a, r) => a + BigInt(r[16]), 0n);
-      const phases = {
-        insert: { prisma: [] as number[], raw: [] as number[], ratio: [] as number[] },
-        update: { prisma: [] as number[], raw: [] as number[], ratio: [] as number[] },
-      };
+      const newPhase = () => ({
+        prisma: [] as number[],
+        raw: [] as number[],
+        copy: [] as number[],
+        ratio: [] as number[],
+        ratioCopy: [] as number[],
+      });
+      const phases = { insert: newPhase(), update: newPhase() };
       const mergeMs: number[] = [];
       let batchCount = 0;
       // One untimed round first: the first statements against fresh tables are slower for both.
       for (let rep = -1; rep < reps; rep++) {
-        const arms: ("prisma" | "raw")[] = rep % 2 === 0 ? ["prisma", "raw"] : ["raw", "prisma"];
-        const secs: Record<"prisma" | "raw", { insert: number; update: number }> = {
+        // Each arm takes each place in the order in turn: whatever the machine does
+        // to the first or last of a round is shared out.
+        const order: Arm[] = ["prisma", "raw", "copy"];
+        const arms = order.map((_, i) => order[(i + rep + 1) % order.length] as Arm);
+        const secs: Record<Arm, { insert: number; update: number }> = {
           prisma: { insert: 0, update: 0 },
           raw: { insert: 0, update: 0 },
+          copy: { insert: 0, update: 0 },
         };
         for (const arm of arms) {
           await client.query(`TRUNCATE ${ALL_TABLES.map((x) => `"${x}"`).join(", ")}`);
@@ -138,6 +154,7 @@ export async function measureFlushThroughput(
             const f = fence();
             const timed = await timeAsync(async () => {
               if (arm === "raw") await rawApply(client, batches, f);
+              else if (arm === "copy") await rawCopyApply(client, batches, f);
               else
                 await t.db.$transaction((tx) => applyBatches(tx, batches, { fence: f }), {
                   timeout: 600_000,
@@ -158,9 +175,12 @@ export async function measureFlushThroughput(
         for (const phase of ["insert", "update"] as const) {
           const p = n / secs.prisma[phase];
           const r = n / secs.raw[phase];
+          const c = n / secs.copy[phase];
           phases[phase].prisma.push(p);
           phases[phase].raw.push(r);
+          phases[phase].copy.push(c);
           phases[phase].ratio.push(p / r);
+          phases[phase].ratioCopy.push(p / c);
         }
         const batches = toBatches(rows, plan.rowsPerJob, "merge");
         mergeMs.push(
@@ -173,17 +193,21 @@ export async function measureFlushThroughput(
         );
         progress(
           S,
-          `${n} rows rep ${rep + 1}/${reps}: insert prisma ${Math.round(n / secs.prisma.insert)} rows/s vs raw ${Math.round(n / secs.raw.insert)}; update prisma ${Math.round(n / secs.prisma.update)} vs raw ${Math.round(n / secs.raw.update)}`,
+          `${n} rows rep ${rep + 1}/${reps}: ` +
+            (["insert", "update"] as const)
+              .map(
+                (ph) =>
+                  `${ph} prisma ${Math.round(n / secs.prisma[ph])} rows/s vs raw ${Math.round(n / secs.raw[ph])}, COPY ${Math.round(n / secs.copy[ph])}`,
+              )
+              .join("; "),
         );
       }
-      const phaseResult = (p: {
-        prisma: number[];
-        raw: number[];
-        ratio: number[];
-      }): PhaseResult => ({
+      const phaseResult = (p: ReturnType<typeof newPhase>): PhaseResult => ({
         prismaRowsPerSec: spread(p.prisma),
         rawRowsPerSec: spread(p.raw),
         ratio: spread(p.ratio),
+        copyRowsPerSec: spread(p.copy),
+        ratioCopy: spread(p.ratioCopy),
       });
       sizes.push({
         rows: n,

@@ -61,7 +61,7 @@ function dailySql(kind: DailyKind, pico = false): string {
 }
 
 /** The fence check and the batch ids, as applyBatches does first. */
-async function fenceAndRecord(
+export async function fenceAndRecord(
   client: pg.Client,
   batchIds: readonly string[],
   fence: Fence,
@@ -125,12 +125,14 @@ export async function rawApplyMerged(
 const byKey = <T>(a: [string, T], b: [string, T]): number =>
   a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0;
 
-/** Applies the batches in one transaction on `client`; returns the rows written. */
-export async function rawApply(
-  client: pg.Client,
-  batches: readonly BatchToApply[],
-  fence: Fence,
-): Promise<number> {
+/** A flush's rows by table, each table's rows sorted by key (the lock order every writer shares). */
+export interface GroupedRows {
+  entity: Map<EntityKind, EntityRow[]>;
+  daily: Map<DailyKind, DailyRow[]>;
+}
+
+/** Groups the batches' rows by table and sorts them by key, as both raw references need. */
+export function groupSorted(batches: readonly BatchToApply[]): GroupedRows {
   const entity = new Map<EntityKind, [string, EntityRow][]>();
   const daily = new Map<DailyKind, [string, DailyRow][]>();
   for (const b of batches) {
@@ -145,7 +147,33 @@ export async function rawApply(
       daily.set(r[0], list);
     }
   }
+  const out: GroupedRows = { entity: new Map(), daily: new Map() };
+  for (const kind of ENTITY_KINDS) {
+    const list = entity.get(kind);
+    if (list !== undefined)
+      out.entity.set(
+        kind,
+        list.sort(byKey).map(([, r]) => r),
+      );
+  }
+  for (const kind of DAILY_KINDS) {
+    const list = daily.get(kind);
+    if (list !== undefined)
+      out.daily.set(
+        kind,
+        list.sort(byKey).map(([, r]) => r),
+      );
+  }
+  return out;
+}
 
+/** Applies the batches in one transaction on `client`; returns the rows written. */
+export async function rawApply(
+  client: pg.Client,
+  batches: readonly BatchToApply[],
+  fence: Fence,
+): Promise<number> {
+  const { entity, daily } = groupSorted(batches);
   let rows = 0;
   await client.query("BEGIN");
   try {
@@ -155,13 +183,10 @@ export async function rawApply(
       fence,
     );
     // Same lock order as upsertMerged: tables in kind order, keys sorted.
-    for (const kind of ENTITY_KINDS) {
-      const list = entity.get(kind);
-      if (list === undefined) continue;
-      list.sort(byKey);
+    for (const [kind, list] of entity) {
       const two = ENTITY_TABLES[kind].keyColumns.length === 2;
       const params: string[][] = two ? [[], [], []] : [[], []];
-      for (const [, r] of list) {
+      for (const r of list) {
         params[0]?.push(r[1]);
         if (two) params[1]?.push(r[2]);
         params[two ? 2 : 1]?.push(picoToDecimal(BigInt(r[3])));
@@ -169,12 +194,9 @@ export async function rawApply(
       await client.query(entitySql(kind), params);
       rows += list.length;
     }
-    for (const kind of DAILY_KINDS) {
-      const list = daily.get(kind);
-      if (list === undefined) continue;
-      list.sort(byKey);
+    for (const [kind, list] of daily) {
       const params: string[][] = Array.from({ length: 16 }, () => []);
-      for (const [, r] of list) {
+      for (const r of list) {
         for (let i = 0; i < 15; i++) params[i]?.push(String(r[1 + i]));
         params[15]?.push(picoToDecimal(BigInt(r[16])));
       }

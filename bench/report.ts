@@ -151,19 +151,21 @@ export function markdown(r: BenchResults): string {
     L.push("");
     L.push(
       "Distinct rows per second committed in one transaction: `applyBatches` in a Prisma interactive transaction vs " +
-        "raw `pg` with the same statements (bench/raw-upsert.ts), alternating which goes first, tables truncated between. " +
+        "two hand-written `pg` references with the same guarantees (fence, batch ids, keys sorted, one transaction): " +
+        "the unnest upsert per table (bench/raw-upsert.ts) and COPY into session staging tables, then one INSERT ... SELECT ... ON CONFLICT per table (bench/raw-copy.ts). " +
+        "The three arms take turns going first; tables truncated between. " +
         "insert = every row new; update = every row already there (ON CONFLICT DO UPDATE).",
     );
     L.push("");
     L.push(
-      "| Rows (entity + daily, batches) | Phase | Prisma rows/s | raw pg rows/s | Prisma / raw | mergeRows CPU ms |",
+      "| Rows (entity + daily, batches) | Phase | Prisma rows/s | raw unnest rows/s | raw COPY rows/s | Prisma / unnest | Prisma / COPY | mergeRows CPU ms |",
     );
-    L.push("|---|---|---|---|---|---|");
+    L.push("|---|---|---|---|---|---|---|---|");
     for (const s of f.sizes) {
       for (const phase of ["insert", "update"] as const) {
         const ph = s[phase];
         L.push(
-          `| ${s.rows} (${s.entityRows} + ${s.dailyRows}, ${s.batches}) | ${phase} | ${sp(ph.prismaRowsPerSec)} | ${sp(ph.rawRowsPerSec)} | **${sp(ph.ratio, 1, 2)}x** | ${phase === "insert" ? sp(s.mergeMs) : ""} |`,
+          `| ${s.rows} (${s.entityRows} + ${s.dailyRows}, ${s.batches}) | ${phase} | ${sp(ph.prismaRowsPerSec)} | ${sp(ph.rawRowsPerSec)} | ${sp(ph.copyRowsPerSec)} | **${sp(ph.ratio, 1, 2)}x** | ${sp(ph.ratioCopy, 1, 2)}x | ${phase === "insert" ? sp(s.mergeMs) : ""} |`,
         );
       }
     }

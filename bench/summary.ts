@@ -250,13 +250,17 @@ export function evaluateBars(
     });
   }
   for (const s of flush?.sizes ?? []) {
+    // Issue 22 goal 4 asks 1.2x the raw unnest upsert from 10k rows up; a
+    // small flush keeps the earlier regression bar.
+    const goal4 = s.rows >= 10_000;
+    const want = goal4 ? 1.2 : 0.7;
     for (const phase of ["insert", "update"] as const) {
       const r = s[phase].ratio.median;
       bars.push({
-        name: `flush ${s.rows} rows (${phase}): Prisma applyBatches / raw pg`,
-        bar: ">= 0.7x",
-        value: `${fmt(r)}x`,
-        pass: r >= 0.7,
+        name: `${goal4 ? "issue 22 goal 4: " : ""}flush ${s.rows} rows (${phase}): Prisma applyBatches / raw pg unnest upsert (and / raw pg COPY into staging tables, same run)`,
+        bar: `>= ${want}x`,
+        value: `${fmt(r)}x (vs COPY ${fmt(s[phase].ratioCopy.median)}x)`,
+        pass: r >= want,
       });
     }
   }
