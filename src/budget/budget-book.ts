@@ -59,7 +59,6 @@ interface Allowance {
  * reaches through costs a trip to memory), and its allowance.
  */
 interface Slot {
-  k: string;
   def: BudgetDef;
   a: Allowance | undefined;
   /** def.maxPico !== null: requests can be refused. */
@@ -106,14 +105,14 @@ const MAX_NANO = 2n ** 53n - 1n;
  * per proxy_batch_write_at) to the bound after such an event.
  */
 export class BudgetBook implements BudgetGuard {
-  private readonly defs = new Map<string, BudgetDef>();
   /**
-   * The request path's way in: kind, then id, to the entity's key in `defs`
-   * and `allowances`, so a check builds no string (it runs for every entity
-   * of every request).
+   * Every budget's slot (its definition and this gateway's allowance), by
+   * kind, then id: the request path's way in builds no string (it runs for
+   * every entity of every request).
    */
   private readonly index = new Map<string, Map<string, Slot>>();
-  private readonly allowances = new Map<string, Allowance>();
+  /** Slots in `index`. */
+  private count = 0;
   /**
    * What a refresh looks at, so its cost follows what needs work rather than
    * how many budgets exist: slots whose share is exhausted (another gateway
@@ -150,7 +149,7 @@ export class BudgetBook implements BudgetGuard {
       this.o.logger.warn({ err: (err as Error).message }, "budgets not loaded yet"),
     );
     const first: Promise<void>[] = [];
-    for (const a of this.allowances.values()) if (a.refill !== undefined) first.push(a.refill);
+    for (const slot of this.slots()) if (slot.a?.refill !== undefined) first.push(slot.a.refill);
     // Bounded: a Redis that does not answer must not hold the gateway's start.
     await Promise.race([Promise.all(first), new Promise((r) => setTimeout(r, 2_000).unref())]);
     const loop = (): void => {
@@ -177,7 +176,7 @@ export class BudgetBook implements BudgetGuard {
 
   /** How many budgets this gateway enforces. */
   get size(): number {
-    return this.defs.size;
+    return this.count;
   }
 
   /**
@@ -186,7 +185,7 @@ export class BudgetBook implements BudgetGuard {
    * its first lease is taken.
    */
   check(entities: readonly ChargedEntity[], now = Date.now()): BudgetRefusal | undefined {
-    if (this.defs.size === 0) return undefined;
+    if (this.count === 0) return undefined;
     for (const e of entities) {
       if (this.watch.get(e.kind)?.has(e.id) !== true) continue;
       const slot = this.index.get(e.kind)?.get(e.id);
@@ -194,13 +193,13 @@ export class BudgetBook implements BudgetGuard {
       if (slot === undefined || !slot.hasMax) continue;
       const a = this.current(slot, now);
       if (a.pico > 0n) continue;
-      const { k, def } = slot;
+      const { def } = slot;
       let reason: BudgetRefusal["reason"] = "exhausted";
       if (!a.exhausted) {
         // Its share is spent and a lease is on its way: one request goes
         // ahead (so a gateway's first request for an entity is not refused),
         // the rest wait for the lease. Never more than one on debt: the bound.
-        this.refill(k, def, a);
+        this.refill(slot, a);
         if (a.optimistic === 0) {
           a.optimistic = 1;
           continue;
@@ -222,7 +221,7 @@ export class BudgetBook implements BudgetGuard {
 
   /** Charges a served request's cost to every budgeted entity it was charged to. */
   charge(entities: readonly ChargedEntity[], costPico: bigint, now = Date.now()): void {
-    if (this.defs.size === 0 || costPico === 0n) return;
+    if (this.count === 0 || costPico === 0n) return;
     for (const e of entities) {
       const held = (e as Held)[HELD];
       const slot = held === undefined ? this.index.get(e.kind)?.get(e.id) : held;
@@ -232,7 +231,7 @@ export class BudgetBook implements BudgetGuard {
       a.unreported += costPico;
       if (a.pico < a.half) {
         if (slot.hasMax) this.watchSlot(slot, true);
-        this.refill(slot.k, slot.def, a);
+        this.refill(slot, a);
       }
     }
   }
@@ -243,28 +242,30 @@ export class BudgetBook implements BudgetGuard {
     if (this.timer !== undefined) clearTimeout(this.timer);
     await this.ticking;
     // Leases under way land first, so what they bring is given back too.
-    for (const a of this.allowances.values()) if (a.refill !== undefined) await a.refill;
+    for (const slot of this.slots()) if (slot.a?.refill !== undefined) await slot.a.refill;
     // The last spend reported, so a threshold it crossed is not missed.
-    for (const [k, a] of this.allowances) {
-      const def = this.defs.get(k);
-      if (def !== undefined && a.epoch !== "" && a.unreported >= PICO_PER_NANO)
+    for (const { def, a } of this.slots())
+      if (a !== undefined && a.epoch !== "" && a.unreported >= PICO_PER_NANO)
         await this.report(def, a).catch(() => undefined);
-    }
     await this.o.alerts?.close();
-    for (const [k, a] of this.allowances) {
+    for (const slot of this.slots()) {
+      const { def, a } = slot;
+      slot.a = undefined;
+      if (a === undefined || a.epoch === "") continue;
       const nano = a.pico / PICO_PER_NANO;
-      if (nano <= 0n || a.epoch === "") continue;
-      const [kind, id] = splitKey(k);
+      if (nano <= 0n) continue;
       await budgetScripts.giveBack
         .run(
           this.o.redis,
-          [budgetKey(this.o.keyPrefix, kind, id)],
+          [budgetKey(this.o.keyPrefix, def.kind, def.id)],
           [a.period, a.epoch, nano.toString()],
         )
         .catch(() => undefined);
     }
-    this.allowances.clear();
-    for (const ids of this.index.values()) for (const slot of ids.values()) slot.a = undefined;
+  }
+
+  private *slots(): Iterable<Slot> {
+    for (const ids of this.index.values()) yield* ids.values();
   }
 
   /** This gateway's allowance for the entity's current period (a fresh one if the period moved). */
@@ -282,7 +283,6 @@ export class BudgetBook implements BudgetGuard {
         half: this.slicePico(slot.def) / 2n,
       };
       slot.a = a;
-      this.allowances.set(slot.k, a);
       if (slot.hasMax) this.watchSlot(slot, true);
     }
     return a;
@@ -305,8 +305,6 @@ export class BudgetBook implements BudgetGuard {
 
   /** The entity's slot, made or updated for a definition just loaded. */
   private place(def: BudgetDef): Slot {
-    const k = entityKey(def.kind, def.id);
-    this.defs.set(k, def);
     let ids = this.index.get(def.kind);
     if (ids === undefined) this.index.set(def.kind, (ids = new Map<string, Slot>()));
     let slot = ids.get(def.id);
@@ -317,8 +315,10 @@ export class BudgetBook implements BudgetGuard {
       start: def.periodStart.getTime(),
       until: def.duration === null || def.resetAt === null ? Infinity : def.resetAt.getTime(),
     };
-    if (slot === undefined) ids.set(def.id, (slot = { k, a: this.allowances.get(k), ...flat }));
-    else Object.assign(slot, flat);
+    if (slot === undefined) {
+      ids.set(def.id, (slot = { a: undefined, ...flat }));
+      this.count++;
+    } else Object.assign(slot, flat);
     if (def.duration !== null && def.maxPico !== null) this.periodic.add(slot);
     else this.periodic.delete(slot);
     this.watchSlot(slot, slot.hasMax && BudgetBook.watched(slot.a));
@@ -342,9 +342,10 @@ export class BudgetBook implements BudgetGuard {
   }
 
   /** Starts a lease for the entity unless one is under way. */
-  private refill(k: string, def: BudgetDef, a: Allowance): void {
+  private refill(slot: Slot, a: Allowance): void {
     if (a.refill !== undefined || this.closed) return;
-    a.refill = this.lease(k, def, a)
+    const def = slot.def;
+    a.refill = this.lease(slot, a)
       .catch((err: unknown) => {
         this.needsAttention(def, true);
         this.o.metrics.leases.inc({ outcome: "failed" });
@@ -355,11 +356,12 @@ export class BudgetBook implements BudgetGuard {
       });
   }
 
-  private async lease(k: string, initial: BudgetDef, a: Allowance): Promise<void> {
-    let def = initial;
+  private async lease(slot: Slot, a: Allowance): Promise<void> {
+    let def = slot.def;
     for (let attempt = 0; attempt < 3; attempt++) {
-      // The newest definition this gateway has (a reload may have brought one while it waited).
-      def = this.defs.get(k) ?? def;
+      // The newest definition this gateway has (a reload may have brought one
+      // while it waited: place() updates the slot in place).
+      def = slot.def;
       // The period moved on (a boundary passed): one gateway records it in
       // PostgreSQL, every gateway reloads the definition before seeding.
       if (def.resetAt !== null && a.period >= def.resetAt.getTime()) {
@@ -405,10 +407,9 @@ export class BudgetBook implements BudgetGuard {
       a.exhausted = a.pico <= 0n;
       a.optimistic = 0;
       this.needsAttention(def, a.exhausted);
-      const slot = this.index.get(def.kind)?.get(def.id);
       // Only the share of the slot's current period: a lease for a period
       // that has since ended says nothing about the one a check now reads.
-      if (slot !== undefined && slot.a === a)
+      if (this.slotOf(def) === slot && slot.a === a)
         this.watchSlot(slot, slot.hasMax && BudgetBook.watched(a));
       this.o.metrics.leases.inc({ outcome: grant === 0 ? "exhausted" : "granted" });
       // What it spent since the last lease (about half a slice) counts towards
@@ -469,13 +470,13 @@ export class BudgetBook implements BudgetGuard {
     }
     const fresh = await loadBudget(this.o.db, def.kind, def.id);
     if (fresh === null) {
-      const gone = this.index.get(def.kind)?.get(def.id);
+      const gone = this.slotOf(def);
       if (gone !== undefined) {
         this.periodic.delete(gone);
         this.watchSlot(gone, false);
+        this.index.get(def.kind)?.delete(def.id);
+        this.count--;
       }
-      this.defs.delete(entityKey(def.kind, def.id));
-      this.index.get(def.kind)?.delete(def.id);
       return def;
     }
     this.place(fresh);
@@ -490,17 +491,17 @@ export class BudgetBook implements BudgetGuard {
     for (const slot of this.periodic)
       if (now >= slot.until && slot.a !== undefined && slot.a.period < now) {
         const cur = this.current(slot, now);
-        if (cur.epoch === "") this.refill(slot.k, slot.def, cur);
+        if (cur.epoch === "") this.refill(slot, cur);
       }
     for (const slot of this.attention) {
       const a = slot.a;
-      if (a === undefined || !this.defs.has(slot.k)) {
+      if (a === undefined || this.slotOf(slot.def) !== slot) {
         this.attention.delete(slot);
         continue;
       }
       const cur = this.current(slot, now);
       if ((slot.hasMax && (cur.exhausted || cur.pico < cur.half)) || cur.epoch === "")
-        this.refill(slot.k, slot.def, cur);
+        this.refill(slot, cur);
       // All of it once the share is exhausted, so the sum reaches the limit's
       // own threshold; a soft budget alone (never leased) in half-slice steps.
       if (
@@ -514,7 +515,7 @@ export class BudgetBook implements BudgetGuard {
 
   /** Puts the entity's slot in (or takes it out of) what each refresh looks at. */
   private needsAttention(def: BudgetDef, needs: boolean): void {
-    const slot = this.index.get(def.kind)?.get(def.id);
+    const slot = this.slotOf(def);
     if (slot === undefined) return;
     if (needs) this.attention.add(slot);
     else this.attention.delete(slot);
@@ -558,8 +559,7 @@ export class BudgetBook implements BudgetGuard {
   private async reload(): Promise<void> {
     const changed = await loadBudgetsSince(this.o.db, this.loadedUntil);
     for (const def of changed) {
-      const k = entityKey(def.kind, def.id);
-      const old = this.defs.get(k);
+      const old = this.slotOf(def)?.def;
       const slot = this.place(def);
       if (def.updatedAt > this.loadedUntil) this.loadedUntil = def.updatedAt;
       // A changed limit or period: what this gateway holds is re-leased from the new seed.
@@ -567,22 +567,17 @@ export class BudgetBook implements BudgetGuard {
         old !== undefined &&
         (old.maxPico !== def.maxPico || old.periodStart.getTime() !== def.periodStart.getTime())
       ) {
-        const a = this.allowances.get(k);
-        if (a !== undefined) a.exhausted = false;
+        if (slot.a !== undefined) slot.a.exhausted = false;
       }
       // A budget new to this gateway (or changed): lease a share now, not on its first request.
       if ((def.maxPico !== null || def.softPico !== null) && !this.closed)
-        this.refill(k, def, this.current(slot, Date.now()));
+        this.refill(slot, this.current(slot, Date.now()));
     }
-    this.o.metrics.enforced.set(this.defs.size);
+    this.o.metrics.enforced.set(this.count);
   }
-}
 
-function entityKey(kind: string, id: string): string {
-  return `${kind}\u0000${id}`;
-}
-
-function splitKey(k: string): [BudgetKind, string] {
-  const i = k.indexOf("\u0000");
-  return [k.slice(0, i) as BudgetKind, k.slice(i + 1)];
+  /** The entity's slot, if it has a budget. */
+  private slotOf(def: { kind: string; id: string }): Slot | undefined {
+    return this.index.get(def.kind)?.get(def.id);
+  }
 }
