@@ -65,29 +65,49 @@ export function behindBecause(
 }
 
 /**
- * Pressure at which admission stops entirely: twice every limit. Between 1
- * and this, a producer admits a rate that falls in proportion, from its
- * share of the flush rate down to nothing.
+ * The least a producer admits while the pipeline is behind but the flush is
+ * committing: this fraction of its share of the flush rate. A fleet admitted
+ * at a quarter of what the flush commits still lets the backlog shrink, so
+ * gateways keep serving, slowly, instead of refusing everything whenever the
+ * backlog's age passes a limit the pipeline cannot meet at that moment (a
+ * limit below a seal interval plus a transaction is passed by every wave of
+ * seals; stopping then wasted the flush's capacity, issue 22 goal 3).
  */
-export const STOP_PRESSURE = 2;
+export const FLOOR_SHARE = 0.25;
+
+/**
+ * Pressure at which admission stops entirely: five times a limit. Only a
+ * flush that is not committing gets there while producers trickle at the
+ * floor (a dead worker: the backlog's age grows with the clock), and there
+ * the backlog must not grow at all.
+ */
+export const STOP_PRESSURE = 5;
 
 /**
  * The events per second a producer may admit under back-pressure: unlimited
  * (Infinity) at pressure 1 or less; none at STOP_PRESSURE or more; in
  * between, its share of what the flush commits (the flush's rate over the
  * producers reporting, in events at this producer's rows per event), scaled
- * down in proportion as the pressure rises. A fleet admitted at its share
- * of the flush rate adds about what the flush takes away, so while the flush
- * keeps up the pressure settles between the two and producers slow down
- * without stopping; only a flush that falls twice as far behind as allowed
- * (or none that has reported a rate) stops them. Without a rate to share,
- * the rule is on/off as it was: nothing to derive a rate from.
+ * down in proportion as the pressure rises from 1 to 2, and never below
+ * FLOOR_SHARE of it. A fleet admitted at its share of the flush rate adds
+ * about what the flush takes away, so while the flush keeps up the pressure
+ * settles and producers slow down without stopping. Before any worker has
+ * published a rate, `assumedRowsPerSec` stands in for it: one transaction's
+ * rows a second (heldRowsWithoutRate), which any flush that commits at all
+ * reaches; so a fleet starting flat out trickles rather than stopping while
+ * the worker measures its first rate.
  */
-export function admissionRate(load: PipelineLoad, pressure: number, rowsPerEvent: number): number {
+export function admissionRate(
+  load: PipelineLoad,
+  pressure: number,
+  rowsPerEvent: number,
+  assumedRowsPerSec: number,
+): number {
   if (pressure <= 1) return Number.POSITIVE_INFINITY;
-  if (pressure >= STOP_PRESSURE || load.flushRowsPerSec === null) return 0;
-  const share = load.flushRowsPerSec / Math.max(1, load.producers) / Math.max(1, rowsPerEvent);
-  return (share * (STOP_PRESSURE - pressure)) / (STOP_PRESSURE - 1);
+  if (pressure >= STOP_PRESSURE) return 0;
+  const rowsPerSec = load.flushRowsPerSec ?? assumedRowsPerSec;
+  const share = rowsPerSec / Math.max(1, load.producers) / Math.max(1, rowsPerEvent);
+  return share * Math.max(FLOOR_SHARE, 2 - pressure);
 }
 
 /** How a producer reads the pipeline's load (SpendSink.pipelineLoad), publishing its own held rows. */
@@ -195,7 +215,7 @@ export class Backpressure {
     if (this.stopped) return;
     const { pressure, reason } = pressureOf(load, this.rules);
     const wasOn = this.on;
-    const rate = admissionRate(load, pressure, this.rowsPerEvent());
+    const rate = admissionRate(load, pressure, this.rowsPerEvent(), this.rules.heldRowsWithoutRate);
     if (rate !== this.rate && rate !== Number.POSITIVE_INFINITY && !wasOn) {
       // A new episode starts with an empty bucket: what it admits is the rate's.
       this.tokens = 0;

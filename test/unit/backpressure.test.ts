@@ -44,16 +44,25 @@ describe("proportional back-pressure", () => {
     });
   });
 
-  it("admits without limit within the limits, a share of the flush rate falling in proportion past them, none at twice", () => {
-    assert.equal(admissionRate(load({}), 1, 5), Number.POSITIVE_INFINITY);
+  it("admits without limit within the limits, a share of the flush rate falling in proportion past them to a floor, none at five times", () => {
+    const rate = (over: Partial<PipelineLoad>, pressure: number): number =>
+      admissionRate(load(over), pressure, 5, 20_000);
+    assert.equal(rate({}, 1), Number.POSITIVE_INFINITY);
     // Share: 40,000 rows/s over 4 producers at 5 rows per event = 2,000 events/s.
-    assert.equal(admissionRate(load({}), 1.000001, 5) > 1_999, true);
-    assert.equal(admissionRate(load({}), 1.5, 5), 1_000);
-    assert.equal(admissionRate(load({}), 1.75, 5), 500);
-    assert.equal(admissionRate(load({}), 2, 5), 0);
-    assert.equal(admissionRate(load({}), 3, 5), 0);
-    // No rate to share: on/off, as before.
-    assert.equal(admissionRate(load({ flushRowsPerSec: null }), 1.2, 5), 0);
+    assert.equal(rate({}, 1.000001) > 1_999, true);
+    assert.equal(rate({}, 1.5), 1_000);
+    assert.equal(rate({}, 1.625), 750);
+    // The floor: a quarter of the share, however far behind, while the flush commits.
+    assert.equal(rate({}, 1.75), 500);
+    assert.equal(rate({}, 2), 500);
+    assert.equal(rate({}, 4.99), 500);
+    assert.equal(rate({}, 5), 0);
+    assert.equal(rate({}, 12), 0);
+    // No rate published yet: one transaction's rows a second stands in for it
+    // (20,000 / 4 / 5 = 1,000 events/s of share).
+    assert.equal(rate({ flushRowsPerSec: null }, 1.5), 500);
+    assert.equal(rate({ flushRowsPerSec: null }, 3), 250);
+    assert.equal(rate({ flushRowsPerSec: null }, 5), 0);
   });
 
   it("admits requests at the rate it reads, from an empty bucket, and all again once caught up", async () => {
