@@ -223,7 +223,7 @@ const spendBufferSchema = z
       .max(86_400)
       .default(0)
       .describe(
-        "Back-pressure: while the oldest spend job not yet committed is older than this, or the rows all gateways hold would take the flush longer than half a seal interval, gateways admit requests at their share of the flush rate, falling in proportion as the flush falls further behind to a floor of a quarter of it, and answer the others 503 (with `Retry-After`); at five times these limits (a flush that is not committing) they admit none. `0`: off, and the backlog may grow without bound.",
+        "Back-pressure: while the oldest spend job not yet committed is older than this, or the rows all gateways hold would take the flush longer than half a seal interval, gateways admit requests at their share of the flush rate, falling in proportion as the flush falls further behind to a floor of a quarter of it, and answer the others 503 (with `Retry-After`); at five times these limits, with no worker having committed a sizeable transaction in the last 10 s, they admit none. `0`: off, and the backlog may grow without bound.",
       ),
     worker_flush_every_seconds: positiveSeconds
       .default(5)

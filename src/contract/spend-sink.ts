@@ -25,6 +25,12 @@ export interface PipelineLoad {
   producers: number;
   /** Rows per second the flush commits, summed over partitions; null until a sizeable flush said. */
   flushRowsPerSec: number | null;
+  /**
+   * How long ago a worker last published its rate (after a sizeable
+   * transaction committed), the freshest partition's, ms; null when unknown.
+   * Recent: the flush is committing.
+   */
+  flushRateAgeMs: number | null;
 }
 
 /**

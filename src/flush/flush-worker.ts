@@ -6,6 +6,7 @@ import { FlushLock } from "../lock/flush-lock.js";
 import { FlushLeadership } from "../lock/leadership.js";
 import type { Logger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
+import { FLUSH_RATE_TTL_MS } from "../queue/backlog.js";
 import { queueGauges } from "../queue/queue-gauges.js";
 import { flushMetrics, REDIS_REPAIRS, type RedisRepair } from "./flush-metrics.js";
 import type { Db } from "../persist/prisma.js";
@@ -119,11 +120,11 @@ export class FlushWorker {
           appliedBatchRetentionDays: config.worker.appliedBatchRetentionDays,
           fencePartition: keys.fencePartition,
           ...(deps.onStep !== undefined ? { onStep: deps.onStep } : {}),
-          // Published for producers' back-pressure; kept a minute, so a worker
-          // gone quiet stops vouching for a rate it no longer delivers.
+          // Published for producers' back-pressure: how fast the flush commits,
+          // and (by what is left of its lifetime) that it still does.
           onRate: (rowsPerSec) =>
             void redis
-              .set(keys.flushRate, String(Math.round(rowsPerSec)), "PX", 60_000)
+              .set(keys.flushRate, String(Math.round(rowsPerSec)), "PX", FLUSH_RATE_TTL_MS)
               .catch(() => undefined),
           ...(deps.idleInTransactionTimeoutMs !== undefined
             ? { idleInTransactionTimeoutMs: deps.idleInTransactionTimeoutMs }

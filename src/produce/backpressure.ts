@@ -76,16 +76,25 @@ export function behindBecause(
 export const FLOOR_SHARE = 0.25;
 
 /**
- * Pressure at which admission stops entirely: five times a limit. Only a
- * flush that is not committing gets there while producers trickle at the
- * floor (a dead worker: the backlog's age grows with the clock), and there
- * the backlog must not grow at all.
+ * Pressure at which admission stops entirely, five times a limit, unless a
+ * worker published its rate within FRESH_RATE_MS (it is committing: then
+ * producers keep the floor). A flush that is not committing (a dead or stuck
+ * worker: the backlog's age grows with the clock) gets there, and there the
+ * backlog must not grow at all.
  */
 export const STOP_PRESSURE = 5;
 
 /**
+ * A rate published this recently shows a flush committing now: a worker
+ * publishes after every sizeable transaction, back to back while there is a
+ * backlog.
+ */
+export const FRESH_RATE_MS = 10_000;
+
+/**
  * The events per second a producer may admit under back-pressure: unlimited
- * (Infinity) at pressure 1 or less; none at STOP_PRESSURE or more; in
+ * (Infinity) at pressure 1 or less; none at STOP_PRESSURE or more unless the
+ * flush is visibly committing (a fresh rate); in
  * between, its share of what the flush commits (the flush's rate over the
  * producers reporting, in events at this producer's rows per event), scaled
  * down in proportion as the pressure rises from 1 to 2, and never below
@@ -104,7 +113,8 @@ export function admissionRate(
   assumedRowsPerSec: number,
 ): number {
   if (pressure <= 1) return Number.POSITIVE_INFINITY;
-  if (pressure >= STOP_PRESSURE) return 0;
+  const committing = load.flushRateAgeMs !== null && load.flushRateAgeMs <= FRESH_RATE_MS;
+  if (pressure >= STOP_PRESSURE && !committing) return 0;
   const rowsPerSec = load.flushRowsPerSec ?? assumedRowsPerSec;
   const share = rowsPerSec / Math.max(1, load.producers) / Math.max(1, rowsPerEvent);
   return share * Math.max(FLOOR_SHARE, 2 - pressure);
@@ -236,6 +246,7 @@ export class Backpressure {
           heldRows: load.heldRows,
           producers: load.producers,
           flushRowsPerSec: load.flushRowsPerSec,
+          flushRateAgeMs: load.flushRateAgeMs,
         },
         "flush falling behind: back-pressure on until it catches up",
       );

@@ -190,8 +190,8 @@ export class SpendProducer {
    * holds within half a seal interval of flush work) it is false. Past them
    * the producer admits requests at a rate that falls in proportion to how
    * far behind the flush is, from its share of the flush rate down to a
-   * floor of a quarter of it, and none at five times the limits
-   * (backpressure.ts): each read that finds no token
+   * floor of a quarter of it, and none at five times the limits with no
+   * worker committing (backpressure.ts): each read that finds no token
    * left is true, and the gateway answers that request 503. So a gateway
    * slows down rather than stopping while the flush keeps up: once the sink
    * accepts spend faster than the database commits it, every further event

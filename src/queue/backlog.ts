@@ -51,6 +51,13 @@ export async function backlogAgeMs(partitions: readonly SpendQueues[]): Promise<
 }
 
 /**
+ * How long a worker's published flush rate (`keys.flushRate`) is kept: a
+ * worker gone quiet stops vouching for a rate it no longer delivers. What is
+ * left of it tells a reader how long ago the rate was published.
+ */
+export const FLUSH_RATE_TTL_MS = 60_000;
+
+/**
  * The backlog age, plus the work no queue shows yet: this producer publishes
  * the rows it holds (one script call, which also sums every producer's) and
  * reads the flush rate each partition's worker published. All in parallel.
@@ -63,7 +70,7 @@ export async function pipelineLoad(
 ): Promise<PipelineLoad> {
   const first = partitions[0];
   if (first === undefined) throw new Error("no partitions");
-  const [age, held, rates] = await Promise.all([
+  const [age, held, rates, ttls] = await Promise.all([
     backlogAgeMs(partitions),
     heldRowsScript.run(
       first.connection,
@@ -71,6 +78,7 @@ export async function pipelineLoad(
       [producerId, Math.max(0, Math.round(heldRows)), Math.round(freshMs)],
     ),
     Promise.all(partitions.map((p) => p.connection.get(p.keys.flushRate))),
+    Promise.all(partitions.map((p) => p.connection.pttl(p.keys.flushRate))),
   ]);
   const [rows, producers] = held as [unknown, unknown];
   return {
@@ -78,7 +86,18 @@ export async function pipelineLoad(
     heldRows: Number(rows),
     producers: Math.max(1, Number(producers)),
     flushRowsPerSec: totalFlushRate(rates),
+    flushRateAgeMs: freshestRateAge(ttls),
   };
+}
+
+/**
+ * Ms since the most recently published rate was set, from what is left of
+ * each rate's lifetime (PTTL); null when no rate carries the lifetime workers
+ * give it (none published, or one set by hand without it).
+ */
+export function freshestRateAge(ttlsLeft: readonly number[]): number | null {
+  const left = ttlsLeft.filter((t) => t > 0 && t <= FLUSH_RATE_TTL_MS);
+  return left.length === 0 ? null : FLUSH_RATE_TTL_MS - Math.max(...left);
 }
 
 /**

@@ -8,6 +8,7 @@ import { BufferFullError, CloseTimeoutError, SpendProducer } from "../../src/pro
 import { SpendEventError, type SpendEvent } from "../../src/produce/spend-event.js";
 import { createRedis, waitUntilReady } from "../../src/redis/connection.js";
 import { redisKeys } from "../../src/redis/keys.js";
+import { FLUSH_RATE_TTL_MS, pipelineLoad } from "../../src/queue/backlog.js";
 import { QueueSink } from "../../src/queue/queue-sink.js";
 import { openSpendQueues } from "../../src/queue/spend-queues.js";
 import { diffTotals, readTotals } from "../support/db-totals.js";
@@ -275,6 +276,21 @@ describe("producer", () => {
     await h.redis.del(h.keys.flushRate);
     for (;;) if ((await h.flusher().flushOnce()).outcome !== "committed") break;
     assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+  });
+
+  it("back-pressure: reads how long ago a worker published its rate (the flush is committing), from the rate's lifetime in Redis", async () => {
+    await h.redis.del(h.keys.flushRate);
+    const read = async (): Promise<number | null> =>
+      (await pipelineLoad([h.queues], "freshness", 0, 3_000)).flushRateAgeMs;
+    assert.equal(await read(), null, "no rate published");
+    // As a worker publishes it, 15 s ago: its lifetime has 15 s less left.
+    await h.redis.set(h.keys.flushRate, "5000", "PX", FLUSH_RATE_TTL_MS - 15_000);
+    const age = await read();
+    assert.ok(age !== null && age >= 15_000 && age < 16_000, `age ${String(age)}`);
+    // Set without the lifetime workers give it: nothing to tell its age by.
+    await h.redis.set(h.keys.flushRate, "5000");
+    assert.equal(await read(), null);
+    await h.redis.del(h.keys.flushRate);
   });
 
   it("back-pressure: before any rate is published, gateways may hold one transaction's rows", async () => {

@@ -10,6 +10,7 @@ import {
   type BackpressureRules,
 } from "../../src/produce/backpressure.js";
 import { producerMetrics } from "../../src/produce/producer-metrics.js";
+import { freshestRateAge } from "../../src/queue/backlog.js";
 import { ManualClock } from "../support/manual-clock.js";
 
 // Mean hold: (1000 - 250 / 2) / 2 = 437.5 ms.
@@ -24,6 +25,7 @@ const load = (over: Partial<PipelineLoad>): PipelineLoad => ({
   heldRows: 0,
   producers: 4,
   flushRowsPerSec: 40_000,
+  flushRateAgeMs: 30_000,
   ...over,
 });
 
@@ -45,6 +47,7 @@ describe("proportional back-pressure", () => {
   });
 
   it("admits without limit within the limits, a share of the flush rate falling in proportion past them to a floor, none at five times", () => {
+    // A rate published 30 s ago: no sign the flush is committing right now.
     const rate = (over: Partial<PipelineLoad>, pressure: number): number =>
       admissionRate(load(over), pressure, 5, 20_000);
     assert.equal(rate({}, 1), Number.POSITIVE_INFINITY);
@@ -60,9 +63,26 @@ describe("proportional back-pressure", () => {
     assert.equal(rate({}, 12), 0);
     // No rate published yet: one transaction's rows a second stands in for it
     // (20,000 / 4 / 5 = 1,000 events/s of share).
-    assert.equal(rate({ flushRowsPerSec: null }, 1.5), 500);
-    assert.equal(rate({ flushRowsPerSec: null }, 3), 250);
-    assert.equal(rate({ flushRowsPerSec: null }, 5), 0);
+    assert.equal(rate({ flushRowsPerSec: null, flushRateAgeMs: null }, 1.5), 500);
+    assert.equal(rate({ flushRowsPerSec: null, flushRateAgeMs: null }, 3), 250);
+    assert.equal(rate({ flushRowsPerSec: null, flushRateAgeMs: null }, 5), 0);
+  });
+
+  it("keeps the floor past five times the limits while a worker has just published its rate: the flush is committing", () => {
+    const rate = (ageMs: number | null, pressure: number): number =>
+      admissionRate(load({ flushRateAgeMs: ageMs }), pressure, 5, 20_000);
+    assert.equal(rate(2_000, 5), 500);
+    assert.equal(rate(10_000, 40), 500);
+    // Not published for longer than FRESH_RATE_MS, or with no lifetime to tell: stopped.
+    assert.equal(rate(10_001, 5), 0);
+    assert.equal(rate(null, 5), 0);
+  });
+
+  it("reads how long ago the freshest rate was published from what is left of its lifetime", () => {
+    assert.equal(freshestRateAge([59_000, 20_000]), 1_000);
+    // -2: no rate; -1: a rate set without the lifetime workers give it.
+    assert.equal(freshestRateAge([-2, -1]), null);
+    assert.equal(freshestRateAge([-2, 45_500]), 14_500);
   });
 
   it("admits requests at the rate it reads, from an empty bucket, and all again once caught up", async () => {
