@@ -537,64 +537,68 @@ describe("gateway back-pressure", () => {
     const charged: string[] = [];
     const ingested: string[] = [];
     let refusedIngest: string | undefined;
+    // One outer try: the harness, Redis keys and database go whatever fails
+    // first (left open, they kept the test file from exiting).
     try {
-      const first = await ask();
-      assert.equal(first.status, 200);
-      charged.push(first.headers.get("x-litellm-response-cost") ?? "");
-      // Another gateway's job waits in Redis and nothing flushes it: a backlog.
-      const other = await h.producer();
-      other.record({ spend: "1", userId: "bp-other" });
-      await other.close();
-      let refused: Response | undefined;
-      await waitFor(
-        "the gateway to see the backlog",
-        async () => {
-          const r = await ask();
-          if (r.status === 200) charged.push(r.headers.get("x-litellm-response-cost") ?? "");
-          else refused = r;
-          return r.status === 503;
-        },
-        10_000,
-      );
-      assert.ok(refused !== undefined);
-      assert.equal(refused.headers.get("retry-after"), "1");
-      assert.match(
-        ((await refused.json()) as { error: { message: string } }).error.message,
-        /backpressure_backlog_age_seconds/,
-      );
-      // Ingest is admitted by the same rule: some batches may pass at the
-      // floor rate before one is refused, and whatever is refused records nothing.
-      await waitFor(
-        "an ingest batch to be refused too",
-        async () => {
-          const user = `bp-ingest-${ingested.length}`;
-          const r = await post("/spend/events", MASTER, { events: [{ spend: "5", userId: user }] });
-          if (r.status === 503) refusedIngest = user;
-          else {
-            assert.equal(r.status, 200);
-            ingested.push(user);
-          }
-          return r.status === 503;
-        },
-        10_000,
-      );
-      const metrics = await (await fetch(`${base}/metrics`)).text();
-      assert.match(metrics, /spend_producer_backpressure 1/);
+      try {
+        const first = await ask();
+        assert.equal(first.status, 200);
+        charged.push(first.headers.get("x-litellm-response-cost") ?? "");
+        // Another gateway's job waits in Redis and nothing flushes it: a backlog.
+        const other = await h.producer();
+        other.record({ spend: "1", userId: "bp-other" });
+        await other.close();
+        let refused: Response | undefined;
+        await waitFor(
+          "the gateway to see the backlog",
+          async () => {
+            const r = await ask();
+            if (r.status === 200) charged.push(r.headers.get("x-litellm-response-cost") ?? "");
+            else refused = r;
+            return r.status === 503;
+          },
+          10_000,
+        );
+        assert.ok(refused !== undefined);
+        assert.equal(refused.headers.get("retry-after"), "1");
+        assert.match(
+          ((await refused.json()) as { error: { message: string } }).error.message,
+          /backpressure_backlog_age_seconds/,
+        );
+        // Ingest is admitted by the same rule: some batches may pass at the
+        // floor rate before one is refused, and whatever is refused records nothing.
+        await waitFor(
+          "an ingest batch to be refused too",
+          async () => {
+            const user = `bp-ingest-${ingested.length}`;
+            const r = await post("/spend/events", MASTER, {
+              events: [{ spend: "5", userId: user }],
+            });
+            if (r.status === 503) refusedIngest = user;
+            else {
+              assert.equal(r.status, 200);
+              ingested.push(user);
+            }
+            return r.status === 503;
+          },
+          10_000,
+        );
+        const metrics = await (await fetch(`${base}/metrics`)).text();
+        assert.match(metrics, /spend_producer_backpressure 1/);
 
-      assert.equal((await h.flusher().flushOnce()).outcome, "committed");
-      await waitFor(
-        "the gateway to take requests again",
-        async () => {
-          const r = await ask();
-          if (r.status === 200) charged.push(r.headers.get("x-litellm-response-cost") ?? "");
-          return r.status === 200;
-        },
-        10_000,
-      );
-    } finally {
-      await gw.close();
-    }
-    try {
+        assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+        await waitFor(
+          "the gateway to take requests again",
+          async () => {
+            const r = await ask();
+            if (r.status === 200) charged.push(r.headers.get("x-litellm-response-cost") ?? "");
+            return r.status === 200;
+          },
+          10_000,
+        );
+      } finally {
+        await gw.close();
+      }
       await flushAll(config, t);
       const totals = await readTotals(t.url);
       const expected = charged.reduce((a, c) => a + usdStringToPico(c), 0n);
