@@ -70,12 +70,8 @@ interface Slot {
   until: number;
 }
 
-/**
- * Check leaves on each entity object the slot it found (null: no budget), so
- * the charge after the request finds it without a second lookup.
- */
-const HELD: unique symbol = Symbol("budget slot");
-type Held = ChargedEntity & { [HELD]?: Slot | null };
+/** An entity object carrying the slot a book found for it (see BudgetBook.slotFor). */
+type Marked = ChargedEntity & Record<symbol, Slot | null | number | undefined>;
 
 const PICO_PER_NANO = 1_000n;
 /** Leases are whole nanodollars below 2^53 in Redis (Lua numbers are doubles). */
@@ -113,6 +109,14 @@ export class BudgetBook implements BudgetGuard {
   private readonly index = new Map<string, Map<string, Slot>>();
   /** Slots in `index`. */
   private count = 0;
+  /**
+   * Bumped whenever a slot is made or removed: an entity object that carries
+   * a slot found at an older generation looks it up again (slotFor).
+   */
+  private generation = 0;
+  /** This book's marks on entity objects: its own, so two books never share them. */
+  private readonly slotMark = Symbol("budget slot");
+  private readonly generationMark = Symbol("budget generation");
   /**
    * What a refresh looks at, so its cost follows what needs work rather than
    * how many budgets exist: slots whose share is exhausted (another gateway
@@ -188,9 +192,8 @@ export class BudgetBook implements BudgetGuard {
     if (this.count === 0) return undefined;
     for (const e of entities) {
       if (this.watch.get(e.kind)?.has(e.id) !== true) continue;
-      const slot = this.index.get(e.kind)?.get(e.id);
-      (e as Held)[HELD] = slot ?? null;
-      if (slot === undefined || !slot.hasMax) continue;
+      const slot = this.slotFor(e);
+      if (slot === null || !slot.hasMax) continue;
       const a = this.current(slot, now);
       if (a.pico > 0n) continue;
       const { def } = slot;
@@ -223,9 +226,8 @@ export class BudgetBook implements BudgetGuard {
   charge(entities: readonly ChargedEntity[], costPico: bigint, now = Date.now()): void {
     if (this.count === 0 || costPico === 0n) return;
     for (const e of entities) {
-      const held = (e as Held)[HELD];
-      const slot = held === undefined ? this.index.get(e.kind)?.get(e.id) : held;
-      if (slot == null || !slot.counted) continue;
+      const slot = this.slotFor(e);
+      if (slot === null || !slot.counted) continue;
       const a = this.current(slot, now);
       a.pico -= costPico;
       a.unreported += costPico;
@@ -262,6 +264,22 @@ export class BudgetBook implements BudgetGuard {
         )
         .catch(() => undefined);
     }
+  }
+
+  /**
+   * The entity's slot (null: no budget). Found once and marked on the entity
+   * object: a key's own entities are the same objects request after request
+   * (admission.ts), so their slots are found without a lookup, which on a
+   * busy gateway's request path waits on memory the rest of the request
+   * evicted; the mark is trusted only at the generation it was made.
+   */
+  private slotFor(e: ChargedEntity): Slot | null {
+    const m = e as Marked;
+    if (m[this.generationMark] === this.generation) return m[this.slotMark] as Slot | null;
+    const slot = this.index.get(e.kind)?.get(e.id) ?? null;
+    m[this.slotMark] = slot;
+    m[this.generationMark] = this.generation;
+    return slot;
   }
 
   private *slots(): Iterable<Slot> {
@@ -318,6 +336,7 @@ export class BudgetBook implements BudgetGuard {
     if (slot === undefined) {
       ids.set(def.id, (slot = { a: undefined, ...flat }));
       this.count++;
+      this.generation++;
     } else Object.assign(slot, flat);
     if (def.duration !== null && def.maxPico !== null) this.periodic.add(slot);
     else this.periodic.delete(slot);
@@ -476,6 +495,7 @@ export class BudgetBook implements BudgetGuard {
         this.watchSlot(gone, false);
         this.index.get(def.kind)?.delete(def.id);
         this.count--;
+        this.generation++;
       }
       return def;
     }

@@ -164,6 +164,36 @@ describe("budgets: routes, refusal, raise, reset, ingest", () => {
     assert.equal(info.remaining_budget, "0.000000000000");
   });
 
+  it("a budget set after a key has served requests is enforced on it at once", async () => {
+    // Each gateway serves this key first, with no budget on its team: the key's
+    // entity objects are reused by later requests, marked "no budget" by then.
+    const late = await createKey(t.db, { userId: "bu-late-user", teamId: "bu-late-team" });
+    const ask = async (i: number): Promise<number> => {
+      const res = await fetch(`${base(i)}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${late.key}`, "content-type": "application/json" },
+        body: JSON.stringify({
+          model: "mock-small",
+          messages: [{ role: "user", content: "a b c d" }],
+        }),
+      });
+      await res.arrayBuffer();
+      return res.status;
+    };
+    for (let n = 0; n < 6; n++) assert.equal(await ask(n % 2), 200);
+    const [status] = await admin(0, "/team/new", {
+      team_id: "bu-late-team",
+      max_budget: "0.000005",
+    });
+    assert.equal(status, 200);
+    await new Promise((r) => setTimeout(r, 200));
+    // 6 requests (9.6 µUSD) are already spent against 5 µUSD: once each gateway
+    // has leased (the first request on each may go ahead on debt), it refuses.
+    const statuses: number[] = [];
+    for (let n = 0; n < 8; n++) statuses.push(await ask(n % 2));
+    assert.deepEqual(statuses.slice(-4), [400, 400, 400, 400], statuses.join(","));
+  });
+
   it("a raised budget is spendable again on every gateway within a refresh", async () => {
     const old = await loadBudget(t.db, "team", "bu-team");
     assert.ok(old !== null);

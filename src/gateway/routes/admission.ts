@@ -14,19 +14,33 @@ export interface Admitted {
   key: KeyInfo;
   deployment: ModelDeployment;
   /** Everything the request is charged to that can carry a budget. */
-  entities: ChargedEntity[];
+  entities: readonly ChargedEntity[];
 }
+
+/**
+ * A key's own entities (the key, its user, team and organization), made once
+ * per key object: the key cache hands out the same object until it reloads
+ * the key, and the budget book marks each entity object with its slot, so a
+ * request reuses what earlier requests found.
+ */
+const keyEntities = new WeakMap<KeyInfo, readonly ChargedEntity[]>();
 
 /** The entities a request by `key` for `endUserId` with `tags` is charged to. */
 export function chargedEntities(
   key: KeyInfo,
   endUserId: string | undefined,
   tags: readonly string[] | undefined,
-): ChargedEntity[] {
-  const out: ChargedEntity[] = [{ kind: "key", id: key.token }];
-  if (key.userId !== undefined) out.push({ kind: "user", id: key.userId });
-  if (key.teamId !== undefined) out.push({ kind: "team", id: key.teamId });
-  if (key.organizationId !== undefined) out.push({ kind: "org", id: key.organizationId });
+): readonly ChargedEntity[] {
+  let own = keyEntities.get(key);
+  if (own === undefined) {
+    const list: ChargedEntity[] = [{ kind: "key", id: key.token }];
+    if (key.userId !== undefined) list.push({ kind: "user", id: key.userId });
+    if (key.teamId !== undefined) list.push({ kind: "team", id: key.teamId });
+    if (key.organizationId !== undefined) list.push({ kind: "org", id: key.organizationId });
+    keyEntities.set(key, (own = list));
+  }
+  if (endUserId === undefined && (tags === undefined || tags.length === 0)) return own;
+  const out = own.slice();
   if (endUserId !== undefined) out.push({ kind: "end_user", id: endUserId });
   for (const tag of tags ?? []) out.push({ kind: "tag", id: tag });
   return out;
