@@ -25,7 +25,7 @@ import {
   type DailyKind,
   type EntityKind,
 } from "../src/contract/spend-batch.js";
-import { fenceAndRecord, groupSorted } from "./raw-upsert.js";
+import { groupSorted, inTransaction } from "./raw-upsert.js";
 
 const stageOf = (kind: string, daily: boolean): string =>
   `bench_stage_${daily ? "daily" : "entity"}_${kind}`;
@@ -114,32 +114,27 @@ export async function rawCopyApply(
 ): Promise<number> {
   const { entity, daily } = groupSorted(batches);
   let rows = 0;
-  await client.query("BEGIN");
-  try {
-    await fenceAndRecord(
-      client,
-      batches.map((b) => b.batchId),
-      fence,
-    );
-    for (const [kind, list] of entity) {
-      const two = ENTITY_TABLES[kind].keyColumns.length === 2;
-      const lines = list.map((r) =>
-        two ? `${field(r[1])}\t${field(r[2])}\t${r[3]}` : `${field(r[1])}\t${r[3]}`,
-      );
-      await copyLines(client, stageOf(kind, false), lines);
-      await client.query(entityMove(kind));
-      rows += list.length;
-    }
-    for (const [kind, list] of daily) {
-      const lines = list.map((r) => r.slice(1).map(field).join("\t"));
-      await copyLines(client, stageOf(kind, true), lines);
-      await client.query(dailyMove(kind));
-      rows += list.length;
-    }
-    await client.query("COMMIT");
-  } catch (err) {
-    await client.query("ROLLBACK").catch(() => undefined);
-    throw err;
-  }
+  await inTransaction(
+    client,
+    batches.map((b) => b.batchId),
+    fence,
+    async () => {
+      for (const [kind, list] of entity) {
+        const two = ENTITY_TABLES[kind].keyColumns.length === 2;
+        const lines = list.map((r) =>
+          two ? `${field(r[1])}\t${field(r[2])}\t${r[3]}` : `${field(r[1])}\t${r[3]}`,
+        );
+        await copyLines(client, stageOf(kind, false), lines);
+        await client.query(entityMove(kind));
+        rows += list.length;
+      }
+      for (const [kind, list] of daily) {
+        const lines = list.map((r) => r.slice(1).map(field).join("\t"));
+        await copyLines(client, stageOf(kind, true), lines);
+        await client.query(dailyMove(kind));
+        rows += list.length;
+      }
+    },
+  );
   return rows;
 }

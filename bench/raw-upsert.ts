@@ -61,7 +61,7 @@ function dailySql(kind: DailyKind, pico = false): string {
 }
 
 /** The fence check and the batch ids, as applyBatches does first. */
-export async function fenceAndRecord(
+async function fenceAndRecord(
   client: pg.Client,
   batchIds: readonly string[],
   fence: Fence,
@@ -85,6 +85,27 @@ export async function fenceAndRecord(
 }
 
 /**
+ * One flush transaction as both raw references write it: BEGIN, the fence
+ * and the batch ids, the caller's writes, COMMIT (ROLLBACK on any failure).
+ */
+export async function inTransaction(
+  client: pg.Client,
+  batchIds: readonly string[],
+  fence: Fence,
+  write: () => Promise<void>,
+): Promise<void> {
+  await client.query("BEGIN");
+  try {
+    await fenceAndRecord(client, batchIds, fence);
+    await write();
+    await client.query("COMMIT");
+  } catch (err) {
+    await client.query("ROLLBACK").catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
  * The drain section's reference: rows already merged (one per database row,
  * keys sorted, as mergeRows leaves them) written in one transaction with the
  * fence and the batch ids, one hand-written multi-row upsert per table, the
@@ -97,9 +118,7 @@ export async function rawApplyMerged(
   batchIds: readonly string[],
   fence: Fence,
 ): Promise<number> {
-  await client.query("BEGIN");
-  try {
-    await fenceAndRecord(client, batchIds, fence);
+  await inTransaction(client, batchIds, fence, async () => {
     for (const kind of ENTITY_KINDS) {
       const cols = merged.entity.get(kind);
       if (cols !== undefined) await client.query(entitySql(kind, true), [...cols.keys, cols.spend]);
@@ -114,16 +133,9 @@ export async function rawApplyMerged(
           cols.spend,
         ]);
     }
-    await client.query("COMMIT");
-  } catch (err) {
-    await client.query("ROLLBACK").catch(() => undefined);
-    throw err;
-  }
+  });
   return merged.entityRowCount + merged.dailyRowCount;
 }
-
-const byKey = <T>(a: [string, T], b: [string, T]): number =>
-  a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0;
 
 /** A flush's rows by table, each table's rows sorted by key (the lock order every writer shares). */
 export interface GroupedRows {
@@ -133,35 +145,39 @@ export interface GroupedRows {
 
 /** Groups the batches' rows by table and sorts them by key, as both raw references need. */
 export function groupSorted(batches: readonly BatchToApply[]): GroupedRows {
-  const entity = new Map<EntityKind, [string, EntityRow][]>();
-  const daily = new Map<DailyKind, [string, DailyRow][]>();
-  for (const b of batches) {
-    for (const r of b.entity ?? []) {
-      const list = entity.get(r[0]) ?? [];
-      list.push([r[1] + SEP + r[2], r]);
-      entity.set(r[0], list);
-    }
-    for (const r of b.daily ?? []) {
-      const list = daily.get(r[0]) ?? [];
-      list.push([r.slice(1, 9).join(SEP), r]);
-      daily.set(r[0], list);
-    }
+  return {
+    entity: byKindSorted(
+      ENTITY_KINDS,
+      batches.flatMap((b) => b.entity ?? []),
+      (r) => r[1] + SEP + r[2],
+    ),
+    daily: byKindSorted(
+      DAILY_KINDS,
+      batches.flatMap((b) => b.daily ?? []),
+      (r) => r.slice(1, 9).join(SEP),
+    ),
+  };
+}
+
+/** Rows by their kind (tables in kind order), each kind's rows sorted by `keyOf`. */
+function byKindSorted<K extends string, R extends readonly [K, ...unknown[]]>(
+  kinds: readonly K[],
+  rows: readonly R[],
+  keyOf: (r: R) => string,
+): Map<K, R[]> {
+  const byKind = new Map<K, [string, R][]>();
+  for (const r of rows) {
+    const list = byKind.get(r[0]) ?? [];
+    list.push([keyOf(r), r]);
+    byKind.set(r[0], list);
   }
-  const out: GroupedRows = { entity: new Map(), daily: new Map() };
-  for (const kind of ENTITY_KINDS) {
-    const list = entity.get(kind);
+  const out = new Map<K, R[]>();
+  for (const kind of kinds) {
+    const list = byKind.get(kind);
     if (list !== undefined)
-      out.entity.set(
+      out.set(
         kind,
-        list.sort(byKey).map(([, r]) => r),
-      );
-  }
-  for (const kind of DAILY_KINDS) {
-    const list = daily.get(kind);
-    if (list !== undefined)
-      out.daily.set(
-        kind,
-        list.sort(byKey).map(([, r]) => r),
+        list.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)).map(([, r]) => r),
       );
   }
   return out;
@@ -175,38 +191,33 @@ export async function rawApply(
 ): Promise<number> {
   const { entity, daily } = groupSorted(batches);
   let rows = 0;
-  await client.query("BEGIN");
-  try {
-    await fenceAndRecord(
-      client,
-      batches.map((b) => b.batchId),
-      fence,
-    );
-    // Same lock order as upsertMerged: tables in kind order, keys sorted.
-    for (const [kind, list] of entity) {
-      const two = ENTITY_TABLES[kind].keyColumns.length === 2;
-      const params: string[][] = two ? [[], [], []] : [[], []];
-      for (const r of list) {
-        params[0]?.push(r[1]);
-        if (two) params[1]?.push(r[2]);
-        params[two ? 2 : 1]?.push(picoToDecimal(BigInt(r[3])));
+  // Same lock order as upsertMerged: tables in kind order, keys sorted.
+  await inTransaction(
+    client,
+    batches.map((b) => b.batchId),
+    fence,
+    async () => {
+      for (const [kind, list] of entity) {
+        const two = ENTITY_TABLES[kind].keyColumns.length === 2;
+        const params: string[][] = two ? [[], [], []] : [[], []];
+        for (const r of list) {
+          params[0]?.push(r[1]);
+          if (two) params[1]?.push(r[2]);
+          params[two ? 2 : 1]?.push(picoToDecimal(BigInt(r[3])));
+        }
+        await client.query(entitySql(kind), params);
+        rows += list.length;
       }
-      await client.query(entitySql(kind), params);
-      rows += list.length;
-    }
-    for (const [kind, list] of daily) {
-      const params: string[][] = Array.from({ length: 16 }, () => []);
-      for (const r of list) {
-        for (let i = 0; i < 15; i++) params[i]?.push(String(r[1 + i]));
-        params[15]?.push(picoToDecimal(BigInt(r[16])));
+      for (const [kind, list] of daily) {
+        const params: string[][] = Array.from({ length: 16 }, () => []);
+        for (const r of list) {
+          for (let i = 0; i < 15; i++) params[i]?.push(String(r[1 + i]));
+          params[15]?.push(picoToDecimal(BigInt(r[16])));
+        }
+        await client.query(dailySql(kind), params);
+        rows += list.length;
       }
-      await client.query(dailySql(kind), params);
-      rows += list.length;
-    }
-    await client.query("COMMIT");
-  } catch (err) {
-    await client.query("ROLLBACK").catch(() => undefined);
-    throw err;
-  }
+    },
+  );
   return rows;
 }
