@@ -376,11 +376,10 @@ export class BudgetBook implements BudgetGuard {
   }
 
   private async lease(slot: Slot, a: Allowance): Promise<void> {
-    let def = slot.def;
     for (let attempt = 0; attempt < 3; attempt++) {
       // The newest definition this gateway has (a reload may have brought one
       // while it waited: place() updates the slot in place).
-      def = slot.def;
+      let def = slot.def;
       // The period moved on (a boundary passed): one gateway records it in
       // PostgreSQL, every gateway reloads the definition before seeding.
       if (def.resetAt !== null && a.period >= def.resetAt.getTime()) {

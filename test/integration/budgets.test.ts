@@ -45,13 +45,15 @@ describe("budgets: routes, refusal, raise, reset, ingest", () => {
     });
     return [res.status, (await res.json()) as Record<string, unknown>];
   };
+  /** One chat request to gateway i, with the suite's key unless another is given. */
   const chat = async (
     i: number,
     tags?: string[],
+    bearer = key.key,
   ): Promise<[number, { error?: { type: string; code: string; message: string } }]> => {
     const res = await fetch(`${base(i)}/v1/chat/completions`, {
       method: "POST",
-      headers: { authorization: `Bearer ${key.key}`, "content-type": "application/json" },
+      headers: { authorization: `Bearer ${bearer}`, "content-type": "application/json" },
       body: JSON.stringify({
         model: "mock-small",
         messages: [{ role: "user", content: "a b c d" }],
@@ -168,18 +170,7 @@ describe("budgets: routes, refusal, raise, reset, ingest", () => {
     // Each gateway serves this key first, with no budget on its team: the key's
     // entity objects are reused by later requests, marked "no budget" by then.
     const late = await createKey(t.db, { userId: "bu-late-user", teamId: "bu-late-team" });
-    const ask = async (i: number): Promise<number> => {
-      const res = await fetch(`${base(i)}/v1/chat/completions`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${late.key}`, "content-type": "application/json" },
-        body: JSON.stringify({
-          model: "mock-small",
-          messages: [{ role: "user", content: "a b c d" }],
-        }),
-      });
-      await res.arrayBuffer();
-      return res.status;
-    };
+    const ask = async (i: number): Promise<number> => (await chat(i, undefined, late.key))[0];
     for (let n = 0; n < 6; n++) assert.equal(await ask(n % 2), 200);
     const [status] = await admin(0, "/team/new", {
       team_id: "bu-late-team",
@@ -326,18 +317,7 @@ describe("budgets: routes, refusal, raise, reset, ingest", () => {
     const own = { ...key, key: String(made.key) };
     // The other gateway enforces a new budget within budget_refresh_seconds (0.05 s).
     await new Promise((r) => setTimeout(r, 200));
-    const asKey = async (i: number): Promise<number> => {
-      const res = await fetch(`${base(i)}/v1/chat/completions`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${own.key}`, "content-type": "application/json" },
-        body: JSON.stringify({
-          model: "mock-small",
-          messages: [{ role: "user", content: "a b c d" }],
-        }),
-      });
-      await res.arrayBuffer();
-      return res.status;
-    };
+    const asKey = async (i: number): Promise<number> => (await chat(i, undefined, own.key))[0];
     let served = 0;
     for (let n = 0; n < 50; n++) {
       const s = await asKey(n % 2);
