@@ -408,10 +408,6 @@ export class Flusher {
       try {
         return await this.db.$transaction(
           async (tx) => {
-            await tx.$executeRawUnsafe(
-              `SELECT set_config('idle_in_transaction_session_timeout', $1, true)`,
-              `${this.idleTxTimeoutMs}ms`,
-            );
             await this.opts.onStep?.("in-transaction", at);
             const r = await applyBatches(tx, batches, {
               fence: {
@@ -421,6 +417,8 @@ export class Flusher {
               },
               isolate,
               premerged: cur.premerged,
+              // Set by its first statement: no round trip of its own.
+              idleInTransactionTimeoutMs: this.idleTxTimeoutMs,
               beforeStatement: () => keeper.assertHeld(),
               ...(this.opts.appliedBatchRetentionDays !== undefined
                 ? { retentionDays: this.opts.appliedBatchRetentionDays }

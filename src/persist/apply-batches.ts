@@ -4,7 +4,8 @@ import { insertDeadLetters, type DeadLetter, type DeadLetterReason } from "./dea
 import { applyIsolating, type RefusedRow } from "./isolate.js";
 import type { Tx } from "./prisma.js";
 import type { Premerged } from "./premerge.js";
-import { runUpsert, upsertMerged } from "./upsert.js";
+import { applyInOne } from "./apply-statement.js";
+import { upsertMerged } from "./upsert.js";
 
 export { upsertMerged };
 
@@ -51,6 +52,11 @@ export interface ApplyOptions {
    * otherwise the fresh ones are merged here, as without it.
    */
   premerged?: Premerged;
+  /**
+   * PostgreSQL ends the session if this transaction sits idle this long:
+   * set by the transaction's first statement.
+   */
+  idleInTransactionTimeoutMs?: number;
 }
 
 /** A batch (or part of one) set aside in this transaction. */
@@ -93,6 +99,8 @@ export class FencedOffError extends Error {
  *  3. the remaining rows are merged and upserted, keys sorted, all tables in
  *     one statement (with `isolate`, the rows PostgreSQL refuses are found
  *     and set aside instead, see isolate.ts);
+ *     with rows merged ahead, 1 to 3 are one statement, and the rows are
+ *     merged again here only if a batch turns out to have been applied before;
  *  4. rows set aside (refused before or by PostgreSQL) become dead letters.
  * All of it commits or none of it does.
  */
@@ -101,20 +109,27 @@ export async function applyBatches(
   batches: readonly BatchToApply[],
   opts: ApplyOptions = {},
 ): Promise<ApplyResult> {
-  if (opts.fence !== undefined) await checkFence(tx, opts.fence);
-
   const ids = batches.map((b) => b.batchId);
-  const fresh = new Set<string>();
-  if (ids.length > 0) {
-    const inserted = await tx.$queryRawUnsafe<{ batch_id: string }[]>(
-      `INSERT INTO spend_applied_batch (batch_id, fence)
-       SELECT id, $2::int8 FROM unnest($1::text[]) AS t(id)
-       ON CONFLICT (batch_id) DO NOTHING
-       RETURNING batch_id`,
-      ids,
-      opts.fence?.token.toString() ?? null,
-    );
-    for (const r of inserted) fresh.add(r.batch_id);
+  let fresh: Set<string>;
+  // The usual case in one statement: fence, batch ids and the rows merged
+  // ahead, written only if every batch is fresh (apply-statement.ts).
+  let wrote = false;
+  const premerged = opts.isolate === true ? undefined : opts.premerged;
+  if (premerged !== undefined && premergedFor(premerged, batches, opts.retentionDays)) {
+    const r = await applyInOne(tx, premerged.writes, ids, {
+      ...(opts.fence !== undefined ? { fence: opts.fence } : {}),
+      ...(opts.idleInTransactionTimeoutMs !== undefined
+        ? { idleInTransactionTimeoutMs: opts.idleInTransactionTimeoutMs }
+        : {}),
+    });
+    if (!r.fencePassed && opts.fence !== undefined) await fencedOff(tx, opts.fence);
+    fresh = new Set(r.fresh);
+    wrote = r.wrote;
+  } else {
+    if (opts.idleInTransactionTimeoutMs !== undefined)
+      await setIdleTimeout(tx, opts.idleInTransactionTimeoutMs);
+    if (opts.fence !== undefined) await checkFence(tx, opts.fence);
+    fresh = await recordBatchIds(tx, ids, opts.fence);
   }
   // A batch id twice in one call is applied once: the first copy wins.
   const applied: string[] = [];
@@ -155,10 +170,9 @@ export async function applyBatches(
     letters.push(...lettersOf(iso.refused, letters));
     if (opts.retentionDays !== undefined)
       await upsertMerged(tx, mergeRows([], []), opts.retentionDays);
-  } else if (premergedFits(opts.premerged, todo, batches, opts.retentionDays)) {
-    await runUpsert(tx, opts.premerged.statement);
-    entityRows = opts.premerged.merged.entityRowCount;
-    dailyRows = opts.premerged.merged.dailyRowCount;
+  } else if (wrote && premerged !== undefined) {
+    entityRows = premerged.merged.entityRowCount;
+    dailyRows = premerged.merged.dailyRowCount;
   } else {
     const merged = mergeRows(
       todo.map((b) => b.entity ?? []),
@@ -186,19 +200,45 @@ export async function applyBatches(
 }
 
 /**
- * Whether rows merged ahead are exactly what this call must write: built from
- * these batches, all of them fresh (a batch applied before must not be added
- * again), with the same retention.
+ * Whether rows were merged ahead from exactly these batches, in this order,
+ * with the same retention: then they are what this call writes if every
+ * batch is fresh (a batch applied before must not be added again).
  */
-function premergedFits(
-  p: Premerged | undefined,
-  todo: readonly BatchToApply[],
+function premergedFor(
+  p: Premerged,
   batches: readonly BatchToApply[],
   retentionDays: number | undefined,
-): p is Premerged {
-  if (p === undefined || todo.length !== batches.length) return false;
+): boolean {
   if (p.retentionDays !== retentionDays || p.batchIds.length !== batches.length) return false;
   return batches.every((b, i) => b.batchId === p.batchIds[i]);
+}
+
+/** Records batch ids; returns those recorded now (the others were applied before). */
+async function recordBatchIds(
+  tx: Tx,
+  ids: readonly string[],
+  fence: Fence | undefined,
+): Promise<Set<string>> {
+  const fresh = new Set<string>();
+  if (ids.length === 0) return fresh;
+  const inserted = await tx.$queryRawUnsafe<{ batch_id: string }[]>(
+    `INSERT INTO spend_applied_batch (batch_id, fence)
+     SELECT id, $2::int8 FROM unnest($1::text[]) AS t(id)
+     ON CONFLICT (batch_id) DO NOTHING
+     RETURNING batch_id`,
+    ids,
+    fence?.token.toString() ?? null,
+  );
+  for (const r of inserted) fresh.add(r.batch_id);
+  return fresh;
+}
+
+/** PostgreSQL ends the session if the transaction then sits idle this long (locks held). */
+async function setIdleTimeout(tx: Tx, ms: number): Promise<void> {
+  await tx.$executeRawUnsafe(
+    `SELECT set_config('idle_in_transaction_session_timeout', $1, true)`,
+    `${Math.ceil(ms)}ms`,
+  );
 }
 
 /**
@@ -247,11 +287,14 @@ async function checkFence(tx: Tx, fence: Fence): Promise<void> {
     fence.token.toString(),
     fence.holder,
   );
-  if (rows.length === 0) {
-    const current = await tx.$queryRawUnsafe<{ token: string }[]>(
-      `SELECT token::text FROM spend_flush_fence WHERE partition = $1`,
-      fence.partition,
-    );
-    throw new FencedOffError(fence.token, BigInt(current[0]?.token ?? "0"));
-  }
+  if (rows.length === 0) await fencedOff(tx, fence);
+}
+
+/** Throws FencedOffError, with the newer token that committed. */
+async function fencedOff(tx: Tx, fence: Fence): Promise<never> {
+  const current = await tx.$queryRawUnsafe<{ token: string }[]>(
+    `SELECT token::text FROM spend_flush_fence WHERE partition = $1`,
+    fence.partition,
+  );
+  throw new FencedOffError(fence.token, BigInt(current[0]?.token ?? "0"));
 }

@@ -1,6 +1,7 @@
 import type { DailyRow, EntityRow } from "../contract/spend-batch.js";
 import type { MergedRows } from "./merge.js";
-import { buildUpsert, type UpsertStatement } from "./upsert.js";
+import { ONLY_IF_ALL_FRESH } from "./apply-statement.js";
+import { upsertParts, type UpsertParts } from "./upsert.js";
 
 /**
  * A set of batches merged and turned into their upsert statement before
@@ -13,7 +14,8 @@ export interface Premerged {
   /** The batch ids it was built from, in order: applyBatches checks they are the ones it applies. */
   readonly batchIds: readonly string[];
   readonly merged: MergedRows;
-  readonly statement: UpsertStatement | undefined;
+  /** Its writes, each only if every batch turns out fresh (apply-statement.ts). */
+  readonly writes: UpsertParts;
   /** The retention applyBatches must have been asked for (the statement folds its delete in). */
   readonly retentionDays: number | undefined;
 }
@@ -37,7 +39,7 @@ export function premerge(
   return {
     batchIds: batches.map((b) => b.batchId),
     merged,
-    statement: buildUpsert(merged, retentionDays),
+    writes: upsertParts(merged, retentionDays, ONLY_IF_ALL_FRESH),
     retentionDays,
   };
 }

@@ -16,10 +16,13 @@ import {
  */
 const PICO_TO_USD = "u.pico * 0.000000000001";
 
-/** One SQL statement assembled from parts, numbering its parameters as they are added. */
-class Statement {
+/**
+ * One SQL statement assembled from parts, numbering its parameters as they
+ * are added (after `params`, those of parts it extends).
+ */
+export class Statement {
   readonly parts: string[] = [];
-  readonly params: string[] = [];
+  constructor(readonly params: string[] = []) {}
   param(value: string, type: string): string {
     this.params.push(value);
     return `$${this.params.length}::${type}`;
@@ -51,12 +54,38 @@ export interface UpsertStatement {
   params: string[];
 }
 
+/**
+ * The statement's parts, to be joined into a larger statement: one
+ * `name AS (...)` per write, and their parameters, numbered from $1 (a caller
+ * adding its own numbers them after these).
+ */
+export interface UpsertParts {
+  ctes: readonly string[];
+  params: readonly string[];
+}
+
 /** upsertMerged's statement, or undefined when there is nothing to write. */
 export function buildUpsert(
   merged: MergedRows,
   alsoPurgeBatchesOlderThanDays?: number,
 ): UpsertStatement | undefined {
+  const { ctes, params } = upsertParts(merged, alsoPurgeBatchesOlderThanDays);
+  if (ctes.length === 0) return undefined;
+  return { sql: `WITH ${ctes.join(",\n")}\nSELECT 1`, params: [...params] };
+}
+
+/**
+ * `onlyIf`: a boolean SQL expression every row write is filtered by (the
+ * retention delete is not: running it twice changes nothing), so a larger
+ * statement can decide in PostgreSQL whether these rows are written at all.
+ */
+export function upsertParts(
+  merged: MergedRows,
+  alsoPurgeBatchesOlderThanDays?: number,
+  onlyIf?: string,
+): UpsertParts {
   const st = new Statement();
+  const where = onlyIf !== undefined ? ` WHERE ${onlyIf}` : "";
   for (const [kind, cols] of merged.entity) {
     const { table, keyColumns } = ENTITY_TABLES[kind];
     const keyList = keyColumns.join(", ");
@@ -66,7 +95,7 @@ export function buildUpsert(
     ].join(", ");
     st.parts.push(
       `INSERT INTO "${table}" AS t (${keyList}, spend, updated_at)
-       SELECT ${keyList}, ${PICO_TO_USD}, now() FROM unnest(${params}) AS u(${keyList}, pico)
+       SELECT ${keyList}, ${PICO_TO_USD}, now() FROM unnest(${params}) AS u(${keyList}, pico)${where}
        ON CONFLICT (${keyList}) DO UPDATE SET spend = t.spend + EXCLUDED.spend, updated_at = now()`,
     );
   }
@@ -86,7 +115,7 @@ export function buildUpsert(
     ].join(", ");
     st.parts.push(
       `INSERT INTO "${table}" AS t (${all}, spend, updated_at)
-       SELECT ${all}, ${PICO_TO_USD}, now() FROM unnest(${params}) AS u(${all}, pico)
+       SELECT ${all}, ${PICO_TO_USD}, now() FROM unnest(${params}) AS u(${all}, pico)${where}
        ON CONFLICT (${entityColumn}, ${dims}) DO UPDATE SET ${counterUpdates},
          spend = t.spend + EXCLUDED.spend, updated_at = now()`,
     );
@@ -98,11 +127,9 @@ export function buildUpsert(
        WHERE applied_at < now() - make_interval(days => ${st.param(String(alsoPurgeBatchesOlderThanDays), "int")})`,
     );
   }
-  if (st.parts.length === 0) return undefined;
-  const ctes = st.parts.map((sql, i) => `w${i} AS (${sql})`).join(",\n");
-  return { sql: `WITH ${ctes}\nSELECT 1`, params: st.params };
+  return { ctes: st.parts.map((sql, i) => `w${i} AS (${sql})`), params: st.params };
 }
 
-export async function runUpsert(tx: Tx, statement: UpsertStatement | undefined): Promise<void> {
+async function runUpsert(tx: Tx, statement: UpsertStatement | undefined): Promise<void> {
   if (statement !== undefined) await tx.$executeRawUnsafe(statement.sql, ...statement.params);
 }

@@ -1,0 +1,178 @@
+import assert from "node:assert/strict";
+import { after, before, beforeEach, describe, it } from "node:test";
+import type { DailyRow, EntityRow } from "../../src/contract/spend-batch.js";
+import {
+  applyBatches,
+  FencedOffError,
+  type ApplyResult,
+  type BatchToApply,
+  type Fence,
+} from "../../src/persist/apply-batches.js";
+import { mergeRows } from "../../src/persist/merge.js";
+import { premerge } from "../../src/persist/premerge.js";
+import type { Tx } from "../../src/persist/prisma.js";
+import { createTestDatabase, truncateAll, type TestDatabase } from "../support/db.js";
+
+/**
+ * A flush transaction whose rows were merged ahead is one statement (fence,
+ * batch ids, rows): these check it writes exactly what the separate
+ * statements did, in every case where it must write less.
+ */
+
+let t: TestDatabase;
+
+const daily = (user: string, pico: string): DailyRow => [
+  "user",
+  user,
+  "2026-12-03",
+  "key-1",
+  "gpt-4o",
+  "gpt-4o",
+  "openai",
+  "",
+  "/v1/chat/completions",
+  100,
+  20,
+  0,
+  0,
+  1,
+  1,
+  0,
+  pico,
+];
+const entity = (user: string, pico: string): EntityRow => ["user", user, "", pico];
+
+/** A batch charging each user `pico` picodollars, on both tables. */
+const batch = (batchId: string, users: readonly string[], pico: string): BatchToApply => ({
+  batchId,
+  entity: users.map((u) => entity(u, pico)),
+  daily: users.map((u) => daily(u, pico)),
+});
+
+const fence = (token: bigint, holder = "holder-a"): Fence => ({ partition: "p0", token, holder });
+
+/** Applies `batches` as the flush does (merged ahead), counting the statements sent. */
+async function applyPremerged(
+  batches: readonly BatchToApply[],
+  f: Fence,
+): Promise<{ result: ApplyResult; statements: number; idleTimeout: string }> {
+  let statements = 0;
+  const premerged = premerge(
+    batches,
+    mergeRows(
+      batches.map((b) => b.entity ?? []),
+      batches.map((b) => b.daily ?? []),
+    ),
+  );
+  return t.db.$transaction(async (tx) => {
+    const counting = new Proxy(tx, {
+      get(target, prop, receiver) {
+        const v: unknown = Reflect.get(target, prop, receiver);
+        if ((prop === "$queryRawUnsafe" || prop === "$executeRawUnsafe") && typeof v === "function")
+          return (...args: unknown[]) => {
+            statements++;
+            return (v as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        return v;
+      },
+    }) as Tx;
+    const result = await applyBatches(counting, batches, {
+      fence: f,
+      premerged,
+      idleInTransactionTimeoutMs: 4321,
+    });
+    const shown = await tx.$queryRawUnsafe<{ v: string }[]>(
+      "SELECT current_setting('idle_in_transaction_session_timeout') AS v",
+    );
+    return { result, statements, idleTimeout: shown[0]?.v ?? "" };
+  });
+}
+
+/** Each user's spend in USD text, on the entity and daily tables. */
+async function spend(): Promise<Record<string, [string, string]>> {
+  const rows = await t.db.$queryRawUnsafe<{ user_id: string; e: string; d: string }[]>(
+    `SELECT u.user_id, u.spend::text AS e, d.spend::text AS d
+     FROM "LiteLLM_UserTable" u JOIN "LiteLLM_DailyUserSpend" d USING (user_id) ORDER BY 1`,
+  );
+  return Object.fromEntries(rows.map((r) => [r.user_id, [r.e, r.d]]));
+}
+
+async function recordedBatches(): Promise<string[]> {
+  const rows = await t.db.$queryRawUnsafe<{ batch_id: string; fence: string }[]>(
+    "SELECT batch_id, fence::text AS fence FROM spend_applied_batch ORDER BY 1",
+  );
+  return rows.map((r) => `${r.batch_id}@${r.fence}`);
+}
+
+describe("a flush transaction in one statement", () => {
+  before(async () => {
+    t = await createTestDatabase("apply_statement");
+  });
+  beforeEach(async () => {
+    await truncateAll(t.db);
+  });
+  after(async () => {
+    await t.drop();
+  });
+
+  it("writes fence, batch ids and rows in one statement, and sets the session's idle timeout", async () => {
+    const { result, statements, idleTimeout } = await applyPremerged(
+      [batch("a", ["u1", "u2"], "1000000000000"), batch("b", ["u2"], "500000000000")],
+      fence(7n),
+    );
+    assert.equal(statements, 1);
+    assert.equal(idleTimeout, "4321ms");
+    assert.deepEqual(result.applied, ["a", "b"]);
+    assert.deepEqual(result.duplicates, []);
+    assert.deepEqual(await spend(), {
+      u1: ["1.000000000000", "1.000000000000"],
+      u2: ["1.500000000000", "1.500000000000"],
+    });
+    assert.deepEqual(await recordedBatches(), ["a@7", "b@7"]);
+  });
+
+  it("a batch applied before: the rows merged ahead are not written, the fresh batch's are, once", async () => {
+    await applyPremerged([batch("a", ["u1"], "1000000000000")], fence(1n));
+    const { result, statements } = await applyPremerged(
+      [batch("a", ["u1"], "1000000000000"), batch("b", ["u1", "u2"], "250000000000")],
+      fence(2n),
+    );
+    assert.deepEqual(result.applied, ["b"]);
+    assert.deepEqual(result.duplicates, ["a"]);
+    assert.ok(statements > 1, "the fresh batch's rows are merged again and written on their own");
+    assert.deepEqual(await spend(), {
+      u1: ["1.250000000000", "1.250000000000"],
+      u2: ["0.250000000000", "0.250000000000"],
+    });
+  });
+
+  it("the same batch twice in one call is applied once", async () => {
+    const { result } = await applyPremerged(
+      [batch("a", ["u1"], "1000000000000"), batch("a", ["u1"], "1000000000000")],
+      fence(3n),
+    );
+    assert.deepEqual(result.applied, ["a"]);
+    assert.deepEqual(result.duplicates, ["a"]);
+    assert.deepEqual(await spend(), { u1: ["1.000000000000", "1.000000000000"] });
+  });
+
+  it("an older fencing token writes nothing and is refused with the newer one", async () => {
+    await applyPremerged([batch("a", ["u1"], "1000000000000")], fence(9n));
+    await assert.rejects(
+      applyPremerged([batch("b", ["u2"], "1000000000000")], fence(8n, "holder-b")),
+      (err: unknown) => err instanceof FencedOffError && err.committed === 9n && err.token === 8n,
+    );
+    assert.deepEqual(await spend(), { u1: ["1.000000000000", "1.000000000000"] });
+    assert.deepEqual(await recordedBatches(), ["a@9"]);
+  });
+
+  it("an equal token passes only for the holder that recorded it", async () => {
+    await applyPremerged([batch("a", ["u1"], "1000000000000")], fence(5n, "holder-a"));
+    await applyPremerged([batch("b", ["u1"], "1000000000000")], fence(5n, "holder-a"));
+    await assert.rejects(
+      applyPremerged([batch("c", ["u1"], "1000000000000")], fence(5n, "holder-b")),
+      FencedOffError,
+    );
+    assert.deepEqual(await spend(), { u1: ["2.000000000000", "2.000000000000"] });
+  });
+});
