@@ -8,21 +8,34 @@
  */
 
 // Inside a quoted element only `"` and `\` need a backslash (array_in's rules).
-const NEEDS_ESCAPE = /["\\]/;
 const ESCAPES = /["\\]/g;
+// Bare, an element must hold none of array_in's delimiters, quotes, escapes
+// or the whitespace it trims, and be neither empty nor the word NULL.
+const BARE = /^[^{}",\\ \t\n\r\v\f]+$/;
 
-/** Every element double-quoted: ids may hold commas, braces, spaces or the word NULL. */
-export function textArrayLiteral(values: readonly string[]): string {
-  if (values.length === 0) return "{}";
-  // Almost always nothing to escape: one join then builds the literal in one
-  // allocation, where appending element by element made a string per step.
-  for (const v of values) if (NEEDS_ESCAPE.test(v)) return escapedTextArrayLiteral(values);
-  return `{"${values.join('","')}"}`;
+function bare(v: string): boolean {
+  return BARE.test(v) && !(v.length === 4 && v.toLowerCase() === "null");
 }
 
-function escapedTextArrayLiteral(values: readonly string[]): string {
-  const quoted = values.map((v) => `"${v.replace(ESCAPES, "\\$&")}"`);
-  return `{${quoted.join(",")}}`;
+/**
+ * Elements bare where array_in reads them back as they are, quoted
+ * otherwise (empty strings, NULL, spaces, commas, braces, quotes). Bare is
+ * shorter, and quotes are what cost most in the literal's trips through
+ * Prisma's JSON encoding of raw parameters (each one escaped, then parsed).
+ */
+export function textArrayLiteral(values: readonly string[]): string {
+  if (values.length === 0) return "{}";
+  // Usually every element is bare: one join then builds the literal in one
+  // allocation, where appending element by element made a string per step.
+  let allBare = true;
+  for (const v of values)
+    if (!bare(v)) {
+      allBare = false;
+      break;
+    }
+  if (allBare) return `{${values.join(",")}}`;
+  const parts = values.map((v) => (bare(v) ? v : `"${v.replace(ESCAPES, "\\$&")}"`));
+  return `{${parts.join(",")}}`;
 }
 
 /**
