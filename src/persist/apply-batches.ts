@@ -4,10 +4,11 @@ import { insertDeadLetters, type DeadLetter, type DeadLetterReason } from "./dea
 import { applyIsolating, type RefusedRow } from "./isolate.js";
 import type { Tx } from "./prisma.js";
 import type { Premerged } from "./premerge.js";
-import { applyInOne } from "./apply-statement.js";
+import { applyInOne, type Fence } from "./apply-statement.js";
 import { upsertMerged } from "./upsert.js";
 
 export { upsertMerged };
+export type { Fence };
 
 /** Rows the flush refused before PostgreSQL saw them, set aside with their batch. */
 export interface RefusedRows {
@@ -25,13 +26,6 @@ export interface BatchToApply {
   daily?: readonly DailyRow[];
   /** Set aside as a dead letter in the same transaction, if the batch is applied now. */
   refused?: RefusedRows;
-}
-
-export interface Fence {
-  partition: string;
-  token: bigint;
-  /** The lease's own token: an equal fence passes only for the same lease (Redis may have reset its counter). */
-  holder: string;
 }
 
 export interface ApplyOptions {

@@ -18,9 +18,11 @@ import { Statement, type UpsertParts } from "./upsert.js";
 /** The condition the row writes of a statement built for `applyInOne` are filtered by. */
 export const ONLY_IF_ALL_FRESH = "(SELECT ok FROM gate)";
 
-export interface OneStatementFence {
+/** A flush's fencing token, checked against the newest that committed (spend_flush_fence). */
+export interface Fence {
   partition: string;
   token: bigint;
+  /** The lease's own token: an equal fence passes only for the same lease (Redis may have reset its counter). */
   holder: string;
 }
 
@@ -41,7 +43,7 @@ export async function applyInOne(
   tx: Tx,
   writes: UpsertParts,
   batchIds: readonly string[],
-  opts: { fence?: OneStatementFence; idleInTransactionTimeoutMs?: number },
+  opts: { fence?: Fence; idleInTransactionTimeoutMs?: number },
 ): Promise<OneStatementResult> {
   const st = new Statement([...writes.params]);
   const ctes: string[] = [];
