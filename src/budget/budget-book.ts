@@ -276,7 +276,7 @@ export class BudgetBook implements BudgetGuard {
   private slotFor(e: ChargedEntity): Slot | null {
     const m = e as Marked;
     if (m[this.generationMark] === this.generation) return m[this.slotMark] as Slot | null;
-    const slot = this.index.get(e.kind)?.get(e.id) ?? null;
+    const slot = this.slotOf(e) ?? null;
     m[this.slotMark] = slot;
     m[this.generationMark] = this.generation;
     return slot;

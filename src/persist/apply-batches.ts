@@ -4,7 +4,14 @@ import { insertDeadLetters, type DeadLetter, type DeadLetterReason } from "./dea
 import { applyIsolating, type RefusedRow } from "./isolate.js";
 import type { Tx } from "./prisma.js";
 import type { Premerged } from "./premerge.js";
-import { applyInOne, type Fence } from "./apply-statement.js";
+import {
+  applyInOne,
+  batchIdsSql,
+  fenceSql,
+  idleTimeoutSetting,
+  setIdleTimeoutSql,
+  type Fence,
+} from "./apply-statement.js";
 import { upsertMerged } from "./upsert.js";
 
 export { upsertMerged };
@@ -216,10 +223,7 @@ async function recordBatchIds(
   const fresh = new Set<string>();
   if (ids.length === 0) return fresh;
   const inserted = await tx.$queryRawUnsafe<{ batch_id: string }[]>(
-    `INSERT INTO spend_applied_batch (batch_id, fence)
-     SELECT id, $2::int8 FROM unnest($1::text[]) AS t(id)
-     ON CONFLICT (batch_id) DO NOTHING
-     RETURNING batch_id`,
+    batchIdsSql("$1::text[]", "$2::int8"),
     ids,
     fence?.token.toString() ?? null,
   );
@@ -229,10 +233,7 @@ async function recordBatchIds(
 
 /** PostgreSQL ends the session if the transaction then sits idle this long (locks held). */
 async function setIdleTimeout(tx: Tx, ms: number): Promise<void> {
-  await tx.$executeRawUnsafe(
-    `SELECT set_config('idle_in_transaction_session_timeout', $1, true)`,
-    `${Math.ceil(ms)}ms`,
-  );
+  await tx.$executeRawUnsafe(setIdleTimeoutSql("$1"), idleTimeoutSetting(ms));
 }
 
 /**
@@ -271,12 +272,8 @@ function lettersOf(refused: readonly RefusedRow[], existing: readonly DeadLetter
 }
 
 async function checkFence(tx: Tx, fence: Fence): Promise<void> {
-  const rows = await tx.$queryRawUnsafe<{ token: string }[]>(
-    `INSERT INTO spend_flush_fence AS f (partition, token, holder, updated_at)
-     VALUES ($1, $2::int8, $3, now())
-     ON CONFLICT (partition) DO UPDATE SET token = EXCLUDED.token, holder = EXCLUDED.holder, updated_at = now()
-       WHERE f.token < EXCLUDED.token OR (f.token = EXCLUDED.token AND f.holder = EXCLUDED.holder)
-     RETURNING token::text`,
+  const rows = await tx.$queryRawUnsafe<unknown[]>(
+    fenceSql("$1", "$2::int8", "$3"),
     fence.partition,
     fence.token.toString(),
     fence.holder,

@@ -12,8 +12,42 @@ import { Statement, type UpsertParts } from "./upsert.js";
  * PostgreSQL idle a third of a backlog's drain. The fence and batch-id writes
  * run first (the outer query reads them), then the row writes in the order
  * the statement lists them: the lock order every writer shares, as when they
- * were separate statements.
+ * were separate statements. Its parts are built here once, and applyBatches
+ * runs them as separate statements when it cannot use the one.
  */
+
+/**
+ * The fencing token recorded for the partition only if it is newer than the
+ * one there, or equal from the same holder (Redis may have reset its
+ * counter); returns a row only then. Arguments are SQL expressions.
+ */
+export function fenceSql(partition: string, token: string, holder: string): string {
+  return `INSERT INTO spend_flush_fence AS f (partition, token, holder, updated_at)
+     VALUES (${partition}, ${token}, ${holder}, now())
+     ON CONFLICT (partition) DO UPDATE SET token = EXCLUDED.token, holder = EXCLUDED.holder, updated_at = now()
+       WHERE f.token < EXCLUDED.token OR (f.token = EXCLUDED.token AND f.holder = EXCLUDED.holder)
+     RETURNING token`;
+}
+
+/**
+ * Records batch ids (a text[] expression), returning those new; `where`
+ * (e.g. " WHERE EXISTS (...)") can keep them all out.
+ */
+export function batchIdsSql(ids: string, token: string, where = ""): string {
+  return `INSERT INTO spend_applied_batch (batch_id, fence)
+     SELECT id, ${token} FROM unnest(${ids}) AS t(id)${where}
+     ON CONFLICT (batch_id) DO NOTHING
+     RETURNING batch_id`;
+}
+
+/** Sets the transaction's idle timeout to `setting` (an expression, see idleTimeoutSetting). */
+export function setIdleTimeoutSql(setting: string): string {
+  return `SELECT set_config('idle_in_transaction_session_timeout', ${setting}, true)`;
+}
+
+export function idleTimeoutSetting(ms: number): string {
+  return `${Math.ceil(ms)}ms`;
+}
 
 /** The condition the row writes of a statement built for `applyInOne` are filtered by. */
 export const ONLY_IF_ALL_FRESH = "(SELECT ok FROM gate)";
@@ -49,10 +83,8 @@ export async function applyInOne(
   const ctes: string[] = [];
   const outputs: string[] = [];
   if (opts.idleInTransactionTimeoutMs !== undefined) {
-    const timeout = st.param(`${Math.ceil(opts.idleInTransactionTimeoutMs)}ms`, "text");
-    ctes.push(
-      `session AS (SELECT set_config('idle_in_transaction_session_timeout', ${timeout}, true) AS v)`,
-    );
+    const timeout = st.param(idleTimeoutSetting(opts.idleInTransactionTimeoutMs), "text");
+    ctes.push(`session AS (${setIdleTimeoutSql(timeout)} AS v)`);
     outputs.push("(SELECT v FROM session) AS idle_timeout");
   }
   const fence = opts.fence;
@@ -62,24 +94,14 @@ export async function applyInOne(
     const partition = st.param(fence.partition, "text");
     fenceToken = st.param(fence.token.toString(), "int8");
     const holder = st.param(fence.holder, "text");
-    // An equal token passes only for the same holder: Redis may have reset its counter.
-    ctes.push(
-      `fence AS (INSERT INTO spend_flush_fence AS f (partition, token, holder, updated_at)
-       VALUES (${partition}, ${fenceToken}, ${holder}, now())
-       ON CONFLICT (partition) DO UPDATE SET token = EXCLUDED.token, holder = EXCLUDED.holder, updated_at = now()
-         WHERE f.token < EXCLUDED.token OR (f.token = EXCLUDED.token AND f.holder = EXCLUDED.holder)
-       RETURNING token)`,
-    );
+    ctes.push(`fence AS (${fenceSql(partition, fenceToken, holder)})`);
     outputs.unshift("(SELECT count(*) FROM fence)::int AS fence_passed");
     fenced = " WHERE EXISTS (SELECT 1 FROM fence)";
   }
   const ids = st.param(textArrayLiteral(batchIds), "text[]");
   const count = st.param(String(batchIds.length), "int");
   ctes.push(
-    `fresh AS (INSERT INTO spend_applied_batch (batch_id, fence)
-     SELECT id, ${fenceToken} FROM unnest(${ids}) AS t(id)${fenced}
-     ON CONFLICT (batch_id) DO NOTHING
-     RETURNING batch_id)`,
+    `fresh AS (${batchIdsSql(ids, fenceToken, fenced)})`,
     // A batch id twice in one call counts once: the rows then wait for the caller's own merge.
     `gate AS (SELECT (SELECT count(*) FROM fresh) = ${count} AS ok)`,
     ...writes.ctes,

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, it } from "node:test";
-import type { DailyRow, EntityRow } from "../../src/contract/spend-batch.js";
 import {
   applyBatches,
   FencedOffError,
@@ -12,6 +11,7 @@ import { mergeRows } from "../../src/persist/merge.js";
 import { premerge } from "../../src/persist/premerge.js";
 import type { Tx } from "../../src/persist/prisma.js";
 import { createTestDatabase, truncateAll, type TestDatabase } from "../support/db.js";
+import { userDailyRow, userEntityRow } from "../support/spend-rows.js";
 
 /**
  * A flush transaction whose rows were merged ahead is one statement (fence,
@@ -21,32 +21,11 @@ import { createTestDatabase, truncateAll, type TestDatabase } from "../support/d
 
 let t: TestDatabase;
 
-const daily = (user: string, pico: string): DailyRow => [
-  "user",
-  user,
-  "2026-12-03",
-  "key-1",
-  "gpt-4o",
-  "gpt-4o",
-  "openai",
-  "",
-  "/v1/chat/completions",
-  100,
-  20,
-  0,
-  0,
-  1,
-  1,
-  0,
-  pico,
-];
-const entity = (user: string, pico: string): EntityRow => ["user", user, "", pico];
-
 /** A batch charging each user `pico` picodollars, on both tables. */
 const batch = (batchId: string, users: readonly string[], pico: string): BatchToApply => ({
   batchId,
-  entity: users.map((u) => entity(u, pico)),
-  daily: users.map((u) => daily(u, pico)),
+  entity: users.map((u) => userEntityRow(u, pico)),
+  daily: users.map((u) => userDailyRow(u, pico)),
 });
 
 const fence = (token: bigint, holder = "holder-a"): Fence => ({ partition: "p0", token, holder });

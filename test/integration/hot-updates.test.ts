@@ -3,6 +3,7 @@ import { after, before, describe, it } from "node:test";
 import type { DailyRow, EntityRow } from "../../src/contract/spend-batch.js";
 import { applyBatches, type BatchToApply } from "../../src/persist/apply-batches.js";
 import { createTestDatabase, type TestDatabase } from "../support/db.js";
+import { userDailyRow, userEntityRow } from "../support/spend-rows.js";
 
 /**
  * The spend tables leave room on each page (migration 20261209000000_hot_updates)
@@ -15,31 +16,9 @@ let t: TestDatabase;
 const ROWS = 2_000;
 const EVERY = 8; // a flush updates a share of the rows on a page, not all of them
 
-const daily = (i: number): DailyRow => [
-  "user",
-  `user-${String(i).padStart(5, "0")}`,
-  "2026-12-03",
-  "key-1",
-  "gpt-4o",
-  "gpt-4o",
-  "openai",
-  "",
-  "/v1/chat/completions",
-  100,
-  20,
-  0,
-  0,
-  1,
-  1,
-  0,
-  "1500000000",
-];
-const entity = (i: number): EntityRow => [
-  "user",
-  `user-${String(i).padStart(5, "0")}`,
-  "",
-  "1500000000",
-];
+const userId = (i: number): string => `user-${String(i).padStart(5, "0")}`;
+const daily = (i: number): DailyRow => userDailyRow(userId(i), "1500000000");
+const entity = (i: number): EntityRow => userEntityRow(userId(i), "1500000000");
 
 async function apply(batchId: string, ids: readonly number[]): Promise<void> {
   const batch: BatchToApply = { batchId, daily: ids.map(daily), entity: ids.map(entity) };
@@ -74,9 +53,7 @@ describe("HOT updates of spend rows", () => {
       assert.ok(new Set(before.values()).size > 5, `${table} spans several pages`);
       await apply(`update-${table}`, some);
       const afterUpdate = await pages(table, column);
-      const moved = some
-        .map((i) => `user-${String(i).padStart(5, "0")}`)
-        .filter((id) => afterUpdate.get(id) !== before.get(id));
+      const moved = some.map(userId).filter((id) => afterUpdate.get(id) !== before.get(id));
       assert.deepEqual(moved, [], `${table}: rows that left their page on update`);
     }
     // Both updates counted: rows updated twice (once per table's round) hold three times the spend.
