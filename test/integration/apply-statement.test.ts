@@ -135,6 +135,22 @@ describe("a flush transaction in one statement", () => {
     assert.deepEqual(await spend(), { u1: ["1.000000000000", "1.000000000000"] });
   });
 
+  it("batch ids array_in would misread bare are recorded exactly, and recognised when sent again", async () => {
+    const ids = ["a,b", "{x}", '"q"', "back\\slash", "NULL", "sp ace", "\\u0000 escaped"];
+    const batches = ids.map((id, i) => batch(id, [`u${i}`], "1000000000000"));
+    const first = await applyPremerged(batches, fence(4n));
+    assert.deepEqual(first.result.applied, ids);
+    assert.deepEqual((await recordedBatches()).sort(), ids.map((id) => `${id}@4`).sort());
+    const again = await applyPremerged(batches, fence(5n));
+    assert.deepEqual(again.result.duplicates, ids);
+    assert.deepEqual(again.result.applied, []);
+    assert.equal(Object.keys(await spend()).length, ids.length);
+    for (const [e, d] of Object.values(await spend())) {
+      assert.equal(e, "1.000000000000");
+      assert.equal(d, "1.000000000000");
+    }
+  });
+
   it("an older fencing token writes nothing and is refused with the newer one", async () => {
     await applyPremerged([batch("a", ["u1"], "1000000000000")], fence(9n));
     await assert.rejects(
