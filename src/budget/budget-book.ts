@@ -4,7 +4,7 @@ import type { Db } from "../persist/prisma.js";
 import type { RedisClient } from "../redis/connection.js";
 import { budgetKey } from "../redis/keys.js";
 import type { BudgetAlerts } from "./budget-alerts.js";
-import type { BudgetGuard, BudgetRefusal, ChargedEntity } from "./budget-guard.js";
+import type { BudgetGuard, BudgetRefusal, ChargedEntity, MarkedEntity } from "./budget-guard.js";
 import type { BudgetMetrics } from "./budget-metrics.js";
 import {
   loadBudget,
@@ -15,6 +15,7 @@ import {
 } from "./budget-store.js";
 import { periodAt } from "./duration.js";
 import { budgetScripts } from "./scripts.js";
+import { FAST_LIMIT, ShareMeter } from "./share-meter.js";
 
 export interface BudgetBookOptions {
   db: Db;
@@ -39,7 +40,11 @@ interface Allowance {
   period: number;
   /** The seeding its leases came from: leases of an older one are void. */
   epoch: string;
-  /** Leased and not yet spent, picodollars; below zero by what requests in flight overran. */
+  /**
+   * Leased and not yet spent, picodollars; below zero by what requests in
+   * flight overran. Less what the meter holds as spent: read it (and
+   * `unreported`) only after `settle`.
+   */
   pico: bigint;
   /** The last lease left this gateway's share at or below zero: Redis had nothing more. */
   exhausted: boolean;
@@ -53,14 +58,15 @@ interface Allowance {
 }
 
 /**
- * What the request path finds for one entity in one lookup: its definition,
- * the few facts about it a check needs copied flat (a gateway's request
- * leaves the book's objects out of the CPU caches, and every object a check
- * reaches through costs a trip to memory), and its allowance.
+ * One budgeted entity: its definition, the facts about it the slow paths
+ * need copied flat, its allowance, and its share's index in the meter (what
+ * the request path reads).
  */
 interface Slot {
   def: BudgetDef;
   a: Allowance | undefined;
+  /** Its share in the book's ShareMeter. */
+  i: number;
   /** def.maxPico !== null: requests can be refused. */
   hasMax: boolean;
   /** A max or a soft budget: spend is counted. */
@@ -70,10 +76,14 @@ interface Slot {
   until: number;
 }
 
-/** An entity object carrying the slot a book found for it (see BudgetBook.slotFor). */
-type Marked = ChargedEntity & Record<symbol, Slot | null | number | undefined>;
-
 const PICO_PER_NANO = 1_000n;
+/**
+ * Stamps for a book's generations and narrowings, from one sequence for all
+ * books: a mark one book left on an entity never matches another's stamp.
+ */
+let stamps = 0;
+const stamp = (): number => ++stamps;
+const FAST_LIMIT_BIG = BigInt(FAST_LIMIT);
 /** Leases are whole nanodollars below 2^53 in Redis (Lua numbers are doubles). */
 const MAX_NANO = 2n ** 53n - 1n;
 
@@ -109,14 +119,24 @@ export class BudgetBook implements BudgetGuard {
   private readonly index = new Map<string, Map<string, Slot>>();
   /** Slots in `index`. */
   private count = 0;
+  /** Every slot's share as the request path reads it (its index is Slot.i). */
+  private readonly meter = new ShareMeter();
+  /** Slots by Slot.i. */
+  private readonly byIndex: Slot[] = [];
   /**
-   * Bumped whenever a slot is made or removed: an entity object that carries
-   * a slot found at an older generation looks it up again (slotFor).
+   * Stamped whenever a slot is made or removed: an entity object marked with
+   * a slot found at an older generation looks it up again (indexOf).
    */
-  private generation = 0;
-  /** This book's marks on entity objects: its own, so two books never share them. */
-  private readonly slotMark = Symbol("budget slot");
-  private readonly generationMark = Symbol("budget generation");
+  private generation = stamp();
+  /**
+   * Stamped whenever a share that could pay for anything in flight stops
+   * being able to (falls below half a slice, is spent, replaced or not yet
+   * leased), and with every generation. An entity marked `passed` at the
+   * current stamp was seen able to pay since, and nothing has narrowed:
+   * a check reads only its mark. In a gateway far from its limits that is
+   * every entity of every request.
+   */
+  private narrowed = stamp();
   /**
    * What a refresh looks at, so its cost follows what needs work rather than
    * how many budgets exist: slots whose share is exhausted (another gateway
@@ -125,16 +145,6 @@ export class BudgetBook implements BudgetGuard {
   private readonly attention = new Set<Slot>();
   /** Slots of budgets with a period, so a refresh leases at each boundary. */
   private readonly periodic = new Set<Slot>();
-  /**
-   * The entities a check must look at, by kind then id: those with a limit
-   * whose share here is below half a slice, spent, exhausted or not leased
-   * yet. Any other share is above zero, so its entity cannot refuse: a check
-   * skips it with a lookup in these small sets, which stay in the CPU's
-   * caches, instead of reaching for its slot, allowance and amounts, which
-   * the rest of a request's work evicts (that was most of a check's cost in
-   * the reference gateway).
-   */
-  private readonly watch = new Map<string, Set<string>>();
   private loadedUntil = new Date(0);
   private timer: NodeJS.Timeout | undefined;
   private ticking: Promise<void> | undefined;
@@ -191,10 +201,18 @@ export class BudgetBook implements BudgetGuard {
   check(entities: readonly ChargedEntity[], now = Date.now()): BudgetRefusal | undefined {
     if (this.count === 0) return undefined;
     for (const e of entities) {
-      if (this.watch.get(e.kind)?.has(e.id) !== true) continue;
-      const slot = this.slotFor(e);
-      if (slot === null || !slot.hasMax) continue;
+      const m = e as MarkedEntity;
+      if (m.passed === this.narrowed) continue;
+      const i = this.indexOf(m);
+      // No budget, or above half a slice: nothing in flight can spend it.
+      if (i < 0 || this.meter.passes(i)) {
+        m.passed = this.narrowed;
+        continue;
+      }
+      const slot = this.byIndex[i] as Slot;
+      if (!slot.hasMax) continue;
       const a = this.current(slot, now);
+      this.settle(slot, a);
       if (a.pico > 0n) continue;
       const { def } = slot;
       let reason: BudgetRefusal["reason"] = "exhausted";
@@ -225,17 +243,63 @@ export class BudgetBook implements BudgetGuard {
   /** Charges a served request's cost to every budgeted entity it was charged to. */
   charge(entities: readonly ChargedEntity[], costPico: bigint, now = Date.now()): void {
     if (this.count === 0 || costPico === 0n) return;
+    // A cost past FAST_LIMIT (never one the gateway validated) goes in as a BigInt.
+    const fast = costPico <= FAST_LIMIT_BIG;
+    const cost = fast ? Number(costPico) : 0;
     for (const e of entities) {
-      const slot = this.slotFor(e);
-      if (slot === null || !slot.counted) continue;
+      const i = this.indexOf(e as MarkedEntity);
+      if (i < 0 || (fast && this.meter.charge(i, cost, now))) continue;
+      const slot = this.byIndex[i] as Slot;
+      if (!slot.counted) continue;
+      // The meter took the cost unless the share's period is over (or it had none).
+      const taken = fast && this.meter.current(slot.i, now);
       const a = this.current(slot, now);
-      a.pico -= costPico;
-      a.unreported += costPico;
-      if (a.pico < a.half) {
-        if (slot.hasMax) this.watchSlot(slot, true);
-        this.refill(slot, a);
+      if (!taken) {
+        a.pico -= costPico;
+        a.unreported += costPico;
       }
+      this.settle(slot, a);
+      // A soft budget alone is never leased: the refresh reports its spend.
+      if (a.pico < a.half && slot.hasMax) this.refill(slot, a);
     }
+  }
+
+  /**
+   * Moves what the meter took for the slot's share since the last settle
+   * into its allowance (from the share, to what is unreported), then tells
+   * the meter how much more the request path may charge and let through
+   * before the book must look again. An allowance the slot no longer holds
+   * was settled when it was replaced.
+   */
+  private settle(slot: Slot, a: Allowance): void {
+    if (slot.a !== a) return;
+    const spent = this.meter.take(slot.i);
+    if (spent !== 0) {
+      const s = BigInt(spent);
+      a.pico -= s;
+      a.unreported += s;
+    }
+    this.publish(slot);
+  }
+
+  /** Tells the meter what the slot's settled share allows (see ShareMeter.set). */
+  private publish(slot: Slot): void {
+    const a = slot.a;
+    if (a === undefined || !slot.counted) {
+      // No share yet, or nothing counted: every charge goes to the book.
+      if (slot.hasMax) this.narrowed = stamp();
+      this.meter.set(slot.i, -1, slot.hasMax ? -1 : Infinity, 0);
+      return;
+    }
+    // A soft budget alone is reported by the refresh, however much is spent.
+    const left = a.pico - a.half;
+    const room = !slot.hasMax || left > FAST_LIMIT_BIG ? FAST_LIMIT : Number(left);
+    // Only the period the slot's definition is in ends at a known time; a
+    // share of a later one (the definition not yet reloaded) goes to the book.
+    const until = a.period === slot.start ? slot.until : 0;
+    // Below half a slice, exhausted or not leased (pico - half < 0): a check must look.
+    if (slot.hasMax && room < 0) this.narrowed = stamp();
+    this.meter.set(slot.i, room, slot.hasMax ? room : Infinity, until);
   }
 
   /** Gives back what this gateway leased and did not spend, so other gateways can. */
@@ -246,13 +310,19 @@ export class BudgetBook implements BudgetGuard {
     // Leases under way land first, so what they bring is given back too.
     for (const slot of this.slots()) if (slot.a?.refill !== undefined) await slot.a.refill;
     // The last spend reported, so a threshold it crossed is not missed.
-    for (const { def, a } of this.slots())
-      if (a !== undefined && a.epoch !== "" && a.unreported >= PICO_PER_NANO)
-        await this.report(def, a).catch(() => undefined);
+    for (const slot of this.slots()) {
+      const a = slot.a;
+      if (a === undefined) continue;
+      this.settle(slot, a);
+      if (a.epoch !== "" && a.unreported >= PICO_PER_NANO)
+        await this.report(slot, a).catch(() => undefined);
+    }
     await this.o.alerts?.close();
     for (const slot of this.slots()) {
       const { def, a } = slot;
+      if (a !== undefined) this.settle(slot, a);
       slot.a = undefined;
+      this.publish(slot);
       if (a === undefined || a.epoch === "") continue;
       const nano = a.pico / PICO_PER_NANO;
       if (nano <= 0n) continue;
@@ -267,19 +337,18 @@ export class BudgetBook implements BudgetGuard {
   }
 
   /**
-   * The entity's slot (null: no budget). Found once and marked on the entity
-   * object: a key's own entities are the same objects request after request
-   * (admission.ts), so their slots are found without a lookup, which on a
-   * busy gateway's request path waits on memory the rest of the request
-   * evicted; the mark is trusted only at the generation it was made.
+   * The entity's slot index (-1: no budget). Found once and marked on the
+   * entity object: the request path holds one object per entity
+   * (chargedEntity), so its slot is found without a lookup, which on a busy
+   * gateway's request path waits on memory the rest of the request evicted;
+   * the mark is trusted only at the generation it was made.
    */
-  private slotFor(e: ChargedEntity): Slot | null {
-    const m = e as Marked;
-    if (m[this.generationMark] === this.generation) return m[this.slotMark] as Slot | null;
-    const slot = this.slotOf(e) ?? null;
-    m[this.slotMark] = slot;
-    m[this.generationMark] = this.generation;
-    return slot;
+  private indexOf(m: MarkedEntity): number {
+    if (m.generation === this.generation) return m.slot;
+    const slot = this.slotOf(m);
+    m.slot = slot === undefined ? -1 : slot.i;
+    m.generation = this.generation;
+    return m.slot;
   }
 
   private *slots(): Iterable<Slot> {
@@ -291,6 +360,8 @@ export class BudgetBook implements BudgetGuard {
     const period = now < slot.until ? slot.start : this.periodOf(slot.def, now);
     let a = slot.a;
     if (a === undefined || a.period !== period) {
+      // What the meter took belongs to the period that ended.
+      if (a !== undefined) this.settle(slot, a);
       a = {
         period,
         epoch: "",
@@ -301,24 +372,9 @@ export class BudgetBook implements BudgetGuard {
         half: this.slicePico(slot.def) / 2n,
       };
       slot.a = a;
-      if (slot.hasMax) this.watchSlot(slot, true);
+      this.publish(slot);
     }
     return a;
-  }
-
-  /** Whether a check must look at this entity (see `watch`). */
-  private watchSlot(slot: Slot, on: boolean): void {
-    const kind = slot.def.kind;
-    let ids = this.watch.get(kind);
-    if (on) {
-      if (ids === undefined) this.watch.set(kind, (ids = new Set<string>()));
-      ids.add(slot.def.id);
-    } else ids?.delete(slot.def.id);
-  }
-
-  /** A share that may refuse: not leased, exhausted, or below half a slice. */
-  private static watched(a: Allowance | undefined): boolean {
-    return a === undefined || a.epoch === "" || a.exhausted || a.pico < a.half;
   }
 
   /** The entity's slot, made or updated for a definition just loaded. */
@@ -334,14 +390,19 @@ export class BudgetBook implements BudgetGuard {
       until: def.duration === null || def.resetAt === null ? Infinity : def.resetAt.getTime(),
     };
     if (slot === undefined) {
-      ids.set(def.id, (slot = { a: undefined, ...flat }));
+      ids.set(def.id, (slot = { a: undefined, i: this.meter.add(), ...flat }));
+      this.byIndex[slot.i] = slot;
       this.count++;
-      this.generation++;
+      this.generation = this.narrowed = stamp();
     } else Object.assign(slot, flat);
     if (def.duration !== null && def.maxPico !== null) this.periodic.add(slot);
     else this.periodic.delete(slot);
-    this.watchSlot(slot, slot.hasMax && BudgetBook.watched(slot.a));
-    if (slot.a !== undefined) slot.a.half = this.slicePico(def) / 2n;
+    if (slot.a !== undefined) {
+      // Charged so far under the old definition's thresholds.
+      this.settle(slot, slot.a);
+      slot.a.half = this.slicePico(def) / 2n;
+    }
+    this.publish(slot);
     return slot;
   }
 
@@ -388,6 +449,7 @@ export class BudgetBook implements BudgetGuard {
       }
       const key = budgetKey(this.o.keyPrefix, def.kind, def.id);
       // A slice, and what this gateway overran (requests in flight went past its share).
+      this.settle(slot, a);
       const debt = a.pico < 0n ? -a.pico : 0n;
       const want = (this.slicePico(def) + debt + PICO_PER_NANO - 1n) / PICO_PER_NANO;
       const ttl = this.ttlMs(def);
@@ -413,6 +475,7 @@ export class BudgetBook implements BudgetGuard {
         await this.seed(key, def, a, ttl);
         continue;
       }
+      this.settle(slot, a);
       if (epoch !== a.epoch) {
         // Seeded again (Redis lost its state, or the budget changed): what was
         // leased before is void, the new seed counted the spend itself.
@@ -421,19 +484,17 @@ export class BudgetBook implements BudgetGuard {
         a.epoch = epoch;
       }
       a.pico += BigInt(grant) * PICO_PER_NANO;
+      // The meter reads the new share (unless the slot has since moved on to a later period).
+      this.settle(slot, a);
       // Less than its debt and a slice means Redis had no more: nothing more is admitted.
       a.exhausted = a.pico <= 0n;
       a.optimistic = 0;
       this.needsAttention(def, a.exhausted);
-      // Only the share of the slot's current period: a lease for a period
-      // that has since ended says nothing about the one a check now reads.
-      if (this.slotOf(def) === slot && slot.a === a)
-        this.watchSlot(slot, slot.hasMax && BudgetBook.watched(a));
       this.o.metrics.leases.inc({ outcome: grant === 0 ? "exhausted" : "granted" });
       // What it spent since the last lease (about half a slice) counts towards
       // the thresholds: reported at the lease's pace, not per request.
       if (a.unreported >= PICO_PER_NANO)
-        await this.report(def, a).catch((err: unknown) =>
+        await this.report(slot, a).catch((err: unknown) =>
           this.o.logger.warn(
             { err: (err as Error).message, kind: def.kind },
             "budget report failed",
@@ -491,10 +552,9 @@ export class BudgetBook implements BudgetGuard {
       const gone = this.slotOf(def);
       if (gone !== undefined) {
         this.periodic.delete(gone);
-        this.watchSlot(gone, false);
         this.index.get(def.kind)?.delete(def.id);
         this.count--;
-        this.generation++;
+        this.generation = this.narrowed = stamp();
       }
       return def;
     }
@@ -519,6 +579,7 @@ export class BudgetBook implements BudgetGuard {
         continue;
       }
       const cur = this.current(slot, now);
+      this.settle(slot, cur);
       if ((slot.hasMax && (cur.exhausted || cur.pico < cur.half)) || cur.epoch === "")
         this.refill(slot, cur);
       // All of it once the share is exhausted, so the sum reaches the limit's
@@ -528,7 +589,7 @@ export class BudgetBook implements BudgetGuard {
         (cur.unreported >= cur.half ||
           (slot.hasMax && cur.exhausted && cur.unreported >= PICO_PER_NANO))
       )
-        await this.report(slot.def, cur);
+        await this.report(slot, cur);
     }
   }
 
@@ -545,7 +606,9 @@ export class BudgetBook implements BudgetGuard {
    * Redis; a threshold the sum crossed is claimed there by exactly one
    * gateway, which raises the alert.
    */
-  private async report(def: BudgetDef, a: Allowance): Promise<void> {
+  private async report(slot: Slot, a: Allowance): Promise<void> {
+    const def = slot.def;
+    this.settle(slot, a);
     const nano = a.unreported / PICO_PER_NANO;
     a.unreported -= nano * PICO_PER_NANO;
     const thresholds: string[] = [];

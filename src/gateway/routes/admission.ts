@@ -1,5 +1,5 @@
 import type { Request, Response } from "express";
-import type { ChargedEntity } from "../../budget/budget-guard.js";
+import { chargedEntity, type ChargedEntity } from "../../budget/budget-guard.js";
 import type { ModelDeployment } from "../../config/config.js";
 import { picoToDecimal } from "../../contract/money.js";
 import { SpendEventError } from "../../produce/spend-event.js";
@@ -25,6 +25,29 @@ export interface Admitted {
  */
 const keyEntities = new WeakMap<KeyInfo, readonly ChargedEntity[]>();
 
+/**
+ * End users' and tags' entities, by id: kept like a key's own, so a request
+ * for one seen before reuses its object (and the slot the budget book marked
+ * on it) instead of making one. Bounded: ids come from callers, and a cache
+ * at its bound starts over rather than grow.
+ */
+const MAX_CACHED_ENTITIES = 10_000;
+const endUserEntities = new Map<string, ChargedEntity>();
+const tagEntities = new Map<string, ChargedEntity>();
+
+function entityOf(
+  cache: Map<string, ChargedEntity>,
+  kind: ChargedEntity["kind"],
+  id: string,
+): ChargedEntity {
+  let e = cache.get(id);
+  if (e === undefined) {
+    if (cache.size >= MAX_CACHED_ENTITIES) cache.clear();
+    cache.set(id, (e = chargedEntity(kind, id)));
+  }
+  return e;
+}
+
 /** The entities a request by `key` for `endUserId` with `tags` is charged to. */
 export function chargedEntities(
   key: KeyInfo,
@@ -33,16 +56,16 @@ export function chargedEntities(
 ): readonly ChargedEntity[] {
   let own = keyEntities.get(key);
   if (own === undefined) {
-    const list: ChargedEntity[] = [{ kind: "key", id: key.token }];
-    if (key.userId !== undefined) list.push({ kind: "user", id: key.userId });
-    if (key.teamId !== undefined) list.push({ kind: "team", id: key.teamId });
-    if (key.organizationId !== undefined) list.push({ kind: "org", id: key.organizationId });
+    const list: ChargedEntity[] = [chargedEntity("key", key.token)];
+    if (key.userId !== undefined) list.push(chargedEntity("user", key.userId));
+    if (key.teamId !== undefined) list.push(chargedEntity("team", key.teamId));
+    if (key.organizationId !== undefined) list.push(chargedEntity("org", key.organizationId));
     keyEntities.set(key, (own = list));
   }
   if (endUserId === undefined && (tags === undefined || tags.length === 0)) return own;
   const out = own.slice();
-  if (endUserId !== undefined) out.push({ kind: "end_user", id: endUserId });
-  for (const tag of tags ?? []) out.push({ kind: "tag", id: tag });
+  if (endUserId !== undefined) out.push(entityOf(endUserEntities, "end_user", endUserId));
+  for (const tag of tags ?? []) out.push(entityOf(tagEntities, "tag", tag));
   return out;
 }
 

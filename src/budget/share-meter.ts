@@ -1,0 +1,89 @@
+/**
+ * The request path's view of every budget share a gateway holds, as plain
+ * doubles side by side in one Float64Array: per share, what was charged since
+ * the book last looked, how much more may be charged before it must look
+ * again, how much may be charged before a check must look, and when the
+ * share's period ends.
+ *
+ * Why not fields on the book's objects: on a busy gateway the rest of a
+ * request's work evicts the book from the CPU's caches, and every object a
+ * check or charge reaches through (slot, allowance, BigInt amounts) is a trip
+ * to memory, for each of the seven or so entities a request is charged to;
+ * with BigInt arithmetic besides, that came to about 12 µs per request in the
+ * reference gateway against 0.4 µs in a tight loop. Here a share is 32 bytes
+ * (two per cache line), and the common case is one read and one add.
+ *
+ * Amounts are picodollars. A double holds every integer below 2^53 exactly,
+ * and the book keeps `spent` below that: it settles a share (moves what was
+ * spent into its BigInt amounts) once `spent` passes `room`, which it sets
+ * at most FAST_LIMIT, and a cost on the fast path is at most FAST_LIMIT too.
+ */
+export const FAST_LIMIT = 2 ** 51;
+
+const STRIDE = 4;
+const SPENT = 0;
+const ROOM = 1;
+const CHECK = 2;
+const UNTIL = 3;
+
+export class ShareMeter {
+  private v = new Float64Array(STRIDE * 64);
+  private used = 0;
+
+  /** A new share, in the state that sends every charge and check to the book. */
+  add(): number {
+    if ((this.used + 1) * STRIDE > this.v.length) {
+      const grown = new Float64Array(this.v.length * 2);
+      grown.set(this.v);
+      this.v = grown;
+    }
+    const i = this.used++;
+    this.set(i, -1, -1, 0);
+    return i;
+  }
+
+  /** True: nothing charged to share `i` can have spent it (a check need not look). */
+  passes(i: number): boolean {
+    const h = i * STRIDE;
+    return (this.v[h + SPENT] as number) <= (this.v[h + CHECK] as number);
+  }
+
+  /**
+   * Charges `cost` to share `i` if its period is still on at `now`. True: the
+   * share is still above half a slice, nothing else to do. False: the book
+   * must look (and `added` says whether the cost went in).
+   */
+  charge(i: number, cost: number, now: number): boolean {
+    const h = i * STRIDE;
+    const v = this.v;
+    if (now >= (v[h + UNTIL] as number)) return false;
+    const spent = (v[h + SPENT] as number) + cost;
+    v[h + SPENT] = spent;
+    return spent <= (v[h + ROOM] as number);
+  }
+
+  /** Whether a charge at `now` goes into share `i` (its period is on). */
+  current(i: number, now: number): boolean {
+    return now < (this.v[i * STRIDE + UNTIL] as number);
+  }
+
+  /** What was charged to share `i` since the last take; zeroes it. */
+  take(i: number): number {
+    const h = i * STRIDE;
+    const spent = this.v[h + SPENT] as number;
+    this.v[h + SPENT] = 0;
+    return spent;
+  }
+
+  /**
+   * Sets what share `i` allows until `until` (epoch ms): `room` more before
+   * a charge must go to the book, `check` before a check must (Infinity:
+   * never refuses).
+   */
+  set(i: number, room: number, check: number, until: number): void {
+    const h = i * STRIDE;
+    this.v[h + ROOM] = room;
+    this.v[h + CHECK] = check;
+    this.v[h + UNTIL] = until;
+  }
+}
