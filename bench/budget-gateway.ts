@@ -41,6 +41,20 @@ export interface BudgetGatewayResult {
   addedUs: Spread;
   /** The same with budgets off in both: the harness's resolution, µs. */
   nullUs: Spread;
+  /**
+   * The check and the charge timed where the gateway calls them, per rep:
+   * the median check plus the median charge (ns), in the enforcing process
+   * and in the other (where both return at once: the timer's own cost).
+   */
+  timedOnNs: Spread;
+  timedOffNs: Spread;
+  /** Added per request by budgets, timed in the gateway: on − off per rep, ns. */
+  timedAddedNs: Spread;
+}
+
+interface Timed {
+  checkNs: number;
+  chargeNs: number;
 }
 
 interface CpuUsage {
@@ -100,6 +114,8 @@ export async function measureBudgetGateway(
       gateways.push({ c, port: await waitForPort(c) });
     }
     type G = (typeof gateways)[number];
+    const timedOn: number[] = [];
+    const timedOff: number[] = [];
     const drive = async (n: number, on: G, off: G, enforce = true): Promise<[number, number]> => {
       const [a, b] = await Promise.all([
         ask<{ budgets: boolean; enforced: number }>(
@@ -125,6 +141,14 @@ export async function measureBudgetGateway(
         ask<CpuUsage>(on.c.child, "cpu"),
         ask<CpuUsage>(off.c.child, "cpu"),
       ]);
+      const [tOn, tOff] = await Promise.all([
+        ask<Timed>(on.c.child, "budgets:timings"),
+        ask<Timed>(off.c.child, "budgets:timings"),
+      ]);
+      if (enforce) {
+        timedOn.push(tOn.checkNs + tOn.chargeNs);
+        timedOff.push(tOff.checkNs + tOff.chargeNs);
+      }
       const us = (x: CpuUsage, y: CpuUsage): number => (y.user + y.system - x.user - x.system) / n;
       return [us(on0, on1), us(off0, off1)];
     };
@@ -133,6 +157,8 @@ export async function measureBudgetGateway(
     progress(S, `reference gateway: warm-up, then ${plan.reps} reps budgets on vs off`);
     await drive(plan.warmupRequests, a, b);
     await drive(plan.warmupRequests, b, a);
+    timedOn.length = 0;
+    timedOff.length = 0;
     const on: number[] = [];
     const off: number[] = [];
     const added: number[] = [];
@@ -160,6 +186,9 @@ export async function measureBudgetGateway(
       onCpuUs: spread(on),
       addedUs: spread(balanced(added)),
       nullUs: spread(balanced(nulls)),
+      timedOnNs: spread(timedOn),
+      timedOffNs: spread(timedOff),
+      timedAddedNs: spread(timedOn.map((x, k) => x - (timedOff[k] as number))),
     };
   } finally {
     await Promise.all(children.map((c) => stopChild(c)));

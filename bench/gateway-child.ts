@@ -59,22 +59,50 @@ class SwitchedProducer extends SpendProducer {
   }
 }
 
+/** Wall-clock ns of each call, the most recent `size` of them. */
+class Timings {
+  private readonly ns: Float64Array;
+  private n = 0;
+  constructor(size: number) {
+    this.ns = new Float64Array(size);
+  }
+  add(ns: number): void {
+    this.ns[this.n++ % this.ns.length] = ns;
+  }
+  /** The median of what was added since the last take (0: none), and starts over. */
+  take(): number {
+    const got = this.ns.slice(0, Math.min(this.n, this.ns.length)).sort();
+    this.n = 0;
+    return got.length === 0 ? 0 : (got[got.length >> 1] as number);
+  }
+}
+
 /**
  * Budget enforcement that can be switched off while the gateway runs
  * (BUDGETS=1; the budgets section's gateway figure): off, it enforces
  * nothing and the request path skips it as it does with no budget defined.
+ * Each call is timed where the gateway makes it, on or off: the per-request
+ * figure the section reports (its whole-process CPU difference only
+ * resolves a few µs).
  */
 class SwitchedBudgets implements BudgetGuard {
   on = false;
+  readonly checks = new Timings(1 << 16);
+  readonly charges = new Timings(1 << 16);
   constructor(readonly book: BudgetBook) {}
   get size(): number {
     return this.on ? this.book.size : 0;
   }
   check(entities: readonly ChargedEntity[], now?: number): BudgetRefusal | undefined {
-    return this.on ? this.book.check(entities, now) : undefined;
+    const t0 = process.hrtime.bigint();
+    const refused = this.on ? this.book.check(entities, now) : undefined;
+    this.checks.add(Number(process.hrtime.bigint() - t0));
+    return refused;
   }
   charge(entities: readonly ChargedEntity[], costPico: bigint, now?: number): void {
+    const t0 = process.hrtime.bigint();
     if (this.on) this.book.charge(entities, costPico, now);
+    this.charges.add(Number(process.hrtime.bigint() - t0));
   }
   refresh(): Promise<void> {
     return this.book.refresh();
@@ -224,7 +252,17 @@ process.on("message", (m) => {
   }
   if (m === "budgets:on" || m === "budgets:off") {
     if (budgets !== undefined) budgets.on = m === "budgets:on";
+    // Timings start with the mode.
+    budgets?.checks.take();
+    budgets?.charges.take();
     process.send?.({ budgets: budgets?.on ?? false, enforced: budgets?.book.size ?? 0 });
+    return;
+  }
+  if (m === "budgets:timings") {
+    process.send?.({
+      checkNs: budgets?.checks.take() ?? 0,
+      chargeNs: budgets?.charges.take() ?? 0,
+    });
     return;
   }
   // Rows held tell the parent that "off" really records nothing.
