@@ -243,7 +243,7 @@ export class BudgetBook implements BudgetGuard {
   /** Charges a served request's cost to every budgeted entity it was charged to. */
   charge(entities: readonly ChargedEntity[], costPico: bigint, now = Date.now()): void {
     if (this.count === 0 || costPico === 0n) return;
-    // A cost past FAST_LIMIT (never one the gateway validated) goes in as a BigInt.
+    // A cost past FAST_LIMIT (2,251.8 USD; one event may carry up to 4,000) goes in as BigInts.
     const fast = costPico <= FAST_LIMIT_BIG;
     const cost = fast ? Number(costPico) : 0;
     for (const e of entities) {
