@@ -10,7 +10,7 @@ import {
   type BudgetKind,
 } from "../../budget/budget-store.js";
 import { BudgetDurationError, parseDuration } from "../../budget/duration.js";
-import type { ChargedEntity } from "../../budget/budget-guard.js";
+import { chargedEntity, type ChargedEntity } from "../../budget/budget-guard.js";
 import { normalizeSpendEvent } from "../../produce/spend-event.js";
 import { budgetKey } from "../../redis/keys.js";
 import { liveSpend } from "../live-spend.js";
@@ -245,12 +245,12 @@ export function chargeIngested(ctx: RouteContext, events: readonly unknown[]): v
   for (const raw of events) {
     const e = normalizeSpendEvent(raw, ctx.config.limits, now);
     const entities: ChargedEntity[] = [];
-    if (e.apiKey !== "") entities.push({ kind: "key", id: e.apiKey });
-    if (e.userId !== "") entities.push({ kind: "user", id: e.userId });
-    if (e.teamId !== "") entities.push({ kind: "team", id: e.teamId });
-    if (e.organizationId !== "") entities.push({ kind: "org", id: e.organizationId });
-    if (e.endUserId !== "") entities.push({ kind: "end_user", id: e.endUserId });
-    for (const tag of e.tags) entities.push({ kind: "tag", id: tag });
+    if (e.apiKey !== "") entities.push(chargedEntity("key", e.apiKey));
+    if (e.userId !== "") entities.push(chargedEntity("user", e.userId));
+    if (e.teamId !== "") entities.push(chargedEntity("team", e.teamId));
+    if (e.organizationId !== "") entities.push(chargedEntity("org", e.organizationId));
+    if (e.endUserId !== "") entities.push(chargedEntity("end_user", e.endUserId));
+    for (const tag of e.tags) entities.push(chargedEntity("tag", tag));
     book.charge(entities, BigInt(e.spendPico), now);
   }
 }
