@@ -287,7 +287,7 @@ export class BudgetBook implements BudgetGuard {
     const a = slot.a;
     if (a === undefined || !slot.counted) {
       // No share yet, or nothing counted: every charge goes to the book.
-      if (slot.hasMax) this.narrowed = stamp();
+      this.narrow(slot, slot.hasMax ? -1 : Infinity);
       this.meter.set(slot.i, -1, slot.hasMax ? -1 : Infinity, 0);
       return;
     }
@@ -298,8 +298,20 @@ export class BudgetBook implements BudgetGuard {
     // share of a later one (the definition not yet reloaded) goes to the book.
     const until = a.period === slot.start ? slot.until : 0;
     // Below half a slice, exhausted or not leased (pico - half < 0): a check must look.
-    if (slot.hasMax && room < 0) this.narrowed = stamp();
-    this.meter.set(slot.i, room, slot.hasMax ? room : Infinity, until);
+    const check = slot.hasMax ? room : Infinity;
+    this.narrow(slot, check);
+    this.meter.set(slot.i, room, check, until);
+  }
+
+  /**
+   * Stamps `narrowed` if the slot's share could let a check pass and will
+   * not at `check`: only then can a mark be wrong (no entity is marked while
+   * its share cannot let a check pass), so a share already below half a
+   * slice, settled again at every charge while its lease is on its way,
+   * does not undo every other entity's mark each time.
+   */
+  private narrow(slot: Slot, check: number): void {
+    if (check < 0 && this.meter.checkRoom(slot.i) >= 0) this.narrowed = stamp();
   }
 
   /** Gives back what this gateway leased and did not spend, so other gateways can. */

@@ -67,6 +67,11 @@ export class ShareMeter {
     return now < (this.v[i * STRIDE + UNTIL] as number);
   }
 
+  /** What share `i` lets a check pass at (see `set`). */
+  checkRoom(i: number): number {
+    return this.v[i * STRIDE + CHECK] as number;
+  }
+
   /** What was charged to share `i` since the last take; zeroes it. */
   take(i: number): number {
     const h = i * STRIDE;

@@ -99,6 +99,7 @@ describe("budget book: the request path's fast path", () => {
     for (let i = 0; i < 10; i++) b.charge([other], C);
     // Spent: one request goes ahead while the next lease is asked, then none.
     assert.equal(b.check([held]), undefined, "the one let through while leasing");
+    assert.equal(b.check([other])?.reason, "pending");
     assert.equal(b.check([held])?.reason, "pending");
     await waitFor("refused as exhausted", () => b.check([held])?.reason === "exhausted", 5_000);
     assert.equal(b.check([other])?.reason, "exhausted");
