@@ -48,6 +48,9 @@ export interface BudgetGatewayResult {
    */
   timedOnNs: Spread;
   timedOffNs: Spread;
+  /** Of timedOnNs: the check's median and the charge's, per rep. */
+  timedCheckNs: Spread;
+  timedChargeNs: Spread;
   /** Added per request by budgets, timed in the gateway: on − off per rep, ns. */
   timedAddedNs: Spread;
 }
@@ -116,6 +119,8 @@ export async function measureBudgetGateway(
     type G = (typeof gateways)[number];
     const timedOn: number[] = [];
     const timedOff: number[] = [];
+    const timedCheck: number[] = [];
+    const timedCharge: number[] = [];
     const drive = async (n: number, on: G, off: G, enforce = true): Promise<[number, number]> => {
       const [a, b] = await Promise.all([
         ask<{ budgets: boolean; enforced: number }>(
@@ -146,6 +151,8 @@ export async function measureBudgetGateway(
         ask<Timed>(off.c.child, "budgets:timings"),
       ]);
       if (enforce) {
+        timedCheck.push(tOn.checkNs);
+        timedCharge.push(tOn.chargeNs);
         timedOn.push(tOn.checkNs + tOn.chargeNs);
         timedOff.push(tOff.checkNs + tOff.chargeNs);
       }
@@ -159,6 +166,8 @@ export async function measureBudgetGateway(
     await drive(plan.warmupRequests, b, a);
     timedOn.length = 0;
     timedOff.length = 0;
+    timedCheck.length = 0;
+    timedCharge.length = 0;
     const on: number[] = [];
     const off: number[] = [];
     const added: number[] = [];
@@ -188,6 +197,8 @@ export async function measureBudgetGateway(
       nullUs: spread(balanced(nulls)),
       timedOnNs: spread(timedOn),
       timedOffNs: spread(timedOff),
+      timedCheckNs: spread(timedCheck),
+      timedChargeNs: spread(timedCharge),
       timedAddedNs: spread(timedOn.map((x, k) => x - (timedOff[k] as number))),
     };
   } finally {

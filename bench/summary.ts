@@ -392,7 +392,7 @@ function budgetBars(
     bars.push({
       name: `budgets: added per request in the reference gateway with ${gateway.budgets} budgets enforced vs budgets off: the check and the charge timed where the gateway calls them (median check + median charge, on − off, median over reps); and the whole process's CPU per request, roles swapped each rep`,
       bar: "<= 1 µs",
-      value: `${fmt(gateway.timedAddedNs.median / 1000, 2)} µs timed (reps ${fmt(gateway.timedAddedNs.min / 1000, 2)}–${fmt(gateway.timedAddedNs.max / 1000, 2)}; ${fmt(gateway.timedOnNs.median, 0)} ns on, ${fmt(gateway.timedOffNs.median, 0)} ns off); whole process ${fmt(gateway.addedUs.median, 2)} µs (${fmt(gateway.offCpuUs.median, 0)} → ${fmt(gateway.onCpuUs.median, 0)} µs; its resolution, budgets off in both: ${fmt(gateway.nullUs.median, 2)} µs, range ${fmt(gateway.nullUs.min, 2)} to ${fmt(gateway.nullUs.max, 2)})`,
+      value: `${fmt(gateway.timedAddedNs.median / 1000, 2)} µs timed (reps ${fmt(gateway.timedAddedNs.min / 1000, 2)}–${fmt(gateway.timedAddedNs.max / 1000, 2)}; ${fmt(gateway.timedOnNs.median, 0)} ns on: check ${fmt(gateway.timedCheckNs.median, 0)}, charge ${fmt(gateway.timedChargeNs.median, 0)}; ${fmt(gateway.timedOffNs.median, 0)} ns off); whole process ${fmt(gateway.addedUs.median, 2)} µs (${fmt(gateway.offCpuUs.median, 0)} → ${fmt(gateway.onCpuUs.median, 0)} µs; its resolution, budgets off in both: ${fmt(gateway.nullUs.median, 2)} µs, range ${fmt(gateway.nullUs.min, 2)} to ${fmt(gateway.nullUs.max, 2)})`,
       pass: gateway.timedAddedNs.median <= 1000,
     });
   if (check !== undefined)
