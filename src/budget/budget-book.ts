@@ -204,13 +204,12 @@ export class BudgetBook implements BudgetGuard {
       const m = e as MarkedEntity;
       if (m.passed === this.narrowed) continue;
       const i = this.indexOf(m);
-      // No budget, or above half a slice: nothing in flight can spend it.
+      // No budget, no limit, or above half a slice: nothing in flight can spend it.
       if (i < 0 || this.meter.passes(i)) {
         m.passed = this.narrowed;
         continue;
       }
       const slot = this.byIndex[i] as Slot;
-      if (!slot.hasMax) continue;
       const a = this.current(slot, now);
       this.settle(slot, a);
       if (a.pico > 0n) continue;
@@ -252,7 +251,7 @@ export class BudgetBook implements BudgetGuard {
       const slot = this.byIndex[i] as Slot;
       if (!slot.counted) continue;
       // The meter took the cost unless the share's period is over (or it had none).
-      const taken = fast && this.meter.current(slot.i, now);
+      const taken = fast && this.meter.current(i, now);
       const a = this.current(slot, now);
       if (!taken) {
         a.pico -= costPico;
@@ -287,8 +286,9 @@ export class BudgetBook implements BudgetGuard {
     const a = slot.a;
     if (a === undefined || !slot.counted) {
       // No share yet, or nothing counted: every charge goes to the book.
-      this.narrow(slot, slot.hasMax ? -1 : Infinity);
-      this.meter.set(slot.i, -1, slot.hasMax ? -1 : Infinity, 0);
+      const check = slot.hasMax ? -1 : Infinity;
+      this.narrow(slot, check);
+      this.meter.set(slot.i, -1, check, 0);
       return;
     }
     // A soft budget alone is reported by the refresh, however much is spent.
