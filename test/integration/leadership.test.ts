@@ -80,7 +80,13 @@ describe("flush leadership", () => {
       assert.deepEqual([ga.holders, gb.holders], [["replica-a"], []]);
       await new Promise((r) => setTimeout(r, 250));
     }
-    await waitFor("the backlog to drain", () => h.settled(), 20_000);
+    await waitFor(
+      "the backlog to drain",
+      () => h.settled(),
+      20_000,
+      50,
+      () => h.describe(),
+    );
     const [ga, gb] = await Promise.all([leaderGauge(a), leaderGauge(b)]);
     assert.ok(ga.flushes > 0, "the leader flushed");
     assert.equal(gb.flushes, 0, "the standby ran no flush job");
@@ -127,7 +133,13 @@ describe("flush leadership", () => {
     const took = Date.now() - killed;
     assert.ok(took < 2_500, `took over ${took} ms after the leader died (lease 1 s)`);
     await h.recordTraffic(50, 8, ledger);
-    await waitFor("the backlog to drain", () => h.settled(), 30_000);
+    await waitFor(
+      "the backlog to drain",
+      () => h.settled(),
+      30_000,
+      50,
+      () => h.describe(),
+    );
     assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
   });
 
