@@ -45,6 +45,7 @@ export class FlushMetrics {
   readonly deadLetteredRows: Counter<"queue" | "reason">;
   readonly isolations: Counter;
   readonly redisRepairs: Counter<"what">;
+  readonly scheduleRestarts: Counter;
   readonly fencingRejections: Counter;
   readonly lastSuccessfulFlush: Gauge;
   readonly lockAcquisitions: Counter;
@@ -154,6 +155,11 @@ export class FlushMetrics {
       registers,
     });
     for (const what of REDIS_REPAIRS) this.redisRepairs.inc({ what }, 0);
+    this.scheduleRestarts = new Counter({
+      name: "spend_flush_schedule_restarts_total",
+      help: "Times the leader found the flush schedule's next tick overdue with none pending (a replica died between taking a tick and scheduling the next) and scheduled it again.",
+      registers,
+    });
     this.fencingRejections = new Counter({
       name: "spend_fencing_rejections_total",
       help: "Flush transactions rejected because a newer lock holder already committed.",

@@ -388,9 +388,17 @@ export class FlushWorker {
         this.mismatch = err.message;
       }
       for (const p of this.partitions) {
-        if ((await this.flushQueue.getJobScheduler(p.keys.flushSchedulerId)) === undefined) {
+        const schedule = await this.flushQueue.getJobScheduler(p.keys.flushSchedulerId);
+        if (schedule === undefined) {
           await this.declareSchedule(p);
           this.repaired("scheduler", p.keys.partition);
+        } else if (await this.scheduleStalled(p, schedule.next)) {
+          await this.declareSchedule(p);
+          flushMetrics(this.deps.metrics).scheduleRestarts.inc();
+          logger.warn(
+            { partition: p.keys.partition, overdueMs: Date.now() - (schedule.next ?? 0) },
+            "the flush schedule's next tick was overdue with none pending (a replica died as it took a tick): scheduled again",
+          );
         }
         if ((await this.redis.exists(p.keys.flushFence)) === 0) {
           // PostgreSQL remembers the newest token that committed: start above it,
@@ -408,6 +416,22 @@ export class FlushWorker {
       // Redis or PostgreSQL away: the next tick tries again; readiness reports it meanwhile.
       logger.warn({ err: (err as Error).message }, "flush worker maintenance failed");
     }
+  }
+
+  /**
+   * Whether the schedule's newest tick is overdue and nothing of it is
+   * pending. BullMQ schedules a scheduler's next job from the worker that took
+   * the current one, in a call after taking it: a leader killed between the
+   * two leaves no next tick, and the one it took waits for BullMQ's stall
+   * check (30 to 60 s) before anyone runs it, so nothing is flushed until
+   * then. Only the leader asks: it is the one that runs the ticks.
+   */
+  private async scheduleStalled(p: FlushPartition, next: number | undefined): Promise<boolean> {
+    if (!this.leading || next === undefined) return false;
+    // Two ticks and a second of slack: a tick a busy leader has yet to take is not stalled.
+    if (next > Date.now() - 2 * this.deps.config.worker.flushEveryMs - 1_000) return false;
+    const state = await this.flushQueue.getJobState(`repeat:${p.keys.flushSchedulerId}:${next}`);
+    return !["waiting", "delayed", "prioritized", "waiting-children"].includes(state);
   }
 
   private repaired(what: RedisRepair, partition: number): void {

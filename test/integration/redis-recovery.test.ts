@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { Queue } from "bullmq";
 import { Redis } from "ioredis";
 import { trafficGenerator } from "../../src/demo/traffic.js";
 import { SpendMetrics } from "../../src/observe/metrics.js";
@@ -20,7 +21,8 @@ import { waitFor } from "../support/wait.js";
  * Redis losing its state (restarted without persistence, keys deleted or
  * evicted) while a worker and a gateway's producer run: the worker puts its
  * schedule and counters back by itself, readiness says so meanwhile, and
- * spend sent afterwards reaches PostgreSQL with no process restarted.
+ * spend sent afterwards reaches PostgreSQL with no process restarted. Also
+ * the schedule left with no next tick (a leader killed as it took one).
  */
 describe("Redis losing its state under live processes", () => {
   let t: TestDatabase;
@@ -152,5 +154,42 @@ describe("Redis losing its state under live processes", () => {
     });
     await settledAndReconciled("spend held across the restart to commit");
     assert.equal((await readiness()).status, 200);
+  });
+
+  it("the schedule left with no next tick (a leader killed as it took one): the leader schedules it again", async () => {
+    record(300);
+    await producer.flush();
+    await settledAndReconciled("spend before to commit");
+    // What a leader SIGKILLed between taking a tick and scheduling the next
+    // leaves: the scheduler, and no job of it pending. (The tick it took
+    // would sit in active until BullMQ's stall check; here it is gone.)
+    const keys = redisKeys(prefix);
+    const flushQueue = new Queue(keys.flushQueue, { connection: admin, prefix: keys.bullPrefix });
+    try {
+      await waitFor(
+        "the pending tick to be removed",
+        async () => {
+          const next = (await flushQueue.getJobScheduler(keys.flushSchedulerId))?.next;
+          const jobId = `repeat:${keys.flushSchedulerId}:${String(next)}`;
+          // By hand: BullMQ refuses to remove a scheduler's job. Only from
+          // delayed, so a tick the worker took meanwhile is left alone.
+          const queueKey = `${keys.bullPrefix}:${keys.flushQueue}`;
+          if ((await admin.zrem(`${queueKey}:delayed`, jobId)) === 0) return false;
+          await admin.del(`${queueKey}:${jobId}`);
+          return true;
+        },
+        10_000,
+        20,
+      );
+      const counts = await flushQueue.getJobCounts("delayed", "waiting", "active");
+      assert.deepEqual(counts, { delayed: 0, waiting: 0, active: 0 }, "no tick pending");
+    } finally {
+      await flushQueue.close();
+    }
+    record(300);
+    await producer.flush();
+    await settledAndReconciled("spend sent after the tick was lost to commit, with no restart");
+    const metrics = await (await fetch(`http://127.0.0.1:${svc.port}/metrics`)).text();
+    assert.match(metrics, /^spend_flush_schedule_restarts_total [1-9]/m);
   });
 });
