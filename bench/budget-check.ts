@@ -1,5 +1,5 @@
 import { BudgetBook } from "../src/budget/budget-book.js";
-import type { ChargedEntity } from "../src/budget/budget-guard.js";
+import { ChargeList, chargedEntity, EntityGroup } from "../src/budget/budget-guard.js";
 import { budgetMetrics } from "../src/budget/budget-metrics.js";
 import { setBudget } from "../src/budget/budget-store.js";
 import { usdStringToPico } from "../src/contract/money.js";
@@ -70,23 +70,33 @@ export async function measureBudgetCheck(
       leaseFraction: 0.01,
     });
     // The off book holds no budget: it never loads any (a prefix and table with none).
-    const requests: ChargedEntity[][] = [];
+    // As the gateway holds them: a group per key, made once, and the tag's entity kept.
+    const requests: ChargeList[] = [];
     const n = Math.floor(opts.budgets / 3);
+    const groups = new Map<number, EntityGroup>();
+    const tags = new Map<number, ReturnType<typeof chargedEntity>>();
     for (let i = 0; i < 4096; i++) {
       const k = (i * 7919) % n;
-      requests.push([
-        { kind: "key", id: `key-${k}` },
-        { kind: "user", id: `user-${k}` },
-        { kind: "team", id: `team-${k % 50}` },
-        { kind: "org", id: "org-1" },
-        { kind: "tag", id: `tag-${k % 20}` },
-      ]);
+      let group = groups.get(k);
+      if (group === undefined)
+        groups.set(
+          k,
+          (group = new EntityGroup([
+            chargedEntity("key", `key-${k}`),
+            chargedEntity("user", `user-${k}`),
+            chargedEntity("team", `team-${k % 50}`),
+            chargedEntity("org", "org-1"),
+          ])),
+        );
+      let tag = tags.get(k % 20);
+      if (tag === undefined) tags.set(k % 20, (tag = chargedEntity("tag", `tag-${k % 20}`)));
+      requests.push(new ChargeList(group, [tag]));
     }
     const cost = usdStringToPico("0.000002");
     const loop = (b: BudgetBook): number => {
       const started = process.hrtime.bigint();
       for (let i = 0; i < opts.requests; i++) {
-        const r = requests[i & 4095] as ChargedEntity[];
+        const r = requests[i & 4095] as ChargeList;
         if (b.check(r) === undefined) b.charge(r, cost);
       }
       return Number(process.hrtime.bigint() - started) / opts.requests;

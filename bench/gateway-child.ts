@@ -28,7 +28,7 @@
 import type { AddressInfo } from "node:net";
 import { monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks";
 import type { BudgetBook } from "../src/budget/budget-book.js";
-import type { BudgetGuard, BudgetRefusal, ChargedEntity } from "../src/budget/budget-guard.js";
+import type { BudgetGuard, BudgetRefusal, ChargeList } from "../src/budget/budget-guard.js";
 import { createGatewayApp } from "../src/gateway/app.js";
 import { gatewayBudgetBook } from "../src/gateway/gateway-budgets.js";
 import { QueueSink } from "../src/queue/queue-sink.js";
@@ -93,15 +93,15 @@ class SwitchedBudgets implements BudgetGuard {
   get size(): number {
     return this.on ? this.book.size : 0;
   }
-  check(entities: readonly ChargedEntity[], now?: number): BudgetRefusal | undefined {
+  check(list: ChargeList, now?: number): BudgetRefusal | undefined {
     const t0 = process.hrtime.bigint();
-    const refused = this.on ? this.book.check(entities, now) : undefined;
+    const refused = this.on ? this.book.check(list, now) : undefined;
     this.checks.add(Number(process.hrtime.bigint() - t0));
     return refused;
   }
-  charge(entities: readonly ChargedEntity[], costPico: bigint, now?: number): void {
+  charge(list: ChargeList, costPico: bigint, now?: number): void {
     const t0 = process.hrtime.bigint();
-    if (this.on) this.book.charge(entities, costPico, now);
+    if (this.on) this.book.charge(list, costPico, now);
     this.charges.add(Number(process.hrtime.bigint() - t0));
   }
   refresh(): Promise<void> {

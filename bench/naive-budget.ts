@@ -7,7 +7,7 @@
  * the other gateways' or waiting in Redis: that is the overshoot it shows.
  * Keys only: the section hammers one key's budget.
  */
-import type { BudgetGuard, BudgetRefusal, ChargedEntity } from "../src/budget/budget-guard.js";
+import type { BudgetGuard, BudgetRefusal, ChargeList } from "../src/budget/budget-guard.js";
 import { loadBudgetsSince, type BudgetDef } from "../src/budget/budget-store.js";
 import { decimalToPico } from "../src/contract/money.js";
 import type { Db } from "../src/persist/prisma.js";
@@ -45,8 +45,8 @@ export class NaiveBudgetCheck implements BudgetGuard {
     clearTimeout(this.timer);
   }
 
-  check(entities: readonly ChargedEntity[]): BudgetRefusal | undefined {
-    for (const e of entities) {
+  check(list: ChargeList): BudgetRefusal | undefined {
+    for (const e of list.all()) {
       if (e.kind !== "key") continue;
       const def = this.defs.get(e.id);
       if (def?.maxPico == null) continue;

@@ -5,7 +5,7 @@ import {
   validateSpendEvent,
   type SpendEvent,
 } from "../produce/spend-event.js";
-import type { ChargedEntity } from "../budget/budget-guard.js";
+import type { ChargeList } from "../budget/budget-guard.js";
 import type { ChargedEndpoint } from "./charge-check.js";
 import type { CallOutcome } from "./gateway-metrics.js";
 import { costOf, type Cost } from "./pricing.js";
@@ -21,7 +21,7 @@ export interface Usage {
 export interface ServedRequest {
   key: KeyInfo;
   /** What the request's cost counts against (budgets). */
-  entities: readonly ChargedEntity[];
+  entities: ChargeList;
   deployment: ModelDeployment;
   endpoint: ChargedEndpoint;
   endUserId?: string;

@@ -1,7 +1,12 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { BudgetBook } from "../../src/budget/budget-book.js";
-import { chargedEntity, type ChargedEntity } from "../../src/budget/budget-guard.js";
+import {
+  ChargeList,
+  chargedEntity,
+  EntityGroup,
+  type ChargedEntity,
+} from "../../src/budget/budget-guard.js";
 import { budgetMetrics } from "../../src/budget/budget-metrics.js";
 import { setBudget } from "../../src/budget/budget-store.js";
 import { usdStringToPico } from "../../src/contract/money.js";
@@ -71,8 +76,8 @@ describe("budget book: the request path's fast path", () => {
     for (let i = 0; i < 20_000; i++) costs.push(usdStringToPico("0.000000001"));
     let total = 0n;
     for (const [n, cost] of costs.entries()) {
-      assert.equal(b.check([team]), undefined, `request ${n} refused`);
-      b.charge([team], cost);
+      assert.equal(b.check(ChargeList.of([team])), undefined, `request ${n} refused`);
+      b.charge(ChargeList.of([team]), cost);
       total += cost;
       // Leases renew in the background, as on a gateway.
       if (n % 50 === 0) await new Promise((r) => setImmediate(r));
@@ -92,20 +97,49 @@ describe("budget book: the request path's fast path", () => {
     const b = book(1, p);
     await b.start();
     const held: ChargedEntity = chargedEntity("team", "narrow");
-    assert.equal(b.check([held]), undefined);
-    assert.equal(b.check([held]), undefined, "passes again from its mark");
+    assert.equal(b.check(ChargeList.of([held])), undefined);
+    assert.equal(b.check(ChargeList.of([held])), undefined, "passes again from its mark");
     // The same team as a plain object: another route's, or another key's.
     const other: ChargedEntity = { kind: "team", id: "narrow" };
-    for (let i = 0; i < 10; i++) b.charge([other], C);
+    for (let i = 0; i < 10; i++) b.charge(ChargeList.of([other]), C);
     // Spent: one request goes ahead while the next lease is asked, then none.
-    assert.equal(b.check([held]), undefined, "the one let through while leasing");
-    assert.equal(b.check([other])?.reason, "pending");
-    assert.equal(b.check([held])?.reason, "pending");
-    await waitFor("refused as exhausted", () => b.check([held])?.reason === "exhausted", 5_000);
-    assert.equal(b.check([other])?.reason, "exhausted");
+    assert.equal(b.check(ChargeList.of([held])), undefined, "the one let through while leasing");
+    assert.equal(b.check(ChargeList.of([other]))?.reason, "pending");
+    assert.equal(b.check(ChargeList.of([held]))?.reason, "pending");
+    await waitFor(
+      "refused as exhausted",
+      () => b.check(ChargeList.of([held]))?.reason === "exhausted",
+      5_000,
+    );
+    assert.equal(b.check(ChargeList.of([other]))?.reason, "exhausted");
     await b.close();
     const [remaining, spent] = await state(p, "team", "narrow");
     assert.equal(remaining, 0n);
     assert.equal(spent, (10n * C) / 1_000n);
+  });
+
+  it("a key's group, marked as one, is looked at again once one of its entities is spent elsewhere", async () => {
+    const p = `${prefix}:group`;
+    const C = usdStringToPico("0.01");
+    await setBudget(t.db, "team", "grouped", { maxBudget: "0.1" }, 0n);
+    const b = book(1, p);
+    await b.start();
+    // As the gateway holds them: the key's own entities in one group, and a tag.
+    const group = new EntityGroup([chargedEntity("key", "k-1"), chargedEntity("team", "grouped")]);
+    const list = new ChargeList(group, [chargedEntity("tag", "env:prod")]);
+    assert.equal(b.check(list), undefined);
+    assert.equal(b.check(list), undefined, "passes again from the group's mark");
+    // Charged through the group's kept slots, then through another object for the team.
+    for (let i = 0; i < 4; i++) b.charge(list, C);
+    const other = ChargeList.of([{ kind: "team", id: "grouped" }]);
+    for (let i = 0; i < 6; i++) b.charge(other, C);
+    assert.equal(b.check(list), undefined, "the one let through while leasing");
+    assert.equal(b.check(list)?.reason, "pending");
+    await waitFor("refused as exhausted", () => b.check(list)?.reason === "exhausted", 5_000);
+    assert.deepEqual(b.check(list)?.kind, "team", "the group's team, named");
+    await b.close();
+    const [remaining, spent] = await state(p, "team", "grouped");
+    assert.equal(remaining, 0n);
+    assert.equal(spent, (10n * C) / 1_000n, "every charge, through the group or not");
   });
 });

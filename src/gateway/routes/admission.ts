@@ -1,5 +1,10 @@
 import type { Request, Response } from "express";
-import { chargedEntity, type ChargedEntity } from "../../budget/budget-guard.js";
+import {
+  ChargeList,
+  chargedEntity,
+  EntityGroup,
+  type ChargedEntity,
+} from "../../budget/budget-guard.js";
 import type { ModelDeployment } from "../../config/config.js";
 import { picoToDecimal } from "../../contract/money.js";
 import { SpendEventError } from "../../produce/spend-event.js";
@@ -14,16 +19,18 @@ export interface Admitted {
   key: KeyInfo;
   deployment: ModelDeployment;
   /** Everything the request is charged to that can carry a budget. */
-  entities: readonly ChargedEntity[];
+  entities: ChargeList;
 }
 
 /**
- * A key's own entities (the key, its user, team and organization), made once
- * per key object: the key cache hands out the same object until it reloads
- * the key, and the budget book marks each entity object with its slot, so a
- * request reuses what earlier requests found.
+ * A key's own entities (the key, its user, team and organization) as one
+ * group, made once per key object: the key cache hands out the same object
+ * until it reloads the key, and the budget book marks the group (and each
+ * entity object in it) with what it found, so a request reuses what earlier
+ * requests found. The list for a request with no end user or tags is kept
+ * with it.
  */
-const keyEntities = new WeakMap<KeyInfo, readonly ChargedEntity[]>();
+const keyGroups = new WeakMap<KeyInfo, ChargeList>();
 
 /**
  * End users' and tags' entities, by id: kept like a key's own, so a request
@@ -53,20 +60,20 @@ export function chargedEntities(
   key: KeyInfo,
   endUserId: string | undefined,
   tags: readonly string[] | undefined,
-): readonly ChargedEntity[] {
-  let own = keyEntities.get(key);
+): ChargeList {
+  let own = keyGroups.get(key);
   if (own === undefined) {
     const list: ChargedEntity[] = [chargedEntity("key", key.token)];
     if (key.userId !== undefined) list.push(chargedEntity("user", key.userId));
     if (key.teamId !== undefined) list.push(chargedEntity("team", key.teamId));
     if (key.organizationId !== undefined) list.push(chargedEntity("org", key.organizationId));
-    keyEntities.set(key, (own = list));
+    keyGroups.set(key, (own = new ChargeList(new EntityGroup(list), [])));
   }
   if (endUserId === undefined && (tags === undefined || tags.length === 0)) return own;
-  const out = own.slice();
-  if (endUserId !== undefined) out.push(entityOf(endUserEntities, "end_user", endUserId));
-  for (const tag of tags ?? []) out.push(entityOf(tagEntities, "tag", tag));
-  return out;
+  const extra: ChargedEntity[] = [];
+  if (endUserId !== undefined) extra.push(entityOf(endUserEntities, "end_user", endUserId));
+  for (const tag of tags ?? []) extra.push(entityOf(tagEntities, "tag", tag));
+  return new ChargeList(own.group, extra);
 }
 
 /**

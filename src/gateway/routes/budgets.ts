@@ -10,7 +10,7 @@ import {
   type BudgetKind,
 } from "../../budget/budget-store.js";
 import { BudgetDurationError, parseDuration } from "../../budget/duration.js";
-import { chargedEntity, type ChargedEntity } from "../../budget/budget-guard.js";
+import { ChargeList, chargedEntity, type ChargedEntity } from "../../budget/budget-guard.js";
 import { normalizeSpendEvent } from "../../produce/spend-event.js";
 import { budgetKey } from "../../redis/keys.js";
 import { liveSpend } from "../live-spend.js";
@@ -251,7 +251,7 @@ export function chargeIngested(ctx: RouteContext, events: readonly unknown[]): v
     if (e.organizationId !== "") entities.push(chargedEntity("org", e.organizationId));
     if (e.endUserId !== "") entities.push(chargedEntity("end_user", e.endUserId));
     for (const tag of e.tags) entities.push(chargedEntity("tag", tag));
-    book.charge(entities, BigInt(e.spendPico), now);
+    book.charge(ChargeList.of(entities), BigInt(e.spendPico), now);
   }
 }
 
