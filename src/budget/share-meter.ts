@@ -51,7 +51,7 @@ export class ShareMeter {
   /**
    * Charges `cost` to share `i` if its period is still on at `now`. True: the
    * share is still above half a slice, nothing else to do. False: the book
-   * must look (and `added` says whether the cost went in).
+   * must look (and `current` says whether the cost went in).
    */
   charge(i: number, cost: number, now: number): boolean {
     const h = i * STRIDE;
