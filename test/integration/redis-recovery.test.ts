@@ -181,8 +181,9 @@ describe("Redis losing its state under live processes", () => {
         10_000,
         20,
       );
-      const counts = await flushQueue.getJobCounts("delayed", "waiting", "active");
-      assert.deepEqual(counts, { delayed: 0, waiting: 0, active: 0 }, "no tick pending");
+      // The tick before it may still be running (active): it scheduled the one removed.
+      const counts = await flushQueue.getJobCounts("delayed", "waiting");
+      assert.deepEqual(counts, { delayed: 0, waiting: 0 }, "no tick pending");
     } finally {
       await flushQueue.close();
     }

@@ -72,8 +72,8 @@ describe("Prometheus end to end: the shipped alert rules on real scrapes", () =>
     const res = await fetch(
       `http://127.0.0.1:${promPort}/api/v1/query?query=${encodeURIComponent(q)}`,
     ).catch(() => undefined);
-    // Not listening yet: no result.
-    if (res === undefined) return [];
+    // Not listening yet, or listening and still starting (503, plain text): no result.
+    if (res === undefined || !res.ok) return [];
     const body = (await res.json()) as {
       data?: { result: { value: [number, string] }[] };
     };
