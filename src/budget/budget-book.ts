@@ -29,6 +29,23 @@ import { FAST_LIMIT, ShareMeter } from "./share-meter.js";
 /** A list's kept meter index when the check did not record one: look it up. */
 const UNKNOWN = -2;
 
+/**
+ * A group's reservation (see `reserve`) is this many of the cost that
+ * started it: long enough that a key's requests rarely take the long way,
+ * small beside a budget's slice, so what idle keys hold strands little of it
+ * (and all of it goes back whenever the book looks at the budget).
+ */
+const RESERVE_REQUESTS = 64;
+/** At most this fraction of what a budget's share has left goes to one reservation. */
+const RESERVE_SHARE = 16;
+/** A reservation worth fewer requests than this is not taken: the long way is as cheap. */
+const MIN_RESERVE_REQUESTS = 4;
+/**
+ * Every reservation is given back at least this often: a key object the
+ * gateway dropped (its key reloaded) may hold one no request will finish.
+ */
+const RESERVE_MAX_AGE_MS = 60_000;
+
 export interface BudgetBookOptions {
   db: Db;
   redis: RedisClient;
@@ -86,6 +103,8 @@ interface Slot {
   /** The period's start, epoch ms, until `until`; past it, periodOf works the period out. */
   start: number;
   until: number;
+  /** Groups holding a reservation taken from this budget's share (see `reserve`). */
+  holders: Set<EntityGroup>;
 }
 
 const PICO_PER_NANO = 1_000n;
@@ -172,6 +191,12 @@ export class BudgetBook implements BudgetGuard {
    * time, so a lagging read never takes a share back a period.
    */
   private readonly clock = new CoarseClock();
+  /** Marks the groups whose reservation this book holds (EntityGroup.holder). */
+  private readonly id = stamp();
+  /** Meter places of reservations given back, for the next ones. */
+  private readonly freePlaces: number[] = [];
+  /** When the refresh next gives back every reservation (see RESERVE_MAX_AGE_MS). */
+  private foldAllAt = Date.now() + RESERVE_MAX_AGE_MS;
 
   constructor(private readonly o: BudgetBookOptions) {}
 
@@ -295,33 +320,125 @@ export class BudgetBook implements BudgetGuard {
 
   /** Charges a served request's cost to every budgeted entity it was charged to. */
   charge(list: ChargeList, costPico: bigint, at?: number): void {
-    if (this.count === 0 || costPico === 0n) return;
+    if (this.count === 0) return;
+    // Exact below 2^53, so `fast` says exactly whether costPico <= FAST_LIMIT
+    // (no BigInt compared on the request path). A larger cost (past 2,251.8
+    // USD; one event may carry up to 4,000) goes in as BigInts.
+    const cost = Number(costPico);
+    if (cost === 0) return;
+    const fast = cost <= FAST_LIMIT;
     const now = at ?? this.clock.read();
-    // A cost past FAST_LIMIT (2,251.8 USD; one event may carry up to 4,000) goes in as BigInts.
-    const fast = costPico <= FAST_LIMIT_BIG;
-    const cost = fast ? Number(costPico) : 0;
     const g = list.group;
     if (g !== undefined) {
       if (g.generation !== this.generation) this.placeGroup(g);
-      // The group's slots, not its entity objects: one object read for four.
-      this.chargeAt(g.s0, fast, cost, costPico, now, at);
-      this.chargeAt(g.s1, fast, cost, costPico, now, at);
-      this.chargeAt(g.s2, fast, cost, costPico, now, at);
-      this.chargeAt(g.s3, fast, cost, costPico, now, at);
+      // Spent from the group's reservation: one place in the meter for four budgets.
+      if (!fast || g.holder !== this.id || !this.meter.spend(g.place, cost, now))
+        this.chargeGroup(g, fast, cost, costPico, now, at);
     }
-    const extra = list.extra;
-    const known = list.generation === this.generation;
-    for (let k = 0; k < extra.length; k++) {
-      let i = UNKNOWN;
-      if (known && k < EXTRA_SLOTS)
-        i = k === 0 ? list.x0 : k === 1 ? list.x1 : k === 2 ? list.x2 : list.x3;
-      if (i === UNKNOWN) i = this.indexOf(extra[k] as MarkedEntity);
-      this.chargeAt(i, fast, cost, costPico, now, at);
+    const n = list.n;
+    if (n === 0) return;
+    if (list.generation === this.generation && n <= EXTRA_SLOTS) {
+      // Where the check found their budgets: the entity objects are not read again.
+      this.chargeAt(this.extraAt(list, list.x0, 0), fast, cost, costPico, now, at);
+      if (n > 1) this.chargeAt(this.extraAt(list, list.x1, 1), fast, cost, costPico, now, at);
+      if (n > 2) this.chargeAt(this.extraAt(list, list.x2, 2), fast, cost, costPico, now, at);
+      if (n > 3) this.chargeAt(this.extraAt(list, list.x3, 3), fast, cost, costPico, now, at);
+      return;
     }
+    for (const e of list.extra)
+      this.chargeAt(this.indexOf(e as MarkedEntity), fast, cost, costPico, now, at);
+  }
+
+  /** The meter index the check kept for the list's extra entity `k`, or found now. */
+  private extraAt(list: ChargeList, kept: number, k: number): number {
+    return kept === UNKNOWN ? this.indexOf(list.extra[k] as MarkedEntity) : kept;
+  }
+
+  /**
+   * Charges a group the long way: what is left of its reservation goes back,
+   * then a new one pays for the cost if every budget of the group has room
+   * for it, else each budget is charged (and looked at, if it must be).
+   */
+  private chargeGroup(
+    g: EntityGroup,
+    fast: boolean,
+    cost: number,
+    costPico: bigint,
+    now: number,
+    at: number | undefined,
+  ): void {
+    if (g.holder === this.id) this.fold(g);
+    // A group another book holds a reservation of (tests hold several) is charged the long way.
+    if (fast && g.holder === 0 && this.reserve(g, cost, now)) return;
+    // The group's slots, not its entity objects: one object read for four.
+    this.chargeAt(g.s0, fast, cost, costPico, now, at);
+    this.chargeAt(g.s1, fast, cost, costPico, now, at);
+    this.chargeAt(g.s2, fast, cost, costPico, now, at);
+    this.chargeAt(g.s3, fast, cost, costPico, now, at);
+  }
+
+  /**
+   * Takes a reservation for the group and charges `cost` to it: an amount
+   * counted as charged to each of the group's budgets at once (added to
+   * their shares in the meter), kept in a place of its own that the group's
+   * next requests spend from without reaching the four budgets.
+   *
+   * The bound on overshoot is unchanged: a share counts what its groups
+   * reserved as spent, so checks and leases see no more room than if each
+   * request had been charged to it, and what a group did not spend goes back
+   * before the book reads the share (`settle`), so it is never reported or
+   * lost. False: some budget has too little room (or no share for this
+   * period), and nothing was taken.
+   */
+  private reserve(g: EntityGroup, cost: number, now: number): boolean {
+    let r = cost * RESERVE_REQUESTS;
+    let until = Infinity;
+    const from = [g.s0, g.s1, g.s2, g.s3];
+    for (let k = 0; k < 4; k++) {
+      const i = from[k] as number;
+      // No budget, or nothing counted: nothing to reserve from.
+      if (i < 0 || !(this.byIndex[i] as Slot).counted) {
+        from[k] = -1;
+        continue;
+      }
+      const share = this.meter.headroom(i, now) / RESERVE_SHARE;
+      if (share < r) r = share;
+      const end = this.meter.until(i);
+      if (end < until) until = end;
+    }
+    if (r < cost * MIN_RESERVE_REQUESTS) return false;
+    // Whole picodollars: shares sum integers in doubles, exactly.
+    r = Math.floor(r);
+    for (const i of from) {
+      if (i < 0) continue;
+      this.meter.addSpent(i, r);
+      (this.byIndex[i] as Slot).holders.add(g);
+    }
+    g.holder = this.id;
+    g.place = this.freePlaces.pop() ?? this.meter.add();
+    this.meter.hold(g.place, r - cost, until);
+    [g.r0, g.r1, g.r2, g.r3] = from as [number, number, number, number];
+    return true;
+  }
+
+  /** Gives what is left of the group's reservation back to the budgets it was taken from. */
+  private fold(g: EntityGroup): void {
+    const left = this.meter.held(g.place);
+    for (const i of [g.r0, g.r1, g.r2, g.r3]) {
+      if (i < 0) continue;
+      if (left > 0) this.meter.addSpent(i, -left);
+      (this.byIndex[i] as Slot).holders.delete(g);
+    }
+    this.meter.hold(g.place, 0, 0);
+    this.freePlaces.push(g.place);
+    g.holder = 0;
+    g.place = g.r0 = g.r1 = g.r2 = g.r3 = -1;
   }
 
   /** Finds the budgets of a group's entities (its slots are valid for this generation). */
   private placeGroup(g: EntityGroup): void {
+    // A budget made or removed since the group's reservation: it may not cover them all.
+    if (g.holder === this.id) this.fold(g);
     const e = g.entities;
     g.s0 = e[0] === undefined ? -1 : this.indexOf(e[0] as MarkedEntity);
     g.s1 = e[1] === undefined ? -1 : this.indexOf(e[1] as MarkedEntity);
@@ -366,6 +483,8 @@ export class BudgetBook implements BudgetGuard {
    */
   private settle(slot: Slot, a: Allowance): void {
     if (slot.a !== a) return;
+    // Reservations are not spend: what their groups did not spend goes back first.
+    for (const g of slot.holders) this.fold(g);
     const spent = this.meter.take(slot.i);
     if (spent !== 0) {
       const s = BigInt(spent);
@@ -497,7 +616,7 @@ export class BudgetBook implements BudgetGuard {
       until: def.duration === null || def.resetAt === null ? Infinity : def.resetAt.getTime(),
     };
     if (slot === undefined) {
-      ids.set(def.id, (slot = { a: undefined, i: this.meter.add(), ...flat }));
+      ids.set(def.id, (slot = { a: undefined, i: this.meter.add(), holders: new Set(), ...flat }));
       this.byIndex[slot.i] = slot;
       this.count++;
       this.generation = this.narrowed = stamp();
@@ -658,6 +777,7 @@ export class BudgetBook implements BudgetGuard {
     if (fresh === null) {
       const gone = this.slotOf(def);
       if (gone !== undefined) {
+        for (const g of gone.holders) this.fold(g);
         this.periodic.delete(gone);
         this.index.get(def.kind)?.delete(def.id);
         this.count--;
@@ -673,6 +793,10 @@ export class BudgetBook implements BudgetGuard {
   private async tick(): Promise<void> {
     await this.reload();
     const now = Date.now();
+    if (now >= this.foldAllAt) {
+      this.foldAllAt = now + RESERVE_MAX_AGE_MS;
+      for (const slot of this.slots()) for (const g of slot.holders) this.fold(g);
+    }
     // A boundary passed: lease the new period's share now, not on its first request.
     for (const slot of this.periodic)
       if (now >= slot.until && slot.a !== undefined && slot.a.period < now) {

@@ -67,6 +67,61 @@ export class ShareMeter {
     return now < (this.v[i * STRIDE + UNTIL] as number);
   }
 
+  /**
+   * How much more share `i` can be charged at `now` before a charge must go
+   * to the book (below zero: none, or its period is over).
+   */
+  headroom(i: number, now: number): number {
+    const h = i * STRIDE;
+    const v = this.v;
+    if (now >= (v[h + UNTIL] as number)) return -1;
+    return (v[h + ROOM] as number) - (v[h + SPENT] as number);
+  }
+
+  /** When share `i`'s period ends (epoch ms; 0: the book has not set one). */
+  until(i: number): number {
+    return this.v[i * STRIDE + UNTIL] as number;
+  }
+
+  /**
+   * Adds `amount` to what share `i` counts as charged, whatever its period:
+   * a reservation taken from it, or, below zero, the part of one given back
+   * unspent (see BudgetBook.reserve).
+   */
+  addSpent(i: number, amount: number): void {
+    const h = i * STRIDE;
+    this.v[h + SPENT] = (this.v[h + SPENT] as number) + amount;
+  }
+
+  /**
+   * Makes place `i` a reservation (see BudgetBook.reserve) with `left` to
+   * spend until `until` (epoch ms); `hold(i, 0, 0)` empties it. A place that
+   * holds reservations is never a share.
+   */
+  hold(i: number, left: number, until: number): void {
+    const h = i * STRIDE;
+    this.v[h + SPENT] = left;
+    this.v[h + UNTIL] = until;
+  }
+
+  /** What is left of the reservation at place `i`. */
+  held(i: number): number {
+    return this.v[i * STRIDE + SPENT] as number;
+  }
+
+  /**
+   * Spends `cost` from the reservation at place `i` if it is still on at
+   * `now` and covers it. False: nothing was spent.
+   */
+  spend(i: number, cost: number, now: number): boolean {
+    const h = i * STRIDE;
+    const v = this.v;
+    const left = (v[h + SPENT] as number) - cost;
+    if (left < 0 || now >= (v[h + UNTIL] as number)) return false;
+    v[h + SPENT] = left;
+    return true;
+  }
+
   /** What share `i` lets a check pass at (see `set`). */
   checkRoom(i: number): number {
     return this.v[i * STRIDE + CHECK] as number;

@@ -54,7 +54,11 @@ describe("budget book: the request path's fast path", () => {
     });
 
   /** The entity's state in Redis, nanodollars: what remains to lease, and the spend reported. */
-  const state = async (keyPrefix: string, kind: "team", id: string): Promise<[bigint, bigint]> => {
+  const state = async (
+    keyPrefix: string,
+    kind: "key" | "user" | "team" | "org",
+    id: string,
+  ): Promise<[bigint, bigint]> => {
     const h = await redis.hgetall(budgetKey(keyPrefix, kind, id));
     return [BigInt(h.remaining ?? "-1"), BigInt(h.spent ?? "0")];
   };
@@ -141,5 +145,145 @@ describe("budget book: the request path's fast path", () => {
     const [remaining, spent] = await state(p, "team", "grouped");
     assert.equal(remaining, 0n);
     assert.equal(spent, (10n * C) / 1_000n, "every charge, through the group or not");
+  });
+
+  /** A key's group as the gateway holds it: the key, its user, team and organization. */
+  const keyGroup = (n: string, team: string, org: string): EntityGroup =>
+    new EntityGroup([
+      chargedEntity("key", `key-${n}`),
+      chargedEntity("user", `user-${n}`),
+      chargedEntity("team", team),
+      chargedEntity("org", org),
+    ]);
+
+  it("a key's reservation: each budget of the group gets exactly what was served, the unspent rest goes back", async () => {
+    const p = `${prefix}:reserve`;
+    for (const [kind, id] of [
+      ["key", "key-a"],
+      ["user", "user-a"],
+      ["key", "key-b"],
+      ["user", "user-b"],
+      ["team", "shared"],
+      ["org", "org"],
+    ] as const)
+      await setBudget(t.db, kind, id, { maxBudget: "1000" }, 0n);
+    // Slices of 100 USD: room for reservations of 64 requests' cost.
+    const b = book(0.1, p);
+    await b.start();
+    const a = new ChargeList(keyGroup("a", "shared", "org"), [chargedEntity("tag", "t")]);
+    const bee = new ChargeList(keyGroup("b", "shared", "org"), []);
+    // The team charged the long way as well (spend ingested from another route).
+    const team = ChargeList.of([{ kind: "team", id: "shared" }]);
+    const totals = { a: 0n, b: 0n, team: 0n };
+    for (let i = 0; i < 3_000; i++) {
+      // Odd nanodollar multiples: a lost, doubled or stranded charge shows.
+      const cost = usdStringToPico("0.000123457") * BigInt(1 + (i % 11));
+      const [list, who] = i % 3 === 0 ? [a, "a"] : i % 3 === 1 ? [bee, "b"] : [team, "team"];
+      assert.equal(b.check(list), undefined, `request ${i} refused`);
+      b.charge(list, cost);
+      totals[who as keyof typeof totals] += cost;
+      if (i % 100 === 0) await new Promise((r) => setImmediate(r));
+    }
+    // Each group's reservation was taken (one place for four budgets) and is
+    // partly spent: what it did not spend must not count as spend anywhere.
+    await b.close();
+    const nano = (x: bigint): bigint => x / 1_000n;
+    const max = 1_000n * 10n ** 9n;
+    const expect: [Parameters<typeof state>[1], string, bigint][] = [
+      ["key", "key-a", totals.a],
+      ["user", "user-a", totals.a],
+      ["key", "key-b", totals.b],
+      ["user", "user-b", totals.b],
+      ["team", "shared", totals.a + totals.b + totals.team],
+      ["org", "org", totals.a + totals.b],
+    ];
+    for (const [kind, id, total] of expect) {
+      const [remaining, spent] = await state(p, kind, id);
+      assert.equal(spent, nano(total), `${kind} ${id}: reported spend`);
+      assert.equal(remaining, max - nano(total), `${kind} ${id}: what remains after the give-back`);
+    }
+  });
+
+  it("a reservation taken in one period pays for nothing in the next: the new period gets every charge after the boundary", async () => {
+    const p = `${prefix}:reserve-period`;
+    for (const kind of ["key", "user", "team", "org"] as const)
+      await setBudget(
+        t.db,
+        kind,
+        kind === "key" ? "key-p" : kind === "user" ? "user-p" : `${kind}-p`,
+        { maxBudget: "1000", budgetDuration: "2s" },
+        0n,
+      );
+    const b = book(0.1, p);
+    await b.start();
+    const list = new ChargeList(keyGroup("p", "team-p", "org-p"), []);
+    const cost = usdStringToPico("0.000123457");
+    const resetAt = (
+      await t.db.spendBudget.findUniqueOrThrow({
+        where: { entityKind_entityId: { entityKind: "team", entityId: "team-p" } },
+      })
+    ).budgetResetAt as Date;
+    // Before the boundary: a reservation of 64 requests, a few of them spent.
+    for (let i = 0; i < 5; i++) b.charge(list, cost);
+    assert.ok(Date.now() < resetAt.getTime() - 100, "charged well within the first period");
+    await new Promise((r) => setTimeout(r, resetAt.getTime() - Date.now() + 50));
+    let after = 0n;
+    for (let i = 0; i < 200; i++) {
+      b.charge(list, cost);
+      after += cost;
+      if (i % 20 === 0) await new Promise((r) => setTimeout(r, 5));
+    }
+    await b.close();
+    for (const [kind, id] of [
+      ["key", "key-p"],
+      ["user", "user-p"],
+      ["team", "team-p"],
+      ["org", "org-p"],
+    ] as const) {
+      // What the new period was charged (not what remains: its seed reads an
+      // entity's live spend, which this book's stand-in does not have).
+      const [, spent] = await state(p, kind, id);
+      assert.equal(spent, after / 1_000n, `${kind}: the new period's spend`);
+    }
+  });
+
+  it("a budget set after a key's reservation was taken gets every charge from then on", async () => {
+    const p = `${prefix}:reserve-new`;
+    for (const [kind, id] of [
+      ["key", "key-n"],
+      ["team", "team-n"],
+    ] as const)
+      await setBudget(t.db, kind, id, { maxBudget: "1000" }, 0n);
+    // Set last, so the reload below reads only it and the user's budget: the
+    // key's and team's are not looked at again (which would give the
+    // reservation back on its own).
+    await new Promise((r) => setTimeout(r, 5));
+    await setBudget(t.db, "tag", "later", { maxBudget: "1000" }, 0n);
+    const b = book(0.1, p);
+    await b.start();
+    const list = new ChargeList(keyGroup("n", "team-n", "org-n"), []);
+    const cost = usdStringToPico("0.000123457");
+    let before = 0n;
+    for (let i = 0; i < 10; i++) {
+      b.charge(list, cost);
+      before += cost;
+    }
+    // The key's user gets a budget while the key holds a reservation.
+    await setBudget(t.db, "user", "user-n", { maxBudget: "1000" }, 0n);
+    await b.refresh();
+    await waitFor(
+      "the user's first lease",
+      async () => (await state(p, "user", "user-n"))[0] >= 0n,
+      5_000,
+    );
+    let after = 0n;
+    for (let i = 0; i < 100; i++) {
+      b.charge(list, cost);
+      after += cost;
+    }
+    await b.close();
+    assert.equal((await state(p, "user", "user-n"))[1], after / 1_000n, "the user's spend");
+    assert.equal((await state(p, "key", "key-n"))[1], (before + after) / 1_000n, "the key's");
+    assert.equal((await state(p, "team", "team-n"))[1], (before + after) / 1_000n, "the team's");
   });
 });
