@@ -1,6 +1,5 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../observe/logger.js";
-import { CoarseClock } from "../produce/coarse-clock.js";
 import type { Db } from "../persist/prisma.js";
 import type { RedisClient } from "../redis/connection.js";
 import { budgetKey } from "../redis/keys.js";
@@ -181,18 +180,21 @@ export class BudgetBook implements BudgetGuard {
   private ticking: Promise<void> | undefined;
   private closed = false;
   /**
-   * When a charge happens, to pick its period: a served request's charge
-   * needs the time to the millisecond no more than its event's date does, and
-   * Date.now() per request costs 60 ns on a KVM guest, far more where the VM
-   * gives no fast path for it (coarse-clock.ts). Behind by at most 10 ms:
-   * a charge in a period's first 10 ms may count in the one before, as if
-   * its request had ended that much sooner. Only the meter reads it: the
-   * book, which moves a share from one period to the next, reads the exact
-   * time, so a lagging read never takes a share back a period.
+   * Keeps the meter's coarse time (ShareMeter.now), which a charge reads to
+   * pick its period: a served request's charge needs the time to the
+   * millisecond no more than its event's date does, and Date.now() per
+   * request costs 60 ns on a KVM guest, far more where the VM gives no fast
+   * path for it (coarse-clock.ts). Behind by at most 10 ms: a charge in a
+   * period's first 10 ms may count in the one before, as if its request had
+   * ended that much sooner. Only the meter reads it: the book, which moves a
+   * share from one period to the next, reads the exact time, so a lagging
+   * read never takes a share back a period.
    */
-  private readonly clock = new CoarseClock();
+  private readonly clock = setInterval(() => this.meter.tick(Date.now()), 10).unref();
   /** Marks the groups whose reservation this book holds (EntityGroup.holder). */
   private readonly id = stamp();
+  /** Groups holding a reservation of this book's (see `reserve`). */
+  private readonly held = new Set<EntityGroup>();
   /** Meter places of reservations given back, for the next ones. */
   private readonly freePlaces: number[] = [];
   /** When the refresh next gives back every reservation (see RESERVE_MAX_AGE_MS). */
@@ -248,6 +250,24 @@ export class BudgetBook implements BudgetGuard {
    */
   check(list: ChargeList, now?: number): BudgetRefusal | undefined {
     if (this.count === 0) return undefined;
+    // The common case, kept small enough for the compiler to inline it into
+    // the gateway's own code (a call into code of its own, cold after the
+    // request's work, cost more than all the rest): every entity was seen
+    // able to pay since anything narrowed.
+    const narrowed = this.narrowed;
+    const g = list.group;
+    const n = list.n;
+    if ((g !== undefined && g.passed !== narrowed) || n > EXTRA_SLOTS)
+      return this.checkAll(list, now);
+    const x = list.extra;
+    for (let k = 0; k < n; k++)
+      if ((x[k] as MarkedEntity).passed !== narrowed) return this.checkAll(list, now);
+    if (n > 0) this.keepSlots(list);
+    return undefined;
+  }
+
+  /** The check, every entity looked at as it must be. */
+  private checkAll(list: ChargeList, now?: number): BudgetRefusal | undefined {
     const g = list.group;
     if (g !== undefined && g.passed !== this.narrowed) {
       const refused = this.checkEach(g.entities, now);
@@ -256,19 +276,21 @@ export class BudgetBook implements BudgetGuard {
       if (g.entities.every((e) => (e as MarkedEntity).passed === this.narrowed))
         g.passed = this.narrowed;
     }
-    const extra = list.extra;
-    const refused = this.checkEach(extra, now);
+    const refused = this.checkEach(list.extra, now);
     if (refused !== undefined) return refused;
-    // Where each one's budget is, for the charge: it need not read the entity objects again.
-    const n = extra.length;
-    if (n > 0) {
-      list.x0 = this.knownSlot(extra[0]);
-      if (n > 1) list.x1 = this.knownSlot(extra[1]);
-      if (n > 2) list.x2 = this.knownSlot(extra[2]);
-      if (n > 3) list.x3 = this.knownSlot(extra[3]);
-      list.generation = this.generation;
-    }
+    if (list.n > 0) this.keepSlots(list);
     return undefined;
+  }
+
+  /** Where each extra entity's budget is, for the charge: it need not read the entity objects again. */
+  private keepSlots(list: ChargeList): void {
+    const extra = list.extra;
+    const n = list.n;
+    list.x0 = this.knownSlot(extra[0]);
+    if (n > 1) list.x1 = this.knownSlot(extra[1]);
+    if (n > 2) list.x2 = this.knownSlot(extra[2]);
+    if (n > 3) list.x3 = this.knownSlot(extra[3]);
+    list.generation = this.generation;
   }
 
   /** The entity's meter index as its marks say, if they are of this generation (else UNKNOWN). */
@@ -321,16 +343,43 @@ export class BudgetBook implements BudgetGuard {
   /** Charges a served request's cost to every budgeted entity it was charged to. */
   charge(list: ChargeList, costPico: bigint, at?: number): void {
     if (this.count === 0) return;
-    // Exact below 2^53, so `fast` says exactly whether costPico <= FAST_LIMIT
-    // (no BigInt compared on the request path). A larger cost (past 2,251.8
-    // USD; one event may carry up to 4,000) goes in as BigInts.
+    // Exact below 2^53, so it says exactly whether costPico <= FAST_LIMIT (no
+    // BigInt compared on the request path).
     const cost = Number(costPico);
+    const g = list.group;
+    const n = list.n;
+    // The common case, small enough to inline (see check): a cost the meter
+    // can take, the group's reservation held (a reservation is of the
+    // current generation: a new one gives every reservation back), and
+    // where the extra entities' budgets are, kept by the check.
+    if (
+      !(cost > 0 && cost <= FAST_LIMIT) ||
+      (g !== undefined && g.holder !== this.id) ||
+      (n > 0 && (n > EXTRA_SLOTS || list.generation !== this.generation))
+    )
+      return this.chargeAll(list, costPico, cost, at);
+    const now = at ?? this.meter.now();
+    const meter = this.meter;
+    // Spent from the group's reservation: one place in the meter for four budgets.
+    if (g !== undefined && !meter.spend(g.place, cost, now))
+      this.chargeGroup(g, true, cost, costPico, now, at);
+    for (let k = 0; k < n; k++) {
+      const i = k === 0 ? list.x0 : k === 1 ? list.x1 : k === 2 ? list.x2 : list.x3;
+      if (i >= 0) {
+        if (!meter.charge(i, cost, now)) this.chargeSlow(i, true, cost, costPico, now, at);
+      } else if (i === UNKNOWN)
+        this.chargeAt(this.indexOf(list.extra[k] as MarkedEntity), true, cost, costPico, now, at);
+    }
+  }
+
+  /** The charge, every budget found and looked at as it must be. */
+  private chargeAll(list: ChargeList, costPico: bigint, cost: number, at?: number): void {
     if (cost === 0) return;
+    // A cost past FAST_LIMIT (2,251.8 USD; one event may carry up to 4,000) goes in as BigInts.
     const fast = cost <= FAST_LIMIT;
-    const now = at ?? this.clock.read();
+    const now = at ?? this.meter.now();
     const g = list.group;
     if (g !== undefined) {
-      if (g.generation !== this.generation) this.placeGroup(g);
       // Spent from the group's reservation: one place in the meter for four budgets.
       if (!fast || g.holder !== this.id || !this.meter.spend(g.place, cost, now))
         this.chargeGroup(g, fast, cost, costPico, now, at);
@@ -367,6 +416,7 @@ export class BudgetBook implements BudgetGuard {
     now: number,
     at: number | undefined,
   ): void {
+    if (g.generation !== this.generation) this.placeGroup(g);
     if (g.holder === this.id) this.fold(g);
     // A group another book holds a reservation of (tests hold several) is charged the long way.
     if (fast && g.holder === 0 && this.reserve(g, cost, now)) return;
@@ -415,10 +465,22 @@ export class BudgetBook implements BudgetGuard {
       (this.byIndex[i] as Slot).holders.add(g);
     }
     g.holder = this.id;
+    this.held.add(g);
     g.place = this.freePlaces.pop() ?? this.meter.add();
     this.meter.hold(g.place, r - cost, until);
     [g.r0, g.r1, g.r2, g.r3] = from as [number, number, number, number];
     return true;
+  }
+
+  /**
+   * A budget made or removed: every mark and kept slot is of an older
+   * generation, and every reservation is given back (it may not cover a
+   * group's budgets as they are now), so the request path's fast paths may
+   * trust a reservation they find without checking its generation.
+   */
+  private regenerate(): void {
+    for (const g of this.held) this.fold(g);
+    this.generation = this.narrowed = stamp();
   }
 
   /** Gives what is left of the group's reservation back to the budgets it was taken from. */
@@ -431,14 +493,13 @@ export class BudgetBook implements BudgetGuard {
     }
     this.meter.hold(g.place, 0, 0);
     this.freePlaces.push(g.place);
+    this.held.delete(g);
     g.holder = 0;
     g.place = g.r0 = g.r1 = g.r2 = g.r3 = -1;
   }
 
   /** Finds the budgets of a group's entities (its slots are valid for this generation). */
   private placeGroup(g: EntityGroup): void {
-    // A budget made or removed since the group's reservation: it may not cover them all.
-    if (g.holder === this.id) this.fold(g);
     const e = g.entities;
     g.s0 = e[0] === undefined ? -1 : this.indexOf(e[0] as MarkedEntity);
     g.s1 = e[1] === undefined ? -1 : this.indexOf(e[1] as MarkedEntity);
@@ -460,6 +521,18 @@ export class BudgetBook implements BudgetGuard {
     at: number | undefined,
   ): void {
     if (i < 0 || (fast && this.meter.charge(i, cost, now))) return;
+    this.chargeSlow(i, fast, cost, costPico, now, at);
+  }
+
+  /** The rest of chargeAt, once the meter could not settle it (and took the cost if it could). */
+  private chargeSlow(
+    i: number,
+    fast: boolean,
+    cost: number,
+    costPico: bigint,
+    now: number,
+    at: number | undefined,
+  ): void {
     const slot = this.byIndex[i] as Slot;
     if (!slot.counted) return;
     // The meter took the cost unless the share's period is over (or it had none).
@@ -530,7 +603,7 @@ export class BudgetBook implements BudgetGuard {
   /** Gives back what this gateway leased and did not spend, so other gateways can. */
   async close(): Promise<void> {
     this.closed = true;
-    this.clock.stop();
+    clearInterval(this.clock);
     if (this.timer !== undefined) clearTimeout(this.timer);
     await this.ticking;
     // Leases under way land first, so what they bring is given back too.
@@ -619,7 +692,7 @@ export class BudgetBook implements BudgetGuard {
       ids.set(def.id, (slot = { a: undefined, i: this.meter.add(), holders: new Set(), ...flat }));
       this.byIndex[slot.i] = slot;
       this.count++;
-      this.generation = this.narrowed = stamp();
+      this.regenerate();
     } else Object.assign(slot, flat);
     if (def.duration !== null && def.maxPico !== null) this.periodic.add(slot);
     else this.periodic.delete(slot);
@@ -777,11 +850,10 @@ export class BudgetBook implements BudgetGuard {
     if (fresh === null) {
       const gone = this.slotOf(def);
       if (gone !== undefined) {
-        for (const g of gone.holders) this.fold(g);
         this.periodic.delete(gone);
         this.index.get(def.kind)?.delete(def.id);
         this.count--;
-        this.generation = this.narrowed = stamp();
+        this.regenerate();
       }
       return def;
     }
@@ -795,7 +867,7 @@ export class BudgetBook implements BudgetGuard {
     const now = Date.now();
     if (now >= this.foldAllAt) {
       this.foldAllAt = now + RESERVE_MAX_AGE_MS;
-      for (const slot of this.slots()) for (const g of slot.holders) this.fold(g);
+      for (const g of this.held) this.fold(g);
     }
     // A boundary passed: lease the new period's share now, not on its first request.
     for (const slot of this.periodic)
