@@ -736,6 +736,8 @@ export class BudgetBook implements BudgetGuard {
   }
 
   private async lease(slot: Slot, a: Allowance): Promise<void> {
+    // This call's own seed, if it won: its epoch, and the debt its live spend counted.
+    let seeded: { epoch: string; debt: bigint } | undefined;
     for (let attempt = 0; attempt < 3; attempt++) {
       // The newest definition this gateway has (a reload may have brought one
       // while it waited: place() updates the slot in place).
@@ -771,15 +773,23 @@ export class BudgetBook implements BudgetGuard {
       if (status === 0) {
         // None for this period, or one made from an older definition: seed it
         // (the script keeps the first seed of a definition, and a newer one's).
-        await this.seed(key, def, a, ttl);
+        seeded = await this.seed(key, slot, def, a, ttl);
         continue;
       }
       this.settle(slot, a);
       if (epoch !== a.epoch) {
-        // Seeded again (Redis lost its state, or the budget changed): what was
-        // leased before is void, the new seed counted the spend itself.
-        if (a.epoch !== "") this.o.metrics.leases.inc({ outcome: "forfeited" });
-        a.pico = 0n;
+        if (a.epoch !== "") {
+          // Seeded again (Redis lost its state, or the budget changed): what
+          // was leased before is void, the new seed counted the spend itself.
+          this.o.metrics.leases.inc({ outcome: "forfeited" });
+          a.pico = 0n;
+        } else if (seeded?.epoch === epoch) {
+          // The first lease of this allowance: what requests overran while it
+          // was on its way stays owed (the grant paid for it), less what this
+          // gateway's own seed counted in the live spend it read. Spend a seed
+          // by another gateway did not see is never handed back.
+          a.pico += seeded.debt;
+        }
         a.epoch = epoch;
       }
       a.pico += BigInt(grant) * PICO_PER_NANO;
@@ -803,8 +813,21 @@ export class BudgetBook implements BudgetGuard {
     }
   }
 
-  /** Seeds the period's state from the entity's live spend: only the first seeder wins. */
-  private async seed(key: string, def: BudgetDef, a: Allowance, ttl: number): Promise<void> {
+  /**
+   * Seeds the period's state from the entity's live spend: only the first
+   * seeder wins. Its epoch and the debt the live spend includes (requests
+   * charged so far were recorded before it is read), if it won.
+   */
+  private async seed(
+    key: string,
+    slot: Slot,
+    def: BudgetDef,
+    a: Allowance,
+    ttl: number,
+  ): Promise<{ epoch: string; debt: bigint } | undefined> {
+    this.settle(slot, a);
+    const debt = a.pico < 0n ? -a.pico : 0n;
+    const epoch = randomUUID();
     const spent = (await this.o.liveSpend(def.kind, def.id)) - def.periodStartSpendPico;
     let remaining = ((def.maxPico ?? 0n) - (spent > 0n ? spent : 0n)) / PICO_PER_NANO;
     if (remaining < 0n) remaining = 0n;
@@ -813,16 +836,11 @@ export class BudgetBook implements BudgetGuard {
     const won = await budgetScripts.seed.run(
       this.o.redis,
       [key],
-      [
-        a.period,
-        remaining.toString(),
-        randomUUID(),
-        ttl,
-        spentNano.toString(),
-        def.updatedAt.getTime(),
-      ],
+      [a.period, remaining.toString(), epoch, ttl, spentNano.toString(), def.updatedAt.getTime()],
     );
-    if (won === 1) this.o.metrics.leases.inc({ outcome: "seeded" });
+    if (won !== 1) return undefined;
+    this.o.metrics.leases.inc({ outcome: "seeded" });
+    return { epoch, debt };
   }
 
   /** Past the period's end, and a period of slack: a budget's state outlives no period by much. */

@@ -286,4 +286,31 @@ describe("budget book: the request path's fast path", () => {
     assert.equal((await state(p, "key", "key-n"))[1], (before + after) / 1_000n, "the key's");
     assert.equal((await state(p, "team", "team-n"))[1], (before + after) / 1_000n, "the team's");
   });
+
+  it("requests let through while a gateway's first lease is on its way stay charged when another gateway seeded", async () => {
+    const p = `${prefix}:debt`;
+    const C = usdStringToPico("0.01");
+    const seeder = book(0.1, p);
+    const late = book(0.1, p);
+    await seeder.start();
+    await late.start();
+    // A budget made while both run: one gateway seeds the period and leases first.
+    await setBudget(t.db, "team", "debt", { maxBudget: "1" }, 0n);
+    await seeder.refresh();
+    await waitFor("the seed", async () => (await state(p, "team", "debt"))[0] >= 0n, 5_000);
+    // The other reads it and starts its first lease; requests served before the
+    // lease lands are charged to what it is about to get (spend the seed never saw).
+    await late.refresh();
+    const team = ChargeList.of([chargedEntity("team", "debt")]);
+    for (let i = 0; i < 3; i++) late.charge(team, C);
+    await seeder.close();
+    await late.close();
+    const [remaining, spent] = await state(p, "team", "debt");
+    assert.equal(spent, (3n * C) / 1_000n, "reported spend");
+    assert.equal(
+      remaining,
+      10n ** 9n - (3n * C) / 1_000n,
+      "what remains: the three requests stay spent",
+    );
+  });
 });
