@@ -181,7 +181,15 @@ describe("Redis losing its state under live processes", () => {
         10_000,
         20,
       );
-      // The tick before it may still be running (active): it scheduled the one removed.
+      // The tick before it may still be running (active): it scheduled the one
+      // removed. Wait for it to end, so it cannot take the spend sent next
+      // (which only the schedule, put back, may flush).
+      await waitFor(
+        "the tick before it to end",
+        async () => (await flushQueue.getJobCounts("active")).active === 0,
+        10_000,
+        20,
+      );
       const counts = await flushQueue.getJobCounts("delayed", "waiting");
       assert.deepEqual(counts, { delayed: 0, waiting: 0 }, "no tick pending");
     } finally {
@@ -190,6 +198,7 @@ describe("Redis losing its state under live processes", () => {
     record(300);
     await producer.flush();
     await settledAndReconciled("spend sent after the tick was lost to commit, with no restart");
+    // The restart is counted as the schedule is put back, before its first tick.
     const metrics = await (await fetch(`http://127.0.0.1:${svc.port}/metrics`)).text();
     assert.match(metrics, /^spend_flush_schedule_restarts_total [1-9]/m);
   });
