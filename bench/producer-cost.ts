@@ -11,11 +11,20 @@ import { trafficGenerator, type TrafficShape } from "../src/demo/traffic.js";
 import { Aggregator } from "../src/produce/aggregator.js";
 import { SpendProducer } from "../src/produce/producer.js";
 import { validateSpendEvent, type SpendEvent } from "../src/produce/spend-event.js";
-import { groupDailyRows } from "../src/contract/spend-batch.js";
+import { DEFAULT_CONFIG } from "../src/config/config.js";
+import { jobPayload } from "../src/queue/queue-sink.js";
 import type { SealedBatch, SpendSink } from "../src/contract/spend-sink.js";
 import { spawnPinned } from "./pinned.js";
 import type { ProducerPlan } from "./plan.js";
-import { progress, spread, timeAsync, timeSync, type Spread, type Timed } from "./util.js";
+import {
+  mainThreadOnCpuMs,
+  progress,
+  spread,
+  timeAsync,
+  timeSync,
+  type Spread,
+  type Timed,
+} from "./util.js";
 
 export interface PerEvent {
   /** Nanoseconds per event, wall clock (hrtime), median over repetitions. */
@@ -65,6 +74,12 @@ export interface StallResult {
   maxGapMs: Spread;
   /** flush() from call to last job encoded, ms. */
   flushMs: Spread;
+  /**
+   * Of that, how long the main thread was on a CPU, ms (Linux only): the
+   * rest of the flush's wall time it was waiting for the core, taken by
+   * V8's own threads on the pinned core (or the machine).
+   */
+  flushOnCpuMs: Spread | null;
 }
 
 export interface GatewayOverhead {
@@ -111,27 +126,17 @@ const NULL_SINK: SpendSink = {
 
 /**
  * A sink that does the CPU work QueueSink.write does before Redis: the job
- * payload (format 2 groups for daily jobs) and its JSON, as BullMQ's add
- * serialises it. With `yieldEach`, it yields to the event loop after each job
- * as a send awaiting Redis would.
+ * payload in the default format (jobPayload, as QueueSink builds it) and its
+ * JSON, as BullMQ's add serialises it. With `yieldEach`, it yields to the
+ * event loop after each job as a send awaiting Redis would.
  */
 class EncodingSink implements SpendSink {
   rows = 0;
   bytes = 0;
   constructor(private readonly yieldEach = false) {}
   async write(b: SealedBatch): Promise<void> {
-    const header = {
-      batchId: b.batchId,
-      producerId: b.producerId,
-      sealedAt: b.sealedAt,
-      partitions: b.partitions,
-    };
-    const payload =
-      b.kind === "entity"
-        ? { v: 1, ...header, rows: b.rows }
-        : { v: 2, ...header, groups: groupDailyRows(b.rows) };
-    this.bytes += JSON.stringify(payload).length;
-    this.rows += b.rows.length;
+    this.bytes += JSON.stringify(jobPayload(b, DEFAULT_CONFIG.producer.jobFormat)).length;
+    this.rows += b.rowCount;
     if (this.yieldEach) await yieldToLoop();
   }
   close(): Promise<void> {
@@ -365,6 +370,7 @@ async function measureStall(plan: ProducerPlan, gc: () => void): Promise<StallRe
   const maxDelay: number[] = [];
   const maxGap: number[] = [];
   const flushMs: number[] = [];
+  const onCpuMs: number[] = [];
   let held = 0;
   for (let rep = 0; rep < plan.stallReps; rep++) {
     const sink = new EncodingSink(true);
@@ -388,8 +394,11 @@ async function measureStall(plan: ProducerPlan, gc: () => void): Promise<StallRe
     last = performance.now();
     gap = 0;
     const t0 = performance.now();
+    const c0 = mainThreadOnCpuMs();
     await p.flush();
     flushMs.push(performance.now() - t0);
+    const c1 = mainThreadOnCpuMs();
+    if (c0 !== undefined && c1 !== undefined) onCpuMs.push(c1 - c0);
     await new Promise((r) => setTimeout(r, 5));
     h.disable();
     clearInterval(tick);
@@ -402,6 +411,7 @@ async function measureStall(plan: ProducerPlan, gc: () => void): Promise<StallRe
     maxDelayMs: spread(maxDelay),
     maxGapMs: spread(maxGap),
     flushMs: spread(flushMs),
+    flushOnCpuMs: onCpuMs.length > 0 ? spread(onCpuMs) : null,
   };
 }
 

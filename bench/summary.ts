@@ -224,7 +224,7 @@ export function evaluateBars(
     bars.push({
       name: `issue 22 goal 2: longest event-loop block while a producer seals and sends ${st.heldRows} held rows (monitorEventLoopDelay max, median over reps)`,
       bar: "<= 5 ms",
-      value: `${fmt(st.maxDelayMs.median, 1)} ms (reps ${st.maxDelayMs.runs.map((x) => fmt(x, 1)).join(", ")}; flush ${fmt(st.flushMs.median, 0)} ms)`,
+      value: `${fmt(st.maxDelayMs.median, 1)} ms (reps ${st.maxDelayMs.runs.map((x) => fmt(x, 1)).join(", ")}; flush ${fmt(st.flushMs.median, 0)} ms${st.flushOnCpuMs === null ? "" : `, the main thread on a CPU for ${fmt(st.flushOnCpuMs.median, 0)} ms of it`})`,
       pass: st.maxDelayMs.median <= 5,
     });
   }

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 /**
  * Small helpers shared by the benchmark sections: statistics, timing and the
  * progress line. Kept free of project imports so every section can use them.
@@ -89,4 +90,18 @@ export function round(n: number, digits = 3): number {
 
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * How long this process's main thread has run on a CPU, ms (Linux's
+ * schedstat; undefined elsewhere). Unlike process.cpuUsage(), it leaves out
+ * V8's own threads (garbage collector, compiler), which share the pinned core.
+ */
+export function mainThreadOnCpuMs(): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/self/task/${process.pid}/schedstat`, "latin1");
+    return Number(stat.split(" ")[0]) / 1e6;
+  } catch {
+    return undefined;
+  }
 }

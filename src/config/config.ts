@@ -211,11 +211,17 @@ const spendBufferSchema = z
       .max(100_000)
       .default(5_000)
       .describe("Most rows in one BullMQ job, so one job stays small in Redis."),
+    job_format: z
+      .union([z.literal(1), z.literal(2), z.literal(3)])
+      .optional()
+      .describe(
+        "How producers write spend jobs (default `3`): `3` carries each job's rows as one length-prefixed string, written while the seal drains, so a gateway never holds its sealed rows as arrays (a shorter event-loop block per seal, less for the garbage collector to copy, and about a third fewer bytes in Redis than `2`). `2` writes daily jobs as JSON grouped by context and entity jobs as JSON rows, `1` both as JSON rows. Workers of this version read all three; set `2` while gateways are upgraded before workers that predate format 3.",
+      ),
     daily_job_format: z
       .union([z.literal(1), z.literal(2)])
-      .default(2)
+      .optional()
       .describe(
-        "How producers write daily spend jobs: `2` groups rows by the context they share (about half the bytes of `1` in Redis). Workers read both: set `1` only while gateways are upgraded before their workers.",
+        "Deprecated: the name `job_format` had before format 3. Read only when `job_format` is not set.",
       ),
     backpressure_backlog_age_seconds: z
       .number()
@@ -559,8 +565,8 @@ export interface AppConfig {
     flushJitterMs: number;
     maxBufferedRows: number;
     maxRowsPerJob: number;
-    /** How QueueSink writes daily jobs: 2 grouped by context, 1 the first format. */
-    dailyJobFormat: 1 | 2;
+    /** How QueueSink writes jobs: 3 row text, 2 daily rows grouped by context, 1 the first format. */
+    jobFormat: 1 | 2 | 3;
     /** 0: off. */
     backpressureBacklogAgeMs: number;
   };
@@ -910,7 +916,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       flushJitterMs: s.flush_jitter_seconds * 1000,
       maxBufferedRows: s.max_buffered_rows,
       maxRowsPerJob: s.max_rows_per_job,
-      dailyJobFormat: s.daily_job_format,
+      jobFormat: s.job_format ?? s.daily_job_format ?? 3,
       backpressureBacklogAgeMs: s.backpressure_backlog_age_seconds * 1000,
     },
     worker: {

@@ -1,3 +1,4 @@
+import { RowTextError, decodeDailyRows, decodeEntityRows } from "./row-text.js";
 import {
   DAILY_KINDS,
   ENTITY_KINDS,
@@ -5,6 +6,7 @@ import {
   type DailyGroup,
   type DailySpendJob,
   type EntitySpendJob,
+  type SpendJobData,
 } from "./spend-batch.js";
 
 /**
@@ -36,7 +38,7 @@ const digits = (x: unknown): boolean => typeof x === "string" && DIGITS.test(x);
 const count = (x: unknown): boolean =>
   typeof x === "number" ? Number.isSafeInteger(x) && x >= 0 : digits(x);
 
-function header(d: Obj, v: 1 | 2): boolean {
+function header(d: Obj, v: 1 | 2 | 3): boolean {
   const p = d.partitions;
   return (
     d.v === v &&
@@ -64,9 +66,49 @@ function context(r: readonly unknown[], at: number): boolean {
   return true;
 }
 
+/**
+ * A format 3 job of `kind` as format 1 (its text decoded, every value checked
+ * by the decoder), or undefined if the schema must say why not.
+ */
+function readV3<Row>(
+  data: Obj,
+  kind: "entity" | "daily",
+  decode: (text: string) => Row[],
+): SpendJobData<Row> | undefined {
+  const n = data.rowCount;
+  if (
+    !header(data, 3) ||
+    data.kind !== kind ||
+    typeof n !== "number" ||
+    !Number.isSafeInteger(n) ||
+    n < 0 ||
+    typeof data.rowText !== "string"
+  )
+    return undefined;
+  let rows: Row[];
+  try {
+    rows = decode(data.rowText);
+  } catch (err) {
+    if (err instanceof RowTextError) return undefined;
+    throw err;
+  }
+  if (rows.length !== n) return undefined;
+  const { partitions } = data;
+  return {
+    v: 1,
+    batchId: data.batchId as string,
+    producerId: data.producerId as string,
+    sealedAt: data.sealedAt as number,
+    ...(partitions !== undefined ? { partitions: partitions as number } : {}),
+    rows,
+  };
+}
+
 /** An entity job as entityJobSchema reads it, or undefined if the schema must say why not. */
 export function checkEntityJob(data: unknown): EntitySpendJob | undefined {
-  if (!isObject(data) || !header(data, 1) || !Array.isArray(data.rows)) return undefined;
+  if (!isObject(data)) return undefined;
+  if (data.v === 3) return readV3(data, "entity", decodeEntityRows);
+  if (!header(data, 1) || !Array.isArray(data.rows)) return undefined;
   for (const r of data.rows as unknown[]) {
     if (
       !Array.isArray(r) ||
@@ -82,11 +124,12 @@ export function checkEntityJob(data: unknown): EntitySpendJob | undefined {
 }
 
 /**
- * A daily job of either format as dailyJobPayloadSchema reads it (format 2
- * ungrouped into format 1's rows), or undefined if the schema must say why not.
+ * A daily job of any format as dailyJobPayloadSchema reads it (format 2
+ * ungrouped and format 3 decoded into format 1's rows), or undefined if the schema must say why not.
  */
 export function checkDailyJob(data: unknown): DailySpendJob | undefined {
   if (!isObject(data)) return undefined;
+  if (data.v === 3) return readV3(data, "daily", decodeDailyRows);
   if (data.v === 1) {
     if (!header(data, 1) || !Array.isArray(data.rows)) return undefined;
     for (const r of data.rows as unknown[]) {

@@ -1,66 +1,24 @@
 import { z } from "zod";
+import {
+  DAILY_KINDS,
+  ENTITY_KINDS,
+  type DailyCells,
+  type DailyContextDims,
+  type DailyGroup,
+  type DailyRow,
+  type EntityRow,
+} from "./spend-rows.js";
+
+import { RowTextError, decodeDailyRows, decodeEntityRows } from "./row-text.js";
+
+export * from "./spend-rows.js";
 
 /**
  * The contract between producers and the flush worker: what one BullMQ spend
- * job carries. Rows are tuples, not objects, because thousands of them sit in
- * Redis between flushes and the field names would dominate their size.
+ * job carries. Rows are tuples (formats 1 and 2) or one length-prefixed
+ * string (format 3, row-text.ts), never objects: thousands of them sit in
+ * Redis between flushes and field names would dominate their size.
  */
-
-export const ENTITY_KINDS = [
-  "key",
-  "user",
-  "team",
-  "team_member",
-  "org",
-  "end_user",
-  "tag",
-] as const;
-export type EntityKind = (typeof ENTITY_KINDS)[number];
-
-export const DAILY_KINDS = ["user", "team", "org", "end_user", "tag"] as const;
-export type DailyKind = (typeof DAILY_KINDS)[number];
-
-/** A count or a sum that may outgrow 2^53: a number while it is safe, else a digit string. */
-export type Count = number | string;
-
-/** [kind, id, second id (the team of a team member, else ""), spend in picodollars]. */
-export type EntityRow = [kind: EntityKind, id: string, id2: string, spendPico: string];
-
-/**
- * [kind, entity id, date, api key, model, model group, provider, MCP tool,
- *  endpoint, prompt, completion, cache read, cache creation, api requests,
- *  successful, failed, spend in picodollars].
- */
-export type DailyRow = [kind: DailyKind, entityId: string, ...DailyContextDims, ...DailyCounts];
-
-/** What the daily rows of one request context share: date, api key, model, model group, provider, MCP tool, endpoint. */
-export type DailyContextDims = [
-  date: string,
-  apiKey: string,
-  model: string,
-  modelGroup: string,
-  provider: string,
-  mcpToolName: string,
-  endpoint: string,
-];
-
-/** A daily row's seven counters and its spend in picodollars. */
-export type DailyCounts = [
-  promptTokens: Count,
-  completionTokens: Count,
-  cacheReadInputTokens: Count,
-  cacheCreationInputTokens: Count,
-  apiRequests: Count,
-  successfulRequests: Count,
-  failedRequests: Count,
-  spendPico: string,
-];
-
-/** A daily row without its context (format 2). */
-export type DailyCells = [kind: DailyKind, entityId: string, ...DailyCounts];
-
-/** Daily rows grouped by the context they share (format 2). */
-export type DailyGroup = [context: DailyContextDims, rows: DailyCells[]];
 
 interface JobHeader {
   /** Unique per batch; also the BullMQ job id and the key of spend_applied_batch. */
@@ -92,8 +50,24 @@ export interface DailySpendJobV2 extends JobHeader {
   groups: DailyGroup[];
 }
 
-/** What a daily spend queue holds: either format (workers read both). */
-export type DailyJobPayload = DailySpendJob | DailySpendJobV2;
+/**
+ * Format 3 of either job: its rows as one string (row-text.ts), and how many
+ * there are. Sealing writes the text as it drains, so a producer never holds
+ * its rows as arrays, and a worker reads them in one pass.
+ */
+export interface SpendJobV3 extends JobHeader {
+  v: 3;
+  /** Which queue's rows the text holds (so a job read on its own, a dead letter, says). */
+  kind: "entity" | "daily";
+  rowCount: number;
+  rowText: string;
+}
+
+/** What a daily spend queue holds: any format (workers read all three). */
+export type DailyJobPayload = DailySpendJob | DailySpendJobV2 | SpendJobV3;
+
+/** What an entity spend queue holds: format 1 or 3. */
+export type EntityJobPayload = EntitySpendJob | SpendJobV3;
 
 /**
  * Groups rows by context: consecutive rows with the same seven context
@@ -173,10 +147,60 @@ const header = {
 /** One entity row (EntityRow). */
 export const entityRowSchema = z.tuple([z.enum(ENTITY_KINDS), id.min(1), id, digits]);
 
-export const entityJobSchema = z.object({
+/** Format 1 of an entity job. */
+export const entityJobV1Schema = z.object({
   ...header,
   rows: z.array(entityRowSchema),
 });
+
+/** Format 3 of a job of `kind`, before its text is read. */
+const jobV3Schema = <K extends "entity" | "daily">(kind: K) =>
+  z.object({
+    ...header,
+    v: z.literal(3),
+    kind: z.literal(kind),
+    rowCount: z.number().int().nonnegative(),
+    rowText: z.string(),
+  });
+const entityJobV3Schema = jobV3Schema("entity");
+const dailyJobV3Schema = jobV3Schema("daily");
+
+/**
+ * A format 3 job as format 1: its text decoded (row-text.ts checks every
+ * value as the tuples' schemas do), and its row count checked against it.
+ */
+function decodeV3<Row>(
+  job: z.infer<typeof entityJobV3Schema> | z.infer<typeof dailyJobV3Schema>,
+  decode: (text: string) => Row[],
+  ctx: z.RefinementCtx,
+): SpendJobData<Row> {
+  let rows: Row[];
+  try {
+    rows = decode(job.rowText);
+  } catch (err) {
+    if (!(err instanceof RowTextError)) throw err;
+    ctx.addIssue({ code: "custom", path: ["rowText"], message: err.message });
+    return z.NEVER;
+  }
+  if (rows.length !== job.rowCount) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["rowCount"],
+      message: `says ${job.rowCount} rows, the text holds ${rows.length}`,
+    });
+    return z.NEVER;
+  }
+  const { rowCount: _n, rowText: _t, kind: _k, ...rest } = job;
+  return { ...rest, v: 1, rows };
+}
+
+/** An entity job of either format, as format 1 (what the flush works on). */
+export const entityJobSchema = z
+  .discriminatedUnion("v", [entityJobV1Schema, entityJobV3Schema])
+  .transform((job, ctx): EntitySpendJob => {
+    if (job.v === 1) return job;
+    return decodeV3(job, decodeEntityRows, ctx);
+  });
 
 const dailyKind = z.enum(DAILY_KINDS);
 
@@ -202,16 +226,12 @@ export const dailyJobV2Schema = z.object({
   ),
 });
 
-/** A daily job of either format, as format 1 (what the flush works on). */
+/** A daily job of any format, as format 1 (what the flush works on). */
 export const dailyJobPayloadSchema = z
-  .discriminatedUnion("v", [dailyJobSchema, dailyJobV2Schema])
-  .transform((job): DailySpendJob => {
+  .discriminatedUnion("v", [dailyJobSchema, dailyJobV2Schema, dailyJobV3Schema])
+  .transform((job, ctx): DailySpendJob => {
     if (job.v === 1) return job;
+    if (job.v === 3) return decodeV3(job, decodeDailyRows, ctx);
     const { groups, ...rest } = job;
     return { ...rest, v: 1, rows: ungroupDailyRows(groups) };
   });
-
-/** Encodes a bigint sum for the wire: a plain number whenever JSON can carry it exactly. */
-export function encodeCount(n: bigint): Count {
-  return n <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(n) : n.toString();
-}

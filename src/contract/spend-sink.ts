@@ -1,5 +1,3 @@
-import type { DailyRow, EntityRow } from "./spend-batch.js";
-
 interface SealedHeader {
   batchId: string;
   producerId: string;
@@ -10,10 +8,15 @@ interface SealedHeader {
   partitions: number;
 }
 
-/** A sealed piece of a producer's buffer, ready to leave the process. */
-export type SealedBatch =
-  | (SealedHeader & { kind: "entity"; rows: EntityRow[] })
-  | (SealedHeader & { kind: "daily"; rows: DailyRow[] });
+/**
+ * A sealed piece of a producer's buffer, ready to leave the process: its
+ * rows as format 3 row text (row-text.ts), written as the seal drained them.
+ */
+export interface SealedBatch extends SealedHeader {
+  kind: "entity" | "daily";
+  rowCount: number;
+  rowText: string;
+}
 
 /** How far behind the spend pipeline is, as one producer sees it. */
 export interface PipelineLoad {

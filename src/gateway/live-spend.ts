@@ -1,3 +1,4 @@
+import { RowTextError, decodeEntityRows } from "../contract/row-text.js";
 import type { Queue } from "bullmq";
 import { decimalToPico } from "../contract/money.js";
 import { ENTITY_KINDS, type EntityKind } from "../contract/spend-batch.js";
@@ -97,9 +98,10 @@ export async function liveSpend(
       for (const job of jobs) {
         // Gone since it was listed: acked after its commit, so it is in PostgreSQL now.
         if (job?.id === undefined) continue;
-        const data = job.data as { batchId?: unknown; rows?: unknown } | undefined;
+        const data = job.data as
+          { v?: unknown; batchId?: unknown; rows?: unknown; rowText?: unknown } | undefined;
         const batchId = typeof data?.batchId === "string" ? data.batchId : job.id;
-        const spend = rowsSpend(data?.rows, kind, id, id2);
+        const spend = rowsSpend(jobRows(data), kind, id, id2);
         if (spend > 0n) redisByBatch.set(batchId, spend);
       }
     }
@@ -140,6 +142,18 @@ export async function liveSpend(
     totalPico: committedPico + pendingRedisPico + pendingLocalPico,
     asOf,
   };
+}
+
+/** An entity job's rows in any format; a format 3 text that cannot be read (a poison job) has none. */
+function jobRows(data: { v?: unknown; rows?: unknown; rowText?: unknown } | undefined): unknown {
+  if (data?.v !== 3) return data?.rows;
+  if (typeof data.rowText !== "string") return [];
+  try {
+    return decodeEntityRows(data.rowText);
+  } catch (err) {
+    if (err instanceof RowTextError) return [];
+    throw err;
+  }
 }
 
 /** The entity's spend in one job's rows; malformed rows (poison jobs are never applied) count 0. */

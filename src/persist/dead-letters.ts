@@ -240,7 +240,7 @@ function readRows(kind: string, payload: unknown): ReadRows {
     }
     const read = readRows(entity.success ? "entity" : "daily", rows);
     // A job letter stays a job: its remaining rows keep the job around them (as format 1).
-    const job = (entity.success ? entity.data : daily?.data) as Record<string, unknown>;
+    const job = (entity.success ? entity.data : daily?.data) as unknown as Record<string, unknown>;
     read.wrap = (remaining) => ({ ...job, v: 1, rows: remaining });
     return read;
   }

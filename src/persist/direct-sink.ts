@@ -1,3 +1,4 @@
+import { decodeDailyRows, decodeEntityRows } from "../contract/row-text.js";
 import type { SealedBatch, SpendSink } from "../contract/spend-sink.js";
 import type { SpendMetrics } from "../observe/metrics.js";
 import { persistMetrics } from "./persist-metrics.js";
@@ -24,8 +25,8 @@ export class DirectSink implements SpendSink {
   async write(b: SealedBatch): Promise<void> {
     const batch =
       b.kind === "entity"
-        ? { batchId: b.batchId, entity: b.rows }
-        : { batchId: b.batchId, daily: b.rows };
+        ? { batchId: b.batchId, entity: decodeEntityRows(b.rowText) }
+        : { batchId: b.batchId, daily: decodeDailyRows(b.rowText) };
     try {
       await this.db.$transaction((tx) => applyBatches(tx, [batch]), {
         timeout: this.opts.transactionTimeoutMs,

@@ -3,6 +3,7 @@ import {
   DAILY_KINDS,
   ENTITY_KINDS,
   encodeCount,
+  type Count,
   type DailyKind,
   type DailyRow,
   type EntityKind,
@@ -94,6 +95,88 @@ interface ContextCursor {
 export interface DrainedRows {
   entity: EntityRow[];
   daily: DailyRow[];
+}
+
+/** The seven strings a daily context's rows share. */
+export interface ContextStrings {
+  readonly date: string;
+  readonly apiKey: string;
+  readonly model: string;
+  readonly modelGroup: string;
+  readonly provider: string;
+  readonly mcpToolName: string;
+  readonly endpoint: string;
+}
+
+/**
+ * Where a drain writes the rows it emits, one call per row, values as they
+ * leave the slabs (kinds as indexes into ENTITY_KINDS / DAILY_KINDS): the
+ * producer's JobWriter writes each straight into its job's text, so no row
+ * is ever built as an array; drain() builds the tuples.
+ */
+export interface DrainTarget {
+  /** Spend is a number below 2^53, or its digits past that. */
+  entity(kind: number, id: string, id2: string, spendPico: number | string): void;
+  /** Every entity row is written: daily rows follow. */
+  entitiesDone(): void;
+  /** A daily row of context `c` (a context's rows come one after another). */
+  daily(
+    c: ContextStrings,
+    kind: number,
+    id: string,
+    prompt: Count,
+    completion: Count,
+    cacheRead: Count,
+    cacheCreation: Count,
+    requests: Count,
+    successes: Count,
+    failed: Count,
+    spendPico: number | string,
+  ): void;
+}
+
+/** A DrainTarget that appends tuples to a DrainedRows. */
+export class TupleTarget implements DrainTarget {
+  constructor(private readonly out: DrainedRows) {}
+  entity(kind: number, id: string, id2: string, spendPico: number | string): void {
+    this.out.entity.push([ENTITY_KINDS[kind] as EntityKind, id, id2, String(spendPico)]);
+  }
+  entitiesDone(): void {
+    // Nothing to close: entity and daily rows go to separate lists.
+  }
+  daily(
+    c: ContextStrings,
+    kind: number,
+    id: string,
+    prompt: Count,
+    completion: Count,
+    cacheRead: Count,
+    cacheCreation: Count,
+    requests: Count,
+    successes: Count,
+    failed: Count,
+    spendPico: number | string,
+  ): void {
+    this.out.daily.push([
+      DAILY_KINDS[kind] as DailyKind,
+      id,
+      c.date,
+      c.apiKey,
+      c.model,
+      c.modelGroup,
+      c.provider,
+      c.mcpToolName,
+      c.endpoint,
+      prompt,
+      completion,
+      cacheRead,
+      cacheCreation,
+      requests,
+      successes,
+      failed,
+      String(spendPico),
+    ]);
+  }
 }
 
 /** Where a daily row's counters spill before a plain number could round. */
@@ -576,37 +659,38 @@ export class Aggregator {
    */
   drain(): DrainedRows {
     const out: DrainedRows = { entity: [], daily: [] };
-    const steps = this.drainSteps(out);
+    const steps = this.drainSteps(new TupleTarget(out));
     while (steps.next().done !== true);
     return out;
   }
 
   /**
-   * drain() in steps: appends to `out`, and yields after every DRAIN_STEP
+   * drain() in steps: writes each row to `out`, and yields after every DRAIN_STEP
    * rows or so, so a caller can spread a large drain over several turns of
    * the event loop. Nothing may be added to this aggregator until the steps
    * are done: the producer drains one aggregator while the other records.
    */
-  *drainSteps(out: DrainedRows): Generator<void, void> {
+  *drainSteps(out: DrainTarget): Generator<void, void> {
     // The loops run in plain methods, a chunk at a time: locals that live
     // across a yield are slower to reach than a method's.
     const epoch = this.epoch;
-    const entityBefore = out.entity.length;
-    const dailyBefore = out.daily.length;
+    let dailyRows = 0;
 
     // 1. Entity rows touched this interval: emitted and zeroed.
     const touched = this.entTouched;
     for (let j = 0; j < touched.length; j += DRAIN_STEP) {
-      this.emitEntities(touched, j, Math.min(touched.length, j + DRAIN_STEP), out.entity);
+      this.emitEntities(touched, j, Math.min(touched.length, j + DRAIN_STEP), out);
       yield;
     }
+    const entityRows = touched.length;
+    out.entitiesDone();
 
     // 2. Daily rows, context by context (a job groups a context's rows):
     // touched ones emitted and zeroed, the others dropped.
     const ctxs = this.ctxTouched;
     const at: ContextCursor = { j: 0, r: 0, kept: 0 };
     while (at.j < ctxs.length) {
-      this.emitContexts(ctxs, at, epoch, out.daily);
+      dailyRows += this.emitContexts(ctxs, at, epoch, out);
       yield;
     }
     // Contexts touched last interval and not this one: dropped with their rows.
@@ -632,17 +716,15 @@ export class Aggregator {
     this.epoch = epoch + 1;
     this.events = 0;
     this.dailyTouched = 0;
-    const dailyRows = out.daily.length - dailyBefore;
-    if (dailyRows > 0)
-      this.rowsPerDailyRow = (out.entity.length - entityBefore + dailyRows) / dailyRows;
+    if (dailyRows > 0) this.rowsPerDailyRow = (entityRows + dailyRows) / dailyRows;
   }
 
   /** Emits and zeroes entity rows list[from..to). */
-  private emitEntities(list: number[], from: number, to: number, entity: EntityRow[]): void {
+  private emitEntities(list: number[], from: number, to: number, out: DrainTarget): void {
     const spend = this.entSpend;
     for (let j = from; j < to; j++) {
       const i = list[j] as number;
-      entity.push(this.entityRow(i));
+      this.emitEntity(i, out);
       spend[i] = 0;
       if (this.entOver.size > 0) this.entOver.delete(i);
     }
@@ -655,15 +737,17 @@ export class Aggregator {
    * stopped, inside a context if need be: one context can hold most of a
    * gateway's rows (every request of one key on one day and model), and
    * draining it whole blocked the event loop for as long as it took.
+   * Returns how many rows it emitted.
    */
   private emitContexts(
     list: DailyContext[],
     at: ContextCursor,
     epoch: number,
-    daily: DailyRow[],
-  ): void {
+    out: DrainTarget,
+  ): number {
     const mark = this.dayMark;
     let work = 0;
+    let emitted = 0;
     while (at.j < list.length && work < DRAIN_STEP) {
       const c = list[at.j] as DailyContext;
       if (at.r === 0) c.member = -1;
@@ -676,7 +760,8 @@ export class Aggregator {
       for (; r < end; r++) {
         const d = rows[r] as number;
         if (mark[d] === epoch) {
-          daily.push(this.dailyRow(d, c));
+          this.emitDaily(d, c, out);
+          emitted++;
           this.dayZero(d);
           rows[kept++] = d;
         } else {
@@ -688,7 +773,7 @@ export class Aggregator {
       if (r < rows.length) {
         at.r = r;
         at.kept = kept;
-        return;
+        return emitted;
       }
       rows.length = kept;
       this.dailyPending -= kept;
@@ -696,6 +781,7 @@ export class Aggregator {
       at.r = 0;
       at.kept = 0;
     }
+    return emitted;
   }
 
   /** Drops the contexts of list[from..to) not touched in `epoch`, with their rows. */
@@ -786,21 +872,21 @@ export class Aggregator {
     return (this.entOver.get(i) ?? 0n) + BigInt(this.entSpend[i] as number);
   }
 
-  /** Entity row i as emitted: its kind, ids and spend, exact. */
-  private entityRow(i: number): EntityRow {
+  /** Entity row i written to `out`: its kind, ids and spend, exact. */
+  private emitEntity(i: number, out: DrainTarget): void {
     const over = this.entOver.size > 0 ? this.entOver.get(i) : undefined;
     const s = this.entSpend[i] as number;
-    return [
-      ENTITY_KINDS[this.entKind[i] as number] as EntityKind,
+    out.entity(
+      this.entKind[i] as number,
       this.entId[i] as string,
       this.entId2[i] as string,
-      over === undefined ? String(s) : (over + BigInt(s)).toString(),
-    ];
+      over === undefined ? s : (over + BigInt(s)).toString(),
+    );
   }
 
-  /** Daily row d of context c as emitted: its dimensions, counters and spend, exact. */
-  private dailyRow(d: number, c: DailyContext): DailyRow {
-    const kind = DAILY_KINDS[this.dayKind[d] as number] as DailyKind;
+  /** Daily row d of context c written to `out`: its counters and spend, exact. */
+  private emitDaily(d: number, c: DailyContext, out: DrainTarget): void {
+    const kind = this.dayKind[d] as number;
     const id = this.dayId[d] as string;
     const over = this.dayOver.size > 0 ? this.dayOver.get(d) : undefined;
     if (over === undefined) {
@@ -809,16 +895,10 @@ export class Aggregator {
       const o = d * DW;
       const requests = f[o + REQUESTS] as number;
       const successes = f[o + SUCCESSES] as number;
-      return [
+      out.daily(
+        c,
         kind,
         id,
-        c.date,
-        c.apiKey,
-        c.model,
-        c.modelGroup,
-        c.provider,
-        c.mcpToolName,
-        c.endpoint,
         f[o + PROMPT] as number,
         f[o + COMPLETION] as number,
         f[o + CACHE_READ] as number,
@@ -826,20 +906,15 @@ export class Aggregator {
         requests,
         successes,
         requests - successes,
-        String(f[o + SPEND]),
-      ];
+        f[o + SPEND] as number,
+      );
+      return;
     }
     this.daySpill(d);
-    return [
+    out.daily(
+      c,
       kind,
       id,
-      c.date,
-      c.apiKey,
-      c.model,
-      c.modelGroup,
-      c.provider,
-      c.mcpToolName,
-      c.endpoint,
       encodeCount(over.prompt),
       encodeCount(over.completion),
       encodeCount(over.cacheRead),
@@ -848,7 +923,7 @@ export class Aggregator {
       encodeCount(over.successes),
       encodeCount(over.requests - over.successes),
       over.spend.toString(),
-    ];
+    );
   }
 
   private newEntity(kind: number, id: string, id2: string): number {

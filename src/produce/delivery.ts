@@ -49,13 +49,13 @@ export class Delivery {
 
   queue(batch: SealedBatch): void {
     this.batches.push(batch);
-    this.rows += batch.rows.length;
+    this.rows += batch.rowCount;
   }
 
   /** Rows of the pending batches of one kind. */
   rowsOf(kind: SealedBatch["kind"]): number {
     let n = 0;
-    for (const b of this.batches) if (b.kind === kind) n += b.rows.length;
+    for (const b of this.batches) if (b.kind === kind) n += b.rowCount;
     return n;
   }
 
@@ -92,7 +92,7 @@ export class Delivery {
         throw err;
       }
       this.batches.shift();
-      this.rows -= batch.rows.length;
+      this.rows -= batch.rowCount;
       if (this.failures > 0) {
         this.log.info({ failures: this.failures }, "spend delivery recovered");
         this.failures = 0;

@@ -3,11 +3,12 @@ import { performance } from "node:perf_hooks";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { DEFAULT_CONFIG } from "../config/config.js";
 import type { EntityKind } from "../contract/spend-batch.js";
+import { RowTextWriter, decodeEntityRows } from "../contract/row-text.js";
 import type { SpendSink } from "../contract/spend-sink.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
-import { Aggregator, rowBound, type DrainedRows } from "./aggregator.js";
+import { Aggregator, rowBound } from "./aggregator.js";
 import { Backpressure } from "./backpressure.js";
 import { sleep, systemClock, withTimeout, type Clock, type TimerHandle } from "./clock.js";
 import { CoarseClock } from "./coarse-clock.js";
@@ -20,7 +21,7 @@ import {
 } from "./errors.js";
 import type { ProducerOptions } from "./producer-options.js";
 import { producerMetrics, type ProducerMetrics } from "./producer-metrics.js";
-import { jobSteps, numberBatches, type UnnumberedBatch } from "./sealer.js";
+import { JobWriter, numberBatches, type UnnumberedBatch } from "./sealer.js";
 import {
   DEFAULT_LIMITS,
   SpendEventError,
@@ -50,7 +51,7 @@ const SEAL_SLICE_MS = 2;
 interface Drain {
   agg: Aggregator;
   /** What its steps have drained so far. */
-  out: DrainedRows;
+  out: JobWriter;
   steps: Generator<void, UnnumberedBatch[]>;
   sealedAt: number;
   rows: number;
@@ -103,6 +104,8 @@ export class SpendProducer {
   private spare = new Aggregator();
   /** The seal under way, if any. */
   private drain: Drain | undefined;
+  /** Row text writers seals reuse (JobWriter), so their buffers are not grown anew each seal. */
+  private readonly textWriters: RowTextWriter[] = [];
   /** Seals run one after another: each waits for the one before. */
   private sealQueue: Promise<void> = Promise.resolve();
   private sealsQueued = 0;
@@ -447,8 +450,8 @@ export class SpendProducer {
     if (d !== undefined) {
       const left = d.agg.pendingRowCounts();
       // A row is emitted as it is zeroed, and is then no longer pending there.
-      rows.entity += d.out.entity.length + left.entity;
-      rows.daily += d.out.daily.length + left.daily;
+      rows.entity += d.out.entityRows + left.entity;
+      rows.daily += d.out.dailyRows + left.daily;
     }
     return rows;
   }
@@ -498,7 +501,8 @@ export class SpendProducer {
     for (const b of this.delivery.pending) {
       if (b.kind !== "entity") continue;
       let sum = 0n;
-      for (const [k, i, i2, pico] of b.rows)
+      // Read back from the batch's text: a rare read (live spend), and the text is all a batch keeps.
+      for (const [k, i, i2, pico] of decodeEntityRows(b.rowText))
         if (k === kind && i === id && (id2 === undefined || i2 === id2)) sum += BigInt(pico);
       if (sum > 0n) batches.set(b.batchId, sum);
     }
@@ -613,12 +617,10 @@ export class SpendProducer {
     if (!old.hasPending) return undefined;
     this.agg = this.spare;
     this.spare = old;
-    const out: DrainedRows = { entity: [], daily: [] };
-    const partitions = this.partitions;
-    const maxRowsPerJob = this.maxRowsPerJob;
+    const out = new JobWriter(this.partitions, this.maxRowsPerJob, this.textWriters);
     const steps = (function* (): Generator<void, UnnumberedBatch[]> {
       yield* old.drainSteps(out);
-      return yield* jobSteps(out, partitions, maxRowsPerJob);
+      return out.finish();
     })();
     const d: Drain = {
       agg: old,
@@ -664,7 +666,7 @@ export class SpendProducer {
     let rows = 0;
     for (const batch of numberBatches(jobs, header, () => this.nextBatchId())) {
       this.delivery.queue(batch);
-      rows += batch.rows.length;
+      rows += batch.rowCount;
     }
     this.stats.sealDuration.observe(d.busyMs / 1000);
     this.stats.sealRows.observe(rows);

@@ -1,6 +1,8 @@
+import { RowTextWriter } from "../contract/row-text.js";
+import { DAILY_KINDS, ENTITY_KINDS } from "../contract/spend-batch.js";
 import type { SealedBatch } from "../contract/spend-sink.js";
-import type { DrainedRows } from "./aggregator.js";
-import { dailyIdentity, entityIdentity, partitionOf } from "./partition.js";
+import type { ContextStrings, DrainTarget, DrainedRows } from "./aggregator.js";
+import { FNV_SEED, hashField, hashOn, partitionOfHash } from "./partition.js";
 
 export interface SealHeader {
   producerId: string;
@@ -9,19 +11,157 @@ export interface SealHeader {
   partitions: number;
 }
 
-/** A job's rows before it gets its batch id. */
-export type UnnumberedBatch =
-  | { kind: "entity"; partition: number; rows: DrainedRows["entity"] }
-  | { kind: "daily"; partition: number; rows: DrainedRows["daily"] };
+/** A job's rows before it gets its batch id: row text (format 3, row-text.ts). */
+export interface UnnumberedBatch {
+  kind: "entity" | "daily";
+  partition: number;
+  rowCount: number;
+  rowText: string;
+}
 
-// Rows hashed to their partition before a step yields (each builds its identity string).
-const PARTITION_STEP = 1_024;
+/** A job being written. */
+interface OpenJob {
+  text: RowTextWriter;
+  /** The context whose text the job last wrote (a context's rows follow it). */
+  context: ContextStrings | undefined;
+}
 
 /**
- * Drained rows as batches: split by the flush partition that owns each row
- * (a stable hash of its identity, so every producer sends a row to the same
- * partition), then into jobs of at most `maxRowsPerJob` rows, each with the
- * next batch id.
+ * Drained rows written straight into jobs' row text: each row goes to the
+ * flush partition that owns it (a stable hash of its identity, so every
+ * producer sends a row to the same partition), and a job closes at
+ * `maxRowsPerJob` rows. What a seal keeps until its jobs are sent is one
+ * flat string per job, not an array per row (issue 22: those arrays lived
+ * in the young generation through the seal, and every scavenge copied them).
+ * Jobs come out entity jobs first, as the rows are drained.
+ */
+export class JobWriter implements DrainTarget {
+  /** The jobs closed so far, in order. */
+  readonly jobs: UnnumberedBatch[] = [];
+  /** Rows written so far, per kind. */
+  entityRows = 0;
+  dailyRows = 0;
+
+  private readonly entityOpen: (OpenJob | undefined)[] = [];
+  private readonly dailyOpen: (OpenJob | undefined)[] = [];
+
+  constructor(
+    private readonly partitions: number,
+    private readonly maxRowsPerJob: number,
+    /**
+     * Writers of closed jobs, for the next ones: their buffers have grown to
+     * a job's size already. A producer passes the same pool seal after seal.
+     */
+    private readonly spare: RowTextWriter[] = [],
+  ) {}
+
+  entity(kind: number, id: string, id2: string, spendPico: number | string): void {
+    const p =
+      this.partitions <= 1
+        ? 0
+        : partitionOfHash(
+            hashField(hashField(hashOn(FNV_SEED, ENTITY_KINDS[kind] as string), id), id2),
+            this.partitions,
+          );
+    const job = this.open(this.entityOpen, p);
+    job.text.entityRow(kind, id, id2, spendPico);
+    this.entityRows++;
+    if (job.text.rows >= this.maxRowsPerJob) this.close("entity", this.entityOpen, p);
+  }
+
+  entitiesDone(): void {
+    this.closeAll("entity", this.entityOpen);
+  }
+
+  daily(
+    c: ContextStrings,
+    kind: number,
+    id: string,
+    prompt: number | string,
+    completion: number | string,
+    cacheRead: number | string,
+    cacheCreation: number | string,
+    requests: number | string,
+    successes: number | string,
+    failed: number | string,
+    spendPico: number | string,
+  ): void {
+    const p = this.partitions <= 1 ? 0 : this.dailyPartition(c, kind, id);
+    const job = this.open(this.dailyOpen, p);
+    if (job.context !== c) {
+      job.context = c;
+      job.text.context(
+        c.date,
+        c.apiKey,
+        c.model,
+        c.modelGroup,
+        c.provider,
+        c.mcpToolName,
+        c.endpoint,
+      );
+    }
+    job.text.dailyRow(
+      kind,
+      id,
+      prompt,
+      completion,
+      cacheRead,
+      cacheCreation,
+      requests,
+      successes,
+      failed,
+      spendPico,
+    );
+    this.dailyRows++;
+    if (job.text.rows >= this.maxRowsPerJob) this.close("daily", this.dailyOpen, p);
+  }
+
+  /** Every job, the open ones closed. */
+  finish(): UnnumberedBatch[] {
+    this.closeAll("entity", this.entityOpen);
+    this.closeAll("daily", this.dailyOpen);
+    return this.jobs;
+  }
+
+  /** The daily row's identity hashed field by field, in dailyIdentity's order. */
+  private dailyPartition(c: ContextStrings, kind: number, id: string): number {
+    let h = hashField(hashOn(FNV_SEED, DAILY_KINDS[kind] as string), id);
+    h = hashField(h, c.date);
+    h = hashField(h, c.apiKey);
+    h = hashField(h, c.model);
+    h = hashField(h, c.modelGroup);
+    h = hashField(h, c.provider);
+    h = hashField(h, c.mcpToolName);
+    h = hashField(h, c.endpoint);
+    return partitionOfHash(h, this.partitions);
+  }
+
+  private open(list: (OpenJob | undefined)[], p: number): OpenJob {
+    let job = list[p];
+    if (job === undefined) {
+      job = { text: this.spare.pop() ?? new RowTextWriter(), context: undefined };
+      list[p] = job;
+    }
+    return job;
+  }
+
+  private close(kind: "entity" | "daily", list: (OpenJob | undefined)[], p: number): void {
+    const job = list[p];
+    if (job === undefined || job.text.rows === 0) return;
+    list[p] = undefined;
+    const rowCount = job.text.rows;
+    this.jobs.push({ kind, partition: p, rowCount, rowText: job.text.take() });
+    this.spare.push(job.text);
+  }
+
+  private closeAll(kind: "entity" | "daily", list: (OpenJob | undefined)[]): void {
+    for (let p = 0; p < list.length; p++) this.close(kind, list, p);
+  }
+}
+
+/**
+ * Drained rows as batches: each row to the flush partition that owns it,
+ * jobs of at most `maxRowsPerJob` rows, each with the next batch id.
  */
 export function sealBatches(
   drained: DrainedRows,
@@ -29,10 +169,47 @@ export function sealBatches(
   maxRowsPerJob: number,
   nextBatchId: () => string,
 ): SealedBatch[] {
-  const steps = jobSteps(drained, header.partitions, maxRowsPerJob);
-  let r = steps.next();
-  while (r.done !== true) r = steps.next();
-  return numberBatches(r.value, header, nextBatchId);
+  const w = new JobWriter(header.partitions, maxRowsPerJob);
+  for (const r of drained.entity) w.entity(ENTITY_KINDS.indexOf(r[0]), r[1], r[2], r[3]);
+  w.entitiesDone();
+  let c: ContextStrings | undefined;
+  for (const r of drained.daily) {
+    // Rows of one context share one ContextStrings, so the writer sees them as one run.
+    if (
+      c === undefined ||
+      c.date !== r[2] ||
+      c.apiKey !== r[3] ||
+      c.model !== r[4] ||
+      c.modelGroup !== r[5] ||
+      c.provider !== r[6] ||
+      c.mcpToolName !== r[7] ||
+      c.endpoint !== r[8]
+    ) {
+      c = {
+        date: r[2],
+        apiKey: r[3],
+        model: r[4],
+        modelGroup: r[5],
+        provider: r[6],
+        mcpToolName: r[7],
+        endpoint: r[8],
+      };
+    }
+    w.daily(
+      c,
+      DAILY_KINDS.indexOf(r[0]),
+      r[1],
+      r[9],
+      r[10],
+      r[11],
+      r[12],
+      r[13],
+      r[14],
+      r[15],
+      r[16],
+    );
+  }
+  return numberBatches(w.finish(), header, nextBatchId);
 }
 
 /** Each job with the next batch id, in order. */
@@ -41,53 +218,5 @@ export function numberBatches(
   header: SealHeader,
   nextBatchId: () => string,
 ): SealedBatch[] {
-  return jobs.map((j) =>
-    j.kind === "entity"
-      ? { kind: "entity", batchId: nextBatchId(), partition: j.partition, rows: j.rows, ...header }
-      : { kind: "daily", batchId: nextBatchId(), partition: j.partition, rows: j.rows, ...header },
-  );
-}
-
-/**
- * The jobs of drained rows, entity jobs first, in steps: hashing every row to
- * its partition is O(rows), so it yields every PARTITION_STEP rows and a
- * caller can spread it over turns of the event loop (sealBatches runs it at once).
- */
-export function* jobSteps(
-  drained: DrainedRows,
-  partitions: number,
-  maxRowsPerJob: number,
-): Generator<void, UnnumberedBatch[]> {
-  const out: UnnumberedBatch[] = [];
-  const entity = yield* byPartition(drained.entity, entityIdentity, partitions);
-  for (const [partition, all] of entity)
-    for (let i = 0; i < all.length; i += maxRowsPerJob)
-      out.push({ kind: "entity", partition, rows: all.slice(i, i + maxRowsPerJob) });
-  const daily = yield* byPartition(drained.daily, dailyIdentity, partitions);
-  for (const [partition, all] of daily)
-    for (let i = 0; i < all.length; i += maxRowsPerJob)
-      out.push({ kind: "daily", partition, rows: all.slice(i, i + maxRowsPerJob) });
-  return out;
-}
-
-/** Rows by the partition that owns each one (all in 0 when unpartitioned). */
-function* byPartition<R>(
-  rows: R[],
-  identity: (r: R) => string,
-  partitions: number,
-): Generator<void, Map<number, R[]>> {
-  const out = new Map<number, R[]>();
-  if (partitions <= 1) {
-    if (rows.length > 0) out.set(0, rows);
-    return out;
-  }
-  for (let i = 0; i < rows.length; i++) {
-    const r = rows[i] as R;
-    const p = partitionOf(identity(r), partitions);
-    const list = out.get(p);
-    if (list === undefined) out.set(p, [r]);
-    else list.push(r);
-    if ((i + 1) % PARTITION_STEP === 0) yield;
-  }
-  return out;
+  return jobs.map((j) => ({ ...j, batchId: nextBatchId(), ...header }));
 }

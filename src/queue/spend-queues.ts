@@ -1,7 +1,7 @@
 import type { RedisClient } from "../redis/connection.js";
 import { Queue, type JobsOptions } from "bullmq";
 import { redisKeys, type RedisKeys } from "../redis/keys.js";
-import type { DailyJobPayload, EntitySpendJob } from "../contract/spend-batch.js";
+import type { DailyJobPayload, EntityJobPayload } from "../contract/spend-batch.js";
 
 /** BullMQ job names inside the spend queues. */
 export const ENTITY_JOB = "spend";
@@ -17,7 +17,7 @@ export const SPEND_JOB_OPTIONS: JobsOptions = {
 };
 
 export interface SpendQueues {
-  entity: Queue<EntitySpendJob>;
+  entity: Queue<EntityJobPayload>;
   daily: Queue<DailyJobPayload>;
   /** The names of this partition's keys, and the connection the queues use. */
   keys: RedisKeys;
@@ -27,7 +27,7 @@ export interface SpendQueues {
 
 export function openSpendQueues(connection: RedisClient, keys: RedisKeys): SpendQueues {
   const opts = { connection, prefix: keys.bullPrefix, defaultJobOptions: SPEND_JOB_OPTIONS };
-  const entity = new Queue<EntitySpendJob>(keys.spendQueue, opts);
+  const entity = new Queue<EntityJobPayload>(keys.spendQueue, opts);
   const daily = new Queue<DailyJobPayload>(keys.dailySpendQueue, opts);
   // Errors reach the caller through the add() that failed.
   entity.on("error", () => undefined);

@@ -72,7 +72,7 @@ export async function createSpendProducer<P extends SpendProducer = SpendProduce
     const redis = deps.redis ?? connectRedis(config.redis, "producer");
     if (deps.redis === undefined) closers.push(() => redis.disconnect());
     sink = new QueueSink(openPartitionQueues(redis, config.keyPrefix, config.partitions), {
-      dailyJobFormat: config.producer.dailyJobFormat,
+      jobFormat: config.producer.jobFormat,
     });
     guard = new PartitionGuard(
       redis,

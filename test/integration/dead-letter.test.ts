@@ -4,6 +4,7 @@ import { after, before, beforeEach, describe, it } from "node:test";
 import { applyBatches } from "../../src/persist/apply-batches.js";
 import { listDeadLetters, replayDeadLetter } from "../../src/persist/dead-letters.js";
 import type { DailyRow, EntityRow } from "../../src/contract/spend-batch.js";
+import { encodeDailyRows, encodeEntityRows } from "../../src/contract/row-text.js";
 import { DAILY_JOB, ENTITY_JOB } from "../../src/queue/spend-queues.js";
 import { diffTotals, readTotals } from "../support/db-totals.js";
 import { createTestDatabase, truncateAll, type TestDatabase } from "../support/db.js";
@@ -191,6 +192,60 @@ describe("dead letters: the flush never wedges on rows PostgreSQL refuses", () =
     assert.deepEqual(JSON.parse(stored.payload), { v: 1, rows: "nope\u0000" });
     assert.equal(await h.queues.entity.getFailedCount(), 1);
     await assertReconciled(rowTotals(ok, []));
+  });
+
+  it("format 3: unreadable row text is a dead letter saying where and why; readable text isolates a bad row as format 1 does", async () => {
+    const v3 = async (
+      kind: "entity" | "daily",
+      rowCount: number,
+      rowText: string,
+    ): Promise<string> => {
+      const batchId = `test.${++seq}`;
+      const data = {
+        v: 3 as const,
+        kind,
+        batchId,
+        producerId: "test",
+        sealedAt: Date.now(),
+        rowCount,
+        rowText,
+      };
+      if (kind === "entity") await h.queues.entity.add(ENTITY_JOB, data, { jobId: batchId });
+      else await h.queues.daily.add(DAILY_JOB, data, { jobId: batchId });
+      return batchId;
+    };
+    const fine = entityRows(40, "v3");
+    const text = encodeEntityRows(fine);
+    // Cut mid-row, a row count that is not the text's, and a kind no producer writes.
+    await v3("entity", 40, text.slice(0, -3));
+    await v3("entity", 41, text);
+    await v3("entity", 1, "9,1:t0:5,");
+    // Daily text read as an entity job's (the wrong queue's kind field is refused too).
+    const days = [dailyRow("u-1"), dailyRow("u-2")];
+    await v3("daily", 2, encodeDailyRows(days));
+    await v3("entity", 2, encodeDailyRows(days));
+    // A readable job with a NUL in one id: that row alone is set aside, as in format 1.
+    const withNul: EntityRow[] = [["tag", "nul\u0000", "", "7000"], ...entityRows(5, "beside")];
+    await v3("entity", withNul.length, encodeEntityRows(withNul));
+    await v3("entity", fine.length, text);
+
+    const report = await h.flusher().flushOnce();
+    assert.equal(report.outcome, "committed");
+    assert.equal(report.poisonJobs, 4);
+    const letters = await listDeadLetters(t.db);
+    const jobs = letters.filter((l) => l.kind === "job");
+    assert.equal(jobs.length, 4);
+    const details = jobs.map((l) => l.detail).join("\n");
+    assert.match(details, /rowText: row text, at character \d+: spend: text ends early/);
+    assert.match(details, /rowCount: says 41 rows, the text holds 40/);
+    assert.match(details, /kind: no kind 9/);
+    assert.match(details, /kind: expected a number/);
+    const rows = letters.filter((l) => l.kind === "entity");
+    assert.equal(rows.length, 1);
+    assert.equal(rows[0]?.rows, 1);
+    await assertReconciled(addTotals(rowTotals([...fine, ...withNul], days), rowTotals([], [])));
+    const poison = await h.metrics.registry.getSingleMetricAsString("spend_poison_jobs_total");
+    assert.match(poison, /queue="entity"[^}]*} 4/);
   });
 
   it("replays a dead letter once after the fix, exactly; a second replay finds nothing", async () => {

@@ -244,13 +244,13 @@ describe("flush", () => {
     });
   }
 
-  it("flushes daily jobs of both formats exactly; format 2 groups rows by context", async () => {
+  it("flushes jobs of all three formats exactly; format 2 groups rows by context, format 3 is row text", async () => {
     const ledger = new Ledger();
-    const formats = [1, 2] as const;
-    for (const [i, dailyJobFormat] of formats.entries()) {
+    const formats = [1, 2, 3] as const;
+    for (const [i, jobFormat] of formats.entries()) {
       const p = await h.producer(
         {},
-        { ...h.config, producer: { ...h.config.producer, dailyJobFormat } },
+        { ...h.config, producer: { ...h.config.producer, jobFormat } },
       );
       const gen = trafficGenerator(20 + i);
       for (let n = 0; n < 800; n++) {
@@ -263,7 +263,24 @@ describe("flush", () => {
     const jobs = await h.queues.daily.getWaiting();
     const v1 = jobs.filter((j) => j.data.v === 1);
     const v2 = jobs.flatMap((j) => (j.data.v === 2 ? [j.data] : []));
-    assert.ok(v1.length > 0 && v2.length > 0, "both formats queued");
+    const v3 = jobs.flatMap((j) => (j.data.v === 3 ? [j.data] : []));
+    assert.ok(v1.length > 0 && v2.length > 0 && v3.length > 0, "all three formats queued");
+    const entity = await h.queues.entity.getWaiting();
+    assert.deepEqual(
+      [...new Set(entity.map((j) => j.data.v))].sort(),
+      [1, 3],
+      "entity jobs: format 1 (for formats 1 and 2) and 3",
+    );
+    // Format 3 is smaller than format 2 for the same traffic shape, per row.
+    const perRow = (ds: { rowCount?: number }[], bytes: number): number =>
+      bytes / ds.reduce((n, d) => n + (d.rowCount ?? 0), 0);
+    const v3Bytes = v3.reduce((n, d) => n + JSON.stringify(d).length, 0);
+    const v2Rows = v2.reduce((n, d) => n + d.groups.reduce((m, g) => m + g[1].length, 0), 0);
+    const v2Bytes = v2.reduce((n, d) => n + JSON.stringify(d).length, 0);
+    assert.ok(
+      perRow(v3, v3Bytes) < v2Bytes / v2Rows,
+      `format 3 ${perRow(v3, v3Bytes).toFixed(1)} B/row, format 2 ${(v2Bytes / v2Rows).toFixed(1)}`,
+    );
     // Grouping that failed (one group per row) would be larger than format 1, not smaller.
     const rows = v2.reduce((n, d) => n + d.groups.reduce((m, g) => m + g[1].length, 0), 0);
     const groups = v2.reduce((n, d) => n + d.groups.length, 0);

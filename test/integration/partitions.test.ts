@@ -9,7 +9,7 @@ import { startGateway } from "../../src/gateway/gateway.js";
 import { createRedis } from "../../src/redis/connection.js";
 import { redisKeys } from "../../src/redis/keys.js";
 import { ensurePartitionCount, PartitionMismatchError } from "../../src/queue/partitions.js";
-import { dailyJobPayloadSchema } from "../../src/contract/spend-batch.js";
+import { dailyJobPayloadSchema, entityJobSchema } from "../../src/contract/spend-batch.js";
 import { openSpendQueues } from "../../src/queue/spend-queues.js";
 import { trafficGenerator } from "../../src/demo/traffic.js";
 import { diffTotals, readTotals } from "../support/db-totals.js";
@@ -76,7 +76,7 @@ describe("partitioned flush", () => {
       assert.ok(entityJobs.length > 0 && dailyJobs.length > 0, `partition ${p} got work`);
       for (const j of entityJobs) {
         assert.equal(j.data.partitions, P);
-        for (const r of j.data.rows) {
+        for (const r of entityJobSchema.parse(j.data).rows) {
           const id = r[0] + SEP + r[1] + SEP + r[2];
           assert.equal(partitionOf(id, P), p);
           assert.equal(seen.get(id) ?? p, p, "a row never appears in two partitions");

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { mergeRows } from "../../src/persist/merge.js";
-import { Aggregator } from "../../src/produce/aggregator.js";
+import { Aggregator, TupleTarget } from "../../src/produce/aggregator.js";
 import { validateSpendEvent, type SpendEvent } from "../../src/produce/spend-event.js";
 import type { DailyRow, EntityRow } from "../../src/contract/spend-batch.js";
 import { Ledger, type Totals } from "../support/ledger.js";
@@ -223,7 +223,7 @@ describe("aggregation", () => {
     // (1,000 rows in it, 334 of them emitted).
     let mostPerStep = 0;
     let before = 0;
-    for (const _ of agg.drainSteps(out)) {
+    for (const _ of agg.drainSteps(new TupleTarget(out))) {
       mostPerStep = Math.max(mostPerStep, out.daily.length - before);
       before = out.daily.length;
     }

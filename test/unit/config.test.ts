@@ -125,6 +125,17 @@ litellm_settings:
     );
   });
 
+  it("writes jobs in format 3 unless job_format (or the deprecated daily_job_format) says otherwise", () => {
+    const format = (settings: Record<string, unknown>): number =>
+      buildConfig({ spend_buffer_settings: settings }, {}).producer.jobFormat;
+    assert.equal(format({}), 3);
+    assert.equal(format({ job_format: 2 }), 2);
+    assert.equal(format({ daily_job_format: 1 }), 1);
+    assert.equal(format({ job_format: 3, daily_job_format: 1 }), 3);
+    for (const bad of [{ job_format: 4 }, { daily_job_format: 3 }, { job_format: "3" }])
+      assert.throws(() => format(bad), ConfigError, JSON.stringify(bad));
+  });
+
   it("reads LOG_LEVEL and METRICS_PORT here, typed and validated, over the file", () => {
     const p = file("spend_buffer_settings:\n  log_level: warn\n  metrics_port: 9500\n");
     const c = loadConfig(p, {});

@@ -7,6 +7,7 @@ import { parse as parseYaml } from "yaml";
 import { subcommands } from "../../src/cli/program.js";
 import { buildConfig } from "../../src/config/config.js";
 import { renderConfigReference } from "../../src/config/config-reference.js";
+import { dailyJobPayloadSchema, entityJobSchema } from "../../src/contract/spend-batch.js";
 import { REPO_ROOT } from "../support/paths.js";
 
 /**
@@ -154,9 +155,23 @@ describe("docs", () => {
     }
   });
 
-  it("JSON samples parse", () => {
-    for (const s of all.filter((x) => x.lang === "json"))
-      assert.doesNotThrow(() => JSON.parse(s.code), where(s));
+  it("JSON samples parse, and every spend job sample is one the flush reads", () => {
+    let jobs = 0;
+    for (const s of all.filter((x) => x.lang === "json")) {
+      let data: unknown;
+      assert.doesNotThrow(() => (data = JSON.parse(s.code)), where(s));
+      if (typeof data !== "object" || data === null || !("batchId" in data)) continue;
+      jobs++;
+      const entity = entityJobSchema.safeParse(data);
+      const daily = dailyJobPayloadSchema.safeParse(data);
+      assert.ok(
+        entity.success || daily.success,
+        `${where(s)}: ${daily.error?.issues[0]?.message ?? ""} ${entity.error?.issues[0]?.message ?? ""}`,
+      );
+      const rows = entity.success ? entity.data.rows : daily.data?.rows;
+      assert.ok((rows?.length ?? 0) > 0, `${where(s)}: a sample job with no rows`);
+    }
+    assert.ok(jobs >= 2, "the job format samples were found");
   });
 
   it("no table row is wider than a page (120 characters)", () => {

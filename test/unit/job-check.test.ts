@@ -2,11 +2,14 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { checkDailyJob, checkEntityJob } from "../../src/contract/job-check.js";
+import { encodeDailyRows, encodeEntityRows } from "../../src/contract/row-text.js";
 import {
   DAILY_KINDS,
   dailyJobPayloadSchema,
   ENTITY_KINDS,
   entityJobSchema,
+  type DailyRow,
+  type EntityRow,
 } from "../../src/contract/spend-batch.js";
 
 /**
@@ -124,6 +127,41 @@ const dailyV2 = fc.record(
   { requiredKeys: ["v", "batchId", "producerId", "sealedAt", "groups"] },
 );
 
+/** Format 3 of a format 1 job: its rows as row text. */
+function asV3(kind: "entity" | "daily", job: Record<string, unknown>): Record<string, unknown> {
+  const { rows, ...rest } = job;
+  const text =
+    kind === "entity" ? encodeEntityRows(rows as EntityRow[]) : encodeDailyRows(rows as DailyRow[]);
+  return { ...rest, v: 3, kind, rowCount: (rows as unknown[]).length, rowText: text };
+}
+const entityV3 = entityJob.map((j) => asV3("entity", j as Record<string, unknown>));
+const dailyV3 = dailyV1.map((j) => asV3("daily", j as Record<string, unknown>));
+
+/** A format 3 job with its text cut, or a character of it replaced, inserted or removed. */
+const textMutated = (arb: fc.Arbitrary<Record<string, unknown>>): fc.Arbitrary<unknown> =>
+  arb
+    .filter((j) => (j.rowText as string).length > 0)
+    .chain((j) => {
+      const t = j.rowText as string;
+      return fc
+        .tuple(
+          fc.nat({ max: t.length - 1 }),
+          fc.constantFrom("", ",", ":", "0", "9", "x", "\u0000", "99999:", "7,"),
+          fc.integer({ min: 0, max: 3 }),
+        )
+        .map(([at, c, how]) => ({
+          ...j,
+          rowText:
+            how === 0
+              ? t.slice(0, at)
+              : how === 1
+                ? t.slice(0, at) + c + t.slice(at + 1)
+                : how === 2
+                  ? t.slice(0, at) + c + t.slice(at)
+                  : t.slice(0, at) + t.slice(at + 1),
+        }));
+    });
+
 /** Every path to a value inside `x` (object keys and array indices), the root excluded. */
 function paths(x: unknown, at: (string | number)[] = []): (string | number)[][] {
   if (Array.isArray(x)) return x.flatMap((v, i) => [[...at, i], ...paths(v, [...at, i])]);
@@ -190,6 +228,18 @@ const cases = [
     fast: checkDailyJob,
     schema: dailyJobPayloadSchema,
   },
+  {
+    name: "entity jobs, format 3",
+    arb: entityV3 as fc.Arbitrary<unknown>,
+    fast: checkEntityJob,
+    schema: entityJobSchema,
+  },
+  {
+    name: "daily jobs, format 3",
+    arb: dailyV3 as fc.Arbitrary<unknown>,
+    fast: checkDailyJob,
+    schema: dailyJobPayloadSchema,
+  },
 ];
 
 describe("the flush's hand-written job checks", () => {
@@ -212,6 +262,31 @@ describe("the flush's hand-written job checks", () => {
       );
     });
   }
+
+  it("agree with the schema on format 3 text cut short or with a character changed", () => {
+    for (const [arb, fast, schema] of [
+      [entityV3, checkEntityJob, entityJobSchema],
+      [dailyV3, checkDailyJob, dailyJobPayloadSchema],
+    ] as const)
+      fc.assert(
+        fc.property(textMutated(arb), (job) => agree(job, fast, schema)),
+        { numRuns: 2_000 },
+      );
+  });
+
+  it("read a format 3 job of the other queue's kind as malformed", () => {
+    fc.assert(
+      fc.property(entityV3, dailyV3, (e, d) => {
+        for (const [job, fast, schema] of [
+          [{ ...e, kind: "daily" }, checkEntityJob, entityJobSchema],
+          [{ ...d, kind: "entity" }, checkDailyJob, dailyJobPayloadSchema],
+        ] as const) {
+          agree(job, fast, schema);
+          assert.equal(fast(job), undefined);
+        }
+      }),
+    );
+  });
 
   it("refuse what is not a job at all, as the schemas do", () => {
     for (const x of [null, undefined, 1, "job", [], [{}], {}, { v: 3 }])

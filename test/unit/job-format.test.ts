@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
+import { encodeDailyRows } from "../../src/contract/row-text.js";
 import {
   DAILY_KINDS,
   dailyJobPayloadSchema,
@@ -8,6 +9,7 @@ import {
   ungroupDailyRows,
   type DailyRow,
 } from "../../src/contract/spend-batch.js";
+import { jobPayload } from "../../src/queue/queue-sink.js";
 
 /** Daily job formats: grouping by context loses nothing, in any order of rows. */
 const contexts = [
@@ -46,6 +48,34 @@ describe("daily job formats", () => {
           JSON.stringify({ v: 2, batchId: "b", producerId: "p", sealedAt: 1, groups }),
         ) as unknown;
         assert.deepEqual(dailyJobPayloadSchema.parse(wire).rows, rows);
+      }),
+    );
+  });
+
+  it("a sealed batch's row text reaches the worker as the same rows in all three formats", () => {
+    fc.assert(
+      fc.property(fc.array(row, { minLength: 1, maxLength: 60 }), (rows) => {
+        const batch = {
+          kind: "daily" as const,
+          batchId: "p.1",
+          producerId: "p",
+          sealedAt: 1,
+          partition: 0,
+          partitions: 1,
+          rowCount: rows.length,
+          rowText: encodeDailyRows(rows),
+        };
+        const bytes: number[] = [];
+        for (const format of [1, 2, 3] as const) {
+          const json = JSON.stringify(jobPayload(batch, format));
+          bytes.push(json.length);
+          const read = dailyJobPayloadSchema.parse(JSON.parse(json));
+          assert.deepEqual(read.rows, rows, `format ${format}`);
+          assert.equal(read.batchId, "p.1");
+        }
+        // Format 3 is the smallest once rows share contexts.
+        const [, v2, v3] = bytes;
+        if (rows.length >= 20) assert.ok((v3 ?? 0) < (v2 ?? 0), bytes.join(" > "));
       }),
     );
   });

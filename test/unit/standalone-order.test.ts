@@ -1,3 +1,4 @@
+import { decodeDailyRows, decodeEntityRows } from "../../src/contract/row-text.js";
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { DEFAULT_LIMITS } from "../../src/config/config.js";
@@ -42,8 +43,8 @@ describe("standalone seal order", () => {
     assert.ok(r.ok);
     const order = r.batches.map((b) =>
       b.kind === "entity"
-        ? b.rows.map((x) => [x[0], x[1], x[2]])
-        : b.rows.map((x) => [x[0], x[1], x[3], x[4]]),
+        ? decodeEntityRows(b.rowText).map((x) => [x[0], x[1], x[2]])
+        : decodeDailyRows(b.rowText).map((x) => [x[0], x[1], x[3], x[4]]),
     );
     assert.deepEqual(order, [
       [

@@ -1,0 +1,441 @@
+import {
+  DAILY_KINDS,
+  ENTITY_KINDS,
+  type Count,
+  type DailyRow,
+  type EntityRow,
+} from "./spend-rows.js";
+
+/**
+ * Format 3 of a spend job: its rows as one string ("row text").
+ *
+ * Formats 1 and 2 carry rows as JSON arrays. A producer had to build every
+ * row as an array of strings and numbers, keep it until its job was sent,
+ * and BullMQ then walked them all again to write the JSON: hundreds of
+ * thousands of small arrays living in the young generation through a seal,
+ * which every scavenge copied (issue 22). In format 3 a producer writes each
+ * row's text as it drains it; what a batch holds until it is sent is one
+ * flat string, and JSON-encoding a string is a scan, not a walk.
+ *
+ * The text is a sequence of tokens, each a run of decimal digits and a
+ * terminator:
+ *   - `<digits>,` is a number (a kind's index, a counter, picodollars);
+ *   - `<n>:` is a string: the n UTF-16 code units after the colon.
+ * Strings are length-prefixed rather than quoted, so an id may hold any
+ * character (commas, colons, digits, quotes) with nothing to escape, and a
+ * reader never scans one. Lengths count UTF-16 code units, as JSON and
+ * JavaScript strings do, so the text survives BullMQ's JSON round trip.
+ *
+ * Entity text: rows, each `kind id id2 spend` (kind: index in ENTITY_KINDS).
+ * Daily text: contexts, each its seven strings (date, api key, model, model
+ * group, provider, MCP tool, endpoint) followed by its rows, each
+ * `kind entityId prompt completion cacheRead cacheCreation requests
+ * successful failed spend` (kind: index in DAILY_KINDS). A row starts with a
+ * number and a context with a string, which is how a reader tells them apart.
+ */
+
+// Longest digit run a number may have: spend and counts are at most 38 digits (numeric(38,…)).
+const MAX_DIGITS = 38;
+// A string's length prefix above this is refused before anything is sliced.
+const MAX_STRING = 1024;
+// A count of at most this many digits is below 2^53, so it is carried as a number.
+const SAFE_DIGITS = 15;
+const DATE = /^\d{4}-\d{2}-\d{2}$/;
+
+const ZERO = 48;
+const NINE = 57;
+const COMMA = 44;
+const COLON = 58;
+
+// A writer's first buffer, in code units; it doubles as a job needs.
+const INITIAL_UNITS = 16_384;
+
+/**
+ * Writes row text into a typed array, code unit by code unit: no string is
+ * made per row or per number, only the job's text when it is taken. One
+ * byte a code unit while every one written is below 256 (ids are mostly
+ * ASCII), two from the first that is not. A writer is reused job after job.
+ */
+export class RowTextWriter {
+  private bytes = new Uint8Array(INITIAL_UNITS);
+  private units: Uint16Array | undefined = undefined;
+  private n = 0;
+  /** Rows written since the last take(). */
+  rows = 0;
+
+  /** Code units written since the last take(). */
+  get length(): number {
+    return this.n;
+  }
+
+  /** An entity row. */
+  entityRow(kind: number, id: string, id2: string, spendPico: number | string): void {
+    this.number(kind);
+    this.string(id);
+    this.string(id2);
+    this.count(spendPico);
+    this.rows++;
+  }
+
+  /** The seven strings that open a daily context. */
+  context(
+    date: string,
+    apiKey: string,
+    model: string,
+    modelGroup: string,
+    provider: string,
+    mcpToolName: string,
+    endpoint: string,
+  ): void {
+    this.string(date);
+    this.string(apiKey);
+    this.string(model);
+    this.string(modelGroup);
+    this.string(provider);
+    this.string(mcpToolName);
+    this.string(endpoint);
+  }
+
+  /** A daily row of the context written last. */
+  dailyRow(
+    kind: number,
+    id: string,
+    prompt: Count,
+    completion: Count,
+    cacheRead: Count,
+    cacheCreation: Count,
+    requests: Count,
+    successes: Count,
+    failed: Count,
+    spendPico: number | string,
+  ): void {
+    this.number(kind);
+    this.string(id);
+    this.count(prompt);
+    this.count(completion);
+    this.count(cacheRead);
+    this.count(cacheCreation);
+    this.count(requests);
+    this.count(successes);
+    this.count(failed);
+    this.count(spendPico);
+    this.rows++;
+  }
+
+  /** The text written since the last take(), and a fresh start (the buffer is kept). */
+  take(): string {
+    const n = this.n;
+    const text =
+      this.units === undefined
+        ? Buffer.from(this.bytes.buffer, 0, n).toString("latin1")
+        : Buffer.from(this.units.buffer, 0, n * 2).toString("utf16le");
+    this.n = 0;
+    this.rows = 0;
+    this.units = undefined;
+    return text;
+  }
+
+  /** A count: a number below 2^53, or its digits. */
+  private count(c: number | string): void {
+    if (typeof c === "number") this.number(c);
+    else {
+      this.ascii(c);
+      this.unit(COMMA);
+    }
+  }
+
+  /** A non-negative integer below 2^53 and its comma. */
+  private number(v: number): void {
+    let digits = 1;
+    for (let p = 10; p <= v; p *= 10) digits++;
+    this.room(digits + 1);
+    let at = this.n + digits;
+    this.n = at + 1;
+    const b = this.units ?? this.bytes;
+    b[at] = COMMA;
+    if (v < 2_147_483_648) {
+      // Integer arithmetic: a double's % is a call into C, several times slower.
+      let w = v | 0;
+      do {
+        const q = (w / 10) | 0;
+        b[--at] = ZERO + w - q * 10;
+        w = q;
+      } while (w > 0);
+      return;
+    }
+    // Exact: v is an integer, so v % 10 is its last digit and v - d a multiple of 10.
+    do {
+      const d = v % 10;
+      b[--at] = ZERO + d;
+      v = (v - d) / 10;
+    } while (v > 0);
+  }
+
+  /** A string token: its length, a colon, its code units. */
+  private string(s: string): void {
+    this.ascii(String(s.length));
+    this.unit(COLON);
+    const len = s.length;
+    this.room(len);
+    let b = this.units ?? this.bytes;
+    let at = this.n;
+    for (let i = 0; i < len; i++) {
+      const c = s.charCodeAt(i);
+      if (c > 0xff && this.units === undefined) {
+        this.n = at;
+        b = this.widen();
+      }
+      b[at++] = c;
+    }
+    this.n = at;
+  }
+
+  /** Code units known to be ASCII (digits). */
+  private ascii(s: string): void {
+    this.room(s.length);
+    const b = this.units ?? this.bytes;
+    let at = this.n;
+    for (let i = 0; i < s.length; i++) b[at++] = s.charCodeAt(i);
+    this.n = at;
+  }
+
+  private unit(c: number): void {
+    this.room(1);
+    (this.units ?? this.bytes)[this.n++] = c;
+  }
+
+  /** Room for `k` more code units. */
+  private room(k: number): void {
+    const need = this.n + k;
+    const cap = this.units === undefined ? this.bytes.length : this.units.length;
+    if (need <= cap) return;
+    const size = Math.max(need, cap * 2);
+    if (this.units === undefined) {
+      const b = new Uint8Array(size);
+      b.set(this.bytes.subarray(0, this.n));
+      this.bytes = b;
+    } else {
+      const u = new Uint16Array(size);
+      u.set(this.units.subarray(0, this.n));
+      this.units = u;
+    }
+  }
+
+  /** Two bytes a code unit from here on, what is written so far copied over. */
+  private widen(): Uint16Array {
+    const u = new Uint16Array(Math.max(this.bytes.length, this.n * 2));
+    u.set(this.bytes.subarray(0, this.n));
+    this.units = u;
+    return u;
+  }
+}
+
+/** Entity rows as format 3 text. */
+export function encodeEntityRows(rows: readonly EntityRow[]): string {
+  const w = new RowTextWriter();
+  for (const r of rows) w.entityRow(ENTITY_KINDS.indexOf(r[0]), r[1], r[2], r[3]);
+  return w.take();
+}
+
+/** Daily rows as format 3 text: consecutive rows sharing a context share its text. */
+export function encodeDailyRows(rows: readonly DailyRow[]): string {
+  const w = new RowTextWriter();
+  let last: DailyRow | undefined;
+  for (const r of rows) {
+    if (last === undefined || !sameContext(last, r))
+      w.context(r[2], r[3], r[4], r[5], r[6], r[7], r[8]);
+    w.dailyRow(
+      DAILY_KINDS.indexOf(r[0]),
+      r[1],
+      r[9],
+      r[10],
+      r[11],
+      r[12],
+      r[13],
+      r[14],
+      r[15],
+      r[16],
+    );
+    last = r;
+  }
+  return w.take();
+}
+
+function sameContext(a: DailyRow, b: DailyRow): boolean {
+  for (let i = 2; i < 9; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Row text a reader refuses: where, and why. */
+export class RowTextError extends Error {
+  constructor(
+    readonly at: number,
+    reason: string,
+  ) {
+    super(`row text, at character ${at}: ${reason}`);
+    this.name = "RowTextError";
+  }
+}
+
+/**
+ * A reader of row text that checks each token as the contract's schemas
+ * check the same value in formats 1 and 2 (ids at most 1024 characters, an
+ * entity id not empty, counts and spend 1–38 digits, the date YYYY-MM-DD).
+ */
+class Reader {
+  at = 0;
+  constructor(private readonly t: string) {}
+
+  get done(): boolean {
+    return this.at >= this.t.length;
+  }
+
+  /** True if the next token is a number (its digits end with a comma). */
+  nextIsNumber(): boolean {
+    const t = this.t;
+    let i = this.at;
+    while (i < t.length) {
+      const c = t.charCodeAt(i);
+      if (c < ZERO || c > NINE) return c === COMMA;
+      i++;
+    }
+    return false;
+  }
+
+  // The token read last by digits(): where its digits start, how many, their value, its terminator.
+  private from = 0;
+  private len = 0;
+  private value = 0;
+  private end = 0;
+
+  /**
+   * Reads the next token's digits and terminator into from/len/value/end,
+   * with no string made: most tokens are small numbers and lengths.
+   */
+  private digits(what: string): void {
+    const t = this.t;
+    const from = this.at;
+    let i = from;
+    let v = 0;
+    for (; i < t.length; i++) {
+      const c = t.charCodeAt(i);
+      if (c < ZERO || c > NINE) break;
+      if (i - from === MAX_DIGITS)
+        throw new RowTextError(from, `${what}: more than ${MAX_DIGITS} digits`);
+      v = v * 10 + (c - ZERO);
+    }
+    if (i === from)
+      throw new RowTextError(
+        from,
+        i < t.length ? `${what}: expected digits` : `${what}: text ends early`,
+      );
+    if (i >= t.length) throw new RowTextError(i, `${what}: text ends early`);
+    this.from = from;
+    this.len = i - from;
+    this.value = v;
+    this.end = t.charCodeAt(i);
+  }
+
+  /** Reads a number token (its digits and comma). */
+  private numberToken(what: string): void {
+    this.digits(what);
+    if (this.end !== COMMA)
+      throw new RowTextError(this.from + this.len, `${what}: expected a number`);
+    this.at = this.from + this.len + 1;
+  }
+
+  /** A number token's digits. */
+  numberDigits(what: string): string {
+    this.numberToken(what);
+    return this.t.slice(this.from, this.from + this.len);
+  }
+
+  /** A count: a number while it has at most 15 digits (exact below 2^53), else its digits. */
+  count(what: string): Count {
+    this.numberToken(what);
+    return this.len <= SAFE_DIGITS ? this.value : this.t.slice(this.from, this.from + this.len);
+  }
+
+  /** A kind's index, below `n`. */
+  kind(n: number): number {
+    this.numberToken("kind");
+    if (this.value >= n || this.len > 2)
+      throw new RowTextError(
+        this.from,
+        `kind: no kind ${this.t.slice(this.from, this.from + this.len)}`,
+      );
+    return this.value;
+  }
+
+  /** A string token of at most 1024 characters (at least `min`). */
+  string(what: string, min = 0): string {
+    this.digits(what);
+    const from = this.from;
+    if (this.end !== COLON) throw new RowTextError(from + this.len, `${what}: expected a string`);
+    const n = this.len <= 4 ? this.value : MAX_STRING + 1;
+    if (n > MAX_STRING)
+      throw new RowTextError(from, `${what}: longer than ${MAX_STRING} characters`);
+    if (n < min) throw new RowTextError(from, `${what}: empty`);
+    const start = from + this.len + 1;
+    if (start + n > this.t.length) throw new RowTextError(from, `${what}: text ends early`);
+    this.at = start + n;
+    return this.t.slice(start, start + n);
+  }
+}
+
+/** Format 3 entity text as rows; throws RowTextError on anything the schemas would refuse. */
+export function decodeEntityRows(text: string): EntityRow[] {
+  const r = new Reader(text);
+  const rows: EntityRow[] = [];
+  while (!r.done) {
+    const kind = ENTITY_KINDS[r.kind(ENTITY_KINDS.length)] as EntityRow[0];
+    rows.push([kind, r.string("id", 1), r.string("second id"), r.numberDigits("spend")]);
+  }
+  return rows;
+}
+
+/** Format 3 daily text as rows (format 1's); throws RowTextError on anything the schemas would refuse. */
+export function decodeDailyRows(text: string): DailyRow[] {
+  const r = new Reader(text);
+  const rows: DailyRow[] = [];
+  let ctx: string[] | undefined;
+  while (!r.done) {
+    if (!r.nextIsNumber()) {
+      const at = r.at;
+      const date = r.string("date");
+      if (!DATE.test(date)) throw new RowTextError(at, "date: not YYYY-MM-DD");
+      ctx = [
+        date,
+        r.string("api key"),
+        r.string("model"),
+        r.string("model group"),
+        r.string("provider"),
+        r.string("MCP tool"),
+        r.string("endpoint"),
+      ];
+      continue;
+    }
+    if (ctx === undefined) throw new RowTextError(r.at, "a daily row before any context");
+    const kind = DAILY_KINDS[r.kind(DAILY_KINDS.length)] as DailyRow[0];
+    rows.push([
+      kind,
+      r.string("entity id", 1),
+      ctx[0] as string,
+      ctx[1] as string,
+      ctx[2] as string,
+      ctx[3] as string,
+      ctx[4] as string,
+      ctx[5] as string,
+      ctx[6] as string,
+      r.count("prompt tokens"),
+      r.count("completion tokens"),
+      r.count("cache read tokens"),
+      r.count("cache creation tokens"),
+      r.count("requests"),
+      r.count("successful requests"),
+      r.count("failed requests"),
+      r.numberDigits("spend"),
+    ]);
+  }
+  return rows;
+}

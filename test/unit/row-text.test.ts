@@ -1,0 +1,181 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import {
+  RowTextError,
+  decodeDailyRows,
+  decodeEntityRows,
+  encodeDailyRows,
+  encodeEntityRows,
+} from "../../src/contract/row-text.js";
+import {
+  DAILY_KINDS,
+  ENTITY_KINDS,
+  type DailyRow,
+  type EntityRow,
+} from "../../src/contract/spend-batch.js";
+import { Aggregator } from "../../src/produce/aggregator.js";
+import { dailyIdentity, entityIdentity, partitionOf } from "../../src/produce/partition.js";
+import { sealBatches } from "../../src/produce/sealer.js";
+import { validateSpendEvent } from "../../src/produce/spend-event.js";
+
+/**
+ * Format 3's row text (row-text.ts): every row survives the trip through
+ * BullMQ's JSON exactly, whatever its ids hold, and a reader refuses
+ * anything else with where and why.
+ */
+
+// Any UTF-16 code units: separators, digits, quotes, NUL, astral pairs and lone surrogates.
+const anyId = fc.string({ unit: "binary", maxLength: 40 });
+const nonEmpty = fc.string({ unit: "binary", minLength: 1, maxLength: 40 });
+const tricky = fc.constantFrom("12:", "3,", ":", ",", "0", '"', "\\", "\u0000", "\ud800", "😀");
+const ident = fc.oneof(anyId, tricky);
+const digits = fc.bigInt({ min: 0n, max: 10n ** 38n - 1n }).map(String);
+// A count is a number below 2^53, or digits once it outgrows a number.
+const count = fc.oneof(fc.nat(), fc.bigInt({ min: 10n ** 15n, max: 10n ** 38n - 1n }).map(String));
+
+const entityRow = fc.tuple(
+  fc.constantFrom(...ENTITY_KINDS),
+  fc.oneof(nonEmpty, tricky),
+  ident,
+  digits,
+) as fc.Arbitrary<EntityRow>;
+
+const context = fc.tuple(
+  fc.constantFrom("2026-12-03", "1999-01-31"),
+  ident,
+  ident,
+  ident,
+  ident,
+  ident,
+  ident,
+);
+const dailyRows = fc
+  .array(
+    fc.tuple(
+      context,
+      fc.array(
+        fc.tuple(
+          fc.constantFrom(...DAILY_KINDS),
+          fc.oneof(nonEmpty, tricky),
+          fc.array(count, { minLength: 7, maxLength: 7 }),
+          digits,
+        ),
+        { minLength: 1, maxLength: 4 },
+      ),
+    ),
+    { maxLength: 4 },
+  )
+  .map((groups) =>
+    groups.flatMap(([c, rows]) =>
+      rows.map(([k, id, n, spend]) => [k, id, ...c, ...n, spend] as unknown as DailyRow),
+    ),
+  );
+
+/** Through JSON as BullMQ stores it, then read back. */
+const wire = (text: string): string =>
+  (JSON.parse(JSON.stringify({ rowText: text })) as { rowText: string }).rowText;
+
+function refuses(read: () => unknown, reason: RegExp): void {
+  assert.throws(read, (err: unknown) => err instanceof RowTextError && reason.test(err.message));
+}
+
+describe("row text (job format 3)", () => {
+  it("carries entity rows through JSON exactly, whatever their ids hold", () => {
+    fc.assert(
+      fc.property(fc.array(entityRow, { maxLength: 20 }), (rows) => {
+        assert.deepEqual(decodeEntityRows(wire(encodeEntityRows(rows))), rows);
+      }),
+    );
+  });
+
+  it("carries daily rows through JSON exactly, counts past 2^53 as digits", () => {
+    fc.assert(
+      fc.property(dailyRows, (rows) => {
+        assert.deepEqual(decodeDailyRows(wire(encodeDailyRows(rows))), rows);
+      }),
+    );
+  });
+
+  it("writes a context once for the rows that share it", () => {
+    const ctx = ["2026-12-03", "key", "gpt-x", "gpt-x", "openai", "", "/v1/chat"] as const;
+    const row = (id: string): DailyRow => ["user", id, ...ctx, 1, 2, 0, 0, 1, 1, 0, "250"];
+    const one = encodeDailyRows([row("a")]);
+    const three = encodeDailyRows([row("a"), row("b"), row("c")]);
+    assert.equal((three.match(/gpt-x/g) ?? []).length, 2, three);
+    assert.ok(three.length < 3 * one.length);
+  });
+
+  it("refuses what no producer writes, saying where and why", () => {
+    const ok = encodeEntityRows([["tag", "t", "", "5"]]);
+    assert.equal(ok, "6,1:t0:5,");
+    refuses(() => decodeEntityRows("6,1:t0:5"), /spend: text ends early/);
+    refuses(() => decodeEntityRows("6,9:t0:5,"), /id: text ends early/);
+    refuses(() => decodeEntityRows("7,1:t0:5,"), /kind: no kind 7/);
+    refuses(() => decodeEntityRows("123,1:t0:5,"), /kind: no kind 123/);
+    refuses(() => decodeEntityRows("6,0:0:5,"), /id: empty/);
+    refuses(() => decodeEntityRows("6,1025:"), /id: longer than 1024/);
+    refuses(() => decodeEntityRows(`6,${"9".repeat(40)}:`), /id: more than 38 digits/);
+    refuses(() => decodeEntityRows(`6,1:t0:${"9".repeat(39)},`), /spend: more than 38 digits/);
+    refuses(() => decodeEntityRows("6,1:t0:-5,"), /spend: expected digits/);
+    refuses(() => decodeEntityRows("6,1:t0:5:x"), /spend: expected a number/);
+    refuses(() => decodeEntityRows("6:t"), /kind: expected a number/);
+    refuses(() => decodeEntityRows("x"), /kind: expected digits/);
+    const row = "0,1:u1,2,0,0,1,1,0,250,";
+    const ctx = "10:2026-12-033:key5:gpt-x5:gpt-x6:openai0:8:/v1/chat";
+    assert.equal(decodeDailyRows(ctx + row).length, 1);
+    refuses(() => decodeDailyRows(row), /a daily row before any context/);
+    refuses(() => decodeDailyRows(ctx.replace("2026-12-03", "2026-1-033") + row), /date/);
+    refuses(() => decodeDailyRows(ctx + row.replace("0,1:u", "5,1:u")), /kind: no kind 5/);
+    refuses(() => decodeDailyRows(ctx + row.slice(0, -4)), /text ends early/);
+  });
+
+  it("a seal's jobs hold each row in the partition its identity hashes to, as before row text", () => {
+    const agg = new Aggregator();
+    const now = Date.now();
+    for (let i = 0; i < 300; i++)
+      agg.add(
+        validateSpendEvent(
+          {
+            spend: "0.001",
+            apiKey: `k${i % 7}`,
+            userId: `u${i % 11}`,
+            teamId: `t${i % 3}`,
+            endUserId: `e${i}`,
+            model: `m${i % 4}`,
+            tags: [`tag${i % 5}`],
+          },
+          undefined,
+          now,
+        ),
+      );
+    const drained = agg.drain();
+    let n = 0;
+    const batches = sealBatches(
+      drained,
+      { producerId: "p", sealedAt: now, partitions: 4 },
+      50,
+      () => `p.${++n}`,
+    );
+    const entity = batches.flatMap((b) =>
+      b.kind === "entity"
+        ? decodeEntityRows(b.rowText).map((r) => [b.partition, b.rowCount, r] as const)
+        : [],
+    );
+    const daily = batches.flatMap((b) =>
+      b.kind === "daily"
+        ? decodeDailyRows(b.rowText).map((r) => [b.partition, b.rowCount, r] as const)
+        : [],
+    );
+    assert.equal(entity.length, drained.entity.length);
+    assert.equal(daily.length, drained.daily.length);
+    for (const [p, , r] of entity) assert.equal(p, partitionOf(entityIdentity(r), 4));
+    for (const [p, , r] of daily) assert.equal(p, partitionOf(dailyIdentity(r), 4));
+    assert.ok(batches.every((b) => b.rowCount <= 50 && b.rowCount > 0));
+    assert.deepEqual(
+      new Set(batches.map((b) => b.batchId)).size,
+      batches.length,
+      "every batch has its own id",
+    );
+  });
+});
