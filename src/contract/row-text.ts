@@ -47,6 +47,17 @@ const NINE = 57;
 const COMMA = 44;
 const COLON = 58;
 
+// A Uint16Array's bytes are the host's order; "utf16le" reads them as such only on little-endian hosts.
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** The first n code units as a string, a chunk at a time (a call takes only so many arguments). */
+export function fromUnits(units: Uint16Array, n: number): string {
+  let s = "";
+  for (let i = 0; i < n; i += 8_192)
+    s += String.fromCharCode(...units.subarray(i, Math.min(n, i + 8_192)));
+  return s;
+}
+
 // A writer's first buffer, in code units; it doubles as a job needs.
 const INITIAL_UNITS = 16_384;
 
@@ -128,7 +139,9 @@ export class RowTextWriter {
     const text =
       this.units === undefined
         ? Buffer.from(this.bytes.buffer, 0, n).toString("latin1")
-        : Buffer.from(this.units.buffer, 0, n * 2).toString("utf16le");
+        : LITTLE_ENDIAN
+          ? Buffer.from(this.units.buffer, 0, n * 2).toString("utf16le")
+          : fromUnits(this.units, n);
     this.n = 0;
     this.rows = 0;
     this.units = undefined;

@@ -7,6 +7,7 @@ import {
   decodeEntityRows,
   encodeDailyRows,
   encodeEntityRows,
+  fromUnits,
 } from "../../src/contract/row-text.js";
 import {
   DAILY_KINDS,
@@ -94,6 +95,21 @@ describe("row text (job format 3)", () => {
       fc.property(dailyRows, (rows) => {
         assert.deepEqual(decodeDailyRows(wire(encodeDailyRows(rows))), rows);
       }),
+    );
+  });
+
+  it("reads code units back the same way on a big-endian host as on this one", () => {
+    fc.assert(
+      fc.property(fc.string({ unit: "binary", maxLength: 20_000 }), (s) => {
+        const all = new Uint16Array(s.length);
+        for (let i = 0; i < s.length; i++) all[i] = s.charCodeAt(i);
+        assert.equal(fromUnits(all, s.length), s);
+        assert.equal(
+          fromUnits(all, Math.floor(s.length / 2)),
+          s.slice(0, Math.floor(s.length / 2)),
+        );
+      }),
+      { numRuns: 50 },
     );
   });
 
