@@ -92,7 +92,11 @@ function readV3<Row>(
     if (err instanceof RowTextError) return undefined;
     throw err;
   }
-  if (rows.length !== n) return undefined;
+  return rows.length === n ? asFormat1(data, rows) : undefined;
+}
+
+/** A checked job's header around `rows`, as format 1. */
+function asFormat1<Row>(data: Obj, rows: Row[]): SpendJobData<Row> {
   const { partitions } = data;
   return {
     v: 1,
@@ -162,13 +166,5 @@ export function checkDailyJob(data: unknown): DailySpendJob | undefined {
         return undefined;
     }
   }
-  const { groups, partitions } = data;
-  return {
-    v: 1,
-    batchId: data.batchId as string,
-    producerId: data.producerId as string,
-    sealedAt: data.sealedAt as number,
-    ...(partitions !== undefined ? { partitions: partitions as number } : {}),
-    rows: ungroupDailyRows(groups as DailyGroup[]),
-  };
+  return asFormat1(data, ungroupDailyRows(data.groups as DailyGroup[]));
 }

@@ -1,6 +1,7 @@
 import {
   DAILY_KINDS,
   ENTITY_KINDS,
+  sameDailyContext,
   type Count,
   type DailyRow,
   type EntityRow,
@@ -255,7 +256,7 @@ export function encodeDailyRows(rows: readonly DailyRow[]): string {
   const w = new RowTextWriter();
   let last: DailyRow | undefined;
   for (const r of rows) {
-    if (last === undefined || !sameContext(last, r))
+    if (last === undefined || !sameDailyContext(last, r))
       w.context(r[2], r[3], r[4], r[5], r[6], r[7], r[8]);
     w.dailyRow(
       DAILY_KINDS.indexOf(r[0]),
@@ -272,11 +273,6 @@ export function encodeDailyRows(rows: readonly DailyRow[]): string {
     last = r;
   }
   return w.take();
-}
-
-function sameContext(a: DailyRow, b: DailyRow): boolean {
-  for (let i = 2; i < 9; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /** Row text a reader refuses: where, and why. */

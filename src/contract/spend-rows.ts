@@ -59,6 +59,12 @@ export type DailyCells = [kind: DailyKind, entityId: string, ...DailyCounts];
 /** Daily rows grouped by the context they share (format 2). */
 export type DailyGroup = [context: DailyContextDims, rows: DailyCells[]];
 
+/** Two daily rows share a context: date, api key, model, model group, provider, MCP tool, endpoint. */
+export function sameDailyContext(a: DailyRow, b: DailyRow): boolean {
+  for (let i = 2; i < 9; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 /** Encodes a bigint sum for the wire: a plain number whenever JSON can carry it exactly. */
 export function encodeCount(n: bigint): Count {
   return n <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(n) : n.toString();

@@ -1,6 +1,7 @@
 import {
   DAILY_KINDS,
   ENTITY_KINDS,
+  sameDailyContext,
   type Count,
   type DailyKind,
   type DailyRow,
@@ -130,12 +131,12 @@ export class RowMerger {
         m.set(row[3], { row, sums: undefined });
         this.dailyRows++;
       } else if (Array.isArray(found)) {
-        acc = found.find((x) => sameContext(x.row, row));
+        acc = found.find((x) => sameDailyContext(x.row, row));
         if (acc === undefined) {
           found.push({ row, sums: undefined });
           this.dailyRows++;
         }
-      } else if (sameContext(found.row, row)) acc = found;
+      } else if (sameDailyContext(found.row, row)) acc = found;
       else {
         m.set(row[3], [found, { row, sums: undefined }]);
         this.dailyRows++;
@@ -236,12 +237,6 @@ function compareEntity(x: EntityAcc, y: EntityAcc): number {
   if (a[1] !== b[1]) return a[1] < b[1] ? -1 : 1;
   if (a[2] !== b[2]) return a[2] < b[2] ? -1 : 1;
   return 0;
-}
-
-/** Same date, api key, model, model group, provider, MCP tool and endpoint. */
-function sameContext(a: DailyRow, b: DailyRow): boolean {
-  for (let i = 2; i < 9; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /**

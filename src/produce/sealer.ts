@@ -1,5 +1,10 @@
 import { RowTextWriter } from "../contract/row-text.js";
-import { DAILY_KINDS, ENTITY_KINDS } from "../contract/spend-batch.js";
+import {
+  DAILY_KINDS,
+  ENTITY_KINDS,
+  sameDailyContext,
+  type DailyRow,
+} from "../contract/spend-batch.js";
 import type { SealedBatch } from "../contract/spend-sink.js";
 import type { ContextStrings, DrainTarget, DrainedRows } from "./aggregator.js";
 import { FNV_SEED, hashField, hashOn, partitionOfHash } from "./partition.js";
@@ -173,18 +178,10 @@ export function sealBatches(
   for (const r of drained.entity) w.entity(ENTITY_KINDS.indexOf(r[0]), r[1], r[2], r[3]);
   w.entitiesDone();
   let c: ContextStrings | undefined;
+  let last: DailyRow | undefined;
   for (const r of drained.daily) {
     // Rows of one context share one ContextStrings, so the writer sees them as one run.
-    if (
-      c === undefined ||
-      c.date !== r[2] ||
-      c.apiKey !== r[3] ||
-      c.model !== r[4] ||
-      c.modelGroup !== r[5] ||
-      c.provider !== r[6] ||
-      c.mcpToolName !== r[7] ||
-      c.endpoint !== r[8]
-    ) {
+    if (c === undefined || last === undefined || !sameDailyContext(last, r)) {
       c = {
         date: r[2],
         apiKey: r[3],
@@ -208,6 +205,7 @@ export function sealBatches(
       r[15],
       r[16],
     );
+    last = r;
   }
   return numberBatches(w.finish(), header, nextBatchId);
 }

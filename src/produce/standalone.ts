@@ -1,4 +1,4 @@
-import type { DailyRow, EntityRow } from "../contract/spend-batch.js";
+import { sameDailyContext, type DailyRow, type EntityRow } from "../contract/spend-batch.js";
 import type { SealedBatch } from "../contract/spend-sink.js";
 import { Aggregator, type DrainedRows } from "./aggregator.js";
 import { sealBatches } from "./sealer.js";
@@ -108,7 +108,7 @@ export function canonicalOrder(d: DrainedRows): DrainedRows {
   let run: DailyRow[] | undefined;
   let last: DailyRow | undefined;
   for (const r of d.daily) {
-    if (last === undefined || !sameContext(last, r)) {
+    if (last === undefined || !sameDailyContext(last, r)) {
       run = [];
       const key = r[3];
       runs.push({ rank: key === "" ? -1 : (keyRank.get(key) ?? 0), at: runs.length, rows: run });
@@ -124,9 +124,4 @@ export function canonicalOrder(d: DrainedRows): DrainedRows {
     for (const y of rows) daily.push(y.r);
   }
   return { entity, daily };
-}
-
-function sameContext(a: DailyRow, b: DailyRow): boolean {
-  for (let i = 2; i < 9; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
