@@ -39,6 +39,11 @@ export function partitionOfHash(h: number, partitions: number): number {
   return (h >>> 0) % partitions;
 }
 
-/** A row's identity: what names one database row (the partition hash input). */
+/**
+ * A row's identity: what names one database row (the partition hash input).
+ * The reference form: JobWriter hashes the same fields one by one
+ * (hashField) without building this string, and the tests hold it to
+ * partitionOf over these.
+ */
 export const entityIdentity = (r: EntityRow): string => r[0] + SEP + r[1] + SEP + r[2];
 export const dailyIdentity = (r: DailyRow): string => r.slice(0, 9).join(SEP);
