@@ -1,3 +1,4 @@
+import type { Count } from "../contract/spend-batch.js";
 import type { MergedRows } from "./merge.js";
 import { numericArrayLiteral, textArrayLiteral } from "./pg-array.js";
 import type { Tx } from "./prisma.js";
@@ -89,16 +90,12 @@ export function upsertParts(
   for (const [kind, cols] of merged.entity) {
     const { table, keyColumns } = ENTITY_TABLES[kind];
     const keyList = keyColumns.join(", ");
-    const rows = zipped(
-      [
-        ...cols.keys.map((k, i) => [st.param(textArrayLiteral(k), "text[]"), keyColumns[i]]),
-        [st.param(numericArrayLiteral(cols.spend), "numeric[]"), "pico"],
-      ] as [string, string][],
-      where,
-    );
+    const rows = new ZippedRows(st);
+    cols.keys.forEach((k, i) => rows.text(keyColumns[i] as string, k));
+    rows.number("pico", cols.spend, "numeric");
     st.parts.push(
       `INSERT INTO "${table}" AS t (${keyList}, spend, updated_at)
-       SELECT ${keyList}, ${PICO_TO_USD}, now() FROM ${rows}
+       SELECT ${keyList}, ${PICO_TO_USD}, now() FROM ${rows.sql(where)}
        ON CONFLICT (${keyList}) DO UPDATE SET spend = t.spend + EXCLUDED.spend, updated_at = now()`,
     );
   }
@@ -110,24 +107,14 @@ export function upsertParts(
   for (const [kind, cols] of merged.daily) {
     const { table, entityColumn } = DAILY_TABLES[kind];
     const all = `${entityColumn}, ${dims}, ${counters}`;
-    const rows = zipped(
-      [
-        [st.param(textArrayLiteral(cols.entityId), "text[]"), entityColumn],
-        ...cols.dims.map((d, i) => [
-          st.param(textArrayLiteral(d), "text[]"),
-          DAILY_DIMENSION_COLUMNS[i],
-        ]),
-        ...cols.counters.map((c, i) => [
-          st.param(numericArrayLiteral(c), "int8[]"),
-          DAILY_COUNTER_COLUMNS[i],
-        ]),
-        [st.param(numericArrayLiteral(cols.spend), "numeric[]"), "pico"],
-      ] as [string, string][],
-      where,
-    );
+    const rows = new ZippedRows(st);
+    rows.text(entityColumn, cols.entityId);
+    cols.dims.forEach((d, i) => rows.text(DAILY_DIMENSION_COLUMNS[i] as string, d));
+    cols.counters.forEach((c, i) => rows.number(DAILY_COUNTER_COLUMNS[i] as string, c, "int8"));
+    rows.number("pico", cols.spend, "numeric");
     st.parts.push(
       `INSERT INTO "${table}" AS t (${all}, spend, updated_at)
-       SELECT ${all}, ${PICO_TO_USD}, now() FROM ${rows}
+       SELECT ${all}, ${PICO_TO_USD}, now() FROM ${rows.sql(where)}
        ON CONFLICT (${entityColumn}, ${dims}) DO UPDATE SET ${counterUpdates},
          spend = t.spend + EXCLUDED.spend, updated_at = now()`,
     );
@@ -143,17 +130,51 @@ export function upsertParts(
 }
 
 /**
- * Rows from equal-length arrays, `[parameter, column]` each, as a subquery
- * aliased `u`: one unnest per column in the select list, which PostgreSQL
- * steps in lock step (ProjectSet), each value produced as it is read. The
- * same zip written `FROM unnest(a, b, ...)` materialises every column into
- * its own tuplestore first (spilling past work_mem); at 100,000 rows this
- * form made the statement 15-20 % faster. `where` goes inside, so rows a
- * statement does not write are never unnested.
+ * The rows one INSERT writes, given column by column (equal lengths), as a
+ * subquery aliased `u`. Each column is one unnest in the select list, which
+ * PostgreSQL steps in lock step (ProjectSet), producing each value as it
+ * reads it; the same zip written `FROM unnest(a, b, ...)` first materialises
+ * every column into its own tuplestore (spilling past work_mem), and at
+ * 100,000 rows made the statement 15-20 % slower. A column holding one value
+ * in every row (the date, an unused dimension, a counter that stayed 0) is
+ * sent once as a scalar, which the select list repeats for every row: that
+ * value is neither encoded, carried through Prisma's JSON, nor parsed
+ * 100,000 times. The first column is always unnested: it gives the row count.
  */
-function zipped(columns: readonly (readonly [string, string])[], where: string): string {
-  const list = columns.map(([param, name]) => `unnest(${param}) AS ${name}`).join(", ");
-  return `(SELECT ${list}${where}) AS u`;
+class ZippedRows {
+  private readonly list: string[] = [];
+  constructor(private readonly st: Statement) {}
+
+  text(name: string, values: readonly string[]): void {
+    this.column(name, values, "text", () => textArrayLiteral(values));
+  }
+
+  number(name: string, values: readonly Count[], type: "int8" | "numeric"): void {
+    this.column(name, values, type, () => numericArrayLiteral(values));
+  }
+
+  /** `where` goes inside: rows a statement does not write are never unnested. */
+  sql(where: string): string {
+    return `(SELECT ${this.list.join(", ")}${where}) AS u`;
+  }
+
+  private column(
+    name: string,
+    values: readonly (string | number)[],
+    type: string,
+    literal: () => string,
+  ): void {
+    const first = values[0];
+    if (this.list.length > 0 && first !== undefined && allEqual(values, first))
+      this.list.push(`${this.st.param(String(first), type)} AS ${name}`);
+    else this.list.push(`unnest(${this.st.param(literal(), `${type}[]`)}) AS ${name}`);
+  }
+}
+
+/** Every value `=== first` (a number and its digit string count as different: merely not folded). */
+function allEqual(values: readonly (string | number)[], first: string | number): boolean {
+  for (let i = 1; i < values.length; i++) if (values[i] !== first) return false;
+  return true;
 }
 
 async function runUpsert(tx: Tx, statement: UpsertStatement | undefined): Promise<void> {

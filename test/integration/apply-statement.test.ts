@@ -12,6 +12,7 @@ import { premerge } from "../../src/persist/premerge.js";
 import type { Tx } from "../../src/persist/prisma.js";
 import { createTestDatabase, truncateAll, type TestDatabase } from "../support/db.js";
 import { userDailyRow, userEntityRow } from "../support/spend-rows.js";
+import type { DailyRow } from "../../src/contract/spend-batch.js";
 
 /**
  * A flush transaction whose rows were merged ahead is one statement (fence,
@@ -123,6 +124,42 @@ describe("a flush transaction in one statement", () => {
       u1: ["1.250000000000", "1.250000000000"],
       u2: ["0.250000000000", "0.250000000000"],
     });
+  });
+
+  it("a column holding one value in every row is written to every row, the others row by row", async () => {
+    // The statement sends such a column once, as a scalar (upsert.ts): one
+    // constant column, all but the first, the first, and a single row.
+    const row = (user: string, model: string, prompt: number, pico: string): DailyRow => {
+      const r = userDailyRow(user, pico);
+      r[4] = model;
+      r[9] = prompt;
+      return r;
+    };
+    const cases: DailyRow[][] = [
+      [row("u1", "m1", 5, "7"), row("u2", "m1", 6, "7"), row("u3", "m2", 5, "9")],
+      [row("u1", "m1", 5, "7"), row("u2", "m1", 5, "7"), row("u3", "m1", 5, "7")],
+      [row("u1", "m1", 5, "7"), row("u1", "m2", 5, "8"), row("u1", "m3", 6, "7")],
+      [row("u1", "m1", 5, "7")],
+    ];
+    let token = 10n;
+    for (const rows of cases) {
+      await truncateAll(t.db);
+      const b: BatchToApply = { batchId: `c${token}`, daily: rows };
+      const premerged = premerge([b], mergeRows([], [rows]));
+      await t.db.$transaction((tx) => applyBatches(tx, [b], { fence: fence(++token), premerged }));
+      const got = await t.db.$queryRawUnsafe<{ r: string }[]>(
+        `SELECT concat_ws('|', user_id, date, api_key, model, endpoint, prompt_tokens,
+           completion_tokens, failed_requests, spend * 1000000000000) AS r
+         FROM "LiteLLM_DailyUserSpend" ORDER BY user_id, model`,
+      );
+      assert.deepEqual(
+        got.map((g) => g.r),
+        rows.map((r) =>
+          [r[1], r[2], r[3], r[4], r[8], r[9], r[10], r[15], `${r[16]}.000000000000`].join("|"),
+        ),
+        JSON.stringify(rows.map((r) => [r[1], r[4], r[9], r[16]])),
+      );
+    }
   });
 
   it("the same batch twice in one call is applied once", async () => {

@@ -63,6 +63,21 @@ describe("array literals", () => {
     for (const v of hostile) assert.deepEqual(await roundTrip([v]), [v], JSON.stringify(v));
   });
 
+  it("one hostile element among bare ones is caught wherever it sits in the column", async () => {
+    // The column is checked as one joined text: a comma, an empty element or
+    // NULL at its first, a middle or its last place must still be quoted.
+    const hostile = ["", "NULL", "null", "a,b", ",", ",,", "x,", ",x", " ", "{", '"', "\\"];
+    for (const v of hostile)
+      for (const values of [
+        [v, "a", "b"],
+        ["a", v, "b"],
+        ["a", "b", v],
+      ])
+        assert.deepEqual(await roundTrip(values), values, JSON.stringify(values));
+    assert.deepEqual(await roundTrip(["nullx", "xnull", "a"]), ["nullx", "xnull", "a"]);
+    assert.equal(textArrayLiteral(["nullx", "xnull", "a"]), "{nullx,xnull,a}");
+  });
+
   it("usual ids are written bare", () => {
     assert.equal(textArrayLiteral(["user-1", "gpt-4o", "/v1/chat"]), "{user-1,gpt-4o,/v1/chat}");
     assert.equal(textArrayLiteral(["a", "", "NULL"]), '{a,"","NULL"}');
