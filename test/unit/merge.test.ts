@@ -101,11 +101,16 @@ const count: fc.Arbitrary<Count> = fc.oneof(
 );
 // A second id only for a team member (its team), as producers write them.
 const entityRow: fc.Arbitrary<EntityRow> = fc
-  .tuple(fc.constantFrom(...ENTITY_KINDS), pick(["a", "ab", "b"]), pick(["t1", "t2"]), digits)
+  .tuple(
+    fc.constantFrom(...ENTITY_KINDS),
+    pick(["a", "ab", "b", "\uffff", "😀", "é"]),
+    pick(["t1", "t2"]),
+    digits,
+  )
   .map(([kind, id, team, spend]) => [kind, id, kind === "team_member" ? team : "", spend]);
 const dailyRow: fc.Arbitrary<DailyRow> = fc.tuple(
   fc.constantFrom(...DAILY_KINDS),
-  pick(["u", "ua", "v"]),
+  pick(["u", "ua", "v", "\uffff", "😀", "é"]),
   pick(["2026-11-25", "2026-11-26"]),
   pick(["", "k1", "k"]),
   pick(["m", "m2"]),
@@ -131,6 +136,30 @@ describe("mergeRows", () => {
         fc.array(fc.array(dailyRow, { maxLength: 30 }), { maxLength: 4 }),
         (entity, daily) => {
           assert.deepEqual(actual(entity, daily), reference(entity, daily));
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it("sorts by api key within an entity when every row holds one date, by the date first otherwise", () => {
+    // mergeRows takes a shorter path when the rows share one date: both paths
+    // against the reference, with one date, and with the second date at most once.
+    fc.assert(
+      fc.property(
+        fc.array(fc.array(dailyRow, { maxLength: 40 }), { maxLength: 4 }),
+        fc.boolean(),
+        (daily, oneDate) => {
+          let second = !oneDate;
+          const rows = daily.map((batch) =>
+            batch.map((r): DailyRow => {
+              const out: DailyRow = [...r];
+              out[2] = second ? "2026-11-24" : "2026-11-25";
+              second = false;
+              return out;
+            }),
+          );
+          assert.deepEqual(actual([], rows), reference([], rows));
         },
       ),
       { numRuns: 300 },
