@@ -158,15 +158,18 @@ export class RowTextWriter {
     }
   }
 
-  /** A non-negative integer below 2^53 and its comma. */
-  private number(v: number): void {
+  /**
+   * A non-negative integer below 2^53 and its terminator: a comma for a
+   * number, a colon for a string's length (no string made for either).
+   */
+  private number(v: number, terminator = COMMA): void {
     let digits = 1;
     for (let p = 10; p <= v; p *= 10) digits++;
     this.room(digits + 1);
     let at = this.n + digits;
     this.n = at + 1;
     const b = this.units ?? this.bytes;
-    b[at] = COMMA;
+    b[at] = terminator;
     if (v < 2_147_483_648) {
       // Integer arithmetic: a double's % is a call into C, several times slower.
       let w = v | 0;
@@ -187,9 +190,8 @@ export class RowTextWriter {
 
   /** A string token: its length, a colon, its code units. */
   private string(s: string): void {
-    this.ascii(String(s.length));
-    this.unit(COLON);
     const len = s.length;
+    this.number(len, COLON);
     this.room(len);
     let b = this.units ?? this.bytes;
     let at = this.n;
