@@ -32,8 +32,9 @@ export class Statement {
 
 /**
  * Writes merged rows in ONE statement: a data-modifying CTE per table, each
- * an INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE, each column one
- * array literal (pg-array.ts says why). Through Prisma every statement costs
+ * an INSERT ... SELECT FROM (SELECT unnest(...), ...) ON CONFLICT DO UPDATE,
+ * each column one array literal (pg-array.ts says why) or, when every row
+ * holds the same value, one scalar (ZippedRows). Through Prisma every statement costs
  * a fixed cost in client CPU plus a round trip; one per table made that
  * the larger part of a small flush. CTEs that the outer query does not read
  * run to completion in an order fixed by the statement's shape, and every
