@@ -5,6 +5,7 @@ import type { Queue } from "bullmq";
 import type { Express } from "express";
 import type { AdminConfig } from "../config/config.js";
 import { adminAuth } from "./admin-auth.js";
+import { boardJobData } from "./board-job-view.js";
 
 export const BULL_BOARD_PATH = "/admin/queues";
 
@@ -30,10 +31,12 @@ export function mountBullBoard(
   const serverAdapter = new ExpressAdapter();
   serverAdapter.setBasePath(basePath);
   createBullBoard({
-    queues: queues.map(
-      ({ queue, description }) =>
-        new BullMQAdapter(queue, { readOnlyMode: admin.readOnly, description }),
-    ),
+    queues: queues.map(({ queue, description }) => {
+      const adapter = new BullMQAdapter(queue, { readOnlyMode: admin.readOnly, description });
+      // Format 3 jobs carry their rows as one text: shown decoded (board-job-view.ts).
+      adapter.setFormatter("data", boardJobData);
+      return adapter;
+    }),
     serverAdapter,
     options: { uiConfig: { boardTitle: "Spend buffer" } },
   });

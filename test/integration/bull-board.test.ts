@@ -124,6 +124,47 @@ describe("Bull Board on the flush worker", () => {
     );
   });
 
+  it("shows a format-3 job's rows decoded, spend in USD, with no raw row text", async () => {
+    const jobsOf = async (queue: string): Promise<Record<string, unknown>[]> => {
+      const res = await fetch(
+        `${base}/api/queues?activeQueue=${encodeURIComponent(queue)}&status=latest&page=1&jobsPerPage=10`,
+        { headers: { authorization: "Bearer board-token-0123456789" } },
+      );
+      assert.equal(res.status, 200);
+      const body = (await res.json()) as {
+        queues: { name: string; jobs: { data: Record<string, unknown> }[] }[];
+      };
+      return body.queues.find((q) => q.name === queue)?.jobs.map((j) => j.data) ?? [];
+    };
+    const [daily] = await jobsOf("{daily-spend-update}");
+    assert.equal(daily?.v, 3);
+    assert.equal(daily.rowText, undefined, "the raw text is replaced by its rows");
+    assert.equal(daily.rowsShown, "1 of 1");
+    assert.deepEqual(daily.rows, [
+      {
+        kind: "user",
+        entity_id: "u1",
+        date: (daily.rows as { date: string }[])[0]?.date,
+        api_key: "",
+        model: "m",
+        model_group: "",
+        custom_llm_provider: "",
+        mcp_namespaced_tool_name: "",
+        endpoint: "",
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        cache_read_input_tokens: 0,
+        cache_creation_input_tokens: 0,
+        api_requests: 1,
+        successful_requests: 1,
+        failed_requests: 0,
+        spend_usd: "0.500000000000",
+      },
+    ]);
+    const [entity] = await jobsOf("{spend-update}");
+    assert.deepEqual(entity?.rows, [{ kind: "user", id: "u1", spend_usd: "0.500000000000" }]);
+  });
+
   it("shows the entity, daily and flush queues in a real browser with credentials", async () => {
     const ctx = await browser({ username: "ops", password: "s3cret-board-pw" });
     try {
