@@ -1,6 +1,7 @@
 import { picoDigitsToDecimal } from "../contract/money.js";
-import { decodeDailyRows, decodeEntityRows, RowTextError } from "../contract/row-text.js";
-import type { DailyRow, EntityRow } from "../contract/spend-rows.js";
+import { decodeDailyRows, decodeEntityRows } from "../contract/row-text.js";
+import type { Count, DailyRow, EntityRow } from "../contract/spend-rows.js";
+import { DAILY_COUNTER_COLUMNS, DAILY_DIMENSION_COLUMNS } from "../persist/tables.js";
 
 /** Rows of one job the board shows; the rest are counted, not listed. */
 export const BOARD_ROWS_SHOWN = 50;
@@ -28,8 +29,9 @@ export function boardJobData(data: unknown): unknown {
         : decodeDailyRows(rowText).slice(0, BOARD_ROWS_SHOWN).map(dailyView);
     return { ...header, rowsShown: `${rows.length} of ${String(job.rowCount)}`, rows };
   } catch (err) {
-    if (!(err instanceof RowTextError)) throw err;
-    return { ...job, rowTextError: err.message };
+    // RowTextError names the position and the reason; anything else still
+    // must not turn the board's page into an error.
+    return { ...job, rowTextError: err instanceof Error ? err.message : String(err) };
   }
 }
 
@@ -42,24 +44,11 @@ function entityView(r: EntityRow): Record<string, string> {
   };
 }
 
+/** A daily row under its table's column names (tables.ts), spend in USD. */
 function dailyView(r: DailyRow): Record<string, string | number> {
-  return {
-    kind: r[0],
-    entity_id: r[1],
-    date: r[2],
-    api_key: r[3],
-    model: r[4],
-    model_group: r[5],
-    custom_llm_provider: r[6],
-    mcp_namespaced_tool_name: r[7],
-    endpoint: r[8],
-    prompt_tokens: r[9],
-    completion_tokens: r[10],
-    cache_read_input_tokens: r[11],
-    cache_creation_input_tokens: r[12],
-    api_requests: r[13],
-    successful_requests: r[14],
-    failed_requests: r[15],
-    spend_usd: picoDigitsToDecimal(r[16]),
-  };
+  const view: Record<string, string | number> = { kind: r[0], entity_id: r[1] };
+  DAILY_DIMENSION_COLUMNS.forEach((column, i) => (view[column] = r[2 + i] as string));
+  DAILY_COUNTER_COLUMNS.forEach((column, i) => (view[column] = r[9 + i] as Count));
+  view.spend_usd = picoDigitsToDecimal(r[16]);
+  return view;
 }

@@ -176,6 +176,30 @@ describe("dead letters: the flush never wedges on rows PostgreSQL refuses", () =
     await assertReconciled(rowTotals(rows, []));
   });
 
+  it("a NUL in a dimension every row of a flush shares (sent once, as a scalar) sets those rows aside, not the others", async () => {
+    // Every row of this job has the same model, so the statement carries it
+    // once; PostgreSQL refuses it for all of them, and isolation must still
+    // find them row by row while the other job's rows commit.
+    const bad = [1, 2, 3].map((i) => dailyRow(`nul-${i}`, { 4: "m\u0000x" }));
+    // Another table's rows, so the user table's model column holds one value.
+    const good = [1, 2].map((i): DailyRow => {
+      const r = dailyRow(`fine-${i}`);
+      r[0] = "team";
+      return r;
+    });
+    await addDailyJob(bad);
+    await addDailyJob(good);
+    const report = await h.flusher().flushOnce();
+    assert.equal(report.outcome, "committed");
+    assert.equal(report.deadLetteredRows, 3);
+    const letters = await listDeadLetters(t.db);
+    assert.deepEqual(
+      letters.map((l) => [l.kind, l.sqlState, l.rows]),
+      [["daily", "22021", 3]],
+    );
+    await assertReconciled(rowTotals([], [...bad, ...good]));
+  });
+
   it("a job too malformed to read is kept whole as a dead letter and marked failed; the others commit", async () => {
     await h.queues.entity.add(ENTITY_JOB, { v: 1, rows: "nope\u0000" } as never, {
       jobId: "bad.1",
