@@ -24,12 +24,19 @@ export interface UnnumberedBatch {
   rowText: string;
 }
 
-/** A job being written. */
-interface OpenJob {
-  text: RowTextWriter;
+/** A job being written (pooled with its text's buffer). */
+class OpenJob {
+  readonly text = new RowTextWriter();
   /** The context whose text the job last wrote (a context's rows follow it). */
-  context: ContextStrings | undefined;
+  context: ContextStrings | undefined = undefined;
 }
+
+// Closed jobs, for the next ones, process-wide: their buffers have grown to a
+// job's size already, and the pool keeps the seal's hidden classes alive
+// between seals and producers (see JobWriter). A seal holds two jobs open
+// per partition; more spares than this are left to the collector.
+const SPARE_LIMIT = 32;
+const spareJobs: OpenJob[] = [];
 
 /**
  * Drained rows written straight into jobs' row text: each row goes to the
@@ -39,11 +46,19 @@ interface OpenJob {
  * flat string per job, not an array per row (issue 22: those arrays lived
  * in the young generation through the seal, and every scavenge copied them).
  * Jobs come out entity jobs first, as the rows are drained.
+ *
+ * A producer keeps one JobWriter for all its seals (finish() readies it for
+ * the next), and open jobs come from a process-wide pool: V8 keeps an
+ * object's hidden class only while some object has it, and a writer and
+ * jobs made per seal died between seals, taking the classes the optimized
+ * seal code checks for with them. Every seal then began in unoptimized code,
+ * compiling the seal path again, on the same core as the event loop when
+ * the process has one: the 10-20 ms stalls goal 2 measured.
  */
 export class JobWriter implements DrainTarget {
-  /** The jobs closed so far, in order. */
-  readonly jobs: UnnumberedBatch[] = [];
-  /** Rows written so far, per kind. */
+  /** The jobs closed since the last finish(), in order. */
+  private jobs: UnnumberedBatch[] = [];
+  /** Rows written since the last finish(), per kind. */
   entityRows = 0;
   dailyRows = 0;
 
@@ -53,11 +68,6 @@ export class JobWriter implements DrainTarget {
   constructor(
     private readonly partitions: number,
     private readonly maxRowsPerJob: number,
-    /**
-     * Writers of closed jobs, for the next ones: their buffers have grown to
-     * a job's size already. A producer passes the same pool seal after seal.
-     */
-    private readonly spare: RowTextWriter[] = [],
   ) {}
 
   entity(kind: number, id: string, id2: string, spendPico: number | string): void {
@@ -121,11 +131,15 @@ export class JobWriter implements DrainTarget {
     if (job.text.rows >= this.maxRowsPerJob) this.close("daily", this.dailyOpen, p);
   }
 
-  /** Every job, the open ones closed. */
+  /** Every job since the last finish(), the open ones closed; the writer starts afresh. */
   finish(): UnnumberedBatch[] {
     this.closeAll("entity", this.entityOpen);
     this.closeAll("daily", this.dailyOpen);
-    return this.jobs;
+    const jobs = this.jobs;
+    this.jobs = [];
+    this.entityRows = 0;
+    this.dailyRows = 0;
+    return jobs;
   }
 
   /** The daily row's identity hashed field by field, in dailyIdentity's order. */
@@ -144,7 +158,7 @@ export class JobWriter implements DrainTarget {
   private open(list: (OpenJob | undefined)[], p: number): OpenJob {
     let job = list[p];
     if (job === undefined) {
-      job = { text: this.spare.pop() ?? new RowTextWriter(), context: undefined };
+      job = spareJobs.pop() ?? new OpenJob();
       list[p] = job;
     }
     return job;
@@ -156,7 +170,8 @@ export class JobWriter implements DrainTarget {
     list[p] = undefined;
     const rowCount = job.text.rows;
     this.jobs.push({ kind, partition: p, rowCount, rowText: job.text.take() });
-    this.spare.push(job.text);
+    job.context = undefined;
+    if (spareJobs.length < SPARE_LIMIT) spareJobs.push(job);
   }
 
   private closeAll(kind: "entity" | "daily", list: (OpenJob | undefined)[]): void {
