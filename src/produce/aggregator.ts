@@ -10,6 +10,7 @@ import {
   type EntityRow,
 } from "../contract/spend-batch.js";
 import type { NormalizedEvent } from "./spend-event.js";
+import { IdMap } from "./id-map.js";
 
 /**
  * In-memory aggregation inside a gateway process.
@@ -210,7 +211,7 @@ class DailyContext {
   /** The inline id's daily row per daily kind (-1 when none). */
   readonly firstRow: number[] = [-1, -1, -1, -1, -1];
   /** The other ids' daily rows, per daily kind. */
-  more: (Map<string, number> | undefined)[] | undefined = undefined;
+  more: (IdMap<number> | undefined)[] | undefined = undefined;
   /** Every daily row this context holds. */
   readonly rows: number[] = [];
   /** The drain epoch this context was last touched in. */
@@ -284,7 +285,7 @@ class DailyContext {
     }
     const more = (this.more ??= [undefined, undefined, undefined, undefined, undefined]);
     let m = more[k];
-    if (m === undefined) more[k] = m = new Map();
+    if (m === undefined) more[k] = m = new IdMap();
     m.set(id, d);
   }
 
@@ -414,14 +415,14 @@ export class Aggregator {
   private dayNext = 0;
 
   /** id → entity row, per entity kind but memberships. */
-  private readonly keys = new Map<string, number>();
-  private readonly users = new Map<string, number>();
-  private readonly teams = new Map<string, number>();
-  private readonly orgs = new Map<string, number>();
-  private readonly endUsers = new Map<string, number>();
-  private readonly tags = new Map<string, number>();
+  private readonly keys = new IdMap<number>();
+  private readonly users = new IdMap<number>();
+  private readonly teams = new IdMap<number>();
+  private readonly orgs = new IdMap<number>();
+  private readonly endUsers = new IdMap<number>();
+  private readonly tags = new IdMap<number>();
   /** user → team → membership row (the user's spend within that team). */
-  private readonly members = new Map<string, Map<string, number>>();
+  private readonly members = new IdMap<Map<string, number>>();
   /** Daily contexts of requests that name no key. */
   private readonly keyless = new ContextIndex();
   private readonly contextPool: DailyContext[] = [];
@@ -973,7 +974,7 @@ export class Aggregator {
     this.dailyRowsHeld--;
   }
 
-  private entityMap(kind: Exclude<EntityKind, "team_member">): Map<string, number> {
+  private entityMap(kind: Exclude<EntityKind, "team_member">): IdMap<number> {
     switch (kind) {
       case "key":
         return this.keys;
@@ -991,7 +992,7 @@ export class Aggregator {
   }
 
   /** Context c's daily row of kind k for `id`, created (with its entity row if new) on first use. */
-  private daily(c: DailyContext, k: number, entities: Map<string, number>, id: string): number {
+  private daily(c: DailyContext, k: number, entities: IdMap<number>, id: string): number {
     let d = c.row(k, id);
     if (d < 0) {
       const free = this.dayFree.pop();
@@ -1017,7 +1018,7 @@ export class Aggregator {
   }
 
   /** The entity row for `id` in `entities`, created on first use. */
-  private entity(entities: Map<string, number>, kind: number, id: string): number {
+  private entity(entities: IdMap<number>, kind: number, id: string): number {
     let i = entities.get(id);
     if (i === undefined) {
       i = this.newEntity(kind, id, "");
