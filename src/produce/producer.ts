@@ -45,7 +45,7 @@ const DEFAULTS = DEFAULT_CONFIG.producer;
 
 // Longest one slice of a seal may hold the event loop before it yields, ms
 // (issue 22: a seal at max_buffered_rows used to hold it for ~0.3 s at once).
-const SEAL_SLICE_MS = 2;
+const SEAL_SLICE_MS = 1;
 
 /** A seal under way: the aggregator it drains (no longer recorded into), in steps. */
 interface Drain {
