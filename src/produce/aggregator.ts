@@ -11,6 +11,7 @@ import {
 } from "../contract/spend-batch.js";
 import type { NormalizedEvent } from "./spend-event.js";
 import { IdMap } from "./id-map.js";
+import { CHUNK_MASK, CHUNK_SHIFT, DailyChunk, DW, EntityChunk, IntList } from "./slabs.js";
 
 /**
  * In-memory aggregation inside a gateway process.
@@ -69,9 +70,7 @@ const D_TAG = 4;
 /** The entity kind each daily kind adds to. */
 const ENTITY_OF_DAILY = [E_USER, E_TEAM, E_ORG, E_END_USER, E_TAG] as const;
 
-// A daily row's doubles: spend, the five counters, successes, and one spare
-// so that a row is one 64-byte cache line.
-const DW = 8;
+// Offsets of a daily row's doubles (DW of them, slabs.ts).
 const SPEND = 0;
 const PROMPT = 1;
 const COMPLETION = 2;
@@ -80,7 +79,6 @@ const CACHE_CREATION = 4;
 const REQUESTS = 5;
 const SUCCESSES = 6;
 
-const INITIAL_ROWS = 1_024;
 // Dropped contexts (and keys' context indexes) kept for reuse, at most this
 // many: a context lives an interval or two, and allocating one per new
 // context was most of what the garbage collector copied and promoted.
@@ -191,13 +189,6 @@ interface DailyOverflow {
   successes: bigint;
 }
 
-function grown<A extends Float64Array | Int32Array | Uint8Array>(a: A, length: number): A {
-  if (a.length >= length) return a;
-  const b = new (a.constructor as new (n: number) => A)(Math.max(length, a.length * 2));
-  b.set(a);
-  return b;
-}
-
 /**
  * The dimensions a daily row shares with the other daily rows of one request
  * (date, key, model, group, provider, endpoint, MCP tool), and the indexes
@@ -212,8 +203,13 @@ class DailyContext {
   readonly firstRow: number[] = [-1, -1, -1, -1, -1];
   /** The other ids' daily rows, per daily kind. */
   more: (IdMap<number> | undefined)[] | undefined = undefined;
-  /** Every daily row this context holds. */
+  /**
+   * Every daily row this context holds: rows[0..count). The array keeps its
+   * length past `count` between intervals, so refilling it does not copy it
+   * at each growth step (one context can hold most of a gateway's rows).
+   */
   readonly rows: number[] = [];
+  count = 0;
   /** The drain epoch this context was last touched in. */
   mark = 0;
   /** Where it sits in its index's list. */
@@ -241,6 +237,7 @@ class DailyContext {
     }
     this.more = undefined;
     this.rows.length = 0;
+    this.count = 0;
     this.mark = 0;
     this.member = -1;
     this.memberUser = "";
@@ -277,7 +274,7 @@ class DailyContext {
   }
 
   set(k: number, id: string, d: number): void {
-    this.rows.push(d);
+    this.rows[this.count++] = d;
     if (this.firstId[k] === "") {
       this.firstId[k] = id;
       this.firstRow[k] = d;
@@ -389,29 +386,17 @@ function contextKey(e: ContextDims, date: string): string {
 }
 
 export class Aggregator {
-  // Entity rows: index → spend (a double, exact below 2^52, then spilled to `entOver`).
-  private entSpend = new Float64Array(INITIAL_ROWS);
-  private entMark = new Int32Array(INITIAL_ROWS);
-  private entKind = new Uint8Array(INITIAL_ROWS);
-  private readonly entId: string[] = [];
-  /** The team of a membership row, else "". */
-  private readonly entId2: string[] = [];
-  /** A key row's daily contexts. */
-  private readonly entContexts: (ContextIndex | undefined)[] = [];
+  // Entity row i: field r = i & CHUNK_MASK of chunk i >> CHUNK_SHIFT (slabs.ts).
+  private readonly ent: EntityChunk<ContextIndex>[] = [];
   private readonly entOver = new Map<number, bigint>();
   /** Released entity rows, taken before the slab grows; then the next never used. */
-  private readonly entFree: number[] = [];
+  private readonly entFree = new IntList();
   private entNext = 0;
 
-  // Daily rows: index → DW doubles in `day`.
-  private day = new Float64Array(INITIAL_ROWS * DW);
-  private dayMark = new Int32Array(INITIAL_ROWS);
-  private dayKind = new Uint8Array(INITIAL_ROWS);
-  /** The entity row each daily row adds to. */
-  private dayEnt = new Int32Array(INITIAL_ROWS);
-  private readonly dayId: string[] = [];
+  // Daily row d: likewise, in `day`.
+  private readonly day: DailyChunk[] = [];
   private readonly dayOver = new Map<number, DailyOverflow>();
-  private readonly dayFree: number[] = [];
+  private readonly dayFree = new IntList();
   private dayNext = 0;
 
   /** id → entity row, per entity kind but memberships. */
@@ -431,8 +416,8 @@ export class Aggregator {
   /** The current interval: a row's mark equals it once touched in it. */
   private epoch = 1;
   /** Entity rows touched this interval, and in the last one. */
-  private entTouched: number[] = [];
-  private entPrev: number[] = [];
+  private entTouched = new IntList();
+  private entPrev = new IntList();
   /** Contexts touched this interval, and in the last one. */
   private ctxTouched: DailyContext[] = [];
   private ctxPrev: DailyContext[] = [];
@@ -521,7 +506,9 @@ export class Aggregator {
       const k = this.keys.get(e.apiKey);
       if (k === undefined) return false;
       key = k;
-      contexts = this.entContexts[k] as ContextIndex;
+      contexts = (this.ent[k >> CHUNK_SHIFT] as EntityChunk<ContextIndex>).contexts[
+        k & CHUNK_MASK
+      ] as ContextIndex;
     }
     const ctx = contexts.find(e, this.dateOf(e.startMs));
     if (ctx === undefined) return false;
@@ -577,9 +564,7 @@ export class Aggregator {
   /** Adds the event to daily rows rows[0..n) and to the entity row each belongs to. */
   private dayAddAll(rows: readonly number[], n: number, e: NormalizedEvent): void {
     const epoch = this.epoch;
-    const f = this.day;
-    const dayMark = this.dayMark;
-    const dayEnt = this.dayEnt;
+    const day = this.day;
     const pico = e.spendPico;
     const prompt = e.promptTokens;
     const completion = e.completionTokens;
@@ -588,12 +573,15 @@ export class Aggregator {
     const success = e.success ? 1 : 0;
     for (let i = 0; i < n; i++) {
       const d = rows[i] as number;
-      if (dayMark[d] !== epoch) {
-        dayMark[d] = epoch;
+      const c = day[d >> CHUNK_SHIFT] as DailyChunk;
+      const r = d & CHUNK_MASK;
+      if (c.mark[r] !== epoch) {
+        c.mark[r] = epoch;
         this.dailyTouched++;
         this.dailyPending++;
       }
-      const o = d * DW;
+      const f = c.f;
+      const o = r * DW;
       const spend = (f[o + SPEND] as number) + pico;
       f[o + SPEND] = spend;
       f[o + PROMPT] = (f[o + PROMPT] as number) + prompt;
@@ -604,7 +592,7 @@ export class Aggregator {
       f[o + REQUESTS] = requests;
       f[o + SUCCESSES] = (f[o + SUCCESSES] as number) + success;
       if (spend >= MAX_SAFE_PICO || requests >= COUNT_SPILL_REQUESTS) this.daySpill(d);
-      this.entAdd(dayEnt[d] as number, pico);
+      this.entAdd(c.ent[r] as number, pico);
     }
   }
 
@@ -623,10 +611,13 @@ export class Aggregator {
       if (k === undefined) {
         k = this.newEntity(E_KEY, e.apiKey, "");
         this.keys.set(e.apiKey, k);
-        this.entContexts[k] = this.indexPool.pop() ?? new ContextIndex();
+        (this.ent[k >> CHUNK_SHIFT] as EntityChunk<ContextIndex>).contexts[k & CHUNK_MASK] =
+          this.indexPool.pop() ?? new ContextIndex();
       }
       this.entAdd(k, pico);
-      contexts = this.entContexts[k] as ContextIndex;
+      contexts = (this.ent[k >> CHUNK_SHIFT] as EntityChunk<ContextIndex>).contexts[
+        k & CHUNK_MASK
+      ] as ContextIndex;
     }
     const date = this.dateOf(e.startMs);
     const ctx = contexts.find(e, date) ?? contexts.open(e, date, this.contextPool);
@@ -710,7 +701,7 @@ export class Aggregator {
       this.dropEntities(prev, j, Math.min(prev.length, j + DRAIN_STEP), epoch);
       yield;
     }
-    prev.length = 0;
+    prev.clear();
     this.entPrev = touched;
     this.entTouched = prev;
 
@@ -721,12 +712,12 @@ export class Aggregator {
   }
 
   /** Emits and zeroes entity rows list[from..to). */
-  private emitEntities(list: number[], from: number, to: number, out: DrainTarget): void {
-    const spend = this.entSpend;
+  private emitEntities(list: IntList, from: number, to: number, out: DrainTarget): void {
+    const ent = this.ent;
     for (let j = from; j < to; j++) {
-      const i = list[j] as number;
+      const i = list.at(j);
       this.emitEntity(i, out);
-      spend[i] = 0;
+      (ent[i >> CHUNK_SHIFT] as EntityChunk<ContextIndex>).spend[i & CHUNK_MASK] = 0;
       if (this.entOver.size > 0) this.entOver.delete(i);
     }
     this.entityPending -= to - from;
@@ -746,7 +737,7 @@ export class Aggregator {
     epoch: number,
     out: DrainTarget,
   ): number {
-    const mark = this.dayMark;
+    const day = this.day;
     let work = 0;
     let emitted = 0;
     while (at.j < list.length && work < DRAIN_STEP) {
@@ -757,26 +748,30 @@ export class Aggregator {
       // to this aggregator while it drains, so the list holds still between steps.
       let kept = at.kept;
       let r = at.r;
-      const end = Math.min(rows.length, r + DRAIN_STEP - work);
+      const end = Math.min(c.count, r + DRAIN_STEP - work);
       for (; r < end; r++) {
         const d = rows[r] as number;
-        if (mark[d] === epoch) {
+        const k = day[d >> CHUNK_SHIFT] as DailyChunk;
+        const dr = d & CHUNK_MASK;
+        if (k.mark[dr] === epoch) {
           this.emitDaily(d, c, out);
           emitted++;
           this.dayZero(d);
           rows[kept++] = d;
         } else {
-          c.unset(this.dayKind[d] as number, this.dayId[d] as string);
+          c.unset(k.kind[dr] as number, k.id[dr] as string);
           this.releaseDaily(d);
         }
       }
       work += r - at.r + 1;
-      if (r < rows.length) {
+      if (r < c.count) {
         at.r = r;
         at.kept = kept;
         return emitted;
       }
-      rows.length = kept;
+      c.count = kept;
+      // Storage given back only when mostly unused, so a steady context never regrows it.
+      if (kept < rows.length >> 2) rows.length = kept;
       this.dailyPending -= kept;
       at.j++;
       at.r = 0;
@@ -790,7 +785,7 @@ export class Aggregator {
     for (let j = from; j < to; j++) {
       const c = list[j] as DailyContext;
       if (c.mark === epoch) continue;
-      for (const d of c.rows) this.releaseDaily(d);
+      for (let r = 0; r < c.count; r++) this.releaseDaily(c.rows[r] as number);
       (c.index as ContextIndex).remove(c);
       c.clear();
       if (this.contextPool.length < POOL_LIMIT) this.contextPool.push(c);
@@ -798,11 +793,12 @@ export class Aggregator {
   }
 
   /** Drops the entity rows of list[from..to) not touched in `epoch`. */
-  private dropEntities(list: number[], from: number, to: number, epoch: number): void {
-    const mark = this.entMark;
+  private dropEntities(list: IntList, from: number, to: number, epoch: number): void {
+    const ent = this.ent;
     for (let j = from; j < to; j++) {
-      const i = list[j] as number;
-      if (mark[i] !== epoch) this.releaseEntity(i);
+      const i = list.at(j);
+      if ((ent[i >> CHUNK_SHIFT] as EntityChunk<ContextIndex>).mark[i & CHUNK_MASK] !== epoch)
+        this.releaseEntity(i);
     }
   }
 
@@ -814,17 +810,19 @@ export class Aggregator {
   }
 
   private entAdd(i: number, pico: number): void {
-    if (this.entMark[i] !== this.epoch) {
-      this.entMark[i] = this.epoch;
+    const c = this.ent[i >> CHUNK_SHIFT] as EntityChunk<ContextIndex>;
+    const r = i & CHUNK_MASK;
+    if (c.mark[r] !== this.epoch) {
+      c.mark[r] = this.epoch;
       this.entTouched.push(i);
       this.entityPending++;
     }
-    const s = this.entSpend;
-    const v = (s[i] as number) + pico;
+    const s = c.spend;
+    const v = (s[r] as number) + pico;
     if (v >= MAX_SAFE_PICO) {
       this.entOver.set(i, (this.entOver.get(i) ?? 0n) + BigInt(v));
-      s[i] = 0;
-    } else s[i] = v;
+      s[r] = 0;
+    } else s[r] = v;
   }
 
   /** Moves daily row d's counters into its bigint overflow. */
@@ -842,8 +840,8 @@ export class Aggregator {
       };
       this.dayOver.set(d, over);
     }
-    const f = this.day;
-    const o = d * DW;
+    const f = (this.day[d >> CHUNK_SHIFT] as DailyChunk).f;
+    const o = (d & CHUNK_MASK) * DW;
     over.spend += BigInt(f[o + SPEND] as number);
     over.prompt += BigInt(f[o + PROMPT] as number);
     over.completion += BigInt(f[o + COMPLETION] as number);
@@ -856,8 +854,8 @@ export class Aggregator {
 
   private dayZero(d: number): void {
     // Stores, not fill(): a builtin call costs more than the eight writes.
-    const f = this.day;
-    const o = d * DW;
+    const f = (this.day[d >> CHUNK_SHIFT] as DailyChunk).f;
+    const o = (d & CHUNK_MASK) * DW;
     f[o] = 0;
     f[o + 1] = 0;
     f[o + 2] = 0;
@@ -870,30 +868,35 @@ export class Aggregator {
   }
 
   private entTotal(i: number): bigint {
-    return (this.entOver.get(i) ?? 0n) + BigInt(this.entSpend[i] as number);
+    const s = (this.ent[i >> CHUNK_SHIFT] as EntityChunk<ContextIndex>).spend[i & CHUNK_MASK];
+    return (this.entOver.get(i) ?? 0n) + BigInt(s as number);
   }
 
   /** Entity row i written to `out`: its kind, ids and spend, exact. */
   private emitEntity(i: number, out: DrainTarget): void {
     const over = this.entOver.size > 0 ? this.entOver.get(i) : undefined;
-    const s = this.entSpend[i] as number;
+    const c = this.ent[i >> CHUNK_SHIFT] as EntityChunk<ContextIndex>;
+    const r = i & CHUNK_MASK;
+    const s = c.spend[r] as number;
     out.entity(
-      this.entKind[i] as number,
-      this.entId[i] as string,
-      this.entId2[i] as string,
+      c.kind[r] as number,
+      c.id[r] as string,
+      c.id2[r] as string,
       over === undefined ? s : (over + BigInt(s)).toString(),
     );
   }
 
   /** Daily row d of context c written to `out`: its counters and spend, exact. */
   private emitDaily(d: number, c: DailyContext, out: DrainTarget): void {
-    const kind = this.dayKind[d] as number;
-    const id = this.dayId[d] as string;
+    const k = this.day[d >> CHUNK_SHIFT] as DailyChunk;
+    const r = d & CHUNK_MASK;
+    const kind = k.kind[r] as number;
+    const id = k.id[r] as string;
     const over = this.dayOver.size > 0 ? this.dayOver.get(d) : undefined;
     if (over === undefined) {
       // No spill: every counter is an exact integer number below 2^53.
-      const f = this.day;
-      const o = d * DW;
+      const f = k.f;
+      const o = r * DW;
       const requests = f[o + REQUESTS] as number;
       const successes = f[o + SUCCESSES] as number;
       out.daily(
@@ -931,36 +934,36 @@ export class Aggregator {
     let i = this.entFree.pop();
     if (i === undefined) {
       i = this.entNext++;
-      if (i >= this.entSpend.length) {
-        this.entSpend = grown(this.entSpend, i + 1);
-        this.entMark = grown(this.entMark, i + 1);
-        this.entKind = grown(this.entKind, i + 1);
-      }
+      if (i >> CHUNK_SHIFT >= this.ent.length) this.ent.push(new EntityChunk());
     }
-    this.entSpend[i] = 0;
-    this.entMark[i] = 0;
-    this.entKind[i] = kind;
-    this.entId[i] = id;
-    this.entId2[i] = id2;
+    const c = this.ent[i >> CHUNK_SHIFT] as EntityChunk<ContextIndex>;
+    const r = i & CHUNK_MASK;
+    c.spend[r] = 0;
+    c.mark[r] = 0;
+    c.kind[r] = kind;
+    c.id[r] = id;
+    c.id2[r] = id2;
     this.entityRowsHeld++;
     return i;
   }
 
   private releaseEntity(i: number): void {
-    const kind = this.entKind[i] as number;
-    const id = this.entId[i] as string;
+    const c = this.ent[i >> CHUNK_SHIFT] as EntityChunk<ContextIndex>;
+    const r = i & CHUNK_MASK;
+    const kind = c.kind[r] as number;
+    const id = c.id[r] as string;
     if (kind === E_MEMBER) {
       const teams = this.members.get(id);
       if (teams !== undefined) {
-        teams.delete(this.entId2[i] as string);
+        teams.delete(c.id2[r] as string);
         if (teams.size === 0) this.members.delete(id);
       }
     } else this.entityMap(ENTITY_KINDS[kind] as Exclude<EntityKind, "team_member">).delete(id);
-    this.entId[i] = "";
-    this.entId2[i] = "";
-    const contexts = this.entContexts[i];
+    c.id[r] = "";
+    c.id2[r] = "";
+    const contexts = c.contexts[r];
     if (contexts !== undefined) {
-      this.entContexts[i] = undefined;
+      c.contexts[r] = undefined;
       // Its contexts were dropped before it (a key is touched with each of them).
       if (contexts.empty && this.indexPool.length < POOL_LIMIT) this.indexPool.push(contexts);
     }
@@ -969,7 +972,7 @@ export class Aggregator {
   }
 
   private releaseDaily(d: number): void {
-    this.dayId[d] = "";
+    (this.day[d >> CHUNK_SHIFT] as DailyChunk).id[d & CHUNK_MASK] = "";
     this.dayFree.push(d);
     this.dailyRowsHeld--;
   }
@@ -999,18 +1002,15 @@ export class Aggregator {
       if (free !== undefined) d = free;
       else {
         d = this.dayNext++;
-        if (d >= this.dayMark.length) {
-          this.day = grown(this.day, (d + 1) * DW);
-          this.dayMark = grown(this.dayMark, d + 1);
-          this.dayKind = grown(this.dayKind, d + 1);
-          this.dayEnt = grown(this.dayEnt, d + 1);
-        }
+        if (d >> CHUNK_SHIFT >= this.day.length) this.day.push(new DailyChunk());
       }
       this.dayZero(d);
-      this.dayMark[d] = 0;
-      this.dayKind[d] = k;
-      this.dayEnt[d] = this.entity(entities, ENTITY_OF_DAILY[k] as number, id);
-      this.dayId[d] = id;
+      const chunk = this.day[d >> CHUNK_SHIFT] as DailyChunk;
+      const r = d & CHUNK_MASK;
+      chunk.mark[r] = 0;
+      chunk.kind[r] = k;
+      chunk.ent[r] = this.entity(entities, ENTITY_OF_DAILY[k] as number, id);
+      chunk.id[r] = id;
       c.set(k, id, d);
       this.dailyRowsHeld++;
     }
