@@ -3,7 +3,7 @@
  * event (hot, cold and a realistic interval), heap per aggregated row, and
  * the cost relative to a reference request workload, recording on vs off.
  */
-import { monitorEventLoopDelay, performance } from "node:perf_hooks";
+import { monitorEventLoopDelay, performance, PerformanceObserver } from "node:perf_hooks";
 import { setImmediate as yieldToLoop } from "node:timers/promises";
 import v8 from "node:v8";
 import vm from "node:vm";
@@ -80,7 +80,26 @@ export interface StallResult {
    * V8's own threads on the pinned core (or the machine).
    */
   flushOnCpuMs: Spread | null;
+  /** monitorEventLoopDelay max of the producer's first seals (warm-up, not in the spreads), ms. */
+  firstSealsMaxDelayMs: number[];
+  /**
+   * The longest one record() call took while a rep's rows were recorded, ms:
+   * the producer's other way to block the event loop (its slabs, lists and
+   * maps growing as rows are added).
+   */
+  longestRecordMs: Spread;
+  /**
+   * The longest record() call no garbage collection ran in, ms: the
+   * producer's own code. A collection's cost to a gateway is what the
+   * gateway bench's p99 (recording on vs off) shows.
+   */
+  longestRecordNoGcMs: Spread;
+  /** The longest collection pauses that fell in a slow record() call, ms. */
+  recordGcPauseMs: Spread;
 }
+
+// Seals a stall measurement makes before the reps it reports (see measureStall).
+const STALL_WARM_SEALS = 3;
 
 export interface GatewayOverhead {
   description: string;
@@ -361,23 +380,88 @@ async function measureAllIn(
   };
 }
 
-/** Goal 2 (see ProducerCostResult.stall). */
+/**
+ * One stall rep's rows: an end user's entity and daily row per event; the
+ * longest one record() call took, ms (a gateway records each request in a
+ * turn of its own, so that call is how long it blocked). A function of its own: as a loop inside measureStall it made V8 compile
+ * measureStall on the stack (OSR) each rep and throw the code away at the
+ * next gc(), so every seal measured shared the core with that compile.
+ */
+function recordStallRows(p: SpendProducer, rep: number, rows: number): SlowCall[] {
+  const slow: SlowCall[] = [];
+  for (let i = 0; i < rows / 2; i++) {
+    const t = performance.now();
+    p.record({ spend: "0.000001", endUserId: `stall-${rep}-${i}`, model: "m", promptTokens: 1 });
+    const d = performance.now() - t;
+    if (d > 0.5) slow.push({ at: t, ms: d });
+  }
+  return slow;
+}
+
+interface SlowCall {
+  at: number;
+  ms: number;
+}
+
+/**
+ * The longest calls, split: `all` as timed, and `own` counting only calls no
+ * garbage collection ran in (`gcs`: start and duration, performance.now() ms).
+ */
+function longestCalls(
+  slow: readonly SlowCall[],
+  gcs: readonly { start: number; ms: number }[],
+): { all: number; own: number; gcMs: number } {
+  let all = 0;
+  let own = 0;
+  let gcMs = 0;
+  for (const c of slow) {
+    all = Math.max(all, c.ms);
+    const gc = gcs.filter((g) => g.start < c.at + c.ms && g.start + g.ms > c.at);
+    if (gc.length === 0) own = Math.max(own, c.ms);
+    else
+      gcMs = Math.max(
+        gcMs,
+        gc.reduce((s, g) => s + g.ms, 0),
+      );
+  }
+  return { all, own, gcMs };
+}
+
+/**
+ * Goal 2 (see ProducerCostResult.stall). One long-lived producer, as in a
+ * gateway: each rep records plan.stallRows fresh rows (an end user's entity
+ * and daily row per event), so its seal also drops the rows the rep before
+ * left (idle for a whole interval), and then seals them all with the event
+ * loop watched. The first STALL_WARM_SEALS seals are reported apart: a
+ * process's first seals run while V8 is still compiling the seal path.
+ */
 async function measureStall(plan: ProducerPlan, gc: () => void): Promise<StallResult> {
   progress(
     "producer",
-    `event-loop block of a seal at ${plan.stallRows} held rows: ${plan.stallReps} reps`,
+    `event-loop block of a seal at ${plan.stallRows} held rows: ${STALL_WARM_SEALS} warm-up + ${plan.stallReps} reps, one producer`,
   );
   const maxDelay: number[] = [];
   const maxGap: number[] = [];
   const flushMs: number[] = [];
   const onCpuMs: number[] = [];
+  const firstMaxDelay: number[] = [];
+  const recordMs: number[] = [];
+  const recordOwnMs: number[] = [];
+  const recordGcMs: number[] = [];
   let held = 0;
-  for (let rep = 0; rep < plan.stallReps; rep++) {
-    const sink = new EncodingSink(true);
-    const p = newProducer(sink);
-    // Each event adds two rows: an end user's entity row and its daily row.
-    for (let i = 0; i < plan.stallRows / 2; i++)
-      p.record({ spend: "0.000001", endUserId: `stall-${rep}-${i}`, model: "m", promptTokens: 1 });
+  const sink = new EncodingSink(true);
+  const p = newProducer(sink);
+  for (let rep = 0; rep < STALL_WARM_SEALS + plan.stallReps; rep++) {
+    const gcs: { start: number; ms: number }[] = [];
+    const gcWatch = new PerformanceObserver((l) => {
+      for (const e of l.getEntries()) gcs.push({ start: e.startTime, ms: e.duration });
+    });
+    gcWatch.observe({ entryTypes: ["gc"] });
+    const slowCalls = recordStallRows(p, rep, plan.stallRows);
+    // GC entries arrive asynchronously: let the observer deliver the fill's.
+    await new Promise((r) => setTimeout(r, 20));
+    gcWatch.disconnect();
+    const longest = longestCalls(slowCalls, gcs);
     held = p.bufferedRows;
     gc();
     const h = monitorEventLoopDelay({ resolution: 1 });
@@ -396,22 +480,34 @@ async function measureStall(plan: ProducerPlan, gc: () => void): Promise<StallRe
     const t0 = performance.now();
     const c0 = mainThreadOnCpuMs();
     await p.flush();
-    flushMs.push(performance.now() - t0);
+    const t1 = performance.now();
     const c1 = mainThreadOnCpuMs();
-    if (c0 !== undefined && c1 !== undefined) onCpuMs.push(c1 - c0);
     await new Promise((r) => setTimeout(r, 5));
     h.disable();
     clearInterval(tick);
+    if (rep < STALL_WARM_SEALS) {
+      firstMaxDelay.push(h.max / 1e6);
+      continue;
+    }
+    recordMs.push(longest.all);
+    recordOwnMs.push(longest.own);
+    recordGcMs.push(longest.gcMs);
+    flushMs.push(t1 - t0);
+    if (c0 !== undefined && c1 !== undefined) onCpuMs.push(c1 - c0);
     maxDelay.push(h.max / 1e6);
     maxGap.push(gap);
-    await p.close();
   }
+  await p.close();
   return {
     heldRows: held,
     maxDelayMs: spread(maxDelay),
     maxGapMs: spread(maxGap),
     flushMs: spread(flushMs),
     flushOnCpuMs: onCpuMs.length > 0 ? spread(onCpuMs) : null,
+    firstSealsMaxDelayMs: firstMaxDelay,
+    longestRecordMs: spread(recordMs),
+    longestRecordNoGcMs: spread(recordOwnMs),
+    recordGcPauseMs: spread(recordGcMs),
   };
 }
 

@@ -221,11 +221,15 @@ export function evaluateBars(
       pass: allIn <= 2000,
     });
     const st = producer.stall;
+    // A gateway's event loop is blocked by whichever is longer: a seal's slice or one
+    // record(). A record() a collection ran in is shown, not counted: what collections
+    // cost a gateway is the p99 bar below (recording on vs off).
+    const block = Math.max(st.maxDelayMs.median, st.longestRecordNoGcMs.median);
     bars.push({
-      name: `issue 22 goal 2: longest event-loop block while a producer seals and sends ${st.heldRows} held rows (monitorEventLoopDelay max, median over reps)`,
+      name: `issue 22 goal 2: longest event-loop block a long-lived producer causes at ${st.heldRows} held rows: one record() call while the rows are added (no collection in it), or the seal and send that drops the last interval's rows (monitorEventLoopDelay max), median over reps after ${st.firstSealsMaxDelayMs.length} warm-up seals`,
       bar: "<= 5 ms",
-      value: `${fmt(st.maxDelayMs.median, 1)} ms (reps ${st.maxDelayMs.runs.map((x) => fmt(x, 1)).join(", ")}; flush ${fmt(st.flushMs.median, 0)} ms${st.flushOnCpuMs === null ? "" : `, the main thread on a CPU for ${fmt(st.flushOnCpuMs.median, 0)} ms of it`})`,
-      pass: st.maxDelayMs.median <= 5,
+      value: `${fmt(block, 1)} ms (seal ${fmt(st.maxDelayMs.median, 1)} ms, reps ${st.maxDelayMs.runs.map((x) => fmt(x, 1)).join(", ")}; longest record() ${fmt(st.longestRecordNoGcMs.median, 1)} ms, reps ${st.longestRecordNoGcMs.runs.map((x) => fmt(x, 1)).join(", ")}, counting calls a collection ran in ${fmt(st.longestRecordMs.median, 1)} ms (collection pause ${fmt(st.recordGcPauseMs.median, 1)} ms); warm-up seals ${st.firstSealsMaxDelayMs.map((x) => fmt(x, 1)).join(", ")}; flush ${fmt(st.flushMs.median, 0)} ms${st.flushOnCpuMs === null ? "" : `, the main thread on a CPU for ${fmt(st.flushOnCpuMs.median, 0)} ms of it`})`,
+      pass: block <= 5,
     });
   }
   if (gateway !== undefined) {
