@@ -213,7 +213,7 @@ export const FULL_PLAN: BenchPlan = {
     sizes: [
       { rows: 1_000, reps: 7 },
       { rows: 10_000, reps: 5 },
-      { rows: 100_000, reps: 3 },
+      { rows: 100_000, reps: 5 },
     ],
     rowsPerJob: 2_000,
   },
