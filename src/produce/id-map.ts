@@ -8,6 +8,9 @@ const SPLIT_AT = 8_192;
 // producer holding a million rows rehashes ~16k entries at most (~1.5 ms).
 const SHARDS = 64;
 const SHARD_MASK = SHARDS - 1;
+// Entries a split moves per call once started: moving all SPLIT_AT of them in
+// the set() that crossed it took 5-12 ms on the benchmark VM.
+const MOVE_PER_CALL = 16;
 
 // Characters shardOf hashes, from the end of an id.
 const SHARD_CHARS = 24;
@@ -34,54 +37,92 @@ export function shardOf(id: string): number {
 /**
  * A string-keyed map that never rehashes more than a slice of its entries at
  * once (issue 22, goal 2: no producer stall over 5 ms at 200k held rows): one
- * Map while small, SHARDS Maps chosen by shardOf once it passes SPLIT_AT. The
- * split moves SPLIT_AT entries, once; shards are not merged back.
+ * Map while small, SHARDS Maps chosen by shardOf once it passes `splitAt`.
+ * The split is incremental: from then on new ids go to the shards, and each
+ * call moves MOVE_PER_CALL entries of the old Map over, an id being in one
+ * place or the other, never both. Shards are not merged back.
  */
 export class IdMap<V> {
+  /** Every entry while small; during a split, those not moved yet. */
   private one: Map<string, V> | undefined = new Map();
   private shards: Map<string, V>[] | undefined = undefined;
+  /** The split's position in `one` (Map iterators survive deletes). */
+  private moving: Iterator<[string, V]> | undefined = undefined;
   private count = 0;
+
+  constructor(
+    private readonly splitAt = SPLIT_AT,
+    private readonly movePerCall = MOVE_PER_CALL,
+  ) {}
 
   get size(): number {
     return this.count;
   }
 
   get(id: string): V | undefined {
-    const one = this.one;
-    if (one !== undefined) return one.get(id);
-    return (this.shards as Map<string, V>[])[shardOf(id)]?.get(id);
+    const shards = this.shards;
+    if (shards === undefined) return (this.one as Map<string, V>).get(id);
+    const v = (shards[shardOf(id)] as Map<string, V>).get(id);
+    if (v !== undefined || this.one === undefined) return v;
+    return this.one.get(id);
   }
 
   /** Adds or replaces. */
   set(id: string, v: V): void {
+    const shards = this.shards;
     const one = this.one;
-    if (one !== undefined) {
-      one.set(id, v);
-      this.count = one.size;
-      if (one.size > SPLIT_AT) this.split(one);
+    if (shards === undefined) {
+      (one as Map<string, V>).set(id, v);
+      this.count = (one as Map<string, V>).size;
+      if (this.count > this.splitAt) this.startSplit();
       return;
     }
-    const shard = (this.shards as Map<string, V>[])[shardOf(id)] as Map<string, V>;
-    const before = shard.size;
-    shard.set(id, v);
-    this.count += shard.size - before;
+    if (one !== undefined && one.has(id)) one.set(id, v);
+    else {
+      const shard = shards[shardOf(id)] as Map<string, V>;
+      const before = shard.size;
+      shard.set(id, v);
+      this.count += shard.size - before;
+    }
+    if (one !== undefined) this.move();
   }
 
   delete(id: string): void {
+    const shards = this.shards;
     const one = this.one;
-    if (one !== undefined) {
-      one.delete(id);
-      this.count = one.size;
+    if (shards === undefined) {
+      (one as Map<string, V>).delete(id);
+      this.count = (one as Map<string, V>).size;
       return;
     }
-    if ((this.shards as Map<string, V>[])[shardOf(id)]?.delete(id) === true) this.count--;
+    if ((shards[shardOf(id)] as Map<string, V>).delete(id)) this.count--;
+    else if (one?.delete(id) === true) this.count--;
+    if (one !== undefined) this.move();
   }
 
-  private split(one: Map<string, V>): void {
+  private startSplit(): void {
     const shards: Map<string, V>[] = [];
     for (let s = 0; s < SHARDS; s++) shards.push(new Map());
-    for (const [id, v] of one) (shards[shardOf(id)] as Map<string, V>).set(id, v);
     this.shards = shards;
-    this.one = undefined;
+    this.moving = (this.one as Map<string, V>).entries();
+    this.move();
+  }
+
+  /** Moves the next movePerCall entries of `one` to their shards; drops it once empty. */
+  private move(): void {
+    const one = this.one as Map<string, V>;
+    const shards = this.shards as Map<string, V>[];
+    const it = this.moving as Iterator<[string, V]>;
+    for (let k = 0; k < this.movePerCall; k++) {
+      const r = it.next();
+      if (r.done === true) {
+        this.one = undefined;
+        this.moving = undefined;
+        return;
+      }
+      const [id, v] = r.value;
+      (shards[shardOf(id)] as Map<string, V>).set(id, v);
+      one.delete(id);
+    }
   }
 }

@@ -19,8 +19,10 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 );
 
 /** Applies ops to an IdMap and a Map side by side, checking every answer agrees. */
-function replay(ops: readonly Op[]): { ids: IdMap<number>; ref: Map<string, number> } {
-  const ids = new IdMap<number>();
+function replay(
+  ops: readonly Op[],
+  ids = new IdMap<number>(),
+): { ids: IdMap<number>; ref: Map<string, number> } {
   const ref = new Map<string, number>();
   for (const o of ops) {
     if (o.op === "set") {
@@ -54,6 +56,26 @@ describe("IdMap", () => {
     assert.equal(ids.get("user-1"), -1);
     assert.equal(ids.get("user-19998"), undefined);
     assert.equal(ids.get(""), undefined);
+  });
+
+  it("answers as a Map does while a split is under way, whatever the calls in between", () => {
+    // A split of 40 entries, one moved a call: sets, replacements and deletes
+    // of ids not moved yet, moved already, and new, all land during the move.
+    const small = fc.nat({ max: 60 }).map((i) => `id-${i}`);
+    const smallOp: fc.Arbitrary<Op> = fc.oneof(
+      {
+        weight: 3,
+        arbitrary: fc.record({ op: fc.constant("set" as const), id: small, v: fc.nat() }),
+      },
+      { weight: 1, arbitrary: fc.record({ op: fc.constant("delete" as const), id: small }) },
+    );
+    fc.assert(
+      fc.property(fc.array(smallOp, { minLength: 40, maxLength: 300 }), (ops) => {
+        const { ids, ref } = replay(ops, new IdMap<number>(40, 1));
+        for (let i = 0; i <= 60; i++) assert.equal(ids.get(`id-${i}`), ref.get(`id-${i}`));
+      }),
+      { numRuns: 300 },
+    );
   });
 
   it("keeps the empty id and ids that differ only early on apart", () => {
