@@ -193,7 +193,7 @@ export const FULL_PLAN: BenchPlan = {
     // One 1 s seal interval (proxy_batch_write_at's default) of a gateway at 2,000 requests/s.
     allInSealEvery: 2_000,
     stallRows: 200_000,
-    stallReps: 3,
+    stallReps: 7,
   },
   gateway: {
     keys: 200,
