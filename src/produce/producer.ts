@@ -104,6 +104,12 @@ export class SpendProducer {
   private spare = new Aggregator();
   /** The seal under way, if any. */
   private drain: Drain | undefined;
+  /**
+   * The last seal finished, kept only so that a Drain is always alive: V8
+   * drops a hidden class no object has, and with it the optimized code of
+   * sealSliced, compiled again at every seal (see JobWriter in sealer.ts).
+   */
+  private lastDrain: Drain | undefined;
   /** Writes every seal's jobs (one at a time), its buffers and hidden classes kept warm. */
   private readonly writer: JobWriter;
   /** Seals run one after another: each waits for the one before. */
@@ -658,6 +664,7 @@ export class SpendProducer {
     const jobs = d.out.finish();
     d.finished = true;
     if (this.drain === d) this.drain = undefined;
+    this.lastDrain = d;
     const header = {
       producerId: this.producerId,
       sealedAt: d.sealedAt,
