@@ -50,7 +50,7 @@ const CONTEXT_SCAN_LIMIT = 8;
 const SEP = "\u001f";
 // Rows (or contexts) a drain step handles before it yields: well under a
 // millisecond of work, so a driver can check its time budget often.
-const DRAIN_STEP = 256;
+const DRAIN_STEP = 64;
 const DAY_MS = 86_400_000;
 
 // Entity kinds, as indexes into ENTITY_KINDS.
