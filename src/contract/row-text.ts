@@ -170,22 +170,29 @@ export class RowTextWriter {
     this.n = at + 1;
     const b = this.units ?? this.bytes;
     b[at] = terminator;
-    if (v < 2_147_483_648) {
-      // Integer arithmetic: a double's % is a call into C, several times slower.
-      let w = v | 0;
-      do {
-        const q = (w / 10) | 0;
-        b[--at] = ZERO + w - q * 10;
-        w = q;
-      } while (w > 0);
-      return;
+    // Integer arithmetic only: a double's % is a call into C, several times
+    // slower, and spend in picodollars is past 2^31 for a cent.
+    let w: number;
+    if (v < 2_147_483_648) w = v | 0;
+    else {
+      // Below 2^53: nine low digits and a high part, both int32. The floor
+      // is exact: the quotient is below 2^24, so it rounds by at most 2^-30,
+      // and a quotient that is not an integer is at least 1e-9 from one.
+      const hi = Math.floor(v / 1e9);
+      const lo = v - hi * 1e9;
+      let l = lo | 0;
+      for (let i = 0; i < 9; i++) {
+        const q = (l / 10) | 0;
+        b[--at] = ZERO + l - q * 10;
+        l = q;
+      }
+      w = hi | 0;
     }
-    // Exact: v is an integer, so v % 10 is its last digit and v - d a multiple of 10.
     do {
-      const d = v % 10;
-      b[--at] = ZERO + d;
-      v = (v - d) / 10;
-    } while (v > 0);
+      const q = (w / 10) | 0;
+      b[--at] = ZERO + w - q * 10;
+      w = q;
+    } while (w > 0);
   }
 
   /** A string token: its length, a colon, its code units. */

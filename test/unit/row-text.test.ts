@@ -8,6 +8,7 @@ import {
   encodeDailyRows,
   encodeEntityRows,
   fromUnits,
+  RowTextWriter,
 } from "../../src/contract/row-text.js";
 import {
   DAILY_KINDS,
@@ -87,6 +88,33 @@ describe("row text (job format 3)", () => {
       fc.property(fc.array(entityRow, { maxLength: 20 }), (rows) => {
         assert.deepEqual(decodeEntityRows(wire(encodeEntityRows(rows))), rows);
       }),
+    );
+  });
+
+  it("writes every number a slab holds exactly, up to 2^53 (spend in picodollars)", () => {
+    // The writer splits numbers past 2^31 into int32 halves around 10^9: its
+    // edges (k * 10^9 - 1, k * 10^9, 2^53 - 1) are where a rounded quotient errs.
+    const edges = [
+      2 ** 31 - 1,
+      2 ** 31,
+      1e9,
+      1e9 - 1,
+      2 ** 53 - 1,
+      2 ** 53 - 1e9,
+      2 ** 53 - 1e9 - 1,
+    ];
+    const nearBillions = fc
+      .tuple(fc.integer({ min: 1, max: 9_007_199 }), fc.integer({ min: -2, max: 2 }))
+      .map(([k, d]) => Math.min(2 ** 53 - 1, k * 1e9 + d));
+    const any = fc.oneof(fc.constantFrom(...edges), nearBillions, fc.maxSafeNat());
+    fc.assert(
+      fc.property(fc.array(any, { minLength: 1, maxLength: 20 }), (values) => {
+        const w = new RowTextWriter();
+        for (const v of values) w.entityRow(0, "k", "", v);
+        const spends = decodeEntityRows(wire(w.take())).map((r) => r[3]);
+        assert.deepEqual(spends, values.map(String));
+      }),
+      { numRuns: 2_000 },
     );
   });
 
