@@ -80,6 +80,11 @@ export class RowTextWriter {
     return this.n;
   }
 
+  /** Bytes the text taken now would occupy as a V8 string (one or two a code unit). */
+  get byteLength(): number {
+    return this.units === undefined ? this.n : this.n * 2;
+  }
+
   /** An entity row. */
   entityRow(kind: number, id: string, id2: string, spendPico: number | string): void {
     this.number(kind);

@@ -18,7 +18,7 @@ import {
 } from "../../src/contract/spend-batch.js";
 import { Aggregator } from "../../src/produce/aggregator.js";
 import { dailyIdentity, entityIdentity, partitionOf } from "../../src/produce/partition.js";
-import { sealBatches } from "../../src/produce/sealer.js";
+import { MAX_JOB_TEXT_BYTES, sealBatches } from "../../src/produce/sealer.js";
 import { validateSpendEvent } from "../../src/produce/spend-event.js";
 
 /**
@@ -221,5 +221,54 @@ describe("row text (job format 3)", () => {
       batches.length,
       "every batch has its own id",
     );
+  });
+  it("closes a job at MAX_JOB_TEXT_BYTES of text, before its row limit, one or two bytes a unit", () => {
+    // Ids as long as real ones (64-hex key hashes, emails): 2,000 rows would pass V8's 128 KB
+    // large-object threshold. A two-byte id (Cyrillic) doubles the bytes a unit from where it appears.
+    const agg = new Aggregator();
+    const now = Date.now();
+    const long = (p: string, i: number): string =>
+      `${p}-${String(i).padStart(4, "0")}-${"f".repeat(60)}`;
+    for (let i = 0; i < 3_000; i++)
+      agg.add(
+        validateSpendEvent(
+          {
+            spend: "0.001",
+            apiKey: long("key", i % 40),
+            userId: i % 500 === 7 ? `пользователь-${i}` : long("user", i),
+            endUserId: long("end", i),
+            model: `m${i % 3}`,
+          },
+          undefined,
+          now,
+        ),
+      );
+    const drained = agg.drain();
+    let n = 0;
+    const batches = sealBatches(
+      drained,
+      { producerId: "p", sealedAt: now, partitions: 1 },
+      2_000,
+      () => `p.${++n}`,
+    );
+    const wide = (t: string): boolean => Buffer.from(t, "latin1").toString("latin1") !== t;
+    const bytes = (t: string): number => t.length * (wide(t) ? 2 : 1);
+    // A job closes at the first row that takes it past the cap: at most one row's text over it;
+    // one that turns two-byte part way doubles at once, so it can reach twice the cap.
+    for (const b of batches)
+      assert.ok(bytes(b.rowText) < (wide(b.rowText) ? 2 : 1) * MAX_JOB_TEXT_BYTES + 2_000);
+    assert.ok(batches.some((b) => wide(b.rowText)) && batches.some((b) => !wide(b.rowText)));
+    assert.ok(
+      batches.some((b) => bytes(b.rowText) >= MAX_JOB_TEXT_BYTES),
+      "the cap closed jobs",
+    );
+    assert.ok(
+      batches.every((b) => b.rowCount < 2_000),
+      "before the row limit did",
+    );
+    const entity = batches.flatMap((b) => (b.kind === "entity" ? decodeEntityRows(b.rowText) : []));
+    const daily = batches.flatMap((b) => (b.kind === "daily" ? decodeDailyRows(b.rowText) : []));
+    assert.deepEqual(entity, drained.entity);
+    assert.deepEqual(daily, drained.daily);
   });
 });
