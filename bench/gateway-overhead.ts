@@ -67,13 +67,15 @@ export interface GatewayOverheadResult {
 
 /**
  * Reps in which the recording gateway holds `heldRows` pending rows (recorded
- * straight into its producer before the rep) and seals them half way through,
- * while both gateways serve the same requests: the client's request latency,
- * p99, on vs off, and each gateway's longest event-loop delay
- * (monitorEventLoopDelay, 1 ms resolution).
+ * straight into its producer before the rep) and seals them half way through
+ * its requests; each gateway serves the same requests alone on the core, one
+ * after the other: the client's request latency, p99, on vs off, and each
+ * gateway's longest event-loop delay (monitorEventLoopDelay, 1 ms resolution).
  */
 export interface GatewayStall {
   reps: number;
+  /** Requests each gateway served per rep. */
+  requests: number;
   heldRows: number;
   onP99Ms: Spread;
   offP99Ms: Spread;
@@ -278,7 +280,7 @@ export async function measureGatewayOverhead(
     // Goal 2: a seal of plan.stallRows rows half way through a rep, latency on vs off.
     progress(
       S,
-      `reference gateway: ${plan.stallReps} reps sealing ${plan.stallRows} held rows mid-rep, request latency on vs off`,
+      `reference gateway: ${plan.stallReps} reps of ${plan.stallRequests} requests sealing ${plan.stallRows} held rows mid-rep, request latency on vs off, one gateway at a time`,
     );
     const stallOn: number[] = [];
     const stallOff: number[] = [];
@@ -286,38 +288,58 @@ export async function measureGatewayOverhead(
     const eldOn: number[] = [];
     const eldOff: number[] = [];
     let stallHeld = 0;
-    const warmRpsEach = warmRps;
+    /*
+     * One gateway at a time, alone on the pinned core: side by side, each
+     * one's latency held the other's CPU time (the scheduler's slices on a
+     * shared core), so the "off" gateway's event loop was delayed up to 50 ms
+     * and the p99 ratio moved between -43 % and +40 % from rep to rep. The
+     * recording one seals once half its requests are answered.
+     */
+    const stallRun = async (g: Gateway, recording: boolean, lat: number[]): Promise<number> => {
+      if (recording)
+        stallHeld = (await ask<{ bufferedRows: number }>(g.c.child, `preload:${plan.stallRows}`))
+          .bufferedRows;
+      await ask(g.c.child, "eld-start");
+      let sealed: Promise<{ sealed: boolean; error?: string }> | undefined;
+      const half = setInterval(() => {
+        if (!recording || sealed !== undefined || lat.length < plan.stallRequests / 2) return;
+        sealed = ask<{ sealed: boolean; error?: string }>(g.c.child, "seal");
+      }, 2);
+      try {
+        await sendAll(g.port, requests, plan.stallRequests, plan.concurrency, lat);
+      } finally {
+        clearInterval(half);
+      }
+      if (recording) {
+        const s = await (sealed ?? Promise.resolve({ sealed: false, error: "never sealed" }));
+        if (!s.sealed) throw new Error(`gateway seal failed: ${s.error ?? "?"}`);
+        // What the rep itself recorded after the seal, out of the way of the next rep.
+        await ask(g.c.child, "seal");
+      }
+      return (await ask<{ maxMs: number }>(g.c.child, "eld")).maxMs;
+    };
     for (let rep = 0; rep < plan.stallReps; rep++) {
       const [on, off] = roles(rep);
       await Promise.all([ask(on.c.child, "on"), ask(off.c.child, "off")]);
-      stallHeld = (await ask<{ bufferedRows: number }>(on.c.child, `preload:${plan.stallRows}`))
-        .bufferedRows;
-      await Promise.all([ask(on.c.child, "eld-start"), ask(off.c.child, "eld-start")]);
       const latOn: number[] = [];
       const latOff: number[] = [];
-      const halfMs = (requestsPerRep / warmRpsEach / 2) * 1000;
-      const sealed = sleep(halfMs).then(() =>
-        ask<{ sealed: boolean; error?: string }>(on.c.child, "seal"),
-      );
-      await Promise.all([
-        sendAll(on.port, requests, requestsPerRep, plan.concurrency, latOn),
-        sendAll(off.port, requests, requestsPerRep, plan.concurrency, latOff),
-      ]);
-      const s = await sealed;
-      if (!s.sealed) throw new Error(`gateway seal failed: ${s.error ?? "?"}`);
-      // What the rep itself recorded after the seal, out of the way of the next rep.
-      await ask(on.c.child, "seal");
-      const [eOn, eOff] = await Promise.all([
-        ask<{ maxMs: number }>(on.c.child, "eld"),
-        ask<{ maxMs: number }>(off.c.child, "eld"),
-      ]);
+      // Which goes first alternates too, so drift over a rep pair cancels.
+      let eOn: number;
+      let eOff: number;
+      if (rep % 4 < 2) {
+        eOn = await stallRun(on, true, latOn);
+        eOff = await stallRun(off, false, latOff);
+      } else {
+        eOff = await stallRun(off, false, latOff);
+        eOn = await stallRun(on, true, latOn);
+      }
       const pOn = quantile(latOn, 0.99);
       const pOff = quantile(latOff, 0.99);
       stallOn.push(pOn);
       stallOff.push(pOff);
       stallAdded.push(100 * (pOn / pOff - 1));
-      eldOn.push(eOn.maxMs);
-      eldOff.push(eOff.maxMs);
+      eldOn.push(eOn);
+      eldOff.push(eOff);
     }
     // Reps 2k and 2k+1 swapped roles: their mean cancels what process a costs more than b.
     const balanced = (byRep: number[]): number[] => {
@@ -355,6 +377,7 @@ export async function measureGatewayOverhead(
       },
       stall: {
         reps: plan.stallReps,
+        requests: plan.stallRequests,
         heldRows: stallHeld,
         onP99Ms: spread(stallOn),
         offP99Ms: spread(stallOff),

@@ -69,6 +69,12 @@ export interface GatewayPlan {
   /** Goal 2: reps in which the recording gateway seals this many held rows mid-rep. */
   stallReps: number;
   stallRows: number;
+  /**
+   * Requests each gateway serves per stall rep: a p99 over one seal
+   * interval's requests (~1,400 here) is its 14th slowest, and moved by ±40 %
+   * from rep to rep with no seal in it.
+   */
+  stallRequests: number;
 }
 
 export interface FlushPlan {
@@ -209,6 +215,7 @@ export const FULL_PLAN: BenchPlan = {
     // Even (pairs swap roles); 4 left the p99 bar moving between -0.0 % and +11.7 % run to run.
     stallReps: 8,
     stallRows: 200_000,
+    stallRequests: 10_000,
   },
   flush: {
     sizes: [
@@ -284,6 +291,7 @@ export const SMOKE_PLAN: BenchPlan = {
     profileReps: 2,
     stallReps: 2,
     stallRows: 20_000,
+    stallRequests: 1_000,
   },
   flush: {
     sizes: [
