@@ -219,6 +219,11 @@ server.keepAliveTimeout = 60_000;
 
 /** The event loop's delay since "eld-start" (issue 22, goal 2: seals must not stall it). */
 let eld: ReturnType<typeof monitorEventLoopDelay> | undefined;
+/** The longest garbage collection pause since "eld-start", ms: what a loop delay is made of. */
+let gcMaxMs = 0;
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) gcMaxMs = Math.max(gcMaxMs, e.duration);
+}).observe({ entryTypes: ["gc"] });
 
 process.on("message", (m) => {
   if (typeof m === "string" && m.startsWith("preload:")) {
@@ -242,12 +247,17 @@ process.on("message", (m) => {
     eld?.disable();
     eld = monitorEventLoopDelay({ resolution: 1 });
     eld.enable();
+    gcMaxMs = 0;
     process.send?.({ started: true });
     return;
   }
   if (m === "eld") {
     eld?.disable();
-    process.send?.({ maxMs: (eld?.max ?? 0) / 1e6, p99Ms: (eld?.percentile(99) ?? 0) / 1e6 });
+    process.send?.({
+      maxMs: (eld?.max ?? 0) / 1e6,
+      p99Ms: (eld?.percentile(99) ?? 0) / 1e6,
+      gcMaxMs,
+    });
     return;
   }
   if (m === "budgets:on" || m === "budgets:off") {

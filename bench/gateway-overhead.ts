@@ -83,6 +83,9 @@ export interface GatewayStall {
   p99AddedPct: Spread;
   onMaxDelayMs: Spread;
   offMaxDelayMs: Spread;
+  /** The longest single garbage collection pause in each rep, ms. */
+  onMaxGcMs: Spread;
+  offMaxGcMs: Spread;
 }
 
 type Mode = "on" | "off";
@@ -295,7 +298,13 @@ export async function measureGatewayOverhead(
      * and the p99 ratio moved between -43 % and +40 % from rep to rep. The
      * recording one seals once half its requests are answered.
      */
-    const stallRun = async (g: Gateway, recording: boolean, lat: number[]): Promise<number> => {
+    const gcOn: number[] = [];
+    const gcOff: number[] = [];
+    const stallRun = async (
+      g: Gateway,
+      recording: boolean,
+      lat: number[],
+    ): Promise<{ maxMs: number; gcMaxMs: number }> => {
       if (recording)
         stallHeld = (await ask<{ bufferedRows: number }>(g.c.child, `preload:${plan.stallRows}`))
           .bufferedRows;
@@ -316,7 +325,7 @@ export async function measureGatewayOverhead(
         // What the rep itself recorded after the seal, out of the way of the next rep.
         await ask(g.c.child, "seal");
       }
-      return (await ask<{ maxMs: number }>(g.c.child, "eld")).maxMs;
+      return ask<{ maxMs: number; gcMaxMs: number }>(g.c.child, "eld");
     };
     for (let rep = 0; rep < plan.stallReps; rep++) {
       const [on, off] = roles(rep);
@@ -324,8 +333,8 @@ export async function measureGatewayOverhead(
       const latOn: number[] = [];
       const latOff: number[] = [];
       // Which goes first alternates too, so drift over a rep pair cancels.
-      let eOn: number;
-      let eOff: number;
+      let eOn: { maxMs: number; gcMaxMs: number };
+      let eOff: { maxMs: number; gcMaxMs: number };
       if (rep % 4 < 2) {
         eOn = await stallRun(on, true, latOn);
         eOff = await stallRun(off, false, latOff);
@@ -338,8 +347,10 @@ export async function measureGatewayOverhead(
       stallOn.push(pOn);
       stallOff.push(pOff);
       stallAdded.push(100 * (pOn / pOff - 1));
-      eldOn.push(eOn);
-      eldOff.push(eOff);
+      eldOn.push(eOn.maxMs);
+      eldOff.push(eOff.maxMs);
+      gcOn.push(eOn.gcMaxMs);
+      gcOff.push(eOff.gcMaxMs);
     }
     // Reps 2k and 2k+1 swapped roles: their mean cancels what process a costs more than b.
     const balanced = (byRep: number[]): number[] => {
@@ -384,6 +395,8 @@ export async function measureGatewayOverhead(
         p99AddedPct: spread(stallAdded),
         onMaxDelayMs: spread(eldOn),
         offMaxDelayMs: spread(eldOff),
+        onMaxGcMs: spread(gcOn),
+        offMaxGcMs: spread(gcOff),
       },
     };
   } finally {
