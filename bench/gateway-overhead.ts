@@ -100,6 +100,7 @@ interface Profile {
   sealUs: number;
   sealAndSendUs: number;
   gcPauseUs: number;
+  gcMinorUs: number;
 }
 
 interface CpuUsage {
@@ -130,6 +131,8 @@ export interface RecordingBreakdown {
   sendUs: Spread;
   /** Main-thread GC pauses of the recording gateway minus the other's. */
   gcPauseAddedUs: Spread;
+  /** Of which scavenges (young generation). */
+  gcMinorAddedUs: Spread;
 }
 
 export async function measureGatewayOverhead(
@@ -206,6 +209,7 @@ export async function measureGatewayOverhead(
         sealUs: (b.profile.sealUs - a.profile.sealUs) / n,
         sealAndSendUs: (b.profile.sealAndSendUs - a.profile.sealAndSendUs) / n,
         gcPauseUs: (b.profile.gcPauseUs - a.profile.gcPauseUs) / n,
+        gcMinorUs: (b.profile.gcMinorUs - a.profile.gcMinorUs) / n,
       });
       return {
         on: { cpuUs: us(on0, on1), rps: n / onWall, profile: perRequest(on0, on1) },
@@ -270,6 +274,7 @@ export async function measureGatewayOverhead(
     const sealUs: number[] = [];
     const sendUs: number[] = [];
     const gcAdded: number[] = [];
+    const gcMinorAdded: number[] = [];
     for (let rep = 0; rep < plan.profileReps; rep++) {
       const got = await drivePair(requestsPerRep, ...roles(rep));
       const p = got.on.profile;
@@ -279,6 +284,7 @@ export async function measureGatewayOverhead(
       sealUs.push(p.sealUs);
       sendUs.push(p.sealAndSendUs - p.sealUs);
       gcAdded.push(p.gcPauseUs - got.off.profile.gcPauseUs);
+      gcMinorAdded.push(p.gcMinorUs - got.off.profile.gcMinorUs);
     }
     // Goal 2: a seal of plan.stallRows rows half way through a rep, latency on vs off.
     progress(
@@ -385,6 +391,7 @@ export async function measureGatewayOverhead(
         sealUs: spread(sealUs),
         sendUs: spread(sendUs),
         gcPauseAddedUs: spread(gcAdded),
+        gcMinorAddedUs: spread(gcMinorAdded),
       },
       stall: {
         reps: plan.stallReps,

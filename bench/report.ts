@@ -137,6 +137,9 @@ export function markdown(r: BenchResults): string {
       `| main-thread GC pauses, recording minus not | ${sp(bd.gcPauseAddedUs, 1, 2)} | ${share(bd.gcPauseAddedUs.median)} |`,
     );
     L.push(
+      `| of which scavenges (young generation) | ${sp(bd.gcMinorAddedUs, 1, 2)} | ${share(bd.gcMinorAddedUs.median)} |`,
+    );
+    L.push(
       `| **all added (on - off) in these reps** | **${sp(bd.addedUs, 1, 2)}** | **${share(bd.addedUs.median)}** |`,
     );
     L.push(
