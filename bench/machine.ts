@@ -41,8 +41,12 @@ function cpuModel(): string {
 function gitCommit(): string {
   try {
     const head = execFileSync("git", ["rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim();
+    // Tracked files only: code the run measures is tracked, and a worktree's
+    // untracked node_modules link made every run from one "uncommitted".
     const dirty =
-      execFileSync("git", ["status", "--porcelain"], { encoding: "utf8" }).trim().length > 0;
+      execFileSync("git", ["status", "--porcelain", "--untracked-files=no"], {
+        encoding: "utf8",
+      }).trim().length > 0;
     return dirty ? `${head} (uncommitted changes)` : head;
   } catch {
     return "unknown";
