@@ -184,8 +184,7 @@ export class RowTextWriter {
       // is exact: the quotient is below 2^24, so it rounds by at most 2^-30,
       // and a quotient that is not an integer is at least 1e-9 from one.
       const hi = Math.floor(v / 1e9);
-      const lo = v - hi * 1e9;
-      let l = lo | 0;
+      let l = (v - hi * 1e9) | 0;
       for (let i = 0; i < 9; i++) {
         const q = (l / 10) | 0;
         b[--at] = ZERO + l - q * 10;

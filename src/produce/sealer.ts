@@ -51,9 +51,10 @@ const spareJobs: OpenJob[] = [];
  * Drained rows written straight into jobs' row text: each row goes to the
  * flush partition that owns it (a stable hash of its identity, so every
  * producer sends a row to the same partition), and a job closes at
- * `maxRowsPerJob` rows or MAX_JOB_TEXT_BYTES of text. What a seal keeps until its jobs are sent is one
- * flat string per job, not an array per row (issue 22: those arrays lived
- * in the young generation through the seal, and every scavenge copied them).
+ * `maxRowsPerJob` rows or MAX_JOB_TEXT_BYTES of text. What a seal keeps
+ * until its jobs are sent is one flat string per job, not an array per row
+ * (issue 22: those arrays lived in the young generation through the seal,
+ * and every scavenge copied them).
  * Jobs come out entity jobs first, as the rows are drained.
  *
  * A producer keeps one JobWriter for all its seals (finish() readies it for
@@ -90,8 +91,7 @@ export class JobWriter implements DrainTarget {
     const job = this.open(this.entityOpen, p);
     job.text.entityRow(kind, id, id2, spendPico);
     this.entityRows++;
-    if (job.text.rows >= this.maxRowsPerJob || job.text.byteLength >= MAX_JOB_TEXT_BYTES)
-      this.close("entity", this.entityOpen, p);
+    if (this.full(job)) this.close("entity", this.entityOpen, p);
   }
 
   entitiesDone(): void {
@@ -138,8 +138,7 @@ export class JobWriter implements DrainTarget {
       spendPico,
     );
     this.dailyRows++;
-    if (job.text.rows >= this.maxRowsPerJob || job.text.byteLength >= MAX_JOB_TEXT_BYTES)
-      this.close("daily", this.dailyOpen, p);
+    if (this.full(job)) this.close("daily", this.dailyOpen, p);
   }
 
   /** Every job since the last finish(), the open ones closed; the writer starts afresh. */
@@ -164,6 +163,11 @@ export class JobWriter implements DrainTarget {
     h = hashField(h, c.mcpToolName);
     h = hashField(h, c.endpoint);
     return partitionOfHash(h, this.partitions);
+  }
+
+  /** Whether a job is done: `maxRowsPerJob` rows, or MAX_JOB_TEXT_BYTES of text. */
+  private full(job: OpenJob): boolean {
+    return job.text.rows >= this.maxRowsPerJob || job.text.byteLength >= MAX_JOB_TEXT_BYTES;
   }
 
   private open(list: (OpenJob | undefined)[], p: number): OpenJob {

@@ -6,6 +6,8 @@ import { SpendMetrics } from "../../src/observe/metrics.js";
 import { producerMetrics } from "../../src/produce/producer-metrics.js";
 import { BufferFullError, CloseTimeoutError, SpendProducer } from "../../src/produce/producer.js";
 import { SpendEventError, type SpendEvent } from "../../src/produce/spend-event.js";
+import { MAX_JOB_TEXT_BYTES } from "../../src/produce/sealer.js";
+import { MAX_ID_LENGTH } from "../../src/contract/ids.js";
 import { createRedis, waitUntilReady } from "../../src/redis/connection.js";
 import { redisKeys } from "../../src/redis/keys.js";
 import { FLUSH_RATE_TTL_MS, pipelineLoad } from "../../src/queue/backlog.js";
@@ -17,6 +19,7 @@ import { Harness } from "../support/harness.js";
 import { Ledger } from "../support/ledger.js";
 import { cleanRedis, testConfig, uniquePrefix } from "../support/redis.js";
 import { ManualClock } from "../support/manual-clock.js";
+import { isTwoByte } from "../support/strings.js";
 import { freePort, TestRedisServer } from "../support/redis-server.js";
 
 /** Waits up to 5 s for a producer's back-pressure state to become `want`. */
@@ -60,6 +63,45 @@ describe("producer", () => {
     assert.ok((await h.waitingJobs()) > 2, "rows were split into several jobs");
     assert.equal((await h.flusher().flushOnce()).outcome, "committed");
     assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+  });
+
+  it("jobs close at MAX_JOB_TEXT_BYTES: ids at the length limit, some two-byte, reach PostgreSQL exactly", async () => {
+    await truncateAll(t.db);
+    const ledger = new Ledger();
+    const p = await h.producer();
+    // 256 units (MAX_ID_LENGTH): 2,000 rows of these are ~600 KB, far past V8's 128 KB threshold.
+    const id = (prefix: string, i: number): string =>
+      `${prefix}-${i}-`.padEnd(MAX_ID_LENGTH, i % 97 === 0 ? "й" : "f");
+    for (let i = 0; i < 2_000; i++) {
+      const e: SpendEvent = {
+        spend: "0.000123456789",
+        apiKey: id("key", i % 7),
+        userId: id("user", i % 50),
+        endUserId: id("end", i),
+        model: "m",
+        promptTokens: 5,
+      };
+      p.record(e);
+      ledger.record(e);
+    }
+    await p.close();
+    const jobs = [
+      ...(await h.queues.entity.getJobs(["waiting"])),
+      ...(await h.queues.daily.getJobs(["waiting"])),
+    ];
+    const texts = jobs.map((j) => j.data as { rowText: string; rowCount: number });
+    // One row's text past the cap at most; a job that turned two-byte part way, twice the cap.
+    for (const j of texts) {
+      const perUnit = isTwoByte(j.rowText) ? 2 : 1;
+      // The row that crossed the cap, with its context's text: two ids of MAX_ID_LENGTH here
+      // (key, end user), short dimensions and digits, two bytes a unit at most.
+      assert.ok(j.rowText.length * perUnit < perUnit * MAX_JOB_TEXT_BYTES + 8 * MAX_ID_LENGTH);
+      assert.ok(j.rowCount < 2_000, "the byte cap closed it, not the row limit");
+    }
+    assert.ok(texts.some((j) => isTwoByte(j.rowText)) && texts.some((j) => !isTwoByte(j.rowText)));
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+    await truncateAll(t.db);
   });
 
   it("a large seal drains in slices: events recorded meanwhile are in the next seal, exactly once", async () => {

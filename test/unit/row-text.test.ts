@@ -16,10 +16,12 @@ import {
   type DailyRow,
   type EntityRow,
 } from "../../src/contract/spend-batch.js";
-import { Aggregator } from "../../src/produce/aggregator.js";
+import { Aggregator, type DrainedRows } from "../../src/produce/aggregator.js";
 import { dailyIdentity, entityIdentity, partitionOf } from "../../src/produce/partition.js";
 import { MAX_JOB_TEXT_BYTES, sealBatches } from "../../src/produce/sealer.js";
-import { validateSpendEvent } from "../../src/produce/spend-event.js";
+import { validateSpendEvent, type SpendEvent } from "../../src/produce/spend-event.js";
+import type { SealedBatch } from "../../src/contract/spend-sink.js";
+import { isTwoByte } from "../support/strings.js";
 
 /**
  * Format 3's row text (row-text.ts): every row survives the trip through
@@ -80,6 +82,21 @@ const wire = (text: string): string =>
 
 function refuses(read: () => unknown, reason: RegExp): void {
   assert.throws(read, (err: unknown) => err instanceof RowTextError && reason.test(err.message));
+}
+
+/** `events` aggregated and sealed into jobs of at most `maxRowsPerJob` rows, with what was drained. */
+function sealEvents(
+  events: readonly SpendEvent[],
+  partitions: number,
+  maxRowsPerJob: number,
+): { drained: DrainedRows; batches: SealedBatch[] } {
+  const agg = new Aggregator();
+  const now = Date.now();
+  for (const e of events) agg.add(validateSpendEvent(e, undefined, now));
+  const drained = agg.drain();
+  let n = 0;
+  const header = { producerId: "p", sealedAt: now, partitions };
+  return { drained, batches: sealBatches(drained, header, maxRowsPerJob, () => `p.${++n}`) };
 }
 
 describe("row text (job format 3)", () => {
@@ -175,32 +192,16 @@ describe("row text (job format 3)", () => {
   });
 
   it("a seal's jobs hold each row in the partition its identity hashes to, as before row text", () => {
-    const agg = new Aggregator();
-    const now = Date.now();
-    for (let i = 0; i < 300; i++)
-      agg.add(
-        validateSpendEvent(
-          {
-            spend: "0.001",
-            apiKey: `k${i % 7}`,
-            userId: `u${i % 11}`,
-            teamId: `t${i % 3}`,
-            endUserId: `e${i}`,
-            model: `m${i % 4}`,
-            tags: [`tag${i % 5}`],
-          },
-          undefined,
-          now,
-        ),
-      );
-    const drained = agg.drain();
-    let n = 0;
-    const batches = sealBatches(
-      drained,
-      { producerId: "p", sealedAt: now, partitions: 4 },
-      50,
-      () => `p.${++n}`,
-    );
+    const events = Array.from({ length: 300 }, (_, i) => ({
+      spend: "0.001",
+      apiKey: `k${i % 7}`,
+      userId: `u${i % 11}`,
+      teamId: `t${i % 3}`,
+      endUserId: `e${i}`,
+      model: `m${i % 4}`,
+      tags: [`tag${i % 5}`],
+    }));
+    const { drained, batches } = sealEvents(events, 4, 50);
     const entity = batches.flatMap((b) =>
       b.kind === "entity"
         ? decodeEntityRows(b.rowText).map((r) => [b.partition, b.rowCount, r] as const)
@@ -222,42 +223,28 @@ describe("row text (job format 3)", () => {
       "every batch has its own id",
     );
   });
+
   it("closes a job at MAX_JOB_TEXT_BYTES of text, before its row limit, one or two bytes a unit", () => {
     // Ids as long as real ones (64-hex key hashes, emails): 2,000 rows would pass V8's 128 KB
     // large-object threshold. A two-byte id (Cyrillic) doubles the bytes a unit from where it appears.
-    const agg = new Aggregator();
-    const now = Date.now();
     const long = (p: string, i: number): string =>
       `${p}-${String(i).padStart(4, "0")}-${"f".repeat(60)}`;
-    for (let i = 0; i < 3_000; i++)
-      agg.add(
-        validateSpendEvent(
-          {
-            spend: "0.001",
-            apiKey: long("key", i % 40),
-            userId: i % 500 === 7 ? `пользователь-${i}` : long("user", i),
-            endUserId: long("end", i),
-            model: `m${i % 3}`,
-          },
-          undefined,
-          now,
-        ),
-      );
-    const drained = agg.drain();
-    let n = 0;
-    const batches = sealBatches(
-      drained,
-      { producerId: "p", sealedAt: now, partitions: 1 },
-      2_000,
-      () => `p.${++n}`,
-    );
-    const wide = (t: string): boolean => Buffer.from(t, "latin1").toString("latin1") !== t;
-    const bytes = (t: string): number => t.length * (wide(t) ? 2 : 1);
+    const events = Array.from({ length: 3_000 }, (_, i) => ({
+      spend: "0.001",
+      apiKey: long("key", i % 40),
+      userId: i % 500 === 7 ? `пользователь-${i}` : long("user", i),
+      endUserId: long("end", i),
+      model: `m${i % 3}`,
+    }));
+    const { drained, batches } = sealEvents(events, 1, 2_000);
+    const bytes = (t: string): number => t.length * (isTwoByte(t) ? 2 : 1);
     // A job closes at the first row that takes it past the cap: at most one row's text over it;
     // one that turns two-byte part way doubles at once, so it can reach twice the cap.
     for (const b of batches)
-      assert.ok(bytes(b.rowText) < (wide(b.rowText) ? 2 : 1) * MAX_JOB_TEXT_BYTES + 2_000);
-    assert.ok(batches.some((b) => wide(b.rowText)) && batches.some((b) => !wide(b.rowText)));
+      assert.ok(bytes(b.rowText) < (isTwoByte(b.rowText) ? 2 : 1) * MAX_JOB_TEXT_BYTES + 2_000);
+    assert.ok(
+      batches.some((b) => isTwoByte(b.rowText)) && batches.some((b) => !isTwoByte(b.rowText)),
+    );
     assert.ok(
       batches.some((b) => bytes(b.rowText) >= MAX_JOB_TEXT_BYTES),
       "the cap closed jobs",
