@@ -1,4 +1,4 @@
-import express, { type ErrorRequestHandler, type Express } from "express";
+import type { ErrorRequestHandler, Express } from "express";
 import type { AppConfig } from "../config/config.js";
 import type { Logger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
@@ -25,6 +25,7 @@ import { keyGenerate } from "./routes/key-generate.js";
 import { keyBlock, keyDelete, keyInfo, keyList, keyUpdate } from "./routes/keys.js";
 import { spendEvents } from "./routes/spend-events.js";
 import { spendLive } from "./routes/spend-live.js";
+import { jsonBody } from "./json-body.js";
 import type { KeyCache } from "./virtual-keys.js";
 
 export { CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, MOCK_PROVIDER } from "./charge-check.js";
@@ -82,7 +83,7 @@ export function createGatewayApp(deps: GatewayDeps): Express {
     });
     next();
   });
-  const json = express.json({ limit: config.gateway.maxRequestBodyBytes });
+  const json = jsonBody(config.gateway.maxRequestBodyBytes);
   const user = authenticate(keys, logger, gw);
   const admin = masterOnly(config);
   // A key's `models`, on every route that names a model (add it to new ones).

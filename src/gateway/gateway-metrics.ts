@@ -6,6 +6,7 @@ export const CALL_OUTCOMES = [
   "answered",
   "client_left",
   "upstream_broke",
+  "upstream_invalid",
   "upstream_error",
   "upstream_timeout",
   "upstream_unreachable",
@@ -50,7 +51,7 @@ export class GatewayMetrics {
     });
     this.modelCalls = new Counter({
       name: "gateway_model_calls_total",
-      help: "Calls to a model (chat completions and embeddings), by kind (mock, upstream) and how they ended: answered, client_left (mid-stream), upstream_broke, upstream_error (relayed), upstream_timeout, upstream_unreachable, model_failed.",
+      help: "Calls to a model (chat completions and embeddings), by kind (mock, upstream) and how they ended: answered, client_left (mid-stream), upstream_broke, upstream_invalid (an answer that is not the API's shape), upstream_error (relayed), upstream_timeout, upstream_unreachable, model_failed.",
       labelNames: ["kind", "outcome"],
       registers,
     });

@@ -42,13 +42,22 @@ export const MAX_IDEMPOTENCY_KEY_LENGTH = 255;
  * The key a request sent, or why it is refused. Printable ASCII, 1-255
  * characters. The IETF draft makes the header a structured-field string
  * (`"..."`, with `\"` and `\\` escapes); Stripe sends it bare. Both are read.
+ * `rawHeaders` (the request's, names and values alternating) tells a header
+ * sent twice, which Node joins into one value ("a, b") that would pass for a key.
  */
 export function parseIdempotencyKey(
   header: string | string[] | undefined,
+  rawHeaders: readonly string[] = [],
 ): { ok: true; key: string | undefined } | { ok: false; message: string } {
   if (header === undefined) return { ok: true, key: undefined };
-  if (Array.isArray(header)) return { ok: false, message: "Idempotency-Key: send the header once" };
+  let sent = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2)
+    if (rawHeaders[i]?.toLowerCase() === "idempotency-key") sent++;
+  if (Array.isArray(header) || sent > 1)
+    return { ok: false, message: "Idempotency-Key: send the header once" };
   let key = header;
+  if (key.startsWith('"') !== (key.length >= 2 && key.endsWith('"')))
+    return { ok: false, message: 'Idempotency-Key: a quoted key must begin and end with "' };
   if (key.length >= 2 && key.startsWith('"') && key.endsWith('"')) {
     const inner = key.slice(1, -1);
     if (!/^(?:[^"\\]|\\["\\])*$/.test(inner))

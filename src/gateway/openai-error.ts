@@ -43,6 +43,8 @@ export type ErrorCode =
   | "upstream_error"
   | "upstream_timeout"
   | "upstream_unreachable"
+  | "upstream_invalid"
+  | "too_many_values"
   | "not_found"
   | "internal_error"
   // Virtual keys (issue 19): LiteLLM's refusals, and its key routes.

@@ -7,7 +7,9 @@ import { readEvents, startEventStream, writeEvent } from "./sse.js";
 import { countPromptTokens, countTextTokens } from "./token-count.js";
 import {
   callUpstream,
+  isJsonObject,
   relayUpstreamError,
+  sendUpstreamInvalid,
   sendUpstreamUnavailable,
   UpstreamUnavailableError,
 } from "./upstream.js";
@@ -98,9 +100,9 @@ async function relayCompletion(
   spend: ServedSpend,
   cancel: AbortSignal,
 ): Promise<void> {
-  let body: { usage?: OpenAiUsage; choices?: { message?: { content?: unknown } }[] };
+  let parsed: unknown;
   try {
-    body = (await upstream.json()) as typeof body;
+    parsed = await upstream.json();
   } catch {
     if (cancel.aborted) {
       spend.settle(
@@ -112,11 +114,16 @@ async function relayCompletion(
     spend.failed("upstream_broke");
     return sendUpstreamUnavailable(res, new UpstreamUnavailableError(false, spend.deployment));
   }
+  if (!isJsonObject(parsed) || (parsed.choices !== undefined && !Array.isArray(parsed.choices))) {
+    spend.failed("upstream_invalid");
+    return sendUpstreamInvalid(res, spend.deployment);
+  }
+  const body = parsed as { usage?: OpenAiUsage; choices?: { message?: { content?: unknown } }[] };
   const usage = reported(body.usage) ?? {
     promptTokens: await countPromptTokens(chat.messages),
     completionTokens: await countTextTokens(
       (body.choices ?? [])
-        .map((c) => (typeof c.message?.content === "string" ? c.message.content : ""))
+        .map((c) => (typeof c?.message?.content === "string" ? c.message.content : ""))
         .join(""),
     ),
   };
@@ -148,23 +155,29 @@ async function relayStream(
         finished = true;
         break;
       }
-      let chunk: {
-        usage?: OpenAiUsage | null;
-        choices?: { delta?: { content?: unknown } }[];
-        error?: unknown;
-      };
+      let parsed: unknown;
       try {
-        chunk = JSON.parse(data) as typeof chunk;
+        parsed = JSON.parse(data);
       } catch {
         continue;
       }
+      // Not a chunk (null, a list, a scalar): skipped, like text that is not JSON.
+      if (!isJsonObject(parsed)) continue;
+      const chunk = parsed as {
+        usage?: OpenAiUsage | null;
+        choices?: unknown;
+        error?: unknown;
+      };
       if (chunk.error !== undefined) throw new Error("the upstream sent an error mid-stream");
-      for (const c of chunk.choices ?? [])
-        if (typeof c.delta?.content === "string") completion += c.delta.content;
+      const choices = Array.isArray(chunk.choices)
+        ? (chunk.choices as ({ delta?: { content?: unknown } } | null)[])
+        : [];
+      for (const c of choices)
+        if (typeof c?.delta?.content === "string") completion += c.delta.content;
       usage = reported(chunk.usage) ?? usage;
       if (!chat.includeUsage) {
         // Asked for by the gateway, not the client: the client sees OpenAI's stream without it.
-        if (chunk.usage !== undefined && (chunk.choices ?? []).length === 0) continue;
+        if (chunk.usage !== undefined && choices.length === 0) continue;
         delete chunk.usage;
       }
       if (res.destroyed) break;

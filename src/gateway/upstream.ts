@@ -32,6 +32,8 @@ export async function callUpstream(
   body: Record<string, unknown>,
   cancel: AbortSignal,
 ): Promise<globalThis.Response> {
+  // Outside the try: a body that cannot be written is not the upstream's fault.
+  const text = JSON.stringify(body);
   const timeout = AbortSignal.timeout(deployment.timeoutMs);
   const signal = AbortSignal.any([cancel, timeout]);
   try {
@@ -44,13 +46,48 @@ export async function callUpstream(
           ? { authorization: `Bearer ${deployment.apiKey}` }
           : {}),
       },
-      body: JSON.stringify(body),
+      body: text,
       signal,
     });
   } catch (err) {
     if (cancel.aborted) throw err;
     throw new UpstreamUnavailableError(timeout.aborted, deployment);
   }
+}
+
+/**
+ * The upstream's error with the deployment's API key masked wherever it
+ * appears: some OpenAI-compatible servers quote the Authorization header
+ * they were sent ("Incorrect API key provided: Bearer sk-..."), and the
+ * error goes to whoever holds a virtual key. Masked in the error's JSON
+ * text, where the key is written as it is (a key is printable ASCII).
+ */
+function withoutKey(error: Record<string, unknown>, apiKey: string | undefined): unknown {
+  if (apiKey === undefined || apiKey === "") return error;
+  const text = JSON.stringify(error);
+  const escaped = JSON.stringify(apiKey).slice(1, -1);
+  return text.includes(escaped) ? (JSON.parse(text.split(escaped).join("***")) as unknown) : error;
+}
+
+/** A parsed JSON answer that is an object (not null, an array or a scalar). */
+export function isJsonObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/**
+ * Answers an upstream's success whose body is not the API's shape (`null`,
+ * `choices` not a list): 502, never a 500 from reading it. The caller records
+ * the call as failed (outcome upstream_invalid): nothing in it can be trusted
+ * to charge from, and a provider does not bill an answer it could not give.
+ */
+export function sendUpstreamInvalid(res: Response, deployment: ModelDeployment): void {
+  sendError(
+    res,
+    502,
+    "api_error",
+    "upstream_invalid",
+    `the upstream for ${deployment.name} answered with a body that is not a valid response`,
+  );
 }
 
 /** Answers a call that produced nothing to relay: 504 for a timeout, 502 otherwise. */
@@ -78,8 +115,8 @@ export async function relayUpstreamError(
     error = undefined;
   }
   const status = upstream.status >= 400 && upstream.status < 600 ? upstream.status : 502;
-  if (typeof error === "object" && error !== null && !Array.isArray(error)) {
-    res.status(status).json({ error });
+  if (isJsonObject(error)) {
+    res.status(status).json({ error: withoutKey(error, deployment.apiKey) });
     return;
   }
   sendError(

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { request as httpRequest } from "node:http";
 import { after, before, describe, it } from "node:test";
 import { buildConfig, type AppConfig } from "../../src/config/config.js";
 import { startGateway, type GatewayService } from "../../src/gateway/gateway.js";
@@ -120,12 +121,57 @@ describe("idempotent ingest (POST /spend/events with Idempotency-Key, two gatewa
       ["k".repeat(256), /256 characters, at most 255/],
       ["caf\u00e9", /printable ASCII/],
       ['"a"b"', /quoted key/],
+      ['"unterminated', /must begin and end with "/],
     ] as const) {
       const r = await post({ events }, key);
       assert.equal(r.status, 400, `${key.slice(0, 10)}: ${JSON.stringify(r.json)}`);
       assert.equal(errorCode(r), "invalid_idempotency_key");
       assert.match((r.json.error as { message: string }).message, message);
     }
+  });
+
+  it("refuses the header sent twice (Node would join the two into one key) and a body nested past the limit", async () => {
+    const events = batch("twice", 1);
+    const url = new URL(`${bases[0] ?? ""}/spend/events`);
+    const twice = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = httpRequest(
+        {
+          host: url.hostname,
+          port: url.port,
+          path: url.pathname,
+          method: "POST",
+          headers: {
+            authorization: `Bearer ${MASTER}`,
+            "content-type": "application/json",
+            "idempotency-key": ["a1", "a2"],
+          },
+        },
+        (res) => {
+          let body = "";
+          res.on("data", (c: Buffer) => (body += c.toString()));
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+        },
+      );
+      req.on("error", reject);
+      req.end(JSON.stringify({ events }));
+    });
+    assert.equal(twice.status, 400, twice.body);
+    assert.match(twice.body, /send the header once/);
+    // JSON.stringify (the body's fingerprint) recursed past the stack at 100,000 levels: a 500.
+    const text = `{"events":${JSON.stringify(events)},"extra":${"[".repeat(100_000)}${"]".repeat(100_000)}}`;
+    const res = await fetch(`${bases[0] ?? ""}/spend/events`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${MASTER}`,
+        "content-type": "application/json",
+        "idempotency-key": "deep-1",
+      },
+      body: text,
+    });
+    const answer = (await res.json()) as { error?: { code?: string; message?: string } };
+    assert.equal(res.status, 400, JSON.stringify(answer));
+    assert.equal(answer.error?.code, "invalid_body");
+    assert.match(answer.error?.message ?? "", /deeper than 128 levels/);
   });
 
   it("applies a batch sent again with the same key once, on either gateway, and says the second answer is a replay", async () => {

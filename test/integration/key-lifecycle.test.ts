@@ -220,6 +220,26 @@ describe("key lifecycle (LiteLLM's /key routes, several gateways)", () => {
     assert.equal((await chat(any, "mock-large")).status, 200);
     // An unpriced model the key may not call is refused for the key first.
     assert.equal(code((await chat(only, "gpt-x")).json), "key_model_access_denied");
+    // And the model routes show a key only what it may call, as LiteLLM does.
+    const get = async (key: string, path: string): Promise<[number, Record<string, unknown>]> => {
+      const res = await fetch(`${bases[0] ?? ""}${path}`, {
+        headers: { authorization: `Bearer ${key}` },
+      });
+      return [res.status, (await res.json()) as Record<string, unknown>];
+    };
+    const listed = async (key: string): Promise<string[]> =>
+      ((await get(key, "/v1/models"))[1].data as { id: string }[]).map((m) => m.id);
+    assert.deepEqual(await listed(only), ["mock-small"]);
+    const all = await listed(any);
+    assert.ok(all.includes("mock-small") && all.includes("mock-large"), all.join(","));
+    assert.deepEqual(
+      (await listed(wildcard)).sort(),
+      all.filter((m) => m.startsWith("mock-")).sort(),
+    );
+    assert.equal((await get(only, "/v1/models/mock-small"))[0], 200);
+    const hidden = await get(only, "/v1/models/mock-large");
+    assert.deepEqual([hidden[0], code(hidden[1])], [404, "model_not_found"]);
+    assert.equal((await get(any, "/v1/models/mock-large"))[0], 200);
   });
 
   it("enforces expiry: a key past its duration is 401 expired_key until /key/update gives it more time", async () => {

@@ -6,6 +6,7 @@ import { buildConfig, type AppConfig } from "../../src/config/config.js";
 import { picoToDecimal, usdStringToPico } from "../../src/contract/money.js";
 import { startGateway, type GatewayService } from "../../src/gateway/gateway.js";
 import { mockEmbedding } from "../../src/gateway/mock-model.js";
+import { MAX_MOCK_EMBEDDING_VALUES } from "../../src/gateway/routes/embeddings.js";
 import { createKey, type CreatedKey } from "../../src/gateway/virtual-keys.js";
 import { createTestDatabase, type TestDatabase } from "../support/db.js";
 import { echoUsage, startFakeUpstream, type FakeUpstream } from "../support/fake-upstream.js";
@@ -81,6 +82,9 @@ describe("the gateway through the official OpenAI SDK: mock and upstream models,
           up("up-ratelimit", "ratelimit"),
           up("up-hang", "hang", { timeout: 1 }),
           up("up-embed", "embed"),
+          up("up-nullbody", "nullbody"),
+          up("up-badchoices", "badchoices"),
+          up("up-leakkey", "leakkey"),
           {
             ...(up("up-small-context", "echo") as Record<string, unknown>),
             model_info: {
@@ -280,6 +284,25 @@ describe("the gateway through the official OpenAI SDK: mock and upstream models,
     expect("embed", key, { spend, prompt: 9, completion: 0, requests: 2, failed: 0 });
   });
 
+  it("embeddings: the mock answers up to its cap of inputs × dimensions", async () => {
+    const key = await newKey("embed-cap");
+    const input = Array.from({ length: 64 }, () => "x y");
+    const e = await sdk(key).embeddings.create({
+      model: "mock-small",
+      input,
+      dimensions: 4096,
+      encoding_format: "float",
+    });
+    assert.equal(e.data.length * (e.data[0]?.embedding.length ?? 0), MAX_MOCK_EMBEDDING_VALUES);
+    expect("embed-cap", key, {
+      spend: price(MOCK, 128, 0),
+      prompt: 128,
+      completion: 0,
+      requests: 1,
+      failed: 0,
+    });
+  });
+
   it("failures: counted as failed requests at the cost a provider bills an error (zero), however often retried", async () => {
     const key = await newKey("fail");
     const messages = [{ role: "user" as const, content: "doomed request" }];
@@ -304,6 +327,42 @@ describe("the gateway through the official OpenAI SDK: mock and upstream models,
     );
     // The SDK sent mock-fail three times (two retries): three failed requests, none charged.
     expect("fail", key, { spend: "0", requests: 6, failed: 6 });
+  });
+
+  it("a broken upstream: a success not in the API's shape is a 502, recorded as failed; an error quoting the key is relayed masked", async () => {
+    const key = await newKey("broken-shape");
+    const post = async (path: string, body: unknown): Promise<[number, string, string]> => {
+      const res = await fetch(`${base}${path}`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${key.key}`, "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      const text = await res.text();
+      return [res.status, (JSON.parse(text) as { error: { code: string } }).error.code, text];
+    };
+    const messages = [{ role: "user", content: "a b" }];
+    for (const model of ["up-nullbody", "up-badchoices"]) {
+      for (const [path, body] of [
+        ["/v1/chat/completions", { model, messages }],
+        ["/v1/embeddings", { model, input: "a b" }],
+      ] as const) {
+        const [status, code, text] = await post(path, body);
+        assert.deepEqual([status, code], [502, "upstream_invalid"], `${model} ${path}: ${text}`);
+      }
+    }
+    for (const [path, body] of [
+      ["/v1/chat/completions", { model: "up-leakkey", messages }],
+      ["/v1/embeddings", { model: "up-leakkey", input: "a b" }],
+    ] as const) {
+      const [status, code, text] = await post(path, body);
+      assert.deepEqual([status, code], [401, "invalid_api_key"], text);
+      assert.ok(
+        !text.includes("sk-upstream-secret"),
+        `the upstream's key reached the client: ${text}`,
+      );
+      assert.match(text, /Incorrect API key provided: Bearer \*\*\*/);
+    }
+    expect("broken-shape", key, { spend: "0", requests: 6, failed: 6 });
   });
 
   it("a client that leaves mid-stream is charged once for what was generated, never zero", async () => {
@@ -391,6 +450,16 @@ describe("the gateway through the official OpenAI SDK: mock and upstream models,
       400,
       "invalid_body",
     ]);
+    // Past the mock's answer cap (inputs × dimensions): refused before anything is built or charged.
+    for (const n of [2048, 65])
+      assert.deepEqual(
+        await call("POST", "/v1/embeddings", {
+          model: "mock-small",
+          input: Array.from({ length: n }, () => "x y"),
+          dimensions: 4096,
+        }),
+        [400, "too_many_values"],
+      );
     for (const bad of [
       { model: "mock-small", input: "" },
       { model: "mock-small", input: [] },
@@ -404,6 +473,14 @@ describe("the gateway through the official OpenAI SDK: mock and upstream models,
         JSON.stringify(bad),
       );
     const chat = { model: "mock-small", messages: [{ role: "user", content: "hi" }] };
+    // Forwarded upstream, a body 100,000 levels deep overflowed JSON.stringify: reported as a 502.
+    const deep = await fetch(`${base}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key.key}`, "content-type": "application/json" },
+      body: `{"model":"up-echo","messages":[{"role":"user","content":"hi"}],"x":${"[".repeat(100_000)}${"]".repeat(100_000)}}`,
+    });
+    assert.equal(deep.status, 400);
+    assert.equal(((await deep.json()) as { error: { code: string } }).error.code, "invalid_body");
     for (const bad of [
       { ...chat, stream: "yes" },
       { ...chat, stream: true, stream_options: "x" },
@@ -447,7 +524,8 @@ describe("the gateway through the official OpenAI SDK: mock and upstream models,
     assert.equal(calls("mock", "client_left"), 1);
     assert.equal(calls("upstream", "client_left"), 1);
     assert.equal(calls("upstream", "upstream_broke"), 1);
-    assert.equal(calls("upstream", "upstream_error"), 2, "a 500 and a 429 relayed");
+    assert.equal(calls("upstream", "upstream_error"), 4, "a 500, a 429 and two 401s relayed");
+    assert.equal(calls("upstream", "upstream_invalid"), 4);
     assert.equal(calls("upstream", "upstream_timeout"), 1);
     assert.equal(calls("upstream", "upstream_unreachable"), 0);
     // Closing drains the gateway's producer to Redis; then everything is flushed.

@@ -12,6 +12,9 @@ import type { AddressInfo } from "node:net";
  * - `broken`: streams two words, then drops the connection.
  * - `fail`: 500 with an OpenAI error body; `ratelimit`: 429, Retry-After 7.
  * - `hang`: never answers.
+ * - `nullbody`: 200 with the body `null`; `badchoices`: 200 with `choices`
+ *   an object (both, for chat and embeddings: a broken upstream).
+ * - `leakkey`: 401 whose error message quotes the Authorization header it got.
  * - embeddings: a 3-dimension vector per input; usage = words of the inputs + 1.
  * Every request's body and authorization header is kept in `requests`.
  */
@@ -74,6 +77,18 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
         },
         { "retry-after": "7" },
       );
+    if (model === "nullbody") return json(200, null);
+    if (model === "badchoices")
+      return json(200, { choices: { a: 1 }, usage: { prompt_tokens: 3 } });
+    if (model === "leakkey")
+      return json(401, {
+        error: {
+          message: `Incorrect API key provided: ${req.headers.authorization ?? ""}`,
+          type: "invalid_request_error",
+          param: null,
+          code: "invalid_api_key",
+        },
+      });
     if (path === "/v1/embeddings") {
       const input = body.input;
       const inputs = typeof input === "string" ? [input] : (input as string[]);

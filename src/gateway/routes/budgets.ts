@@ -81,7 +81,7 @@ export function mountBudgetRoutes(
   app: Express,
   ctx: RouteContext,
   admin: RequestHandler,
-  json: RequestHandler,
+  json: RequestHandler[],
 ): void {
   for (const r of ROUTES) {
     const body = z.object({ [r.idField]: z.string().min(1), ...budgetFields }).loose();

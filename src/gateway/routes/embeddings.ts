@@ -7,7 +7,9 @@ import { ServedSpend } from "../served-spend.js";
 import { countTextTokens } from "../token-count.js";
 import {
   callUpstream,
+  isJsonObject,
   relayUpstreamError,
+  sendUpstreamInvalid,
   sendUpstreamUnavailable,
   UpstreamUnavailableError,
 } from "../upstream.js";
@@ -16,6 +18,13 @@ import type { RouteContext } from "./context.js";
 
 /** OpenAI's limit on inputs per request. */
 const MAX_INPUTS = 2048;
+/**
+ * The most numbers the mock model answers with (inputs × dimensions): ~5 MB
+ * of JSON. Both limits alone allow 8 million (2,048 inputs of 4,096), a
+ * 147 MB answer built in memory for a 14 KB request charged a fraction of a
+ * cent: ten at once held the gateway's event loop for 24 s.
+ */
+export const MAX_MOCK_EMBEDDING_VALUES = 262_144;
 
 const tokenArray = z.array(z.number().int().min(0)).min(1);
 const embeddingRequest = z.looseObject({
@@ -63,6 +72,23 @@ export function embeddings(ctx: RouteContext): RequestHandler {
     const admitted = admit(ctx, req, res, b.model, EMBEDDINGS_ENDPOINT, user, tags);
     if (admitted === undefined) return;
     const d = admitted.deployment;
+    const inputs: (string | number[])[] =
+      typeof b.input === "string"
+        ? [b.input]
+        : typeof b.input[0] === "number"
+          ? [b.input as number[]]
+          : (b.input as (string | number[])[]);
+    const dimensions = b.dimensions ?? 16;
+    if (d.kind === "mock" && inputs.length * dimensions > MAX_MOCK_EMBEDDING_VALUES) {
+      return sendError(
+        res,
+        400,
+        "invalid_request_error",
+        "too_many_values",
+        `the mock model answers at most ${MAX_MOCK_EMBEDDING_VALUES} numbers (inputs × dimensions), ` +
+          `this request asks for ${inputs.length * dimensions}: send fewer inputs or dimensions`,
+      );
+    }
     const spend = new ServedSpend(ctx, {
       key: admitted.key,
       entities: admitted.entities,
@@ -72,12 +98,6 @@ export function embeddings(ctx: RouteContext): RequestHandler {
       ...(tags !== undefined ? { tags } : {}),
       startTime,
     });
-    const inputs: (string | number[])[] =
-      typeof b.input === "string"
-        ? [b.input]
-        : typeof b.input[0] === "number"
-          ? [b.input as number[]]
-          : (b.input as (string | number[])[]);
 
     if (d.kind === "mock") {
       let tokens = 0;
@@ -88,7 +108,7 @@ export function embeddings(ctx: RouteContext): RequestHandler {
       res.json({
         object: "list",
         data: inputs.map((i, index) => {
-          const v = mockEmbedding(typeof i === "string" ? i : i.join(","), b.dimensions ?? 16);
+          const v = mockEmbedding(typeof i === "string" ? i : i.join(","), dimensions);
           return {
             object: "embedding",
             index,
@@ -122,14 +142,19 @@ export function embeddings(ctx: RouteContext): RequestHandler {
       spend.failed("upstream_error");
       return relayUpstreamError(res, upstream, d);
     }
-    let answer: { usage?: { prompt_tokens?: unknown } };
+    let answer: unknown;
     try {
-      answer = (await upstream.json()) as typeof answer;
+      answer = await upstream.json();
     } catch {
       spend.failed("upstream_broke");
       return sendUpstreamUnavailable(res, new UpstreamUnavailableError(false, d));
     }
-    const reported = answer.usage?.prompt_tokens;
+    if (!isJsonObject(answer) || !Array.isArray(answer.data)) {
+      spend.failed("upstream_invalid");
+      return sendUpstreamInvalid(res, d);
+    }
+    const usage = answer.usage;
+    const reported = isJsonObject(usage) ? usage.prompt_tokens : undefined;
     let tokens: number;
     if (Number.isSafeInteger(reported) && (reported as number) >= 0) tokens = reported as number;
     else {

@@ -43,7 +43,7 @@ export function spendEvents(ctx: RouteContext): RequestHandler {
         'the body must be { "events": [...] }',
       );
     const events = parsed.data.events;
-    const idem = parseIdempotencyKey(req.headers["idempotency-key"]);
+    const idem = parseIdempotencyKey(req.headers["idempotency-key"], req.rawHeaders);
     if (!idem.ok) {
       ctx.gatewayStats.idempotent.inc({ outcome: "invalid_key" });
       return sendError(res, 400, "invalid_request_error", "invalid_idempotency_key", idem.message);
