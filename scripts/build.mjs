@@ -3,13 +3,20 @@
 // Prisma schema stay in prisma/, which the package ships as it is: the code
 // finds them two folders above its own modules, in dist/ as in src/.
 import { execFileSync } from "node:child_process";
-import { cpSync, readdirSync, rmSync, statSync } from "node:fs";
+import { cpSync, existsSync, readdirSync, rmSync, statSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const src = join(root, "src");
 const dist = join(root, "dist");
+
+// The Prisma client is generated into src/ (npm run generate), not checked in:
+// without it tsc fails on every file that imports it, with no word of why.
+if (!existsSync(join(src, "generated", "prisma", "client.ts"))) {
+  process.stderr.write("[build] no Prisma client in src/generated: running npm run generate\n");
+  execFileSync("npm", ["run", "generate"], { cwd: root, stdio: "inherit" });
+}
 
 rmSync(dist, { recursive: true, force: true });
 execFileSync(

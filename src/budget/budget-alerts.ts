@@ -57,6 +57,9 @@ export class BudgetAlerts {
     this.o.logger.warn(
       {
         kind: a.kind,
+        // Ids follow the id rules (no control characters, at most 256), so the line stays one line;
+        // a key is named by its hash, as in PostgreSQL.
+        id: a.id,
         threshold: a.threshold,
         spend: picoToDecimal(a.spendPico),
         maxBudget: a.maxPico === null ? null : picoToDecimal(a.maxPico),

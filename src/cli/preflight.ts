@@ -180,9 +180,18 @@ export async function checkPostgres(
       await client.query("SELECT 1");
     } catch (err) {
       // `migrate` creates the database itself.
-      if (opts.allowMissingDatabase === true && (err as { code?: string }).code === "3D000") return;
+      const code = (err as { code?: string }).code;
+      if (opts.allowMissingDatabase === true && code === "3D000") return;
+      const why = redact((err as Error).message);
+      // It answered: saying "unreachable" would send an operator to the network.
+      const answered =
+        code === "3D000"
+          ? `refused the connection: ${why} (\`haimaker-spend migrate\` creates it)`
+          : code === "28000" || code === "28P01"
+            ? `refused the credentials: ${why}`
+            : undefined;
       throw new StartupError(
-        `PostgreSQL at ${redact(databaseUrl)} is unreachable: ${redact((err as Error).message)}`,
+        `PostgreSQL at ${redact(databaseUrl)} ${answered ?? `is unreachable: ${why}`}`,
       );
     }
     if (opts.schema === true) {

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { ConfigError, loadConfig, redact, type AppConfig } from "../config/config.js";
 import { KeyInputError } from "../gateway/virtual-keys.js";
@@ -98,12 +99,19 @@ function onSignals(log: ReturnType<typeof createLogger>, close: () => Promise<vo
   if (process.connected) process.on("disconnect", () => stop("parent exited"));
 }
 
+/** The installed package's version (package.json sits two levels above src/cli and dist/cli). */
+function packageVersion(): string {
+  const text = readFileSync(new URL("../../package.json", import.meta.url), "utf8");
+  return (JSON.parse(text) as { version: string }).version;
+}
+
 /** The whole CLI, without side effects until parsed: tests and docker-compose.yml check it. */
 export function buildProgram(): Command {
   const program = new Command("haimaker-spend")
     .description(
       "Exact spend accounting for LLM gateways: gateway, flush worker, migrations, keys and status.",
     )
+    .version(packageVersion(), "-V, --version", "print the package's version")
     .configureHelp({ sortSubcommands: false })
     // A usage error is one line on stderr and exit 2, like a bad configuration (commander
     // would exit 1, and print the help after it); --help and --version still exit 0.
@@ -370,16 +378,23 @@ export function buildProgram(): Command {
         const { listDeadLetters, replayDeadLetter } = await import("../persist/dead-letters.js");
         const db = createDb(config.databaseUrl, { max: 1 });
         let left = 0;
+        let unknown = 0;
         try {
           const todo =
             opts.all === true
               ? (await listDeadLetters(db, { limit: 100_000 })).map((l) => l.id)
               : ids;
+          if (todo.length === 0) process.stdout.write("no dead letters to replay\n");
           for (const id of todo) {
             const r = await replayDeadLetter(db, id, {
               transactionTimeoutMs: config.worker.transactionTimeoutMs,
             });
             left += r.remainingRows;
+            if (r.outcome === "unknown") {
+              unknown++;
+              process.stdout.write(`#${id}: unknown, no dead letter has this id\n`);
+              continue;
+            }
             process.stdout.write(
               `#${id}: ${r.outcome}, ${r.appliedRows} row(s) applied, ${r.remainingRows} left${r.detail !== undefined ? `: ${r.detail}` : ""}\n`,
             );
@@ -387,8 +402,9 @@ export function buildProgram(): Command {
         } finally {
           await db.$disconnect();
         }
-        // Rows still refused: exit 1, so a script replaying after a fix sees it did not take.
-        process.exit(left > 0 ? 1 : 0);
+        // Rows still refused, or an id that names nothing: exit 1, so a script
+        // replaying after a fix sees it did not take.
+        process.exit(left > 0 || unknown > 0 ? 1 : 0);
       }),
     );
 

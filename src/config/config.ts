@@ -748,6 +748,12 @@ function parseDatabaseUrl(name: string, url: string): string {
     throw new ConfigError(
       `${name} is a key=value connection string (${redact(url)}); use a postgresql:// URL`,
     );
+  // pg takes anything else for a path or a host name ("notaurl" became host "base").
+  if (!/^postgres(?:ql)?:\/\//i.test(url.trim()))
+    throw new ConfigError(
+      // No "scheme://" of its own in the sentence: redact() would read it as the start of a URL.
+      `${name} must be a PostgreSQL URL (scheme postgresql or postgres), got ${JSON.stringify(redact(url))}`,
+    );
   checkUnencodedCredentials(name, url);
   return url;
 }

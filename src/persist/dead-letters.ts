@@ -117,8 +117,12 @@ export async function listDeadLetters(
 /** What one replay did to one dead letter. */
 export interface ReplayOutcome {
   id: bigint;
-  /** "replayed": every row applied; "partial": some still refused (kept); "refused": none applied; "gone": no such dead letter left to replay. */
-  outcome: "replayed" | "partial" | "refused" | "gone";
+  /**
+   * "replayed": every row applied; "partial": some still refused (kept);
+   * "refused": none applied; "gone": replayed before, nothing left;
+   * "unknown": no dead letter has this id (a mistyped one must not read as done).
+   */
+  outcome: "replayed" | "partial" | "refused" | "gone" | "unknown";
   appliedRows: number;
   remainingRows: number;
   detail?: string;
@@ -159,7 +163,13 @@ async function replayIn(tx: Tx, id: bigint): Promise<ReplayOutcome> {
     id.toString(),
   );
   const letter = locked[0];
-  if (letter === undefined) return { id, outcome: "gone", appliedRows: 0, remainingRows: 0 };
+  if (letter === undefined) {
+    const known = await tx.$queryRawUnsafe<unknown[]>(
+      `SELECT 1 FROM spend_dead_letter WHERE id = $1`,
+      id.toString(),
+    );
+    return { id, outcome: known.length > 0 ? "gone" : "unknown", appliedRows: 0, remainingRows: 0 };
+  }
   const read = readRows(letter.kind, JSON.parse(letter.payload) as unknown);
   if (read.entity.length + read.daily.length === 0) {
     await tx.$executeRawUnsafe(

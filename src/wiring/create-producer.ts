@@ -1,4 +1,5 @@
 import type { AppConfig } from "../config/config.js";
+import { redact } from "../config/redact.js";
 import type { SpendSink } from "../contract/spend-sink.js";
 import { createLogger, type Logger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
@@ -89,6 +90,12 @@ export async function createSpendProducer<P extends SpendProducer = SpendProduce
       throw err;
     }
   } else {
+    // LiteLLM's default, and easy to get by leaving the line out of a config
+    // file: said once at startup, so an operator never runs it unknowingly.
+    logger.warn(
+      { buffer: "direct", database: redact(config.databaseUrl) },
+      "the Redis buffer is off (general_settings.use_redis_transaction_buffer is not true): this process writes spend to PostgreSQL itself, which deadlocks with many gateways",
+    );
     const [{ createDb }, { DirectSink }] = await Promise.all([
       import("../persist/prisma.js"),
       import("../persist/direct-sink.js"),

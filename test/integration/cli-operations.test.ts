@@ -221,6 +221,11 @@ describe("haimaker-spend CLI: the operators' commands", () => {
         config,
       ]);
       assert.match(again.stdout, /gone, 0 row\(s\) applied/);
+      assert.equal(again.code, 0, again.stderr);
+      // A mistyped id must not read as done: "gone" is only for one replayed before.
+      const typo = await runAsync(["dead-letter", "replay", "--id", "999999", "--config", config]);
+      assert.equal(typo.code, 1, typo.stdout);
+      assert.match(typo.stdout, /#999999: unknown, no dead letter has this id/);
       assert.equal(
         (await t.db.tagTable.findUnique({ where: { tagName: "blocked-by-cli" } }))?.spend.toFixed(
           12,

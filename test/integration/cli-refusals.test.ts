@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -52,6 +53,12 @@ describe("haimaker-spend CLI: refusing to start, in one line, exit 2", () => {
     );
     assert.equal(root?.code, 0);
     assert.match(root?.stdout ?? "", /Usage: haimaker-spend/);
+    const version = await runAsync(["--version"]);
+    assert.equal(version.code, 0, version.stderr);
+    const pkg = JSON.parse(
+      readFileSync(new URL("../../package.json", import.meta.url), "utf8"),
+    ) as { version: string };
+    assert.equal(version.stdout.trim(), pkg.version);
     subcommands().forEach((sub, i) => {
       const r = subs[i];
       assert.equal(r?.code, 0, `${sub} --help: ${r?.stderr ?? ""}`);
@@ -103,6 +110,24 @@ describe("haimaker-spend CLI: refusing to start, in one line, exit 2", () => {
         ["gateway", "migrate"],
         "general_settings:\n  database_url: postgresql://postgres@127.0.0.1:1/nope\n",
         /PostgreSQL at postgresql:\/\/\*\*\*@127\.0\.0\.1:1\/nope is unreachable: .*ECONNREFUSED/,
+      ],
+      [
+        "PostgreSQL answers: no such database",
+        ["gateway", "status"],
+        `general_settings:\n  database_url: ${t.url}_missing\n`,
+        /PostgreSQL at postgresql:\/\/.*_missing refused the connection: database ".*_missing" does not exist \(`haimaker-spend migrate` creates it\)/,
+      ],
+      [
+        "PostgreSQL answers: no such role",
+        ["gateway"],
+        `general_settings:\n  database_url: ${t.url.replace("postgres@", "nosuchrole@")}\n`,
+        /PostgreSQL at .* refused the credentials: role "nosuchrole" does not exist/,
+      ],
+      [
+        "not a PostgreSQL URL",
+        ["gateway"],
+        "general_settings:\n  database_url: mysql://u@127.0.0.1/db\n",
+        /general_settings\.database_url must be a PostgreSQL URL \(scheme postgresql or postgres\), got "mysql:\/\/\*\*\*@127\.0\.0\.1\/db"/,
       ],
       [
         "worker with the buffer off",

@@ -88,6 +88,10 @@ describe(`the package (${pkg.name}), packed and installed`, () => {
     assert.ok(files.includes("dist/cli/main.js"));
     assert.ok(files.some((f) => f.startsWith("prisma/migrations/")));
     assert.ok(files.some((f) => f.endsWith(".lua")));
+    // What the docs point an operator at ships too: alert rules, dashboards, the example config.
+    for (const f of ["LICENSE", "deploy/prometheus/alerts.yml", "deploy/proxy_config.yaml"])
+      assert.ok(files.includes(f), f);
+    assert.ok(files.some((f) => f.startsWith("deploy/grafana/dashboards/")));
     for (const f of files) assert.doesNotMatch(f, /^(src|test|bench)\/|\.map$/, f);
 
     const project = join(dir, "project");

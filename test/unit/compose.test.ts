@@ -35,6 +35,23 @@ const services = compose.services;
 const APP = ["migrate", "flush-worker", "gateway"];
 
 describe("docker-compose.yml", () => {
+  it("gives no secret a default: compose refuses to start until each is set", () => {
+    const text = readFileSync(root("docker-compose.yml"), "utf8");
+    const secrets = [...text.matchAll(/\$\{([A-Z_]*(?:PASSWORD|MASTER_KEY)[A-Z_]*)([^}]*)\}/g)];
+    assert.ok(secrets.length >= 5, "the secrets are variables");
+    for (const [whole, name, rest] of secrets) {
+      // `$${NAME}` is the container's own shell reading what compose set.
+      if (text.includes(`$${whole}`)) continue;
+      assert.match(
+        rest ?? "",
+        /^:\?/,
+        `${name} must be required (\${${name}:?...}), not defaulted`,
+      );
+    }
+    // The workers' admin port reaches the host on loopback only.
+    assert.deepEqual(services["flush-worker"]?.ports, ["127.0.0.1::9464"]);
+  });
+
   it("has the seed's topology: Redis, PostgreSQL, migration, two workers, three gateways", () => {
     assert.deepEqual(Object.keys(services).sort(), [
       "flush-worker",
