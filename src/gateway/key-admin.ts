@@ -217,7 +217,8 @@ function record(r: KeyRow): KeyRecord {
     expires: r.expires?.toISOString() ?? null,
     blocked: r.blocked,
     metadata: r.metadata,
-    spend: r.spend.toFixed(),
+    // Twelve decimals, as every other amount the gateway answers (spend is numeric(38,12)).
+    spend: r.spend.toFixed(12),
     created_at: r.createdAt.toISOString(),
     updated_at: r.updatedAt.toISOString(),
   };

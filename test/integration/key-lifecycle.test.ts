@@ -143,7 +143,7 @@ describe("key lifecycle (LiteLLM's /key routes, several gateways)", () => {
           models: ["mock-small"],
           blocked: false,
           metadata: { team: "core-infra", n: 1, nested: { ok: [true, null] } },
-          spend: "0",
+          spend: "0.000000000000",
           expires: r.json.expires,
         },
       );
