@@ -26,7 +26,13 @@ interface Json {
   additionalProperties?: Json | boolean;
 }
 
-const SECTIONS: { key: string; path: string[]; intro: string }[] = [
+/**
+ * A section of the reference. `path` leads from the file's root to an object
+ * whose properties are listed; `"[]"` steps into a list's entries. `skip`:
+ * properties another section documents. `nested`: an object-valued property's
+ * own properties are listed too, as `parent.child`.
+ */
+const SECTIONS: { key: string; path: string[]; intro: string; skip?: string[]; nested?: true }[] = [
   {
     key: "general_settings",
     path: ["general_settings"],
@@ -34,10 +40,23 @@ const SECTIONS: { key: string; path: string[]; intro: string }[] = [
       "LiteLLM's own section: the switch for the Redis buffer, the seal interval, PostgreSQL and the admin secret.",
   },
   {
+    key: "litellm_settings",
+    path: ["litellm_settings"],
+    intro: "LiteLLM's section: only its cache switch and `cache_params` (below) are read.",
+    skip: ["cache_params"],
+  },
+  {
     key: "litellm_settings.cache_params",
     path: ["litellm_settings", "cache_params"],
     intro:
       "Where Redis is, in LiteLLM's names. `REDIS_URL` and `REDIS_CLUSTER_NODES` win over them.",
+  },
+  {
+    key: "model_list",
+    path: ["model_list", "[]"],
+    intro:
+      "LiteLLM's model list, for the reference gateway: each entry one deployment of a model clients ask for by `model_name`. LiteLLM's other parameters in `litellm_params` and `model_info` (rpm, tpm, ...) are accepted and ignored.",
+    nested: true,
   },
   {
     key: "spend_buffer_settings",
@@ -129,10 +148,16 @@ export function renderConfigReference(): string {
   ];
   for (const section of SECTIONS) {
     let node: Json | undefined = root;
-    for (const p of section.path) node = node?.properties?.[p];
+    for (const p of section.path) node = p === "[]" ? node?.items : node?.properties?.[p];
     const props = node?.properties ?? {};
     L.push(`## \`${section.key}\``, "", section.intro, "");
-    for (const [name, s] of Object.entries(props)) L.push(...setting(name, s));
+    for (const [name, s] of Object.entries(props)) {
+      if (section.skip?.includes(name) === true) continue;
+      L.push(...setting(name, s));
+      if (section.nested === true)
+        for (const [child, c] of Object.entries(s.properties ?? {}))
+          L.push(...setting(`${name}.${child}`, c));
+    }
   }
   return `${L.join("\n").trimEnd()}\n`;
 }
