@@ -237,6 +237,9 @@ const spendBufferSchema = z
       .default(5)
       .describe("How often each partition's flush job is scheduled."),
     lock_lease_seconds: positiveSeconds
+      // Renewed every third of it: under a second, a scheduling hiccup loses
+      // it (0.01 s was accepted, and no flush ever committed).
+      .min(1)
       .default(5)
       .describe(
         "The flush lock's lease (renewed every third of it while a flush runs) and the BullMQ job lock of taken jobs. When a worker dies mid-flush, the next flush of its partition can start once this has run out, and gives back at once the jobs the dead one had taken. Shorter: faster recovery; longer: a worker may stall (GC, CPU starvation, Redis unreachable) that long without losing the lock. Safe either way: a holder that resumes after its lease lapsed is fenced off by PostgreSQL.",
@@ -279,7 +282,15 @@ const spendBufferSchema = z
       ),
     transaction_timeout_seconds: positiveSeconds
       .default(120)
-      .describe("Longest one flush transaction may take before PostgreSQL work is abandoned."),
+      .describe(
+        "Longest one flush transaction may take before PostgreSQL work is abandoned; also each of its statements' `statement_timeout`.",
+      ),
+    lock_timeout_seconds: positiveSeconds
+      .max(3_600)
+      .default(10)
+      .describe(
+        "Longest a flush statement waits for a row lock another session holds (PostgreSQL's `lock_timeout`): past it the transaction rolls back and is retried, and the flush warns and counts it (`spend_transaction_retries_total{reason=\"lock\"}`), so a row held elsewhere (an open transaction in psql, another writer) shows instead of stalling the flush silently for as long as it is held.",
+      ),
     metrics_port: z
       .number()
       .int()
@@ -582,6 +593,8 @@ export interface AppConfig {
     maxFlushMs: number;
     appliedBatchRetentionDays: number;
     transactionTimeoutMs: number;
+    /** A flush statement's PostgreSQL lock_timeout. */
+    lockTimeoutMs: number;
     /** Flushes one replica runs at once (of different partitions). */
     concurrency: number;
   };
@@ -936,6 +949,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       maxFlushMs: s.max_flush_seconds * 1000,
       appliedBatchRetentionDays: s.applied_batch_retention_days,
       transactionTimeoutMs: s.transaction_timeout_seconds * 1000,
+      lockTimeoutMs: s.lock_timeout_seconds * 1000,
       concurrency: s.worker_concurrency,
     },
     partitions: s.flush_partitions,

@@ -117,6 +117,7 @@ export class FlushWorker {
           maxRowsPerTransaction: config.worker.maxRowsPerTransaction,
           maxFlushMs: config.worker.maxFlushMs,
           transactionTimeoutMs: config.worker.transactionTimeoutMs,
+          lockTimeoutMs: config.worker.lockTimeoutMs,
           appliedBatchRetentionDays: config.worker.appliedBatchRetentionDays,
           fencePartition: keys.fencePartition,
           ...(deps.onStep !== undefined ? { onStep: deps.onStep } : {}),

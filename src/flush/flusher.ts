@@ -24,6 +24,11 @@ export interface FlusherOptions {
   /** A flush keeps draining (transaction after transaction) for at most this long. Default 60 000 ms. */
   maxFlushMs?: number;
   transactionTimeoutMs?: number;
+  /**
+   * PostgreSQL lock_timeout of the flush's statements (default 10 s): a row
+   * another session holds fails the transaction, retried, instead of stalling it.
+   */
+  lockTimeoutMs?: number;
   appliedBatchRetentionDays?: number;
   /** Attempts per transaction for retryable failures (deadlock, connection). Default 3. */
   maxAttempts?: number;
@@ -59,6 +64,9 @@ export interface FlusherOptions {
  * being acknowledged, one open, one prepared).
  */
 export const SEALED_ROWS_PER_ROW_WRITTEN = 4;
+
+/** Longest a flush waits for a database connection before the attempt counts as failed. */
+const CONNECTION_WAIT_MS = 15_000;
 
 /** A prepared transaction's size, for the steps that report it. */
 function sizeOf(t: PreparedTransaction, n: number): StepInfo {
@@ -135,6 +143,7 @@ export class Flusher {
   private readonly txTimeoutMs: number;
   private readonly maxAttempts: number;
   private readonly idleTxTimeoutMs: number;
+  private readonly lockTimeoutMs: number;
   private readonly metrics: FlushMetrics;
   private readonly dbMetrics: PersistMetrics;
 
@@ -152,6 +161,7 @@ export class Flusher {
     this.txTimeoutMs = opts.transactionTimeoutMs ?? 120_000;
     this.maxAttempts = opts.maxAttempts ?? 3;
     this.idleTxTimeoutMs = opts.idleInTransactionTimeoutMs ?? 2 * lock.leaseMs;
+    this.lockTimeoutMs = opts.lockTimeoutMs ?? 10_000;
     this.metrics = flushMetrics(registry);
     this.dbMetrics = persistMetrics(registry, "flush");
   }
@@ -419,6 +429,10 @@ export class Flusher {
               premerged: cur.premerged,
               // Set by its first statement: no round trip of its own.
               idleInTransactionTimeoutMs: this.idleTxTimeoutMs,
+              lockTimeoutMs: this.lockTimeoutMs,
+              // Prisma's timeout only refuses the commit of a transaction that
+              // ran too long; PostgreSQL's cancels the statement that does.
+              statementTimeoutMs: this.txTimeoutMs,
               beforeStatement: () => keeper.assertHeld(),
               ...(this.opts.appliedBatchRetentionDays !== undefined
                 ? { retentionDays: this.opts.appliedBatchRetentionDays }
@@ -431,7 +445,9 @@ export class Flusher {
             await this.opts.onStep?.("before-commit", at);
             return r;
           },
-          { timeout: this.txTimeoutMs, maxWait: this.txTimeoutMs },
+          // maxWait: getting a connection. PostgreSQL accepting connections and
+          // answering nothing held the flush the whole transaction timeout.
+          { timeout: this.txTimeoutMs, maxWait: Math.min(this.txTimeoutMs, CONNECTION_WAIT_MS) },
         );
       } catch (err) {
         if (err instanceof FencedOffError || err instanceof LeaseLostError) throw err;

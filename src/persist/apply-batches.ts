@@ -58,6 +58,15 @@ export interface ApplyOptions {
    * set by the transaction's first statement.
    */
   idleInTransactionTimeoutMs?: number;
+  /**
+   * PostgreSQL's lock_timeout and statement_timeout for this transaction,
+   * set (with the idle timeout) by a statement of their own before anything
+   * else: a statement's own settings do not apply to it, and the usual flush
+   * is one statement. Without them a row another session holds locked (an
+   * open psql transaction) stalled the flush for as long as it was held.
+   */
+  lockTimeoutMs?: number;
+  statementTimeoutMs?: number;
 }
 
 /** A batch (or part of one) set aside in this transaction. */
@@ -112,6 +121,12 @@ export async function applyBatches(
 ): Promise<ApplyResult> {
   const ids = batches.map((b) => b.batchId);
   let fresh: Set<string>;
+  // Lock and statement timeouts go first, in a statement of their own, with the idle timeout.
+  let idleTimeoutMs = opts.idleInTransactionTimeoutMs;
+  if (opts.lockTimeoutMs !== undefined || opts.statementTimeoutMs !== undefined) {
+    await setTimeouts(tx, idleTimeoutMs, opts.lockTimeoutMs, opts.statementTimeoutMs);
+    idleTimeoutMs = undefined;
+  }
   // The usual case in one statement: fence, batch ids and the rows merged
   // ahead, written only if every batch is fresh (apply-statement.ts).
   let wrote = false;
@@ -119,16 +134,13 @@ export async function applyBatches(
   if (premerged !== undefined && premergedFor(premerged, batches, opts.retentionDays)) {
     const r = await applyInOne(tx, premerged.writes, ids, {
       ...(opts.fence !== undefined ? { fence: opts.fence } : {}),
-      ...(opts.idleInTransactionTimeoutMs !== undefined
-        ? { idleInTransactionTimeoutMs: opts.idleInTransactionTimeoutMs }
-        : {}),
+      ...(idleTimeoutMs !== undefined ? { idleInTransactionTimeoutMs: idleTimeoutMs } : {}),
     });
     if (!r.fencePassed && opts.fence !== undefined) await fencedOff(tx, opts.fence);
     fresh = new Set(r.fresh);
     wrote = r.wrote;
   } else {
-    if (opts.idleInTransactionTimeoutMs !== undefined)
-      await setIdleTimeout(tx, opts.idleInTransactionTimeoutMs);
+    if (idleTimeoutMs !== undefined) await setIdleTimeout(tx, idleTimeoutMs);
     if (opts.fence !== undefined) await checkFence(tx, opts.fence);
     fresh = await recordBatchIds(tx, ids, opts.fence);
   }
@@ -234,6 +246,23 @@ async function recordBatchIds(
 /** PostgreSQL ends the session if the transaction then sits idle this long (locks held). */
 async function setIdleTimeout(tx: Tx, ms: number): Promise<void> {
   await tx.$executeRawUnsafe(setIdleTimeoutSql("$1"), idleTimeoutSetting(ms));
+}
+
+/** The transaction's idle, lock and statement timeouts (those given), in one round trip. */
+async function setTimeouts(
+  tx: Tx,
+  idleMs: number | undefined,
+  lockMs: number | undefined,
+  statementMs: number | undefined,
+): Promise<void> {
+  const settings: [string, number][] = [];
+  if (idleMs !== undefined) settings.push(["idle_in_transaction_session_timeout", idleMs]);
+  if (lockMs !== undefined) settings.push(["lock_timeout", lockMs]);
+  if (statementMs !== undefined) settings.push(["statement_timeout", statementMs]);
+  await tx.$queryRawUnsafe(
+    `SELECT ${settings.map((_, i) => `set_config($${2 * i + 1}, $${2 * i + 2}, true)`).join(", ")}`,
+    ...settings.flatMap(([name, ms]) => [name, idleTimeoutSetting(ms)]),
+  );
 }
 
 /**

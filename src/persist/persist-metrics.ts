@@ -10,6 +10,7 @@ const RETRY_REASONS: readonly RetryReason[] = [
   "serialization",
   "connection",
   "timeout",
+  "lock",
 ];
 
 /** What every writer to PostgreSQL reports: the flush, and producers with the buffer off. */
@@ -19,7 +20,7 @@ export class PersistMetrics {
   constructor(registry: Registry, path: RetryPath) {
     this.transactionRetries = new Counter({
       name: "spend_transaction_retries_total",
-      help: "Database transactions retried after a retryable failure, by reason (deadlock, serialization, connection, timeout) and path (flush, direct).",
+      help: "Database transactions retried after a retryable failure, by reason (deadlock, serialization, connection, timeout, lock) and path (flush, direct).",
       labelNames: ["reason", "path"],
       registers: [registry],
     });

@@ -13,6 +13,17 @@ export type Tx = Omit<
  * machines that reach only the npm registry. `max` bounds this process's pool.
  */
 export function createDb(databaseUrl: string, opts: { max?: number } = {}): Db {
-  const adapter = new PrismaPg({ connectionString: databaseUrl, max: opts.max ?? 5 });
+  const adapter = new PrismaPg({
+    connectionString: databaseUrl,
+    max: opts.max ?? 5,
+    // Client-side, so nothing is asked of PostgreSQL (a pooler such as
+    // PgBouncer refuses unknown startup parameters): a server that accepts
+    // connections and answers nothing fails a new connection after 10 s, and
+    // TCP keepalive finds a dead peer under an idle pooled one.
+    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    keepAlive: true,
+  });
   return new PrismaClient({ adapter });
 }
+
+const CONNECT_TIMEOUT_MS = 10_000;

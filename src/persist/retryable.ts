@@ -2,9 +2,10 @@
  * Which database failures are worth retrying, decided in one place.
  * Deadlocks and serialization failures resolve on retry; lost connections
  * (PostgreSQL restarted, pg_terminate_backend) resolve once a new connection
- * is made. Anything else is a bug or bad data and should surface.
+ * is made; a lock or statement timeout once the session holding the row lets
+ * go. Anything else is a bug or bad data and should surface.
  */
-export type RetryReason = "deadlock" | "serialization" | "connection" | "timeout";
+export type RetryReason = "deadlock" | "serialization" | "connection" | "timeout" | "lock";
 
 const SQLSTATE_REASON: Record<string, RetryReason> = {
   "40P01": "deadlock",
@@ -12,6 +13,8 @@ const SQLSTATE_REASON: Record<string, RetryReason> = {
   "57P01": "connection", // admin_shutdown (pg_terminate_backend, restart)
   "57P02": "connection", // crash_shutdown
   "57P03": "connection", // cannot_connect_now
+  "55P03": "lock", // lock_not_available: lock_timeout, a row another session holds
+  "57014": "timeout", // query_canceled: statement_timeout
 };
 
 const PRISMA_REASON: Record<string, RetryReason> = {

@@ -1,5 +1,6 @@
 import { startFlushWorker } from "../../src/index.js";
 import assert from "node:assert/strict";
+import pg from "pg";
 import { after, before, beforeEach, describe, it } from "node:test";
 import { silentLogger } from "../../src/observe/logger.js";
 import { applyBatches, FencedOffError } from "../../src/persist/apply-batches.js";
@@ -105,6 +106,40 @@ describe("flush", () => {
     );
     assert.equal(Number(rows[0]?.n), 0, "nothing was written");
 
+    const r = await h.flusher().flushOnce();
+    assert.equal(r.outcome, "committed");
+    assert.equal(r.batches, waiting);
+    await assertTotals(ledger);
+  });
+
+  it("a row another session holds locked fails the flush after lock_timeout (retried, counted), not for as long as it is held", async () => {
+    const ledger = new Ledger();
+    await produce(400, 11, ledger);
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    // Same traffic again: it updates the rows the first flush wrote.
+    await produce(400, 11, ledger);
+    const waiting = await h.waitingJobs();
+    const holder = new pg.Client({ connectionString: t.url });
+    await holder.connect();
+    try {
+      await holder.query("BEGIN");
+      await holder.query(`SELECT 1 FROM "LiteLLM_UserTable" FOR UPDATE`);
+      const started = Date.now();
+      const r = await h.flusher({ lockTimeoutMs: 200, maxAttempts: 2 }).flushOnce();
+      assert.equal(r.outcome, "failed");
+      assert.ok(Date.now() - started < 10_000, `failed after ${Date.now() - started} ms`);
+      assert.equal(await h.waitingJobs(), waiting, "every job is pending again");
+      const retries = await h.metrics.registry
+        .getSingleMetric("spend_transaction_retries_total")
+        ?.get();
+      const lock = retries?.values.find(
+        (v) => v.labels.reason === "lock" && v.labels.path === "flush",
+      );
+      assert.equal(lock?.value, 1, "the first attempt's lock timeout was retried once");
+    } finally {
+      await holder.query("ROLLBACK").catch(() => undefined);
+      await holder.end();
+    }
     const r = await h.flusher().flushOnce();
     assert.equal(r.outcome, "committed");
     assert.equal(r.batches, waiting);
