@@ -289,7 +289,7 @@ const spendBufferSchema = z
       .max(3_600)
       .default(10)
       .describe(
-        "Longest a flush statement waits for a row lock another session holds (PostgreSQL's `lock_timeout`): past it the transaction rolls back and is retried, and the flush warns and counts it (`spend_transaction_retries_total{reason=\"lock\"}`), so a row held elsewhere (an open transaction in psql, another writer) shows instead of stalling the flush silently for as long as it is held.",
+        'Longest a flush statement waits for a row lock another session holds (PostgreSQL\'s `lock_timeout`): past it the transaction rolls back and is retried, and the flush warns and counts it (`spend_transaction_retries_total{reason="lock"}`), so a row held elsewhere (an open transaction in psql, another writer) shows instead of stalling the flush silently for as long as it is held.',
       ),
     metrics_port: z
       .number()
