@@ -31,11 +31,23 @@ export class FlushLeadership {
    * as every other replica sees it, and no longer.
    */
   async tick(now = Date.now()): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
     try {
-      const led = await lockScripts.lead.run(this.redis, [this.key], [this.workerId, this.leaseMs]);
+      // Bounded: with Redis away the client queues the call until it is back,
+      // and a tick that waited for it kept this replica "leading" (gauge 1, no
+      // log line) through the whole outage. An answer arriving later is moot:
+      // the next tick asks again.
+      const led = await Promise.race([
+        lockScripts.lead.run(this.redis, [this.key], [this.workerId, this.leaseMs]),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error("no answer")), this.leaseMs / 2);
+        }),
+      ]);
       this.leadsUntil = led === 1 ? now + this.leaseMs : 0;
     } catch {
       // Keep leadsUntil: the lease in Redis runs out on its own at about the same time.
+    } finally {
+      clearTimeout(timer);
     }
     return this.leads();
   }

@@ -9,6 +9,9 @@ import { Ledger } from "../support/ledger.js";
 import { spawnTs, type Spawned } from "../support/processes.js";
 import { cleanRedis, TEST_REDIS_URL, testConfig, uniquePrefix } from "../support/redis.js";
 import { waitFor } from "../support/wait.js";
+import { FlushLeadership } from "../../src/lock/leadership.js";
+import { createRedis } from "../../src/redis/connection.js";
+import { freePort, TestRedisServer } from "../support/redis-server.js";
 
 /** What one worker's /metrics says of the leadership, and how many flushes it ran. */
 async function leaderGauge(
@@ -232,4 +235,55 @@ describe("flush leadership", () => {
     const reclaimed = Number(/^spend_jobs_reclaimed_total (\d+)$/m.exec(text)?.[1]);
     assert.ok(reclaimed > 0, "the jobs the dead leader had taken were reclaimed");
   });
+});
+
+describe("flush leadership while Redis is away", () => {
+  let server: TestRedisServer;
+  before(async () => {
+    server = new TestRedisServer(await freePort());
+    await server.start();
+  });
+  after(async () => {
+    await server.destroy();
+  });
+
+  // A tick that waits for Redis hangs until it is back: the timeout makes that a failure.
+  it(
+    "steps down once its lease lapses, without waiting for Redis to answer",
+    { timeout: 30_000 },
+    async () => {
+      // The worker's own client options: commands queue while Redis is away (maxRetriesPerRequest null).
+      const redis = createRedis(
+        { host: "127.0.0.1", port: server.port, db: 0, tls: false },
+        "worker",
+      );
+      redis.on("error", () => undefined);
+      try {
+        const leaseMs = 600;
+        const lead = new FlushLeadership(redis, "lead-outage:leader", "w1", leaseMs);
+        assert.equal(await lead.tick(), true);
+        await server.stop();
+        const stopped = Date.now();
+        let leads = true;
+        while (leads && Date.now() - stopped < 10 * leaseMs) {
+          const t0 = Date.now();
+          leads = await lead.tick();
+          assert.ok(Date.now() - t0 <= leaseMs, `a tick took ${Date.now() - t0} ms`);
+        }
+        assert.equal(leads, false, "still leading long after its lease lapsed");
+        assert.ok(
+          Date.now() - stopped < 2 * leaseMs,
+          `stepped down after ${Date.now() - stopped} ms`,
+        );
+        await server.start();
+        await waitFor(
+          "leads again once Redis is back",
+          async () => (await lead.tick()) === true,
+          10_000,
+        );
+      } finally {
+        redis.disconnect();
+      }
+    },
+  );
 });
