@@ -72,9 +72,8 @@ export async function startFlushWorker(
     if (opts.redis === undefined) workerRedis.disconnect();
     if (opts.db === undefined) await db.$disconnect();
   };
-  let worker: FlushWorker;
-  try {
-    worker = await FlushWorker.start({
+  const startWorker = (): Promise<FlushWorker> =>
+    FlushWorker.start({
       config,
       db,
       metrics,
@@ -90,11 +89,14 @@ export async function startFlushWorker(
         ? { idleInTransactionTimeoutMs: opts.idleInTransactionTimeoutMs }
         : {}),
     });
-  } catch (err) {
-    await owned();
-    throw err;
-  }
   if (opts.port === false) {
+    let worker: FlushWorker;
+    try {
+      worker = await startWorker();
+    } catch (err) {
+      await owned();
+      throw err;
+    }
     return {
       worker,
       metrics,
@@ -116,6 +118,25 @@ export async function startFlushWorker(
     import("../serve/http.js"),
     import("../serve/readiness.js"),
   ]);
+  // Listening comes first: a worker refused for a port in use must not have
+  // led and flushed before it said so. /metrics answers from here on;
+  // readiness and the board once the worker has started.
+  const app = createApp(metrics);
+  let server: Server;
+  try {
+    server = await listen(app, opts.port ?? config.metricsPort, opts.host ?? "0.0.0.0");
+  } catch (err) {
+    await owned();
+    throw err;
+  }
+  let worker: FlushWorker;
+  try {
+    worker = await startWorker();
+  } catch (err) {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await owned();
+    throw err;
+  }
   // The board's and readiness's own connection: the worker's is busy with blocking commands.
   const redis = connectRedis(config.redis, "producer");
   const flushQueue = new Queue(worker.keys.flushQueue, {
@@ -123,7 +144,6 @@ export async function startFlushWorker(
     prefix: worker.keys.bullPrefix,
   });
   flushQueue.on("error", () => undefined);
-  const app = createApp(metrics);
   let draining = false;
   app.get(
     "/health/readiness",
@@ -153,16 +173,6 @@ export async function startFlushWorker(
     config.admin,
     config.masterKey !== undefined ? { masterKey: config.masterKey } : {},
   );
-  let server: Server;
-  try {
-    server = await listen(app, opts.port ?? config.metricsPort, opts.host ?? "0.0.0.0");
-  } catch (err) {
-    await worker.close();
-    await flushQueue.close();
-    redis.disconnect();
-    await owned();
-    throw err;
-  }
   const port = (server.address() as AddressInfo).port;
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {

@@ -216,6 +216,16 @@ describe("haimaker-spend CLI: refusing to start, in one line, exit 2", () => {
       results.forEach((r, i) => {
         assertRefused(r, new RegExp(`^error: port ${port} is already in use$`, "m"), `${i}`);
       });
+      // Refused before it did anything: the worker never led, so never flushed.
+      assert.doesNotMatch(results[1]?.stdout ?? "", /leads the flush/);
+      const leader = new Redis(TEST_REDIS_URL);
+      try {
+        // (The gateway, refused too, may have registered the partition count and its queues.)
+        const flushKeys = (await leader.keys(`${prefix}*`)).filter((k) => k.includes("flush"));
+        assert.deepEqual(flushKeys, [], "the refused worker took part in the flush");
+      } finally {
+        leader.disconnect();
+      }
     } finally {
       held.close();
       await cleanRedis(prefix);
