@@ -276,11 +276,7 @@ describe("flush leadership while Redis is away", () => {
           `stepped down after ${Date.now() - stopped} ms`,
         );
         await server.start();
-        await waitFor(
-          "leads again once Redis is back",
-          async () => (await lead.tick()) === true,
-          10_000,
-        );
+        await waitFor("leads again once Redis is back", () => lead.tick(), 10_000);
       } finally {
         redis.disconnect();
       }
