@@ -1,3 +1,4 @@
+import { errorText } from "../observe/error-text.js";
 import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { ConfigError, loadConfig, redact, type AppConfig } from "../config/config.js";
@@ -53,8 +54,7 @@ function isBadConfig(err: unknown): boolean {
 
 /** One line, credentials hidden: what goes after `error: `. */
 function oneLine(err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err);
-  return redact(message.replace(/\s*[\r\n]+\s*/g, " ").trim());
+  return redact(errorText(err));
 }
 
 /**

@@ -1,3 +1,4 @@
+import { errorText, RepeatedErrors } from "../observe/error-text.js";
 import { randomUUID } from "node:crypto";
 import type { RedisClient } from "../redis/connection.js";
 import { Queue, Worker } from "bullmq";
@@ -213,8 +214,17 @@ export class FlushWorker {
         autorun: false,
       },
     );
-    this.worker.on("error", (err) => logger.warn({ err: err.message }, "flush worker error"));
-    this.worker.on("failed", (_job, err) => logger.error({ err: err.message }, "flush job failed"));
+    // BullMQ reports a Redis outage once per reconnect attempt and command (four
+    // identical lines a second): the same error is logged once per 30 s, with
+    // how often it recurred meanwhile.
+    const workerErrors = new RepeatedErrors(30_000);
+    this.worker.on("error", (err) => {
+      const said = workerErrors.note(errorText(err));
+      if (said !== undefined) logger.warn(said, "flush worker error");
+    });
+    this.worker.on("failed", (_job, err) =>
+      logger.error({ err: errorText(err) }, "flush job failed"),
+    );
     await this.lead();
     // Renewed well within the lease; a standby asks as often, so it takes
     // over within about a second of the lease running out.
@@ -407,15 +417,14 @@ export class FlushWorker {
           const row = await this.deps.db.flushFence.findUnique({
             where: { partition: p.keys.fencePartition },
           });
-          if (row !== null) {
-            await p.lock.raiseFence(row.token);
+          // A flush may have put it back between the two looks: counted once.
+          if (row !== null && (await p.lock.raiseFence(row.token)) < row.token)
             this.repaired("fence", p.keys.partition);
-          }
         }
       }
     } catch (err) {
       // Redis or PostgreSQL away: the next tick tries again; readiness reports it meanwhile.
-      logger.warn({ err: (err as Error).message }, "flush worker maintenance failed");
+      logger.warn({ err: errorText(err) }, "flush worker maintenance failed");
     }
   }
 

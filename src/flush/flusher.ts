@@ -1,3 +1,4 @@
+import { errorText } from "../observe/error-text.js";
 import type { Job } from "bullmq";
 import { InFlight } from "./in-flight.js";
 import { prepareTransaction, type PreparedTransaction } from "./prepared-transaction.js";
@@ -276,13 +277,25 @@ export class Flusher {
           : err instanceof LeaseLostError
             ? "lease_lost"
             : "failed";
-      report.error = (err as Error).message;
+      report.error = errorText(err);
       if (err instanceof FencedOffError) {
         this.metrics.fencingRejections.inc();
         // If PostgreSQL has seen a newer token than Redis hands out, Redis lost
         // its counter: raise it so the next holder can write.
-        if (err.committed >= lease.fence)
-          await this.lock.raiseFence(err.committed).catch(() => undefined);
+        if (err.committed >= lease.fence) {
+          const before = await this.lock.raiseFence(err.committed).catch(() => undefined);
+          // Redis lost its counter if it is behind what committed, or handed
+          // out a committed token again (an equal token passes only for its own
+          // holder). A stale holder fenced off finds it ahead: nothing lost.
+          // Counted as the worker's own repairs are (SpendRedisStateLost).
+          if (before !== undefined && (before < err.committed || lease.fence === err.committed)) {
+            this.metrics.redisRepairs.inc({ what: "fence" });
+            this.log.warn(
+              { what: "fence", token: lease.fence.toString(), committed: err.committed.toString() },
+              "Redis had lost what the flush worker keeps there (restarted empty, keys deleted or evicted): put back",
+            );
+          }
+        }
       }
       // Whatever is in flight ends first: then every job taken is in `held`,
       // and no acknowledgement can follow the give-back.
@@ -468,7 +481,7 @@ export class Flusher {
         report.retries++;
         this.dbMetrics.transactionRetries.inc({ reason, path: "flush" });
         this.log.warn(
-          { attempt, reason, err: (err as Error).message },
+          { attempt, reason, err: errorText(err) },
           "flush transaction failed; retrying",
         );
         await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));

@@ -77,14 +77,14 @@ export class FlushLock {
     return (await lockScripts.release.run(this.redis, [this.keys.flushLock], [lease.token])) === 1;
   }
 
-  /** See raise-fence-1.lua: repairs the counter after Redis lost it. */
+  /** See raise-fence-1.lua: repairs the counter after Redis lost it. Returns the counter before. */
   async raiseFence(floor: bigint): Promise<bigint> {
-    const v = await lockScripts.raiseFence.run(
+    const before = await lockScripts.raiseFence.run(
       this.redis,
       [this.keys.flushFence],
       [floor.toString()],
     );
-    return BigInt(v as number | string);
+    return BigInt(before as number | string);
   }
 
   /** Who holds the lock now and for how much longer (null when free). */

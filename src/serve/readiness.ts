@@ -1,3 +1,4 @@
+import { errorText } from "../observe/error-text.js";
 import type { RequestHandler } from "express";
 import type { RedisClient } from "../redis/connection.js";
 import type { Db } from "../persist/prisma.js";
@@ -47,7 +48,7 @@ export function readinessHandler(
         if (r.status === "fulfilled") out[name] = "ok";
         else {
           failed.push(name);
-          out[name] = `error: ${(r.reason as Error).message}`;
+          out[name] = `error: ${errorText(r.reason)}`;
         }
       });
       const draining = opts.draining?.() ?? false;

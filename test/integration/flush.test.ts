@@ -424,7 +424,14 @@ describe("flush", () => {
     // Redis restarted without persistence: its counter starts again from zero.
     await h.redis.del(h.keys.flushFence);
     await produce(100, 9, ledger);
+    const repairs = async (): Promise<number | undefined> =>
+      (await h.metrics.registry.getSingleMetric("spend_redis_repairs_total")?.get())?.values.find(
+        (v) => v.labels.what === "fence",
+      )?.value;
+    const before = (await repairs()) ?? 0;
     assert.equal((await h.flusher().flushOnce()).outcome, "fenced_off");
+    // Counted as a repair, so SpendRedisStateLost fires as for the worker's own repairs.
+    assert.equal(await repairs(), before + 1);
     assert.equal((await h.flusher().flushOnce()).outcome, "committed");
     await assertTotals(ledger);
   });

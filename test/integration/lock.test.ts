@@ -109,8 +109,10 @@ describe("flush lock", () => {
 
   it("raises the fence counter to a floor but never lowers it", async () => {
     const lock = new FlushLock(redis, keys, 1_000);
-    assert.equal(await lock.raiseFence(1_000n), 1_000n);
+    const start = BigInt((await redis.get(keys.flushFence)) ?? "0");
+    assert.equal(await lock.raiseFence(1_000n), start, "returns the counter before");
     assert.equal(await lock.raiseFence(10n), 1_000n);
+    assert.equal(await redis.get(keys.flushFence), "1000");
     const lease = await lock.acquire();
     assert.equal(lease?.fence, 1_001n);
     if (lease !== null) await lock.release(lease);

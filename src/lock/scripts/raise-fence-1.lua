@@ -7,12 +7,12 @@
   KEYS[1] fence counter key
   ARGV[1] floor
 
-  Returns the counter's value after the call.
+  Returns the counter's value before the call (0: none), from which the
+  caller tells whether Redis had lost it, and counts that.
 ]]
 local current = tonumber(redis.call("GET", KEYS[1]) or "0")
 local floor = tonumber(ARGV[1])
 if current < floor then
   redis.call("SET", KEYS[1], ARGV[1])
-  return floor
 end
 return current
