@@ -116,7 +116,7 @@ export class FlushMetrics {
     });
     this.jobsReclaimed = new Counter({
       name: "spend_jobs_reclaimed_total",
-      help: "Spend jobs a flush found left active by an earlier lock holder whose lease had lapsed (a worker that died or stalled mid-flush), and put back in the queue at once when it took the lock.",
+      help: "Spend jobs left active by an earlier lock holder whose lease had lapsed (a worker that died or stalled mid-flush) and put back in the queue: by the next flush when it took the lock, or by BullMQ's stalled check once the job's lock expired.",
       registers,
     });
     this.poisonJobs = new Counter({

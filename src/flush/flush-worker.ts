@@ -188,7 +188,20 @@ export class FlushWorker {
       .$transaction((tx) => tx.$executeRawUnsafe("SELECT 1"))
       .catch(() => undefined);
     await Promise.race([warm, new Promise((r) => setTimeout(r, 2_000).unref())]);
-    await Promise.all(this.partitions.map((p) => p.drain.start()));
+    // Jobs returned by BullMQ's stalled check are reclaimed too: counted and
+    // logged as a flush's own reclaim is, whichever of the two got there first.
+    const reclaimed = flushMetrics(this.deps.metrics).jobsReclaimed;
+    await Promise.all(
+      this.partitions.map((p) =>
+        p.drain.start((jobId) => {
+          reclaimed.inc();
+          this.deps.logger.info(
+            { partition: p.keys.partition, job: jobId },
+            "a spend job left active by a worker that died (its lock expired): back in the queue",
+          );
+        }),
+      ),
+    );
     // Upsert, not add: every replica declares the same schedules, and
     // re-declaring one with a new interval updates it in place.
     for (const p of this.partitions) await this.declareSchedule(p);

@@ -100,8 +100,14 @@ export class SpendDrain {
     await this.connection.set(this.keys.flushLastSuccess, String(at), "PX", 7 * 86_400_000);
   }
 
-  /** Starts BullMQ's stalled-job check, which returns jobs of dead flushes to wait. */
-  async start(): Promise<void> {
+  /**
+   * Starts BullMQ's stalled-job check, which returns jobs of dead flushes to
+   * wait; `onStalled` hears of each job it returns (a worker restarted after
+   * the only one died has its check return them before its first flush looks).
+   */
+  async start(onStalled: (jobId: string) => void = () => undefined): Promise<void> {
+    this.entity.on("stalled", onStalled);
+    this.daily.on("stalled", onStalled);
     await Promise.all([this.entity.startStalledCheckTimer(), this.daily.startStalledCheckTimer()]);
   }
 

@@ -8,6 +8,7 @@ import { createTestDatabase, truncateAll, type TestDatabase } from "../support/d
 import { Harness } from "../support/harness.js";
 import { Ledger } from "../support/ledger.js";
 import { cleanRedis, testConfig, uniquePrefix } from "../support/redis.js";
+import { waitFor } from "../support/wait.js";
 
 /**
  * A new holder of a partition's flush lock gives back at once every job an
@@ -127,5 +128,40 @@ describe("reclaiming jobs a lapsed lock holder left active", () => {
     assert.equal(r.outcome, "committed");
     assert.equal(r.reclaimed, 0);
     await assertTotals(ledger);
+  });
+});
+
+describe("jobs whose locks expired, returned by BullMQ's stalled check", () => {
+  it("are each reported to the drain's owner (counted as reclaimed by a worker), and flushed once", async () => {
+    const db = await createTestDatabase("reclaim_stalled");
+    const pfx = uniquePrefix("reclaim-stalled");
+    // Job locks last the lock lease: 1 s, so they expire within the test.
+    const hs = new Harness(testConfig(pfx, db.url, { lock_lease_seconds: 1 }), db.db);
+    try {
+      const ledger = new Ledger();
+      await hs.recordTraffic(300, 43, ledger, { maxRowsPerJob: 60 });
+      const jobs = await hs.waitingJobs();
+      const lease = await hs.lock("dead-holder", 300).acquire();
+      assert.ok(lease !== null);
+      const taken = await hs.drain.take(
+        { maxJobs: 1_000, maxRows: 1_000_000, maxSealedRows: 1_000_000 },
+        lease.token,
+      );
+      assert.equal(taken.jobs.length, jobs);
+      // The holder dies: nobody renews its job locks, and no flush reclaims them.
+      const returned: string[] = [];
+      await hs.drain.start((id) => returned.push(id));
+      await waitFor("the stalled check returns every job", () => returned.length >= jobs, 15_000);
+      assert.equal(new Set(returned).size, jobs, "each job reported once");
+      assert.equal(await hs.waitingJobs(), jobs, "every job waits again");
+      const r = await hs.flusher().flushOnce();
+      assert.equal(r.outcome, "committed", r.error ?? "");
+      const diff = diffTotals(ledger.totals, await readTotals(db.url));
+      assert.deepEqual(diff, [], diff.join("\n"));
+    } finally {
+      await hs.close();
+      await cleanRedis(pfx);
+      await db.drop();
+    }
   });
 });
