@@ -3,7 +3,7 @@
 // checks them), so the test processes and the processes they start run on
 // plain node instead of loading a TypeScript loader each. The layout is the
 // repository's, and what the code finds beside it at run time (Lua scripts;
-// the migrations, deploy/, the package build and package.json two folders up) is linked in.
+// the migrations, deploy/ and the package build two folders up) is linked in.
 import { cpSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -40,6 +40,5 @@ for (const a of assets) {
   mkdirSync(dirname(to), { recursive: true });
   cpSync(a, to);
 }
-for (const name of ["prisma", "deploy", "dist", "package.json"])
-  symlinkSync(join(root, name), join(out, name));
+for (const name of ["prisma", "deploy", "dist"]) symlinkSync(join(root, name), join(out, name));
 process.stderr.write(`[test] transpiled ${entries.length} files to .build/\n`);

@@ -1,8 +1,10 @@
-import { errorText } from "../observe/error-text.js";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { ConfigError, loadConfig, redact, type AppConfig } from "../config/config.js";
 import { KeyInputError } from "../gateway/virtual-keys.js";
+import { errorText } from "../observe/error-text.js";
 import { createLogger } from "../observe/logger.js";
 import { StartupError } from "../config/startup-error.js";
 
@@ -99,10 +101,20 @@ function onSignals(log: ReturnType<typeof createLogger>, close: () => Promise<vo
   if (process.connected) process.on("disconnect", () => stop("parent exited"));
 }
 
-/** The installed package's version (package.json sits two levels above src/cli and dist/cli). */
+/**
+ * The package's version: the first package.json above this module (two
+ * levels up from dist/cli or src/cli; three from the tests' transpiled copy
+ * in .build/, which has none of its own).
+ */
 function packageVersion(): string {
-  const text = readFileSync(new URL("../../package.json", import.meta.url), "utf8");
-  return (JSON.parse(text) as { version: string }).version;
+  for (let dir = dirname(fileURLToPath(import.meta.url)); ;) {
+    const file = join(dir, "package.json");
+    if (existsSync(file))
+      return (JSON.parse(readFileSync(file, "utf8")) as { version: string }).version;
+    const up = dirname(dir);
+    if (up === dir) return "unknown";
+    dir = up;
+  }
 }
 
 /** The whole CLI, without side effects until parsed: tests and docker-compose.yml check it. */
