@@ -19,6 +19,7 @@ import {
   runAsync,
 } from "../support/cli.js";
 import { createTestDatabase, type TestDatabase } from "../support/db.js";
+import { REPO_ROOT } from "../support/paths.js";
 import { cleanRedis, TEST_REDIS_URL, uniquePrefix } from "../support/redis.js";
 
 /**
@@ -55,9 +56,9 @@ describe("haimaker-spend CLI: refusing to start, in one line, exit 2", () => {
     assert.match(root?.stdout ?? "", /Usage: haimaker-spend/);
     const version = await runAsync(["--version"]);
     assert.equal(version.code, 0, version.stderr);
-    const pkg = JSON.parse(
-      readFileSync(new URL("../../package.json", import.meta.url), "utf8"),
-    ) as { version: string };
+    const pkg = JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as {
+      version: string;
+    };
     assert.equal(version.stdout.trim(), pkg.version);
     subcommands().forEach((sub, i) => {
       const r = subs[i];
