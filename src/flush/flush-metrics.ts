@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+import type { Logger } from "../observe/logger.js";
 import { ROWS_BUCKETS, type SpendMetrics } from "../observe/metrics.js";
 import { DEAD_LETTER_REASONS } from "../persist/dead-letters.js";
 
@@ -26,6 +27,24 @@ export const FLUSH_OUTCOMES = [
 /** Something a flush worker found missing in Redis and put back (spend_redis_repairs_total{what}). */
 export const REDIS_REPAIRS = ["scheduler", "partition_count", "fence"] as const;
 export type RedisRepair = (typeof REDIS_REPAIRS)[number];
+
+/**
+ * Counts and logs something Redis had lost and the flush put back: one place
+ * for the worker's own checks and a flush that found its fence counter behind
+ * (SpendRedisStateLost fires on the counter).
+ */
+export function reportRedisRepair(
+  metrics: FlushMetrics,
+  log: Logger,
+  what: RedisRepair,
+  fields: Record<string, unknown>,
+): void {
+  metrics.redisRepairs.inc({ what });
+  log.warn(
+    { what, ...fields },
+    "Redis had lost what the flush worker keeps there (restarted empty, keys deleted or evicted): put back",
+  );
+}
 
 /** The flush worker's metrics: only processes that flush export them. */
 export class FlushMetrics {

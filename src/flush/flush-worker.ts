@@ -9,7 +9,12 @@ import type { Logger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
 import { FLUSH_RATE_TTL_MS } from "../queue/backlog.js";
 import { queueGauges } from "../queue/queue-gauges.js";
-import { flushMetrics, REDIS_REPAIRS, type RedisRepair } from "./flush-metrics.js";
+import {
+  flushMetrics,
+  REDIS_REPAIRS,
+  reportRedisRepair,
+  type RedisRepair,
+} from "./flush-metrics.js";
 import type { Db } from "../persist/prisma.js";
 import { createRedis } from "../redis/connection.js";
 import { redisKeys, type RedisKeys } from "../redis/keys.js";
@@ -458,11 +463,7 @@ export class FlushWorker {
   }
 
   private repaired(what: RedisRepair, partition: number): void {
-    flushMetrics(this.deps.metrics).redisRepairs.inc({ what });
-    this.deps.logger.warn(
-      { what, partition },
-      "Redis had lost what the flush worker keeps there (restarted empty, keys deleted or evicted): put back",
-    );
+    reportRedisRepair(flushMetrics(this.deps.metrics), this.deps.logger, what, { partition });
   }
 
   /**

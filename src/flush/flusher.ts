@@ -8,7 +8,7 @@ import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import type { SpendMetrics } from "../observe/metrics.js";
 import { persistMetrics, type PersistMetrics } from "../persist/persist-metrics.js";
-import { flushMetrics, type FlushMetrics } from "./flush-metrics.js";
+import { flushMetrics, reportRedisRepair, type FlushMetrics } from "./flush-metrics.js";
 import { applyBatches, FencedOffError, type ApplyResult } from "../persist/apply-batches.js";
 import type { Db } from "../persist/prisma.js";
 import { retryReason, storageRefusal } from "../persist/retryable.js";
@@ -288,13 +288,11 @@ export class Flusher {
           // out a committed token again (an equal token passes only for its own
           // holder). A stale holder fenced off finds it ahead: nothing lost.
           // Counted as the worker's own repairs are (SpendRedisStateLost).
-          if (before !== undefined && (before < err.committed || lease.fence === err.committed)) {
-            this.metrics.redisRepairs.inc({ what: "fence" });
-            this.log.warn(
-              { what: "fence", token: lease.fence.toString(), committed: err.committed.toString() },
-              "Redis had lost what the flush worker keeps there (restarted empty, keys deleted or evicted): put back",
-            );
-          }
+          if (before !== undefined && (before < err.committed || lease.fence === err.committed))
+            reportRedisRepair(this.metrics, this.log, "fence", {
+              token: lease.fence.toString(),
+              committed: err.committed.toString(),
+            });
         }
       }
       // Whatever is in flight ends first: then every job taken is in `held`,

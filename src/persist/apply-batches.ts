@@ -9,7 +9,6 @@ import {
   batchIdsSql,
   fenceSql,
   idleTimeoutSetting,
-  setIdleTimeoutSql,
   type Fence,
 } from "./apply-statement.js";
 import { upsertMerged } from "./upsert.js";
@@ -121,7 +120,8 @@ export async function applyBatches(
 ): Promise<ApplyResult> {
   const ids = batches.map((b) => b.batchId);
   let fresh: Set<string>;
-  // Lock and statement timeouts go first, in a statement of their own, with the idle timeout.
+  // Lock and statement timeouts go first, in a statement of their own, with
+  // the idle timeout; without them the idle timeout rides on the first statement.
   let idleTimeoutMs = opts.idleInTransactionTimeoutMs;
   if (opts.lockTimeoutMs !== undefined || opts.statementTimeoutMs !== undefined) {
     await setTimeouts(tx, idleTimeoutMs, opts.lockTimeoutMs, opts.statementTimeoutMs);
@@ -140,7 +140,7 @@ export async function applyBatches(
     fresh = new Set(r.fresh);
     wrote = r.wrote;
   } else {
-    if (idleTimeoutMs !== undefined) await setIdleTimeout(tx, idleTimeoutMs);
+    if (idleTimeoutMs !== undefined) await setTimeouts(tx, idleTimeoutMs, undefined, undefined);
     if (opts.fence !== undefined) await checkFence(tx, opts.fence);
     fresh = await recordBatchIds(tx, ids, opts.fence);
   }
@@ -244,10 +244,6 @@ async function recordBatchIds(
 }
 
 /** PostgreSQL ends the session if the transaction then sits idle this long (locks held). */
-async function setIdleTimeout(tx: Tx, ms: number): Promise<void> {
-  await tx.$executeRawUnsafe(setIdleTimeoutSql("$1"), idleTimeoutSetting(ms));
-}
-
 /** The transaction's idle, lock and statement timeouts (those given), in one round trip. */
 async function setTimeouts(
   tx: Tx,
