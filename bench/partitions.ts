@@ -11,7 +11,7 @@
 import pg from "pg";
 import type { TrafficShape } from "../src/demo/traffic.js";
 import { applyBatches, type BatchToApply, type Fence } from "../src/persist/apply-batches.js";
-import { dailyIdentity, entityIdentity, partitionOf } from "../src/produce/partition.js";
+import { contextIdentity, entityIdentity, partitionOf } from "../src/produce/partition.js";
 import type { DailyRow, EntityRow } from "../src/contract/spend-batch.js";
 import { serverCpuTicks } from "./db-stats.js";
 import { ALL_TABLES, makeRows, tableState, toBatches } from "./flush-throughput.js";
@@ -81,7 +81,7 @@ function split(
     daily: [] as DailyRow[],
   }));
   for (const r of rows.entity) out[partitionOf(entityIdentity(r), P)]?.entity.push(r);
-  for (const r of rows.daily) out[partitionOf(dailyIdentity(r), P)]?.daily.push(r);
+  for (const r of rows.daily) out[partitionOf(contextIdentity(r), P)]?.daily.push(r);
   return out;
 }
 

@@ -214,10 +214,10 @@ const spendBufferSchema = z
         "Most rows in one BullMQ job, so one job stays small in Redis. A job also closes at 100,000 bytes of text, whichever comes first, so its text (and BullMQ's JSON of it) stays under V8's 128 KB large-object threshold whatever the ids' length: such strings take fresh pages, and a 200,000-row seal cost the gateway's main thread 41-43 ms of CPU at 2,000 rows against 62 ms at 5,000.",
       ),
     job_format: z
-      .union([z.literal(1), z.literal(2), z.literal(3)])
+      .union([z.literal(1), z.literal(2), z.literal(3), z.literal(4)])
       .optional()
       .describe(
-        "How producers write spend jobs (default `3`): `3` carries each job's rows as one length-prefixed string, written while the seal drains, so a gateway never holds its sealed rows as arrays (a shorter event-loop block per seal, less for the garbage collector to copy, and about a third fewer bytes in Redis than `2`). `2` writes daily jobs as JSON grouped by context and entity jobs as JSON rows, `1` both as JSON rows. Workers of this version read all three; set `2` while gateways are upgraded before workers that predate format 3.",
+        "How producers write spend jobs (default `4`): `4` sends daily spend as facts, one per distinct user, team, org, end user and tags of a request context, which the worker fans out to the daily rows they add to (a gateway aggregates, seals and sends one fact where it handled 3-5 daily rows), written as one length-prefixed string per job like `3`. `3` sends daily rows that way; `2` writes daily jobs as JSON grouped by context and entity jobs as JSON rows, `1` both as JSON rows. Entity jobs are the same in `3` and `4`. Workers of this version read all four; upgrade workers first, or set `3` while gateways are upgraded before workers that predate format 4.",
       ),
     daily_job_format: z
       .union([z.literal(1), z.literal(2)])
@@ -579,7 +579,7 @@ export interface AppConfig {
     maxBufferedRows: number;
     maxRowsPerJob: number;
     /** How QueueSink writes jobs: 3 row text, 2 daily rows grouped by context, 1 the first format. */
-    jobFormat: 1 | 2 | 3;
+    jobFormat: 1 | 2 | 3 | 4;
     /** 0: off. */
     backpressureBacklogAgeMs: number;
   };
@@ -937,7 +937,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
       flushJitterMs: s.flush_jitter_seconds * 1000,
       maxBufferedRows: s.max_buffered_rows,
       maxRowsPerJob: s.max_rows_per_job,
-      jobFormat: s.job_format ?? s.daily_job_format ?? 3,
+      jobFormat: s.job_format ?? s.daily_job_format ?? 4,
       backpressureBacklogAgeMs: s.backpressure_backlog_age_seconds * 1000,
     },
     worker: {

@@ -1,4 +1,4 @@
-import { RowTextError, decodeDailyRows, decodeEntityRows } from "./row-text.js";
+import { RowTextError, decodeDailyFacts, decodeDailyRows, decodeEntityRows } from "./row-text.js";
 import {
   DAILY_KINDS,
   ENTITY_KINDS,
@@ -38,7 +38,7 @@ const digits = (x: unknown): boolean => typeof x === "string" && DIGITS.test(x);
 const count = (x: unknown): boolean =>
   typeof x === "number" ? Number.isSafeInteger(x) && x >= 0 : digits(x);
 
-function header(d: Obj, v: 1 | 2 | 3): boolean {
+function header(d: Obj, v: 1 | 2 | 3 | 4): boolean {
   const p = d.partitions;
   return (
     d.v === v &&
@@ -95,6 +95,31 @@ function readV3<Row>(
   return rows.length === n ? asFormat1(data, rows) : undefined;
 }
 
+/**
+ * A format 4 daily job as format 1 (its facts fanned out to rows, every
+ * value checked by the decoder), or undefined if the schema must say why not.
+ */
+function readV4(data: Obj): DailySpendJob | undefined {
+  const n = data.rowCount;
+  if (
+    !header(data, 4) ||
+    data.kind !== "daily" ||
+    typeof n !== "number" ||
+    !Number.isSafeInteger(n) ||
+    n < 0 ||
+    typeof data.rowText !== "string"
+  )
+    return undefined;
+  let decoded: { rows: DailySpendJob["rows"]; facts: number };
+  try {
+    decoded = decodeDailyFacts(data.rowText);
+  } catch (err) {
+    if (err instanceof RowTextError) return undefined;
+    throw err;
+  }
+  return decoded.facts === n ? asFormat1(data, decoded.rows) : undefined;
+}
+
 /** A checked job's header around `rows`, as format 1. */
 function asFormat1<Row>(data: Obj, rows: Row[]): SpendJobData<Row> {
   const { partitions } = data;
@@ -129,11 +154,12 @@ export function checkEntityJob(data: unknown): EntitySpendJob | undefined {
 
 /**
  * A daily job of any format as dailyJobPayloadSchema reads it (format 2
- * ungrouped and format 3 decoded into format 1's rows), or undefined if the schema must say why not.
+ * ungrouped, format 3 decoded and format 4 fanned out into format 1's rows), or undefined if the schema must say why not.
  */
 export function checkDailyJob(data: unknown): DailySpendJob | undefined {
   if (!isObject(data)) return undefined;
   if (data.v === 3) return readV3(data, "daily", decodeDailyRows);
+  if (data.v === 4) return readV4(data);
   if (data.v === 1) {
     if (!header(data, 1) || !Array.isArray(data.rows)) return undefined;
     for (const r of data.rows as unknown[]) {

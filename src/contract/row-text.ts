@@ -6,6 +6,8 @@ import {
   type DailyRow,
   type EntityRow,
 } from "./spend-rows.js";
+import { DailyFactRows, failedCount } from "./daily-facts.js";
+import type { SealedBatch } from "./spend-sink.js";
 
 /**
  * Format 3 of a spend job: its rows as one string ("row text").
@@ -33,6 +35,12 @@ import {
  * `kind entityId prompt completion cacheRead cacheCreation requests
  * successful failed spend` (kind: index in DAILY_KINDS). A row starts with a
  * number and a context with a string, which is how a reader tells them apart.
+ *
+ * Fact text (format 4, daily-facts.ts): contexts as in daily text, each
+ * followed by its facts, each `tagCount tag... user team org endUser prompt
+ * completion cacheRead cacheCreation requests successful spend` (an absent
+ * id is the empty string; failed is requests - successful). A fact, like a
+ * row, starts with a number.
  */
 
 // Longest digit run a number may have: spend and counts are at most 38 digits (numeric(38,…)).
@@ -135,6 +143,37 @@ export class RowTextWriter {
     this.count(requests);
     this.count(successes);
     this.count(failed);
+    this.count(spendPico);
+    this.rows++;
+  }
+
+  /** A daily fact of the context written last (fact text); counts as one of `rows`. */
+  fact(
+    tags: readonly string[],
+    user: string,
+    team: string,
+    org: string,
+    endUser: string,
+    prompt: Count,
+    completion: Count,
+    cacheRead: Count,
+    cacheCreation: Count,
+    requests: Count,
+    successes: Count,
+    spendPico: number | string,
+  ): void {
+    this.number(tags.length);
+    for (let i = 0; i < tags.length; i++) this.string(tags[i] as string);
+    this.string(user);
+    this.string(team);
+    this.string(org);
+    this.string(endUser);
+    this.count(prompt);
+    this.count(completion);
+    this.count(cacheRead);
+    this.count(cacheCreation);
+    this.count(requests);
+    this.count(successes);
     this.count(spendPico);
     this.rows++;
   }
@@ -288,6 +327,47 @@ export function encodeDailyRows(rows: readonly DailyRow[]): string {
   return w.take();
 }
 
+/**
+ * Daily rows as fact text (format 4): each row a fact naming only its own
+ * entity, so the text fans out to exactly these rows.
+ */
+export function encodeDailyRowsAsFacts(rows: readonly DailyRow[]): string {
+  const w = new RowTextWriter();
+  let last: DailyRow | undefined;
+  for (const r of rows) {
+    if (last === undefined || !sameDailyContext(last, r))
+      w.context(r[2], r[3], r[4], r[5], r[6], r[7], r[8]);
+    const id = r[1];
+    const k = r[0];
+    w.fact(
+      k === "tag" ? [id] : NO_TAGS,
+      k === "user" ? id : "",
+      k === "team" ? id : "",
+      k === "org" ? id : "",
+      k === "end_user" ? id : "",
+      r[9],
+      r[10],
+      r[11],
+      r[12],
+      r[13],
+      r[14],
+      r[16],
+    );
+    last = r;
+  }
+  return w.take();
+}
+
+const NO_TAGS: readonly string[] = Object.freeze([]);
+
+/**
+ * Most tags one fact may name. A producer's max_tags is at most this
+ * (config.ts); the cap bounds what one fact fans out to.
+ */
+export const MAX_FACT_TAGS = 1_000;
+// Above this many tags, a fact's duplicates are found with a Set instead of by pairs.
+const TAG_PAIRWISE_LIMIT = 8;
+
 /** Row text a reader refuses: where, and why. */
 export class RowTextError extends Error {
   constructor(
@@ -389,6 +469,14 @@ class Reader {
     return this.value;
   }
 
+  /** A number token of at most `max`. */
+  bounded(what: string, max: number): number {
+    this.numberToken(what);
+    if (this.len > 15 || this.value > max)
+      throw new RowTextError(this.from, `${what}: more than ${max}`);
+    return this.value;
+  }
+
   /** A string token of at most 1024 characters (at least `min`). */
   string(what: string, min = 0): string {
     this.digits(what);
@@ -423,18 +511,7 @@ export function decodeDailyRows(text: string): DailyRow[] {
   let ctx: string[] | undefined;
   while (!r.done) {
     if (!r.nextIsNumber()) {
-      const at = r.at;
-      const date = r.string("date");
-      if (!DATE.test(date)) throw new RowTextError(at, "date: not YYYY-MM-DD");
-      ctx = [
-        date,
-        r.string("api key"),
-        r.string("model"),
-        r.string("model group"),
-        r.string("provider"),
-        r.string("MCP tool"),
-        r.string("endpoint"),
-      ];
+      ctx = readContext(r);
       continue;
     }
     if (ctx === undefined) throw new RowTextError(r.at, "a daily row before any context");
@@ -460,4 +537,92 @@ export function decodeDailyRows(text: string): DailyRow[] {
     ]);
   }
   return rows;
+}
+
+/** The seven strings that open a context, the date checked. */
+function readContext(r: Reader): [string, string, string, string, string, string, string] {
+  const at = r.at;
+  const date = r.string("date");
+  if (!DATE.test(date)) throw new RowTextError(at, "date: not YYYY-MM-DD");
+  return [
+    date,
+    r.string("api key"),
+    r.string("model"),
+    r.string("model group"),
+    r.string("provider"),
+    r.string("MCP tool"),
+    r.string("endpoint"),
+  ];
+}
+
+/**
+ * Format 4 fact text fanned out to daily rows (format 1's, one per database
+ * row of each context), and how many facts it held; throws RowTextError on
+ * anything a producer cannot have written: a fact before any context, more
+ * than MAX_FACT_TAGS tags, an empty or repeated tag, a fact that names no
+ * entity, more successful requests than requests, and whatever the row
+ * schemas refuse in a value.
+ */
+export function decodeDailyFacts(text: string): { rows: DailyRow[]; facts: number } {
+  const r = new Reader(text);
+  const out = new DailyFactRows();
+  let facts = 0;
+  let inContext = false;
+  const tags: string[] = [];
+  while (!r.done) {
+    if (!r.nextIsNumber()) {
+      out.context(readContext(r));
+      inContext = true;
+      continue;
+    }
+    const at = r.at;
+    if (!inContext) throw new RowTextError(at, "a daily fact before any context");
+    const n = r.bounded("tag count", MAX_FACT_TAGS);
+    tags.length = 0;
+    for (let i = 0; i < n; i++) tags.push(r.string("tag", 1));
+    if (n > 1 && hasDuplicate(tags)) throw new RowTextError(at, "a tag named twice in one fact");
+    const user = r.string("user");
+    const team = r.string("team");
+    const org = r.string("org");
+    const endUser = r.string("end user");
+    if (n === 0 && user === "" && team === "" && org === "" && endUser === "")
+      throw new RowTextError(at, "a fact that names no user, team, org, end user or tag");
+    const prompt = r.count("prompt tokens");
+    const completion = r.count("completion tokens");
+    const cacheRead = r.count("cache read tokens");
+    const cacheCreation = r.count("cache creation tokens");
+    const requests = r.count("requests");
+    const successes = r.count("successful requests");
+    const failed = failedCount(requests, successes);
+    if (failed === undefined) throw new RowTextError(at, "more successful requests than requests");
+    out.fact(
+      tags,
+      user,
+      team,
+      org,
+      endUser,
+      prompt,
+      completion,
+      cacheRead,
+      cacheCreation,
+      requests,
+      successes,
+      failed,
+      r.numberDigits("spend"),
+    );
+    facts++;
+  }
+  return { rows: out.rows, facts };
+}
+
+function hasDuplicate(tags: readonly string[]): boolean {
+  if (tags.length > TAG_PAIRWISE_LIMIT) return new Set(tags).size !== tags.length;
+  for (let i = 1; i < tags.length; i++)
+    for (let j = 0; j < i; j++) if (tags[i] === tags[j]) return true;
+  return false;
+}
+
+/** A sealed daily batch's rows, whichever its text (facts fanned out). */
+export function sealedDailyRows(b: Pick<SealedBatch, "textFormat" | "rowText">): DailyRow[] {
+  return b.textFormat === 4 ? decodeDailyFacts(b.rowText).rows : decodeDailyRows(b.rowText);
 }

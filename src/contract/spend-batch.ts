@@ -9,7 +9,7 @@ import {
   type EntityRow,
 } from "./spend-rows.js";
 
-import { RowTextError, decodeDailyRows, decodeEntityRows } from "./row-text.js";
+import { RowTextError, decodeDailyFacts, decodeDailyRows, decodeEntityRows } from "./row-text.js";
 
 export * from "./spend-rows.js";
 
@@ -63,8 +63,22 @@ export interface SpendJobV3 extends JobHeader {
   rowText: string;
 }
 
-/** What a daily spend queue holds: any format (workers read all three). */
-export type DailyJobPayload = DailySpendJob | DailySpendJobV2 | SpendJobV3;
+/**
+ * Format 4 of a daily job: daily facts (daily-facts.ts) as fact text
+ * (row-text.ts), and how many facts there are. The worker fans them out to
+ * daily rows. Entity jobs have no format 4: a producer sending format 4
+ * writes them as format 3.
+ */
+export interface DailySpendJobV4 extends JobHeader {
+  v: 4;
+  kind: "daily";
+  /** Facts in the text (not the rows they fan out to). */
+  rowCount: number;
+  rowText: string;
+}
+
+/** What a daily spend queue holds: any format (workers read all four). */
+export type DailyJobPayload = DailySpendJob | DailySpendJobV2 | SpendJobV3 | DailySpendJobV4;
 
 /** What an entity spend queue holds: format 1 or 3. */
 export type EntityJobPayload = EntitySpendJob | SpendJobV3;
@@ -226,12 +240,44 @@ export const dailyJobV2Schema = z.object({
   ),
 });
 
+/** Format 4: daily facts, fanned out to rows as they are read. */
+const dailyJobV4Schema = z.object({
+  ...header,
+  v: z.literal(4),
+  kind: z.literal("daily"),
+  rowCount: z.number().int().nonnegative(),
+  rowText: z.string(),
+});
+
+/** Format 4's facts fanned out to format 1's rows; the fact count checked against the text. */
+function decodeV4(job: z.infer<typeof dailyJobV4Schema>, ctx: z.RefinementCtx): DailySpendJob {
+  let decoded: { rows: DailyRow[]; facts: number };
+  try {
+    decoded = decodeDailyFacts(job.rowText);
+  } catch (err) {
+    if (!(err instanceof RowTextError)) throw err;
+    ctx.addIssue({ code: "custom", path: ["rowText"], message: err.message });
+    return z.NEVER;
+  }
+  if (decoded.facts !== job.rowCount) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["rowCount"],
+      message: `says ${job.rowCount} facts, the text holds ${decoded.facts}`,
+    });
+    return z.NEVER;
+  }
+  const { rowCount: _n, rowText: _t, kind: _k, ...rest } = job;
+  return { ...rest, v: 1, rows: decoded.rows };
+}
+
 /** A daily job of any format, as format 1 (what the flush works on). */
 export const dailyJobPayloadSchema = z
-  .discriminatedUnion("v", [dailyJobSchema, dailyJobV2Schema, dailyJobV3Schema])
+  .discriminatedUnion("v", [dailyJobSchema, dailyJobV2Schema, dailyJobV3Schema, dailyJobV4Schema])
   .transform((job, ctx): DailySpendJob => {
     if (job.v === 1) return job;
     if (job.v === 3) return decodeV3(job, decodeDailyRows, ctx);
+    if (job.v === 4) return decodeV4(job, ctx);
     const { groups, ...rest } = job;
     return { ...rest, v: 1, rows: ungroupDailyRows(groups) };
   });

@@ -9,11 +9,17 @@ interface SealedHeader {
 }
 
 /**
- * A sealed piece of a producer's buffer, ready to leave the process: its
- * rows as format 3 row text (row-text.ts), written as the seal drained them.
+ * A sealed piece of a producer's buffer, ready to leave the process, written
+ * as the seal drained it (row-text.ts): entity rows as row text (format 3),
+ * daily spend as fact text (format 4, daily-facts.ts) from a producer's
+ * seal, or as row text from sealBatches (idempotent ingest batches, cut
+ * the same way by every version).
  */
 export interface SealedBatch extends SealedHeader {
   kind: "entity" | "daily";
+  /** The job format of rowText: 3 (rows), or 4 (daily facts). */
+  textFormat: 3 | 4;
+  /** Rows, or daily facts. */
   rowCount: number;
   rowText: string;
 }

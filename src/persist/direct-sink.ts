@@ -1,4 +1,4 @@
-import { decodeDailyRows, decodeEntityRows } from "../contract/row-text.js";
+import { decodeEntityRows, sealedDailyRows } from "../contract/row-text.js";
 import type { SealedBatch, SpendSink } from "../contract/spend-sink.js";
 import type { SpendMetrics } from "../observe/metrics.js";
 import { persistMetrics } from "./persist-metrics.js";
@@ -26,7 +26,7 @@ export class DirectSink implements SpendSink {
     const batch =
       b.kind === "entity"
         ? { batchId: b.batchId, entity: decodeEntityRows(b.rowText) }
-        : { batchId: b.batchId, daily: decodeDailyRows(b.rowText) };
+        : { batchId: b.batchId, daily: sealedDailyRows(b) };
     try {
       await this.db.$transaction((tx) => applyBatches(tx, [batch]), {
         timeout: this.opts.transactionTimeoutMs,

@@ -1,37 +1,48 @@
 import { MAX_SAFE_PICO } from "../contract/money.js";
+import { DailyFactRows, factRowCount, failedCount } from "../contract/daily-facts.js";
 import {
-  DAILY_KINDS,
   ENTITY_KINDS,
   encodeCount,
   type Count,
-  type DailyKind,
   type DailyRow,
   type EntityKind,
   type EntityRow,
 } from "../contract/spend-batch.js";
 import type { NormalizedEvent } from "./spend-event.js";
 import { IdMap } from "./id-map.js";
-import { CHUNK_MASK, CHUNK_SHIFT, DailyChunk, DW, EntityChunk, IntList } from "./slabs.js";
+import {
+  CHUNK_MASK,
+  CHUNK_SHIFT,
+  DW,
+  EntityChunk,
+  FACT_ENTS,
+  FactChunk,
+  IntList,
+} from "./slabs.js";
 
 /**
  * In-memory aggregation inside a gateway process.
  *
- * Each event adds to the rows it touches directly: ~8 entity rows (key, user,
- * team, team member, org, end user, tags) and ~5 daily rows (user, team, org,
- * end user, tags for the request's date, key, model, group, provider,
- * endpoint and MCP tool).
+ * Each event adds to the entity rows it touches directly (key, user, team,
+ * team member, org, end user, tags) and to one daily fact: the event's
+ * user, team, org, end user and tags in its context (date, key, model,
+ * group, provider, endpoint and MCP tool), with one set of counters
+ * (contract/daily-facts.ts). The worker fans a fact out to the 3-5 daily
+ * rows it adds to; keeping and sealing one fact where the aggregator kept
+ * and sealed each of those rows is most of what brought recording at
+ * realistic cardinality down (issue 22, goal 1a).
  *
- * Counters live in typed-array slabs, not in an object per row: a daily row
- * is eight doubles (one cache line) in one Float64Array, an entity row one
+ * Counters live in typed-array slabs, not in an object per row: a fact is
+ * eight doubles (one cache line) in one Float64Array, an entity row one
  * double in another, and a row is its index there. A new row takes a free
  * index instead of allocating, and the garbage collector never walks the
  * counters. A row finds its place through maps keyed by one id the event
  * already holds (V8 caches a string's hash on the string): no composite key
  * string is built on the request path. The daily dimensions a request shares
  * with its key's earlier requests are found by comparing references
- * (DailyContext), and a context keeps the index of each daily row it holds,
- * with the index of the entity row that row adds to, so a request adds to
- * its entity rows without looking them up again.
+ * (DailyContext); a context finds a fact by its end user, then compares the
+ * rest, and a fact keeps the index of each entity row it adds to, so a
+ * request adds to its entity rows without looking them up again.
  *
  * Rows outlive a seal: drain() emits the rows touched since the last one
  * and zeroes them, and drops only rows that went a whole interval untouched.
@@ -42,12 +53,13 @@ import { CHUNK_MASK, CHUNK_SHIFT, DailyChunk, DW, EntityChunk, IntList } from ".
  * last two intervals, never with requests.
  */
 
-// Tokens per event are capped (config), so a row that has seen fewer requests
+// Tokens per event are capped (config), so a fact that has seen fewer requests
 // than this cannot hold a token sum past 2^53 in a plain number.
 const COUNT_SPILL_REQUESTS = 4_000_000;
 // A key's distinct daily contexts are scanned linearly up to this many, then indexed.
 const CONTEXT_SCAN_LIMIT = 8;
 const SEP = "\u001f";
+const NO_TAGS: readonly string[] = Object.freeze([]);
 // Rows (or contexts) a drain step handles before it yields: well under a
 // millisecond of work, so a driver can check its time budget often.
 const DRAIN_STEP = 64;
@@ -61,16 +73,8 @@ const E_MEMBER = 3;
 const E_ORG = 4;
 const E_END_USER = 5;
 const E_TAG = 6;
-// Daily kinds, as indexes into DAILY_KINDS.
-const D_USER = 0;
-const D_TEAM = 1;
-const D_ORG = 2;
-const D_END_USER = 3;
-const D_TAG = 4;
-/** The entity kind each daily kind adds to. */
-const ENTITY_OF_DAILY = [E_USER, E_TEAM, E_ORG, E_END_USER, E_TAG] as const;
 
-// Offsets of a daily row's doubles (DW of them, slabs.ts).
+// Offsets of a fact's doubles (DW of them, slabs.ts).
 const SPEND = 0;
 const PROMPT = 1;
 const COMPLETION = 2;
@@ -84,19 +88,20 @@ const SUCCESSES = 6;
 // context was most of what the garbage collector copied and promoted.
 const POOL_LIMIT = 4_096;
 
-/** Where a sliced drain of daily contexts stopped: a context, a row in it, rows kept so far. */
+/** Where a sliced drain of daily contexts stopped: a context, a fact in it, facts kept so far. */
 interface ContextCursor {
   j: number;
   r: number;
   kept: number;
 }
 
+/** What drain() returns: rows as the worker writes them (facts fanned out). */
 export interface DrainedRows {
   entity: EntityRow[];
   daily: DailyRow[];
 }
 
-/** The seven strings a daily context's rows share. */
+/** The seven strings a daily context's facts share. */
 export interface ContextStrings {
   readonly date: string;
   readonly apiKey: string;
@@ -108,78 +113,98 @@ export interface ContextStrings {
 }
 
 /**
- * Where a drain writes the rows it emits, one call per row, values as they
- * leave the slabs (kinds as indexes into ENTITY_KINDS / DAILY_KINDS): the
- * producer's JobWriter writes each straight into its job's text, so no row
- * is ever built as an array; drain() builds the tuples.
+ * Where a drain writes what it emits, one call per entity row or daily
+ * fact, values as they leave the slabs (kinds as indexes into
+ * ENTITY_KINDS): the producer's JobWriter writes each straight into its
+ * job's text, so nothing is ever built as an array; drain() builds tuples.
  */
 export interface DrainTarget {
   /** Spend is a number below 2^53, or its digits past that. */
   entity(kind: number, id: string, id2: string, spendPico: number | string): void;
-  /** Every entity row is written: daily rows follow. */
+  /** Every entity row is written: daily facts follow. */
   entitiesDone(): void;
-  /** A daily row of context `c` (a context's rows come one after another). */
-  daily(
+  /** A daily fact of context `c` (a context's facts come one after another). */
+  fact(
     c: ContextStrings,
-    kind: number,
-    id: string,
+    tags: readonly string[],
+    user: string,
+    team: string,
+    org: string,
+    endUser: string,
     prompt: Count,
     completion: Count,
     cacheRead: Count,
     cacheCreation: Count,
     requests: Count,
     successes: Count,
-    failed: Count,
     spendPico: number | string,
   ): void;
 }
 
-/** A DrainTarget that appends tuples to a DrainedRows. */
+/** A DrainTarget that appends tuples to a DrainedRows, facts fanned out to daily rows. */
 export class TupleTarget implements DrainTarget {
-  constructor(private readonly out: DrainedRows) {}
+  private readonly facts: DailyFactRows;
+  private context: ContextStrings | undefined = undefined;
+
+  constructor(private readonly out: DrainedRows) {
+    this.facts = new DailyFactRows(out.daily);
+  }
+
   entity(kind: number, id: string, id2: string, spendPico: number | string): void {
     this.out.entity.push([ENTITY_KINDS[kind] as EntityKind, id, id2, String(spendPico)]);
   }
+
   entitiesDone(): void {
     // Nothing to close: entity and daily rows go to separate lists.
   }
-  daily(
+
+  fact(
     c: ContextStrings,
-    kind: number,
-    id: string,
+    tags: readonly string[],
+    user: string,
+    team: string,
+    org: string,
+    endUser: string,
     prompt: Count,
     completion: Count,
     cacheRead: Count,
     cacheCreation: Count,
     requests: Count,
     successes: Count,
-    failed: Count,
     spendPico: number | string,
   ): void {
-    this.out.daily.push([
-      DAILY_KINDS[kind] as DailyKind,
-      id,
-      c.date,
-      c.apiKey,
-      c.model,
-      c.modelGroup,
-      c.provider,
-      c.mcpToolName,
-      c.endpoint,
+    if (c !== this.context) {
+      this.context = c;
+      this.facts.context([
+        c.date,
+        c.apiKey,
+        c.model,
+        c.modelGroup,
+        c.provider,
+        c.mcpToolName,
+        c.endpoint,
+      ]);
+    }
+    this.facts.fact(
+      tags,
+      user,
+      team,
+      org,
+      endUser,
       prompt,
       completion,
       cacheRead,
       cacheCreation,
       requests,
       successes,
-      failed,
+      failedCount(requests, successes) ?? 0,
       String(spendPico),
-    ]);
+    );
   }
 }
 
-/** Where a daily row's counters spill before a plain number could round. */
-interface DailyOverflow {
+/** Where a fact's counters spill before a plain number could round. */
+interface FactOverflow {
   spend: bigint;
   prompt: bigint;
   completion: bigint;
@@ -190,23 +215,23 @@ interface DailyOverflow {
 }
 
 /**
- * The dimensions a daily row shares with the other daily rows of one request
- * (date, key, model, group, provider, endpoint, MCP tool), and the indexes
- * of those rows. Per daily kind, the first id is held inline (a key belongs
- * to one user, team and org, so in a key's context those kinds have one row
- * and need no Map), others in a Map behind it.
+ * The dimensions a request's daily fact shares with the other facts of its
+ * key (date, key, model, group, provider, endpoint, MCP tool), and the
+ * indexes of those facts. Facts are chained by end user (the id that varies
+ * most among a key's requests: its user, team and org are one each): the
+ * first end user's chain head is held inline, others in a map behind it.
  */
 class DailyContext {
-  /** The inline id per daily kind ("" when none). */
-  readonly firstId: string[] = ["", "", "", "", ""];
-  /** The inline id's daily row per daily kind (-1 when none). */
-  readonly firstRow: number[] = [-1, -1, -1, -1, -1];
-  /** The other ids' daily rows, per daily kind. */
-  more: (IdMap<number> | undefined)[] | undefined = undefined;
+  /** The inline end user ("" is an end user too: requests that name none). */
+  firstEnd = "";
+  /** The inline end user's first fact (-1 when none). */
+  firstHead = -1;
+  /** Other end users' first facts. */
+  heads: IdMap<number> | undefined = undefined;
   /**
-   * Every daily row this context holds: rows[0..count). The array keeps its
+   * Every fact this context holds: rows[0..count). The array keeps its
    * length past `count` between intervals, so refilling it does not copy it
-   * at each growth step (one context can hold most of a gateway's rows).
+   * at each growth step (one context can hold most of a gateway's facts).
    */
   readonly rows: number[] = [];
   count = 0;
@@ -214,10 +239,6 @@ class DailyContext {
   mark = 0;
   /** Where it sits in its index's list. */
   pos = 0;
-  // The team-membership row this context's requests last charged (reset at drains).
-  memberUser = "";
-  memberTeam = "";
-  member = -1;
 
   // Its dimensions and index: set by ContextIndex.open, reset when pooled.
   index: ContextIndex | undefined = undefined;
@@ -229,19 +250,14 @@ class DailyContext {
   endpoint = "";
   mcpToolName = "";
 
-  /** Forgets everything (its rows are released by the caller), ready for reuse. */
+  /** Forgets everything (its facts are released by the caller), ready for reuse. */
   clear(): void {
-    for (let k = 0; k < 5; k++) {
-      this.firstId[k] = "";
-      this.firstRow[k] = -1;
-    }
-    this.more = undefined;
+    this.firstEnd = "";
+    this.firstHead = -1;
+    this.heads = undefined;
     this.rows.length = 0;
     this.count = 0;
     this.mark = 0;
-    this.member = -1;
-    this.memberUser = "";
-    this.memberTeam = "";
     this.index = undefined;
     this.date = "";
     this.apiKey = "";
@@ -265,33 +281,29 @@ class DailyContext {
     );
   }
 
-  /** The daily row of `id` of daily kind k, or -1. */
-  row(k: number, id: string): number {
-    if (this.firstId[k] === id) return this.firstRow[k] as number;
-    const m = this.more?.[k];
-    if (m === undefined) return -1;
-    return m.get(id) ?? -1;
+  /** The first fact of end user `endUser`'s chain, or -1. */
+  head(endUser: string): number {
+    if (this.firstHead >= 0 && this.firstEnd === endUser) return this.firstHead;
+    return this.heads?.get(endUser) ?? -1;
   }
 
-  set(k: number, id: string, d: number): void {
-    this.rows[this.count++] = d;
-    if (this.firstId[k] === "") {
-      this.firstId[k] = id;
-      this.firstRow[k] = d;
+  /** Makes f (or nothing, -1) the first fact of `endUser`'s chain. */
+  setHead(endUser: string, f: number): void {
+    if (this.firstHead >= 0 && this.firstEnd === endUser) {
+      this.firstHead = f;
       return;
     }
-    const more = (this.more ??= [undefined, undefined, undefined, undefined, undefined]);
-    let m = more[k];
-    if (m === undefined) more[k] = m = new IdMap();
-    m.set(id, d);
-  }
-
-  /** Forgets `id`'s row of daily kind k (the caller removes it from `rows`). */
-  unset(k: number, id: string): void {
-    if (this.firstId[k] === id) {
-      this.firstId[k] = "";
-      this.firstRow[k] = -1;
-    } else this.more?.[k]?.delete(id);
+    if (f < 0) {
+      this.heads?.delete(endUser);
+      return;
+    }
+    // The inline slot is free, and this end user has no chain in the map.
+    if (this.firstHead < 0 && this.heads?.get(endUser) === undefined) {
+      this.firstEnd = endUser;
+      this.firstHead = f;
+      return;
+    }
+    (this.heads ??= new IdMap()).set(endUser, f);
   }
 }
 
@@ -357,11 +369,10 @@ class ContextIndex {
 
 /**
  * The most rows one event with `tags` tags can add: an entity row for its
- * key, user, team, membership, org, end user and each tag, and a daily row
- * for its user, team, org, end user and each tag.
+ * key, user, team, membership, org, end user and each tag, and a daily fact.
  */
 export function rowBound(tags: number): number {
-  return 10 + 2 * tags;
+  return 7 + tags;
 }
 
 type ContextDims = Pick<
@@ -385,6 +396,23 @@ function contextKey(e: ContextDims, date: string): string {
   );
 }
 
+/** Whether the event adds to any daily row (else it has no fact). */
+function hasDailyRows(e: NormalizedEvent): boolean {
+  return (
+    e.userId !== "" ||
+    e.teamId !== "" ||
+    e.organizationId !== "" ||
+    e.endUserId !== "" ||
+    e.tags.length > 0
+  );
+}
+
+function sameTags(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 export class Aggregator {
   // Entity row i: field r = i & CHUNK_MASK of chunk i >> CHUNK_SHIFT (slabs.ts).
   private readonly ent: EntityChunk<ContextIndex>[] = [];
@@ -393,11 +421,13 @@ export class Aggregator {
   private readonly entFree = new IntList();
   private entNext = 0;
 
-  // Daily row d: likewise, in `day`.
-  private readonly day: DailyChunk[] = [];
-  private readonly dayOver = new Map<number, DailyOverflow>();
-  private readonly dayFree = new IntList();
-  private dayNext = 0;
+  // Fact f: likewise, in `fact`.
+  private readonly fact: FactChunk[] = [];
+  private readonly factOver = new Map<number, FactOverflow>();
+  /** The entity rows of facts that add to more than FACT_ENTS. */
+  private readonly factEnts = new Map<number, number[]>();
+  private readonly factFree = new IntList();
+  private factNext = 0;
 
   /** id → entity row, per entity kind but memberships. */
   private readonly keys = new IdMap<number>();
@@ -424,33 +454,42 @@ export class Aggregator {
 
   /** Rows allocated (pending or kept from the last interval): what the memory bound counts. */
   private entityRowsHeld = 0;
-  private dailyRowsHeld = 0;
+  private factsHeld = 0;
   /** Events added since the last drain. */
   private events = 0;
   /** Rows with pending spend: touched since the last drain and not yet zeroed by one. */
   private entityPending = 0;
-  private dailyPending = 0;
-  /** Daily rows touched since the last drain (counted as they are first touched). */
-  private dailyTouched = 0;
-  /** Rows (entity + daily) per daily row in the last drain: scales the estimate. */
-  private rowsPerDailyRow = 1.5;
+  private factsPending = 0;
+  /** Facts touched since the last drain (counted as they are first touched). */
+  private factsTouched = 0;
+  /** Rows the worker writes (entity + daily, facts fanned out) per fact in the last drain. */
+  private rowsPerFact = 5;
   private lastDay = -1;
   private lastDate = "";
-  // Reused by addIfKnown so the request path allocates nothing.
+  /**
+   * What addIfKnown found of the event it last refused (its key row, and its
+   * context when only the fact was missing), so that add() of the same event
+   * right after it does not look them up again.
+   */
+  private missEvent: NormalizedEvent | undefined = undefined;
+  private missKey = -1;
+  private missContext: DailyContext | undefined = undefined;
+  // Entity rows a new fact adds to, gathered before they are stored.
   private readonly scratch: number[] = [];
 
-  /** Rows held in memory, pending or kept from the last interval (O(1)): the buffer bound's measure. */
+  /** Rows held in memory (entity rows and facts), pending or kept from the last interval (O(1)): the buffer bound's measure. */
   get heldRowCount(): number {
-    return this.entityRowsHeld + this.dailyRowsHeld;
+    return this.entityRowsHeld + this.factsHeld;
   }
 
   /**
-   * Rows the next drain will emit, estimated in O(1): the daily rows touched
-   * since the last drain (counted exactly, as they are first touched), times
-   * the last drain's rows per daily row. What back-pressure weighs.
+   * Rows the next drain will have the worker write, estimated in O(1): the
+   * facts touched since the last drain (counted exactly, as they are first
+   * touched), times the last drain's rows (entity, and daily once facts are
+   * fanned out) per fact. What back-pressure weighs against the flush rate.
    */
   get pendingRowEstimate(): number {
-    return Math.ceil(this.dailyTouched * this.rowsPerDailyRow);
+    return Math.ceil(this.factsTouched * this.rowsPerFact);
   }
 
   /** Events added since the last drain (O(1)). */
@@ -464,12 +503,12 @@ export class Aggregator {
   }
 
   /**
-   * Distinct rows with spend not drained yet, entity and daily (the seed's
-   * in-memory queue gauges), O(1). During a drain, rows it has zeroed no
-   * longer count.
+   * Distinct entity rows and daily facts with spend not drained yet (the
+   * seed's in-memory queue gauges), O(1). During a drain, rows it has
+   * zeroed no longer count.
    */
   pendingRowCounts(): { entity: number; daily: number } {
-    return { entity: this.entityPending, daily: this.dailyPending };
+    return { entity: this.entityPending, daily: this.factsPending };
   }
 
   /**
@@ -502,8 +541,11 @@ export class Aggregator {
   addIfKnown(e: NormalizedEvent): boolean {
     let contexts = this.keyless;
     let key = -1;
+    this.missEvent = e;
+    this.missContext = undefined;
     if (e.apiKey !== "") {
       const k = this.keys.get(e.apiKey);
+      this.missKey = k ?? -1;
       if (k === undefined) return false;
       key = k;
       contexts = (this.ent[k >> CHUNK_SHIFT] as EntityChunk<ContextIndex>).contexts[
@@ -512,142 +554,158 @@ export class Aggregator {
     }
     const ctx = contexts.find(e, this.dateOf(e.startMs));
     if (ctx === undefined) return false;
-    const user = e.userId;
-    const team = e.teamId;
-    const org = e.organizationId;
-    const endUser = e.endUserId;
-    const tags = e.tags;
-    let u = -1;
-    let t = -1;
-    let o = -1;
-    let eu = -1;
-    let member = -1;
-    if (user !== "" && (u = ctx.row(D_USER, user)) < 0) return false;
-    if (team !== "" && (t = ctx.row(D_TEAM, team)) < 0) return false;
-    if (u >= 0 && t >= 0) {
-      member =
-        ctx.member >= 0 && ctx.memberUser === user && ctx.memberTeam === team
-          ? ctx.member
-          : (this.members.get(user)?.get(team) ?? -1);
-      if (member < 0) return false;
+    let f = -1;
+    if (hasDailyRows(e)) {
+      f = this.findFact(ctx, e);
+      if (f < 0) {
+        this.missContext = ctx;
+        return false;
+      }
     }
-    if (org !== "" && (o = ctx.row(D_ORG, org)) < 0) return false;
-    if (endUser !== "" && (eu = ctx.row(D_END_USER, endUser)) < 0) return false;
-    // The daily rows to add to, gathered first: nothing is added unless all exist.
-    const scratch = this.scratch;
-    let n = 0;
-    if (u >= 0) scratch[n++] = u;
-    if (t >= 0) scratch[n++] = t;
-    if (o >= 0) scratch[n++] = o;
-    if (eu >= 0) scratch[n++] = eu;
-    for (let i = 0; i < tags.length; i++) {
-      const d = ctx.row(D_TAG, tags[i] as string);
-      if (d < 0) return false;
-      scratch[n++] = d;
-    }
-
+    this.missEvent = undefined;
     // Everything exists: add.
     this.touchContext(ctx);
-    const pico = e.spendPico;
-    if (key >= 0) this.entAdd(key, pico);
-    if (member >= 0) {
-      ctx.member = member;
-      ctx.memberUser = user;
-      ctx.memberTeam = team;
-      this.entAdd(member, pico);
-    }
-    this.dayAddAll(scratch, n, e);
+    if (key >= 0) this.entAdd(key, e.spendPico);
+    if (f >= 0) this.factAdd(f, e);
     this.events++;
     return true;
   }
 
-  /** Adds the event to daily rows rows[0..n) and to the entity row each belongs to. */
-  private dayAddAll(rows: readonly number[], n: number, e: NormalizedEvent): void {
-    const epoch = this.epoch;
-    const day = this.day;
-    const pico = e.spendPico;
-    const prompt = e.promptTokens;
-    const completion = e.completionTokens;
-    const cacheRead = e.cacheReadInputTokens;
-    const cacheCreation = e.cacheCreationInputTokens;
-    const success = e.success ? 1 : 0;
-    for (let i = 0; i < n; i++) {
-      const d = rows[i] as number;
-      const c = day[d >> CHUNK_SHIFT] as DailyChunk;
-      const r = d & CHUNK_MASK;
-      if (c.mark[r] !== epoch) {
-        c.mark[r] = epoch;
-        this.dailyTouched++;
-        this.dailyPending++;
-      }
-      const f = c.f;
-      const o = r * DW;
-      const spend = (f[o + SPEND] as number) + pico;
-      f[o + SPEND] = spend;
-      f[o + PROMPT] = (f[o + PROMPT] as number) + prompt;
-      f[o + COMPLETION] = (f[o + COMPLETION] as number) + completion;
-      f[o + CACHE_READ] = (f[o + CACHE_READ] as number) + cacheRead;
-      f[o + CACHE_CREATION] = (f[o + CACHE_CREATION] as number) + cacheCreation;
-      const requests = (f[o + REQUESTS] as number) + 1;
-      f[o + REQUESTS] = requests;
-      f[o + SUCCESSES] = (f[o + SUCCESSES] as number) + success;
-      if (spend >= MAX_SAFE_PICO || requests >= COUNT_SPILL_REQUESTS) this.daySpill(d);
-      this.entAdd(c.ent[r] as number, pico);
-    }
-  }
-
   /** Adds the event, creating the rows it touches that do not exist yet. */
   add(e: NormalizedEvent): void {
-    const pico = e.spendPico;
-    const user = e.userId;
-    const team = e.teamId;
-    const org = e.organizationId;
-    const endUser = e.endUserId;
-    const tags = e.tags;
-
+    // Right after addIfKnown refused it: its key row (and context) are as it found them.
+    const miss = this.missEvent === e;
+    this.missEvent = undefined;
+    const missContext = miss ? this.missContext : undefined;
+    this.missContext = undefined;
     let contexts = this.keyless;
     if (e.apiKey !== "") {
-      let k = this.keys.get(e.apiKey);
-      if (k === undefined) {
+      let k = miss ? this.missKey : (this.keys.get(e.apiKey) ?? -1);
+      if (k < 0) {
         k = this.newEntity(E_KEY, e.apiKey, "");
         this.keys.set(e.apiKey, k);
         (this.ent[k >> CHUNK_SHIFT] as EntityChunk<ContextIndex>).contexts[k & CHUNK_MASK] =
           this.indexPool.pop() ?? new ContextIndex();
       }
-      this.entAdd(k, pico);
+      this.entAdd(k, e.spendPico);
       contexts = (this.ent[k >> CHUNK_SHIFT] as EntityChunk<ContextIndex>).contexts[
         k & CHUNK_MASK
       ] as ContextIndex;
     }
-    const date = this.dateOf(e.startMs);
-    const ctx = contexts.find(e, date) ?? contexts.open(e, date, this.contextPool);
+    let ctx = missContext;
+    if (ctx === undefined) {
+      const date = this.dateOf(e.startMs);
+      ctx = contexts.find(e, date) ?? contexts.open(e, date, this.contextPool);
+    }
     this.touchContext(ctx);
     this.events++;
+    if (!hasDailyRows(e)) return;
+    let f = missContext !== undefined ? -1 : this.findFact(ctx, e);
+    if (f < 0) f = this.newFact(ctx, e);
+    this.factAdd(f, e);
+  }
 
-    const rows = this.scratch;
-    let n = 0;
-    if (user !== "") rows[n++] = this.daily(ctx, D_USER, this.users, user);
-    if (team !== "") {
-      rows[n++] = this.daily(ctx, D_TEAM, this.teams, team);
-      if (user !== "") {
-        if (ctx.member < 0 || ctx.memberUser !== user || ctx.memberTeam !== team) {
-          ctx.member = this.member(user, team);
-          ctx.memberUser = user;
-          ctx.memberTeam = team;
-        }
-        this.entAdd(ctx.member, pico);
-      }
+  /** The event's fact in context c: same end user, user, team, org and tags (in order); or -1. */
+  private findFact(c: DailyContext, e: NormalizedEvent): number {
+    const fact = this.fact;
+    let f = c.head(e.endUserId);
+    while (f >= 0) {
+      const k = fact[f >> CHUNK_SHIFT] as FactChunk;
+      const r = f & CHUNK_MASK;
+      if (
+        k.user[r] === e.userId &&
+        k.team[r] === e.teamId &&
+        k.org[r] === e.organizationId &&
+        sameTags(k.tags[r] as readonly string[], e.tags)
+      )
+        return f;
+      f = k.next[r] as number;
     }
-    if (org !== "") rows[n++] = this.daily(ctx, D_ORG, this.orgs, org);
-    if (endUser !== "") rows[n++] = this.daily(ctx, D_END_USER, this.endUsers, endUser);
+    return -1;
+  }
+
+  /** Adds the event to fact f and to every entity row the fact adds to. */
+  private factAdd(f: number, e: NormalizedEvent): void {
+    const k = this.fact[f >> CHUNK_SHIFT] as FactChunk;
+    const r = f & CHUNK_MASK;
+    if (k.mark[r] !== this.epoch) {
+      k.mark[r] = this.epoch;
+      this.factsTouched++;
+      this.factsPending++;
+    }
+    const pico = e.spendPico;
+    const x = k.f;
+    const o = r * DW;
+    const spend = (x[o + SPEND] as number) + pico;
+    x[o + SPEND] = spend;
+    x[o + PROMPT] = (x[o + PROMPT] as number) + e.promptTokens;
+    x[o + COMPLETION] = (x[o + COMPLETION] as number) + e.completionTokens;
+    x[o + CACHE_READ] = (x[o + CACHE_READ] as number) + e.cacheReadInputTokens;
+    x[o + CACHE_CREATION] = (x[o + CACHE_CREATION] as number) + e.cacheCreationInputTokens;
+    const requests = (x[o + REQUESTS] as number) + 1;
+    x[o + REQUESTS] = requests;
+    if (e.success) x[o + SUCCESSES] = (x[o + SUCCESSES] as number) + 1;
+    if (spend >= MAX_SAFE_PICO || requests >= COUNT_SPILL_REQUESTS) this.factSpill(f);
+    const n = k.entCount[r] as number;
+    if (n <= FACT_ENTS) {
+      const ents = k.ents;
+      const at = r * FACT_ENTS;
+      for (let i = at; i < at + n; i++) this.entAdd(ents[i] as number, pico);
+    } else for (const i of this.factEnts.get(f) as number[]) this.entAdd(i, pico);
+  }
+
+  /** A new fact for the event in context c, with the entity rows it adds to (created if new). */
+  private newFact(c: DailyContext, e: NormalizedEvent): number {
+    let f = this.factFree.pop();
+    if (f === undefined) {
+      f = this.factNext++;
+      if (f >> CHUNK_SHIFT >= this.fact.length) this.fact.push(new FactChunk());
+    }
+    const k = this.fact[f >> CHUNK_SHIFT] as FactChunk;
+    const r = f & CHUNK_MASK;
+    this.factZero(f);
+    k.mark[r] = 0;
+    const user = e.userId;
+    const team = e.teamId;
+    const org = e.organizationId;
+    const endUser = e.endUserId;
+    const tags = e.tags;
+    k.user[r] = user;
+    k.team[r] = team;
+    k.org[r] = org;
+    k.endUser[r] = endUser;
+    k.tags[r] = tags.length === 0 ? NO_TAGS : tags.slice();
+    const ents = this.scratch;
+    let n = 0;
+    if (user !== "") ents[n++] = this.entity(this.users, E_USER, user);
+    if (team !== "") {
+      ents[n++] = this.entity(this.teams, E_TEAM, team);
+      if (user !== "") ents[n++] = this.member(user, team);
+    }
+    if (org !== "") ents[n++] = this.entity(this.orgs, E_ORG, org);
+    if (endUser !== "") ents[n++] = this.entity(this.endUsers, E_END_USER, endUser);
     for (let i = 0; i < tags.length; i++)
-      rows[n++] = this.daily(ctx, D_TAG, this.tags, tags[i] as string);
-    this.dayAddAll(rows, n, e);
+      ents[n++] = this.entity(this.tags, E_TAG, tags[i] as string);
+    k.entCount[r] = n;
+    if (n <= FACT_ENTS) {
+      const at = r * FACT_ENTS;
+      for (let i = 0; i < n; i++) k.ents[at + i] = ents[i] as number;
+    } else this.factEnts.set(f, ents.slice(0, n));
+    // First in its end user's chain.
+    const head = c.head(endUser);
+    k.prev[r] = -1;
+    k.next[r] = head;
+    if (head >= 0) (this.fact[head >> CHUNK_SHIFT] as FactChunk).prev[head & CHUNK_MASK] = f;
+    c.setHead(endUser, f);
+    c.rows[c.count++] = f;
+    this.factsHeld++;
+    return f;
   }
 
   /**
    * The rows touched since the last drain, exact, and zeroes them for the
-   * next interval; rows untouched for the whole interval are dropped.
+   * next interval; rows untouched for the whole interval are dropped. Daily
+   * facts come out fanned out to the daily rows they add to.
    */
   drain(): DrainedRows {
     const out: DrainedRows = { entity: [], daily: [] };
@@ -657,16 +715,20 @@ export class Aggregator {
   }
 
   /**
-   * drain() in steps: writes each row to `out`, and yields after every DRAIN_STEP
-   * rows or so, so a caller can spread a large drain over several turns of
-   * the event loop. Nothing may be added to this aggregator until the steps
-   * are done: the producer drains one aggregator while the other records.
+   * drain() in steps: writes each entity row and fact to `out`, and yields
+   * after every DRAIN_STEP rows or so, so a caller can spread a large drain
+   * over several turns of the event loop. Nothing may be added to this
+   * aggregator until the steps are done: the producer drains one aggregator
+   * while the other records.
    */
   *drainSteps(out: DrainTarget): Generator<void, void> {
     // The loops run in plain methods, a chunk at a time: locals that live
     // across a yield are slower to reach than a method's.
     const epoch = this.epoch;
-    let dailyRows = 0;
+    const emitted = { facts: 0, rows: 0 };
+    // A drain drops contexts: what addIfKnown last found may be gone.
+    this.missEvent = undefined;
+    this.missContext = undefined;
 
     // 1. Entity rows touched this interval: emitted and zeroed.
     const touched = this.entTouched;
@@ -677,15 +739,15 @@ export class Aggregator {
     const entityRows = touched.length;
     out.entitiesDone();
 
-    // 2. Daily rows, context by context (a job groups a context's rows):
+    // 2. Facts, context by context (a job groups a context's facts):
     // touched ones emitted and zeroed, the others dropped.
     const ctxs = this.ctxTouched;
     const at: ContextCursor = { j: 0, r: 0, kept: 0 };
     while (at.j < ctxs.length) {
-      dailyRows += this.emitContexts(ctxs, at, epoch, out);
+      this.emitContexts(ctxs, at, epoch, out, emitted);
       yield;
     }
-    // Contexts touched last interval and not this one: dropped with their rows.
+    // Contexts touched last interval and not this one: dropped with their facts.
     const prevCtxs = this.ctxPrev;
     for (let j = 0; j < prevCtxs.length; j += DRAIN_STEP) {
       this.dropContexts(prevCtxs, j, Math.min(prevCtxs.length, j + DRAIN_STEP), epoch);
@@ -707,8 +769,8 @@ export class Aggregator {
 
     this.epoch = epoch + 1;
     this.events = 0;
-    this.dailyTouched = 0;
-    if (dailyRows > 0) this.rowsPerDailyRow = (entityRows + dailyRows) / dailyRows;
+    this.factsTouched = 0;
+    if (emitted.facts > 0) this.rowsPerFact = (entityRows + emitted.rows) / emitted.facts;
   }
 
   /** Emits and zeroes entity rows list[from..to). */
@@ -724,68 +786,73 @@ export class Aggregator {
   }
 
   /**
-   * From `at` on, each context's touched daily rows emitted and zeroed, its
-   * others dropped, until about DRAIN_STEP rows; `at` is left where it
+   * From `at` on, each context's touched facts emitted and zeroed, its
+   * others dropped, until about DRAIN_STEP facts; `at` is left where it
    * stopped, inside a context if need be: one context can hold most of a
-   * gateway's rows (every request of one key on one day and model), and
+   * gateway's facts (every request of one key on one day and model), and
    * draining it whole blocked the event loop for as long as it took.
-   * Returns how many rows it emitted.
+   * Adds what it emitted to `emitted` (facts, and the daily rows they fan out to).
    */
   private emitContexts(
     list: DailyContext[],
     at: ContextCursor,
     epoch: number,
     out: DrainTarget,
-  ): number {
-    const day = this.day;
+    emitted: { facts: number; rows: number },
+  ): void {
+    const fact = this.fact;
     let work = 0;
-    let emitted = 0;
     while (at.j < list.length && work < DRAIN_STEP) {
       const c = list[at.j] as DailyContext;
-      if (at.r === 0) c.member = -1;
       const rows = c.rows;
-      // Rows are kept in place (compacted towards the front): nothing is added
+      // Facts are kept in place (compacted towards the front): nothing is added
       // to this aggregator while it drains, so the list holds still between steps.
       let kept = at.kept;
       let r = at.r;
       const end = Math.min(c.count, r + DRAIN_STEP - work);
       for (; r < end; r++) {
-        const d = rows[r] as number;
-        const k = day[d >> CHUNK_SHIFT] as DailyChunk;
-        const dr = d & CHUNK_MASK;
-        if (k.mark[dr] === epoch) {
-          this.emitDaily(d, c, out);
-          emitted++;
-          this.dayZero(d);
-          rows[kept++] = d;
+        const f = rows[r] as number;
+        const k = fact[f >> CHUNK_SHIFT] as FactChunk;
+        const fr = f & CHUNK_MASK;
+        if (k.mark[fr] === epoch) {
+          this.emitFact(f, c, out);
+          emitted.facts++;
+          emitted.rows += factRowCount(
+            k.tags[fr] as readonly string[],
+            k.user[fr] as string,
+            k.team[fr] as string,
+            k.org[fr] as string,
+            k.endUser[fr] as string,
+          );
+          this.factZero(f);
+          rows[kept++] = f;
         } else {
-          c.unset(k.kind[dr] as number, k.id[dr] as string);
-          this.releaseDaily(d);
+          this.unlinkFact(c, f);
+          this.releaseFact(f);
         }
       }
       work += r - at.r + 1;
       if (r < c.count) {
         at.r = r;
         at.kept = kept;
-        return emitted;
+        return;
       }
       c.count = kept;
       // Storage given back only when mostly unused, so a steady context never regrows it.
       if (kept < rows.length >> 2) rows.length = kept;
-      this.dailyPending -= kept;
+      this.factsPending -= kept;
       at.j++;
       at.r = 0;
       at.kept = 0;
     }
-    return emitted;
   }
 
-  /** Drops the contexts of list[from..to) not touched in `epoch`, with their rows. */
+  /** Drops the contexts of list[from..to) not touched in `epoch`, with their facts. */
   private dropContexts(list: DailyContext[], from: number, to: number, epoch: number): void {
     for (let j = from; j < to; j++) {
       const c = list[j] as DailyContext;
       if (c.mark === epoch) continue;
-      for (let r = 0; r < c.count; r++) this.releaseDaily(c.rows[r] as number);
+      for (let r = 0; r < c.count; r++) this.releaseFact(c.rows[r] as number);
       (c.index as ContextIndex).remove(c);
       c.clear();
       if (this.contextPool.length < POOL_LIMIT) this.contextPool.push(c);
@@ -825,9 +892,9 @@ export class Aggregator {
     } else s[r] = v;
   }
 
-  /** Moves daily row d's counters into its bigint overflow. */
-  private daySpill(d: number): void {
-    let over = this.dayOver.get(d);
+  /** Moves fact f's counters into its bigint overflow. */
+  private factSpill(f: number): void {
+    let over = this.factOver.get(f);
     if (over === undefined) {
       over = {
         spend: 0n,
@@ -838,33 +905,33 @@ export class Aggregator {
         requests: 0n,
         successes: 0n,
       };
-      this.dayOver.set(d, over);
+      this.factOver.set(f, over);
     }
-    const f = (this.day[d >> CHUNK_SHIFT] as DailyChunk).f;
-    const o = (d & CHUNK_MASK) * DW;
-    over.spend += BigInt(f[o + SPEND] as number);
-    over.prompt += BigInt(f[o + PROMPT] as number);
-    over.completion += BigInt(f[o + COMPLETION] as number);
-    over.cacheRead += BigInt(f[o + CACHE_READ] as number);
-    over.cacheCreation += BigInt(f[o + CACHE_CREATION] as number);
-    over.requests += BigInt(f[o + REQUESTS] as number);
-    over.successes += BigInt(f[o + SUCCESSES] as number);
-    f.fill(0, o, o + DW);
+    const x = (this.fact[f >> CHUNK_SHIFT] as FactChunk).f;
+    const o = (f & CHUNK_MASK) * DW;
+    over.spend += BigInt(x[o + SPEND] as number);
+    over.prompt += BigInt(x[o + PROMPT] as number);
+    over.completion += BigInt(x[o + COMPLETION] as number);
+    over.cacheRead += BigInt(x[o + CACHE_READ] as number);
+    over.cacheCreation += BigInt(x[o + CACHE_CREATION] as number);
+    over.requests += BigInt(x[o + REQUESTS] as number);
+    over.successes += BigInt(x[o + SUCCESSES] as number);
+    x.fill(0, o, o + DW);
   }
 
-  private dayZero(d: number): void {
+  private factZero(f: number): void {
     // Stores, not fill(): a builtin call costs more than the eight writes.
-    const f = (this.day[d >> CHUNK_SHIFT] as DailyChunk).f;
-    const o = (d & CHUNK_MASK) * DW;
-    f[o] = 0;
-    f[o + 1] = 0;
-    f[o + 2] = 0;
-    f[o + 3] = 0;
-    f[o + 4] = 0;
-    f[o + 5] = 0;
-    f[o + 6] = 0;
-    f[o + 7] = 0;
-    if (this.dayOver.size > 0) this.dayOver.delete(d);
+    const x = (this.fact[f >> CHUNK_SHIFT] as FactChunk).f;
+    const o = (f & CHUNK_MASK) * DW;
+    x[o] = 0;
+    x[o + 1] = 0;
+    x[o + 2] = 0;
+    x[o + 3] = 0;
+    x[o + 4] = 0;
+    x[o + 5] = 0;
+    x[o + 6] = 0;
+    x[o + 7] = 0;
+    if (this.factOver.size > 0) this.factOver.delete(f);
   }
 
   private entTotal(i: number): bigint {
@@ -886,46 +953,51 @@ export class Aggregator {
     );
   }
 
-  /** Daily row d of context c written to `out`: its counters and spend, exact. */
-  private emitDaily(d: number, c: DailyContext, out: DrainTarget): void {
-    const k = this.day[d >> CHUNK_SHIFT] as DailyChunk;
-    const r = d & CHUNK_MASK;
-    const kind = k.kind[r] as number;
-    const id = k.id[r] as string;
-    const over = this.dayOver.size > 0 ? this.dayOver.get(d) : undefined;
+  /** Fact f of context c written to `out`: its ids, counters and spend, exact. */
+  private emitFact(f: number, c: DailyContext, out: DrainTarget): void {
+    const k = this.fact[f >> CHUNK_SHIFT] as FactChunk;
+    const r = f & CHUNK_MASK;
+    const tags = k.tags[r] as readonly string[];
+    const user = k.user[r] as string;
+    const team = k.team[r] as string;
+    const org = k.org[r] as string;
+    const endUser = k.endUser[r] as string;
+    const over = this.factOver.size > 0 ? this.factOver.get(f) : undefined;
     if (over === undefined) {
       // No spill: every counter is an exact integer number below 2^53.
-      const f = k.f;
+      const x = k.f;
       const o = r * DW;
-      const requests = f[o + REQUESTS] as number;
-      const successes = f[o + SUCCESSES] as number;
-      out.daily(
+      out.fact(
         c,
-        kind,
-        id,
-        f[o + PROMPT] as number,
-        f[o + COMPLETION] as number,
-        f[o + CACHE_READ] as number,
-        f[o + CACHE_CREATION] as number,
-        requests,
-        successes,
-        requests - successes,
-        f[o + SPEND] as number,
+        tags,
+        user,
+        team,
+        org,
+        endUser,
+        x[o + PROMPT] as number,
+        x[o + COMPLETION] as number,
+        x[o + CACHE_READ] as number,
+        x[o + CACHE_CREATION] as number,
+        x[o + REQUESTS] as number,
+        x[o + SUCCESSES] as number,
+        x[o + SPEND] as number,
       );
       return;
     }
-    this.daySpill(d);
-    out.daily(
+    this.factSpill(f);
+    out.fact(
       c,
-      kind,
-      id,
+      tags,
+      user,
+      team,
+      org,
+      endUser,
       encodeCount(over.prompt),
       encodeCount(over.completion),
       encodeCount(over.cacheRead),
       encodeCount(over.cacheCreation),
       encodeCount(over.requests),
       encodeCount(over.successes),
-      encodeCount(over.requests - over.successes),
       over.spend.toString(),
     );
   }
@@ -971,10 +1043,30 @@ export class Aggregator {
     this.entityRowsHeld--;
   }
 
-  private releaseDaily(d: number): void {
-    (this.day[d >> CHUNK_SHIFT] as DailyChunk).id[d & CHUNK_MASK] = "";
-    this.dayFree.push(d);
-    this.dailyRowsHeld--;
+  /** Takes fact f out of its end user's chain in context c (the caller removes it from `rows`). */
+  private unlinkFact(c: DailyContext, f: number): void {
+    const fact = this.fact;
+    const k = fact[f >> CHUNK_SHIFT] as FactChunk;
+    const r = f & CHUNK_MASK;
+    const prev = k.prev[r] as number;
+    const next = k.next[r] as number;
+    if (next >= 0) (fact[next >> CHUNK_SHIFT] as FactChunk).prev[next & CHUNK_MASK] = prev;
+    if (prev >= 0) (fact[prev >> CHUNK_SHIFT] as FactChunk).next[prev & CHUNK_MASK] = next;
+    else c.setHead(k.endUser[r] as string, next);
+  }
+
+  private releaseFact(f: number): void {
+    const k = this.fact[f >> CHUNK_SHIFT] as FactChunk;
+    const r = f & CHUNK_MASK;
+    // Strings and tags let go, so a free fact keeps no id alive.
+    k.user[r] = "";
+    k.team[r] = "";
+    k.org[r] = "";
+    k.endUser[r] = "";
+    k.tags[r] = NO_TAGS;
+    if ((k.entCount[r] as number) > FACT_ENTS) this.factEnts.delete(f);
+    this.factFree.push(f);
+    this.factsHeld--;
   }
 
   private entityMap(kind: Exclude<EntityKind, "team_member">): IdMap<number> {
@@ -992,29 +1084,6 @@ export class Aggregator {
       case "tag":
         return this.tags;
     }
-  }
-
-  /** Context c's daily row of kind k for `id`, created (with its entity row if new) on first use. */
-  private daily(c: DailyContext, k: number, entities: IdMap<number>, id: string): number {
-    let d = c.row(k, id);
-    if (d < 0) {
-      const free = this.dayFree.pop();
-      if (free !== undefined) d = free;
-      else {
-        d = this.dayNext++;
-        if (d >> CHUNK_SHIFT >= this.day.length) this.day.push(new DailyChunk());
-      }
-      this.dayZero(d);
-      const chunk = this.day[d >> CHUNK_SHIFT] as DailyChunk;
-      const r = d & CHUNK_MASK;
-      chunk.mark[r] = 0;
-      chunk.kind[r] = k;
-      chunk.ent[r] = this.entity(entities, ENTITY_OF_DAILY[k] as number, id);
-      chunk.id[r] = id;
-      c.set(k, id, d);
-      this.dailyRowsHeld++;
-    }
-    return d;
   }
 
   /** The entity row for `id` in `entities`, created on first use. */

@@ -1,10 +1,17 @@
 import type { DailyRow, EntityRow } from "../contract/spend-batch.js";
 
 /**
- * Which flush partition owns a row: a stable hash (32-bit FNV-1a over the
- * row's identity, UTF-16 code units) modulo the partition count. Every
- * producer computes the same owner for the same database row, so two
- * partitions never write one row and never wait on each other's locks.
+ * Which flush partition writes a row: a stable hash (32-bit FNV-1a over the
+ * row's identity, UTF-16 code units) modulo the partition count. An entity
+ * row's identity is its kind and ids. A daily row's, in a producer's seal,
+ * is its context (date, key, model, group, provider, MCP tool, endpoint), so
+ * the daily rows one fact fans out to share a partition
+ * (contract/daily-facts.ts); in an idempotent ingest batch, cut as every
+ * version has cut it, its kind, id and context. Every producer computes the
+ * same partition for the same entity row, so two partitions never write one
+ * entity row; a daily row may be written by its context's partition and by
+ * its own, which at worst makes one flush wait for the other's commit (both
+ * lock rows in one order, so they cannot deadlock).
  */
 export function partitionOf(identity: string, partitions: number): number {
   if (partitions <= 1) return 0;
@@ -40,10 +47,12 @@ export function partitionOfHash(h: number, partitions: number): number {
 }
 
 /**
- * A row's identity: what names one database row (the partition hash input).
- * The reference form: JobWriter hashes the same fields one by one
- * (hashField) without building this string, and the tests hold it to
- * partitionOf over these.
+ * A row's partition hash input. The reference form: JobWriter hashes the
+ * same fields one by one (hashField) without building this string, and the
+ * tests hold it to partitionOf over these.
  */
 export const entityIdentity = (r: EntityRow): string => r[0] + SEP + r[1] + SEP + r[2];
+/** A daily row's, in a producer's seal: its context's seven strings (date, key, model, group, provider, MCP tool, endpoint). */
+export const contextIdentity = (r: DailyRow): string => r.slice(2, 9).join(SEP);
+/** A daily row's written as a row (sealBatches: idempotent ingest batches): its kind, id and context. */
 export const dailyIdentity = (r: DailyRow): string => r.slice(0, 9).join(SEP);

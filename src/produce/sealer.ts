@@ -16,10 +16,13 @@ export interface SealHeader {
   partitions: number;
 }
 
-/** A job's rows before it gets its batch id: row text (format 3, row-text.ts). */
+/** A job's rows before it gets its batch id: entity row text, or daily fact text (row-text.ts). */
 export interface UnnumberedBatch {
   kind: "entity" | "daily";
+  /** 3: row text; 4: daily fact text. */
+  textFormat: 3 | 4;
   partition: number;
+  /** Entity rows, or daily facts. */
   rowCount: number;
   rowText: string;
 }
@@ -27,7 +30,7 @@ export interface UnnumberedBatch {
 /** A job being written (pooled with its text's buffer). */
 class OpenJob {
   readonly text = new RowTextWriter();
-  /** The context whose text the job last wrote (a context's rows follow it). */
+  /** The context whose text the job last wrote (a context's facts follow it). */
   context: ContextStrings | undefined = undefined;
 }
 
@@ -48,13 +51,17 @@ const SPARE_LIMIT = 32;
 const spareJobs: OpenJob[] = [];
 
 /**
- * Drained rows written straight into jobs' row text: each row goes to the
- * flush partition that owns it (a stable hash of its identity, so every
- * producer sends a row to the same partition), and a job closes at
- * `maxRowsPerJob` rows or MAX_JOB_TEXT_BYTES of text. What a seal keeps
- * until its jobs are sent is one flat string per job, not an array per row
- * (issue 22: those arrays lived in the young generation through the seal,
- * and every scavenge copied them).
+ * Drained entity rows and daily facts (or daily rows) written straight into
+ * jobs' text: each to the flush partition that owns it, and a job closes at
+ * `maxRowsPerJob` rows (facts, in a fact job) or MAX_JOB_TEXT_BYTES of text.
+ * An entity row goes to the partition a stable hash of its identity picks.
+ * A daily fact goes to its context's (date, key, model, group, provider, MCP
+ * tool, endpoint): every daily row it fans out to is written by that
+ * partition. Daily rows written as rows (sealBatches) go by their own
+ * identity, as every version has cut them. What a seal keeps until its jobs
+ * are sent is one flat string per job, not an array per row (issue 22:
+ * those arrays lived in the young generation through the seal, and every
+ * scavenge copied them).
  * Jobs come out entity jobs first, as the rows are drained.
  *
  * A producer keeps one JobWriter for all its seals (finish() readies it for
@@ -68,12 +75,16 @@ const spareJobs: OpenJob[] = [];
 export class JobWriter implements DrainTarget {
   /** The jobs closed since the last finish(), in order. */
   private jobs: UnnumberedBatch[] = [];
-  /** Rows written since the last finish(), per kind. */
+  /** Entity rows, and daily facts or rows, written since the last finish(). */
   entityRows = 0;
   dailyRows = 0;
 
   private readonly entityOpen: (OpenJob | undefined)[] = [];
-  private readonly dailyOpen: (OpenJob | undefined)[] = [];
+  private readonly factOpen: (OpenJob | undefined)[] = [];
+  private readonly rowOpen: (OpenJob | undefined)[] = [];
+  /** The context of the last fact, and its partition (a context's facts come together). */
+  private lastContext: ContextStrings | undefined = undefined;
+  private lastPartition = 0;
 
   constructor(
     private readonly partitions: number,
@@ -91,14 +102,55 @@ export class JobWriter implements DrainTarget {
     const job = this.open(this.entityOpen, p);
     job.text.entityRow(kind, id, id2, spendPico);
     this.entityRows++;
-    if (this.full(job)) this.close("entity", this.entityOpen, p);
+    if (this.full(job)) this.close("entity", 3, this.entityOpen, p);
   }
 
   entitiesDone(): void {
-    this.closeAll("entity", this.entityOpen);
+    this.closeAll("entity", 3, this.entityOpen);
   }
 
-  daily(
+  fact(
+    c: ContextStrings,
+    tags: readonly string[],
+    user: string,
+    team: string,
+    org: string,
+    endUser: string,
+    prompt: number | string,
+    completion: number | string,
+    cacheRead: number | string,
+    cacheCreation: number | string,
+    requests: number | string,
+    successes: number | string,
+    spendPico: number | string,
+  ): void {
+    if (c !== this.lastContext) {
+      this.lastContext = c;
+      this.lastPartition = this.partitions <= 1 ? 0 : contextPartition(c, this.partitions);
+    }
+    const p = this.lastPartition;
+    const job = this.open(this.factOpen, p);
+    this.contextOf(job, c);
+    job.text.fact(
+      tags,
+      user,
+      team,
+      org,
+      endUser,
+      prompt,
+      completion,
+      cacheRead,
+      cacheCreation,
+      requests,
+      successes,
+      spendPico,
+    );
+    this.dailyRows++;
+    if (this.full(job)) this.close("daily", 4, this.factOpen, p);
+  }
+
+  /** A daily row as row text (format 3), in the partition its identity hashes to. */
+  dailyRow(
     c: ContextStrings,
     kind: number,
     id: string,
@@ -111,20 +163,9 @@ export class JobWriter implements DrainTarget {
     failed: number | string,
     spendPico: number | string,
   ): void {
-    const p = this.partitions <= 1 ? 0 : this.dailyPartition(c, kind, id);
-    const job = this.open(this.dailyOpen, p);
-    if (job.context !== c) {
-      job.context = c;
-      job.text.context(
-        c.date,
-        c.apiKey,
-        c.model,
-        c.modelGroup,
-        c.provider,
-        c.mcpToolName,
-        c.endpoint,
-      );
-    }
+    const p = this.partitions <= 1 ? 0 : this.rowPartition(c, kind, id);
+    const job = this.open(this.rowOpen, p);
+    this.contextOf(job, c);
     job.text.dailyRow(
       kind,
       id,
@@ -138,22 +179,39 @@ export class JobWriter implements DrainTarget {
       spendPico,
     );
     this.dailyRows++;
-    if (this.full(job)) this.close("daily", this.dailyOpen, p);
+    if (this.full(job)) this.close("daily", 3, this.rowOpen, p);
   }
 
   /** Every job since the last finish(), the open ones closed; the writer starts afresh. */
   finish(): UnnumberedBatch[] {
-    this.closeAll("entity", this.entityOpen);
-    this.closeAll("daily", this.dailyOpen);
+    this.closeAll("entity", 3, this.entityOpen);
+    this.closeAll("daily", 4, this.factOpen);
+    this.closeAll("daily", 3, this.rowOpen);
     const jobs = this.jobs;
     this.jobs = [];
     this.entityRows = 0;
     this.dailyRows = 0;
+    this.lastContext = undefined;
     return jobs;
   }
 
-  /** The daily row's identity hashed field by field, in dailyIdentity's order. */
-  private dailyPartition(c: ContextStrings, kind: number, id: string): number {
+  /** Writes c's strings into the job unless its last fact or row was of c. */
+  private contextOf(job: OpenJob, c: ContextStrings): void {
+    if (job.context === c) return;
+    job.context = c;
+    job.text.context(
+      c.date,
+      c.apiKey,
+      c.model,
+      c.modelGroup,
+      c.provider,
+      c.mcpToolName,
+      c.endpoint,
+    );
+  }
+
+  /** A daily row's identity (kind, id, then its context) hashed field by field. */
+  private rowPartition(c: ContextStrings, kind: number, id: string): number {
     let h = hashField(hashOn(FNV_SEED, DAILY_KINDS[kind] as string), id);
     h = hashField(h, c.date);
     h = hashField(h, c.apiKey);
@@ -179,24 +237,51 @@ export class JobWriter implements DrainTarget {
     return job;
   }
 
-  private close(kind: "entity" | "daily", list: (OpenJob | undefined)[], p: number): void {
+  private close(
+    kind: "entity" | "daily",
+    textFormat: 3 | 4,
+    list: (OpenJob | undefined)[],
+    p: number,
+  ): void {
     const job = list[p];
     if (job === undefined || job.text.rows === 0) return;
     list[p] = undefined;
     const rowCount = job.text.rows;
-    this.jobs.push({ kind, partition: p, rowCount, rowText: job.text.take() });
+    this.jobs.push({ kind, textFormat, partition: p, rowCount, rowText: job.text.take() });
     job.context = undefined;
     if (spareJobs.length < SPARE_LIMIT) spareJobs.push(job);
   }
 
-  private closeAll(kind: "entity" | "daily", list: (OpenJob | undefined)[]): void {
-    for (let p = 0; p < list.length; p++) this.close(kind, list, p);
+  private closeAll(
+    kind: "entity" | "daily",
+    textFormat: 3 | 4,
+    list: (OpenJob | undefined)[],
+  ): void {
+    for (let p = 0; p < list.length; p++) this.close(kind, textFormat, list, p);
   }
 }
 
 /**
- * Drained rows as batches: each row to the flush partition that owns it,
- * jobs of at most `maxRowsPerJob` rows, each with the next batch id.
+ * The partition that owns a context's daily rows: its seven strings hashed
+ * field by field, in contextIdentity's order (partition.ts).
+ */
+function contextPartition(c: ContextStrings, partitions: number): number {
+  let h = hashOn(FNV_SEED, c.date);
+  h = hashField(h, c.apiKey);
+  h = hashField(h, c.model);
+  h = hashField(h, c.modelGroup);
+  h = hashField(h, c.provider);
+  h = hashField(h, c.mcpToolName);
+  h = hashField(h, c.endpoint);
+  return partitionOfHash(h, partitions);
+}
+
+/**
+ * Drained rows as batches of row text (format 3): each row to the flush
+ * partition its identity hashes to, jobs of at most `maxRowsPerJob` rows,
+ * each with the next batch id. Idempotent ingest batches are sealed this
+ * way: a batch resumed by another gateway must be cut into the same jobs
+ * under the same ids, whatever version that gateway runs.
  */
 export function sealBatches(
   drained: DrainedRows,
@@ -222,7 +307,7 @@ export function sealBatches(
         endpoint: r[8],
       };
     }
-    w.daily(
+    w.dailyRow(
       c,
       DAILY_KINDS.indexOf(r[0]),
       r[1],

@@ -7,8 +7,8 @@ export const CHUNK_SHIFT = 12;
 export const CHUNK_ROWS = 1 << CHUNK_SHIFT;
 export const CHUNK_MASK = CHUNK_ROWS - 1;
 
-// A daily row's doubles: spend, the five counters, successes, and one spare
-// so that a row is one 64-byte cache line.
+// A daily fact's doubles: spend, the four token counters, requests,
+// successes, and one spare so that a fact's counters are one 64-byte cache line.
 export const DW = 8;
 
 /** CHUNK_ROWS strings, all "": a packed array that ids are written into in place. */
@@ -39,16 +39,37 @@ export class EntityChunk<C> {
   }
 }
 
-/** Daily rows [k·CHUNK_ROWS, (k+1)·CHUNK_ROWS) of an aggregator. */
-export class DailyChunk {
-  /** DW doubles per row: its counters and spend. */
+/** Daily facts [k·CHUNK_ROWS, (k+1)·CHUNK_ROWS) of an aggregator (contract/daily-facts.ts). */
+export class FactChunk {
+  /** DW doubles per fact: its counters and spend. */
   readonly f = new Float64Array(CHUNK_ROWS * DW);
   readonly mark = new Int32Array(CHUNK_ROWS);
-  readonly kind = new Uint8Array(CHUNK_ROWS);
-  /** The entity row each daily row adds to. */
-  readonly ent = new Int32Array(CHUNK_ROWS);
-  readonly id = strings();
+  /** Its neighbours among its context's facts of the same end user (-1: none). */
+  readonly prev = new Int32Array(CHUNK_ROWS);
+  readonly next = new Int32Array(CHUNK_ROWS);
+  readonly user = strings();
+  readonly team = strings();
+  readonly org = strings();
+  readonly endUser = strings();
+  /** Its tags (its own copy: a caller may reuse the array it recorded). */
+  readonly tags: (readonly string[])[] = [];
+  /**
+   * The entity rows it adds to (user, team, membership, org, end user,
+   * tags): FACT_ENTS per fact; a fact that adds to more keeps them all in
+   * its aggregator's overflow map instead.
+   */
+  readonly ents = new Int32Array(CHUNK_ROWS * FACT_ENTS);
+  readonly entCount = new Uint16Array(CHUNK_ROWS);
+
+  constructor() {
+    for (let i = 0; i < CHUNK_ROWS; i++) this.tags.push(NO_TAGS);
+  }
 }
+
+/** Entity rows a fact holds inline: its user, team, membership, org, end user and three tags. */
+export const FACT_ENTS = 8;
+
+const NO_TAGS: readonly string[] = Object.freeze([]);
 
 /**
  * A list of row indexes that keeps its chunks when cleared: the aggregator

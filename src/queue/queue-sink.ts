@@ -1,9 +1,10 @@
 import type { PipelineLoad, SealedBatch, SpendSink } from "../contract/spend-sink.js";
 import { pipelineLoad } from "./backlog.js";
-import { decodeDailyRows, decodeEntityRows } from "../contract/row-text.js";
+import { decodeEntityRows, encodeDailyRows, sealedDailyRows } from "../contract/row-text.js";
 import {
   groupDailyRows,
   type DailyJobPayload,
+  type DailySpendJobV4,
   type EntityJobPayload,
   type SpendJobV3,
 } from "../contract/spend-batch.js";
@@ -12,7 +13,7 @@ import { DAILY_JOB, ENTITY_JOB, type SpendQueues } from "./spend-queues.js";
 export interface QueueSinkOptions {
   /** Close the queues with the sink (default true). */
   ownsQueues?: boolean;
-  /** Job format (spend_buffer_settings.job_format); default 3. */
+  /** Job format (spend_buffer_settings.job_format); default 4. */
   jobFormat?: JobFormat;
 }
 
@@ -33,7 +34,7 @@ export class QueueSink implements SpendSink {
   constructor(queues: SpendQueues | readonly SpendQueues[], opts: QueueSinkOptions = {}) {
     this.queues = Array.isArray(queues) ? queues : [queues as SpendQueues];
     this.ownsQueues = opts.ownsQueues ?? true;
-    this.jobFormat = opts.jobFormat ?? 3;
+    this.jobFormat = opts.jobFormat ?? 4;
   }
 
   async write(b: SealedBatch): Promise<void> {
@@ -61,26 +62,31 @@ export class QueueSink implements SpendSink {
 }
 
 /** How producers write spend jobs (spend_buffer_settings.job_format). */
-export type JobFormat = 1 | 2 | 3;
+export type JobFormat = 1 | 2 | 3 | 4;
 
 /**
- * A batch's job payload in `format`: 3 carries the batch's row text as it
- * is (a scan for JSON, nothing to build); 1 and 2, for workers older than
- * format 3 during an upgrade, read the rows back from it first (entity jobs
- * have no format 2: they are written as 1).
+ * A batch's job payload in `format`. A batch holds entity rows as format 3
+ * text, and daily spend as format 4 fact text (a producer's seal) or format
+ * 3 row text (an idempotent ingest batch). Format 4 sends either as it is
+ * (a scan for JSON, nothing to build), and so does format 3 a row text;
+ * formats 1-3, for workers older than format 4 during an upgrade, fan facts
+ * out to daily rows first. Entity jobs have no format 2 or 4: they are
+ * written as 1 or 3.
  */
 export function jobPayload(b: SealedBatch, format: JobFormat): EntityJobPayload | DailyJobPayload {
   return b.kind === "entity" ? entityJobPayload(b, format) : dailyJobPayload(b, format);
 }
 
 function entityJobPayload(b: SealedBatch, format: JobFormat): EntityJobPayload {
-  if (format === 3) return v3(b);
+  if (format >= 3) return v3(b);
   return { v: 1, ...header(b), rows: decodeEntityRows(b.rowText) };
 }
 
 function dailyJobPayload(b: SealedBatch, format: JobFormat): DailyJobPayload {
-  if (format === 3) return v3(b);
-  const rows = decodeDailyRows(b.rowText);
+  if (b.textFormat === 4 && format === 4) return v4(b);
+  if (b.textFormat === 3 && format >= 3) return v3(b);
+  const rows = sealedDailyRows(b);
+  if (format >= 3) return { ...v3(b), rowCount: rows.length, rowText: encodeDailyRows(rows) };
   return format === 2
     ? { v: 2, ...header(b), groups: groupDailyRows(rows) }
     : { v: 1, ...header(b), rows };
@@ -88,6 +94,10 @@ function dailyJobPayload(b: SealedBatch, format: JobFormat): DailyJobPayload {
 
 function v3(b: SealedBatch): SpendJobV3 {
   return { v: 3, kind: b.kind, ...header(b), rowCount: b.rowCount, rowText: b.rowText };
+}
+
+function v4(b: SealedBatch): DailySpendJobV4 {
+  return { v: 4, kind: "daily", ...header(b), rowCount: b.rowCount, rowText: b.rowText };
 }
 
 function header(b: SealedBatch): {

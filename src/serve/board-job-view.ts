@@ -1,5 +1,5 @@
 import { picoDigitsToDecimal } from "../contract/money.js";
-import { decodeDailyRows, decodeEntityRows } from "../contract/row-text.js";
+import { decodeDailyFacts, decodeDailyRows, decodeEntityRows } from "../contract/row-text.js";
 import type { Count, DailyRow, EntityRow } from "../contract/spend-rows.js";
 import { DAILY_COUNTER_COLUMNS, DAILY_DIMENSION_COLUMNS } from "../persist/tables.js";
 
@@ -7,10 +7,11 @@ import { DAILY_COUNTER_COLUMNS, DAILY_DIMENSION_COLUMNS } from "../persist/table
 export const BOARD_ROWS_SHOWN = 50;
 
 /**
- * A spend job's data as Bull Board shows it. Format 3 carries a job's rows as
- * one length-prefixed text (docs/internals.md, "The job wire format"), which
- * an operator cannot read; the board shows its first rows decoded, one object
- * a row with spend in USD, and how many there are. Anything else (formats 1
+ * A spend job's data as Bull Board shows it. Formats 3 and 4 carry a job's
+ * rows (or daily facts) as one length-prefixed text (docs/internals.md, "The
+ * job wire format"), which an operator cannot read; the board shows its first
+ * rows decoded (format 4's facts fanned out to the daily rows they add to),
+ * one object a row with spend in USD, and how many there are. Anything else (formats 1
  * and 2, the flush scheduler's jobs) is shown as it is. A text that does not
  * decode is shown raw with the reason: the board must still open on a job
  * the flush will set aside.
@@ -19,10 +20,23 @@ export function boardJobData(data: unknown): unknown {
   if (typeof data !== "object" || data === null) return data;
   const job = data as Record<string, unknown>;
   const { rowText, kind } = job;
-  if (job.v !== 3 || typeof rowText !== "string" || (kind !== "entity" && kind !== "daily"))
+  if (
+    (job.v !== 3 && job.v !== 4) ||
+    typeof rowText !== "string" ||
+    (kind !== "entity" && kind !== "daily")
+  )
     return data;
   const { rowText: _text, ...header } = job;
   try {
+    if (job.v === 4) {
+      const all = decodeDailyFacts(rowText).rows;
+      const rows = all.slice(0, BOARD_ROWS_SHOWN).map(dailyView);
+      return {
+        ...header,
+        rowsShown: `${rows.length} of ${all.length} daily rows (${String(job.rowCount)} facts)`,
+        rows,
+      };
+    }
     const rows =
       kind === "entity"
         ? decodeEntityRows(rowText).slice(0, BOARD_ROWS_SHOWN).map(entityView)

@@ -279,9 +279,9 @@ describe("flush", () => {
     });
   }
 
-  it("flushes jobs of all three formats exactly; format 2 groups rows by context, format 3 is row text", async () => {
+  it("flushes jobs of all four formats exactly; format 2 groups rows by context, 3 is row text, 4 facts", async () => {
     const ledger = new Ledger();
-    const formats = [1, 2, 3] as const;
+    const formats = [1, 2, 3, 4] as const;
     for (const [i, jobFormat] of formats.entries()) {
       const p = await h.producer(
         {},
@@ -299,12 +299,25 @@ describe("flush", () => {
     const v1 = jobs.filter((j) => j.data.v === 1);
     const v2 = jobs.flatMap((j) => (j.data.v === 2 ? [j.data] : []));
     const v3 = jobs.flatMap((j) => (j.data.v === 3 ? [j.data] : []));
-    assert.ok(v1.length > 0 && v2.length > 0 && v3.length > 0, "all three formats queued");
+    const v4 = jobs.flatMap((j) => (j.data.v === 4 ? [j.data] : []));
+    assert.ok(
+      v1.length > 0 && v2.length > 0 && v3.length > 0 && v4.length > 0,
+      "all four formats queued",
+    );
     const entity = await h.queues.entity.getWaiting();
     assert.deepEqual(
       [...new Set(entity.map((j) => j.data.v))].sort(),
       [1, 3],
-      "entity jobs: format 1 (for formats 1 and 2) and 3",
+      "entity jobs: format 1 (for formats 1 and 2) and 3 (for 3 and 4)",
+    );
+    // Format 4 carries fewer facts than format 3 carries rows for the same traffic, in fewer bytes.
+    const v4Facts = v4.reduce((n, d) => n + d.rowCount, 0);
+    const v3Rows = v3.reduce((n, d) => n + d.rowCount, 0);
+    const v4Bytes = v4.reduce((n, d) => n + JSON.stringify(d).length, 0);
+    assert.ok(v4Facts < v3Rows, `${v4Facts} facts, ${v3Rows} rows`);
+    assert.ok(
+      v4Bytes < v3.reduce((n, d) => n + JSON.stringify(d).length, 0),
+      `format 4 ${v4Bytes} bytes`,
     );
     // Format 3 is smaller than format 2 for the same traffic shape, per row.
     const perRow = (ds: { rowCount?: number }[], bytes: number): number =>

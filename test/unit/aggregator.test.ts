@@ -146,21 +146,24 @@ describe("aggregation", () => {
     const at = (e: SpendEvent) => validateSpendEvent(e, undefined, NOW);
     const a = at({ spend: 1, apiKey: "k", userId: "u", teamId: "t", model: "m" });
     const b = at({ spend: 2, apiKey: "k", userId: "u", teamId: "t", model: "m", endUserId: "e" });
+    agg.add(a);
     agg.add(b);
     const held = agg.heldRowCount;
     assert.equal(agg.drain().entity.length, 5); // key, user, team, member, end user
-    // Interval 2: the same key without the end user. Every row exists: nothing allocated.
+    // Interval 2: the key's request without the end user again. Every row exists: nothing allocated.
     assert.equal(agg.addIfKnown(a), true);
     assert.equal(agg.heldRowCount, held);
-    assert.deepEqual(agg.pendingRowCounts(), { entity: 4, daily: 2 });
+    // One daily fact: it fans out to the user's and the team's daily rows.
+    assert.deepEqual(agg.pendingRowCounts(), { entity: 4, daily: 1 });
     const d2 = agg.drain();
+    assert.deepEqual(d2.daily.map((r) => r[0]).sort(), ["team", "user"]);
     assert.deepEqual(d2.entity.map((r) => r[0]).sort(), ["key", "team", "team_member", "user"]);
     assert.deepEqual(
       d2.entity.map((r) => r[3]),
       d2.entity.map(() => "1000000000000"),
       "each row carries only this interval's spend",
     );
-    // The end user was idle for interval 2: dropped with its daily row.
+    // The end user was idle for interval 2: dropped with its daily fact.
     assert.equal(agg.heldRowCount, held - 2);
     assert.equal(agg.addIfKnown(b), false);
     // Nothing touched: an empty drain, then everything dropped.
@@ -240,6 +243,45 @@ describe("aggregation", () => {
     assert.deepEqual(d.daily.map((r) => r[1]).sort(), ["e3", "e999"]);
   });
 
+  it("a fact adding to more entity rows than it holds inline adds to each of them, interval after interval", () => {
+    const agg = new Aggregator();
+    const tags = ["t1", "t2", "t3", "t4", "t5", "t6"];
+    const e = validateSpendEvent(
+      {
+        spend: 1,
+        apiKey: "k",
+        userId: "u",
+        teamId: "t",
+        organizationId: "o",
+        endUserId: "e",
+        tags,
+      },
+      undefined,
+      NOW,
+    );
+    const small = validateSpendEvent(
+      { spend: 2, apiKey: "k", userId: "u", tags: ["t1"] },
+      undefined,
+      NOW,
+    );
+    for (let interval = 1; interval <= 3; interval++) {
+      for (const x of [e, small, e]) if (!agg.addIfKnown(x)) agg.add(x);
+      const d = agg.drain();
+      // user, team, membership, org, end user and six tags: 11, past the 8 held inline.
+      const spend = new Map(d.entity.map((r) => [`${r[0]}:${r[1]}:${r[2]}`, r[3]]));
+      assert.equal(spend.get("user:u:"), "4000000000000", `interval ${interval}`);
+      assert.equal(spend.get("team_member:u:t"), "2000000000000");
+      assert.equal(spend.get("tag:t1:"), "4000000000000");
+      for (const t of tags.slice(1)) assert.equal(spend.get(`tag:${t}:`), "2000000000000");
+      assert.equal(spend.get("end_user:e:"), "2000000000000");
+      assert.equal(d.entity.length, 12);
+      const daily = new Map(d.daily.map((r) => [`${r[0]}:${r[1]}`, r[13]]));
+      assert.equal(daily.get("user:u"), 3);
+      assert.equal(daily.get("tag:t6"), 2);
+      assert.equal(d.daily.length, 10);
+    }
+  });
+
   it("grows with distinct rows, not with requests", () => {
     const agg = new Aggregator();
     const e = validateSpendEvent(
@@ -248,8 +290,15 @@ describe("aggregation", () => {
       NOW,
     );
     for (let i = 0; i < 50_000; i++) agg.add(e);
-    // Entity: key, user, team, member, 2 tags. Daily: user, team, 2 tags.
-    assert.deepEqual(agg.pendingRowCounts(), { entity: 6, daily: 4 });
-    assert.equal(agg.heldRowCount, 10);
+    // Entity: key, user, team, member, 2 tags. Daily: one fact (user, team, 2 tags).
+    assert.deepEqual(agg.pendingRowCounts(), { entity: 6, daily: 1 });
+    assert.equal(agg.heldRowCount, 7);
+    const d = agg.drain();
+    assert.deepEqual(d.daily.map((r) => [r[0], r[1], r[13]]).sort(), [
+      ["tag", "a", 50_000],
+      ["tag", "b", 50_000],
+      ["team", "t", 50_000],
+      ["user", "u", 50_000],
+    ]);
   });
 });

@@ -125,14 +125,15 @@ litellm_settings:
     );
   });
 
-  it("writes jobs in format 3 unless job_format (or the deprecated daily_job_format) says otherwise", () => {
+  it("writes jobs in format 4 unless job_format (or the deprecated daily_job_format) says otherwise", () => {
     const format = (settings: Record<string, unknown>): number =>
       buildConfig({ spend_buffer_settings: settings }, {}).producer.jobFormat;
-    assert.equal(format({}), 3);
+    assert.equal(format({}), 4);
+    assert.equal(format({ job_format: 3 }), 3);
     assert.equal(format({ job_format: 2 }), 2);
     assert.equal(format({ daily_job_format: 1 }), 1);
     assert.equal(format({ job_format: 3, daily_job_format: 1 }), 3);
-    for (const bad of [{ job_format: 4 }, { daily_job_format: 3 }, { job_format: "3" }])
+    for (const bad of [{ job_format: 5 }, { daily_job_format: 3 }, { job_format: "4" }])
       assert.throws(() => format(bad), ConfigError, JSON.stringify(bad));
   });
 

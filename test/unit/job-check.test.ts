@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { checkDailyJob, checkEntityJob } from "../../src/contract/job-check.js";
-import { encodeDailyRows, encodeEntityRows } from "../../src/contract/row-text.js";
+import { encodeDailyRows, encodeEntityRows, RowTextWriter } from "../../src/contract/row-text.js";
 import {
   DAILY_KINDS,
   dailyJobPayloadSchema,
@@ -135,6 +135,38 @@ function asV3(kind: "entity" | "daily", job: Record<string, unknown>): Record<st
   return { ...rest, v: 3, kind, rowCount: (rows as unknown[]).length, rowText: text };
 }
 const entityV3 = entityJob.map((j) => asV3("entity", j as Record<string, unknown>));
+
+/**
+ * Format 4: contexts and their facts as fact text. Some facts name nothing,
+ * repeat a tag or count more successes than requests: both checks must refuse them.
+ */
+const fact = fc.record({
+  tags: fc.array(fc.constantFrom("a", "b", "tag:é", "c,1:"), { maxLength: 3 }),
+  user: fc.oneof(fc.constant(""), ident),
+  team: fc.oneof(fc.constant(""), ident),
+  org: fc.constant(""),
+  endUser: fc.oneof(fc.constant(""), ident),
+  n: fc.tuple(count, count, count, count, fc.nat({ max: 9 }), fc.nat({ max: 10 }), spend),
+});
+const dailyV4 = fc
+  .record(
+    {
+      v: fc.constant(4),
+      ...header,
+      partitions: fc.integer({ min: 1, max: 1024 }),
+      kind: fc.constant("daily"),
+      groups: fc.array(fc.tuple(ctx, fc.array(fact, { maxLength: 4 })), { maxLength: 3 }),
+    },
+    { requiredKeys: ["v", "batchId", "producerId", "sealedAt", "kind", "groups"] },
+  )
+  .map(({ groups, ...job }) => {
+    const w = new RowTextWriter();
+    for (const [c, facts] of groups) {
+      w.context(...c);
+      for (const f of facts) w.fact(f.tags, f.user, f.team, f.org, f.endUser, ...f.n);
+    }
+    return { ...job, rowCount: w.rows, rowText: w.take() };
+  });
 const dailyV3 = dailyV1.map((j) => asV3("daily", j as Record<string, unknown>));
 
 /** A format 3 job with its text cut, or a character of it replaced, inserted or removed. */
@@ -240,6 +272,12 @@ const cases = [
     fast: checkDailyJob,
     schema: dailyJobPayloadSchema,
   },
+  {
+    name: "daily jobs, format 4",
+    arb: dailyV4 as fc.Arbitrary<unknown>,
+    fast: checkDailyJob,
+    schema: dailyJobPayloadSchema,
+  },
 ];
 
 describe("the flush's hand-written job checks", () => {
@@ -263,10 +301,11 @@ describe("the flush's hand-written job checks", () => {
     });
   }
 
-  it("agree with the schema on format 3 text cut short or with a character changed", () => {
+  it("agree with the schema on format 3 and 4 text cut short or with a character changed", () => {
     for (const [arb, fast, schema] of [
       [entityV3, checkEntityJob, entityJobSchema],
       [dailyV3, checkDailyJob, dailyJobPayloadSchema],
+      [dailyV4, checkDailyJob, dailyJobPayloadSchema],
     ] as const)
       fc.assert(
         fc.property(textMutated(arb), (job) => agree(job, fast, schema)),

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { encodeDailyRows } from "../../src/contract/row-text.js";
+import { encodeDailyRowsAsFacts } from "../../src/contract/row-text.js";
 import {
   DAILY_KINDS,
   dailyJobPayloadSchema,
@@ -29,13 +29,37 @@ const row = fc
   )
   .map(([kind, id, c, counts, spend]): DailyRow => {
     const ctx = contexts[c] ?? contexts[0];
+    const [prompt, completion, cacheRead, cacheCreation, requests, successes] = counts as [
+      number,
+      number,
+      number,
+      number,
+      number,
+      number,
+    ];
+    // As a producer counts them: failed is requests - successful.
+    const ok = Math.min(successes, requests);
     return [
       kind,
       id,
       ...ctx,
-      ...(counts as [number, number, number, number, number, number, number]),
+      prompt,
+      completion,
+      cacheRead,
+      cacheCreation,
+      requests,
+      ok,
+      requests - ok,
       spend.toString(),
     ];
+  });
+
+/** Rows naming distinct database rows (a seal emits each once). */
+const distinctRows = (min: number) =>
+  fc.uniqueArray(row, {
+    minLength: min,
+    maxLength: 60,
+    selector: (r) => [r[0], r[1], ...r.slice(2, 9)].join("\u0000"),
   });
 
 describe("daily job formats", () => {
@@ -52,9 +76,9 @@ describe("daily job formats", () => {
     );
   });
 
-  it("a sealed batch's row text reaches the worker as the same rows in all three formats", () => {
+  it("a sealed batch's fact text reaches the worker as the same rows in all four formats", () => {
     fc.assert(
-      fc.property(fc.array(row, { minLength: 1, maxLength: 60 }), (rows) => {
+      fc.property(distinctRows(1), (rows) => {
         const batch = {
           kind: "daily" as const,
           batchId: "p.1",
@@ -63,10 +87,11 @@ describe("daily job formats", () => {
           partition: 0,
           partitions: 1,
           rowCount: rows.length,
-          rowText: encodeDailyRows(rows),
+          textFormat: 4 as const,
+          rowText: encodeDailyRowsAsFacts(rows),
         };
         const bytes: number[] = [];
-        for (const format of [1, 2, 3] as const) {
+        for (const format of [1, 2, 3, 4] as const) {
           const json = JSON.stringify(jobPayload(batch, format));
           bytes.push(json.length);
           const read = dailyJobPayloadSchema.parse(JSON.parse(json));

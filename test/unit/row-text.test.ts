@@ -191,7 +191,7 @@ describe("row text (job format 3)", () => {
     refuses(() => decodeDailyRows(ctx + row.slice(0, -4)), /text ends early/);
   });
 
-  it("a seal's jobs hold each row in the partition its identity hashes to, as before row text", () => {
+  it("sealBatches puts each row in the partition its identity hashes to, as before row text", () => {
     const events = Array.from({ length: 300 }, (_, i) => ({
       spend: "0.001",
       apiKey: `k${i % 7}`,

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { decodeDailyRows, decodeEntityRows } from "../../src/contract/row-text.js";
+import { decodeDailyFacts, decodeEntityRows } from "../../src/contract/row-text.js";
 import type { SealedBatch, SpendSink } from "../../src/contract/spend-sink.js";
 import { SpendProducer } from "../../src/produce/producer.js";
 
@@ -27,7 +27,7 @@ function endUserSpend(batches: readonly SealedBatch[]): {
       for (const r of decodeEntityRows(b.rowText))
         if (r[0] === "end_user") entity.set(r[1], (entity.get(r[1]) ?? 0n) + BigInt(r[3]));
     } else {
-      for (const r of decodeDailyRows(b.rowText))
+      for (const r of decodeDailyFacts(b.rowText).rows)
         if (r[0] === "end_user") daily.set(r[1], (daily.get(r[1]) ?? 0n) + BigInt(r[16]));
     }
   }
@@ -79,11 +79,13 @@ describe("seals sharing the process's job pool", () => {
       assert.deepEqual(got.entity, want[w]);
       assert.deepEqual(got.daily, want[w]);
       for (const b of sink.batches) {
-        const rows = b.kind === "entity" ? decodeEntityRows(b.rowText) : decodeDailyRows(b.rowText);
+        const rows =
+          b.kind === "entity" ? decodeEntityRows(b.rowText) : decodeDailyFacts(b.rowText).rows;
         assert.equal(rows.length, b.rowCount);
         assert.ok(b.rowCount <= 97);
         if (b.kind === "daily")
-          for (const r of decodeDailyRows(b.rowText)) assert.equal(r[4], w === 0 ? "m-a" : "m-b");
+          for (const r of decodeDailyFacts(b.rowText).rows)
+            assert.equal(r[4], w === 0 ? "m-a" : "m-b");
       }
       assert.equal(new Set(sink.batches.map((b) => b.batchId)).size, sink.batches.length);
     }
