@@ -307,7 +307,7 @@ const spendBufferSchema = z
       .max(64)
       .default(1)
       .describe(
-        "Flush partitions, each with its own queues, lock and fence: rows are routed by a stable hash, so partitions write disjoint rows. Gateways and workers must agree: the count is recorded in Redis and only a worker may switch it (drained, no other worker on the old count).",
+        "Flush partitions, each with its own queues, lock and fence: rows are routed by a stable hash (entity rows by their identity, daily rows by their request context), so a producer's partitions write disjoint rows. Gateways and workers must agree: the count is recorded in Redis and only a worker may switch it (drained, no other worker on the old count).",
       ),
     worker_concurrency: z
       .number()

@@ -15,7 +15,6 @@ import type { Count, DailyContextDims, DailyKind, DailyRow } from "./spend-rows.
  * keys, dead letters) works on rows as before.
  */
 
-const SEP = "\u001f";
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 // Digit strings of at most this many digits are below 2^53 and sum exactly as numbers.
 const SAFE_DIGITS = 15;
@@ -27,12 +26,6 @@ export function addCounts(a: Count, b: Count): Count {
   return s <= BigInt(MAX_SAFE) ? Number(s) : s.toString();
 }
 
-/** Two picodollar digit strings summed exactly. */
-export function addDigits(a: string, b: string): string {
-  if (a.length <= SAFE_DIGITS && b.length <= SAFE_DIGITS) return String(Number(a) + Number(b));
-  return (BigInt(a) + BigInt(b)).toString();
-}
-
 /** requests - successes, or undefined when successes exceed requests. */
 export function failedCount(requests: Count, successes: Count): Count | undefined {
   if (typeof requests === "number" && typeof successes === "number")
@@ -42,23 +35,35 @@ export function failedCount(requests: Count, successes: Count): Count | undefine
   return d <= BigInt(MAX_SAFE) ? Number(d) : d.toString();
 }
 
+// A context's rows are found by a scan while it has at most this many, then through maps.
+const SCAN_LIMIT = 16;
+
 /**
  * Fans facts out to daily rows, one row per database row: facts of one
  * context that share an id (a key's user, team and org are in all of its
- * facts) add to one row. A context's facts come one after another.
+ * facts) add to one row. A context's facts come one after another. A
+ * context's rows are found by scanning them while they are few (most
+ * contexts hold a handful), then through a map per kind.
  */
 export class DailyFactRows {
   private dims: DailyContextDims | undefined = undefined;
-  /** kind + SEP + id → index in rows, for the current context. */
-  private readonly inContext = new Map<string, number>();
+  /** Where the current context's rows start in `rows`. */
+  private from = 0;
+  /** id → index in rows, per kind, for the current context once it outgrows a scan. */
+  private maps: Map<string, number>[] | undefined = undefined;
+  /** The current context's merged rows (indexes in rows), and their spend sums by position in the context. */
+  private readonly merged: number[] = [];
+  private readonly sums: (number | bigint | undefined)[] = [];
 
   /** Rows are appended to `rows`. */
   constructor(readonly rows: DailyRow[] = []) {}
 
   /** The context the next facts belong to. */
   context(dims: DailyContextDims): void {
+    this.closeContext();
     this.dims = dims;
-    this.inContext.clear();
+    this.from = this.rows.length;
+    this.maps = undefined;
   }
 
   /** A fact of the current context (failed = requests - successes, computed by the caller). */
@@ -77,44 +82,29 @@ export class DailyFactRows {
     failed: Count,
     spendPico: string,
   ): void {
-    const add = (kind: DailyKind, id: string): void =>
-      this.add(
-        kind,
-        id,
-        prompt,
-        completion,
-        cacheRead,
-        cacheCreation,
-        requests,
-        successes,
-        failed,
-        spendPico,
-      );
-    if (user !== "") add("user", user);
-    if (team !== "") add("team", team);
-    if (org !== "") add("org", org);
-    if (endUser !== "") add("end_user", endUser);
-    for (let i = 0; i < tags.length; i++) add("tag", tags[i] as string);
+    const counts: FactCounts = [
+      prompt,
+      completion,
+      cacheRead,
+      cacheCreation,
+      requests,
+      successes,
+      failed,
+      spendPico,
+    ];
+    if (user !== "") this.add("user", user, counts);
+    if (team !== "") this.add("team", team, counts);
+    if (org !== "") this.add("org", org, counts);
+    if (endUser !== "") this.add("end_user", endUser, counts);
+    for (let i = 0; i < tags.length; i++) this.add("tag", tags[i] as string, counts);
   }
 
-  private add(
-    kind: DailyKind,
-    id: string,
-    prompt: Count,
-    completion: Count,
-    cacheRead: Count,
-    cacheCreation: Count,
-    requests: Count,
-    successes: Count,
-    failed: Count,
-    spendPico: string,
-  ): void {
-    const d = this.dims;
-    if (d === undefined) throw new Error("a daily fact before any context");
-    const key = kind + SEP + id;
-    const at = this.inContext.get(key);
-    if (at === undefined) {
-      this.inContext.set(key, this.rows.length);
+  private add(kind: DailyKind, id: string, n: FactCounts): void {
+    const at = this.find(kind, id);
+    if (at < 0) {
+      const d = this.dims;
+      if (d === undefined) throw new Error("a daily fact before any context");
+      const i = this.rows.length;
       this.rows.push([
         kind,
         id,
@@ -125,28 +115,82 @@ export class DailyFactRows {
         d[4],
         d[5],
         d[6],
-        prompt,
-        completion,
-        cacheRead,
-        cacheCreation,
-        requests,
-        successes,
-        failed,
-        spendPico,
+        n[0],
+        n[1],
+        n[2],
+        n[3],
+        n[4],
+        n[5],
+        n[6],
+        n[7],
       ]);
+      if (this.maps !== undefined) (this.maps[KIND_INDEX[kind]] as Map<string, number>).set(id, i);
+      else if (i + 1 - this.from > SCAN_LIMIT) this.index();
       return;
     }
     const r = this.rows[at] as DailyRow;
-    r[9] = addCounts(r[9], prompt);
-    r[10] = addCounts(r[10], completion);
-    r[11] = addCounts(r[11], cacheRead);
-    r[12] = addCounts(r[12], cacheCreation);
-    r[13] = addCounts(r[13], requests);
-    r[14] = addCounts(r[14], successes);
-    r[15] = addCounts(r[15], failed);
-    r[16] = addDigits(r[16], spendPico);
+    r[9] = addCounts(r[9], n[0]);
+    r[10] = addCounts(r[10], n[1]);
+    r[11] = addCounts(r[11], n[2]);
+    r[12] = addCounts(r[12], n[3]);
+    r[13] = addCounts(r[13], n[4]);
+    r[14] = addCounts(r[14], n[5]);
+    r[15] = addCounts(r[15], n[6]);
+    // Spend is summed as a number while exact, and written back as digits with the context.
+    const j = at - this.from;
+    let prev = this.sums[j];
+    if (prev === undefined) {
+      this.merged.push(at);
+      const own = r[16];
+      prev = own.length <= SAFE_DIGITS ? Number(own) : BigInt(own);
+    }
+    const next = n[7];
+    this.sums[j] =
+      typeof prev === "number" && next.length <= SAFE_DIGITS && prev + Number(next) <= MAX_SAFE
+        ? prev + Number(next)
+        : BigInt(prev) + BigInt(next);
+  }
+
+  /** The rows, every merged row's spend written as its digits. Call once, after the last fact. */
+  finish(): DailyRow[] {
+    this.closeContext();
+    return this.rows;
+  }
+
+  /** Writes the merged rows' spend sums of the current context back as digits. */
+  private closeContext(): void {
+    const merged = this.merged;
+    if (merged.length === 0) return;
+    for (const at of merged) (this.rows[at] as DailyRow)[16] = String(this.sums[at - this.from]);
+    merged.length = 0;
+    this.sums.length = 0;
+  }
+
+  /** The index in rows of the current context's row of `kind` and `id`, or -1. */
+  private find(kind: DailyKind, id: string): number {
+    if (this.maps !== undefined) return this.maps[KIND_INDEX[kind]]?.get(id) ?? -1;
+    const rows = this.rows;
+    for (let i = this.from; i < rows.length; i++) {
+      const r = rows[i] as DailyRow;
+      if (r[1] === id && r[0] === kind) return i;
+    }
+    return -1;
+  }
+
+  /** Indexes the current context's rows: it has outgrown a scan. */
+  private index(): void {
+    const maps = Array.from({ length: 5 }, () => new Map<string, number>());
+    for (let i = this.from; i < this.rows.length; i++) {
+      const r = this.rows[i] as DailyRow;
+      (maps[KIND_INDEX[r[0]]] as Map<string, number>).set(r[1], i);
+    }
+    this.maps = maps;
   }
 }
+
+type FactCounts = [Count, Count, Count, Count, Count, Count, Count, string];
+
+const KIND_INDEX: Record<DailyKind, number> = { user: 0, team: 1, org: 2, end_user: 3, tag: 4 };
 
 /** How many daily rows a fact fans out to (before merging with its context's other facts). */
 export function factRowCount(

@@ -612,7 +612,7 @@ export function decodeDailyFacts(text: string): { rows: DailyRow[]; facts: numbe
     );
     facts++;
   }
-  return { rows: out.rows, facts };
+  return { rows: out.finish(), facts };
 }
 
 function hasDuplicate(tags: readonly string[]): boolean {

@@ -158,6 +158,11 @@ export class TupleTarget implements DrainTarget {
     // Nothing to close: entity and daily rows go to separate lists.
   }
 
+  /** Completes the daily rows (merged rows' spend): call once, after the drain. */
+  finish(): void {
+    this.facts.finish();
+  }
+
   fact(
     c: ContextStrings,
     tags: readonly string[],
@@ -709,8 +714,10 @@ export class Aggregator {
    */
   drain(): DrainedRows {
     const out: DrainedRows = { entity: [], daily: [] };
-    const steps = this.drainSteps(new TupleTarget(out));
+    const target = new TupleTarget(out);
+    const steps = this.drainSteps(target);
     while (steps.next().done !== true);
+    target.finish();
     return out;
   }
 

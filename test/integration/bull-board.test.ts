@@ -124,7 +124,7 @@ describe("Bull Board on the flush worker", () => {
     );
   });
 
-  it("shows a format-3 job's rows decoded, spend in USD, with no raw row text", async () => {
+  it("shows a job's rows decoded (format 4's facts fanned out), spend in USD, with no raw text", async () => {
     const jobsOf = async (queue: string): Promise<Record<string, unknown>[]> => {
       const res = await fetch(
         `${base}/api/queues?activeQueue=${encodeURIComponent(queue)}&status=latest&page=1&jobsPerPage=10`,
@@ -137,7 +137,8 @@ describe("Bull Board on the flush worker", () => {
       return body.queues.find((q) => q.name === queue)?.jobs.map((j) => j.data) ?? [];
     };
     const [daily] = await jobsOf("{daily-spend-update}");
-    assert.equal(daily?.v, 3);
+    assert.equal(daily?.v, 4);
+    assert.equal(daily.rowCount, 1, "one fact");
     assert.equal(daily.rowText, undefined, "the raw text is replaced by its rows");
     assert.equal(daily.rowsShown, "1 of 1");
     assert.deepEqual(daily.rows, [

@@ -43,9 +43,10 @@ describe("metrics endpoint", () => {
     p.record({ spend: 2, apiKey: "k2", userId: "u1", model: "m" });
 
     let m = await scrape(server);
-    // Entity rows: k1, k2, u1, t1, member(u1,t1), tag a. Daily: u1 x2 (two keys), t1, tag a.
+    // Entity rows: k1, k2, u1, t1, member(u1,t1), tag a. Daily facts: one per key's context
+    // (the worker fans them out to u1 x2, t1 and tag a).
     assert.equal(m.get("litellm_in_memory_spend_update_queue_size"), 6);
-    assert.equal(m.get("litellm_in_memory_daily_spend_update_queue_size"), 4);
+    assert.equal(m.get("litellm_in_memory_daily_spend_update_queue_size"), 2);
     assert.equal(m.get("litellm_redis_spend_update_queue_size"), 0);
 
     await p.flush();
@@ -55,8 +56,8 @@ describe("metrics endpoint", () => {
     assert.equal(m.get("litellm_redis_spend_update_queue_size"), 2, "6 entity rows in jobs of 3");
     assert.equal(
       m.get("litellm_redis_daily_spend_update_queue_size"),
-      2,
-      "4 daily rows in jobs of 3",
+      1,
+      "2 daily facts in a job of at most 3",
     );
     assert.equal(m.get("litellm_pod_lock_manager_size"), 0);
 
@@ -79,7 +80,7 @@ describe("metrics endpoint", () => {
     assert.equal(m.get("litellm_pod_lock_manager_size"), 0);
     assert.equal(m.get("litellm_redis_spend_update_queue_size"), 0);
     assert.equal(m.get("litellm_redis_daily_spend_update_queue_size"), 0);
-    assert.equal(m.get("spend_batches_committed_total"), 4);
+    assert.equal(m.get("spend_batches_committed_total"), 3);
     assert.ok(
       (m.get("spend_last_successful_flush_timestamp_seconds") ?? 0) > Date.now() / 1000 - 60,
     );

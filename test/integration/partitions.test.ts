@@ -83,9 +83,14 @@ describe("partitioned flush", () => {
           seen.set(id, p);
         }
       }
+      // A daily row goes with its request context (the facts it comes from fan out there).
       for (const j of dailyJobs)
-        for (const r of dailyJobPayloadSchema.parse(j.data).rows)
-          assert.equal(partitionOf(r.slice(0, 9).join(SEP), P), p);
+        for (const r of dailyJobPayloadSchema.parse(j.data).rows) {
+          assert.equal(partitionOf(r.slice(2, 9).join(SEP), P), p);
+          const id = r.slice(0, 9).join(SEP);
+          assert.equal(seen.get(id) ?? p, p, "a daily row never appears in two partitions");
+          seen.set(id, p);
+        }
     }
     for (const q of queues) await q.close();
     inspect.disconnect();

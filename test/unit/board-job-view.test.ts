@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { encodeDailyRows, encodeEntityRows } from "../../src/contract/row-text.js";
+import { encodeDailyRows, encodeEntityRows, RowTextWriter } from "../../src/contract/row-text.js";
 import type { EntityRow } from "../../src/contract/spend-rows.js";
 import { BOARD_ROWS_SHOWN, boardJobData } from "../../src/serve/board-job-view.js";
 import { userDailyRow } from "../support/spend-rows.js";
@@ -48,9 +48,44 @@ describe("the board's view of a job", () => {
     assert.equal(shown.rows[0]?.spend_usd, "0.000000000007");
   });
 
+  it("shows a format 4 job's facts fanned out to the daily rows they add to", () => {
+    const row = userDailyRow("u1", "7");
+    const w = new RowTextWriter();
+    w.context(row[2], row[3], row[4], row[5], row[6], row[7], row[8]);
+    w.fact(["t"], "u1", "", "", "", 100, 5, 0, 0, 1, 1, 7);
+    w.fact([], "u1", "", "", "", 100, 5, 0, 0, 1, 0, 7);
+    const shown = boardJobData({
+      ...header,
+      v: 4,
+      kind: "daily",
+      rowCount: 2,
+      rowText: w.take(),
+    }) as {
+      rowsShown: string;
+      rowCount: number;
+      rows: Record<string, unknown>[];
+    };
+    assert.equal(shown.rowsShown, "2 of 2");
+    assert.equal(shown.rowCount, 2);
+    assert.deepEqual(
+      shown.rows.map((r) => [r.kind, r.entity_id, r.api_requests, r.failed_requests, r.spend_usd]),
+      [
+        ["user", "u1", 2, 1, "0.000000000014"],
+        ["tag", "t", 1, 0, "0.000000000007"],
+      ],
+    );
+  });
+
   it("shows a text that does not decode as it is, with the reason, and never throws", () => {
-    for (const rowText of ["0,3:abc", "9,1:a0:1,", "x", "0,99:short"]) {
-      const data = { ...header, v: 3, kind: "entity", rowCount: 1, rowText };
+    for (const [v, kind, rowText] of [
+      [3, "entity", "0,3:abc"],
+      [3, "entity", "9,1:a0:1,"],
+      [3, "entity", "x"],
+      [3, "entity", "0,99:short"],
+      [4, "daily", "0,0:0:0:0:1,1,0,0,1,1,5,"],
+      [4, "daily", "10:2026-12-040:1:m0:0:0:0:0,0:0:0:0:1,1,0,0,1,1,5,"],
+    ] as const) {
+      const data = { ...header, v, kind, rowCount: 1, rowText };
       const shown = boardJobData(data) as { rowText: string; rowTextError: string };
       assert.equal(shown.rowText, rowText);
       assert.match(shown.rowTextError, /\S/, rowText);

@@ -192,10 +192,9 @@ describe("daily facts (job format 4)", () => {
         assert.equal(d.facts, facts.length);
         assert.deepEqual(totals(d.rows), totals(expected));
         assert.equal(new Set(d.rows.map(rowKey)).size, d.rows.length, "one row per database row");
-        // Exact sums stay numbers while below 2^53, digits past it.
+        // Counts of up to 15 digits are read as numbers, longer ones kept as digits (as format 3).
         for (const r of d.rows)
-          for (const x of r.slice(9, 16))
-            if (typeof x === "string") assert.ok(BigInt(x) > BigInt(Number.MAX_SAFE_INTEGER));
+          for (const x of r.slice(9, 16)) if (typeof x === "string") assert.ok(x.length > 15, x);
       }),
       { numRuns: 300 },
     );
