@@ -21,6 +21,13 @@ export interface SealedBatch extends SealedHeader {
   textFormat: 3 | 4;
   /** Rows, or daily facts. */
   rowCount: number;
+  /**
+   * Rows the flush will write for it: rowCount, or for daily facts the daily
+   * rows they fan out to (counted before facts of one context that name the
+   * same id add into one row). What back-pressure weighs against the flush's
+   * rows a second.
+   */
+  flushRows: number;
   rowText: string;
 }
 

@@ -12,6 +12,7 @@ import type { ProducerMetrics } from "./producer-metrics.js";
 export class Delivery {
   private readonly batches: SealedBatch[] = [];
   private rows = 0;
+  private flushRows = 0;
   private failures = 0;
   private sending: Promise<void> | undefined;
 
@@ -32,9 +33,14 @@ export class Delivery {
     return this.batches;
   }
 
-  /** Their rows. */
+  /** Their rows (daily facts counted as facts). */
   get pendingRows(): number {
     return this.rows;
+  }
+
+  /** The rows the flush will write for them (SealedBatch.flushRows). */
+  get pendingFlushRows(): number {
+    return this.flushRows;
   }
 
   /** True while a send runs. */
@@ -50,6 +56,7 @@ export class Delivery {
   queue(batch: SealedBatch): void {
     this.batches.push(batch);
     this.rows += batch.rowCount;
+    this.flushRows += batch.flushRows;
   }
 
   /** Rows of the pending batches of one kind. */
@@ -93,6 +100,7 @@ export class Delivery {
       }
       this.batches.shift();
       this.rows -= batch.rowCount;
+      this.flushRows -= batch.flushRows;
       if (this.failures > 0) {
         this.log.info({ failures: this.failures }, "spend delivery recovered");
         this.failures = 0;

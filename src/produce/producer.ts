@@ -172,7 +172,9 @@ export class SpendProducer {
         readLoad,
         this.producerId,
         () =>
-          this.aggregate().pendingRowEstimate + (this.drain?.rows ?? 0) + this.delivery.pendingRows,
+          this.aggregate().pendingRowEstimate +
+          (this.drain?.rows ?? 0) +
+          this.delivery.pendingFlushRows,
         () => this.rowsPerEvent,
         {
           maxBacklogAgeMs,
@@ -673,7 +675,7 @@ export class SpendProducer {
     let rows = 0;
     for (const batch of numberBatches(jobs, header, () => this.nextBatchId())) {
       this.delivery.queue(batch);
-      rows += batch.rowCount;
+      rows += batch.flushRows;
     }
     this.stats.sealDuration.observe(d.busyMs / 1000);
     this.stats.sealRows.observe(rows);

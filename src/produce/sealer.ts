@@ -1,3 +1,4 @@
+import { factRowCount } from "../contract/daily-facts.js";
 import { RowTextWriter } from "../contract/row-text.js";
 import {
   DAILY_KINDS,
@@ -24,6 +25,8 @@ export interface UnnumberedBatch {
   partition: number;
   /** Entity rows, or daily facts. */
   rowCount: number;
+  /** Rows the flush writes for it (SealedBatch.flushRows). */
+  flushRows: number;
   rowText: string;
 }
 
@@ -32,6 +35,8 @@ class OpenJob {
   readonly text = new RowTextWriter();
   /** The context whose text the job last wrote (a context's facts follow it). */
   context: ContextStrings | undefined = undefined;
+  /** Daily rows its facts fan out to, or its rows. */
+  flushRows = 0;
 }
 
 // A job also closes once its text reaches this many bytes, whatever its rows:
@@ -101,6 +106,7 @@ export class JobWriter implements DrainTarget {
           );
     const job = this.open(this.entityOpen, p);
     job.text.entityRow(kind, id, id2, spendPico);
+    job.flushRows++;
     this.entityRows++;
     if (this.full(job)) this.close("entity", 3, this.entityOpen, p);
   }
@@ -145,6 +151,7 @@ export class JobWriter implements DrainTarget {
       successes,
       spendPico,
     );
+    job.flushRows += factRowCount(tags, user, team, org, endUser);
     this.dailyRows++;
     if (this.full(job)) this.close("daily", 4, this.factOpen, p);
   }
@@ -178,6 +185,7 @@ export class JobWriter implements DrainTarget {
       failed,
       spendPico,
     );
+    job.flushRows++;
     this.dailyRows++;
     if (this.full(job)) this.close("daily", 3, this.rowOpen, p);
   }
@@ -247,8 +255,17 @@ export class JobWriter implements DrainTarget {
     if (job === undefined || job.text.rows === 0) return;
     list[p] = undefined;
     const rowCount = job.text.rows;
-    this.jobs.push({ kind, textFormat, partition: p, rowCount, rowText: job.text.take() });
+    const flushRows = job.flushRows;
+    this.jobs.push({
+      kind,
+      textFormat,
+      partition: p,
+      rowCount,
+      flushRows,
+      rowText: job.text.take(),
+    });
     job.context = undefined;
+    job.flushRows = 0;
     if (spareJobs.length < SPARE_LIMIT) spareJobs.push(job);
   }
 

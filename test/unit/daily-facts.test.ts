@@ -100,7 +100,9 @@ describe("daily facts (job format 4)", () => {
       const w = new JobWriter(4, 200);
       const steps = sealed.drainSteps(w);
       while (steps.next().done !== true);
-      const jobs = w.finish().filter((j) => j.kind === "daily");
+      const all = w.finish();
+      for (const j of all) if (j.kind === "entity") assert.equal(j.flushRows, j.rowCount);
+      const jobs = all.filter((j) => j.kind === "daily");
       const expected = drained.drain().daily;
 
       const rows: DailyRow[] = [];
@@ -113,6 +115,8 @@ describe("daily facts (job format 4)", () => {
         for (const r of d.rows) assert.equal(partitionOf(contextIdentity(r), 4), j.partition);
         facts += d.facts;
         rows.push(...d.rows);
+        // What back-pressure weighs: the rows the facts fan out to, before a context's are merged.
+        assert.ok(j.flushRows >= d.rows.length && j.flushRows >= 3 * d.facts, String(j.flushRows));
       }
       assert.deepEqual(totals(rows), totals(expected));
       assert.equal(new Set(expected.map(rowKey)).size, expected.length, "drain(): one row each");

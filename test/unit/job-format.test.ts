@@ -87,6 +87,7 @@ describe("daily job formats", () => {
           partition: 0,
           partitions: 1,
           rowCount: rows.length,
+          flushRows: rows.length,
           textFormat: 4 as const,
           rowText: encodeDailyRowsAsFacts(rows),
         };
