@@ -52,8 +52,9 @@ export interface ProducerCostResult {
    * the benchmark's realistic traffic (Zipf-like ids, fresh strings per event
    * as a gateway parses them), sealed every `sealEvery` events (one seal
    * interval of a busy gateway), and every job encoded as QueueSink encodes
-   * it for BullMQ (format 2 daily groups, JSON): record + seal + the send's
-   * CPU short of Redis I/O, per event.
+   * it for BullMQ (the default job format: entity rows and daily facts as
+   * row text, in JSON): record + seal + the send's CPU short of Redis I/O,
+   * per event. rowsSentPerEvent counts entity rows and daily facts.
    */
   allIn: PerEvent & { sealEvery: number; rowsSentPerEvent: number; newRowsPerEvent: number };
   /**

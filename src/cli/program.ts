@@ -311,20 +311,22 @@ export function buildProgram(): Command {
   program
     .command("status")
     .description(
-      "Show queue depths by state, the flush lock holder and its lease, the last successful flush and the backlog's age",
+      "Show queue depths by state, the flush lock holder and its lease, the last successful flush and the backlog's age (with PostgreSQL down, Redis's side and why, exit 1)",
     )
     .addOption(configOption())
     .option("--json", "print JSON instead of text")
     .action(
       action(async (opts: ConfigOption & { json?: boolean }) => {
         const config = readConfig(opts);
-        await preflight(config, { redis: true, postgres: true, schema: true });
+        // Redis only: during a PostgreSQL outage the backlog is what matters most.
+        await preflight(config, { redis: true });
         const { collectStatus, formatStatus } = await import("./status.js");
         const s = await collectStatus(config);
         process.stdout.write(
           opts.json === true ? `${JSON.stringify(s, null, 2)}\n` : formatStatus(s),
         );
-        process.exit(0);
+        // Shown, but not healthy: a script checking the exit code learns PostgreSQL was not read.
+        process.exit(s.postgresUnavailable === undefined ? 0 : 1);
       }),
     );
 

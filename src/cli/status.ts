@@ -1,9 +1,11 @@
 import { Queue } from "bullmq";
 import pg from "pg";
-import type { AppConfig } from "../config/config.js";
+import { redact, type AppConfig } from "../config/config.js";
+import { errorText } from "../observe/error-text.js";
 import { oldestJobAt, reportedHeldRows, totalFlushRate } from "../queue/backlog.js";
 import { connectRedis } from "../redis/connection.js";
 import { redisKeys } from "../redis/keys.js";
+import { PREFLIGHT_TIMEOUT_MS, StartupError, checkPostgres } from "./preflight.js";
 
 export const JOB_STATES = [
   "wait",
@@ -52,9 +54,19 @@ export interface SpendStatus {
   lastFlushAt?: string;
   /** The newest spend_applied_batch.applied_at. */
   newestAppliedBatchAt?: string;
+  /**
+   * Why PostgreSQL could not be read (unreachable, refused, no schema):
+   * Redis's side is still shown, the fences' PostgreSQL half and the last
+   * flush are not. Absent: it was read.
+   */
+  postgresUnavailable?: string;
 }
 
-/** Reads the buffer's state from Redis and PostgreSQL, read-only. */
+/**
+ * Reads the buffer's state from Redis and PostgreSQL, read-only. PostgreSQL
+ * down does not stop it: during an outage the backlog in Redis is what an
+ * operator most needs to see (postgresUnavailable says why the rest is missing).
+ */
 export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
   const keys = redisKeys(config.keyPrefix);
   const partitionKeys = Array.from({ length: config.partitions }, (_, p) =>
@@ -66,7 +78,12 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
   for (const k of partitionKeys)
     queues.push(["entity", k.spendQueue], ["daily", k.dailySpendQueue]);
   queues.push(["flush", keys.flushQueue]);
-  const client = new pg.Client({ connectionString: config.databaseUrl });
+  const client = new pg.Client({
+    connectionString: config.databaseUrl,
+    connectionTimeoutMillis: PREFLIGHT_TIMEOUT_MS,
+    query_timeout: PREFLIGHT_TIMEOUT_MS,
+  });
+  client.on("error", () => undefined);
   try {
     const qs: QueueStatus[] = [];
     for (const [role, name] of queues) {
@@ -104,20 +121,13 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
         Promise.all([redis.get(k.flushLock), redis.pttl(k.flushLock), redis.get(k.flushFence)]),
       ),
     );
-    await client.connect();
-    const fenceRows = await client.query<{
-      partition: string;
-      token: string;
-      holder: string;
-      updated_at: Date;
-    }>(
-      `SELECT partition, token::text, holder, updated_at FROM spend_flush_fence WHERE partition = ANY($1::text[])`,
-      [partitionKeys.map((k) => k.fencePartition)],
+    const fromPostgres = await readPostgres(
+      client,
+      config.databaseUrl,
+      partitionKeys.map((k) => k.fencePartition),
     );
-    const applied = await client.query<{ at: Date | null }>(
-      `SELECT max(applied_at) AS at FROM spend_applied_batch`,
-    );
-    const fences = new Map(fenceRows.rows.map((r) => [r.partition, r]));
+    const fenceRows = "unavailable" in fromPostgres ? [] : fromPostgres.fences;
+    const fences = new Map(fenceRows.map((r) => [r.partition, r]));
     const partitions = partitionKeys.map((k, i): PartitionStatus => {
       const [lockValue, pttl, fenceCounter] = inRedis[i] ?? [null, -2, null];
       const f = fences.get(k.fencePartition);
@@ -148,10 +158,10 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
       };
     });
     const lastFlush = Math.max(
-      ...fenceRows.rows.map((r) => r.updated_at.getTime()),
+      ...fenceRows.map((r) => r.updated_at.getTime()),
       Number.NEGATIVE_INFINITY,
     );
-    const newest = applied.rows[0]?.at ?? null;
+    const newest = "unavailable" in fromPostgres ? null : fromPostgres.newestApplied;
     return {
       prefix: config.keyPrefix,
       at,
@@ -165,10 +175,42 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
       partitions,
       ...(Number.isFinite(lastFlush) ? { lastFlushAt: new Date(lastFlush).toISOString() } : {}),
       ...(newest !== null ? { newestAppliedBatchAt: newest.toISOString() } : {}),
+      ...("unavailable" in fromPostgres ? { postgresUnavailable: fromPostgres.unavailable } : {}),
     };
   } finally {
     redis.disconnect();
     await client.end().catch(() => undefined);
+  }
+}
+
+interface FenceRow {
+  partition: string;
+  token: string;
+  holder: string;
+  updated_at: Date;
+}
+
+/** The fences and the newest applied batch, or why PostgreSQL could not give them. */
+async function readPostgres(
+  client: pg.Client,
+  databaseUrl: string,
+  fencePartitions: string[],
+): Promise<{ fences: FenceRow[]; newestApplied: Date | null } | { unavailable: string }> {
+  try {
+    // The preflight's check says why in an operator's terms (unreachable, refused, no schema).
+    await checkPostgres(databaseUrl, { schema: true });
+    await client.connect();
+    const fences = await client.query<FenceRow>(
+      `SELECT partition, token::text, holder, updated_at FROM spend_flush_fence WHERE partition = ANY($1::text[])`,
+      [fencePartitions],
+    );
+    const applied = await client.query<{ at: Date | null }>(
+      `SELECT max(applied_at) AS at FROM spend_applied_batch`,
+    );
+    return { fences: fences.rows, newestApplied: applied.rows[0]?.at ?? null };
+  } catch (err) {
+    if (err instanceof StartupError) return { unavailable: err.message };
+    return { unavailable: `PostgreSQL: ${redact(errorText(err))}` };
   }
 }
 
@@ -225,6 +267,10 @@ export function formatStatus(s: SpendStatus): string {
           ? ` (last holder ${p.fence.postgres.holder}, ${ago(p.fence.postgres.updatedAt, s.at)})`
           : ""),
     );
+  }
+  if (s.postgresUnavailable !== undefined) {
+    lines.push(`last successful flush: unknown (${s.postgresUnavailable})`);
+    return lines.join("\n") + "\n";
   }
   lines.push(`last successful flush: ${ago(s.lastFlushAt, s.at)}`);
   lines.push(`newest applied batch: ${ago(s.newestAppliedBatchAt, s.at)}`);

@@ -202,7 +202,7 @@ const spendBufferSchema = z
       .min(100)
       .default(200_000)
       .describe(
-        "A gateway's memory bound, in distinct rows held (aggregated, or sealed and not yet delivered). At the bound, events that would add rows are refused (`BufferFullError`, 503) instead of growing the heap. It is also what one seal may drain; a seal drains in slices of a few hundred rows across turns of the event loop, so requests are served meanwhile (`spend_producer_seal_duration_seconds`).",
+        "A gateway's memory bound, in distinct rows held: entity rows and daily facts (one per distinct user, team, org, end user and tags of a request context), aggregated, or sealed and not yet delivered. At the bound, events that would add rows are refused (`BufferFullError`, 503) instead of growing the heap. It is also what one seal may drain; a seal drains in slices of a few hundred rows across turns of the event loop, so requests are served meanwhile (`spend_producer_seal_duration_seconds`).",
       ),
     max_rows_per_job: z
       .number()

@@ -337,6 +337,15 @@ describe("budgets: routes, refusal, raise, reset, ingest", () => {
     assert.equal(shown.max_budget, "0.000005000000");
     const [bad] = await admin(0, "/key/update", { key: own.key, budget_duration: "1y" });
     assert.equal(bad, 400);
+    // A soft_budget above the stored max_budget: its alert would never come first.
+    const [crossed, why] = await admin(0, "/key/update", { key: own.key, soft_budget: "0.00001" });
+    assert.equal(crossed, 400, JSON.stringify(why));
+    assert.match(
+      (why.error as { message: string }).message,
+      /soft_budget 0\.000010000000 is above max_budget 0\.000005000000/,
+    );
+    const [fine] = await admin(0, "/key/update", { key: own.key, soft_budget: "0.000004" });
+    assert.equal(fine, 200);
   });
 
   it("refuses bad budget input with a specific 400", async () => {
@@ -346,6 +355,7 @@ describe("budgets: routes, refusal, raise, reset, ingest", () => {
       { team_id: "t", max_budget: "0.0000000000001" },
       { team_id: "t", max_budget: 1e12 },
       { team_id: "t", budget_duration: "1y" },
+      { team_id: "t", max_budget: "1", soft_budget: "2" },
       { team_id: "bad\u0000id", max_budget: 1 },
       { max_budget: 1 },
     ]) {
@@ -355,6 +365,27 @@ describe("budgets: routes, refusal, raise, reset, ingest", () => {
     }
     const [s] = await admin(0, "/team/info?team_id=unknown-team");
     assert.equal(s, 404);
+    // Checked against the stored budget: lowering max_budget under the soft one is refused too.
+    assert.equal(
+      (await admin(0, "/team/new", { team_id: "bu-soft", max_budget: "2", soft_budget: "1" }))[0],
+      200,
+    );
+    const [lowered, body] = await admin(0, "/team/update", {
+      team_id: "bu-soft",
+      max_budget: "0.5",
+    });
+    assert.equal(lowered, 400, JSON.stringify(body));
+    const [cleared] = await admin(0, "/team/update", {
+      team_id: "bu-soft",
+      soft_budget: null,
+      max_budget: "0.5",
+    });
+    assert.equal(cleared, 200);
+    const [, info] = await admin(0, "/team/info?team_id=bu-soft");
+    assert.equal(info.max_budget, "0.500000000000");
+    assert.equal(info.soft_budget, null);
+    const [generated] = await admin(0, "/key/generate", { max_budget: "1", soft_budget: "3" });
+    assert.equal(generated, 400);
   });
 
   it("the flush commits what was served: PostgreSQL agrees with the budgets' view", async () => {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import pg from "pg";
@@ -162,6 +162,35 @@ describe("haimaker-spend CLI: the operators' commands", () => {
         ["flush", 0],
       ],
     );
+
+    // PostgreSQL down (nothing listens there) or without its schema: Redis's side is still
+    // shown, the rest says why it is missing, and the exit code says it was not all read.
+    const nothere = configFile(
+      readFileSync(config, "utf8").replace(t.url, "postgresql://postgres:pw@127.0.0.1:1/nope"),
+    );
+    const down = run(["status", "--config", nothere]);
+    assert.equal(down.code, 1, down.stderr);
+    assert.match(down.stdout, /backlog: 2 jobs waiting/);
+    assert.match(
+      down.stdout,
+      /last successful flush: unknown \(PostgreSQL at postgresql:\/\/\*\*\*@127\.0\.0\.1:1\/nope is unreachable: .*ECONNREFUSED/,
+    );
+    assert.ok(!down.stdout.includes(":pw@"), "the password is not shown");
+    const downJson = JSON.parse(run(["status", "--config", nothere, "--json"]).stdout) as {
+      backlog: { jobs: number };
+      postgresUnavailable?: string;
+    };
+    assert.equal(downJson.backlog.jobs, 2);
+    assert.match(downJson.postgresUnavailable ?? "", /is unreachable/);
+    const noSchema = run([
+      "status",
+      "--config",
+      configFile(
+        readFileSync(config, "utf8").replace(t.url, `${t.url.replace(/\/[^/]*$/, "/postgres")}`),
+      ),
+    ]);
+    assert.equal(noSchema.code, 1, noSchema.stderr);
+    assert.match(noSchema.stdout, /has no schema: run `haimaker-spend migrate` first/);
   });
 
   it("dead-letter list shows what the flush set aside; replay applies it once, exit 1 while rows are still refused", async () => {

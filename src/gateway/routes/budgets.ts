@@ -116,6 +116,9 @@ export function mountBudgetRoutes(
             "not_found",
             `no budget for ${r.idField} ${JSON.stringify(id)}`,
           );
+        const refused = budgetProblem(parsed.data, existing);
+        if (refused !== undefined)
+          return sendError(res, 400, "invalid_request_error", "invalid_body", refused);
         const result = await writeBudget(ctx, r.kind, id, parsed.data);
         if (typeof result === "string")
           return sendError(res, 400, "invalid_request_error", "invalid_body", result);
@@ -265,16 +268,36 @@ export function budgetPart(b: BudgetBody): BudgetBody | undefined {
   return Object.keys(part).length > 0 ? part : undefined;
 }
 
-/** Why a budget_duration is refused (undefined: it is fine or absent). */
-export function durationProblem(b: BudgetBody): string | undefined {
-  if (b.budget_duration === undefined || b.budget_duration === null) return undefined;
-  try {
-    parseDuration(b.budget_duration);
-    return undefined;
-  } catch (err) {
-    if (err instanceof BudgetDurationError) return err.message;
-    throw err;
+/**
+ * Why a budget change is refused (undefined: it is fine): a budget_duration
+ * that does not parse, or a soft_budget above max_budget once the change is
+ * applied to `existing` (the stored budget, null if none): its alert could
+ * never fire before requests are refused.
+ */
+export function budgetProblem(b: BudgetBody, existing: BudgetDef | null): string | undefined {
+  if (b.budget_duration !== undefined && b.budget_duration !== null) {
+    try {
+      parseDuration(b.budget_duration);
+    } catch (err) {
+      if (err instanceof BudgetDurationError) return err.message;
+      throw err;
+    }
   }
+  const max =
+    b.max_budget !== undefined
+      ? b.max_budget === null
+        ? null
+        : decimalToPico(b.max_budget)
+      : (existing?.maxPico ?? null);
+  const soft =
+    b.soft_budget !== undefined
+      ? b.soft_budget === null
+        ? null
+        : decimalToPico(b.soft_budget)
+      : (existing?.softPico ?? null);
+  if (max !== null && soft !== null && soft > max)
+    return `soft_budget ${picoToDecimal(soft)} is above max_budget ${picoToDecimal(max)}: its alert could never fire before requests are refused`;
+  return undefined;
 }
 
 /** A key's budget for /key/info and the key routes' answers (null: none). */

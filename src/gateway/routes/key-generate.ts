@@ -2,7 +2,7 @@ import type { RequestHandler } from "express";
 import { describeIssue, GENERATE_FIELDS, generateBody, keyChanges } from "../key-admin.js";
 import { sendError } from "../openai-error.js";
 import { createKey, KeyInputError, keyResponse } from "../virtual-keys.js";
-import { budgetPart, durationProblem, keyBudgetView, writeBudget } from "./budgets.js";
+import { budgetPart, budgetProblem, keyBudgetView, writeBudget } from "./budgets.js";
 import type { RouteContext } from "./context.js";
 
 /**
@@ -25,7 +25,7 @@ export function keyGenerate(ctx: RouteContext): RequestHandler {
       );
     const b = parsed.data;
     const budget = budgetPart(b);
-    const problem = budget !== undefined ? durationProblem(budget) : undefined;
+    const problem = budget !== undefined ? budgetProblem(budget, null) : undefined;
     if (problem !== undefined)
       return sendError(res, 400, "invalid_request_error", "invalid_body", problem);
     try {

@@ -1,6 +1,6 @@
 import {
   budgetPart,
-  durationProblem,
+  budgetProblem,
   keyBudgetView,
   writeBudget,
   type BudgetBody,
@@ -24,6 +24,7 @@ import {
   type KeyRecord,
   type KeyRef,
 } from "../key-admin.js";
+import { loadBudget } from "../../budget/budget-store.js";
 import { sendError } from "../openai-error.js";
 import { checkId, KeyInputError } from "../virtual-keys.js";
 import type { RouteContext } from "./context.js";
@@ -229,7 +230,11 @@ export function keyUpdate(ctx: RouteContext): RequestHandler {
       return badRequest(res, err);
     }
     const budget = budgetPart(b);
-    const problem = budget !== undefined ? durationProblem(budget) : undefined;
+    // Checked against the key's stored budget, so a change to one field cannot cross the other.
+    const problem =
+      budget !== undefined
+        ? budgetProblem(budget, await loadBudget(ctx.db, "key", ref.token))
+        : undefined;
     if (problem !== undefined)
       return sendError(res, 400, "invalid_request_error", "invalid_body", problem);
     await change(ctx, res, ref, changes, budget);
