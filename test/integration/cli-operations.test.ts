@@ -186,7 +186,7 @@ describe("haimaker-spend CLI: the operators' commands", () => {
       "status",
       "--config",
       configFile(
-        readFileSync(config, "utf8").replace(t.url, `${t.url.replace(/\/[^/]*$/, "/postgres")}`),
+        readFileSync(config, "utf8").replace(t.url, t.url.replace(/\/[^/]*$/, "/postgres")),
       ),
     ]);
     assert.equal(noSchema.code, 1, noSchema.stderr);
