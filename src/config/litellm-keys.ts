@@ -260,7 +260,7 @@ export const LITELLM_REFUSED: Readonly<Record<string, string>> = {
   "litellm_settings.cache_params.gcp_service_account":
     "GCP IAM authentication to Redis is not supported: use password (and username)",
   "litellm_settings.cache_params.gcp_ssl_ca_certs":
-    "not supported: with ssl: true, Redis's certificate is checked against the system's CAs",
+    "not supported: with ssl: true, Redis's certificate is checked against Node's CAs (add yours with NODE_EXTRA_CA_CERTS)",
   "litellm_settings.cache_params.ssl_cert_reqs":
     "not supported: with ssl: true, Redis's certificate is always checked",
   "litellm_settings.cache_params.ssl_check_hostname":
