@@ -2,7 +2,13 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { ConfigError, loadConfig, redact, type AppConfig } from "../config/config.js";
+import {
+  ConfigError,
+  ignoredKeysWarning,
+  loadConfig,
+  redact,
+  type AppConfig,
+} from "../config/config.js";
 import { KeyInputError } from "../gateway/virtual-keys.js";
 import { errorText } from "../observe/error-text.js";
 import { createLogger } from "../observe/logger.js";
@@ -31,9 +37,17 @@ const configOption = (): Option =>
     "proxy_config.yaml to read (default: $SPEND_CONFIG, else none)",
   );
 
-function readConfig(opts: ConfigOption): AppConfig {
+/**
+ * Reads the configuration. What it set aside (LiteLLM settings not used here)
+ * is said once: on stderr by a one-shot command, in the log by `gateway` and
+ * `worker` (`logged`), whose logger needs the configuration first.
+ */
+function readConfig(opts: ConfigOption, { logged = false } = {}): AppConfig {
   const path = opts.config ?? (process.env.SPEND_CONFIG || undefined);
-  return loadConfig(path);
+  const config = loadConfig(path);
+  const warning = ignoredKeysWarning(config.ignoredLiteLLMKeys);
+  if (!logged && warning !== undefined) process.stderr.write(`warning: ${warning}\n`);
+  return config;
 }
 
 function portOption(v: string): number {
@@ -151,7 +165,7 @@ export function buildProgram(): Command {
     .option("--host <host>", "address to listen on", "0.0.0.0")
     .action(
       action(async (opts: ConfigOption & { port?: number; host: string }) => {
-        const config = readConfig(opts);
+        const config = readConfig(opts, { logged: true });
         await preflight(config, {
           redis: config.useRedisBuffer,
           postgres: true,
@@ -159,6 +173,8 @@ export function buildProgram(): Command {
           partitions: config.useRedisBuffer ? "gateway" : undefined,
         });
         const log = createLogger("gateway", config.logLevel);
+        const ignored = ignoredKeysWarning(config.ignoredLiteLLMKeys);
+        if (ignored !== undefined) log.warn(ignored);
         if (config.gateway.modelPrices.size === 0)
           log.warn(
             "no model prices configured (spend_buffer_settings.model_prices): every chat request will be refused",
@@ -199,13 +215,15 @@ export function buildProgram(): Command {
     )
     .action(
       action(async (opts: ConfigOption & { port?: number }) => {
-        const config = readConfig(opts);
+        const config = readConfig(opts, { logged: true });
         if (!config.useRedisBuffer)
           throw new StartupError(
             "general_settings.use_redis_transaction_buffer is false: gateways write to PostgreSQL directly and no flush worker is needed",
           );
         await preflight(config, { redis: true, postgres: true, schema: true });
         const log = createLogger("flush-worker", config.logLevel);
+        const ignored = ignoredKeysWarning(config.ignoredLiteLLMKeys);
+        if (ignored !== undefined) log.warn(ignored);
         if (
           config.admin.auth &&
           config.admin.username === undefined &&

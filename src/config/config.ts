@@ -5,8 +5,9 @@ import { idProblem } from "../contract/ids.js";
 import { MAX_EVENT_USD, usdStringToPico } from "../contract/money.js";
 import { MAX_ID_LENGTH } from "../contract/ids.js";
 import { redact } from "./redact.js";
+import { ignoredKeysWarning, setAsideLiteLLMKeys, unrecognizedKeyHint } from "./litellm-ignored.js";
 
-export { redact };
+export { redact, ignoredKeysWarning };
 
 /**
  * The one place configuration is read, typed and validated. The seed's
@@ -14,7 +15,9 @@ export { redact };
  * `spend_buffer_settings`. Strings of the form `os.environ/NAME` are replaced
  * by that environment variable (LiteLLM's convention, so secrets stay out of
  * the file), and REDIS_URL / DATABASE_URL / REDIS_CLUSTER_NODES / LOG_LEVEL /
- * METRICS_PORT override the file.
+ * METRICS_PORT override the file. LiteLLM's own settings this project does
+ * not read are set aside unread and named (litellm-ignored.ts); any other
+ * unknown key is refused.
  */
 
 export class ConfigError extends Error {
@@ -74,8 +77,10 @@ const priceFields = {
 
 /**
  * One deployment of LiteLLM's model_list. Only what the gateway uses is
- * typed; LiteLLM's other parameters (rpm, tpm, max_retries, ...) are
- * accepted and ignored, so a LiteLLM configuration loads as it is.
+ * typed. LiteLLM's other parameters (rpm, tpm, max_retries, ...) are set
+ * aside before this schema sees them (litellm-ignored.ts), so a LiteLLM
+ * configuration loads as it is; what is left and not ours is a typo of one
+ * of ours, refused here.
  */
 const deploymentSchema = z
   .object({
@@ -85,7 +90,7 @@ const deploymentSchema = z
       .max(256)
       .describe("The name clients ask for (`model` in their requests)."),
     litellm_params: z
-      .looseObject({
+      .object({
         model: z
           .string()
           .min(1)
@@ -108,9 +113,10 @@ const deploymentSchema = z
           .describe("Seconds before an upstream request is abandoned (default 600)."),
         ...priceFields,
       })
+      .strict()
       .describe("How to reach the model."),
     model_info: z
-      .looseObject({
+      .object({
         ...priceFields,
         max_input_tokens: z
           .number()
@@ -119,6 +125,7 @@ const deploymentSchema = z
           .optional()
           .describe("Longest prompt accepted (tokens); longer ones are refused before the call."),
       })
+      .strict()
       .optional()
       .describe("Prices and limits (LiteLLM's names)."),
   })
@@ -607,6 +614,12 @@ export interface AppConfig {
   metricsPort: number;
   /** general_settings.master_key, resolved; undefined when not set. */
   masterKey?: string;
+  /**
+   * LiteLLM's settings in the file that this project does not read, set
+   * aside unvalidated, as dotted paths (`litellm_settings.drop_params`,
+   * `model_list[0].litellm_params.rpm`): each process names them once at start.
+   */
+  ignoredLiteLLMKeys: readonly string[];
   gateway: GatewayConfig;
   admin: AdminConfig;
 }
@@ -773,13 +786,23 @@ function parseDatabaseUrl(name: string, url: string): string {
 
 function formatIssues(err: z.ZodError): string {
   return err.issues
-    .map((i) => `${i.path.length > 0 ? i.path.join(".") : "(root)"}: ${i.message}`)
+    .map(
+      (i) =>
+        `${i.path.length > 0 ? i.path.join(".") : "(root)"}: ${i.message}${
+          i.code === "unrecognized_keys"
+            ? unrecognizedKeyHint(CONFIG_FILE_SCHEMA, i.path, i.keys)
+            : ""
+        }`,
+    )
     .join("; ");
 }
 
 /** Builds the configuration from a parsed YAML document (or nothing) and the environment. */
 export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env): AppConfig {
-  const parsed = CONFIG_FILE_SCHEMA.safeParse(resolveEnvRefs(doc ?? {}, env, ""));
+  // Before env references are resolved: a LiteLLM setting this project does
+  // not read must not fail the start for a variable only LiteLLM needed.
+  const { doc: ours, ignored } = setAsideLiteLLMKeys(doc ?? {}, CONFIG_FILE_SCHEMA);
+  const parsed = CONFIG_FILE_SCHEMA.safeParse(resolveEnvRefs(ours, env, ""));
   if (!parsed.success)
     throw new ConfigError(`invalid configuration: ${formatIssues(parsed.error)}`);
   const f = parsed.data;
@@ -964,6 +987,7 @@ export function buildConfig(doc: unknown, env: NodeJS.ProcessEnv = process.env):
     },
     metricsPort,
     ...(g.master_key !== undefined ? { masterKey: g.master_key } : {}),
+    ignoredLiteLLMKeys: ignored,
     gateway: {
       port: s.gateway_port,
       budgetRefreshMs: s.budget_refresh_seconds * 1000,

@@ -159,6 +159,20 @@ describe("haimaker-spend CLI: refusing to start, in one line, exit 2", () => {
     const noOwner = run(["key", "create", "--config", config]);
     assert.equal(noOwner.code, 2);
     assert.match(noOwner.stderr, /at least one of --user, --team, --org/);
+    // LiteLLM's settings this project does not read: named once on stderr, not a refusal.
+    const litellm = configFile(
+      `${readFileSync(config, "utf8")}\nrouter_settings: { num_retries: 2 }\n`.replace(
+        "litellm_settings:\n",
+        "litellm_settings:\n  drop_params: true\n",
+      ),
+    );
+    const named = run(["key", "create", "--config", litellm]);
+    assert.equal(named.code, 2);
+    assert.equal(
+      named.stderr,
+      "warning: ignored: LiteLLM settings this gateway does not use: router_settings, litellm_settings.drop_params\n" +
+        "error: give at least one of --user, --team, --org\n",
+    );
   });
 
   it("refuses a bad LOG_LEVEL, METRICS_PORT or --port with exit 2 and one line", async () => {

@@ -3,7 +3,14 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { buildConfig, ConfigError, LOG_LEVELS, loadConfig } from "../../src/config/config.js";
+import {
+  buildConfig,
+  ConfigError,
+  DEFAULT_CONFIG,
+  ignoredKeysWarning,
+  LOG_LEVELS,
+  loadConfig,
+} from "../../src/config/config.js";
 
 function file(text: string): string {
   const dir = mkdtempSync(join(tmpdir(), "spend-config-"));
@@ -264,5 +271,261 @@ litellm_settings:
           err instanceof ConfigError && /model_prices: model name/.test(err.message),
         JSON.stringify(model),
       );
+  });
+});
+
+// An operator's existing LiteLLM proxy config.yaml, with settings of LiteLLM's
+// that this project does not read in every section.
+const LITELLM_FILE = `
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: os.environ/OPENAI_API_KEY
+      timeout: 120
+      rpm: 600
+      tpm: 100000
+      max_retries: 2
+      stream_timeout: 60
+    model_info:
+      id: gpt-4o-primary
+      base_model: gpt-4o
+      input_cost_per_token: "0.0000025"
+      output_cost_per_token: "0.00001"
+  - model_name: azure-gpt-4o
+    litellm_params:
+      model: azure/gpt-4o-eu
+      api_base: https://example-eu.openai.azure.com/openai
+      api_key: os.environ/AZURE_API_KEY
+      api_version: "2024-06-01"
+      input_cost_per_token: "0.0000025"
+      output_cost_per_token: "0.00001"
+
+litellm_settings:
+  drop_params: true
+  num_retries: 3
+  request_timeout: 600
+  set_verbose: false
+  json_logs: true
+  success_callback: ["langfuse"]
+  cache: true
+  cache_params:
+    type: redis
+    host: redis.internal
+    port: 6380
+    password: os.environ/REDIS_PASSWORD
+    ttl: 600
+    namespace: litellm.caching.caching
+    supported_call_types: ["acompletion"]
+
+general_settings:
+  master_key: os.environ/LITELLM_MASTER_KEY
+  use_redis_transaction_buffer: true
+  proxy_batch_write_at: 5
+  alerting: ["slack"]
+  database_connection_pool_limit: 20
+  disable_spend_logs: false
+  store_model_in_db: true
+
+router_settings:
+  routing_strategy: simple-shuffle
+  redis_host: os.environ/ROUTER_REDIS_HOST
+  num_retries: 2
+
+environment_variables:
+  LANGFUSE_PUBLIC_KEY: pk-lf-0000
+
+guardrails:
+  - guardrail_name: pii
+    litellm_params: { guardrail: presidio, mode: pre_call }
+`;
+
+const LITELLM_ENV = {
+  OPENAI_API_KEY: "sk-openai",
+  AZURE_API_KEY: "azure-key",
+  REDIS_PASSWORD: "s3cret",
+  LITELLM_MASTER_KEY: "sk-master-key",
+};
+
+function refusal(yaml: string): string {
+  try {
+    loadConfig(file(yaml), LITELLM_ENV);
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, String(err));
+    return err.message;
+  }
+  assert.fail(`accepted:\n${yaml}`);
+}
+
+describe("a LiteLLM proxy config.yaml", () => {
+  it("loads, LiteLLM's settings this project does not read set aside and listed exactly", () => {
+    const c = loadConfig(file(LITELLM_FILE), LITELLM_ENV);
+    assert.deepEqual(c.ignoredLiteLLMKeys, [
+      "router_settings",
+      "environment_variables",
+      "guardrails",
+      "general_settings.alerting",
+      "general_settings.database_connection_pool_limit",
+      "general_settings.disable_spend_logs",
+      "general_settings.store_model_in_db",
+      "litellm_settings.drop_params",
+      "litellm_settings.num_retries",
+      "litellm_settings.request_timeout",
+      "litellm_settings.set_verbose",
+      "litellm_settings.json_logs",
+      "litellm_settings.success_callback",
+      "litellm_settings.cache_params.ttl",
+      "litellm_settings.cache_params.namespace",
+      "model_list[0].litellm_params.rpm",
+      "model_list[0].litellm_params.tpm",
+      "model_list[0].litellm_params.max_retries",
+      "model_list[0].litellm_params.stream_timeout",
+      "model_list[0].model_info.id",
+      "model_list[0].model_info.base_model",
+      "model_list[1].litellm_params.api_version",
+    ]);
+    // Ours, read as before (ROUTER_REDIS_HOST is unset: a set-aside value is not resolved).
+    assert.equal(c.useRedisBuffer, true);
+    assert.equal(c.producer.flushIntervalMs, 5_000);
+    assert.equal(c.masterKey, "sk-master-key");
+    assert.deepEqual(
+      [c.redis.host, c.redis.port, c.redis.password],
+      ["redis.internal", 6380, "s3cret"],
+    );
+    const [gpt] = c.gateway.models.get("gpt-4o") ?? [];
+    assert.equal(gpt?.timeoutMs, 120_000);
+    assert.equal(gpt?.apiKey, "sk-openai");
+    assert.equal(gpt?.price.inputPicoPerToken, 2_500_000n);
+    const [azure] = c.gateway.models.get("azure-gpt-4o") ?? [];
+    assert.equal(azure?.apiBase, "https://example-eu.openai.azure.com/openai");
+    assert.equal(azure?.provider, "azure");
+  });
+
+  it("names them in one start-up warning, and none without them", () => {
+    const c = loadConfig(file(LITELLM_FILE), LITELLM_ENV);
+    const warning = ignoredKeysWarning(c.ignoredLiteLLMKeys) ?? "";
+    assert.match(
+      warning,
+      /^ignored: LiteLLM settings this gateway does not use: router_settings, environment_variables, guardrails, general_settings\.alerting, .*model_list\[1\]\.litellm_params\.api_version$/,
+    );
+    assert.doesNotMatch(warning, /\n/);
+    assert.deepEqual(loadConfig(file(SEED), {}).ignoredLiteLLMKeys, []);
+    assert.deepEqual(DEFAULT_CONFIG.ignoredLiteLLMKeys, []);
+    assert.equal(ignoredKeysWarning([]), undefined);
+  });
+
+  it("does not validate what it sets aside, nor change the document it was given", () => {
+    const doc = {
+      router_settings: "not even a map",
+      environment_variables: [1, 2, 3],
+      litellm_settings: { drop_params: "yes please", num_retries: { a: "b" } },
+      general_settings: { alerting: 42, store_model_in_db: "os.environ/NOT_SET_ANYWHERE" },
+    };
+    const copy = structuredClone(doc);
+    const c = buildConfig(doc, {});
+    assert.equal(c.ignoredLiteLLMKeys.length, 6);
+    assert.deepEqual(doc, copy);
+  });
+
+  it("still refuses a typo of one of ours, naming the key meant", () => {
+    const cases: [string, string][] = [
+      [
+        "general_settings:\n  use_redis_transaction_bufer: true\n",
+        'invalid configuration: general_settings: Unrecognized key: "use_redis_transaction_bufer" (did you mean "use_redis_transaction_buffer"?)',
+      ],
+      [
+        "general_settings:\n  alerting: [slack]\n  proxy_batch_write_att: 1\n",
+        'invalid configuration: general_settings: Unrecognized key: "proxy_batch_write_att" (did you mean "proxy_batch_write_at"?)',
+      ],
+      [
+        "genral_settings:\n  master_key: sk-12345678\n",
+        'invalid configuration: (root): Unrecognized key: "genral_settings" (did you mean "general_settings"?)',
+      ],
+      [
+        "litellm_settings:\n  drop_params: true\n  cache_params: { type: redis, ttl: 60, hots: redis.internal }\n",
+        'invalid configuration: litellm_settings.cache_params: Unrecognized key: "hots" (did you mean "host"?)',
+      ],
+      [
+        "spend_buffer_settings:\n  key_prefx: a\n",
+        'invalid configuration: spend_buffer_settings: Unrecognized key: "key_prefx" (did you mean "key_prefix"?)',
+      ],
+      // LiteLLM passes unknown litellm_params on to the provider, so they are
+      // set aside; one a letter from ours is the typo it looks like.
+      [
+        'model_list:\n  - model_name: m\n    litellm_params: { model: openai/m, rpm: 5, api_bse: "https://up.example/v1" }\n    model_info: { input_cost_per_token: "0.1", output_cost_per_token: "0.1" }\n',
+        'invalid configuration: model_list.0.litellm_params: Unrecognized key: "api_bse" (did you mean "api_base"?)',
+      ],
+      [
+        'model_list:\n  - model_name: m\n    litellm_params: { model: mock/m }\n    model_info: { id: x, input_cost_per_tokens: "0.1", output_cost_per_token: "0.1" }\n',
+        'invalid configuration: model_list.0.model_info: Unrecognized key: "input_cost_per_tokens" (did you mean "input_cost_per_token"?)',
+      ],
+    ];
+    for (const [yaml, message] of cases) assert.equal(refusal(yaml), message, yaml);
+  });
+
+  it("still refuses a key on neither list, as before", () => {
+    const cases: [string, string][] = [
+      [
+        "general_settings:\n  alerting: [slack]\n  bogus_key: 1\n",
+        'invalid configuration: general_settings: Unrecognized key: "bogus_key"',
+      ],
+      [
+        "router_settings: {}\nnot_a_litellm_section: {}\n",
+        'invalid configuration: (root): Unrecognized key: "not_a_litellm_section"',
+      ],
+      [
+        "litellm_settings:\n  drop_params: true\n  made_up_setting: 1\n",
+        'invalid configuration: litellm_settings: Unrecognized key: "made_up_setting"',
+      ],
+      [
+        "litellm_settings:\n  cache_params: { type: redis, made_up: 1 }\n",
+        'invalid configuration: litellm_settings.cache_params: Unrecognized key: "made_up"',
+      ],
+    ];
+    for (const [yaml, message] of cases) assert.equal(refusal(yaml), message, yaml);
+  });
+
+  it("refuses, saying why, LiteLLM's settings that would change where spend goes or who is served", () => {
+    const cases: [string, RegExp][] = [
+      [
+        "include: [models.yaml]\n",
+        /\(root\): Unrecognized key: "include" \(LiteLLM's include is not read here/,
+      ],
+      [
+        "general_settings:\n  allowed_ips: [10.0.0.1]\n",
+        /general_settings: Unrecognized key: "allowed_ips" \(LiteLLM's IP allow-list is not applied here/,
+      ],
+      [
+        "litellm_settings:\n  cache_params: { type: redis, redis_startup_nodes: [{ host: a, port: 7001 }] }\n",
+        /cache_params: Unrecognized key: "redis_startup_nodes" \(.*write them as cluster_nodes/,
+      ],
+    ];
+    for (const [yaml, message] of cases) assert.match(refusal(yaml), message, yaml);
+  });
+
+  it("still validates our keys beside the ones set aside", () => {
+    const cases: [string, RegExp][] = [
+      [
+        "general_settings:\n  alerting: [slack]\n  proxy_batch_write_at: -1\n",
+        /general_settings\.proxy_batch_write_at/,
+      ],
+      [
+        "litellm_settings:\n  drop_params: true\n  cache_params: { type: redis, ttl: 600, port: 99999 }\n",
+        /litellm_settings\.cache_params\.port/,
+      ],
+      [
+        'model_list:\n  - model_name: m\n    litellm_params: { model: openai/m, rpm: 5, timeout: -5 }\n    model_info: { id: x, input_cost_per_token: "0.1", output_cost_per_token: "0.1" }\n',
+        /model_list\.0\.litellm_params\.timeout/,
+      ],
+      [
+        'model_list:\n  - model_name: m\n    litellm_params: { model: openai/m, tpm: 5 }\n    model_info: { base_model: m, input_cost_per_token: 0.1, output_cost_per_token: "0.1" }\n',
+        /model_info\.input_cost_per_token: must be a quoted decimal string/,
+      ],
+      [
+        "router_settings: { num_retries: 2 }\ngeneral_settings:\n  master_key: short\n",
+        /general_settings\.master_key: must be at least 8 characters/,
+      ],
+    ];
+    for (const [yaml, message] of cases) assert.match(refusal(yaml), message, yaml);
   });
 });
