@@ -121,7 +121,7 @@ export class ProducerMetrics {
     });
     this.sealRows = new Histogram({
       name: "spend_producer_seal_rows",
-      help: "Rows (entity + daily; daily facts counted as the rows they fan out to) one seal of a producer's buffer emitted.",
+      help: "Rows (entity rows + daily facts) one seal of a producer's buffer emitted.",
       buckets: ROWS_BUCKETS,
       registers,
     });

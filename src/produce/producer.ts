@@ -673,13 +673,16 @@ export class SpendProducer {
       partitions: this.partitions,
     };
     let rows = 0;
+    let flushRows = 0;
     for (const batch of numberBatches(jobs, header, () => this.nextBatchId())) {
       this.delivery.queue(batch);
-      rows += batch.flushRows;
+      rows += batch.rowCount;
+      flushRows += batch.flushRows;
     }
     this.stats.sealDuration.observe(d.busyMs / 1000);
     this.stats.sealRows.observe(rows);
-    if (d.events > 0) this.rowsPerEvent = 0.7 * this.rowsPerEvent + (0.3 * rows) / d.events;
+    // In the flush's rows (facts fanned out), which is what its rate is measured in.
+    if (d.events > 0) this.rowsPerEvent = 0.7 * this.rowsPerEvent + (0.3 * flushRows) / d.events;
   }
 
   /**

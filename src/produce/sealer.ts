@@ -30,12 +30,42 @@ export interface UnnumberedBatch {
   rowText: string;
 }
 
+interface FactIds {
+  tags: readonly string[];
+  user: string;
+  team: string;
+  org: string;
+  endUser: string;
+}
+
+/** Adds a fact's ids to `seen` (sets per kind); returns how many were new. */
+function addIds(
+  seen: readonly Set<string>[],
+  tags: readonly string[],
+  user: string,
+  team: string,
+  org: string,
+  endUser: string,
+): number {
+  let n =
+    addId(seen[0], user) + addId(seen[1], team) + addId(seen[2], org) + addId(seen[3], endUser);
+  for (let i = 0; i < tags.length; i++) n += addId(seen[4], tags[i] as string);
+  return n;
+}
+
+/** 1 if `id` is new to `s` (and now in it), else 0; "" names nothing. */
+function addId(s: Set<string> | undefined, id: string): number {
+  if (id === "" || s === undefined || s.has(id)) return 0;
+  s.add(id);
+  return 1;
+}
+
 /** A job being written (pooled with its text's buffer). */
 class OpenJob {
   readonly text = new RowTextWriter();
   /** The context whose text the job last wrote (a context's facts follow it). */
   context: ContextStrings | undefined = undefined;
-  /** Daily rows its facts fan out to, or its rows. */
+  /** The daily rows its facts fan out to (a context's merged), or its rows. */
   flushRows = 0;
 }
 
@@ -90,6 +120,11 @@ export class JobWriter implements DrainTarget {
   /** The context of the last fact, and its partition (a context's facts come together). */
   private lastContext: ContextStrings | undefined = undefined;
   private lastPartition = 0;
+  // What newRows has counted of the current context: its first fact while it has one, then
+  // its ids per kind (user, team, org, end user, tag).
+  private countedContext: ContextStrings | undefined = undefined;
+  private first: FactIds | undefined = undefined;
+  private readonly seen: Set<string>[] = [new Set(), new Set(), new Set(), new Set(), new Set()];
 
   constructor(
     private readonly partitions: number,
@@ -151,7 +186,7 @@ export class JobWriter implements DrainTarget {
       successes,
       spendPico,
     );
-    job.flushRows += factRowCount(tags, user, team, org, endUser);
+    job.flushRows += this.newRows(c, tags, user, team, org, endUser);
     this.dailyRows++;
     if (this.full(job)) this.close("daily", 4, this.factOpen, p);
   }
@@ -200,7 +235,41 @@ export class JobWriter implements DrainTarget {
     this.entityRows = 0;
     this.dailyRows = 0;
     this.lastContext = undefined;
+    this.countedContext = undefined;
+    this.first = undefined;
     return jobs;
+  }
+
+  /**
+   * The daily rows a fact adds that earlier facts of its context did not
+   * name: what back-pressure weighs against the rows a second the flush
+   * commits, which merges a context's rows (counting every fact whole made
+   * it 6.1 rows a request against 4.5 at the benchmark's cardinality). A
+   * context's first fact counts whole; from its second on, the context's ids
+   * are kept in sets, so only contexts of several facts pay for them.
+   */
+  private newRows(
+    c: ContextStrings,
+    tags: readonly string[],
+    user: string,
+    team: string,
+    org: string,
+    endUser: string,
+  ): number {
+    const seen = this.seen;
+    if (c !== this.countedContext) {
+      this.countedContext = c;
+      this.first = { tags, user, team, org, endUser };
+      return factRowCount(tags, user, team, org, endUser);
+    }
+    const first = this.first;
+    if (first !== undefined) {
+      // The context's second fact: its first one's ids go in first.
+      this.first = undefined;
+      for (const s of seen) s.clear();
+      addIds(seen, first.tags, first.user, first.team, first.org, first.endUser);
+    }
+    return addIds(seen, tags, user, team, org, endUser);
   }
 
   /** Writes c's strings into the job unless its last fact or row was of c. */

@@ -216,7 +216,7 @@ describe("producer", () => {
     await p.flush();
     const second = await seals();
     assert.equal(second.count, 2);
-    assert.equal(second.rows - first.rows, 2, "one user row, one daily row");
+    assert.equal(second.rows - first.rows, 2, "one user row, one daily fact");
     await p.close();
     assert.equal((await h.flusher().flushOnce()).outcome, "committed");
   });
