@@ -30,13 +30,7 @@ export interface UnnumberedBatch {
   rowText: string;
 }
 
-interface FactIds {
-  tags: readonly string[];
-  user: string;
-  team: string;
-  org: string;
-  endUser: string;
-}
+const NO_TAGS: readonly string[] = Object.freeze([]);
 
 /** Adds a fact's ids to `seen` (sets per kind); returns how many were new. */
 function addIds(
@@ -123,7 +117,12 @@ export class JobWriter implements DrainTarget {
   // What newRows has counted of the current context: its first fact while it has one, then
   // its ids per kind (user, team, org, end user, tag).
   private countedContext: ContextStrings | undefined = undefined;
-  private first: FactIds | undefined = undefined;
+  private firstPending = false;
+  private firstTags: readonly string[] = NO_TAGS;
+  private firstUser = "";
+  private firstTeam = "";
+  private firstOrg = "";
+  private firstEndUser = "";
   private readonly seen: Set<string>[] = [new Set(), new Set(), new Set(), new Set(), new Set()];
 
   constructor(
@@ -235,8 +234,11 @@ export class JobWriter implements DrainTarget {
     this.entityRows = 0;
     this.dailyRows = 0;
     this.lastContext = undefined;
+    // Nothing of this seal's ids is kept alive until the next.
     this.countedContext = undefined;
-    this.first = undefined;
+    this.firstPending = false;
+    this.firstTags = NO_TAGS;
+    for (const s of this.seen) s.clear();
     return jobs;
   }
 
@@ -259,15 +261,26 @@ export class JobWriter implements DrainTarget {
     const seen = this.seen;
     if (c !== this.countedContext) {
       this.countedContext = c;
-      this.first = { tags, user, team, org, endUser };
+      this.firstPending = true;
+      this.firstTags = tags;
+      this.firstUser = user;
+      this.firstTeam = team;
+      this.firstOrg = org;
+      this.firstEndUser = endUser;
       return factRowCount(tags, user, team, org, endUser);
     }
-    const first = this.first;
-    if (first !== undefined) {
+    if (this.firstPending) {
       // The context's second fact: its first one's ids go in first.
-      this.first = undefined;
+      this.firstPending = false;
       for (const s of seen) s.clear();
-      addIds(seen, first.tags, first.user, first.team, first.org, first.endUser);
+      addIds(
+        seen,
+        this.firstTags,
+        this.firstUser,
+        this.firstTeam,
+        this.firstOrg,
+        this.firstEndUser,
+      );
     }
     return addIds(seen, tags, user, team, org, endUser);
   }
