@@ -31,6 +31,8 @@ export interface UnnumberedBatch {
 }
 
 const NO_TAGS: readonly string[] = Object.freeze([]);
+// Ids of one context JobWriter.newRows keeps to count its rows once (see there).
+const SEEN_LIMIT = 2_048;
 
 /** Adds a fact's ids to `seen` (sets per kind); returns how many were new. */
 function addIds(
@@ -124,6 +126,7 @@ export class JobWriter implements DrainTarget {
   private firstOrg = "";
   private firstEndUser = "";
   private readonly seen: Set<string>[] = [new Set(), new Set(), new Set(), new Set(), new Set()];
+  private seenIds = 0;
 
   constructor(
     private readonly partitions: number,
@@ -239,6 +242,7 @@ export class JobWriter implements DrainTarget {
     this.firstPending = false;
     this.firstTags = NO_TAGS;
     for (const s of this.seen) s.clear();
+    this.seenIds = 0;
     return jobs;
   }
 
@@ -248,7 +252,11 @@ export class JobWriter implements DrainTarget {
    * commits, which merges a context's rows (counting every fact whole made
    * it 6.1 rows a request against 4.5 at the benchmark's cardinality). A
    * context's first fact counts whole; from its second on, the context's ids
-   * are kept in sets, so only contexts of several facts pay for them.
+   * are kept in sets, so only contexts of several facts pay for them. Past
+   * SEEN_LIMIT ids a context's further facts count whole: one context can
+   * hold most of a gateway's facts (every request of one key on one day and
+   * model), and a set growing to 100k ids rehashed for milliseconds at a
+   * time, on the event loop (issue 22, goal 2).
    */
   private newRows(
     c: ContextStrings,
@@ -273,7 +281,7 @@ export class JobWriter implements DrainTarget {
       // The context's second fact: its first one's ids go in first.
       this.firstPending = false;
       for (const s of seen) s.clear();
-      addIds(
+      this.seenIds = addIds(
         seen,
         this.firstTags,
         this.firstUser,
@@ -282,7 +290,10 @@ export class JobWriter implements DrainTarget {
         this.firstEndUser,
       );
     }
-    return addIds(seen, tags, user, team, org, endUser);
+    if (this.seenIds > SEEN_LIMIT) return factRowCount(tags, user, team, org, endUser);
+    const n = addIds(seen, tags, user, team, org, endUser);
+    this.seenIds += n;
+    return n;
   }
 
   /** Writes c's strings into the job unless its last fact or row was of c. */
