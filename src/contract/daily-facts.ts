@@ -16,6 +16,9 @@ import type { Count, DailyContextDims, DailyKind, DailyRow } from "./spend-rows.
  */
 
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
+
+/** No tags: one frozen array for every fact and event that names none. */
+export const NO_TAGS: readonly string[] = Object.freeze([]);
 // Digit strings of at most this many digits are below 2^53 and sum exactly as numbers.
 const SAFE_DIGITS = 15;
 

@@ -328,39 +328,6 @@ export function encodeDailyRows(rows: readonly DailyRow[]): string {
 }
 
 /**
- * Daily rows as fact text (format 4): each row a fact naming only its own
- * entity, so the text fans out to exactly these rows.
- */
-export function encodeDailyRowsAsFacts(rows: readonly DailyRow[]): string {
-  const w = new RowTextWriter();
-  let last: DailyRow | undefined;
-  for (const r of rows) {
-    if (last === undefined || !sameDailyContext(last, r))
-      w.context(r[2], r[3], r[4], r[5], r[6], r[7], r[8]);
-    const id = r[1];
-    const k = r[0];
-    w.fact(
-      k === "tag" ? [id] : NO_TAGS,
-      k === "user" ? id : "",
-      k === "team" ? id : "",
-      k === "org" ? id : "",
-      k === "end_user" ? id : "",
-      r[9],
-      r[10],
-      r[11],
-      r[12],
-      r[13],
-      r[14],
-      r[16],
-    );
-    last = r;
-  }
-  return w.take();
-}
-
-const NO_TAGS: readonly string[] = Object.freeze([]);
-
-/**
  * Most tags one fact may name. A producer's max_tags is at most this
  * (config.ts); the cap bounds what one fact fans out to.
  */

@@ -1,5 +1,5 @@
 import { MAX_SAFE_PICO } from "../contract/money.js";
-import { DailyFactRows, factRowCount, failedCount } from "../contract/daily-facts.js";
+import { DailyFactRows, NO_TAGS, factRowCount, failedCount } from "../contract/daily-facts.js";
 import {
   ENTITY_KINDS,
   encodeCount,
@@ -59,7 +59,6 @@ const COUNT_SPILL_REQUESTS = 4_000_000;
 // A key's distinct daily contexts are scanned linearly up to this many, then indexed.
 const CONTEXT_SCAN_LIMIT = 8;
 const SEP = "\u001f";
-const NO_TAGS: readonly string[] = Object.freeze([]);
 // Rows (or contexts) a drain step handles before it yields: well under a
 // millisecond of work, so a driver can check its time budget often.
 const DRAIN_STEP = 64;

@@ -1,4 +1,4 @@
-import { factRowCount } from "../contract/daily-facts.js";
+import { factRowCount, NO_TAGS } from "../contract/daily-facts.js";
 import { RowTextWriter } from "../contract/row-text.js";
 import {
   DAILY_KINDS,
@@ -30,7 +30,6 @@ export interface UnnumberedBatch {
   rowText: string;
 }
 
-const NO_TAGS: readonly string[] = Object.freeze([]);
 // Ids of one context JobWriter.newRows keeps to count its rows once (see there).
 const SEEN_LIMIT = 2_048;
 

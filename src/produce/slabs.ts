@@ -1,3 +1,4 @@
+import { NO_TAGS } from "../contract/daily-facts.js";
 // Rows per chunk of the aggregator's slabs. The slabs grow a chunk at a time
 // and never copy: doubling one flat typed array per slab copied every row held
 // into fresh memory in the one record() that crossed a power of two, and on
@@ -68,8 +69,6 @@ export class FactChunk {
 
 /** Entity rows a fact holds inline: its user, team, membership, org, end user and three tags. */
 export const FACT_ENTS = 8;
-
-const NO_TAGS: readonly string[] = Object.freeze([]);
 
 /**
  * A list of row indexes that keeps its chunks when cleared: the aggregator

@@ -259,6 +259,21 @@ describe("flush", () => {
       },
       reason: /malformed spend job: groups\.0\.0/,
     },
+    {
+      what: "a format-4 daily job whose fact counts more successes than requests",
+      queue: "daily",
+      job: {
+        v: 4,
+        kind: "daily",
+        batchId: "poison-v4",
+        producerId: "x",
+        sealedAt: 0,
+        rowCount: 1,
+        // One context, then a fact naming user u: 1 request, 2 successful.
+        rowText: "10:2026-11-261:k1:m1:m1:p0:1:e0,1:u0:0:0:1,1,0,0,1,2,5,",
+      },
+      reason: /malformed spend job: rowText: row text, at character \d+: more successful requests/,
+    },
   ] as const;
   for (const [i, m] of malformed.entries()) {
     it(`sets ${m.what} aside as failed and flushes everything else`, async () => {

@@ -1,4 +1,5 @@
-import type { DailyRow, EntityRow } from "../../src/contract/spend-batch.js";
+import { RowTextWriter } from "../../src/contract/row-text.js";
+import { sameDailyContext, type DailyRow, type EntityRow } from "../../src/contract/spend-batch.js";
 
 /**
  * A user's spend rows as a producer seals them: the user's entity row and
@@ -29,4 +30,35 @@ export function userDailyRow(user: string, pico: string): DailyRow {
     0,
     pico,
   ];
+}
+
+/**
+ * Daily rows as fact text (job format 4): each row a fact naming only its own
+ * entity, so the text fans out to exactly these rows.
+ */
+export function encodeDailyRowsAsFacts(rows: readonly DailyRow[]): string {
+  const w = new RowTextWriter();
+  let last: DailyRow | undefined;
+  for (const r of rows) {
+    if (last === undefined || !sameDailyContext(last, r))
+      w.context(r[2], r[3], r[4], r[5], r[6], r[7], r[8]);
+    const id = r[1];
+    const k = r[0];
+    w.fact(
+      k === "tag" ? [id] : [],
+      k === "user" ? id : "",
+      k === "team" ? id : "",
+      k === "org" ? id : "",
+      k === "end_user" ? id : "",
+      r[9],
+      r[10],
+      r[11],
+      r[12],
+      r[13],
+      r[14],
+      r[16],
+    );
+    last = r;
+  }
+  return w.take();
 }

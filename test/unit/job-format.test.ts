@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { encodeDailyRowsAsFacts } from "../../src/contract/row-text.js";
+import { encodeDailyRowsAsFacts } from "../support/spend-rows.js";
 import {
   DAILY_KINDS,
   dailyJobPayloadSchema,
