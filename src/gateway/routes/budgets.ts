@@ -120,8 +120,6 @@ export function mountBudgetRoutes(
         if (refused !== undefined)
           return sendError(res, 400, "invalid_request_error", "invalid_body", refused);
         const result = await writeBudget(ctx, r.kind, id, parsed.data);
-        if (typeof result === "string")
-          return sendError(res, 400, "invalid_request_error", "invalid_body", result);
         res.json(await budgetView(ctx, result, r.idField));
       };
     app.post(`${r.path}/new`, admin, json, write(true));
@@ -163,23 +161,15 @@ export const BUDGET_FIELDS = budgetFields;
 /**
  * Stores a budget and makes every gateway lease it afresh: the entity's state
  * in Redis is dropped, so the next lease seeds it from the new limit and the
- * live spend, and what gateways held of the old one is void. A message string
- * if the input is refused.
+ * live spend, and what gateways held of the old one is void. Every caller has
+ * had the input through budgetProblem first.
  */
 export async function writeBudget(
   ctx: RouteContext,
   kind: BudgetKind,
   id: string,
   b: BudgetBody,
-): Promise<BudgetDef | string> {
-  if (b.budget_duration !== undefined && b.budget_duration !== null) {
-    try {
-      parseDuration(b.budget_duration);
-    } catch (err) {
-      if (err instanceof BudgetDurationError) return err.message;
-      throw err;
-    }
-  }
+): Promise<BudgetDef> {
   const live = await liveSpend(
     { db: ctx.db, queues: ctx.queues, producer: ctx.producer },
     kind,
