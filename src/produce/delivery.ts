@@ -67,6 +67,16 @@ export class Delivery {
   }
 
   /**
+   * Starts sending the pending batches unless a send runs already (it takes
+   * what is queued meanwhile). A failure is kept, counted and retried as
+   * sendAll's is; the caller does not wait for it.
+   */
+  kick(): void {
+    if (this.sending !== undefined || this.batches.length === 0) return;
+    void this.sendAll().catch(() => undefined);
+  }
+
+  /**
    * Sends every pending batch, in order. Waits for a send already running
    * first: batches leave in order and are never sent twice at once. Rejects if
    * a batch could not be sent (it stays pending).

@@ -103,9 +103,9 @@ const spareJobs: OpenJob[] = [];
  * the process has one: the 10-20 ms stalls goal 2 measured.
  */
 export class JobWriter implements DrainTarget {
-  /** The jobs closed since the last finish(), in order. */
+  /** The jobs closed since the last take or finish(), in order. */
   private jobs: UnnumberedBatch[] = [];
-  /** Entity rows, and daily facts or rows, written since the last finish(). */
+  /** Entity rows, and daily facts or rows, written since the last finish() and not taken (takeClosed). */
   entityRows = 0;
   dailyRows = 0;
 
@@ -226,7 +226,22 @@ export class JobWriter implements DrainTarget {
     if (this.full(job)) this.close("daily", 3, this.rowOpen, p);
   }
 
-  /** Every job since the last finish(), the open ones closed; the writer starts afresh. */
+  /**
+   * The jobs closed since the last take or finish(), the open ones left open:
+   * a seal under way hands its full jobs to delivery as it goes.
+   */
+  takeClosed(): UnnumberedBatch[] {
+    const jobs = this.jobs;
+    if (jobs.length === 0) return jobs;
+    this.jobs = [];
+    // What is taken is counted where it went (delivery), no longer here.
+    for (const j of jobs)
+      if (j.kind === "entity") this.entityRows -= j.rowCount;
+      else this.dailyRows -= j.rowCount;
+    return jobs;
+  }
+
+  /** Every job since the last take or finish(), the open ones closed; the writer starts afresh. */
   finish(): UnnumberedBatch[] {
     this.closeAll("entity", 3, this.entityOpen);
     this.closeAll("daily", 4, this.factOpen);

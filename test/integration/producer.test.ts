@@ -150,14 +150,54 @@ describe("producer", () => {
       ledger.record(e);
     };
     for (let i = 0; i < 15_000; i++) charge(i, "before");
-    const sealing = p.flush();
+    let sealed = false;
+    const sealing = p.flush().then(() => (sealed = true));
     await new Promise((r) => setImmediate(r));
-    assert.equal(p.undeliveredBatches, 0, "the seal is still draining");
+    // One slice in: the seal has more to drain (its full jobs may be on their way already).
+    assert.equal(sealed, false, "the seal is still draining");
     for (let i = 0; i < 100; i++) charge(i, "after");
     await p.close();
     await sealing;
     assert.equal(p.bufferedRows, 0);
     assert.equal(p.undeliveredBatches, 0);
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+    await truncateAll(t.db);
+  });
+
+  it("sends a seal's full jobs while the seal still drains, each exactly once, and it all commits", async () => {
+    await truncateAll(t.db);
+    const ledger = new Ledger();
+    const p = await h.producer({ maxRowsPerJob: 500 });
+    // What delivery had queued when each job reached Redis: all of the seal's at
+    // once would mean the jobs waited for the whole seal, their text with them.
+    const queuedAtWrite: number[] = [];
+    const ids: string[] = [];
+    const write = p.sink.write.bind(p.sink);
+    p.sink.write = (b) => {
+      queuedAtWrite.push(p.undeliveredBatches);
+      ids.push(b.batchId);
+      return write(b);
+    };
+    for (let i = 0; i < 20_000; i++) {
+      const e: SpendEvent = { spend: 0.01, userId: "stream-user", endUserId: `stream-${i}` };
+      p.record(e);
+      ledger.record(e);
+    }
+    await p.flush();
+    assert.ok(ids.length >= 80, `20,000 end users' rows and facts in 500-row jobs: ${ids.length}`);
+    assert.ok(
+      (queuedAtWrite[0] as number) < ids.length / 4,
+      `the first job left with ${queuedAtWrite[0]} of ${ids.length} queued`,
+    );
+    assert.equal(new Set(ids).size, ids.length, "no batch sent twice");
+    assert.deepEqual(
+      ids,
+      [...ids].sort((a, b) => Number(a.split(".").pop()) - Number(b.split(".").pop())),
+      "in batch id order",
+    );
+    assert.equal(p.bufferedRows, 0);
+    await p.close();
     assert.equal((await h.flusher().flushOnce()).outcome, "committed");
     assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
     await truncateAll(t.db);
