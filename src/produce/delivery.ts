@@ -68,11 +68,12 @@ export class Delivery {
 
   /**
    * Starts sending the pending batches unless a send runs already (it takes
-   * what is queued meanwhile). A failure is kept, counted and retried as
-   * sendAll's is; the caller does not wait for it.
+   * what is queued meanwhile), or the last one failed: the seal timer's
+   * backoff retries then, rather than every caller of kick(). A failure is
+   * kept, counted and retried as sendAll's is; the caller does not wait.
    */
   kick(): void {
-    if (this.sending !== undefined || this.batches.length === 0) return;
+    if (this.sending !== undefined || this.batches.length === 0 || this.failures > 0) return;
     void this.sendAll().catch(() => undefined);
   }
 

@@ -203,6 +203,34 @@ describe("producer", () => {
     await truncateAll(t.db);
   });
 
+  it("stops sending during a seal once a send failed (the timer's backoff retries), then delivers it all once", async () => {
+    await truncateAll(t.db);
+    const ledger = new Ledger();
+    const p = await h.producer({ maxRowsPerJob: 50 });
+    const write = p.sink.write.bind(p.sink);
+    let attempts = 0;
+    // The sink refusing at once (a connection refused), not timing out.
+    p.sink.write = () => {
+      attempts++;
+      return Promise.reject(new Error("sink unreachable"));
+    };
+    for (let i = 0; i < 5_000; i++) {
+      const e: SpendEvent = { spend: 0.01, userId: "down-user", endUserId: `down-${i}` };
+      p.record(e);
+      ledger.record(e);
+    }
+    await assert.rejects(p.flush(), /sink unreachable/);
+    assert.ok(p.undeliveredBatches > 100, `${p.undeliveredBatches} batches kept`);
+    // One from the seal's first full job, one from flush() after the seal.
+    assert.ok(attempts <= 2, `${attempts} sends tried for one flush`);
+    p.sink.write = write;
+    await p.close();
+    assert.equal(p.undeliveredBatches, 0);
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+    await truncateAll(t.db);
+  });
+
   it("seals on its own timer within the interval (jitter shortens it, never lengthens it), a fresh buffer each time", async () => {
     const clock = new ManualClock();
     const p = await h.producer({ clock, flushIntervalMs: 100, flushJitterMs: 20 });
@@ -564,12 +592,20 @@ describe("producer", () => {
     const p = new SpendProducer({
       sink: new QueueSink(openSpendQueues(conn, redisKeys(prefix))),
       flushIntervalMs: 3_600_000,
+      // Small jobs: the seal fills many while it drains, slice after slice.
+      maxRowsPerJob: 50,
       metrics,
     });
     const ledger = new Ledger();
     const gen = trafficGenerator(12);
+    const failures = async (): Promise<number> =>
+      Number(
+        /_total (\d+)/.exec(
+          await metrics.registry.getSingleMetricAsString("spend_producer_enqueue_failures_total"),
+        )?.[1] ?? 0,
+      );
     try {
-      for (let i = 0; i < 300; i++) {
+      for (let i = 0; i < 3_000; i++) {
         const e = gen();
         p.record(e);
         ledger.record(e);
@@ -577,7 +613,10 @@ describe("producer", () => {
       await server.stop("SIGKILL"); // Redis crashes before anything was sent
       await assert.rejects(p.flush());
       const undelivered = p.undeliveredBatches;
-      assert.ok(undelivered > 0);
+      assert.ok(undelivered > 20, `${undelivered} batches kept`);
+      // Jobs leave while the seal drains, but once a send failed the seal
+      // stops trying: the timer's backoff retries, not every slice.
+      assert.ok((await failures()) <= 2, `${await failures()} failed sends for one flush`);
       // The gateway keeps serving meanwhile: new events still aggregate.
       for (let i = 0; i < 100; i++) {
         const e = gen();
