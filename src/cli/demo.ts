@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { Queue } from "bullmq";
 import pg from "pg";
-import { ignoredKeysWarning, loadConfig, redact } from "../config/config.js";
+import { loadConfig, redact, reportIgnoredKeys } from "../config/config.js";
 import type { GatewayReport } from "../demo/demo-gateway.js";
 import { decimalToPico, picoToDecimal } from "../contract/money.js";
 import { migrate } from "../persist/migrate.js";
@@ -60,8 +60,7 @@ function fail(msg: string): never {
 const say = (msg: string): void => void process.stdout.write(`[demo] ${msg}\n`);
 
 const config = loadConfig(values.config);
-const ignored = ignoredKeysWarning(config.ignoredLiteLLMKeys);
-if (ignored !== undefined) say(ignored);
+reportIgnoredKeys(config.ignoredLiteLLMKeys, say);
 say(
   `PostgreSQL ${redact(config.databaseUrl)}, Redis ${config.redis.host}:${config.redis.port}, prefix "${config.keyPrefix}", buffer ${config.useRedisBuffer ? "on (Redis)" : "off (direct to PostgreSQL)"}`,
 );

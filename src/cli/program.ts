@@ -4,9 +4,9 @@ import { fileURLToPath } from "node:url";
 import { Command, InvalidArgumentError, Option } from "commander";
 import {
   ConfigError,
-  ignoredKeysWarning,
   loadConfig,
   redact,
+  reportIgnoredKeys,
   type AppConfig,
 } from "../config/config.js";
 import { KeyInputError } from "../gateway/virtual-keys.js";
@@ -45,8 +45,8 @@ const configOption = (): Option =>
 function readConfig(opts: ConfigOption, { logged = false } = {}): AppConfig {
   const path = opts.config ?? (process.env.SPEND_CONFIG || undefined);
   const config = loadConfig(path);
-  const warning = ignoredKeysWarning(config.ignoredLiteLLMKeys);
-  if (!logged && warning !== undefined) process.stderr.write(`warning: ${warning}\n`);
+  if (!logged)
+    reportIgnoredKeys(config.ignoredLiteLLMKeys, (w) => process.stderr.write(`warning: ${w}\n`));
   return config;
 }
 
@@ -173,8 +173,7 @@ export function buildProgram(): Command {
           partitions: config.useRedisBuffer ? "gateway" : undefined,
         });
         const log = createLogger("gateway", config.logLevel);
-        const ignored = ignoredKeysWarning(config.ignoredLiteLLMKeys);
-        if (ignored !== undefined) log.warn(ignored);
+        reportIgnoredKeys(config.ignoredLiteLLMKeys, (w) => log.warn(w));
         if (config.gateway.modelPrices.size === 0)
           log.warn(
             "no model prices configured (spend_buffer_settings.model_prices): every chat request will be refused",
@@ -222,8 +221,7 @@ export function buildProgram(): Command {
           );
         await preflight(config, { redis: true, postgres: true, schema: true });
         const log = createLogger("flush-worker", config.logLevel);
-        const ignored = ignoredKeysWarning(config.ignoredLiteLLMKeys);
-        if (ignored !== undefined) log.warn(ignored);
+        reportIgnoredKeys(config.ignoredLiteLLMKeys, (w) => log.warn(w));
         if (
           config.admin.auth &&
           config.admin.username === undefined &&

@@ -5,9 +5,14 @@ import { idProblem } from "../contract/ids.js";
 import { MAX_EVENT_USD, usdStringToPico } from "../contract/money.js";
 import { MAX_ID_LENGTH } from "../contract/ids.js";
 import { redact } from "./redact.js";
-import { ignoredKeysWarning, setAsideLiteLLMKeys, unrecognizedKeyHint } from "./litellm-ignored.js";
+import {
+  ignoredKeysWarning,
+  reportIgnoredKeys,
+  setAsideLiteLLMKeys,
+  unrecognizedKeyHint,
+} from "./litellm-ignored.js";
 
-export { redact, ignoredKeysWarning };
+export { redact, ignoredKeysWarning, reportIgnoredKeys };
 
 /**
  * The one place configuration is read, typed and validated. The seed's

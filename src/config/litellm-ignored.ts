@@ -176,3 +176,12 @@ export function ignoredKeysWarning(ignored: readonly string[]): string | undefin
     ? undefined
     : `ignored: LiteLLM settings this gateway does not use: ${ignored.join(", ")}`;
 }
+
+/** Gives ignoredKeysWarning to `say` (a log, stderr), when there is one: each process does once at start. */
+export function reportIgnoredKeys(
+  ignored: readonly string[],
+  say: (warning: string) => void,
+): void {
+  const warning = ignoredKeysWarning(ignored);
+  if (warning !== undefined) say(warning);
+}

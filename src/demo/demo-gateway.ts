@@ -5,7 +5,7 @@
  * buffer before exiting. Reports what it recorded to its parent over IPC so
  * the parent can reconcile PostgreSQL against it.
  */
-import { ignoredKeysWarning, loadConfig } from "../config/config.js";
+import { loadConfig, reportIgnoredKeys } from "../config/config.js";
 import { createLogger } from "../observe/logger.js";
 import { SpendMetrics } from "../observe/metrics.js";
 import { usdNumberToPico, usdStringToPico } from "../contract/money.js";
@@ -26,8 +26,7 @@ const index = Number(env.GATEWAY_INDEX ?? "0");
 const rate = Number(env.RATE ?? "200");
 const log = createLogger(`gateway-${index}`);
 const config = loadConfig(env.SPEND_CONFIG || undefined);
-const ignored = ignoredKeysWarning(config.ignoredLiteLLMKeys);
-if (ignored !== undefined) log.warn(ignored);
+reportIgnoredKeys(config.ignoredLiteLLMKeys, (w) => log.warn(w));
 const metrics = new SpendMetrics();
 
 const producer = await createSpendProducer(config, { metrics, logger: log });

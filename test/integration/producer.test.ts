@@ -37,6 +37,26 @@ describe("producer", () => {
   const episodes = (): Promise<string> =>
     h.metrics.registry.getSingleMetricAsString("spend_producer_backpressure_episodes_total");
   const prefix = uniquePrefix("producer");
+  /** n events of one user, each a new end user: an entity row and a fact apiece. */
+  const recordEndUsers = (
+    p: SpendProducer,
+    ledger: Ledger,
+    n: number,
+    name: string,
+    spend = 0.01,
+  ): void => {
+    for (let i = 0; i < n; i++) {
+      const e: SpendEvent = { spend, userId: `${name}-user`, endUserId: `${name}-${i}` };
+      p.record(e);
+      ledger.record(e);
+    }
+  };
+  /** One flush commits what was delivered, PostgreSQL equals the ledger; the tables are emptied after. */
+  const assertAllCommitted = async (ledger: Ledger): Promise<void> => {
+    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
+    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
+    await truncateAll(t.db);
+  };
   before(async () => {
     t = await createTestDatabase("producer");
     h = new Harness(testConfig(prefix, t.url), t.db);
@@ -144,25 +164,18 @@ describe("producer", () => {
     await truncateAll(t.db);
     const ledger = new Ledger();
     const p = await h.producer();
-    const charge = (i: number, tag: string): void => {
-      const e: SpendEvent = { spend: 0.25, userId: "close-user", endUserId: `close-${tag}-${i}` };
-      p.record(e);
-      ledger.record(e);
-    };
-    for (let i = 0; i < 15_000; i++) charge(i, "before");
+    recordEndUsers(p, ledger, 15_000, "close-before", 0.25);
     let sealed = false;
     const sealing = p.flush().then(() => (sealed = true));
     await new Promise((r) => setImmediate(r));
     // One slice in: the seal has more to drain (its full jobs may be on their way already).
     assert.equal(sealed, false, "the seal is still draining");
-    for (let i = 0; i < 100; i++) charge(i, "after");
+    recordEndUsers(p, ledger, 100, "close-after", 0.25);
     await p.close();
     await sealing;
     assert.equal(p.bufferedRows, 0);
     assert.equal(p.undeliveredBatches, 0);
-    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
-    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
-    await truncateAll(t.db);
+    await assertAllCommitted(ledger);
   });
 
   it("sends a seal's full jobs while the seal still drains, each exactly once, and it all commits", async () => {
@@ -179,11 +192,7 @@ describe("producer", () => {
       ids.push(b.batchId);
       return write(b);
     };
-    for (let i = 0; i < 20_000; i++) {
-      const e: SpendEvent = { spend: 0.01, userId: "stream-user", endUserId: `stream-${i}` };
-      p.record(e);
-      ledger.record(e);
-    }
+    recordEndUsers(p, ledger, 20_000, "stream");
     await p.flush();
     assert.ok(ids.length >= 80, `20,000 end users' rows and facts in 500-row jobs: ${ids.length}`);
     assert.ok(
@@ -198,9 +207,7 @@ describe("producer", () => {
     );
     assert.equal(p.bufferedRows, 0);
     await p.close();
-    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
-    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
-    await truncateAll(t.db);
+    await assertAllCommitted(ledger);
   });
 
   it("stops sending during a seal once a send failed (the timer's backoff retries), then delivers it all once", async () => {
@@ -214,11 +221,7 @@ describe("producer", () => {
       attempts++;
       return Promise.reject(new Error("sink unreachable"));
     };
-    for (let i = 0; i < 5_000; i++) {
-      const e: SpendEvent = { spend: 0.01, userId: "down-user", endUserId: `down-${i}` };
-      p.record(e);
-      ledger.record(e);
-    }
+    recordEndUsers(p, ledger, 5_000, "down");
     await assert.rejects(p.flush(), /sink unreachable/);
     assert.ok(p.undeliveredBatches > 100, `${p.undeliveredBatches} batches kept`);
     // One from the seal's first full job, one from flush() after the seal.
@@ -226,9 +229,7 @@ describe("producer", () => {
     p.sink.write = write;
     await p.close();
     assert.equal(p.undeliveredBatches, 0);
-    assert.equal((await h.flusher().flushOnce()).outcome, "committed");
-    assert.deepEqual(diffTotals(ledger.totals, await readTotals(t.url)), []);
-    await truncateAll(t.db);
+    await assertAllCommitted(ledger);
   });
 
   it("seals on its own timer within the interval (jitter shortens it, never lengthens it), a fresh buffer each time", async () => {

@@ -273,21 +273,20 @@ export function budgetProblem(b: BudgetBody, existing: BudgetDef | null): string
       throw err;
     }
   }
-  const max =
-    b.max_budget !== undefined
-      ? b.max_budget === null
-        ? null
-        : decimalToPico(b.max_budget)
-      : (existing?.maxPico ?? null);
-  const soft =
-    b.soft_budget !== undefined
-      ? b.soft_budget === null
-        ? null
-        : decimalToPico(b.soft_budget)
-      : (existing?.softPico ?? null);
+  const max = limitAfter(b.max_budget, existing?.maxPico);
+  const soft = limitAfter(b.soft_budget, existing?.softPico);
   if (max !== null && soft !== null && soft > max)
     return `soft_budget ${picoToDecimal(soft)} is above max_budget ${picoToDecimal(max)}: its alert could never fire before requests are refused`;
   return undefined;
+}
+
+/** A limit once a request is applied: the one it sets (null clears it), else the stored one. */
+function limitAfter(
+  requested: string | null | undefined,
+  stored: bigint | null | undefined,
+): bigint | null {
+  if (requested === undefined) return stored ?? null;
+  return requested === null ? null : decimalToPico(requested);
 }
 
 /** A key's budget for /key/info and the key routes' answers (null: none). */
