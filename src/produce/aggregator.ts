@@ -669,67 +669,27 @@ export class Aggregator {
     const r = f & CHUNK_MASK;
     this.factZero(f);
     k.mark[r] = 0;
-    let user = e.userId;
-    let team = e.teamId;
-    let org = e.organizationId;
-    let endUser = e.endUserId;
+    const user = e.userId;
+    const team = e.teamId;
+    const org = e.organizationId;
+    const endUser = e.endUserId;
     const tags = e.tags;
-    const ents = this.scratch;
-    let n = 0;
-    // A key's requests mostly share its user, team and org, and often its
-    // tags: a new fact takes those entity rows (and id strings) from the
-    // context's last fact when they match, instead of looking each up by a
-    // fresh id string (the lookups were most of what a new fact cost). A
-    // fact's entity rows are alive while it is: touching it touches them.
-    const sib = c.count > 0 ? (c.rows[c.count - 1] as number) : -1;
-    const sk = sib >= 0 ? (this.fact[sib >> CHUNK_SHIFT] as FactChunk) : undefined;
-    const sr = sib & CHUNK_MASK;
-    const sibInline = sk !== undefined && (sk.entCount[sr] as number) <= FACT_ENTS;
-    if (
-      sibInline &&
-      (sk.user[sr] as string) === user &&
-      (sk.team[sr] as string) === team &&
-      (sk.org[sr] as string) === org
-    ) {
-      user = sk.user[sr] as string;
-      team = sk.team[sr] as string;
-      org = sk.org[sr] as string;
-      n = (user !== "" ? 1 : 0) + (team !== "" ? (user !== "" ? 2 : 1) : 0) + (org !== "" ? 1 : 0);
-      const at = sr * FACT_ENTS;
-      for (let i = 0; i < n; i++) ents[i] = sk.ents[at + i] as number;
-    } else {
-      if (user !== "") user = this.entityId((ents[n++] = this.entity(this.users, E_USER, user)));
-      if (team !== "") {
-        team = this.entityId((ents[n++] = this.entity(this.teams, E_TEAM, team)));
-        if (user !== "") ents[n++] = this.member(user, team);
-      }
-      if (org !== "") org = this.entityId((ents[n++] = this.entity(this.orgs, E_ORG, org)));
-    }
-    if (endUser !== "")
-      endUser = this.entityId((ents[n++] = this.entity(this.endUsers, E_END_USER, endUser)));
-    let factTags: readonly string[] = NO_TAGS;
-    if (tags.length > 0) {
-      const sibTags = sk !== undefined && sibInline ? (sk.tags[sr] as readonly string[]) : NO_TAGS;
-      if (sk !== undefined && sibTags !== NO_TAGS && sameTags(sibTags, tags)) {
-        // Its tag rows are the last of its entity rows.
-        factTags = sibTags;
-        const at = sr * FACT_ENTS + (sk.entCount[sr] as number) - tags.length;
-        for (let i = 0; i < tags.length; i++) ents[n++] = sk.ents[at + i] as number;
-      } else {
-        const own: string[] = [];
-        for (let i = 0; i < tags.length; i++) {
-          const t = this.entity(this.tags, E_TAG, tags[i] as string);
-          ents[n++] = t;
-          own.push(this.entityId(t));
-        }
-        factTags = own;
-      }
-    }
     k.user[r] = user;
     k.team[r] = team;
     k.org[r] = org;
     k.endUser[r] = endUser;
-    k.tags[r] = factTags;
+    k.tags[r] = tags.length === 0 ? NO_TAGS : tags.slice();
+    const ents = this.scratch;
+    let n = 0;
+    if (user !== "") ents[n++] = this.entity(this.users, E_USER, user);
+    if (team !== "") {
+      ents[n++] = this.entity(this.teams, E_TEAM, team);
+      if (user !== "") ents[n++] = this.member(user, team);
+    }
+    if (org !== "") ents[n++] = this.entity(this.orgs, E_ORG, org);
+    if (endUser !== "") ents[n++] = this.entity(this.endUsers, E_END_USER, endUser);
+    for (let i = 0; i < tags.length; i++)
+      ents[n++] = this.entity(this.tags, E_TAG, tags[i] as string);
     k.entCount[r] = n;
     if (n <= FACT_ENTS) {
       const at = r * FACT_ENTS;
@@ -1140,11 +1100,6 @@ export class Aggregator {
       entities.set(id, i);
     }
     return i;
-  }
-
-  /** Entity row i's id: the string its map holds, which a fact keeps rather than its event's copy. */
-  private entityId(i: number): string {
-    return (this.ent[i >> CHUNK_SHIFT] as EntityChunk<ContextIndex>).id[i & CHUNK_MASK] as string;
   }
 
   private member(user: string, team: string): number {

@@ -73,9 +73,8 @@ const eventArb: fc.Arbitrary<SpendEvent> = fc
 /**
  * Events as a gateway sends them: a key belongs to one user, team and org
  * (some of them absent), so a key's facts share those and differ in end user
- * and tags. A new fact takes the shared rows from its context's last fact
- * (Aggregator.newFact): this shape is what reaches that path, which random
- * independent ids seldom do.
+ * and tags, and most of a context's facts share entity rows. Random
+ * independent ids seldom put two facts on the same rows.
  */
 const gatewayEventArb: fc.Arbitrary<SpendEvent> = fc
   .tuple(eventArb, fc.integer({ min: 0, max: 3 }), fc.option(id("e"), { nil: undefined }))
