@@ -161,19 +161,30 @@ async function checkRedisCluster(
 
 /**
  * Connects once to PostgreSQL and runs SELECT 1, with a short timeout. With
- * `schema`, also checks that migrations have been applied.
+ * `schema`, also checks that migrations have been applied. With `client`
+ * (not connected yet), checks through it and leaves it connected for the
+ * caller's own queries, so a caller that reads PostgreSQL next (`status`)
+ * opens one connection, not two; the caller ends it.
  */
 export async function checkPostgres(
   databaseUrl: string,
-  opts: { schema?: boolean; allowMissingDatabase?: boolean; timeoutMs?: number } = {},
+  opts: {
+    schema?: boolean;
+    allowMissingDatabase?: boolean;
+    timeoutMs?: number;
+    client?: pg.Client;
+  } = {},
 ): Promise<void> {
   const timeoutMs = opts.timeoutMs ?? PREFLIGHT_TIMEOUT_MS;
-  const client = new pg.Client({
-    connectionString: databaseUrl,
-    connectionTimeoutMillis: timeoutMs,
-    query_timeout: timeoutMs,
-  });
-  client.on("error", () => undefined);
+  const own = opts.client === undefined;
+  const client =
+    opts.client ??
+    new pg.Client({
+      connectionString: databaseUrl,
+      connectionTimeoutMillis: timeoutMs,
+      query_timeout: timeoutMs,
+    });
+  if (own) client.on("error", () => undefined);
   try {
     try {
       await client.connect();
@@ -204,7 +215,7 @@ export async function checkPostgres(
         );
     }
   } finally {
-    await client.end().catch(() => undefined);
+    if (own) await client.end().catch(() => undefined);
   }
 }
 

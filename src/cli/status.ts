@@ -197,9 +197,9 @@ async function readPostgres(
   fencePartitions: string[],
 ): Promise<{ fences: FenceRow[]; newestApplied: Date | null } | { unavailable: string }> {
   try {
-    // The preflight's check says why in an operator's terms (unreachable, refused, no schema).
-    await checkPostgres(databaseUrl, { schema: true });
-    await client.connect();
+    // The preflight's check says why in an operator's terms (unreachable, refused, no schema),
+    // and leaves the client connected for the reads below.
+    await checkPostgres(databaseUrl, { schema: true, client });
     const fences = await client.query<FenceRow>(
       `SELECT partition, token::text, holder, updated_at FROM spend_flush_fence WHERE partition = ANY($1::text[])`,
       [fencePartitions],
