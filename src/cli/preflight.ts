@@ -160,11 +160,27 @@ async function checkRedisCluster(
 }
 
 /**
+ * A client (not connected) whose connection and every query give up after
+ * `timeoutMs`: what an operator's command waits for PostgreSQL at most. An
+ * error after connecting (the server going away) is left to the next query.
+ */
+export function postgresClient(databaseUrl: string, timeoutMs = PREFLIGHT_TIMEOUT_MS): pg.Client {
+  const client = new pg.Client({
+    connectionString: databaseUrl,
+    connectionTimeoutMillis: timeoutMs,
+    query_timeout: timeoutMs,
+  });
+  client.on("error", () => undefined);
+  return client;
+}
+
+/**
  * Connects once to PostgreSQL and runs SELECT 1, with a short timeout. With
  * `schema`, also checks that migrations have been applied. With `client`
- * (not connected yet), checks through it and leaves it connected for the
- * caller's own queries, so a caller that reads PostgreSQL next (`status`)
- * opens one connection, not two; the caller ends it.
+ * (from postgresClient, not connected yet; its timeout then applies), checks
+ * through it and leaves it connected for the caller's own queries, so a
+ * caller that reads PostgreSQL next (`status`) opens one connection, not
+ * two; the caller ends it.
  */
 export async function checkPostgres(
   databaseUrl: string,
@@ -175,16 +191,8 @@ export async function checkPostgres(
     client?: pg.Client;
   } = {},
 ): Promise<void> {
-  const timeoutMs = opts.timeoutMs ?? PREFLIGHT_TIMEOUT_MS;
   const own = opts.client === undefined;
-  const client =
-    opts.client ??
-    new pg.Client({
-      connectionString: databaseUrl,
-      connectionTimeoutMillis: timeoutMs,
-      query_timeout: timeoutMs,
-    });
-  if (own) client.on("error", () => undefined);
+  const client = opts.client ?? postgresClient(databaseUrl, opts.timeoutMs);
   try {
     try {
       await client.connect();

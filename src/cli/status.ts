@@ -5,7 +5,7 @@ import { errorText } from "../observe/error-text.js";
 import { oldestJobAt, reportedHeldRows, totalFlushRate } from "../queue/backlog.js";
 import { connectRedis } from "../redis/connection.js";
 import { redisKeys } from "../redis/keys.js";
-import { PREFLIGHT_TIMEOUT_MS, StartupError, checkPostgres } from "./preflight.js";
+import { StartupError, checkPostgres, postgresClient } from "./preflight.js";
 
 export const JOB_STATES = [
   "wait",
@@ -78,12 +78,7 @@ export async function collectStatus(config: AppConfig): Promise<SpendStatus> {
   for (const k of partitionKeys)
     queues.push(["entity", k.spendQueue], ["daily", k.dailySpendQueue]);
   queues.push(["flush", keys.flushQueue]);
-  const client = new pg.Client({
-    connectionString: config.databaseUrl,
-    connectionTimeoutMillis: PREFLIGHT_TIMEOUT_MS,
-    query_timeout: PREFLIGHT_TIMEOUT_MS,
-  });
-  client.on("error", () => undefined);
+  const client = postgresClient(config.databaseUrl);
   try {
     const qs: QueueStatus[] = [];
     for (const [role, name] of queues) {
